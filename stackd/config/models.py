@@ -1,0 +1,399 @@
+"""Pydantic models of ``model-stacks.yaml``.
+
+These models are the single source of truth for the file's shape: the loader validates
+against them, ``stackd config schema`` exports them as JSON Schema, and every other package
+reads the frozen instances. Memory is written in GiB in the file (``memory_gb: 13``) and read
+in MiB everywhere else (``Model.memory_mib``) so that ledgers add integers.
+
+Cross-references (a stack naming an unknown model, a role bound twice …) are checked here in
+``StacksConfig``'s validators, so that a config object that exists is a consistent one.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+MIB_PER_GIB = 1024
+
+Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._:-]*$", max_length=64)]
+
+
+class Frozen(BaseModel):
+    """Base of every config model: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Runtime(StrEnum):
+    docker = "docker"
+    ollama = "ollama"
+    remote = "remote"
+
+
+class Placement(StrEnum):
+    gpu = "gpu"
+    cpu = "cpu"
+    cloud = "cloud"
+
+
+class Api(StrEnum):
+    openai = "openai"
+    ollama = "ollama"
+    anthropic = "anthropic"
+    gemini = "gemini"
+    http = "http"  # a plain HTTP service (ComfyUI): health-checked, never routed by the gateway
+
+
+class Lifecycle(StrEnum):
+    always_on = "always_on"
+    on_demand = "on_demand"
+
+
+class HealthCheck(Frozen):
+    """How stackd decides that a member is ready and stays healthy."""
+
+    path: str = Field("/health", description="HTTP path probed on the model's endpoint (GET, expects 2xx).")
+    interval_s: float = Field(10.0, gt=0, description="Seconds between periodic probes.")
+    timeout_s: float = Field(2.0, gt=0, description="Seconds one probe may take.")
+    start_timeout_s: float = Field(
+        180.0, gt=0, description="Seconds a starting member may take to become ready before the switch fails."
+    )
+
+
+class ContainerSpec(Frozen):
+    """A full container spec: stackd creates the container when it does not exist."""
+
+    image: str
+    command: list[str] | None = None
+    ports: dict[str, int] = Field(
+        default_factory=dict, description='Container port -> host port on 127.0.0.1, e.g. {"8000/tcp": 8120}.'
+    )
+    env: dict[str, str] = Field(default_factory=dict)
+    gpu: bool = Field(False, description="Request the configured GPU (gpu.device) for this container.")
+    labels: dict[str, str] = Field(default_factory=dict)
+    healthcheck: list[str] | None = Field(
+        None, description='Docker HEALTHCHECK test, e.g. ["CMD", "wget", "-q", "-O-", "http://127.0.0.1:8000/health"].'
+    )
+
+
+class DockerRuntime(Frozen):
+    container: Name = Field(description="Container name. Only declared containers are ever touched.")
+    spec: ContainerSpec | None = Field(None, description="Create the container from this spec when missing.")
+    stop_timeout_s: int = Field(20, ge=0, description="Grace period before SIGKILL when stopping.")
+
+
+class OllamaRuntime(Frozen):
+    tag: str = Field(description="Ollama model tag, e.g. nemotron-elastic:12b.")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Ollama options sent with every call (num_gpu: 0 keeps the model on the CPU; num_ctx).",
+    )
+    keep_alive: str | int = Field(-1, description="Ollama keep_alive sent with every call (-1 = forever).")
+
+    @property
+    def cpu_only(self) -> bool:
+        return self.options.get("num_gpu") == 0
+
+
+class RemoteRuntime(Frozen):
+    api_key_env: str | None = Field(
+        None,
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="NAME of the environment variable that holds the API key. The value is never stored or shown.",
+    )
+    required: bool = Field(False, description="A required remote that is unreachable fails the switch.")
+
+
+class Price(Frozen):
+    input_per_mtok: float = Field(0.0, ge=0, description="USD per million prompt tokens.")
+    output_per_mtok: float = Field(0.0, ge=0, description="USD per million completion tokens.")
+
+
+class Model(Frozen):
+    """One model: where it runs, what it costs in memory, how to reach and check it."""
+
+    description: str = ""
+    runtime: Runtime
+    placement: Placement
+    api: Api
+    endpoint: str | None = Field(
+        None,
+        description="Base URL of the model's API (OpenAI flavour includes /v1). "
+        "Ollama models default to ollama.url.",
+    )
+    served_model: str | None = Field(
+        None, description="Model name sent in API requests; defaults to the Ollama tag or the model's key."
+    )
+    memory_gb: float = Field(0.0, ge=0, description="VRAM (gpu placement) or RAM (cpu placement) in GiB.")
+    lifecycle: Lifecycle = Lifecycle.always_on
+    swap_group: Name | None = Field(
+        None, description="On-demand GPU models of one swap group replace each other; the largest is budgeted."
+    )
+    idle_ttl_s: int | None = Field(None, gt=0, description="On-demand models are released after this idle time.")
+    health: HealthCheck | None = None
+    docker: DockerRuntime | None = None
+    ollama: OllamaRuntime | None = None
+    remote: RemoteRuntime | None = None
+    price: Price | None = None
+
+    @property
+    def memory_mib(self) -> int:
+        return round(self.memory_gb * MIB_PER_GIB)
+
+    @property
+    def request_model(self) -> str | None:
+        """The model name to put in API requests, if the config fixes one."""
+        if self.served_model:
+            return self.served_model
+        if self.ollama:
+            return self.ollama.tag
+        return None
+
+    @model_validator(mode="after")
+    def _runtime_section_matches(self) -> Model:
+        sections = {Runtime.docker: self.docker, Runtime.ollama: self.ollama, Runtime.remote: self.remote}
+        if sections[self.runtime] is None:
+            raise ValueError(
+                f"runtime is {self.runtime.value} but the '{self.runtime.value}' section is missing; "
+                f"add a '{self.runtime.value}:' block"
+            )
+        extra = [r.value for r, s in sections.items() if s is not None and r != self.runtime]
+        if extra:
+            raise ValueError(f"runtime is {self.runtime.value}; remove the '{', '.join(extra)}' section")
+        if self.runtime == Runtime.remote and self.placement != Placement.cloud:
+            raise ValueError("a remote model runs in the cloud; set placement: cloud")
+        if self.runtime != Runtime.remote and self.placement == Placement.cloud:
+            raise ValueError("placement cloud needs runtime: remote")
+        if self.runtime == Runtime.ollama and self.placement == Placement.cpu and not self.ollama.cpu_only:
+            raise ValueError("a CPU-placed Ollama model must set ollama.options.num_gpu: 0")
+        if self.runtime != Runtime.ollama and self.endpoint is None:
+            raise ValueError("endpoint is required for docker and remote models; set endpoint: http://HOST:PORT")
+        if self.swap_group and self.lifecycle != Lifecycle.on_demand:
+            raise ValueError("swap_group applies to on_demand models; set lifecycle: on_demand or drop swap_group")
+        return self
+
+
+class RoleSpec(Frozen):
+    description: str = ""
+    required: bool = Field(False, description="A required role must be bound in every stack.")
+
+
+class Stack(Frozen):
+    description: str = ""
+    roles: dict[Name, Name] = Field(default_factory=dict, description="role -> model serving it in this stack.")
+    members: list[Name] = Field(default_factory=list, description="Models that run in the stack without a role.")
+    reason_chain: list[Name] | None = Field(
+        None, description="Order of reason() strategies in this stack; defaults to reason.default_chain."
+    )
+
+    @property
+    def member_names(self) -> tuple[str, ...]:
+        """Every model of the stack, role models first, each once, in a stable order."""
+        seen: dict[str, None] = {}
+        for model in [*self.roles.values(), *self.members]:
+            seen.setdefault(model, None)
+        return tuple(seen)
+
+
+class GpuBudget(Frozen):
+    device: int = Field(0, ge=0, description="NVML index of the GPU stackd budgets.")
+    total_gb: float | None = Field(None, gt=0, description="Total VRAM in GiB; read from NVML when unset.")
+    reserve_gb: float = Field(
+        0.0, ge=0, description="VRAM kept free for the desktop and foreign processes (a floor; NVML may see more)."
+    )
+
+
+class OllamaServer(Frozen):
+    url: str = Field("http://127.0.0.1:11434", description="Base URL of the Ollama server.")
+
+
+class Strategy(Frozen):
+    """A step of the reason() chain: the models it may use, tried in order if in the active stack."""
+
+    description: str = ""
+    role: Name | None = Field(None, description="Use the model bound to this role in the active stack.")
+    models: list[Name] = Field(default_factory=list, description="Use these models, in order, when members.")
+    queued: bool = Field(False, description="Send through the bounded low-priority local queue (strategy 4).")
+
+    @model_validator(mode="after")
+    def _has_target(self) -> Strategy:
+        if not self.role and not self.models:
+            raise ValueError("a strategy needs 'role' or 'models'")
+        return self
+
+
+class Timeouts(Frozen):
+    connect_s: float = Field(2.0, gt=0)
+    first_token_s: float = Field(30.0, gt=0)
+    total_s: float = Field(300.0, gt=0)
+
+
+class CircuitBreaker(Frozen):
+    failure_threshold: int = Field(3, ge=1, description="Consecutive failures that open a backend's circuit.")
+    cooldown_s: float = Field(30.0, gt=0, description="Seconds before one half-open trial request.")
+
+
+class EffortRule(Frozen):
+    up_to: int = Field(ge=1, le=10, description="This rule applies to efforts <= up_to (first match wins).")
+    chain: list[Name] | None = Field(None, description="Strategy order; null means the active stack's chain.")
+
+
+class LocalQueue(Frozen):
+    size: int = Field(16, ge=1, description="Waiting fallback calls beyond which strategy 4 refuses at once.")
+    concurrency: int = Field(1, ge=1, description="Fallback calls run at once on the local GPU model.")
+
+
+class ReasonConfig(Frozen):
+    strategies: dict[Name, Strategy] = Field(default_factory=dict)
+    default_chain: list[Name] = Field(default_factory=list)
+    effort: list[EffortRule] = Field(default_factory=list)
+    timeouts: Timeouts = Timeouts()
+    circuit: CircuitBreaker = CircuitBreaker()
+    local_queue: LocalQueue = LocalQueue()
+
+
+class Preset(Frozen):
+    """A name the orchestrator passes to invoke_model: a role, a model, or an elastic model's slices."""
+
+    description: str = ""
+    role: Name | None = None
+    model: Name | None = None
+    slices: dict[str, Name] = Field(default_factory=dict, description="slice (6b, 9b, 12b) -> model.")
+    default_slice: str | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Preset:
+        targets = sum(bool(x) for x in (self.role, self.model, self.slices))
+        if targets != 1:
+            raise ValueError("a preset names exactly one of 'role', 'model' or 'slices'")
+        if self.slices and self.default_slice not in self.slices:
+            raise ValueError(f"default_slice must be one of {sorted(self.slices)}")
+        return self
+
+
+class Auth(Frozen):
+    gateway_token_env: str | None = Field(
+        None,
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="NAME of an env var holding a separate bearer token for /v1/*; defaults to the daemon token.",
+    )
+
+
+class StacksConfig(Frozen):
+    """The whole ``model-stacks.yaml``."""
+
+    version: int = Field(1, ge=1, le=1)
+    default_stack: Name
+    gpu: GpuBudget = GpuBudget()
+    ollama: OllamaServer = OllamaServer()
+    auth: Auth = Auth()
+    roles: dict[Name, RoleSpec]
+    models: dict[Name, Model]
+    stacks: dict[Name, Stack]
+    reason: ReasonConfig = ReasonConfig()
+    presets: dict[Name, Preset] = Field(default_factory=dict)
+
+    @field_validator("stacks")
+    @classmethod
+    def _some_stack(cls, stacks: dict[str, Stack]) -> dict[str, Stack]:
+        if not stacks:
+            raise ValueError("define at least one stack")
+        return stacks
+
+    @model_validator(mode="after")
+    def _references_resolve(self, info: ValidationInfo) -> StacksConfig:
+        # The loader passes context {"defer_references": True} and reports every problem of
+        # ``reference_problems`` with its own field path and line; any other construction
+        # refuses an inconsistent object here.
+        if info.context and info.context.get("defer_references"):
+            return self
+        problems = self.reference_problems()
+        if problems:
+            raise ValueError(problems[0][1])
+        return self
+
+    def reference_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """Every dangling or inconsistent reference, as (field path, message with a fix)."""
+        out: list[tuple[tuple[str | int, ...], str]] = []
+        models, roles = sorted(self.models), sorted(self.roles)
+        if self.default_stack not in self.stacks:
+            out.append((("default_stack",), f"unknown stack '{self.default_stack}'; use one of {sorted(self.stacks)}"))
+        for sname, stack in self.stacks.items():
+            for role, model in stack.roles.items():
+                if role not in self.roles:
+                    out.append((("stacks", sname, "roles", role), f"unknown role '{role}'; declare it under roles: or use one of {roles}"))
+                if model not in self.models:
+                    out.append((("stacks", sname, "roles", role), f"unknown model '{model}'; use one of {models}"))
+            for i, model in enumerate(stack.members):
+                if model not in self.models:
+                    out.append((("stacks", sname, "members", i), f"unknown model '{model}'; use one of {models}"))
+            if len(set(stack.members)) != len(stack.members):
+                out.append((("stacks", sname, "members"), "a model is listed twice; list each member once"))
+            for role, spec in self.roles.items():
+                if spec.required and role not in stack.roles:
+                    out.append((("stacks", sname, "roles"), f"required role '{role}' is not bound; add '{role}: MODEL'"))
+            for i, strat in enumerate(stack.reason_chain or []):
+                if strat not in self.reason.strategies:
+                    out.append((("stacks", sname, "reason_chain", i), f"unknown strategy '{strat}'; use one of {sorted(self.reason.strategies)}"))
+        for sname, strat in self.reason.strategies.items():
+            if strat.role and strat.role not in self.roles:
+                out.append((("reason", "strategies", sname, "role"), f"unknown role '{strat.role}'; use one of {roles}"))
+            for i, model in enumerate(strat.models):
+                if model not in self.models:
+                    out.append((("reason", "strategies", sname, "models", i), f"unknown model '{model}'; use one of {models}"))
+        for i, strat in enumerate(self.reason.default_chain):
+            if strat not in self.reason.strategies:
+                out.append((("reason", "default_chain", i), f"unknown strategy '{strat}'; use one of {sorted(self.reason.strategies)}"))
+        for i, rule in enumerate(self.reason.effort):
+            for j, strat in enumerate(rule.chain or []):
+                if strat not in self.reason.strategies:
+                    out.append((("reason", "effort", i, "chain", j), f"unknown strategy '{strat}'; use one of {sorted(self.reason.strategies)}"))
+        for pname, preset in self.presets.items():
+            if preset.role and preset.role not in self.roles:
+                out.append((("presets", pname, "role"), f"unknown role '{preset.role}'; use one of {roles}"))
+            if preset.model and preset.model not in self.models:
+                out.append((("presets", pname, "model"), f"unknown model '{preset.model}'; use one of {models}"))
+            for slice_name, model in preset.slices.items():
+                if model not in self.models:
+                    out.append((("presets", pname, "slices", slice_name), f"unknown model '{model}'; use one of {models}"))
+        containers: dict[str, str] = {}
+        for mname, model in self.models.items():
+            if model.docker:
+                other = containers.setdefault(model.docker.container, mname)
+                if other != mname:
+                    out.append((("models", mname, "docker", "container"), f"container '{model.docker.container}' is already used by model '{other}'; give each model its own container"))
+        out.extend(self._vram_problems())
+        return out
+
+    def _vram_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """Always-on GPU models of a stack above the card (only when the file sets gpu.total_gb)."""
+        if self.gpu.total_gb is None:
+            return []
+        total = round(self.gpu.total_gb * MIB_PER_GIB)
+        reserve = round(self.gpu.reserve_gb * MIB_PER_GIB)
+        out: list[tuple[tuple[str | int, ...], str]] = []
+        for sname, stack in self.stacks.items():
+            always = [
+                (m, self.models[m].memory_mib)
+                for m in stack.member_names
+                if m in self.models
+                and self.models[m].placement == Placement.gpu
+                and self.models[m].lifecycle == Lifecycle.always_on
+            ]
+            need = sum(mib for _, mib in always) + reserve
+            if need > total:
+                listing = ", ".join(f"{m} {mib / MIB_PER_GIB:g} GiB" for m, mib in always)
+                out.append((
+                    ("stacks", sname),
+                    f"always-on GPU models need {need / MIB_PER_GIB:g} GiB ({listing}, reserve "
+                    f"{reserve / MIB_PER_GIB:g} GiB) but gpu.total_gb is {self.gpu.total_gb:g}; "
+                    "move a model to on_demand or to the CPU, or lower gpu.reserve_gb",
+                ))
+        return out
+
+    def chain_for(self, stack: str) -> list[str]:
+        chain = self.stacks[stack].reason_chain
+        return list(chain) if chain is not None else list(self.reason.default_chain)

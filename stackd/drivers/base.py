@@ -1,0 +1,89 @@
+"""The contracts between the manager and the engines it drives.
+
+Every method is async, idempotent where its name says ``ensure_``, and translates its engine's
+exceptions into ``DriverUnavailable`` (engine unreachable: the message names DOCKER_HOST or the
+URL) or ``DriverFailed`` (engine answered but the action failed: image missing, unhealthy,
+pull failed). Nothing else escapes. Real drivers, simulators' clients and in-memory fakes all
+satisfy these protocols; the manager never knows which it has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from stackd.config.models import Model, OllamaRuntime
+
+
+@dataclass(frozen=True)
+class PullProgress:
+    """One line of Ollama's pull stream: ``completed``/``total`` bytes of layer ``digest``."""
+
+    tag: str
+    status: str
+    digest: str | None = None
+    completed: int | None = None
+    total: int | None = None
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One entry of Ollama's ``/api/ps``. ``size_vram == 0`` means fully on the CPU."""
+
+    tag: str
+    size: int
+    size_vram: int
+    expires_at: str | None = None
+
+
+class ContainerDriver(Protocol):
+    async def running(self, models: Mapping[str, Model]) -> frozenset[str]:
+        """Names (config keys) of the given docker models whose container is running."""
+        ...
+
+    async def ensure_running(self, name: str, model: Model) -> None:
+        """Create the container if missing and a spec is given, start it, wait until ready.
+
+        Ready means Docker's HEALTHCHECK reports healthy, or, without one, the model's health
+        endpoint answers 2xx. Gives up after ``model.health.start_timeout_s``. Idempotent.
+        """
+        ...
+
+    async def ensure_stopped(self, name: str, model: Model) -> None:
+        """Stop the container with its grace timeout. A missing or stopped container is fine."""
+        ...
+
+
+class OllamaDriver(Protocol):
+    async def list_tags(self) -> frozenset[str]:
+        """Tags present locally (``/api/tags``)."""
+        ...
+
+    async def loaded(self) -> list[LoadedModel]:
+        """What Ollama has loaded now and where (``/api/ps``)."""
+        ...
+
+    def pull(self, tag: str) -> AsyncIterator[PullProgress]:
+        """Pull ``tag``, yielding progress; raises ``DriverFailed`` if the pull fails part-way."""
+        ...
+
+    async def load(self, runtime: OllamaRuntime) -> None:
+        """Load with the configured options and keep_alive; returns once loaded."""
+        ...
+
+    async def unload(self, runtime: OllamaRuntime) -> None:
+        """Unload now (``keep_alive: 0``). Unloading a model that is not loaded is fine."""
+        ...
+
+
+class RemoteProber(Protocol):
+    async def probe(self, name: str, model: Model) -> None:
+        """Check a remote answers without spending tokens; raises ``DriverUnavailable``."""
+        ...
+
+
+class HealthChecker(Protocol):
+    async def check(self, name: str, model: Model) -> None:
+        """One health probe of a member's endpoint; raises ``DriverUnavailable`` when unhealthy."""
+        ...

@@ -1,0 +1,86 @@
+"""The error tree of stackd.
+
+Every failure a person can act on is one of these; foreign exceptions (docker, ollama,
+NVML, HTTP clients) are translated at the driver boundary with ``raise ... from exc``.
+
+    StackdError                    root; ``str(err)`` is a sentence a person can act on
+    ├── ConfigError                a config file is invalid (carries ``problems``)
+    ├── NotFound                   unknown stack, role, model, preset or switch id
+    ├── Conflict                   another switch is in progress
+    ├── PlanRefused                the target stack does not fit (carries the plan)
+    ├── DriverUnavailable          an engine cannot be reached (Docker, Ollama, a remote)
+    ├── DriverFailed               an engine answered but refused the action (image missing, unhealthy)
+    ├── StepFailed                 a step of a switch failed (carries step and undo record)
+    └── BackendFailed              a model backend failed a request (reason() attempts)
+        └── AllStrategiesFailed    every strategy of the chain failed or was skipped
+
+The API maps each kind to one HTTP status in one place (``stackd.api.errors``); the CLI
+catches ``StackdError`` once and prints ``Name: message``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class StackdError(Exception):
+    """Root of stackd's errors. ``status`` is the HTTP status the API answers with."""
+
+    status: int = 500
+
+    def __init__(self, message: str, **detail: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": type(self).__name__, "message": self.message, **self.detail}
+
+
+class ConfigError(StackdError):
+    """A config file failed to load. ``problems`` holds one ``Problem`` per error."""
+
+    status = 422
+
+    def __init__(self, message: str, problems: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems or [])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "error": "ConfigError",
+            "message": self.message,
+            "problems": [str(p) for p in self.problems],
+        }
+
+
+class NotFound(StackdError):
+    status = 404
+
+
+class Conflict(StackdError):
+    status = 409
+
+
+class PlanRefused(StackdError):
+    status = 422
+
+
+class DriverUnavailable(StackdError):
+    status = 503
+
+
+class DriverFailed(StackdError):
+    status = 502
+
+
+class StepFailed(StackdError):
+    status = 500
+
+
+class BackendFailed(StackdError):
+    status = 502
+
+
+class AllStrategiesFailed(BackendFailed):
+    status = 503

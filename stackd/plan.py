@@ -1,0 +1,157 @@
+"""Values the planner computes and the manager applies: steps, ledgers, observed state, plans.
+
+Steps are verbs (``StartContainer``), frozen, and carry a ``kind`` tag so that they serialise to
+JSON unambiguously. The manager runs them with one exhaustive ``match``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class StartContainer:
+    """Start (create first, when the config gives a spec) a docker member and wait until ready."""
+
+    model: str
+    container: str
+    kind: Literal["start_container"] = "start_container"
+
+
+@dataclass(frozen=True)
+class StopContainer:
+    model: str
+    container: str
+    kind: Literal["stop_container"] = "stop_container"
+
+
+@dataclass(frozen=True)
+class PullModel:
+    """Pull an Ollama tag that is not present locally (streams progress)."""
+
+    model: str
+    tag: str
+    kind: Literal["pull_model"] = "pull_model"
+
+
+@dataclass(frozen=True)
+class LoadModel:
+    """Load an always-on Ollama member with its configured options and keep-alive."""
+
+    model: str
+    tag: str
+    kind: Literal["load_model"] = "load_model"
+
+
+@dataclass(frozen=True)
+class UnloadModel:
+    model: str
+    tag: str
+    kind: Literal["unload_model"] = "unload_model"
+
+
+@dataclass(frozen=True)
+class ProbeRemote:
+    """Check that a remote member answers (no tokens spent). Failure degrades unless required."""
+
+    model: str
+    required: bool = False
+    kind: Literal["probe_remote"] = "probe_remote"
+
+
+@dataclass(frozen=True)
+class BindRole:
+    """Point a role at a model that is already up (make-before-break)."""
+
+    role: str
+    model: str
+    kind: Literal["bind_role"] = "bind_role"
+
+
+@dataclass(frozen=True)
+class UnbindRole:
+    """Remove a role the target stack does not serve. Never emitted for a required role."""
+
+    role: str
+    kind: Literal["unbind_role"] = "unbind_role"
+
+
+Step = StartContainer | StopContainer | PullModel | LoadModel | UnloadModel | ProbeRemote | BindRole | UnbindRole
+
+
+@dataclass(frozen=True)
+class ObservedState:
+    """What is really running, as the drivers report it (or as the journal last recorded it).
+
+    Model names are config keys. ``running_containers`` are docker members whose container runs;
+    ``pulled_tags`` / ``loaded_tags`` are Ollama tags; ``bindings`` is the live role table.
+    """
+
+    active_stack: str | None = None
+    running_containers: frozenset[str] = frozenset()
+    pulled_tags: frozenset[str] = frozenset()
+    loaded_tags: frozenset[str] = frozenset()
+    bindings: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LedgerItem:
+    model: str
+    mib: int
+    kind: Literal["always_on", "on_demand", "foreign", "reserve"]
+
+
+@dataclass(frozen=True)
+class VramLedger:
+    """The GPU budget of the target stack. All figures in MiB.
+
+    ``committed = reserve + always_on + swap_budget``; ``headroom = total - committed``.
+    ``reserve`` is the larger of the configured reserve and what foreign processes use now.
+    ``swap_budget`` is the sum over swap groups of each group's largest member.
+    """
+
+    device: int
+    gpu_name: str
+    total_mib: int
+    reserve_mib: int
+    always_on_mib: int
+    swap_budget_mib: int
+    largest_swap_group: str | None
+    headroom_mib: int
+    items: tuple[LedgerItem, ...] = ()
+    simulated: bool = False
+
+
+@dataclass(frozen=True)
+class RamLedger:
+    """Host RAM for CPU members (Ollama loads CPU models without mmap: RSS = full weights)."""
+
+    total_mib: int
+    available_mib: int
+    always_on_mib: int
+    on_demand_max_mib: int
+    headroom_mib: int
+    items: tuple[LedgerItem, ...] = ()
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a plan is not feasible, written for a person: what, how much, and what holds it."""
+
+    code: Literal["vram", "ram", "orchestrator", "unknown_stack", "no_gpu"]
+    message: str
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    stack: str
+    steps: tuple[Step, ...]
+    vram: VramLedger | None
+    ram: RamLedger
+    feasible: bool
+    refusals: tuple[Refusal, ...] = ()
+    bindings_after: Mapping[str, str] = field(default_factory=dict)
+    degraded: tuple[str, ...] = ()
