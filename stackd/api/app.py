@@ -1,0 +1,60 @@
+"""The FastAPI app factory: routes, auth and error mapping over already-built services."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from stackd import __version__
+from stackd.api.auth import bearer_guard, open_guard
+from stackd.api.errors import install_error_handlers
+from stackd.api.stacks import build_stacks_router
+from stackd.api.status import build_status_router
+from stackd.services import Services
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+def create_app(services: Services, lifespan: Lifespan | None = None,
+               registry: CollectorRegistry | None = None) -> FastAPI:
+    """Build the app. Mutating endpoints need the bearer token; on a non-loopback bind every
+    endpoint but /healthz does."""
+    app = FastAPI(title="stackd", version=__version__, lifespan=lifespan or _no_lifespan)
+    install_error_handlers(app)
+    write = bearer_guard(services.token)
+    read = open_guard if services.settings.loopback else write
+    app.include_router(build_status_router(services, read, registry or _default_registry()))
+    app.include_router(build_stacks_router(services, write, read))
+    if services.router is not None:
+        from stackd.api.gateway import build_gateway_router
+        from stackd.api.tools import build_tools_router
+
+        gateway_auth = _gateway_guard(services) or write
+        app.include_router(build_tools_router(services.router, write))
+        app.include_router(build_gateway_router(services.router, gateway_auth))
+    app.state.services = services
+    return app
+
+
+def _gateway_guard(services: Services) -> Callable[..., None] | None:
+    import os
+
+    env = services.config.auth.gateway_token_env
+    if env and os.environ.get(env):
+        return bearer_guard(os.environ[env])
+    return None
+
+
+def _default_registry() -> Any:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY
+
+
+@asynccontextmanager
+async def _no_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield

@@ -1,0 +1,61 @@
+"""Bearer-token auth for the daemon.
+
+The token comes from ``STACKD_TOKEN`` or from ``STATE_DIR/token``, created with mode 0600 on
+first start. Comparison is constant-time. The token is never logged or returned.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+from fastapi import Request
+
+from stackd.errors import StackdError
+
+TOKEN_ENV = "STACKD_TOKEN"
+TOKEN_FILE = "token"
+
+
+class Unauthorized(StackdError):
+    status = 401
+
+
+def load_or_create_token(state_dir: Path, env: dict[str, str] | None = None) -> tuple[str, str]:
+    """Return (token, where it came from). Creates STATE_DIR/token (0600) when neither exists."""
+    env = dict(os.environ) if env is None else env
+    if env.get(TOKEN_ENV):
+        return env[TOKEN_ENV], TOKEN_ENV
+    path = state_dir / TOKEN_FILE
+    if path.exists():
+        return path.read_text().strip(), str(path)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    # O_EXCL + 0600 at creation: the token is never readable by others, not even briefly.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token, str(path)
+
+
+def bearer_guard(token: str) -> Callable[[Request], None]:
+    """A FastAPI dependency that accepts only ``Authorization: Bearer <token>``."""
+    expected = token.encode()
+
+    def require_token(request: Request) -> None:
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+            raise Unauthorized(
+                "missing or wrong bearer token; send 'Authorization: Bearer TOKEN' "
+                f"(the token is in ${TOKEN_ENV} or the state dir's '{TOKEN_FILE}' file)"
+            )
+
+    return require_token
+
+
+def open_guard(request: Request) -> None:
+    """Read endpoints on a loopback bind need no token."""

@@ -1,0 +1,81 @@
+"""Routes of the model stacks: list, inspect, plan, switch (and follow a switch)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from stackd.errors import NotFound
+from stackd.services import Services
+from stackd.views import model_json, plan_json, stack_json
+
+
+class SwitchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stack: str = Field(min_length=1, description="Name of the target stack.")
+    dry_run: bool = Field(False, description="Plan only; change nothing.")
+    wait: bool = Field(True, description="Answer when the switch has finished (false: answer 202 at once).")
+
+
+def build_stacks_router(services: Services, write: Callable[..., None], read: Callable[..., None]) -> APIRouter:
+    router = APIRouter(dependencies=[Depends(read)])
+    manager = services.manager
+
+    def known(name: str) -> None:
+        if name not in services.config.stacks:
+            raise NotFound(f"unknown stack '{name}'; valid stacks: {', '.join(services.config.stacks)}",
+                           valid=list(services.config.stacks))
+
+    @router.get("/model-stacks")
+    async def list_stacks() -> dict[str, Any]:
+        active = manager.active_stack
+        return {
+            "active": active,
+            "default": services.config.default_stack,
+            "stacks": [stack_json(services.config, name, active) for name in services.config.stacks],
+        }
+
+    @router.get("/model-stacks/{name}")
+    async def get_stack(name: str) -> dict[str, Any]:
+        known(name)
+        body = stack_json(services.config, name, manager.active_stack)
+        body["members"] = [model_json(m, services.config.models[m])
+                           for m in services.config.stacks[name].member_names]
+        body["plan"] = plan_json(await manager.plan(name))
+        return body
+
+    @router.post("/model-stacks/switch", dependencies=[Depends(write)])
+    async def switch(request: SwitchRequest) -> Any:
+        known(request.stack)
+        if request.dry_run:
+            return {"stack": request.stack, "dry_run": True, "plan": plan_json(await manager.plan(request.stack))}
+        handle = await manager.submit_switch(request.stack)
+        if request.wait:
+            await handle.wait()
+            return manager.get_switch(handle.id)
+        from fastapi.responses import JSONResponse
+
+        return JSONResponse(manager.get_switch(handle.id), status_code=202)
+
+    @router.get("/model-stacks/switch/{switch_id}")
+    async def get_switch(switch_id: str) -> dict[str, Any]:
+        return manager.get_switch(switch_id)
+
+    @router.get("/model-stacks/switch/{switch_id}/events")
+    async def switch_events(switch_id: str) -> StreamingResponse:
+        events = manager.events(switch_id)  # raises NotFound before the stream starts
+
+        async def sse() -> AsyncIterator[bytes]:
+            async for event in events:
+                yield f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+
+        return StreamingResponse(sse(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return router

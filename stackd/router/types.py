@@ -1,0 +1,154 @@
+"""Values of the router: what a backend is asked, what it answers, and what an attempt was.
+
+Every backend protocol (OpenAI, Anthropic, Gemini, Ollama) is normalised to these shapes, so
+the chain, the accounting and the API never look at a protocol's own JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+
+class FailureKind(StrEnum):
+    """Why an attempt failed; the accounting counts failures by these kinds."""
+
+    refused = "refused"  # no TCP connection (nothing listens, DNS, reset before an answer)
+    timeout = "timeout"  # connect, first-token or total timeout
+    http_5xx = "http_5xx"
+    http_4xx = "http_4xx"
+    malformed = "malformed"  # an answer that is not the protocol's shape
+    stream_cut = "stream_cut"  # the stream ended before the protocol's end marker
+
+
+class BackendError(Exception):
+    """A backend failed one request. ``str()`` is safe to show: it never carries a key."""
+
+    def __init__(self, kind: FailureKind, message: str) -> None:
+        super().__init__(f"{kind.value}: {message}")
+        self.kind = kind
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """One chat request in OpenAI's vocabulary; backends translate it to their protocol.
+
+    ``messages`` are OpenAI chat messages (role, content as text or a list of parts).
+    """
+
+    messages: list[dict[str, Any]]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A backend's whole answer."""
+
+    text: str
+    finish_reason: str
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A piece of streamed text (never empty)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFinish:
+    """The last event of a backend stream that ended properly."""
+
+    finish_reason: str
+    usage: Usage
+
+
+StreamEvent = TextDelta | StreamFinish
+
+AttemptStatus = Literal["skipped", "failed", "answered"]
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One step of a call's route: what was tried, what happened and why."""
+
+    strategy: str
+    backend: str | None  # the config model name; None when the strategy resolved to no model
+    status: AttemptStatus
+    reason: str
+    elapsed_ms: float = 0.0
+    kind: FailureKind | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "backend": self.backend,
+            "status": self.status,
+            "reason": self.reason,
+            "elapsed_ms": round(self.elapsed_ms, 3),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The result of reason(), invoke_model() or a gateway call that answered."""
+
+    text: str
+    finish_reason: str
+    strategy: str
+    backend: str  # config model name
+    model: str  # the model name sent to the backend
+    usage: Usage
+    attempts: tuple[Attempt, ...] = field(default_factory=tuple)
+    cost_usd: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "answer": self.text,
+            "finish_reason": self.finish_reason,
+            "strategy": self.strategy,
+            "backend": self.backend,
+            "model": self.model,
+            "usage": {
+                "prompt_tokens": self.usage.prompt_tokens,
+                "completion_tokens": self.usage.completion_tokens,
+                "total_tokens": self.usage.total_tokens,
+            },
+            "cost_usd": self.cost_usd,
+            "attempts": [a.to_dict() for a in self.attempts],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StreamBroken:
+    """The answering backend failed after text reached the caller: the stream ends with this."""
+
+    strategy: str
+    backend: str
+    reason: str
+    attempts: tuple[Attempt, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamDone:
+    """The stream ended properly; ``answer.text`` holds the whole text."""
+
+    answer: Answer
+
+
+RouterStreamItem = TextDelta | StreamDone | StreamBroken
