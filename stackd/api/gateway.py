@@ -1,0 +1,294 @@
+"""The OpenAI-compatible gateway: ``GET /v1/models`` and ``POST /v1/chat/completions``.
+
+``model`` is a role bound in the active stack, a preset (``elastic:9b``) or ``reason`` /
+``reason:effort=N``. Answers, SSE chunks and errors have OpenAI's shapes, so the official
+clients work unchanged; the non-streaming answer adds a ``stackd`` object (strategy, backend,
+attempts) that those clients ignore.
+
+The POST is a raw ASGI endpoint mounted as a Starlette route, not a FastAPI path operation:
+FastAPI's per-request dependency and response machinery costs about 40% of this hot path on
+2 cores (research/physical-floor.md, docs/benchmarks.md). It validates with pydantic straight
+from the body bytes and writes bytes with ``send``. The same plumbing serves ``/tools/*``.
+
+Streaming: nothing is sent before the router has a first token, so a call whose every
+strategy fails still gets a proper HTTP 503; after the first token a failure ends the stream
+with ``data: {"error": {...}}`` naming the backend, then ``data: [DONE]``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from stackd.errors import StackdError
+from stackd.router import ReasonRouter
+from stackd.router.routes import Route as ChainRoute
+from stackd.router.types import Answer, ChatRequest, RouterStreamItem, StreamBroken, StreamDone, TextDelta
+
+Auth = Callable[..., Any]
+JSON_HEADERS = [(b"content-type", b"application/json")]
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+SSE_DONE = b"data: [DONE]\n\n"
+OPENAI_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "invalid_request_error",
+    422: "invalid_request_error",
+}
+OPENAI_ERROR_CODES = {401: "invalid_api_key", 404: "model_not_found", 503: "all_strategies_failed"}
+
+
+def dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class RequestRejected(StackdError):
+    """A request body that fails validation (422)."""
+
+    status = 422
+
+
+# ---------------------------------------------------------------- raw ASGI plumbing (also used by tools)
+async def read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def send_bytes(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = JSON_HEADERS
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_sse(send: Send, events: AsyncIterator[bytes]) -> None:
+    """A 200 ``text/event-stream`` of already-framed events; the body ends when ``events`` does."""
+    await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+    async for event in events:
+        await send({"type": "http.response.body", "body": event, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def sse(value: Any) -> bytes:
+    return b"data: " + dumps(value) + b"\n\n"
+
+
+def validate(model: type[BaseModel], body: bytes) -> Any:
+    try:
+        return model.model_validate_json(body or b"{}")
+    except ValidationError as exc:
+        problems = [
+            {"field": ".".join(str(p) for p in err["loc"]) or "body", "message": err["msg"]}
+            for err in exc.errors()
+        ]
+        summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+        raise RequestRejected(f"invalid request: {summary}", problems=problems) from None
+
+
+async def authorize(auth: Auth, scope: Scope, receive: Receive) -> None:
+    """Run the app's auth dependency (a callable taking the Request; sync or async)."""
+    result = auth(Request(scope, receive))
+    if inspect.isawaitable(result):
+        await result
+
+
+async def first_item(items: AsyncIterator[RouterStreamItem]) -> RouterStreamItem:
+    """Pull the first item before any byte is sent: ``AllStrategiesFailed`` still becomes a 503."""
+    return await anext(items)
+
+
+class RawEndpoint:
+    """An ASGI app for one POST route: ``handle(scope, receive, send)`` does the work; every
+    ``StackdError`` becomes ``render_error(exc)``."""
+
+    def __init__(
+        self,
+        auth: Auth,
+        handle: Callable[[Scope, Receive, Send], Awaitable[None]],
+        render_error: Callable[[StackdError], tuple[int, bytes]],
+    ) -> None:
+        self._auth = auth
+        self._handle = handle
+        self._render_error = render_error
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await authorize(self._auth, scope, receive)
+            await self._handle(scope, receive, send)
+        except StackdError as exc:
+            status, body = self._render_error(exc)
+            headers = [*JSON_HEADERS, (b"www-authenticate", b"Bearer")] if status == 401 else JSON_HEADERS
+            await send_bytes(send, status, body, headers)
+
+
+# ---------------------------------------------------------------- the gateway
+class ChatCompletionBody(BaseModel):
+    """The OpenAI chat request fields the gateway uses; other OpenAI fields are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stop: str | list[str] | None = None
+
+    def to_request(self) -> ChatRequest:
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop
+        return ChatRequest(
+            self.messages, self.max_completion_tokens or self.max_tokens, self.temperature, self.top_p, stop
+        )
+
+
+def openai_error(exc: StackdError) -> tuple[int, bytes]:
+    error: dict[str, Any] = {
+        "message": exc.message,
+        "type": OPENAI_ERROR_TYPES.get(exc.status, "server_error"),
+        "param": None,
+        "code": OPENAI_ERROR_CODES.get(exc.status),
+    }
+    if "attempts" in exc.detail:
+        error["attempts"] = exc.detail["attempts"]
+    return exc.status, dumps({"error": error})
+
+
+def completion_body(answer: Answer, model: str, completion_id: str, created: int) -> dict[str, Any]:
+    usage = answer.usage
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.text},
+                "finish_reason": answer.finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+        },
+        "stackd": {
+            "strategy": answer.strategy,
+            "backend": answer.backend,
+            "backend_model": answer.model,
+            "cost_usd": answer.cost_usd,
+            "attempts": [a.to_dict() for a in answer.attempts],
+        },
+    }
+
+
+async def chat_chunks(
+    first: RouterStreamItem, items: AsyncIterator[RouterStreamItem], model: str, include_usage: bool
+) -> AsyncIterator[bytes]:
+    """OpenAI ``chat.completion.chunk`` events for the router's stream, ending with ``[DONE]``."""
+    base = {
+        "id": f"chatcmpl-{secrets.token_hex(12)}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+    }
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+    yield chunk({"role": "assistant", "content": ""})
+    item: RouterStreamItem | None = first
+    while item is not None:
+        if isinstance(item, TextDelta):
+            yield chunk({"content": item.text})
+        elif isinstance(item, StreamDone):
+            yield chunk({}, item.answer.finish_reason)
+            if include_usage:
+                u = item.answer.usage
+                usage = {
+                    "prompt_tokens": u.prompt_tokens,
+                    "completion_tokens": u.completion_tokens,
+                    "total_tokens": u.total_tokens,
+                }
+                yield sse({**base, "choices": [], "usage": usage})
+            break
+        elif isinstance(item, StreamBroken):
+            yield sse(
+                {
+                    "error": {
+                        "message": f"backend '{item.backend}' failed mid-stream: {item.reason}",
+                        "type": "server_error",
+                        "param": None,
+                        "code": "stream_broken",
+                        "backend": item.backend,
+                        "strategy": item.strategy,
+                    }
+                }
+            )
+            break
+        item = await anext(items, None)
+    yield SSE_DONE
+
+
+class ChatCompletions:
+    def __init__(self, router: ReasonRouter) -> None:
+        self._router = router
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body: ChatCompletionBody = validate(ChatCompletionBody, await read_body(receive))
+        route: ChainRoute = self._router.gateway_route(body.model)
+        request = body.to_request()
+        if not body.stream:
+            answer = await self._router.complete(route, request)
+            payload = completion_body(
+                answer, body.model, f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
+            )
+            await send_bytes(send, 200, dumps(payload))
+            return
+        items = self._router.stream(route, request)
+        first = await first_item(items)
+        include_usage = bool(body.stream_options and body.stream_options.get("include_usage"))
+        await send_sse(send, chat_chunks(first, items, body.model, include_usage))
+
+
+def build_gateway_router(router: ReasonRouter, auth: Auth) -> APIRouter:
+    """``GET /v1/models`` and ``POST /v1/chat/completions`` as raw ASGI routes (OpenAI error shape,
+    auth errors included); ``auth`` is the app's dependency, called with the ``Request``."""
+    api = APIRouter()
+
+    async def list_models(scope: Scope, receive: Receive, send: Send) -> None:
+        created = int(time.time())
+        data = [
+            {"id": name, "object": "model", "created": created, "owned_by": "stackd"}
+            for name in router.gateway_models()
+        ]
+        await send_bytes(send, 200, dumps({"object": "list", "data": data}))
+
+    models = RawEndpoint(auth, list_models, openai_error)
+    api.routes.append(Route("/v1/models", models, methods=["GET"], name="list_models"))
+    endpoint = RawEndpoint(auth, ChatCompletions(router), openai_error)
+    api.routes.append(Route("/v1/chat/completions", endpoint, methods=["POST"], name="chat_completions"))
+    return api

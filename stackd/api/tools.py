@@ -1,0 +1,204 @@
+"""The orchestrator's tools: ``POST /tools/reason``, ``/tools/invoke_model``, ``/tools/deep_reasoning``.
+
+``GET /tools`` returns the three as OpenAI function-calling tool schemas, generated from the
+same pydantic models that validate the calls, so what the orchestrator registers is exactly
+what the endpoints accept. Answers are ``Answer.to_dict()``: the text plus strategy, backend,
+model, usage, cost and the attempts. With ``"stream": true`` the answer comes as SSE:
+``data: {"delta": "..."}`` events, then ``data: {"done": true, ...}`` (the answer without its
+text) or ``data: {"error": {...}}`` naming the backend, then ``data: [DONE]``.
+
+Errors have stackd's shape (``{"error": NAME, "message", ...}``), like the daemon's other
+endpoints; a 503 lists every strategy's reason under ``attempts``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from stackd.api.gateway import (
+    SSE_DONE,
+    Auth,
+    RawEndpoint,
+    dumps,
+    first_item,
+    read_body,
+    send_bytes,
+    send_sse,
+    sse,
+    validate,
+)
+from stackd.errors import StackdError
+from stackd.router import ReasonRouter
+from stackd.router.routes import DEFAULT_EFFORT, MAX_EFFORT
+from stackd.router.types import Answer, ChatRequest, RouterStreamItem, StreamBroken, StreamDone, TextDelta
+
+
+class ToolArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int | None = Field(None, ge=1, description="Upper bound on the answer's tokens.")
+    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature.")
+    stream: bool = Field(False, description="Stream the answer as server-sent events.")
+
+
+class ReasonArgs(ToolArgs):
+    """Think harder about a problem: stackd picks the backend from the effort and the active stack."""
+
+    problem: str = Field(min_length=1, description="The problem to reason about, self-contained.")
+    context: str | None = Field(None, description="Optional background the reasoner needs.")
+    effort: int = Field(
+        DEFAULT_EFFORT,
+        ge=1,
+        le=MAX_EFFORT,
+        description="1-10. Low answers from the reflex model; 7-8 local elastic first; 9-10 cloud GPU first.",
+    )
+
+
+class DeepReasoningArgs(ToolArgs):
+    """Maximum-quality reasoning: the chain starts with the strongest strategy of the stack."""
+
+    problem: str = Field(min_length=1, description="The problem to reason about, self-contained.")
+    context: str | None = Field(None, description="Optional background the reasoner needs.")
+
+
+class InvokeOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    slice: str | None = Field(None, description="Elastic slice: 6b, 9b or 12b (default: the preset's).")
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stop: list[str] | None = None
+
+
+class InvokeModelArgs(BaseModel):
+    """Call a configured model preset directly (e.g. elastic with a slice, reflex, vision)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str = Field(min_length=1, description="Preset name, e.g. 'elastic', 'elastic:9b', 'reflex'.")
+    prompt: str | None = Field(None, min_length=1, description="A single user prompt (or give messages).")
+    messages: list[dict[str, Any]] | None = Field(None, min_length=1, description="OpenAI-style chat messages.")
+    options: InvokeOptions = Field(default_factory=InvokeOptions)
+    stream: bool = Field(False, description="Stream the answer as server-sent events.")
+
+    @model_validator(mode="after")
+    def _prompt_or_messages(self) -> InvokeModelArgs:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        return self
+
+
+def problem_request(args: ReasonArgs | DeepReasoningArgs) -> ChatRequest:
+    content = f"{args.problem}\n\nContext:\n{args.context}" if args.context else args.problem
+    return ChatRequest([{"role": "user", "content": content}], args.max_tokens, args.temperature)
+
+
+def tool_schema(name: str, model: type[BaseModel], presets: list[str] | None = None) -> dict[str, Any]:
+    """An OpenAI function tool for ``model``; the ``stream`` transport flag is not the model's to set."""
+    schema = model.model_json_schema()
+    schema.pop("title", None)
+    description = schema.pop("description", "")
+    schema["properties"] = {k: v for k, v in schema["properties"].items() if k != "stream"}
+    for prop in schema["properties"].values():
+        prop.pop("title", None)
+    for definition in schema.get("$defs", {}).values():
+        definition.pop("title", None)
+        for prop in definition.get("properties", {}).values():
+            prop.pop("title", None)
+    if presets is not None:
+        schema["properties"]["preset"]["enum"] = presets
+    return {"type": "function", "function": {"name": name, "description": description, "parameters": schema}}
+
+
+def stackd_error(exc: StackdError) -> tuple[int, bytes]:
+    return exc.status, dumps(exc.to_dict())
+
+
+async def answer_events(
+    first: RouterStreamItem, items: AsyncIterator[RouterStreamItem]
+) -> AsyncIterator[bytes]:
+    item: RouterStreamItem | None = first
+    while item is not None:
+        if isinstance(item, TextDelta):
+            yield sse({"delta": item.text})
+        elif isinstance(item, StreamDone):
+            done = item.answer.to_dict()
+            done.pop("answer")
+            yield sse({"done": True, **done})
+            break
+        elif isinstance(item, StreamBroken):
+            message = f"backend '{item.backend}' failed mid-stream: {item.reason}"
+            attempts = [a.to_dict() for a in item.attempts]
+            yield sse({"error": {"message": message, "backend": item.backend, "attempts": attempts}})
+            break
+        item = await anext(items, None)
+    yield SSE_DONE
+
+
+Call = Callable[[Any], tuple[Callable[[], Awaitable[Answer]], Callable[[], AsyncIterator[RouterStreamItem]]]]
+
+
+def tool_endpoint(model: type[BaseModel], call: Call) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """A handler that validates the body as ``model`` and answers ``call``'s (complete, stream)."""
+
+    async def handle(scope: Scope, receive: Receive, send: Send) -> None:
+        args = validate(model, await read_body(receive))
+        complete, stream = call(args)
+        if not args.stream:
+            await send_bytes(send, 200, dumps((await complete()).to_dict()))
+            return
+        items = stream()
+        first = await first_item(items)
+        await send_sse(send, answer_events(first, items))
+
+    return handle
+
+
+def build_tools_router(router: ReasonRouter, auth: Auth) -> APIRouter:
+    """``GET /tools`` (a FastAPI route) and the three POSTs (raw ASGI routes, see gateway.py)."""
+    api = APIRouter()
+
+    @api.get("/tools", dependencies=[Depends(auth)])
+    async def list_tools() -> list[dict[str, Any]]:
+        presets = sorted(router.config.presets)
+        presets += [
+            f"{p}:{s}" for p in sorted(router.config.presets) for s in router.config.presets[p].slices
+        ]
+        return [
+            tool_schema("reason", ReasonArgs),
+            tool_schema("invoke_model", InvokeModelArgs, presets),
+            tool_schema("deep_reasoning", DeepReasoningArgs),
+        ]
+
+    def reason(args: ReasonArgs) -> Any:
+        route = router.reason_route(args.effort)
+        request = problem_request(args)
+        return (lambda: router.complete(route, request)), (lambda: router.stream(route, request))
+
+    def deep_reasoning(args: DeepReasoningArgs) -> Any:
+        route = router.deep_reasoning_route()
+        request = problem_request(args)
+        return (lambda: router.complete(route, request)), (lambda: router.stream(route, request))
+
+    def invoke_model(args: InvokeModelArgs) -> Any:
+        opts = args.options
+        route = router.preset_route(args.preset, opts.slice)
+        messages = args.messages or [{"role": "user", "content": args.prompt}]
+        request = ChatRequest(messages, opts.max_tokens, opts.temperature, opts.top_p, opts.stop)
+        return (lambda: router.complete(route, request)), (lambda: router.stream(route, request))
+
+    for path, model, call in (
+        ("/tools/reason", ReasonArgs, reason),
+        ("/tools/invoke_model", InvokeModelArgs, invoke_model),
+        ("/tools/deep_reasoning", DeepReasoningArgs, deep_reasoning),
+    ):
+        endpoint = RawEndpoint(auth, tool_endpoint(model, call), stackd_error)
+        api.routes.append(Route(path, endpoint, methods=["POST"], name=path.rsplit("/", 1)[1]))
+    return api

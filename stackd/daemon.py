@@ -1,0 +1,112 @@
+"""Build the daemon's services from settings, and run it under uvicorn.
+
+Everything is constructed here, once, and passed down (STYLE habit 9). The lifespan recovers an
+interrupted switch (or restores the persisted stack) before the first request is served.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from stackd.api.app import create_app
+from stackd.api.auth import TOKEN_ENV, load_or_create_token
+from stackd.config.loader import load_config
+from stackd.errors import ConfigError, StackdError
+from stackd.hardware.probe import make_gpu_reader, read_hardware
+from stackd.roles import LiveRoles
+from stackd.services import Services
+from stackd.settings import Settings
+
+log = logging.getLogger("stackd")
+
+
+class UnsafeBind(StackdError):
+    """Refusing to listen beyond loopback without an explicit token."""
+
+
+def build_services(settings: Settings) -> Services:
+    from stackd.drivers.docker import DockerContainerDriver
+    from stackd.drivers.health import HttpHealthChecker
+    from stackd.drivers.ollama import OllamaHttpDriver
+    from stackd.drivers.remote import HttpRemoteProber
+    from stackd.manager import ModelStackManager
+    from stackd.router import ReasonRouter
+    from stackd.state.store import StateStore
+    from stackd.state.usage import UsageStore
+
+    config = load_config(settings.config)
+    token, source = load_or_create_token(settings.state_dir)
+    if not settings.loopback and source != TOKEN_ENV:
+        raise UnsafeBind(
+            f"refusing to listen on {settings.host} without a token: set {TOKEN_ENV} to a long random "
+            "secret (every endpoint but /healthz will then require it), or bind to 127.0.0.1"
+        )
+    reader = make_gpu_reader(str(settings.gpu_scenario) if settings.gpu_scenario else None, settings.gpu_total_gb)
+    if settings.gpu_total_gb is not None:
+        config = config.model_copy(update={"gpu": config.gpu.model_copy(update={"total_gb": settings.gpu_total_gb})})
+
+    def hardware():  # type: ignore[no-untyped-def]
+        return read_hardware(reader)
+
+    roles = LiveRoles()
+    health = HttpHealthChecker()
+    store = StateStore(settings.db_path)
+    manager = ModelStackManager(
+        config=config,
+        store=store,
+        containers=DockerContainerDriver(gpu_device=config.gpu.device, health=health),
+        ollama=OllamaHttpDriver(config.ollama.url),
+        remotes=HttpRemoteProber(),
+        health=health,
+        live_roles=roles,
+        read_hardware=hardware,
+    )
+    usage = UsageStore(settings.db_path)
+    router = ReasonRouter(config, roles, usage=usage, on_use=manager.touch)
+    return Services(settings=settings, config=config, roles=roles, manager=manager, read_hardware=hardware,
+                    token=token, token_source=source, router=router, usage=usage)
+
+
+def build_app(settings: Settings) -> FastAPI:
+    services = build_services(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.recover_on_start:
+            report = await services.manager.recover()
+            log.info("start: %s", report)
+        if settings.periodic:
+            from stackd.periodic import start_periodic
+
+            services.periodic = start_periodic(services.manager)
+        await services.router.start()
+        try:
+            yield
+        finally:
+            if services.periodic is not None:
+                services.periodic.shutdown(wait=False)
+            await services.router.aclose()
+            await services.usage.aclose()
+            await services.manager.aclose()
+
+    return create_app(services, lifespan=lifespan)
+
+
+def run(settings: Settings) -> None:
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        app = build_app(settings)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(str(problem), file=sys.stderr)
+        raise
+    log.info("stackd on http://%s:%d (config %s, state %s)", settings.host, settings.port,
+             settings.config, settings.state_dir)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)

@@ -1,0 +1,139 @@
+"""What a switch reports while it runs, and the log that replays it to late followers.
+
+A ``SwitchEvent`` is a plain JSON-able dict (the API writes it as one SSE message, ``event:`` set
+to its ``type``); the constructors below are the only places that build one, so the set of
+types and their fields is written down here:
+
+    step_started   step                           a step begins
+    step_done      step                           a step succeeded
+    step_failed    step, error                    a step failed; undo follows
+    pull_progress  step, tag, status, digest, completed, total    one (throttled) pull line
+    undo_step      step, ok, error                one compensation of a done step
+    degraded       model, error                   a non-required remote did not answer
+    roles_swapped  version, bindings              the live role table was replaced
+    finished       state, error                   last event of every switch
+
+Every event also carries ``switch_id``, ``seq`` (0, 1, 2 … per switch) and ``at`` (wall clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import asdict
+from typing import Any, Literal, NotRequired, TypedDict
+
+EventType = Literal["step_started", "step_done", "step_failed", "pull_progress", "undo_step", "degraded",
+                    "roles_swapped", "finished"]
+
+
+class SwitchEvent(TypedDict):
+    type: EventType
+    switch_id: str
+    seq: int
+    at: float
+    step: NotRequired[dict[str, Any]]
+    error: NotRequired[str | None]
+    ok: NotRequired[bool]
+    tag: NotRequired[str]
+    status: NotRequired[str]
+    digest: NotRequired[str | None]
+    completed: NotRequired[int | None]
+    total: NotRequired[int | None]
+    model: NotRequired[str]
+    state: NotRequired[str]
+    version: NotRequired[int]
+    bindings: NotRequired[dict[str, str]]
+
+
+class EventLog:
+    """The events of one switch: append-only, replayed from the start to every follower.
+
+    Followers (``follow``) get every past event, then each new one as it is appended, and stop
+    after ``close``. Everything runs on the event loop: appends never block and never wait for
+    slow followers (each follower keeps its own position in the list).
+    """
+
+    def __init__(self, switch_id: str, wall_clock: Callable[[], float] = time.time) -> None:
+        self.switch_id = switch_id
+        self._wall_clock = wall_clock
+        self._events: list[SwitchEvent] = []
+        self._closed = False
+        self._changed = asyncio.Event()
+
+    @property
+    def events(self) -> list[SwitchEvent]:
+        return list(self._events)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def emit(self, type_: EventType, **fields: Any) -> SwitchEvent:
+        if self._closed:
+            raise RuntimeError(f"switch {self.switch_id}: event '{type_}' after the log was closed")
+        event: SwitchEvent = {"type": type_, "switch_id": self.switch_id, "seq": len(self._events),
+                              "at": self._wall_clock()}
+        event.update(fields)  # type: ignore[typeddict-item]
+        self._events.append(event)
+        self._wake()
+        return event
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        # Each wait gets a fresh Event: setting the old one releases every follower parked on it.
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def follow(self) -> AsyncIterator[SwitchEvent]:
+        position = 0
+        while True:
+            changed = self._changed
+            while position < len(self._events):
+                yield self._events[position]
+                position += 1
+            if self._closed:
+                return
+            await changed.wait()
+
+
+class PullThrottle:
+    """Decides which pull lines become events: Ollama streams thousands per layer; a follower
+    needs a new status, each whole percent, and the last line."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str | None], tuple[str, int]] = {}
+
+    def wanted(self, tag: str, status: str, digest: str | None,
+               completed: int | None, total: int | None) -> bool:
+        key = (tag, digest)
+        percent = (100 * completed) // total if completed is not None and total else -1
+        last = self._last.get(key)
+        if last == (status, percent) and completed != total:
+            return False
+        self._last[key] = (status, percent)
+        return True
+
+
+def step_dict(step: Any) -> dict[str, Any]:
+    """A step (frozen dataclass of ``stackd.plan``) as the JSON the journal and the API carry."""
+    return asdict(step)
+
+
+def describe_step(step: Mapping[str, Any]) -> str:
+    """A step's JSON as a short phrase: ``start_container orchestrator-8b``, ``bind_role vision``."""
+    kind = str(step.get("kind", "step"))
+    if kind in ("bind_role", "unbind_role"):
+        return f"{kind} {step.get('role')}" + (f" -> {step['model']}" if step.get("model") else "")
+    if kind == "roles_swapped":
+        return "role table swap"
+    target = step.get("tag") or step.get("container")
+    return f"{kind} {step.get('model', '')}" + (f" ({target})" if target else "")
+
+
+def bindings_dict(bindings: Mapping[str, str]) -> dict[str, str]:
+    return dict(sorted(bindings.items()))

@@ -1,0 +1,247 @@
+"""Applying one plan: steps in order, make-before-break role swaps, and undo on failure.
+
+Invariants this module keeps (the unit tests in ``tests/unit/test_manager*.py`` check them):
+
+* Roles are never bound to a model that is not up: ``BindRole`` / ``UnbindRole`` only edit a
+  *pending* table; the live table (``LiveRoles.swap``) takes it in one assignment just before
+  the first ``StopContainer`` / ``UnloadModel`` (the planner orders stops last, so that is after
+  every start, load and probe) or at the end. A plan that breaks before it makes (a swap group
+  on a full card) gets one swap per stop boundary; a normal plan gets exactly one.
+* A failed step leaves the previous stack running: the failed step itself and then every done
+  step are compensated in reverse order (start ↔ stop, load ↔ unload, role swap → the previous
+  table; a pull is kept, it costs nothing to keep and a lot to redo). Compensations are the
+  drivers' idempotent ``ensure_*`` calls, so undoing a step that half happened is safe.
+* Only ``Exception`` is a step failure. A ``BaseException`` (task cancellation, a simulated
+  SIGKILL in tests) goes through untouched: the journal then still holds the intent and the
+  steps recorded so far, and ``recover`` sorts it out at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, assert_never
+
+from stackd.config.models import Model, OllamaRuntime, StacksConfig
+from stackd.drivers.base import ContainerDriver, OllamaDriver, RemoteProber
+from stackd.errors import StackdError
+from stackd.events import EventLog, PullThrottle, bindings_dict, step_dict
+from stackd.plan import (
+    BindRole,
+    LoadModel,
+    Plan,
+    ProbeRemote,
+    PullModel,
+    StartContainer,
+    Step,
+    StopContainer,
+    UnbindRole,
+    UnloadModel,
+)
+from stackd.roles import LiveRoles, RoleTable
+
+START_GRACE_S = 30.0  # on top of the model's start_timeout_s: the driver times out first
+
+
+@dataclass(frozen=True)
+class RolesSwapped:
+    """A done record: the live table was replaced; undo puts ``previous`` back."""
+
+    previous: RoleTable
+    version: int
+
+
+Done = Step | RolesSwapped
+
+
+@dataclass(frozen=True)
+class Undo:
+    step: dict[str, Any]
+    ok: bool
+    error: str | None = None
+
+
+@dataclass
+class Execution:
+    """What applying a plan did. ``failed_step`` is None when every step succeeded."""
+
+    done: list[Done] = field(default_factory=list)
+    failed_step: Step | None = None
+    error: str | None = None
+    undone: list[Undo] = field(default_factory=list)
+    degraded: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed_step is None
+
+    @property
+    def fully_undone(self) -> bool:
+        return all(u.ok for u in self.undone)
+
+    def steps_done_json(self) -> list[dict[str, Any]]:
+        return [done_json(d) for d in self.done]
+
+
+def done_json(done: Done) -> dict[str, Any]:
+    if isinstance(done, RolesSwapped):
+        return {"kind": "roles_swapped", "version": done.version}
+    return step_dict(done)
+
+
+Journal = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class PlanExecutor:
+    """Runs one plan through the drivers; one instance per switch."""
+
+    def __init__(self, config: StacksConfig, containers: ContainerDriver, ollama: OllamaDriver,
+                 remotes: RemoteProber, live_roles: LiveRoles, log: EventLog, journal: Journal,
+                 step_timeout_s: float = 300.0) -> None:
+        self._config = config
+        self._containers = containers
+        self._ollama = ollama
+        self._remotes = remotes
+        self._live = live_roles
+        self._log = log
+        self._journal = journal
+        self._step_timeout_s = step_timeout_s
+
+    async def run(self, plan: Plan, result: Execution | None = None) -> Execution:
+        """Apply ``plan``, filling ``result`` (pass one in to let readers see progress)."""
+        result = result if result is not None else Execution()
+        members = frozenset(self._config.stacks[plan.stack].member_names)
+        pending = dict(self._live.current.bindings)
+        for step in plan.steps:
+            if isinstance(step, StopContainer | UnloadModel):
+                await self._swap_if_changed(plan.stack, pending, members, result)
+            self._log.emit("step_started", step=step_dict(step))
+            try:
+                await self._timed(step, pending, result)
+            except Exception as exc:
+                result.failed_step = step
+                result.error = _describe(exc)
+                self._log.emit("step_failed", step=step_dict(step), error=result.error)
+                await self._undo(step, result)
+                return result
+            result.done.append(step)
+            await self._journal(step_dict(step))
+            self._log.emit("step_done", step=step_dict(step))
+        await self._swap_if_changed(plan.stack, pending, members, result)
+        return result
+
+    async def _timed(self, step: Step, pending: dict[str, str], result: Execution) -> None:
+        if isinstance(step, PullModel):
+            # A pull of many GiB has no sensible overall bound; the driver bounds each read.
+            await self._apply(step, pending, result)
+            return
+        limit = self._step_timeout_s
+        if isinstance(step, StartContainer):
+            health = self._config.models[step.model].health
+            limit = max(limit, (health.start_timeout_s if health else 0.0) + START_GRACE_S)
+        try:
+            async with asyncio.timeout(limit):
+                await self._apply(step, pending, result)
+        except TimeoutError as exc:
+            raise TimeoutError(f"no answer within {limit:g} s") from exc
+
+    async def _apply(self, step: Step, pending: dict[str, str], result: Execution) -> None:
+        models = self._config.models
+        match step:
+            case StartContainer(model=name):
+                await self._containers.ensure_running(name, models[name])
+            case StopContainer(model=name):
+                await self._containers.ensure_stopped(name, models[name])
+            case PullModel(tag=tag):
+                throttle = PullThrottle()
+                async for line in self._ollama.pull(tag):
+                    if throttle.wanted(tag, line.status, line.digest, line.completed, line.total):
+                        self._log.emit("pull_progress", step=step_dict(step), tag=tag, status=line.status,
+                                       digest=line.digest, completed=line.completed, total=line.total)
+            case LoadModel(model=name):
+                await self._ollama.load(_runtime(models, name))
+            case UnloadModel(model=name):
+                await self._ollama.unload(_runtime(models, name))
+            case ProbeRemote(model=name, required=required):
+                try:
+                    await self._remotes.probe(name, models[name])
+                except Exception as exc:
+                    remote = models[name].remote
+                    if required or (remote is not None and remote.required):
+                        raise
+                    result.degraded[name] = _describe(exc)
+                    self._log.emit("degraded", model=name, error=result.degraded[name])
+            case BindRole(role=role, model=name):
+                pending[role] = name
+            case UnbindRole(role=role):
+                pending.pop(role, None)
+            case _:
+                assert_never(step)
+
+    async def _swap_if_changed(self, stack: str, pending: dict[str, str], members: frozenset[str],
+                               result: Execution) -> None:
+        live = self._live.current
+        if live.stack == stack and dict(live.bindings) == pending and live.members == members:
+            return
+        self._live.swap(RoleTable(stack=stack, bindings=dict(pending), members=members))
+        swapped = RolesSwapped(previous=live, version=self._live.current.version)
+        result.done.append(swapped)
+        await self._journal(done_json(swapped))
+        self._log.emit("roles_swapped", version=swapped.version, bindings=bindings_dict(pending))
+
+    async def _undo(self, failed: Step, result: Execution) -> None:
+        """Compensate the failed step (it may have half happened), then the done ones, newest first."""
+        for done in [failed, *reversed(result.done)]:
+            try:
+                async with asyncio.timeout(self._undo_limit(done)):
+                    compensated = await self._compensate(done)
+            except Exception as exc:
+                undo = Undo(step=done_json(done), ok=False, error=_describe(exc))
+            else:
+                if not compensated:
+                    continue
+                undo = Undo(step=done_json(done), ok=True)
+            result.undone.append(undo)
+            self._log.emit("undo_step", step=undo.step, ok=undo.ok, error=undo.error)
+
+    def _undo_limit(self, done: Done) -> float:
+        if isinstance(done, StopContainer):  # undone by a start: allow for the model's start time
+            health = self._config.models[done.model].health
+            return max(self._step_timeout_s, (health.start_timeout_s if health else 0.0) + START_GRACE_S)
+        return self._step_timeout_s
+
+    async def _compensate(self, done: Done) -> bool:
+        """Perform the inverse of ``done``; False when there is nothing to invert."""
+        models = self._config.models
+        match done:
+            case RolesSwapped(previous=previous):
+                self._live.swap(previous)
+            case StartContainer(model=name):
+                await self._containers.ensure_stopped(name, models[name])
+            case StopContainer(model=name):
+                await self._containers.ensure_running(name, models[name])
+            case LoadModel(model=name):
+                await self._ollama.unload(_runtime(models, name))
+            case UnloadModel(model=name):
+                await self._ollama.load(_runtime(models, name))
+            case PullModel() | ProbeRemote() | BindRole() | UnbindRole():
+                return False  # a pull is kept; a probe changed nothing; role edits were pending only
+            case _:
+                assert_never(done)
+        return True
+
+
+def _runtime(models: Mapping[str, Model], name: str) -> OllamaRuntime:
+    runtime = models[name].ollama
+    if runtime is None:
+        raise ValueError(f"model {name} has no ollama section")
+    return runtime
+
+
+def _describe(exc: BaseException) -> str:
+    """The driver's sentence; for anything else, its type too (it is a bug worth naming)."""
+    if isinstance(exc, StackdError):
+        return exc.message
+    text = str(exc) or "no detail"
+    return text if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {text}"

@@ -1,0 +1,158 @@
+"""Per (strategy, backend) accounting of the router: counts, failures by kind, latency, tokens, cost.
+
+Recording is a few integer additions on the hot path. ``stats()`` serves ``/status``, the
+Prometheus collector reads the same cells at scrape time, and ``drain()`` hands the usage
+store what accumulated since its last flush (so SQLite writes happen off the hot path).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from typing import Any
+
+from stackd.router.types import AttemptStatus, FailureKind, Usage
+from stackd.state.usage import UsageRow
+
+# Upper bounds in ms; the last bucket is +Inf. Shared with the Prometheus histograms.
+LATENCY_BUCKETS_MS: tuple[float, ...] = (
+    1,
+    2.5,
+    5,
+    10,
+    25,
+    50,
+    100,
+    250,
+    500,
+    1000,
+    2500,
+    5000,
+    10000,
+    30000,
+    60000,
+)
+NO_BACKEND = "-"
+
+
+@dataclass(slots=True)
+class LatencyTally:
+    count: int = 0
+    sum_ms: float = 0.0
+    max_ms: float = 0.0
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
+
+    def add(self, ms: float) -> None:
+        self.count += 1
+        self.sum_ms += ms
+        self.max_ms = max(self.max_ms, ms)
+        self.buckets[bisect_left(LATENCY_BUCKETS_MS, ms)] += 1
+
+    def to_dict(self) -> dict[str, float]:
+        mean = self.sum_ms / self.count if self.count else 0.0
+        return {"count": self.count, "mean_ms": round(mean, 3), "max_ms": round(self.max_ms, 3)}
+
+
+@dataclass(slots=True)
+class Tally:
+    """What one (strategy, backend) pair did."""
+
+    requests: int = 0  # attempts sent to the backend (skips excluded)
+    answered: int = 0
+    skipped: int = 0
+    failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FailureKind, 0))
+    first_token: LatencyTally = field(default_factory=LatencyTally)
+    total: LatencyTally = field(default_factory=LatencyTally)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def add(
+        self,
+        status: AttemptStatus,
+        kind: FailureKind | None,
+        first_token_ms: float | None,
+        total_ms: float,
+        usage: Usage | None,
+        cost_usd: float,
+    ) -> None:
+        if status == "skipped":
+            self.skipped += 1
+            return
+        self.requests += 1
+        if status == "answered":
+            self.answered += 1
+        elif kind is not None:
+            self.failures[kind] += 1
+        if first_token_ms is not None:
+            self.first_token.add(first_token_ms)
+        self.total.add(total_ms)
+        if usage is not None:
+            self.prompt_tokens += usage.prompt_tokens
+            self.completion_tokens += usage.completion_tokens
+        self.cost_usd += cost_usd
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "answered": self.answered,
+            "skipped": self.skipped,
+            "failures": {str(k): v for k, v in self.failures.items() if v},
+            "latency_first_token": self.first_token.to_dict(),
+            "latency_total": self.total.to_dict(),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": round(self.cost_usd, 6),
+        }
+
+
+class Accounting:
+    def __init__(self) -> None:
+        self.tallies: dict[tuple[str, str], Tally] = {}
+        self._pending: dict[tuple[str, str], Tally] = {}
+
+    def record(
+        self,
+        strategy: str,
+        backend: str | None,
+        status: AttemptStatus,
+        kind: FailureKind | None = None,
+        first_token_ms: float | None = None,
+        total_ms: float = 0.0,
+        usage: Usage | None = None,
+        cost_usd: float = 0.0,
+    ) -> None:
+        key = (strategy, backend or NO_BACKEND)
+        for cells in (self.tallies, self._pending):
+            tally = cells.get(key)
+            if tally is None:
+                tally = cells[key] = Tally()
+            tally.add(status, kind, first_token_ms, total_ms, usage, cost_usd)
+
+    def drain(self) -> list[UsageRow]:
+        """What accumulated since the last drain, one row per (strategy, backend); resets it."""
+        pending, self._pending = self._pending, {}
+        return [
+            UsageRow(
+                strategy=strategy,
+                backend=backend,
+                requests=t.requests,
+                answered=t.answered,
+                skipped=t.skipped,
+                failures={str(k): v for k, v in t.failures.items() if v},
+                first_token_ms_sum=t.first_token.sum_ms,
+                first_token_count=t.first_token.count,
+                total_ms_sum=t.total.sum_ms,
+                total_count=t.total.count,
+                prompt_tokens=t.prompt_tokens,
+                completion_tokens=t.completion_tokens,
+                cost_usd=t.cost_usd,
+            )
+            for (strategy, backend), t in pending.items()
+        ]
+
+    def stats(self) -> list[dict[str, Any]]:
+        return [
+            {"strategy": strategy, "backend": backend, **tally.to_dict()}
+            for (strategy, backend), tally in sorted(self.tallies.items())
+        ]

@@ -1,0 +1,83 @@
+"""The attempts of one call, recorded as they happen into the call's list and the accounting."""
+
+from __future__ import annotations
+
+import time
+
+from stackd.config.models import StacksConfig
+from stackd.errors import AllStrategiesFailed
+from stackd.router.accounting import Accounting
+from stackd.router.circuit import CircuitBreaker
+from stackd.router.routes import Route, Target
+from stackd.router.types import Answer, Attempt, BackendError, Usage
+
+
+class AttemptLog:
+    __slots__ = ("_accounting", "_config", "attempts", "route")
+
+    def __init__(self, route: Route, config: StacksConfig, accounting: Accounting) -> None:
+        self.route = route
+        self._config = config
+        self._accounting = accounting
+        self.attempts: list[Attempt] = []
+
+    def skipped(self, target: Target, reason: str) -> None:
+        self.attempts.append(Attempt(target.strategy, target.model, "skipped", reason))
+        self._accounting.record(target.strategy, target.model, "skipped")
+
+    def failed(
+        self,
+        target: Target,
+        circuit: CircuitBreaker,
+        error: BackendError,
+        start: float,
+        first_token_ms: float | None,
+    ) -> None:
+        elapsed_ms = (time.perf_counter() - start) * 1000
+        circuit.record_failure(str(error))
+        self.attempts.append(
+            Attempt(target.strategy, target.model, "failed", str(error), elapsed_ms, error.kind)
+        )
+        self._accounting.record(
+            target.strategy, target.model, "failed", error.kind, first_token_ms, elapsed_ms
+        )
+
+    def answered(
+        self,
+        target: Target,
+        request_model: str,
+        text: str,
+        finish_reason: str,
+        usage: Usage,
+        first_token_ms: float,
+        total_ms: float,
+    ) -> Answer:
+        backend = target.model or "-"
+        cost = self.cost(backend, usage)
+        self.attempts.append(Attempt(target.strategy, backend, "answered", "answered", total_ms))
+        self._accounting.record(
+            target.strategy, backend, "answered", None, first_token_ms, total_ms, usage, cost
+        )
+        return Answer(
+            text, finish_reason, target.strategy, backend, request_model, usage, tuple(self.attempts), cost
+        )
+
+    def all_failed(self) -> AllStrategiesFailed:
+        """The 503 of a call whose every target failed or was skipped, listing each reason."""
+        listing = "; ".join(
+            f"{a.strategy} ({a.backend or '-'}) {a.status}: {a.reason}" for a in self.attempts
+        )
+        return AllStrategiesFailed(
+            f"{self.route.label}: every strategy failed or was skipped: {listing or 'the route is empty'}",
+            attempts=[a.to_dict() for a in self.attempts],
+        )
+
+    def cost(self, model: str, usage: Usage) -> float:
+        """USD for ``usage`` at the model's configured price (0 without one)."""
+        spec = self._config.models.get(model)
+        if spec is None or spec.price is None:
+            return 0.0
+        price = spec.price
+        return (
+            usage.prompt_tokens * price.input_per_mtok + usage.completion_tokens * price.output_per_mtok
+        ) / 1e6

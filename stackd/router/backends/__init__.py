@@ -1,0 +1,30 @@
+"""Backends per protocol and the factory that picks one for a config model."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from stackd.config.models import Api, StacksConfig
+from stackd.router.backends.anthropic import AnthropicBackend
+from stackd.router.backends.base import Backend
+from stackd.router.backends.gemini import GeminiBackend
+from stackd.router.backends.ollama import OllamaBackend
+from stackd.router.backends.openai import OpenAIBackend
+
+__all__ = ["Backend", "build_backend"]
+
+
+def build_backend(config: StacksConfig, name: str, session: aiohttp.ClientSession) -> Backend | None:
+    """The backend for config model ``name``, or None when its api is not a chat protocol (http)."""
+    model = config.models[name]
+    match model.api:
+        case Api.openai:
+            return OpenAIBackend(name, model, session)
+        case Api.anthropic:
+            return AnthropicBackend(name, model, session)
+        case Api.gemini:
+            return GeminiBackend(name, model, session)
+        case Api.ollama:
+            return OllamaBackend(name, model, session, config.ollama.url)
+        case Api.http:
+            return None

@@ -1,0 +1,135 @@
+"""Anthropic Messages (``POST /v1/messages``), streaming through its typed SSE events.
+
+System messages move to the top-level ``system`` field; ``max_tokens`` is mandatory in this
+protocol (1024 when the caller sets none). Usage comes from ``usage.input_tokens`` and
+``usage.output_tokens`` (``message_start`` and ``message_delta`` when streaming).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from stackd.config.models import Model
+from stackd.router.backends.base import (
+    api_key,
+    decode_json,
+    malformed,
+    missing_key_reason,
+    post,
+    read_json,
+    sse_data,
+    text_of,
+)
+from stackd.router.types import (
+    BackendError,
+    ChatRequest,
+    Completion,
+    FailureKind,
+    StreamEvent,
+    StreamFinish,
+    TextDelta,
+    Usage,
+)
+
+API_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 1024
+FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
+
+
+def messages_url(endpoint: str) -> str:
+    base = endpoint.rstrip("/")
+    return f"{base}/messages" if base.endswith("/v1") else f"{base}/v1/messages"
+
+
+class AnthropicBackend:
+    def __init__(self, name: str, model: Model, session: aiohttp.ClientSession) -> None:
+        self.name = name
+        self.model = model
+        self.request_model = model.request_model or name
+        self._url = messages_url(model.endpoint or "")
+        self._session = session
+
+    def not_ready(self) -> str | None:
+        return missing_key_reason(self.model)
+
+    def _payload(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
+        system = [text_of(m.get("content")) for m in request.messages if m.get("role") == "system"]
+        messages = [
+            {
+                "role": "assistant" if m.get("role") == "assistant" else "user",
+                "content": text_of(m.get("content")),
+            }
+            for m in request.messages
+            if m.get("role") != "system"
+        ]
+        body: dict[str, Any] = {
+            "model": self.request_model,
+            "messages": messages,
+            "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
+        }
+        if system:
+            body["system"] = "\n\n".join(system)
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.top_p is not None:
+            body["top_p"] = request.top_p
+        if request.stop:
+            body["stop_sequences"] = request.stop
+        if stream:
+            body["stream"] = True
+        return body
+
+    def _headers(self, key: str | None) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "anthropic-version": API_VERSION}
+        if key:
+            headers["x-api-key"] = key
+        return headers
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        key = api_key(self.model)
+        async with post(
+            self._session, self._url, self._payload(request, False), self._headers(key), key
+        ) as resp:
+            data = await read_json(resp, "message")
+        try:
+            text = "".join(b.get("text", "") for b in data["content"] if b.get("type") == "text")
+            usage = data.get("usage") or {}
+            return Completion(
+                text,
+                FINISH.get(data.get("stop_reason") or "end_turn", "stop"),
+                Usage(int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)),
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise malformed(f"message without content blocks: {str(data)[:120]}") from exc
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        key = api_key(self.model)
+        prompt_tokens = completion_tokens = 0
+        finish = "stop"
+        async with post(
+            self._session, self._url, self._payload(request, True), self._headers(key), key
+        ) as resp:
+            async for data in sse_data(resp):
+                event = decode_json(data, "stream event")
+                kind = event.get("type") if isinstance(event, dict) else None
+                if kind == "content_block_delta":
+                    text = (event.get("delta") or {}).get("text")
+                    if text:
+                        yield TextDelta(text)
+                elif kind == "message_start":
+                    usage = (event.get("message") or {}).get("usage") or {}
+                    prompt_tokens = int(usage.get("input_tokens") or 0)
+                elif kind == "message_delta":
+                    finish = FINISH.get((event.get("delta") or {}).get("stop_reason") or "end_turn", "stop")
+                    completion_tokens = int((event.get("usage") or {}).get("output_tokens") or 0)
+                elif kind == "message_stop":
+                    yield StreamFinish(finish, Usage(prompt_tokens, completion_tokens))
+                    return
+                elif kind == "error":
+                    raise BackendError(FailureKind.http_5xx, f"error event: {str(event.get('error'))[:200]}")
+                elif kind is None:
+                    raise malformed(f"stream event without a type: {data[:80]!r}")
+        raise BackendError(FailureKind.stream_cut, f"{self.name} stream ended before message_stop")

@@ -1,0 +1,135 @@
+"""Google Gemini ``generateContent`` and ``streamGenerateContent?alt=sse``.
+
+Roles map to ``user``/``model``; system messages become ``systemInstruction``. The key goes in
+the ``x-goog-api-key`` header (never in the URL, where it would reach logs). Usage is
+``usageMetadata.promptTokenCount`` / ``candidatesTokenCount`` (cumulative when streaming: the
+last one counts). The stream has no end marker: it is complete when a chunk carried a
+``finishReason``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from stackd.config.models import Model
+from stackd.router.backends.base import (
+    api_key,
+    decode_json,
+    malformed,
+    missing_key_reason,
+    post,
+    read_json,
+    sse_data,
+    text_of,
+)
+from stackd.router.types import (
+    BackendError,
+    ChatRequest,
+    Completion,
+    FailureKind,
+    StreamEvent,
+    StreamFinish,
+    TextDelta,
+    Usage,
+)
+
+FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "RECITATION": "content_filter"}
+
+
+def usage_of(data: dict[str, Any]) -> Usage | None:
+    meta = data.get("usageMetadata")
+    if not isinstance(meta, dict):
+        return None
+    return Usage(int(meta.get("promptTokenCount") or 0), int(meta.get("candidatesTokenCount") or 0))
+
+
+def candidate_text(data: dict[str, Any]) -> tuple[str, str | None]:
+    """(text, finishReason) of the first candidate; raises KeyError/TypeError on a wrong shape."""
+    candidate = data["candidates"][0]
+    parts = (candidate.get("content") or {}).get("parts") or []
+    text = "".join(p.get("text", "") for p in parts if not p.get("thought"))
+    return text, candidate.get("finishReason")
+
+
+class GeminiBackend:
+    def __init__(self, name: str, model: Model, session: aiohttp.ClientSession) -> None:
+        self.name = name
+        self.model = model
+        self.request_model = model.request_model or name
+        base = f"{(model.endpoint or '').rstrip('/')}/models/{self.request_model}"
+        self._url = f"{base}:generateContent"
+        self._stream_url = f"{base}:streamGenerateContent?alt=sse"
+        self._session = session
+
+    def not_ready(self) -> str | None:
+        return missing_key_reason(self.model)
+
+    def _payload(self, request: ChatRequest) -> dict[str, Any]:
+        system = [text_of(m.get("content")) for m in request.messages if m.get("role") == "system"]
+        contents = [
+            {
+                "role": "model" if m.get("role") == "assistant" else "user",
+                "parts": [{"text": text_of(m.get("content"))}],
+            }
+            for m in request.messages
+            if m.get("role") != "system"
+        ]
+        config: dict[str, Any] = {}
+        if request.max_tokens is not None:
+            config["maxOutputTokens"] = request.max_tokens
+        if request.temperature is not None:
+            config["temperature"] = request.temperature
+        if request.top_p is not None:
+            config["topP"] = request.top_p
+        if request.stop:
+            config["stopSequences"] = request.stop
+        body: dict[str, Any] = {"contents": contents}
+        if system:
+            body["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
+        if config:
+            body["generationConfig"] = config
+        return body
+
+    def _headers(self, key: str | None) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if key:
+            headers["x-goog-api-key"] = key
+        return headers
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        key = api_key(self.model)
+        async with post(self._session, self._url, self._payload(request), self._headers(key), key) as resp:
+            data = await read_json(resp, "generateContent answer")
+        try:
+            text, finish = candidate_text(data)
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise malformed(f"answer without candidates[0]: {str(data)[:120]}") from exc
+        return Completion(text, FINISH.get(finish or "STOP", "stop"), usage_of(data) or Usage())
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        key = api_key(self.model)
+        finish: str | None = None
+        usage: Usage | None = None
+        async with post(
+            self._session, self._stream_url, self._payload(request), self._headers(key), key
+        ) as resp:
+            async for data in sse_data(resp):
+                chunk = decode_json(data, "stream chunk")
+                if not isinstance(chunk, dict):
+                    raise malformed(f"stream chunk is not an object: {data[:80]!r}")
+                if "error" in chunk:
+                    raise BackendError(FailureKind.http_5xx, f"error event: {str(chunk['error'])[:200]}")
+                usage = usage_of(chunk) or usage
+                try:
+                    text, chunk_finish = candidate_text(chunk)
+                except (KeyError, IndexError, TypeError, AttributeError) as exc:
+                    raise malformed(f"stream chunk without candidates[0]: {data[:120]!r}") from exc
+                if text:
+                    yield TextDelta(text)
+                finish = chunk_finish or finish
+        if finish is None:
+            raise BackendError(FailureKind.stream_cut, f"{self.name} stream ended without a finishReason")
+        yield StreamFinish(FINISH.get(finish, "stop"), usage or Usage())

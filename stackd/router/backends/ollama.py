@@ -1,0 +1,100 @@
+"""Ollama's native ``POST /api/chat`` (NDJSON when streaming).
+
+Every call carries the model's configured ``options`` (``num_gpu: 0``, ``num_ctx``) and
+``keep_alive``: Ollama reloads a model whose options change between calls
+(research/ollama-gpustack.md). Usage is ``prompt_eval_count`` / ``eval_count`` of the final
+``done`` object. The data path uses the shared aiohttp session rather than the ``ollama``
+package's httpx client, which collapses under concurrency here (docs/benchmarks.md); the
+``ollama`` package stays on the control path (pull, load, unload).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from stackd.config.models import Model
+from stackd.router.backends.base import decode_json, malformed, post, read_json, text_of
+from stackd.router.types import (
+    BackendError,
+    ChatRequest,
+    Completion,
+    FailureKind,
+    StreamEvent,
+    StreamFinish,
+    TextDelta,
+    Usage,
+)
+
+HEADERS = {"Content-Type": "application/json"}
+
+
+def usage_of(data: dict[str, Any]) -> Usage:
+    return Usage(int(data.get("prompt_eval_count") or 0), int(data.get("eval_count") or 0))
+
+
+class OllamaBackend:
+    def __init__(self, name: str, model: Model, session: aiohttp.ClientSession, server_url: str) -> None:
+        self.name = name
+        self.model = model
+        self.request_model = model.request_model or name
+        self._url = f"{(model.endpoint or server_url).rstrip('/')}/api/chat"
+        self._session = session
+
+    def not_ready(self) -> str | None:
+        return None
+
+    def _payload(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
+        options: dict[str, Any] = dict(self.model.ollama.options) if self.model.ollama else {}
+        if request.max_tokens is not None:
+            options["num_predict"] = request.max_tokens
+        if request.temperature is not None:
+            options["temperature"] = request.temperature
+        if request.top_p is not None:
+            options["top_p"] = request.top_p
+        if request.stop:
+            options["stop"] = request.stop
+        body: dict[str, Any] = {
+            "model": self.request_model,
+            "messages": [
+                {"role": m.get("role", "user"), "content": text_of(m.get("content"))}
+                for m in request.messages
+            ],
+            "stream": stream,
+            "options": options,
+        }
+        if self.model.ollama is not None:
+            body["keep_alive"] = self.model.ollama.keep_alive
+        return body
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        async with post(self._session, self._url, self._payload(request, False), HEADERS, None) as resp:
+            data = await read_json(resp, "chat answer")
+        if isinstance(data, dict) and "error" in data:
+            raise BackendError(FailureKind.http_5xx, f"error: {str(data['error'])[:200]}")
+        try:
+            text = data["message"].get("content") or ""
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise malformed(f"chat answer without message: {str(data)[:120]}") from exc
+        return Completion(text, data.get("done_reason") or "stop", usage_of(data))
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        async with post(self._session, self._url, self._payload(request, True), HEADERS, None) as resp:
+            async for raw in resp.content:
+                line = raw.strip()
+                if not line:
+                    continue
+                chunk = decode_json(line, "stream line")
+                if not isinstance(chunk, dict):
+                    raise malformed(f"stream line is not an object: {line[:80]!r}")
+                if "error" in chunk:
+                    raise BackendError(FailureKind.http_5xx, f"error: {str(chunk['error'])[:200]}")
+                text = (chunk.get("message") or {}).get("content")
+                if text:
+                    yield TextDelta(text)
+                if chunk.get("done"):
+                    yield StreamFinish(chunk.get("done_reason") or "stop", usage_of(chunk))
+                    return
+        raise BackendError(FailureKind.stream_cut, f"{self.name} stream ended before done")

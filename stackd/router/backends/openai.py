@@ -1,0 +1,116 @@
+"""OpenAI chat completions: vLLM, Ollama's /v1, llama.cpp's server, any cloud GPU box.
+
+Tolerates what real servers do differently (research/real-engines.md): llama.cpp sends no usage
+chunk for ``stream_options.include_usage`` (usage is then 0/0 unless a chunk carries it), no
+``created``, and accepts any model name; vLLM reasoning models add ``reasoning_content``
+(not part of the answer text).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from stackd.config.models import Model
+from stackd.router.backends.base import (
+    api_key,
+    decode_json,
+    malformed,
+    missing_key_reason,
+    post,
+    read_json,
+    sse_data,
+)
+from stackd.router.types import (
+    BackendError,
+    ChatRequest,
+    Completion,
+    FailureKind,
+    StreamEvent,
+    StreamFinish,
+    TextDelta,
+    Usage,
+)
+
+
+def usage_of(data: dict[str, Any]) -> Usage | None:
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+
+
+class OpenAIBackend:
+    def __init__(self, name: str, model: Model, session: aiohttp.ClientSession) -> None:
+        self.name = name
+        self.model = model
+        self.request_model = model.request_model or name
+        self._url = f"{(model.endpoint or '').rstrip('/')}/chat/completions"
+        self._session = session
+
+    def not_ready(self) -> str | None:
+        return missing_key_reason(self.model)
+
+    def _payload(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.request_model, "messages": request.messages}
+        if request.max_tokens is not None:
+            body["max_tokens"] = request.max_tokens
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.top_p is not None:
+            body["top_p"] = request.top_p
+        if request.stop:
+            body["stop"] = request.stop
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    def _headers(self, key: str | None) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        key = api_key(self.model)
+        async with post(
+            self._session, self._url, self._payload(request, False), self._headers(key), key
+        ) as resp:
+            data = await read_json(resp, "chat completion")
+        try:
+            choice = data["choices"][0]
+            text = choice["message"].get("content") or ""
+            finish = choice.get("finish_reason") or "stop"
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise malformed(f"chat completion without choices[0].message: {str(data)[:120]}") from exc
+        return Completion(text, finish, usage_of(data) or Usage())
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        key = api_key(self.model)
+        finish: str | None = None
+        usage: Usage | None = None
+        async with post(
+            self._session, self._url, self._payload(request, True), self._headers(key), key
+        ) as resp:
+            async for data in sse_data(resp):
+                if data == b"[DONE]":
+                    yield StreamFinish(finish or "stop", usage or Usage())
+                    return
+                chunk = decode_json(data, "stream chunk")
+                if not isinstance(chunk, dict):
+                    raise malformed(f"stream chunk is not an object: {data[:80]!r}")
+                if "error" in chunk:
+                    raise BackendError(FailureKind.http_5xx, f"error event: {str(chunk['error'])[:200]}")
+                usage = usage_of(chunk) or usage
+                for choice in chunk.get("choices") or ():
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        yield TextDelta(text)
+                    finish = choice.get("finish_reason") or finish
+        if finish is None:
+            raise BackendError(FailureKind.stream_cut, f"{self.name} stream ended before [DONE]")
+        # A server that sends a finish_reason but no [DONE] has still answered completely.
+        yield StreamFinish(finish, usage or Usage())

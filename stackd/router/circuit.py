@@ -1,0 +1,73 @@
+"""A per-backend circuit breaker with an injected clock.
+
+    closed ──N consecutive failures──▶ open ──cooldown elapsed, one caller admitted──▶ half-open
+      ▲                                  ▲                                                │
+      └──────────── trial succeeds ──────┼──────────────── trial fails ───────────────────┘
+
+While open, callers are refused at once (the chain skips the backend with the reason). In
+half-open exactly one trial is in flight; others are refused until it reports. A trial that
+never reports (its caller went away) is given back with ``abandon`` so the next caller may try.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from enum import StrEnum
+
+Clock = Callable[[], float]  # seconds since the epoch (time.time in production)
+
+
+class CircuitState(StrEnum):
+    closed = "closed"
+    open = "open"
+    half_open = "half_open"
+
+
+class CircuitBreaker:
+    def __init__(self, failure_threshold: int, cooldown_s: float, clock: Clock) -> None:
+        self._threshold = failure_threshold
+        self._cooldown_s = cooldown_s
+        self._clock = clock
+        self.state = CircuitState.closed
+        self.consecutive_failures = 0
+        self.open_until = 0.0
+        self.last_failure = ""
+
+    def admit(self) -> str | None:
+        """None when a call may go ahead (possibly as the half-open trial), else why not."""
+        if self.state is CircuitState.closed:
+            return None
+        if self.state is CircuitState.half_open:
+            return "circuit half-open: a trial request is in flight"
+        if self._clock() < self.open_until:
+            until = datetime.fromtimestamp(self.open_until, UTC).strftime("%H:%M:%S")
+            return (
+                f"circuit open until {until} UTC after {self.consecutive_failures} consecutive "
+                f"failures (last: {self.last_failure})"
+            )
+        self.state = CircuitState.half_open
+        return None
+
+    def record_success(self) -> None:
+        self.state = CircuitState.closed
+        self.consecutive_failures = 0
+
+    def record_failure(self, reason: str) -> None:
+        self.consecutive_failures += 1
+        self.last_failure = reason
+        if self.state is CircuitState.half_open or self.consecutive_failures >= self._threshold:
+            self.state = CircuitState.open
+            self.open_until = self._clock() + self._cooldown_s
+
+    def abandon(self) -> None:
+        """The admitted call ended without a verdict; a half-open trial slot is given back."""
+        if self.state is CircuitState.half_open:
+            self.state = CircuitState.open  # open_until has passed: the next caller is the trial
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "state": self.state.value,
+            "consecutive_failures": self.consecutive_failures,
+            "open_until": self.open_until if self.state is not CircuitState.closed else None,
+        }

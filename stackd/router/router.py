@@ -1,0 +1,315 @@
+"""The ReasonRouter: executes a route (the reason() chain, a preset, a role) over its backends.
+
+For each target in order: skip it with a reason when the route says so, when its backend is not
+ready (no API key), when its circuit is open, or when the local queue is full; otherwise call
+it under the connect / first-token / total limits. A failure moves on to the next target only
+while nothing has reached the caller; once a streamed token has been handed out, a failure
+ends the stream with ``StreamBroken`` naming the backend. Every target leaves one ``Attempt``.
+
+One ``RoleTable`` snapshot is taken per call, so a stack switch never changes a call midway.
+Timing: a non-streaming call's answer is its first token, so it is bounded by
+``min(first_token_s, total_s)``; a stream must produce its first text within ``first_token_s``
+and finish within ``total_s``. Time spent waiting for a local queue slot counts too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, aclosing
+from typing import Any
+
+import aiohttp
+
+from stackd.config.models import StacksConfig
+from stackd.roles import LiveRoles, RoleTable
+from stackd.router import routes
+from stackd.router.accounting import Accounting
+from stackd.router.attempt_log import AttemptLog
+from stackd.router.backends import Backend, build_backend
+from stackd.router.circuit import CircuitBreaker, CircuitState, Clock
+from stackd.router.local_queue import LocalQueue, LocalQueueFull
+from stackd.router.types import (
+    Answer,
+    BackendError,
+    ChatRequest,
+    Completion,
+    FailureKind,
+    RouterStreamItem,
+    StreamBroken,
+    StreamDone,
+    StreamFinish,
+    TextDelta,
+)
+from stackd.state.usage import UsageStore
+
+BackendFactory = Callable[[str, aiohttp.ClientSession], Backend | None]
+FLUSH_INTERVAL_S = 1.0
+
+
+class ReasonRouter:
+    def __init__(
+        self,
+        config: StacksConfig,
+        live_roles: LiveRoles,
+        usage_store: UsageStore | None = None,
+        clock: Clock = time.time,
+        *,
+        backend_factory: BackendFactory | None = None,
+        flush_interval_s: float = FLUSH_INTERVAL_S,
+    ) -> None:
+        self.config = config
+        self._roles = live_roles
+        self._usage = usage_store
+        self._clock = clock
+        self._factory = backend_factory or (lambda name, session: build_backend(self.config, name, session))
+        self._flush_interval_s = flush_interval_s
+        self._session: aiohttp.ClientSession | None = None
+        self._backends: dict[str, Backend | None] = {}
+        self._circuits: dict[str, CircuitBreaker] = {}
+        self._queue = LocalQueue(config.reason.local_queue.size, config.reason.local_queue.concurrency)
+        self._flusher: asyncio.Task[None] | None = None
+        self.accounting = Accounting()
+
+    # ---------------------------------------------------------------- public calls
+    def snapshot(self) -> RoleTable:
+        return self._roles.current
+
+    async def reason(self, request: ChatRequest, effort: int = routes.DEFAULT_EFFORT) -> Answer:
+        return await self.complete(routes.reason_route(self.config, self.snapshot(), effort), request)
+
+    async def deep_reasoning(self, request: ChatRequest) -> Answer:
+        return await self.complete(routes.deep_reasoning_route(self.config, self.snapshot()), request)
+
+    async def invoke_model(self, preset: str, request: ChatRequest, slice_name: str | None = None) -> Answer:
+        return await self.complete(
+            routes.preset_route(self.config, self.snapshot(), preset, slice_name), request
+        )
+
+    def reason_route(self, effort: int = routes.DEFAULT_EFFORT) -> routes.Route:
+        return routes.reason_route(self.config, self.snapshot(), effort)
+
+    def deep_reasoning_route(self) -> routes.Route:
+        return routes.deep_reasoning_route(self.config, self.snapshot())
+
+    def preset_route(self, preset: str, slice_name: str | None = None) -> routes.Route:
+        return routes.preset_route(self.config, self.snapshot(), preset, slice_name)
+
+    def gateway_route(self, model: str) -> routes.Route:
+        return routes.gateway_route(self.config, self.snapshot(), model)
+
+    def gateway_models(self) -> list[str]:
+        return routes.gateway_model_names(self.config, self.snapshot())
+
+    # ---------------------------------------------------------------- execution
+    async def complete(self, route: routes.Route, request: ChatRequest) -> Answer:
+        """Try the route's targets in order; the first answer wins. Raises ``AllStrategiesFailed``."""
+        log = AttemptLog(route, self.config, self.accounting)
+        self._ensure_flusher()
+        timeouts = self.config.reason.timeouts
+        limit_s = min(timeouts.first_token_s, timeouts.total_s)
+        for target in route.targets:
+            admitted = self._admit(target, log)
+            if admitted is None:
+                continue
+            backend, circuit = admitted
+            start = time.perf_counter()
+            try:
+                if target.queued:
+                    completion = await self._queued_complete(backend, request, limit_s)
+                else:
+                    async with asyncio.timeout(limit_s):
+                        completion = await backend.complete(request)
+            except LocalQueueFull as exc:
+                circuit.abandon()
+                log.skipped(target, str(exc))
+                continue
+            except TimeoutError:
+                error = BackendError(FailureKind.timeout, f"no answer within {limit_s:g} s")
+                log.failed(target, circuit, error, start, None)
+                continue
+            except BackendError as error:
+                log.failed(target, circuit, error, start, None)
+                continue
+            except BaseException:
+                circuit.abandon()
+                raise
+            circuit.record_success()
+            ms = (time.perf_counter() - start) * 1000
+            return log.answered(
+                target,
+                backend.request_model,
+                completion.text,
+                completion.finish_reason,
+                completion.usage,
+                ms,
+                ms,
+            )
+        raise log.all_failed()
+
+    async def _queued_complete(self, backend: Backend, request: ChatRequest, limit_s: float) -> Completion:
+        deadline = asyncio.get_running_loop().time() + limit_s
+        async with self._queue.slot(limit_s), asyncio.timeout_at(deadline):
+            return await backend.complete(request)
+
+    async def stream(self, route: routes.Route, request: ChatRequest) -> AsyncIterator[RouterStreamItem]:
+        """Text deltas, then ``StreamDone`` or ``StreamBroken``. Raises ``AllStrategiesFailed``
+        before yielding anything when no target produced a first token."""
+        log = AttemptLog(route, self.config, self.accounting)
+        self._ensure_flusher()
+        for target in route.targets:
+            admitted = self._admit(target, log)
+            if admitted is None:
+                continue
+            # aclosing: a caller that stops reading closes the target's stream (and its circuit
+            # trial, queue slot and connection) at once, not whenever the GC finalises it.
+            async with aclosing(self._stream_target(target, *admitted, request, log)) as items:
+                async for item in items:
+                    yield item
+                    if not isinstance(item, TextDelta):
+                        return
+        raise log.all_failed()
+
+    async def _stream_target(
+        self,
+        target: routes.Target,
+        backend: Backend,
+        circuit: CircuitBreaker,
+        request: ChatRequest,
+        log: AttemptLog,
+    ) -> AsyncIterator[RouterStreamItem]:
+        """One target's stream. Ends silently (no item) when it failed before its first token."""
+        timeouts = self.config.reason.timeouts
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        deadline = loop.time() + min(timeouts.first_token_s, timeouts.total_s)
+        first_token_ms: float | None = None
+        pieces: list[str] = []
+        verdict = False
+        events = backend.stream(request)
+        async with AsyncExitStack() as resources:
+            resources.push_async_callback(events.aclose)
+            try:
+                if target.queued:
+                    await resources.enter_async_context(self._queue.slot(timeouts.first_token_s))
+                while True:
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            event = await anext(events)
+                    except TimeoutError:
+                        what = "first token" if first_token_ms is None else "end of the answer"
+                        raise BackendError(FailureKind.timeout, f"no {what} within its time limit") from None
+                    except StopAsyncIteration:
+                        raise BackendError(FailureKind.stream_cut, "stream ended without a finish") from None
+                    if isinstance(event, TextDelta):
+                        if first_token_ms is None:
+                            first_token_ms = (time.perf_counter() - start) * 1000
+                            deadline = loop.time() - first_token_ms / 1000 + timeouts.total_s
+                        pieces.append(event.text)
+                        yield event
+                    elif isinstance(event, StreamFinish):
+                        verdict = True
+                        circuit.record_success()
+                        total_ms = (time.perf_counter() - start) * 1000
+                        text = "".join(pieces)
+                        answer = log.answered(
+                            target,
+                            backend.request_model,
+                            text,
+                            event.finish_reason,
+                            event.usage,
+                            first_token_ms or total_ms,
+                            total_ms,
+                        )
+                        yield StreamDone(answer)
+                        return
+            except LocalQueueFull as exc:
+                log.skipped(target, str(exc))
+            except BackendError as error:
+                verdict = True
+                log.failed(target, circuit, error, start, first_token_ms)
+                if first_token_ms is not None:
+                    yield StreamBroken(target.strategy, backend.name, str(error), tuple(log.attempts))
+            finally:
+                if not verdict:
+                    circuit.abandon()
+
+    def _admit(self, target: routes.Target, log: AttemptLog) -> tuple[Backend, CircuitBreaker] | None:
+        """The backend and its circuit when the target may be tried now; else records the skip."""
+        if target.skip is not None or target.model is None:
+            log.skipped(target, target.skip or "no model")
+            return None
+        backend = self._backend(target.model)
+        if backend is None:
+            log.skipped(target, f"model '{target.model}' has no chat protocol")
+            return None
+        why = backend.not_ready()
+        if why is None:
+            circuit = self.circuit(target.model)
+            why = circuit.admit()
+            if why is None:
+                return backend, circuit
+        log.skipped(target, why)
+        return None
+
+    # ---------------------------------------------------------------- resources
+    def circuit(self, model: str) -> CircuitBreaker:
+        circuit = self._circuits.get(model)
+        if circuit is None:
+            settings = self.config.reason.circuit
+            circuit = CircuitBreaker(settings.failure_threshold, settings.cooldown_s, self._clock)
+            self._circuits[model] = circuit
+        return circuit
+
+    def _backend(self, model: str) -> Backend | None:
+        if model not in self._backends:
+            self._backends[model] = self._factory(model, self._http())
+        return self._backends[model]
+
+    def _http(self) -> aiohttp.ClientSession:
+        """The one pooled session of the data path (created inside the running loop)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=60),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.reason.timeouts.connect_s),
+            )
+        return self._session
+
+    def _ensure_flusher(self) -> None:
+        if self._usage is not None and self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._flush_interval_s)
+            await self.flush_usage()
+
+    async def flush_usage(self) -> None:
+        """Write what the accounting gathered since the last flush (in a worker thread)."""
+        rows = self.accounting.drain()
+        if rows and self._usage is not None:
+            await asyncio.to_thread(self._usage.write, self._clock(), rows)
+
+    def circuit_states(self) -> dict[str, CircuitState]:
+        return {name: c.state for name, c in self._circuits.items()}
+
+    def stats(self) -> dict[str, Any]:
+        """The router's part of ``/status``: accounting, circuits, local queue."""
+        return {
+            "stack": self.snapshot().stack,
+            "strategies": self.accounting.stats(),
+            "circuits": {name: c.to_dict() for name, c in sorted(self._circuits.items())},
+            "local_queue": self._queue.to_dict(),
+        }
+
+    async def aclose(self) -> None:
+        """Stop the flusher, write the last usage, close the HTTP pool. Idempotent."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
+        await self.flush_usage()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

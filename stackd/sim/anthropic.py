@@ -1,0 +1,174 @@
+"""A simulator of Anthropic's Messages API.
+
+Routes: ``POST /v1/messages`` (JSON, or SSE with ``event:``/``data:`` pairs message_start,
+content_block_start, ping, content_block_delta (text_delta)…, content_block_stop,
+message_delta (stop_reason, usage.output_tokens), message_stop) and ``GET /v1/models``.
+The key travels in ``x-api-key``; ``anthropic-version`` is required as on the real API.
+Errors are ``{"type": "error", "error": {"type", "message"}}``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from stackd.sim.control import SimControl, count_prompt_tokens, split_answer
+from stackd.sim.server import SimServer
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error(status: int, message: str) -> web.Response:
+    error = {"type": _ERROR_TYPES.get(status, "api_error"), "message": message}
+    return web.json_response({"type": "error", "error": error}, status=status)
+
+
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    return (
+        b"event: " + name.encode() + b"\ndata: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+    )
+
+
+def _message_text(body: dict[str, Any]) -> str:
+    parts: list[str] = []
+    system = body.get("system")
+    if isinstance(system, str):
+        parts.append(system)
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(str(b.get("text", "")) for b in content if isinstance(b, dict))
+    return " ".join(parts)
+
+
+class AnthropicSim(SimServer):
+    """Anthropic Messages API. ``models`` are listed by ``/v1/models``; any model name is served."""
+
+    kind = "anthropic"
+    stream_garbage = b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":\n\n'
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        control: SimControl | None = None,
+        *,
+        models: Sequence[str] = ("claude-sim-1",),
+        record: bool = True,
+    ) -> None:
+        super().__init__(host, port, control, record=record)
+        self.models = list(models)
+        self._serial = 0
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/v1/messages", self._messages)
+        router.add_get("/v1/models", self._list_models)
+
+    def error(self, status: int, message: str) -> web.Response:
+        return anthropic_error(status, message)
+
+    def presented_key(self, request: web.Request) -> str | None:
+        return request.headers.get("x-api-key")
+
+    def auth_failure(self, request: web.Request) -> web.Response:
+        return anthropic_error(401, "invalid x-api-key")
+
+    async def _list_models(self, request: web.Request) -> web.StreamResponse:
+        if "anthropic-version" not in request.headers:
+            return anthropic_error(400, "anthropic-version: header is required")
+        data = [
+            {"type": "model", "id": m, "display_name": m, "created_at": "2026-01-01T00:00:00Z"}
+            for m in self.models
+        ]
+        body = {
+            "data": data,
+            "has_more": False,
+            "first_id": self.models[0] if self.models else None,
+            "last_id": self.models[-1] if self.models else None,
+        }
+        return await self.send_body(request, json.dumps(body).encode())
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        if "anthropic-version" not in request.headers:
+            return anthropic_error(400, "anthropic-version: header is required")
+        body = self.body_of(request)
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            return anthropic_error(400, "model: Field required")
+        if not isinstance(body.get("messages"), list):
+            return anthropic_error(400, "messages: Field required")
+        if not isinstance(body.get("max_tokens"), int):
+            return anthropic_error(400, "max_tokens: Field required")
+        self._serial += 1
+        message_id = f"msg_sim{self._serial:08d}"
+        model = body["model"]
+        control = self.control
+        tokens = max(1, control.tokens)
+        input_tokens = count_prompt_tokens(_message_text(body))
+        if not body.get("stream"):
+            message = {
+                "id": message_id,
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [{"type": "text", "text": control.answer}],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": {"input_tokens": input_tokens, "output_tokens": tokens},
+            }
+            return await self.send_body(request, json.dumps(message).encode())
+        stream = await self.open_stream(request, "text/event-stream")
+        start = {
+            "id": message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+        }
+        await stream.send(_event("message_start", {"type": "message_start", "message": start}))
+        await stream.send(
+            _event(
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            )
+        )
+        await stream.send(_event("ping", {"type": "ping"}))
+        for piece in split_answer(control.answer, tokens):
+            await stream.send(
+                _event(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": piece},
+                    },
+                )
+            )
+        await stream.send(_event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+        await stream.send(
+            _event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": tokens},
+                },
+            )
+        )
+        await stream.send(_event("message_stop", {"type": "message_stop"}))
+        return stream.response

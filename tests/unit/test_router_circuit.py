@@ -1,0 +1,74 @@
+"""The circuit breaker: closed -> open after N failures -> half-open with one trial -> closed / open."""
+
+from __future__ import annotations
+
+from stackd.router.circuit import CircuitBreaker, CircuitState
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_opens_after_the_threshold_of_consecutive_failures() -> None:
+    circuit = CircuitBreaker(3, 30.0, FakeClock())
+    for _ in range(2):
+        assert circuit.admit() is None
+        circuit.record_failure("refused: x")
+    assert circuit.state is CircuitState.closed
+    circuit.record_failure("refused: x")
+    assert circuit.state is CircuitState.open
+    why = circuit.admit()
+    assert why is not None
+    assert why.startswith("circuit open until ")
+    assert "3 consecutive failures (last: refused: x)" in why
+
+
+def test_a_success_resets_the_count() -> None:
+    circuit = CircuitBreaker(2, 30.0, FakeClock())
+    circuit.record_failure("a")
+    circuit.record_success()
+    circuit.record_failure("b")
+    assert circuit.state is CircuitState.closed
+
+
+def test_half_open_admits_exactly_one_trial_after_the_cooldown() -> None:
+    clock = FakeClock()
+    circuit = CircuitBreaker(1, 30.0, clock)
+    circuit.record_failure("timeout")
+    clock.now += 29.9
+    assert circuit.admit() is not None
+    clock.now += 0.2
+    assert circuit.admit() is None
+    assert circuit.state is CircuitState.half_open
+    assert circuit.admit() == "circuit half-open: a trial request is in flight"
+
+
+def test_a_successful_trial_closes_and_a_failed_one_reopens() -> None:
+    clock = FakeClock()
+    circuit = CircuitBreaker(1, 30.0, clock)
+    circuit.record_failure("x")
+    clock.now += 31
+    assert circuit.admit() is None
+    circuit.record_failure("again")
+    assert circuit.state is CircuitState.open
+    assert circuit.open_until == clock.now + 30
+    clock.now += 31
+    assert circuit.admit() is None
+    circuit.record_success()
+    assert circuit.state is CircuitState.closed
+    assert circuit.admit() is None
+
+
+def test_an_abandoned_trial_lets_the_next_caller_try() -> None:
+    clock = FakeClock()
+    circuit = CircuitBreaker(1, 30.0, clock)
+    circuit.record_failure("x")
+    clock.now += 31
+    assert circuit.admit() is None
+    circuit.abandon()
+    assert circuit.admit() is None
+    assert circuit.state is CircuitState.half_open
