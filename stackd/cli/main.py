@@ -20,7 +20,7 @@ config_app = typer.Typer(no_args_is_help=True, help="Check the config file or pr
 app.add_typer(config_app, name="config")
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 UrlOpt = Annotated[str | None, typer.Option("--url", envvar="STACKD_URL", help="Daemon URL.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]

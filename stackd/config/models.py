@@ -158,7 +158,7 @@ class Model(Frozen):
         if sections[self.runtime] is None:
             raise ValueError(
                 f"runtime is {self.runtime.value} but the '{self.runtime.value}' section is missing; "
-                f"add a '{self.runtime.value}:' block"
+                f"add a '{self.runtime.value}:' section"
             )
         extra = [r.value for r, s in sections.items() if s is not None and r != self.runtime]
         if extra:
@@ -166,9 +166,9 @@ class Model(Frozen):
         if self.runtime == Runtime.remote and self.placement != Placement.cloud:
             raise ValueError("a remote model runs in the cloud; set placement: cloud")
         if self.runtime != Runtime.remote and self.placement == Placement.cloud:
-            raise ValueError("placement cloud needs runtime: remote")
+            raise ValueError("placement cloud needs a remote model; set runtime: remote or placement: gpu/cpu")
         if self.runtime == Runtime.ollama and self.placement == Placement.cpu and not self.ollama.cpu_only:
-            raise ValueError("a CPU-placed Ollama model must set ollama.options.num_gpu: 0")
+            raise ValueError("a CPU-placed Ollama model would use the GPU; set ollama.options.num_gpu: 0")
         if self.runtime != Runtime.ollama and self.endpoint is None:
             raise ValueError("endpoint is required for docker and remote models; set endpoint: http://HOST:PORT")
         if self.swap_group and self.lifecycle != Lifecycle.on_demand:
@@ -221,7 +221,7 @@ class Strategy(Frozen):
     @model_validator(mode="after")
     def _has_target(self) -> Strategy:
         if not self.role and not self.models:
-            raise ValueError("a strategy needs 'role' or 'models'")
+            raise ValueError("a strategy has no backend; set 'role: ROLE' or 'models: [MODEL, ...]'")
         return self
 
 
@@ -268,9 +268,9 @@ class Preset(Frozen):
     def _one_target(self) -> Preset:
         targets = sum(bool(x) for x in (self.role, self.model, self.slices))
         if targets != 1:
-            raise ValueError("a preset names exactly one of 'role', 'model' or 'slices'")
+            raise ValueError("a preset needs exactly one target; keep one of 'role', 'model' or 'slices'")
         if self.slices and self.default_slice not in self.slices:
-            raise ValueError(f"default_slice must be one of {sorted(self.slices)}")
+            raise ValueError(f"default_slice is not a slice; set it to one of {sorted(self.slices)}")
         return self
 
 
@@ -300,7 +300,7 @@ class StacksConfig(Frozen):
     @classmethod
     def _some_stack(cls, stacks: dict[str, Stack]) -> dict[str, Stack]:
         if not stacks:
-            raise ValueError("define at least one stack")
+            raise ValueError("no stack is defined; add one under stacks:")
         return stacks
 
     @model_validator(mode="after")

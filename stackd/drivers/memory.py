@@ -46,7 +46,8 @@ class MemoryContainers:
 
     async def running(self, models: Mapping[str, Model]) -> frozenset[str]:
         self._check_up()
-        return frozenset(name for name, m in models.items() if m.docker and m.docker.container in self.running_containers)
+        up = self.running_containers
+        return frozenset(name for name, m in models.items() if m.docker and m.docker.container in up)
 
     async def ensure_running(self, name: str, model: Model) -> None:
         self._check_up()

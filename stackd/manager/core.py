@@ -19,6 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from stackd.config.models import StacksConfig
@@ -28,8 +29,10 @@ from stackd.events import EventLog, SwitchEvent
 from stackd.hardware.types import HardwareSnapshot
 from stackd.manager.executor import Execution, PlanExecutor
 from stackd.manager.observe import Observation, observe_engines
-from stackd.manager.switch import Switch, SwitchHandle, journal_dict, replay_finished
+from stackd.manager.recovery import RecoveryReport
+from stackd.manager.switch import Switch, SwitchHandle, SwitchKind, journal_dict, replay_finished
 from stackd.plan import ObservedState, Plan
+from stackd.planner import plan_switch
 from stackd.roles import LiveRoles
 from stackd.state.store import StateStore
 from stackd.views import plan_json
@@ -41,19 +44,36 @@ Job = Callable[[], Awaitable[Any]]
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    at: float  # wall clock
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class JobResult:
+    ok: bool
+    at: float  # wall clock
+    summary: str
+
+
 class ManagerCore:
     """Observation, planning, the switch slot and the worker. ``ModelStackManager`` adds the
-    switch lifecycle, recovery and status on top (``stackd.manager.manager``)."""
+    switch lifecycle, recovery and status on top (``stackd.manager.model_stack_manager``).
+
+    ``clock`` (monotonic) times idle TTLs and probe intervals; ``wall_clock`` stamps what is
+    shown and persisted. ``repair_on_start``: at a start with no interrupted switch, re-apply
+    the persisted stack (an idempotent switch that restarts dead members and binds the role
+    table); when False, only bind the roles of members found up and report the rest as drift.
+    """
 
     def __init__(self, config: StacksConfig, store: StateStore, containers: ContainerDriver,
                  ollama: OllamaDriver, remotes: RemoteProber, health: HealthChecker, live_roles: LiveRoles,
-                 read_hardware: Callable[[], HardwareSnapshot], planner: Planner | None = None,
+                 read_hardware: Callable[[], HardwareSnapshot], planner: Planner = plan_switch,
                  clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
-                 step_timeout_s: float = 300.0, keep_switches: int = 50) -> None:
-        if planner is None:
-            from stackd.planner import plan_switch
-
-            planner = plan_switch
+                 step_timeout_s: float = 300.0, keep_switches: int = 50,
+                 repair_on_start: bool = True) -> None:
         self.config = config
         self.store = store
         self.containers = containers
@@ -73,6 +93,12 @@ class ManagerCore:
         self._last_switch: Switch | None = None
         self._queue: asyncio.Queue[tuple[Job, asyncio.Future[Any] | None]] | None = None
         self._worker: asyncio.Task[None] | None = None
+        self.repair_on_start = repair_on_start
+        self._recovery: RecoveryReport | None = None
+        self._last_use: dict[str, float] = {}
+        self.probes: dict[str, ProbeResult] = {}
+        self.jobs: dict[str, JobResult] = {}
+        self.degraded: dict[str, str] = {}
 
     # ---------------------------------------------------------------- reading
 
@@ -135,7 +161,7 @@ class ManagerCore:
     # ---------------------------------------------------------------- the switch slot and the worker
 
     def _reserve(self, target: str, from_stack: str | None, switch_id: str | None = None,
-                 kind: str = "switch") -> Switch:
+                 kind: SwitchKind = "switch") -> Switch:
         """Take the one switch slot, or raise ``Conflict`` naming its holder. Never awaits."""
         current = self._current
         if current is not None:
@@ -145,7 +171,7 @@ class ManagerCore:
                 switch_id=current.id, stack=current.target)
         switch_id = switch_id or uuid.uuid4().hex[:12]
         switch = Switch(id=switch_id, target=target, from_stack=from_stack,
-                        log=EventLog(switch_id, self.wall_clock), kind=kind,  # type: ignore[arg-type]
+                        log=EventLog(switch_id, self.wall_clock), kind=kind,
                         started_at=self.wall_clock())
         self._current = switch
         return switch
@@ -220,4 +246,4 @@ class ManagerCore:
         return await executor.run(plan, switch.execution)
 
 
-__all__ = ["ManagerCore", "Planner", "SwitchHandle"]
+__all__ = ["JobResult", "ManagerCore", "Planner", "ProbeResult", "SwitchHandle"]

@@ -7,10 +7,11 @@ Invariants this module keeps (the unit tests in ``tests/unit/test_manager*.py`` 
   the first ``StopContainer`` / ``UnloadModel`` (the planner orders stops last, so that is after
   every start, load and probe) or at the end. A plan that breaks before it makes (a swap group
   on a full card) gets one swap per stop boundary; a normal plan gets exactly one.
-* A failed step leaves the previous stack running: the failed step itself and then every done
-  step are compensated in reverse order (start ↔ stop, load ↔ unload, role swap → the previous
-  table; a pull is kept, it costs nothing to keep and a lot to redo). Compensations are the
-  drivers' idempotent ``ensure_*`` calls, so undoing a step that half happened is safe.
+* A failed step leaves the previous stack running: the failed step itself (unless its engine
+  could not even be reached) and then every done step are compensated in reverse order
+  (start ↔ stop, load ↔ unload, role swap → the previous table; a pull is kept, it costs
+  nothing to keep and a lot to redo). Compensations are the drivers' idempotent ``ensure_*``
+  calls, so undoing a step that half happened is safe.
 * Only ``Exception`` is a step failure. A ``BaseException`` (task cancellation, a simulated
   SIGKILL in tests) goes through untouched: the journal then still holds the intent and the
   steps recorded so far, and ``recover`` sorts it out at the next start.
@@ -25,8 +26,8 @@ from typing import Any, assert_never
 
 from stackd.config.models import Model, OllamaRuntime, StacksConfig
 from stackd.drivers.base import ContainerDriver, OllamaDriver, RemoteProber
-from stackd.errors import StackdError
-from stackd.events import EventLog, PullThrottle, bindings_dict, step_dict
+from stackd.errors import DriverUnavailable, StackdError
+from stackd.events import EventLog, PullThrottle, bindings_dict, describe_step, step_dict
 from stackd.plan import (
     BindRole,
     LoadModel,
@@ -83,6 +84,26 @@ class Execution:
     def steps_done_json(self) -> list[dict[str, Any]]:
         return [done_json(d) for d in self.done]
 
+    def failure_sentence(self, previous: str | None) -> str:
+        """'start_container vision (aether-vision) failed: …; undone: …; …' for people and the journal."""
+        assert self.failed_step is not None
+        text = f"{describe_step(step_dict(self.failed_step))} failed: {self.error}"
+        undone = [describe_step(u.step) + ("" if u.ok else f" (undo failed: {u.error})") for u in self.undone]
+        text += f"; undone: {', '.join(undone)}" if undone else "; nothing to undo"
+        if self.fully_undone:
+            text += f"; '{previous}' is running as before" if previous else "; nothing was left changed"
+        else:
+            text += "; some steps could not be undone, see /status for the drift"
+        return text
+
+    def result_json(self, switch_id: str, stack: str, from_stack: str | None,
+                    error: str | None = None) -> dict[str, Any]:
+        """The switch's result as the history keeps it."""
+        return {"switch_id": switch_id, "stack": stack, "from_stack": from_stack,
+                "steps_done": self.steps_done_json(), "error": error,
+                "undone": [{"step": u.step, "ok": u.ok, "error": u.error} for u in self.undone],
+                "degraded": dict(self.degraded)}
+
 
 def done_json(done: Done) -> dict[str, Any]:
     if isinstance(done, RolesSwapped):
@@ -123,7 +144,8 @@ class PlanExecutor:
                 result.failed_step = step
                 result.error = _describe(exc)
                 self._log.emit("step_failed", step=step_dict(step), error=result.error)
-                await self._undo(step, result)
+                # An engine that could not be reached did nothing: only what was done is undone.
+                await self._undo(None if isinstance(exc, DriverUnavailable) else step, result)
                 return result
             result.done.append(step)
             await self._journal(step_dict(step))
@@ -190,9 +212,9 @@ class PlanExecutor:
         await self._journal(done_json(swapped))
         self._log.emit("roles_swapped", version=swapped.version, bindings=bindings_dict(pending))
 
-    async def _undo(self, failed: Step, result: Execution) -> None:
+    async def _undo(self, failed: Step | None, result: Execution) -> None:
         """Compensate the failed step (it may have half happened), then the done ones, newest first."""
-        for done in [failed, *reversed(result.done)]:
+        for done in [*([failed] if failed else []), *reversed(result.done)]:
             try:
                 async with asyncio.timeout(self._undo_limit(done)):
                     compensated = await self._compensate(done)

@@ -90,3 +90,26 @@ def missing_members(config: StacksConfig, stack: str, observed: ObservedState) -
             what = "container is not running" if docker else "is not loaded in Ollama"
             out.append(f"{name}: {what}")
     return out
+
+
+def drift(config: StacksConfig, stack: str, observation: Observation) -> list[str]:
+    """Every way what runs differs from ``stack``: engines that cannot be read, members missing,
+    and declared models running although ``stack`` does not have them."""
+    out = [f"{engine}: {why}" for engine, why in observation.problems.items()]
+    out += missing_members(config, stack, observation.state)
+    out += [f"{name}: running but not a member of '{stack}'"
+            for name in extra_members(config, stack, observation)]
+    return out
+
+
+def extra_members(config: StacksConfig, stack: str, observation: Observation) -> list[str]:
+    members = set(config.stacks[stack].member_names)
+    out = []
+    for name, model in config.models.items():
+        if name in members:
+            continue
+        running = model.runtime == Runtime.docker and name in observation.state.running_containers
+        loaded = model.ollama is not None and model.ollama.tag in observation.state.loaded_tags
+        if running or loaded:
+            out.append(name)
+    return out

@@ -19,7 +19,8 @@ from stackd.manager.observe import missing_members
 from stackd.plan import ObservedState
 from stackd.state.store import JournalEntry
 
-RecoveryAction = Literal["first_start", "restored", "finished", "rolled_back", "unresolved", "default_applied"]
+RecoveryAction = Literal["first_start", "restored", "finished", "rolled_back", "unresolved",
+                         "default_applied"]
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,8 @@ def decide_recovery(config: StacksConfig, entry: JournalEntry, observed: Observe
     if target not in config.stacks:
         if previous in config.stacks:
             assert previous is not None
-            return RecoveryDecision("roll_back", previous, f"its target '{target}' is no longer in the config")
+            return RecoveryDecision("roll_back", previous,
+                                    f"its target '{target}' is no longer in the config")
         return RecoveryDecision("finish", config.default_stack,
                                 f"neither '{target}' nor '{previous}' is in the config; using the default")
     missing = missing_members(config, target, observed)

@@ -7,12 +7,14 @@ store what accumulated since its last flush (so SQLite writes happen off the hot
 
 from __future__ import annotations
 
+import asyncio
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from stackd.router.types import AttemptStatus, FailureKind, Usage
-from stackd.state.usage import UsageRow
+from stackd.state.usage import UsageRow, UsageStore
 
 # Upper bounds in ms; the last bucket is +Inf. Shared with the Prometheus histograms.
 LATENCY_BUCKETS_MS: tuple[float, ...] = (
@@ -156,3 +158,39 @@ class Accounting:
             {"strategy": strategy, "backend": backend, **tally.to_dict()}
             for (strategy, backend), tally in sorted(self.tallies.items())
         ]
+
+
+class UsageFlusher:
+    """Drains the accounting into the ``UsageStore`` every ``interval_s``, in a worker thread."""
+
+    def __init__(
+        self, accounting: Accounting, store: UsageStore, clock: Callable[[], float], interval_s: float
+    ) -> None:
+        self._accounting = accounting
+        self._store = store
+        self._clock = clock
+        self._interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Idempotent; needs a running loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            await self.flush()
+
+    async def flush(self) -> None:
+        rows = self._accounting.drain()
+        if rows:
+            await asyncio.to_thread(self._store.write, self._clock(), rows)
+
+    async def aclose(self) -> None:
+        """Stop the task and write what is left."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self.flush()

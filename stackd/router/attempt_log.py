@@ -9,7 +9,7 @@ from stackd.errors import AllStrategiesFailed
 from stackd.router.accounting import Accounting
 from stackd.router.circuit import CircuitBreaker
 from stackd.router.routes import Route, Target
-from stackd.router.types import Answer, Attempt, BackendError, Usage
+from stackd.router.types import Answer, Attempt, BackendError, FailureKind, Usage
 
 
 class AttemptLog:
@@ -34,7 +34,7 @@ class AttemptLog:
         first_token_ms: float | None,
     ) -> None:
         elapsed_ms = (time.perf_counter() - start) * 1000
-        circuit.record_failure(str(error))
+        circuit.record_failure(str(error), trip=error.kind is FailureKind.timeout)
         self.attempts.append(
             Attempt(target.strategy, target.model, "failed", str(error), elapsed_ms, error.kind)
         )

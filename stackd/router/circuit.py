@@ -4,6 +4,9 @@
       ▲                                  ▲                                                │
       └──────────── trial succeeds ──────┼──────────────── trial fails ───────────────────┘
 
+A timeout trips the circuit at once, whatever the count: a hanging backend costs its callers
+the first-token timeout once, then nothing until the cool-down ends.
+
 While open, callers are refused at once (the chain skips the backend with the reason). In
 half-open exactly one trial is in flight; others are refused until it reports. A trial that
 never reports (its caller went away) is given back with ``abandon`` so the next caller may try.
@@ -53,10 +56,12 @@ class CircuitBreaker:
         self.state = CircuitState.closed
         self.consecutive_failures = 0
 
-    def record_failure(self, reason: str) -> None:
+    def record_failure(self, reason: str, trip: bool = False) -> None:
+        """Count a failure; ``trip`` opens the circuit at once (a timeout: every further try would
+        cost a caller the whole timeout again, while a refusal or a 500 costs a millisecond)."""
         self.consecutive_failures += 1
         self.last_failure = reason
-        if self.state is CircuitState.half_open or self.consecutive_failures >= self._threshold:
+        if trip or self.state is CircuitState.half_open or self.consecutive_failures >= self._threshold:
             self.state = CircuitState.open
             self.open_until = self._clock() + self._cooldown_s
 

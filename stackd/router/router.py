@@ -25,7 +25,7 @@ import aiohttp
 from stackd.config.models import StacksConfig
 from stackd.roles import LiveRoles, RoleTable
 from stackd.router import routes
-from stackd.router.accounting import Accounting
+from stackd.router.accounting import Accounting, UsageFlusher
 from stackd.router.attempt_log import AttemptLog
 from stackd.router.backends import Backend, build_backend
 from stackd.router.circuit import CircuitBreaker, CircuitState, Clock
@@ -53,24 +53,28 @@ class ReasonRouter:
         self,
         config: StacksConfig,
         live_roles: LiveRoles,
-        usage_store: UsageStore | None = None,
+        usage: UsageStore | None = None,
         clock: Clock = time.time,
         *,
+        on_use: Callable[[str], None] | None = None,
         backend_factory: BackendFactory | None = None,
         flush_interval_s: float = FLUSH_INTERVAL_S,
     ) -> None:
+        """``usage`` receives the accounting about once a second when given; ``on_use(model)`` is
+        called as each attempt starts (the manager keeps on-demand models alive with it);
+        ``backend_factory`` replaces the protocol backends (tests)."""
         self.config = config
         self._roles = live_roles
-        self._usage = usage_store
+        self._usage = usage
+        self._on_use = on_use
         self._clock = clock
         self._factory = backend_factory or (lambda name, session: build_backend(self.config, name, session))
-        self._flush_interval_s = flush_interval_s
         self._session: aiohttp.ClientSession | None = None
         self._backends: dict[str, Backend | None] = {}
         self._circuits: dict[str, CircuitBreaker] = {}
         self._queue = LocalQueue(config.reason.local_queue.size, config.reason.local_queue.concurrency)
-        self._flusher: asyncio.Task[None] | None = None
         self.accounting = Accounting()
+        self._flusher = UsageFlusher(self.accounting, usage, clock, flush_interval_s) if usage else None
 
     # ---------------------------------------------------------------- public calls
     def snapshot(self) -> RoleTable:
@@ -249,6 +253,8 @@ class ReasonRouter:
             circuit = self.circuit(target.model)
             why = circuit.admit()
             if why is None:
+                if self._on_use is not None:
+                    self._on_use(target.model)
                 return backend, circuit
         log.skipped(target, why)
         return None
@@ -276,20 +282,18 @@ class ReasonRouter:
             )
         return self._session
 
-    def _ensure_flusher(self) -> None:
-        if self._usage is not None and self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
+    async def start(self) -> None:
+        """Start the usage flusher (the first call starts it too)."""
+        self._ensure_flusher()
 
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._flush_interval_s)
-            await self.flush_usage()
+    def _ensure_flusher(self) -> None:
+        if self._flusher is not None:
+            self._flusher.start()
 
     async def flush_usage(self) -> None:
-        """Write what the accounting gathered since the last flush (in a worker thread)."""
-        rows = self.accounting.drain()
-        if rows and self._usage is not None:
-            await asyncio.to_thread(self._usage.write, self._clock(), rows)
+        """Write what the accounting gathered since the last flush."""
+        if self._flusher is not None:
+            await self._flusher.flush()
 
     def circuit_states(self) -> dict[str, CircuitState]:
         return {name: c.state for name, c in self._circuits.items()}
@@ -306,10 +310,7 @@ class ReasonRouter:
     async def aclose(self) -> None:
         """Stop the flusher, write the last usage, close the HTTP pool. Idempotent."""
         if self._flusher is not None:
-            self._flusher.cancel()
-            await asyncio.gather(self._flusher, return_exceptions=True)
-            self._flusher = None
-        await self.flush_usage()
+            await self._flusher.aclose()
         if self._session is not None:
             await self._session.close()
             self._session = None

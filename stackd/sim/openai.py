@@ -133,12 +133,10 @@ class OpenAIChatRoutes:
             payload = head + _USAGE % (prompt, tokens, prompt + tokens) + b"}"
             return await self.server.send_body(request, payload)
         stream = await self.server.open_stream(request, "text/event-stream")
-        for chunk in chunks:
-            await stream.send(chunk)
         options = body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage"):
-            await stream.send(_usage_chunk(model, self.created, chat, prompt, tokens))
-        await stream.send(_DONE)
+            chunks = [*chunks, _usage_chunk(model, self.created, chat, prompt, tokens)]
+        await stream.send_all([*chunks, _DONE])
         return stream.response
 
 

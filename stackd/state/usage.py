@@ -7,6 +7,7 @@ so no request ever waits on SQLite. ``summary(since)`` feeds ``stackd usage`` an
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
@@ -152,3 +153,6 @@ class UsageStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)

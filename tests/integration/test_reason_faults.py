@@ -20,6 +20,7 @@ from stackd.config.models import StacksConfig
 from stackd.errors import AllStrategiesFailed
 from stackd.roles import LiveRoles, RoleTable
 from stackd.router import ChatRequest, FailureKind, ReasonRouter
+from stackd.router.types import StreamBroken, StreamDone, TextDelta
 from stackd.sim.anthropic import AnthropicSim
 from stackd.sim.control import Fault
 from stackd.sim.gemini import GeminiSim
@@ -293,3 +294,42 @@ async def test_each_protocol_streams_text_then_a_finish_with_usage(scenario: Sce
     assert "".join(i.text for i in items[:-1]) == "Hello from the stackd simulator." == done.text  # type: ignore[union-attr]
     assert done.usage.prompt_tokens > 0 or name == "r1"
     assert done.usage.completion_tokens == 8
+
+
+@pytest.mark.parametrize("fault", [f for f in FAULTS if f is not Fault.die_mid_stream], ids=str)
+@pytest.mark.parametrize("faulty", ["r1", "elastic", "gemini", "claude"])
+async def test_a_stream_fault_before_the_first_token_moves_on(
+    scenario: Scenario, fault: Fault, faulty: str
+) -> None:
+    position = ORDER.index(faulty)
+    router = scenario.router(excluded=ORDER[:position])
+    await scenario.sims[faulty].set_fault(fault)
+    items = [item async for item in router.stream(router.reason_route(), REQUEST)]
+    await router.aclose()
+    last = items[-1]
+    if isinstance(last, StreamBroken):
+        # Gemini's and Ollama's first chunk already carries text: their malformed tail is past it
+        assert fault is Fault.malformed_body and faulty in {"gemini", "elastic"}, last
+        assert last.backend == faulty
+        return
+    assert isinstance(last, StreamDone)
+    assert last.answer.backend == ORDER[position + 1]
+    assert last.answer.text == "Hello from the stackd simulator."
+    assert [a.status for a in last.answer.attempts][-2:] == ["failed", "answered"]
+
+
+@pytest.mark.parametrize("faulty", ["r1", "elastic", "gemini", "claude"])
+async def test_a_stream_cut_after_the_first_token_ends_with_the_backend_named(
+    scenario: Scenario, faulty: str
+) -> None:
+    router = scenario.router(excluded=ORDER[: ORDER.index(faulty)])
+    scenario.sims[faulty].control.cut_after_chunks = 5  # past Anthropic's preamble events: text was sent
+    await scenario.sims[faulty].set_fault(Fault.die_mid_stream)
+    items = [item async for item in router.stream(router.reason_route(), REQUEST)]
+    await router.aclose()
+    last = items[-1]
+    assert isinstance(last, StreamBroken)
+    assert last.backend == faulty
+    assert last.reason.startswith("stream_cut")
+    assert [a.status for a in last.attempts][-1] == "failed"
+    assert any(isinstance(i, TextDelta) for i in items[:-1])

@@ -9,7 +9,8 @@ import aiohttp
 import pytest
 
 from stackd.sim import AnthropicSim
-from tests.sim_fixtures import anthropic_sim  # noqa: F401  (fixture)
+
+pytest_plugins = ["tests.sim_fixtures"]
 
 HEADERS = {"x-api-key": "ak-test", "anthropic-version": "2023-06-01"}
 BODY = {"model": "claude-x", "max_tokens": 64, "messages": [{"role": "user", "content": "one two three"}]}
@@ -46,9 +47,15 @@ async def test_stream_follows_the_documented_event_order(anthropic_sim: Anthropi
         events = _sse((await response.read()).decode())
     names = [name for name, _ in events]
     assert names == [
-        "message_start", "content_block_start", "ping",
-        "content_block_delta", "content_block_delta", "content_block_delta",
-        "content_block_stop", "message_delta", "message_stop",
+        "message_start",
+        "content_block_start",
+        "ping",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
     ]
     assert all(name == data["type"] for name, data in events)
     text = "".join(d["delta"]["text"] for n, d in events if n == "content_block_delta")
@@ -61,12 +68,17 @@ async def test_wrong_key_is_an_authentication_error(anthropic_sim: AnthropicSim,
     async with session.get(anthropic_sim.url + "/v1/models", headers=HEADERS) as response:
         assert response.status == 401
         body = await response.json()
-    assert body == {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}
+    assert body == {
+        "type": "error",
+        "error": {"type": "authentication_error", "message": "invalid x-api-key"},
+    }
     assert anthropic_sim.requests[-1].headers["x-api-key"] == "<redacted>"
 
 
 async def test_version_header_is_required(anthropic_sim: AnthropicSim, session) -> None:
-    async with session.post(anthropic_sim.url + "/v1/messages", json=BODY, headers={"x-api-key": "k"}) as response:
+    async with session.post(
+        anthropic_sim.url + "/v1/messages", json=BODY, headers={"x-api-key": "k"}
+    ) as response:
         assert response.status == 400
         assert (await response.json())["error"]["type"] == "invalid_request_error"
 

@@ -42,21 +42,36 @@ class Protocol:
 _MESSAGES = [{"role": "user", "content": "hello there"}]
 PROTOCOLS = {
     "openai": Protocol(
-        "openai", "/v1/chat/completions", {"model": "m", "messages": _MESSAGES, "stream": True},
-        "/v1/chat/completions", {"model": "m", "messages": _MESSAGES}, {},
+        "openai",
+        "/v1/chat/completions",
+        {"model": "m", "messages": _MESSAGES, "stream": True},
+        "/v1/chat/completions",
+        {"model": "m", "messages": _MESSAGES},
+        {},
     ),
     "anthropic": Protocol(
-        "anthropic", "/v1/messages", {"model": "c", "max_tokens": 9, "messages": _MESSAGES, "stream": True},
-        "/v1/messages", {"model": "c", "max_tokens": 9, "messages": _MESSAGES},
+        "anthropic",
+        "/v1/messages",
+        {"model": "c", "max_tokens": 9, "messages": _MESSAGES, "stream": True},
+        "/v1/messages",
+        {"model": "c", "max_tokens": 9, "messages": _MESSAGES},
         {"anthropic-version": "2023-06-01"},
     ),
     "gemini": Protocol(
-        "gemini", "/v1beta/models/g:streamGenerateContent?alt=sse", {"contents": [{"parts": [{"text": "hi"}]}]},
-        "/v1beta/models/g:generateContent", {"contents": [{"parts": [{"text": "hi"}]}]}, {},
+        "gemini",
+        "/v1beta/models/g:streamGenerateContent?alt=sse",
+        {"contents": [{"parts": [{"text": "hi"}]}]},
+        "/v1beta/models/g:generateContent",
+        {"contents": [{"parts": [{"text": "hi"}]}]},
+        {},
     ),
     "ollama": Protocol(
-        "ollama", "/api/generate", {"model": "llama3.2:3b", "prompt": "hi"},
-        "/api/generate", {"model": "llama3.2:3b", "prompt": "hi", "stream": False}, {},
+        "ollama",
+        "/api/generate",
+        {"model": "llama3.2:3b", "prompt": "hi"},
+        "/api/generate",
+        {"model": "llama3.2:3b", "prompt": "hi", "stream": False},
+        {},
     ),
 }
 
@@ -90,7 +105,9 @@ def _events(raw: bytes) -> list[bytes]:
 
 async def test_no_fault_streams_parseable_events(sim: tuple[SimServer, Protocol], session) -> None:
     server, proto = sim
-    async with session.post(server.url + proto.stream_path, json=proto.stream_body, headers=proto.headers) as r:
+    async with session.post(
+        server.url + proto.stream_path, json=proto.stream_body, headers=proto.headers
+    ) as r:
         assert r.status == 200
         events = _events(await r.read())
     assert len(events) >= server.control.tokens
@@ -111,7 +128,9 @@ async def test_die_mid_stream_cuts_the_connection_after_a_few_chunks(sim, sessio
     server, proto = sim
     await server.set_fault(Fault.die_mid_stream)
     received = b""
-    async with session.post(server.url + proto.stream_path, json=proto.stream_body, headers=proto.headers) as r:
+    async with session.post(
+        server.url + proto.stream_path, json=proto.stream_body, headers=proto.headers
+    ) as r:
         assert r.status == 200
         with pytest.raises(aiohttp.ClientPayloadError):
             async for chunk in r.content.iter_any():
@@ -135,7 +154,9 @@ async def test_malformed_body_is_200_with_unparseable_json(sim, session) -> None
         assert r.status == 200
         with pytest.raises(ValueError):
             json.loads(await r.read())
-    async with session.post(server.url + proto.stream_path, json=proto.stream_body, headers=proto.headers) as r:
+    async with session.post(
+        server.url + proto.stream_path, json=proto.stream_body, headers=proto.headers
+    ) as r:
         events = _events(await r.read())
     bad = []
     for event in events:
@@ -150,7 +171,9 @@ async def test_slow_first_token_delays_the_first_chunk_not_the_headers(sim, sess
     server, proto = sim
     await server.set_fault(Fault.slow_first_token)
     started = time.monotonic()
-    async with session.post(server.url + proto.stream_path, json=proto.stream_body, headers=proto.headers) as r:
+    async with session.post(
+        server.url + proto.stream_path, json=proto.stream_body, headers=proto.headers
+    ) as r:
         headers_after = time.monotonic() - started
         await r.content.readany()
         first_chunk_after = time.monotonic() - started
@@ -164,7 +187,9 @@ async def test_hang_never_answers_and_shutdown_is_prompt(sim, session) -> None:
     await server.set_fault(Fault.hang)
     with pytest.raises(asyncio.TimeoutError):
         async with session.post(
-            server.url + proto.plain_path, json=proto.plain_body, headers=proto.headers,
+            server.url + proto.plain_path,
+            json=proto.plain_body,
+            headers=proto.headers,
             timeout=aiohttp.ClientTimeout(total=0.3),
         ):
             pass

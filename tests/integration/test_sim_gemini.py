@@ -9,7 +9,8 @@ import aiohttp
 import pytest
 
 from stackd.sim import GeminiSim
-from tests.sim_fixtures import gemini_sim  # noqa: F401  (fixture)
+
+pytest_plugins = ["tests.sim_fixtures"]
 
 BODY = {"contents": [{"role": "user", "parts": [{"text": "one two"}]}]}
 
@@ -28,8 +29,11 @@ async def test_generate_content_returns_candidates_and_usage(gemini_sim: GeminiS
     assert candidate["content"]["parts"][0]["text"] == gemini_sim.control.answer
     assert candidate["finishReason"] == "STOP"
     tokens = gemini_sim.control.tokens
-    assert reply["usageMetadata"] == {"promptTokenCount": 2, "candidatesTokenCount": tokens,
-                                      "totalTokenCount": 2 + tokens}
+    assert reply["usageMetadata"] == {
+        "promptTokenCount": 2,
+        "candidatesTokenCount": tokens,
+        "totalTokenCount": 2 + tokens,
+    }
 
 
 async def test_sse_stream_assembles_the_answer(gemini_sim: GeminiSim, session) -> None:

@@ -7,7 +7,8 @@ import openai
 import pytest
 
 from stackd.sim import Fault, OllamaSim
-from tests.sim_fixtures import ollama_sim  # noqa: F401  (fixture)
+
+pytest_plugins = ["tests.sim_fixtures"]
 
 
 def _client(sim: OllamaSim) -> ollama.AsyncClient:
@@ -24,7 +25,12 @@ async def test_pull_streams_monotonic_progress_per_layer_then_success(ollama_sim
     progress = [p async for p in await _client(ollama_sim).pull("qwen3:8b", stream=True)]
     statuses = [p.status for p in progress]
     assert statuses[0] == "pulling manifest"
-    assert statuses[-4:] == ["verifying sha256 digest", "writing manifest", "removing any unused layers", "success"]
+    assert statuses[-4:] == [
+        "verifying sha256 digest",
+        "writing manifest",
+        "removing any unused layers",
+        "success",
+    ]
     weights = [p for p in progress if p.total == 5_000_000_000]
     completed = [p.completed for p in weights]
     assert completed == sorted(completed) and completed[0] == 0 and completed[-1] == 5_000_000_000
@@ -51,7 +57,9 @@ async def test_pull_fails_halfway_after_half_the_weights(ollama_sim: OllamaSim) 
 
 async def test_empty_prompt_loads_and_keep_alive_zero_unloads(ollama_sim: OllamaSim) -> None:
     client = _client(ollama_sim)
-    loaded = await client.generate("llama3.2:3b", prompt="", options={"num_gpu": 0, "num_ctx": 2048}, keep_alive=-1)
+    loaded = await client.generate(
+        "llama3.2:3b", prompt="", options={"num_gpu": 0, "num_ctx": 2048}, keep_alive=-1
+    )
     assert loaded.done and loaded.done_reason == "load"
     (running,) = (await client.ps()).models
     assert (running.model, running.size_vram, running.context_length) == ("llama3.2:3b", 0, 2048)
@@ -73,7 +81,9 @@ async def test_changed_runner_options_force_a_reload_and_same_options_do_not(oll
     options = {"num_gpu": 0, "num_ctx": 2048}
     await client.generate("llama3.2:3b", options=options, keep_alive=-1)
     await client.generate("llama3.2:3b", prompt="hi", options=options, keep_alive=-1)
-    await client.chat("llama3.2:3b", messages=[{"role": "user", "content": "x"}], options=options, keep_alive=-1)
+    await client.chat(
+        "llama3.2:3b", messages=[{"role": "user", "content": "x"}], options=options, keep_alive=-1
+    )
     assert ollama_sim.reloads["llama3.2:3b"] == 0 and ollama_sim.loads["llama3.2:3b"] == 1
     await client.generate("llama3.2:3b", prompt="hi", keep_alive=-1)  # Ollama's default num_ctx, GPU
     assert ollama_sim.reloads["llama3.2:3b"] == 1
@@ -85,8 +95,12 @@ async def test_generate_and_chat_stream_ndjson_with_counts(ollama_sim: OllamaSim
     assert "".join(p.response for p in parts) == ollama_sim.control.answer
     assert parts[-1].done and parts[-1].done_reason == "stop"
     assert (parts[-1].prompt_eval_count, parts[-1].eval_count) == (3, ollama_sim.control.tokens)
-    chat = [p async for p in await client.chat("llama3.2:3b", messages=[{"role": "user", "content": "x"}],
-                                                 stream=True)]
+    chat = [
+        p
+        async for p in await client.chat(
+            "llama3.2:3b", messages=[{"role": "user", "content": "x"}], stream=True
+        )
+    ]
     assert "".join(p.message.content or "" for p in chat) == ollama_sim.control.answer
 
 
@@ -119,5 +133,7 @@ async def test_show_delete_version(ollama_sim: OllamaSim) -> None:
 
 async def test_openai_compatible_chat_on_the_ollama_port(ollama_sim: OllamaSim) -> None:
     async with openai.AsyncOpenAI(base_url=ollama_sim.url + "/v1", api_key="ollama", max_retries=0) as client:
-        reply = await client.chat.completions.create(model="llama3.2:3b", messages=[{"role": "user", "content": "x"}])
+        reply = await client.chat.completions.create(
+            model="llama3.2:3b", messages=[{"role": "user", "content": "x"}]
+        )
     assert reply.choices[0].message.content == ollama_sim.control.answer

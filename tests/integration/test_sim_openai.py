@@ -11,7 +11,8 @@ import openai
 import pytest
 
 from stackd.sim import Fault, OpenAISim, SimControl
-from tests.sim_fixtures import openai_sim  # noqa: F401  (fixture)
+
+pytest_plugins = ["tests.sim_fixtures"]
 
 
 def _client(sim: OpenAISim, key: str = "sk-test") -> openai.AsyncOpenAI:
@@ -36,7 +37,9 @@ async def test_stream_yields_deltas_then_the_usage_chunk_when_asked(openai_sim: 
     openai_sim.control.tokens = 5
     async with _client(openai_sim) as client:
         stream = await client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "hi"}], stream=True,
+            model="m",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
             stream_options={"include_usage": True},
         )
         chunks = [chunk async for chunk in stream]
@@ -49,9 +52,10 @@ async def test_stream_yields_deltas_then_the_usage_chunk_when_asked(openai_sim: 
 
 async def test_stream_without_include_usage_ends_with_done_and_no_usage(openai_sim: OpenAISim) -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
-    async with aiohttp.ClientSession() as session, session.post(
-        openai_sim.url + "/v1/chat/completions", json=body
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(openai_sim.url + "/v1/chat/completions", json=body) as response,
+    ):
         assert response.headers["Content-Type"].startswith("text/event-stream")
         raw = (await response.read()).decode()
     events = [line[6:] for line in raw.split("\n\n") if line]
@@ -117,7 +121,9 @@ async def test_admin_endpoint_changes_the_fault_and_reverts_after_duration(opena
             assert (await response.json())["fault"] == "http500"
         async with session.get(openai_sim.url + "/v1/models") as response:
             assert response.status == 500
-        async with session.post(openai_sim.url + "/_sim/fault", json={"fault": "refuse", "duration_s": 0.3}) as r:
+        async with session.post(
+            openai_sim.url + "/_sim/fault", json={"fault": "refuse", "duration_s": 0.3}
+        ) as r:
             assert r.status == 200
         await asyncio.sleep(0.1)
         with pytest.raises(aiohttp.ClientConnectorError):
@@ -132,7 +138,9 @@ async def test_admin_endpoint_changes_the_fault_and_reverts_after_duration(opena
 
 def test_a_simulator_runs_in_a_thread_for_sync_callers() -> None:
     with OpenAISim.start_in_thread(control=SimControl(answer="sync")) as handle:
-        reply = httpx.post(handle.url + "/v1/chat/completions", json={"model": "m", "messages": []}, timeout=5)
+        reply = httpx.post(
+            handle.url + "/v1/chat/completions", json={"model": "m", "messages": []}, timeout=5
+        )
         assert reply.json()["choices"][0]["message"]["content"] == "sync"
         handle.set_fault(Fault.refuse)
         with pytest.raises(httpx.ConnectError):

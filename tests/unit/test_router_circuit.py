@@ -72,3 +72,9 @@ def test_an_abandoned_trial_lets_the_next_caller_try() -> None:
     circuit.abandon()
     assert circuit.admit() is None
     assert circuit.state is CircuitState.half_open
+
+
+def test_a_timeout_trips_the_circuit_at_once() -> None:
+    circuit = CircuitBreaker(3, 30.0, FakeClock())
+    circuit.record_failure("timeout: no first token", trip=True)
+    assert circuit.state is CircuitState.open

@@ -1,0 +1,69 @@
+"""``${VAR}`` and ``${VAR:-default}`` in the string values of a config.
+
+Expansion happens on plain data, before validation, so a value that came from the
+environment is validated like one written in the file. Only values are expanded, never keys
+(names must be readable in the file). ``${VAR:-default}`` follows the shell: the default is
+used when VAR is unset or empty. The paths whose text came from the environment are
+returned, so that error messages never echo them: a URL may carry a token.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from stackd.config.yaml_source import FieldPath
+
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass(frozen=True)
+class UnsetVariable:
+    path: FieldPath
+    name: str
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """Data with references replaced; unset references are left as written (and listed)."""
+
+    data: Any
+    unset: list[UnsetVariable] = field(default_factory=list)
+    from_environment: frozenset[FieldPath] = frozenset()
+
+
+def expand_env(data: Any, env: Mapping[str, str]) -> Expansion:
+    """Expand every reference in the string values of ``data`` (which is not modified)."""
+    unset: list[UnsetVariable] = []
+    from_env: set[FieldPath] = set()
+
+    def expand_text(text: str, path: FieldPath) -> str:
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            value = env.get(name)
+            if value:
+                from_env.add(path)
+                return value
+            if default is not None:
+                return default
+            if value is None:
+                unset.append(UnsetVariable(path, name))
+                return match.group(0)
+            from_env.add(path)  # set but empty, no default: the empty string is the value
+            return value
+
+        return _REFERENCE.sub(replace, text)
+
+    def walk(value: Any, path: FieldPath) -> Any:
+        if isinstance(value, str):
+            return expand_text(value, path)
+        if isinstance(value, dict):
+            return {key: walk(item, (*path, key)) for key, item in value.items()}
+        if isinstance(value, list):
+            return [walk(item, (*path, index)) for index, item in enumerate(value)]
+        return value
+
+    expanded = walk(data, ())
+    return Expansion(data=expanded, unset=unset, from_environment=frozenset(from_env))

@@ -1,0 +1,114 @@
+"""YAML text -> Python data plus the line of every key and list item.
+
+PyYAML's ``safe_load`` forgets where values came from and silently keeps the last of two
+equal keys. The loader needs both: a pydantic error location such as
+``('stacks', 'elastic-hybrid', 'roles', 'vision')`` must map to the line of that key, and a
+model or stack declared twice must be reported, not quietly replaced. So the document is
+composed into nodes first (which carry marks), walked once to record lines and duplicates,
+and only then constructed into plain data with the same SafeLoader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+FieldPath = tuple[str | int, ...]
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+@dataclass(frozen=True)
+class DuplicateKey:
+    """A key written twice in one mapping; YAML keeps the second value."""
+
+    path: FieldPath
+    key: str
+    first_line: int
+    line: int
+
+
+@dataclass(frozen=True)
+class YamlDocument:
+    """Constructed data (None for an empty document) and where each part of it was written.
+
+    ``lines`` maps a field path to the 1-based line of its key (mappings) or item (lists).
+    """
+
+    data: Any
+    lines: dict[FieldPath, int] = field(default_factory=dict)
+    duplicates: list[DuplicateKey] = field(default_factory=list)
+
+    def line_of(self, path: FieldPath) -> int:
+        """The line of ``path``, or of its longest recorded prefix (1 when nothing matches).
+
+        A prefix answers for paths that do not exist in the file: a missing field is reported at
+        its parent's key, a pydantic union tag (``keep_alive.int``) at the field it belongs to.
+        """
+        for end in range(len(path), -1, -1):
+            line = self.lines.get(path[:end])
+            if line is not None:
+                return line
+        return 1
+
+
+def parse_yaml(text: str) -> YamlDocument:
+    """Parse one YAML document with ``yaml.SafeLoader``.
+
+    Raises ``yaml.YAMLError`` (syntax, several documents, unknown tags; a ``MarkedYAMLError``
+    carries the line) and may raise ``ValueError`` for a scalar the constructor rejects (an
+    impossible date); the caller turns both into problems.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return YamlDocument(data=None)
+        lines: dict[FieldPath, int] = {(): root.start_mark.line + 1}
+        duplicates: list[DuplicateKey] = []
+        # The walk runs before construction: constructing flattens '<<' merges into the node,
+        # and a merged key that the mapping overrides is not a duplicate.
+        _walk(loader, root, (), lines, duplicates, active=set())
+        data = loader.construct_document(root)
+    finally:
+        loader.dispose()
+    return YamlDocument(data=data, lines=lines, duplicates=duplicates)
+
+
+def _walk(
+    loader: yaml.SafeLoader,
+    node: yaml.Node,
+    path: FieldPath,
+    lines: dict[FieldPath, int],
+    duplicates: list[DuplicateKey],
+    active: set[int],
+) -> None:
+    # ``active`` holds the nodes on the current branch: an alias that points back at an
+    # ancestor makes data that contains itself, which no config needs and no walk finishes.
+    if id(node) in active:
+        raise yaml.MarkedYAMLError(
+            problem="an alias refers to a node that contains it (a recursive structure)",
+            problem_mark=node.start_mark,
+        )
+    active.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first_seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = loader.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if key in first_seen:
+                duplicates.append(DuplicateKey((*path, key), str(key), first_seen[key], line))
+            else:
+                first_seen[key] = line
+            # YAML keeps the last value, so the lines of the last occurrence describe the data.
+            lines[(*path, key)] = line
+            _walk(loader, value_node, (*path, key), lines, duplicates, active)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            lines[(*path, index)] = item.start_mark.line + 1
+            _walk(loader, item, (*path, index), lines, duplicates, active)
+    active.discard(id(node))

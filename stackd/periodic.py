@@ -1,0 +1,181 @@
+"""Work on a timer: health probes, remote probes, drift detection, on-demand idle TTL.
+
+Each job is a plain async method of ``PeriodicJobs`` that a test calls directly with a fake
+clock; ``start`` hands the same methods to an apscheduler ``AsyncIOScheduler``. Every run is
+recorded in the manager (``record_job``; probes through ``record_probe``), so ``/status`` shows
+the last result of each job. A job never raises into the scheduler: a failure is its result.
+
+Mutations go through the manager: idle releases run on its switch worker (never during a
+switch), and drift repair, when enabled, is an ordinary switch to the active stack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
+
+from stackd.config.models import Lifecycle, Model, Runtime
+from stackd.errors import Conflict, StackdError
+from stackd.manager import ModelStackManager
+from stackd.manager.observe import drift, is_up
+
+log = logging.getLogger("stackd.periodic")
+
+Outcome = tuple[bool, str]  # (healthy, one-line summary) of one job run
+PROBE_GRACE_S = 1.0  # on top of a probe's own timeout_s: the checker times out first
+
+
+class PeriodicJobs:
+    """The periodic jobs of one manager. ``clock`` defaults to the manager's (monotonic)."""
+
+    def __init__(self, manager: ModelStackManager, *, clock: Callable[[], float] | None = None,
+                 remote_interval_s: float = 60.0, drift_interval_s: float = 30.0,
+                 idle_interval_s: float = 30.0, repair_drift: bool = False) -> None:
+        self.manager = manager
+        self.clock = clock or manager.clock
+        self.remote_interval_s = remote_interval_s
+        self.drift_interval_s = drift_interval_s
+        self.idle_interval_s = idle_interval_s
+        self.repair_drift = repair_drift
+        self._last_probe: dict[str, float] = {}
+        self._seen_up: dict[str, float] = {}
+        self._scheduler: AsyncIOScheduler | None = None
+
+    def _members(self) -> list[tuple[str, Model]]:
+        active = self.manager.active_stack
+        if active not in self.manager.config.stacks:
+            return []
+        assert active is not None
+        return [(n, self.manager.config.models[n]) for n in self.manager.config.stacks[active].member_names]
+
+    # ---------------------------------------------------------------- the jobs
+
+    async def probe_health(self) -> Outcome:
+        """Probe the running docker members whose ``health.interval_s`` has elapsed."""
+        now = self.clock()
+        observed = await self.manager.observe()
+        due = [(name, model) for name, model in self._members()
+               if model.runtime == Runtime.docker and model.health is not None
+               and name in observed.running_containers
+               and now - self._last_probe.get(name, float("-inf")) >= model.health.interval_s]
+        for name, _ in due:
+            self._last_probe[name] = now
+        results = await asyncio.gather(*(self._probe(name, model, self.manager.health.check)
+                                         for name, model in due))
+        failed = [r for r in results if r]
+        return not failed, f"probed {len(due)}" + (f"; unhealthy: {'; '.join(failed)}" if failed else "")
+
+    async def probe_remotes(self) -> Outcome:
+        """Probe every remote member (no tokens spent); a failure marks it degraded."""
+        remotes = [(n, m) for n, m in self._members() if m.runtime == Runtime.remote]
+        results = await asyncio.gather(*(self._probe(name, model, self.manager.remotes.probe)
+                                         for name, model in remotes))
+        failed = [r for r in results if r]
+        return not failed, f"probed {len(remotes)}" + (f"; degraded: {'; '.join(failed)}" if failed else "")
+
+    async def _probe(self, name: str, model: Model, probe: Callable[[str, Model], Awaitable[None]]) -> str:
+        """One probe; returns "" when healthy, else "name: why"."""
+        limit = (model.health.timeout_s if model.health else 5.0) + PROBE_GRACE_S
+        try:
+            async with asyncio.timeout(limit):
+                await probe(name, model)
+        except TimeoutError:
+            error = f"no answer within {limit:g} s"
+        except StackdError as exc:
+            error = exc.message
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        else:
+            self.manager.record_probe(name, True)
+            return ""
+        self.manager.record_probe(name, False, error)
+        return f"{name}: {error}"
+
+    async def check_drift(self) -> Outcome:
+        """Compare what runs with the active stack; optionally repair by re-applying it."""
+        active = self.manager.active_stack
+        if self.manager.current_switch is not None:
+            return True, "skipped: a switch is running"
+        if active not in self.manager.config.stacks:
+            return True, "skipped: no active stack"
+        assert active is not None
+        found = drift(self.manager.config, active, await self.manager.observe_detailed())
+        if not found:
+            return True, "no drift"
+        summary = "drift: " + "; ".join(found)
+        if self.repair_drift:
+            try:
+                handle = await self.manager.submit_switch(active)
+                summary += f"; repairing with switch {handle.id}"
+            except StackdError as exc:
+                summary += f"; repair not started: {exc.message}"
+        return False, summary
+
+    async def release_idle(self) -> Outcome:
+        """Stop on-demand members idle past their ``idle_ttl_s`` (idle since the later of their
+        last use, as ``manager.touch`` records it, and the first time this job saw them up)."""
+        now = self.clock()
+        observed = await self.manager.observe()
+        released: list[str] = []
+        for name, model in self._members():
+            if model.lifecycle != Lifecycle.on_demand or model.idle_ttl_s is None:
+                continue
+            if not is_up(name, model, observed) or model.runtime == Runtime.remote:
+                self._seen_up.pop(name, None)
+                continue
+            seen = self._seen_up.setdefault(name, now)
+            since = max(seen, self.manager.last_used(name) or seen)
+            if now - since < model.idle_ttl_s:
+                continue
+            try:
+                await self.manager.release(name)
+            except Conflict:
+                continue  # a switch runs; the next tick tries again
+            self._seen_up.pop(name, None)
+            released.append(f"{name} (idle {now - since:.0f} s)")
+        return True, f"released {', '.join(released)}" if released else "nothing idle"
+
+    # ---------------------------------------------------------------- scheduling
+
+    async def run(self, name: str, job: Callable[[], Awaitable[Outcome]]) -> None:
+        """Run one job and record its result in the manager; never raises."""
+        try:
+            ok, summary = await job()
+        except Exception as exc:
+            log.exception("periodic job %s failed", name)
+            ok, summary = False, f"{type(exc).__name__}: {exc}"
+        self.manager.record_job(name, ok, summary)
+
+    def jobs(self) -> dict[str, tuple[float, Callable[[], Awaitable[Outcome]]]]:
+        """name -> (interval in seconds, job)."""
+        intervals = [m.health.interval_s for m in self.manager.config.models.values()
+                     if m.health is not None and m.runtime == Runtime.docker]
+        return {
+            "health": (max(1.0, min(intervals, default=10.0)), self.probe_health),
+            "remotes": (self.remote_interval_s, self.probe_remotes),
+            "drift": (self.drift_interval_s, self.check_drift),
+            "idle": (self.idle_interval_s, self.release_idle),
+        }
+
+    def start(self, scheduler: AsyncIOScheduler | None = None) -> AsyncIOScheduler:
+        """Schedule every job on the running loop (call from async code, e.g. the lifespan)."""
+        self._scheduler = scheduler or AsyncIOScheduler(event_loop=asyncio.get_running_loop())
+        for name, (interval, job) in self.jobs().items():
+            self._scheduler.add_job(self.run, "interval", args=(name, job), seconds=interval, id=name,
+                                    max_instances=1, coalesce=True)
+        self._scheduler.start()
+        return self._scheduler
+
+    def shutdown(self, wait: bool = False) -> None:
+        if self._scheduler is not None and self._scheduler.running:
+            self._scheduler.shutdown(wait=wait)
+
+
+def start_periodic(manager: ModelStackManager, **options: Any) -> PeriodicJobs:
+    jobs = PeriodicJobs(manager, **options)
+    jobs.start()
+    return jobs

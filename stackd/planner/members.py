@@ -1,0 +1,71 @@
+"""Facts about members that every part of the planner asks: where a model runs, whether it is up.
+
+"Up" follows the drivers' observation: a docker member whose container runs, an Ollama member
+whose tag is loaded, and every remote member (reachability is probed, not held).
+"""
+
+from __future__ import annotations
+
+from stackd.config.models import Lifecycle, Model, Placement, Runtime, StacksConfig
+from stackd.plan import LoadModel, ObservedState, StartContainer, StopContainer, UnloadModel
+
+ORCHESTRATOR = "orchestrator"
+MIB_PER_GIB = 1024
+
+
+def gib(mib: int) -> str:
+    """MiB as a person reads it: ``13312 -> '13 GiB'``, ``32607 -> '31.8 GiB'``."""
+    return f"{round(mib / MIB_PER_GIB, 1):g} GiB"
+
+
+def is_gpu(model: Model) -> bool:
+    return model.placement == Placement.gpu
+
+
+def is_cpu(model: Model) -> bool:
+    return model.placement == Placement.cpu
+
+
+def is_on_demand(model: Model) -> bool:
+    return model.lifecycle == Lifecycle.on_demand
+
+
+def is_up(name: str, model: Model, observed: ObservedState) -> bool:
+    match model.runtime:
+        case Runtime.docker:
+            return name in observed.running_containers
+        case Runtime.ollama:
+            return model.ollama is not None and model.ollama.tag in observed.loaded_tags
+        case Runtime.remote:
+            return True
+
+
+def up_models(config: StacksConfig, observed: ObservedState) -> list[str]:
+    """Config models that are up now, in config order."""
+    return [name for name, model in config.models.items() if is_up(name, model, observed)]
+
+
+def start_step(name: str, model: Model) -> StartContainer | LoadModel | None:
+    """The step that brings an always-on local member up (None for a remote one)."""
+    if model.docker is not None:
+        return StartContainer(name, model.docker.container)
+    if model.ollama is not None:
+        return LoadModel(name, model.ollama.tag)
+    return None
+
+
+def stop_step(name: str, model: Model) -> StopContainer | UnloadModel | None:
+    if model.docker is not None:
+        return StopContainer(name, model.docker.container)
+    if model.ollama is not None:
+        return UnloadModel(name, model.ollama.tag)
+    return None
+
+
+def startable_on_demand(model: Model, pulled_tags: set[str] | frozenset[str]) -> bool:
+    """An on-demand member a lease can start: a docker one always, an Ollama one once pulled."""
+    if not is_on_demand(model):
+        return False
+    if model.ollama is not None:
+        return model.ollama.tag in pulled_tags
+    return True
