@@ -219,11 +219,13 @@ async def chat_chunks(
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
         return sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
 
+    # A content chunk is the hot part of a stream: its bytes around the text are rendered once.
+    head, tail = chunk({"content": "\x00"}).split(dumps("\x00"))
     yield chunk({"role": "assistant", "content": ""})
     item: RouterStreamItem | None = first
     while item is not None:
         if isinstance(item, TextDelta):
-            yield chunk({"content": item.text})
+            yield head + dumps(item.text) + tail
         elif isinstance(item, StreamDone):
             yield chunk({}, item.answer.finish_reason)
             if include_usage:

@@ -39,7 +39,7 @@ from stackd.drivers.docker_spec import MANAGED_LABEL, MODEL_LABEL, SPEC_LABEL, c
 from stackd.drivers.health import HttpHealthChecker
 from stackd.errors import DriverFailed, DriverUnavailable, StackdError
 
-DEFAULT_START_TIMEOUT_S = HealthCheck().start_timeout_s
+DEFAULT_START_TIMEOUT_S = HealthCheck.model_validate({}).start_timeout_s
 FIRST_POLL_S = 0.1
 MAX_POLL_S = 1.0
 LOG_TAIL_LINES = 20

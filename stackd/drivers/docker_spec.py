@@ -50,7 +50,7 @@ def create_options(
     if spec.gpu:
         options["device_requests"] = [DeviceRequest(device_ids=[str(gpu_device)], capabilities=[["gpu"]])]
     if spec.healthcheck:
-        check = health or HealthCheck()
+        check = health or HealthCheck.model_validate({})
         options["healthcheck"] = {
             "test": list(spec.healthcheck),
             "interval": int(HEALTHCHECK_INTERVAL_S * NS_PER_S),

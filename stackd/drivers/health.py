@@ -25,7 +25,7 @@ from stackd.config.models import HealthCheck, Model
 from stackd.errors import DriverUnavailable
 
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
-DEFAULT_TIMEOUT_S = HealthCheck().timeout_s
+DEFAULT_TIMEOUT_S = HealthCheck.model_validate({}).timeout_s
 
 SessionFactory = Callable[[], aiohttp.ClientSession]
 

@@ -278,6 +278,7 @@ class ReasonRouter:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=60),
+                cookie_jar=aiohttp.DummyCookieJar(),  # callers share the pool: no cookie may cross calls
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.reason.timeouts.connect_s),
             )
         return self._session

@@ -71,7 +71,7 @@ def configs(draw: st.DrawFn) -> StacksConfig:
     names = list(models)
     always_on = [n for n in names if models[n].get("lifecycle") != "on_demand"] or names
     stacks: dict[str, Any] = {}
-    for s in range(draw(st.integers(1, 4))):
+    for s in range(draw(st.integers(2, 4))):
         # Mostly an always-on orchestrator; now and then any model, which the planner must refuse
         # when it is on demand.
         pool = names if draw(st.integers(0, 9)) == 9 else always_on
@@ -96,10 +96,17 @@ def subset(draw: st.DrawFn, items: list[str]) -> frozenset[str]:
 
 @st.composite
 def observed_states(draw: st.DrawFn, config: StacksConfig) -> ObservedState:
+    """Mostly a stack that runs as planned (the usual start of a switch), sometimes with drift."""
     docker = [n for n, m in config.models.items() if m.docker]
     tags = [m.ollama.tag for m in config.models.values() if m.ollama]
     active = draw(st.none() | st.sampled_from(list(config.stacks)))
     bindings: dict[str, str] = dict(config.stacks[active].roles) if active else {}
+    running, loaded = subset(draw, docker), subset(draw, tags)
+    if active and draw(st.booleans()):
+        members = [(n, config.models[n]) for n in config.stacks[active].member_names]
+        always_on = [(n, m) for n, m in members if m.lifecycle == Lifecycle.always_on]
+        running |= {n for n, m in always_on if m.docker}
+        loaded |= {m.ollama.tag for _, m in always_on if m.ollama}
     if draw(st.booleans()):  # drift: roles lost, or pointing somewhere unexpected
         for role in ROLES:
             choice = draw(st.sampled_from(["keep", "drop", "move"]))
@@ -107,10 +114,9 @@ def observed_states(draw: st.DrawFn, config: StacksConfig) -> ObservedState:
                 bindings.pop(role, None)
             elif choice == "move":
                 bindings[role] = draw(st.sampled_from(list(config.models)))
-    loaded = subset(draw, tags)
     return ObservedState(
         active_stack=active,
-        running_containers=subset(draw, docker),
+        running_containers=running,
         pulled_tags=subset(draw, tags) | (loaded if draw(st.booleans()) else frozenset()),
         loaded_tags=loaded,
         bindings=bindings,
@@ -154,11 +160,54 @@ def machines(draw: st.DrawFn, config: StacksConfig, observed: ObservedState, tar
 
 
 @st.composite
-def cases(draw: st.DrawFn) -> Case:
+def random_cases(draw: st.DrawFn) -> Case:
     config = draw(configs())
     observed = draw(observed_states(config))
     target = draw(st.sampled_from(list(config.stacks)))
     return Case(config, observed, target, draw(machines(config, observed, target)))
+
+
+@st.composite
+def tight_gpu_switches(draw: st.DrawFn) -> Case:
+    """Stack a runs; b is the target; the card has just room for b: where step order matters."""
+    kinds = draw(st.lists(st.sampled_from(["gpu", "gpu", "gpu", "cpu"]), min_size=2, max_size=6))
+    models = {f"m{i}-{kind}": _model(draw, f"m{i}-{kind}", kind) for i, kind in enumerate(kinds)}
+    names = list(models)
+    always_on = [n for n in names if models[n].get("lifecycle") != "on_demand"] or names
+    stacks = {}
+    for stack in ("a", "b"):
+        roles = {"orchestrator": draw(st.sampled_from(always_on))}
+        for role in ROLES[1:]:
+            if draw(st.booleans()):
+                roles[role] = draw(st.sampled_from(names))
+        members = draw(st.lists(st.sampled_from(names), unique=True, max_size=2))
+        stacks[stack] = {"roles": roles, "members": members}
+    config = StacksConfig.model_validate({
+        "default_stack": "a",
+        "gpu": {"reserve_gb": draw(st.sampled_from([0, 1, 3]))},
+        "roles": {role: {"required": role == "orchestrator"} for role in ROLES},
+        "models": models,
+        "stacks": stacks,
+    })
+    a = [(n, config.models[n]) for n in config.stacks["a"].member_names]
+    tags = frozenset(m.ollama.tag for m in config.models.values() if m.ollama)
+    observed = ObservedState(
+        active_stack="a",
+        running_containers=frozenset(n for n, m in a if m.docker and m.lifecycle == Lifecycle.always_on),
+        pulled_tags=tags,
+        loaded_tags=frozenset(m.ollama.tag for _, m in a if m.ollama and m.lifecycle == Lifecycle.always_on),
+        bindings=dict(config.stacks["a"].roles),
+    )
+    reserve = round(config.gpu.reserve_gb * GIB)
+    total = reserve + target_gpu_need(config, "b") + draw(st.integers(0, 6 * GIB))
+    used = min(reserve + gpu_mib_up(config, observed), total)
+    device = GpuDevice(0, "tight card", total, used, total - used)
+    hardware = HardwareSnapshot((device,), 128 * GIB, 100 * GIB, 16, "scenario:tight")
+    return Case(config, observed, "b", hardware)
+
+
+def cases() -> st.SearchStrategy[Case]:
+    return st.one_of(random_cases(), tight_gpu_switches())
 
 
 # ------------------------------------------------------------------ the oracle: a replay written here
