@@ -170,13 +170,15 @@ def random_cases(draw: st.DrawFn) -> Case:
 @st.composite
 def tight_gpu_switches(draw: st.DrawFn) -> Case:
     """Stack a runs; b is the target; the card has just room for b: where step order matters."""
-    kinds = draw(st.lists(st.sampled_from(["gpu", "gpu", "gpu", "cpu"]), min_size=2, max_size=6))
+    kinds = draw(st.lists(st.sampled_from(["gpu", "gpu", "gpu", "cpu"]), min_size=3, max_size=7))
     models = {f"m{i}-{kind}": _model(draw, f"m{i}-{kind}", kind) for i, kind in enumerate(kinds)}
     names = list(models)
     always_on = [n for n in names if models[n].get("lifecycle") != "on_demand"] or names
-    stacks = {}
+    stacks: dict[str, Any] = {}
     for stack in ("a", "b"):
-        roles = {"orchestrator": draw(st.sampled_from(always_on))}
+        # The orchestrator usually moves: that is the switch where order matters most.
+        taken = {s["roles"]["orchestrator"] for s in stacks.values()}
+        roles = {"orchestrator": draw(st.sampled_from([n for n in always_on if n not in taken] or always_on))}
         for role in ROLES[1:]:
             if draw(st.booleans()):
                 roles[role] = draw(st.sampled_from(names))
