@@ -47,7 +47,7 @@ def plan_switch(config: StacksConfig, observed: ObservedState, target: str,
             if overflow is None:
                 break
         else:
-            steps = order_steps(config, target, observed, MAKE_BEFORE_BREAK)
+            refusals.append(_transition_refusal(config, target, observed, steps, overflow, vram))
     return Plan(
         stack=target,
         steps=steps,

@@ -68,6 +68,8 @@ class _StepBuilder:
         self._pull_missing()
         leaving = self._leaving()
         pending = self._pending_starts()
+        for name in leaving:
+            self._stop(name)
         if ordering.break_early:
             for name in leaving:
                 if is_gpu(self.models[name]):
