@@ -84,7 +84,7 @@ class InvokeModelArgs(BaseModel):
 
     preset: str = Field(min_length=1, description="Preset name, e.g. 'elastic', 'elastic:9b', 'reflex'.")
     prompt: str | None = Field(None, min_length=1, description="A single user prompt (or give messages).")
-    messages: list[dict[str, Any]] | None = Field(None, min_length=1, description="OpenAI-style chat messages.")
+    messages: list[dict[str, Any]] | None = Field(None, min_length=1, description="OpenAI chat messages.")
     options: InvokeOptions = Field(default_factory=InvokeOptions)
     stream: bool = Field(False, description="Stream the answer as server-sent events.")
 

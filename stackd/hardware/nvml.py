@@ -31,7 +31,7 @@ NVML_LIBRARY = "nvml.dll" if sys.platform == "win32" else "libnvidia-ml.so.1"
 def process_name(pid: int) -> str:
     """The name of a local process, or ``pid N`` when it is gone, hidden or in another namespace."""
     try:
-        return psutil.Process(pid).name()
+        return str(psutil.Process(pid).name())
     except (psutil.Error, OSError):
         return f"pid {pid}"
 

@@ -38,16 +38,12 @@ def plan_switch(config: StacksConfig, observed: ObservedState, target: str,
     vram, vram_refusals = vram_ledger(config, target, observed, hardware)
     ram, ram_refusals = ram_ledger(config, target, observed, hardware)
     refusals += vram_refusals + ram_refusals
-    steps = order_steps(config, target, observed, MAKE_BEFORE_BREAK)
     if vram is not None and not vram_refusals:
-        limit = vram.total_mib - vram.reserve_mib
-        for ordering in ORDERINGS:
-            steps = order_steps(config, target, observed, ordering)
-            overflow = first_overflow(steps, config, observed, limit)
-            if overflow is None:
-                break
-        else:
-            refusals.append(_transition_refusal(config, target, observed, steps, overflow, vram))
+        steps, transition_refusal = _order_within_the_card(config, target, observed, vram)
+        if transition_refusal is not None:
+            refusals.append(transition_refusal)
+    else:
+        steps = order_steps(config, target, observed, MAKE_BEFORE_BREAK)
     return Plan(
         stack=target,
         steps=steps,
@@ -57,6 +53,22 @@ def plan_switch(config: StacksConfig, observed: ObservedState, target: str,
         refusals=tuple(refusals),
         bindings_after=dict(config.stacks[target].roles),
     )
+
+
+def _order_within_the_card(config: StacksConfig, target: str, observed: ObservedState,
+                           vram: VramLedger) -> tuple[tuple[Step, ...], Refusal | None]:
+    """The most lenient order whose every start fits the card; else the strictest one and why not."""
+    limit = vram.total_mib - vram.reserve_mib
+    *lenient, strictest = ORDERINGS
+    for ordering in lenient:
+        steps = order_steps(config, target, observed, ordering)
+        if first_overflow(steps, config, observed, limit) is None:
+            return steps, None
+    steps = order_steps(config, target, observed, strictest)
+    overflow = first_overflow(steps, config, observed, limit)
+    if overflow is None:
+        return steps, None
+    return steps, _transition_refusal(config, target, observed, steps, overflow, vram)
 
 
 def _orchestrator_refusals(config: StacksConfig, stack: str) -> list[Refusal]:

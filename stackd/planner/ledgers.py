@@ -60,7 +60,8 @@ def vram_ledger(config: StacksConfig, stack: str, observed: ObservedState,
     items += [LedgerItem(n, mib, "on_demand") for group in groups.values() for n, mib in group]
     items.append(LedgerItem("gpu.reserve_gb", configured_reserve, "reserve"))
     if foreign:
-        items.append(LedgerItem("foreign processes", foreign, "foreign"))
+        holders = "foreign processes" + _process_list(hardware, config, stackd_up)
+        items.append(LedgerItem(holders, foreign, "foreign"))
     ledger = VramLedger(
         device=config.gpu.device,
         gpu_name=device.name if device else f"GPU {config.gpu.device}",

@@ -68,8 +68,6 @@ class _StepBuilder:
         self._pull_missing()
         leaving = self._leaving()
         pending = self._pending_starts()
-        for name in leaving:
-            self._stop(name)
         if ordering.break_early:
             for name in leaving:
                 if is_gpu(self.models[name]):
@@ -107,7 +105,7 @@ class _StepBuilder:
 
     def _leaving(self) -> list[str]:
         """Up models that the target does not run (an Ollama tag the target also uses stays)."""
-        target_tags = {self.models[n].ollama.tag for n in self.members if self.models[n].ollama is not None}
+        target_tags = {self._tag(n) for n in self.members} - {None}
         out = []
         for name in self.up:
             model = self.models[name]

@@ -6,7 +6,9 @@ For every feasible plan, replayed step by step with an oracle written here (not 
 * every BindRole names a model that can serve at that point (up, remote, or startable on demand);
 * no model stops while a role points at it;
 * the plan ends in the target stack: its roles bound, its always-on members up.
-Every infeasible plan says why. A machine with room for everything never refuses.
+Every infeasible plan says why. A machine with room for everything never refuses, and a card
+sized for the target refuses a switch only when the orchestrator's old and new models cannot
+coexist (``tight_gpu_switches``: the cases where the order of steps decides).
 """
 
 from __future__ import annotations
@@ -391,3 +393,22 @@ def test_a_machine_with_room_for_everything_never_refuses(config: StacksConfig, 
 def test_the_planner_is_a_pure_function(case: Case) -> None:
     first = plan_switch(case.config, case.observed, case.target, case.hardware)
     assert plan_switch(case.config, case.observed, case.target, case.hardware) == first
+
+
+@PROPERTY
+@given(tight_gpu_switches())
+def test_a_switch_that_fits_at_rest_is_refused_only_when_the_orchestrator_cannot_move(case: Case) -> None:
+    """Completeness of the reordering: breaking non-orchestrator members first always makes room,
+    so the one refusal left is an orchestrator whose old and new models cannot coexist."""
+    plan = plan_switch(case.config, case.observed, case.target, case.hardware)
+    if any(r.code != "vram" for r in plan.refusals):
+        return
+    assert plan.vram is not None and plan.vram.headroom_mib >= 0  # the card was sized for the target
+    models, target = case.config.models, case.config.stacks[case.target]
+    gpu_up = {n for n, m in models.items() if m.placement == Placement.gpu and up(n, m, case.observed)}
+    old, new = case.observed.bindings["orchestrator"], target.roles["orchestrator"]
+    must_overlap = (old in gpu_up and old not in target.member_names
+                    and models[new].placement == Placement.gpu and new not in gpu_up)
+    overlap_mib = sum(models[n].memory_mib for n in (gpu_up & set(target.member_names)) | {old, new})
+    fits = not must_overlap or overlap_mib <= plan.vram.total_mib - plan.vram.reserve_mib
+    assert plan.feasible == fits, (plan.steps, plan.refusals)
