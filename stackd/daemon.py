@@ -94,7 +94,13 @@ def build_app(settings: Settings) -> FastAPI:
             await services.usage.aclose()
             await services.manager.aclose()
 
-    return create_app(services, lifespan=lifespan)
+    from prometheus_client import CollectorRegistry
+
+    from stackd.metrics import register_router_metrics
+
+    registry = CollectorRegistry()
+    register_router_metrics(registry, services.router)
+    return create_app(services, lifespan=lifespan, registry=registry)
 
 
 def run(settings: Settings) -> None:

@@ -1,34 +1,48 @@
-"""``stackd reason``: print the answer, then the attempts table."""
+"""``stackd reason``: print the answer, then the attempts table (also when every strategy failed)."""
 
 from __future__ import annotations
 
-import json
+from typing import Any
 
 from rich.console import Console
 
-from stackd.cli.client import DaemonClient
+from stackd.cli.client import DaemonClient, DaemonError
 from stackd.cli.render import attempts_table
 
 
 def run_reason(client: DaemonClient, console: Console, problem: str, effort: int, stream: bool,
                as_json: bool) -> None:
     body = {"problem": problem, "effort": effort}
-    if not stream:
-        data = client.post("/tools/reason", body)
-        if as_json:
-            console.print_json(data=data)
-            return
-        console.print(data.get("answer", ""))
-        console.print(attempts_table(data.get("attempts", [])))
+    try:
+        final = _stream(client, console, body, as_json) if stream else client.post("/tools/reason", body)
+    except DaemonError as exc:
+        attempts = (exc.detail.get("body") or {}).get("attempts")
+        if attempts and not as_json:
+            console.print(attempts_table(attempts))
+        raise
+    if as_json:
+        console.print_json(data=final)
         return
-    final: dict = {}
+    if not stream:
+        console.print(final.get("answer", ""), markup=False, highlight=False)
+    if "error" in final:
+        console.print(f"[red]{final['error'].get('message')}[/]")
+    attempts = final.get("attempts") or (final.get("error") or {}).get("attempts") or []
+    console.print(attempts_table(attempts))
+    if final.get("backend"):
+        usage = final.get("usage") or {}
+        console.print(f"answered by {final['backend']} ({final.get('model')}) via {final.get('strategy')}; "
+                      f"tokens {usage.get('prompt_tokens', 0)} in / {usage.get('completion_tokens', 0)} out")
+
+
+def _stream(client: DaemonClient, console: Console, body: dict[str, Any], as_json: bool) -> dict[str, Any]:
+    final: dict[str, Any] = {}
     for event in client.stream_events_post("/tools/reason", {**body, "stream": True}):
         if "delta" in event:
-            console.print(event["delta"], end="", soft_wrap=True, highlight=False, markup=False)
+            if not as_json:
+                console.print(event["delta"], end="", soft_wrap=True, highlight=False, markup=False)
         else:
             final = event
-    console.print()
-    if as_json:
-        console.print(json.dumps(final))
-    elif final.get("attempts"):
-        console.print(attempts_table(final["attempts"]))
+    if not as_json:
+        console.print()
+    return final

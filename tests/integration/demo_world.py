@@ -20,13 +20,14 @@ from __future__ import annotations
 import contextlib
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import docker
 import httpx
+import pytest
 import yaml
 
 from stackd.config.loader import load_config
@@ -163,10 +164,12 @@ def remove_run_containers(client: docker.DockerClient, run: str) -> None:
             container.remove(force=True)
 
 
-def write_demo_config(directory: Path, run: str, sims: Sims,
-                      changes: Mapping[str, ModelChange] | None = None) -> Path:
+def write_demo_config(directory: Path, run: str, sims: Sims, changes: Mapping[str, ModelChange] | None = None,
+                      default_stack: str | None = None) -> Path:
     """Write the demo config of ``run`` into ``directory``; returns its path."""
     raw: dict[str, Any] = yaml.safe_load(DEMO_CONFIG.read_text())
+    if default_stack is not None:
+        raw["default_stack"] = default_stack
     raw["ollama"]["url"] = sims.ollama.url
     for name, url in sims.urls().items():
         raw["models"][name]["endpoint"] = url
@@ -199,8 +202,38 @@ def _host_port(url: str) -> str:
 
 
 def make_world(directory: Path, client: docker.DockerClient, sims: Sims,
-               changes: Mapping[str, ModelChange] | None = None) -> DemoWorld:
+               changes: Mapping[str, ModelChange] | None = None, default_stack: str | None = None) -> DemoWorld:
+    """A demo config of a new run in ``directory`` (remove its containers with ``remove_containers``)."""
     run = uuid.uuid4().hex[:8]
-    path = write_demo_config(directory, run, sims, changes)
+    path = write_demo_config(directory, run, sims, changes, default_stack)
     return DemoWorld(run=run, path=path, config=load_config(path, {API_KEY_ENV: API_KEY}), sims=sims,
                      docker=client)
+
+
+WorldFactory = Callable[..., DemoWorld]
+
+
+@pytest.fixture
+def sims() -> Iterator[Sims]:
+    """Ollama (nothing pulled, any tag pullable), two OpenAI, a Gemini and an Anthropic simulator."""
+    started = Sims.start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def demo_worlds(tmp_path: Path, docker_engine: docker.DockerClient, demo_image: str, sims: Sims,
+                monkeypatch: pytest.MonkeyPatch) -> Iterator[WorldFactory]:
+    """``new(changes=None, default_stack=None) -> DemoWorld``; every container of each world made
+    is removed at teardown. The cloud members' key variable is set for in-process daemons."""
+    made: list[DemoWorld] = []
+    monkeypatch.setenv(API_KEY_ENV, API_KEY)
+
+    def new(changes: Mapping[str, ModelChange] | None = None, default_stack: str | None = None) -> DemoWorld:
+        world = make_world(tmp_path, docker_engine, sims, changes, default_stack)
+        made.append(world)
+        return world
+
+    yield new
+    for world in made:
+        world.remove_containers()
