@@ -6,8 +6,8 @@ interrupted switch (or restores the persisted stack) before the first request is
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,7 +16,8 @@ from fastapi import FastAPI
 from stackd.api.app import create_app
 from stackd.api.auth import TOKEN_ENV, load_or_create_token
 from stackd.config.loader import load_config
-from stackd.errors import ConfigError, StackdError
+from stackd.config.models import StacksConfig
+from stackd.errors import StackdError
 from stackd.hardware.probe import make_gpu_reader, read_hardware
 from stackd.roles import LiveRoles
 from stackd.services import Services
@@ -29,6 +30,16 @@ class UnsafeBind(StackdError):
     """Refusing to listen beyond loopback without an explicit token."""
 
 
+def load_daemon_config(settings: Settings) -> StacksConfig:
+    """The config file with the command line's overrides applied (``--gpu-total-gb``)."""
+    config = load_config(settings.config)
+    if settings.gpu_total_gb is not None:
+        config = config.model_copy(
+            update={"gpu": config.gpu.model_copy(update={"total_gb": settings.gpu_total_gb})}
+        )
+    return config
+
+
 def build_services(settings: Settings) -> Services:
     from stackd.drivers.docker import DockerContainerDriver
     from stackd.drivers.health import HttpHealthChecker
@@ -39,16 +50,16 @@ def build_services(settings: Settings) -> Services:
     from stackd.state.store import StateStore
     from stackd.state.usage import UsageStore
 
-    config = load_config(settings.config)
+    config = load_daemon_config(settings)
     token, source = load_or_create_token(settings.state_dir)
     if not settings.loopback and source != TOKEN_ENV:
         raise UnsafeBind(
             f"refusing to listen on {settings.host} without a token: set {TOKEN_ENV} to a long random "
             "secret (every endpoint but /healthz will then require it), or bind to 127.0.0.1"
         )
-    reader = make_gpu_reader(str(settings.gpu_scenario) if settings.gpu_scenario else None, settings.gpu_total_gb)
-    if settings.gpu_total_gb is not None:
-        config = config.model_copy(update={"gpu": config.gpu.model_copy(update={"total_gb": settings.gpu_total_gb})})
+    reader = make_gpu_reader(
+        str(settings.gpu_scenario) if settings.gpu_scenario else None, settings.gpu_total_gb
+    )
 
     def hardware():  # type: ignore[no-untyped-def]
         return read_hardware(reader)
@@ -68,8 +79,43 @@ def build_services(settings: Settings) -> Services:
     )
     usage = UsageStore(settings.db_path)
     router = ReasonRouter(config, roles, usage=usage, on_use=manager.touch)
-    return Services(settings=settings, config=config, roles=roles, manager=manager, read_hardware=hardware,
-                    token=token, token_source=source, router=router, usage=usage)
+    return Services(
+        settings=settings,
+        config=config,
+        roles=roles,
+        manager=manager,
+        read_hardware=hardware,
+        token=token,
+        token_source=source,
+        router=router,
+        usage=usage,
+    )
+
+
+def watch_sighup(services: Services, settings: Settings) -> None:
+    """``systemctl reload stackd`` (SIGHUP) re-reads the config; a bad file is logged and ignored."""
+    import asyncio
+    import signal
+
+    from stackd.api.config_routes import reload_config
+
+    async def reload() -> None:
+        try:
+            await reload_config(services, lambda: load_daemon_config(settings))
+        except StackdError as exc:
+            log.error("config reload refused, keeping the running config: %s", exc.message)
+
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[None]] = set()  # keep a reference until the reload ends
+
+    def on_sighup() -> None:
+        task = loop.create_task(reload())
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    # Not on the main thread, or no signals (Windows): reload through POST /config/reload only.
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
 
 
 def build_app(settings: Settings) -> FastAPI:
@@ -85,6 +131,7 @@ def build_app(settings: Settings) -> FastAPI:
 
             services.periodic = start_periodic(services.manager)
         await services.router.start()
+        watch_sighup(services, settings)
         try:
             yield
         finally:
@@ -100,19 +147,20 @@ def build_app(settings: Settings) -> FastAPI:
 
     registry = CollectorRegistry()
     register_router_metrics(registry, services.router)
-    return create_app(services, lifespan=lifespan, registry=registry)
+    return create_app(services, lifespan=lifespan, registry=registry, load_config=lambda: load_daemon_config(settings))
 
 
 def run(settings: Settings) -> None:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        app = build_app(settings)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(str(problem), file=sys.stderr)
-        raise
-    log.info("stackd on http://%s:%d (config %s, state %s)", settings.host, settings.port,
-             settings.config, settings.state_dir)
+    # A bad config raises ConfigError here, listing every problem; the CLI prints it, no traceback.
+    app = build_app(settings)
+    log.info(
+        "stackd on http://%s:%d (config %s, state %s)",
+        settings.host,
+        settings.port,
+        settings.config,
+        settings.state_dir,
+    )
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)

@@ -13,8 +13,9 @@ from stackd.planner import plan_switch
 from stackd.views import plan_json
 
 
-def offline_plan(config_path: Path, stack: str, *, gpu_total_gb: float | None = None,
-                 gpu_scenario: Path | None = None) -> dict[str, Any]:
+def offline_plan(
+    config_path: Path, stack: str, *, gpu_total_gb: float | None = None, gpu_scenario: Path | None = None
+) -> dict[str, Any]:
     config = load_config(config_path)
     reader = make_gpu_reader(str(gpu_scenario) if gpu_scenario else None, gpu_total_gb)
     hardware = read_hardware(reader)

@@ -78,7 +78,9 @@ class UnbindRole:
     kind: Literal["unbind_role"] = "unbind_role"
 
 
-Step = StartContainer | StopContainer | PullModel | LoadModel | UnloadModel | ProbeRemote | BindRole | UnbindRole
+Step = (
+    StartContainer | StopContainer | PullModel | LoadModel | UnloadModel | ProbeRemote | BindRole | UnbindRole
+)
 
 
 @dataclass(frozen=True)

@@ -11,24 +11,33 @@ from prometheus_client import CollectorRegistry
 
 from stackd import __version__
 from stackd.api.auth import bearer_guard, open_guard
+from stackd.api.config_routes import build_config_router
 from stackd.api.errors import install_error_handlers
 from stackd.api.stacks import build_stacks_router
 from stackd.api.status import build_status_router
+from stackd.config.loader import load_config as load
+from stackd.config.models import StacksConfig
 from stackd.services import Services
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
-def create_app(services: Services, lifespan: Lifespan | None = None,
-               registry: CollectorRegistry | None = None) -> FastAPI:
+def create_app(
+    services: Services,
+    lifespan: Lifespan | None = None,
+    registry: CollectorRegistry | None = None,
+    load_config: Callable[[], StacksConfig] | None = None,
+) -> FastAPI:
     """Build the app. Mutating endpoints need the bearer token; on a non-loopback bind every
-    endpoint but /healthz does."""
+    endpoint but /healthz does. ``load_config`` re-reads the config for ``POST /config/reload``
+    (default: the settings' file, as is)."""
     app = FastAPI(title="stackd", version=__version__, lifespan=lifespan or _no_lifespan)
     install_error_handlers(app)
     write = bearer_guard(services.token)
     read = open_guard if services.settings.loopback else write
     app.include_router(build_status_router(services, read, registry or _default_registry()))
     app.include_router(build_stacks_router(services, write, read))
+    app.include_router(build_config_router(services, write, load_config or (lambda: load(services.settings.config))))
     if services.router is not None:
         from stackd.api.gateway import build_gateway_router
         from stackd.api.tools import build_tools_router

@@ -23,14 +23,18 @@ class SwitchRequest(BaseModel):
     wait: bool = Field(True, description="Answer when the switch has finished (false: answer 202 at once).")
 
 
-def build_stacks_router(services: Services, write: Callable[..., None], read: Callable[..., None]) -> APIRouter:
+def build_stacks_router(
+    services: Services, write: Callable[..., None], read: Callable[..., None]
+) -> APIRouter:
     router = APIRouter(dependencies=[Depends(read)])
     manager = services.manager
 
     def known(name: str) -> None:
         if name not in services.config.stacks:
-            raise NotFound(f"unknown stack '{name}'; valid stacks: {', '.join(services.config.stacks)}",
-                           valid=list(services.config.stacks))
+            raise NotFound(
+                f"unknown stack '{name}'; valid stacks: {', '.join(services.config.stacks)}",
+                valid=list(services.config.stacks),
+            )
 
     @router.get("/model-stacks")
     async def list_stacks() -> dict[str, Any]:
@@ -45,8 +49,9 @@ def build_stacks_router(services: Services, write: Callable[..., None], read: Ca
     async def get_stack(name: str) -> dict[str, Any]:
         known(name)
         body = stack_json(services.config, name, manager.active_stack)
-        body["members"] = [model_json(m, services.config.models[m])
-                           for m in services.config.stacks[name].member_names]
+        body["members"] = [
+            model_json(m, services.config.models[m]) for m in services.config.stacks[name].member_names
+        ]
         body["plan"] = plan_json(await manager.plan(name))
         return body
 
@@ -54,7 +59,11 @@ def build_stacks_router(services: Services, write: Callable[..., None], read: Ca
     async def switch(request: SwitchRequest) -> Any:
         known(request.stack)
         if request.dry_run:
-            return {"stack": request.stack, "dry_run": True, "plan": plan_json(await manager.plan(request.stack))}
+            return {
+                "stack": request.stack,
+                "dry_run": True,
+                "plan": plan_json(await manager.plan(request.stack)),
+            }
         handle = await manager.submit_switch(request.stack)
         if request.wait:
             await handle.wait()
@@ -75,7 +84,10 @@ def build_stacks_router(services: Services, write: Callable[..., None], read: Ca
             async for event in events:
                 yield f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
 
-        return StreamingResponse(sse(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            sse(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     return router

@@ -20,20 +20,29 @@ def health_url(endpoint: str | None, path: str | None) -> str | None:
     if not path:
         return redact_url(endpoint)
     parts = urlsplit(endpoint)
-    return f"{parts.scheme}://{parts.hostname}:{parts.port}{path}" if parts.port else f"{parts.scheme}://{parts.hostname}{path}"
+    return (
+        f"{parts.scheme}://{parts.hostname}:{parts.port}{path}"
+        if parts.port
+        else f"{parts.scheme}://{parts.hostname}{path}"
+    )
 
 
 def build_status_router(services: Services, read: Callable[..., None], registry: Any) -> APIRouter:
     router = APIRouter()
-    config = services.config
 
     def role_row(role: str, model: str) -> dict[str, Any]:
+        config = services.config  # read per call: a config reload replaces it
         m = config.models[model]
         endpoint = m.endpoint or (config.ollama.url if m.ollama else None)
         path = m.health.path if m.health else ("/" if m.ollama else None)
-        return {"role": role, "model": model, "endpoint": redact_url(endpoint),
-                "health_url": health_url(endpoint, path), "api": m.api.value,
-                "placement": m.placement.value}
+        return {
+            "role": role,
+            "model": model,
+            "endpoint": redact_url(endpoint),
+            "health_url": health_url(endpoint, path),
+            "api": m.api.value,
+            "placement": m.placement.value,
+        }
 
     @router.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -42,16 +51,21 @@ def build_status_router(services: Services, read: Callable[..., None], registry:
     @router.get("/roles", dependencies=[Depends(read)])
     async def roles() -> dict[str, Any]:
         table = services.roles.current
-        return {"stack": table.stack, "version": table.version,
-                "roles": [role_row(r, m) for r, m in sorted(table.bindings.items())]}
+        return {
+            "stack": table.stack,
+            "version": table.version,
+            "roles": [role_row(r, m) for r, m in sorted(table.bindings.items())],
+        }
 
     @router.get("/roles/{role}", dependencies=[Depends(read)])
     async def role(role: str) -> dict[str, Any]:
         table = services.roles.current
         model = table.bindings.get(role)
         if model is None:
-            raise NotFound(f"role '{role}' is not bound in stack '{table.stack}'; "
-                           f"bound roles: {', '.join(sorted(table.bindings)) or 'none'}")
+            raise NotFound(
+                f"role '{role}' is not bound in stack '{table.stack}'; "
+                f"bound roles: {', '.join(sorted(table.bindings)) or 'none'}"
+            )
         return {"stack": table.stack, "version": table.version, **role_row(role, model)}
 
     @router.get("/status", dependencies=[Depends(read)])

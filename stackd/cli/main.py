@@ -15,7 +15,9 @@ from stackd.cli import render
 from stackd.cli.client import DaemonClient, find_token
 from stackd.errors import StackdError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Run a hybrid GPU / CPU / cloud model stack.")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Run a hybrid GPU / CPU / cloud model stack."
+)
 config_app = typer.Typer(no_args_is_help=True, help="Check the config file or print its JSON Schema.")
 app.add_typer(config_app, name="config")
 
@@ -43,17 +45,26 @@ def serve(
     port: Annotated[int, typer.Option(envvar="STACKD_PORT")] = 8001,
     config: Annotated[Path, typer.Option(envvar="STACKD_CONFIG")] = Path("config/model-stacks.yaml"),
     state_dir: Annotated[Path | None, typer.Option(envvar="STACKD_STATE_DIR")] = None,
-    gpu_scenario: Annotated[Path | None, typer.Option(envvar="STACKD_GPU_SCENARIO",
-                                                      help="YAML of scripted GPUs (no NVML).")] = None,
+    gpu_scenario: Annotated[
+        Path | None, typer.Option(envvar="STACKD_GPU_SCENARIO", help="YAML of scripted GPUs (no NVML).")
+    ] = None,
     gpu_total_gb: Annotated[float | None, typer.Option(envvar="STACKD_GPU_TOTAL_GB")] = None,
-    no_periodic: Annotated[bool, typer.Option(help="Disable health probes, drift checks and idle TTL.")] = False,
+    no_periodic: Annotated[
+        bool, typer.Option(help="Disable health probes, drift checks and idle TTL.")
+    ] = False,
 ) -> None:
     """Run the daemon (FastAPI on uvicorn)."""
     from stackd.daemon import run
     from stackd.settings import Settings
 
-    kwargs: dict[str, Any] = {"host": host, "port": port, "config": config, "gpu_scenario": gpu_scenario,
-                              "gpu_total_gb": gpu_total_gb, "periodic": not no_periodic}
+    kwargs: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "config": config,
+        "gpu_scenario": gpu_scenario,
+        "gpu_total_gb": gpu_total_gb,
+        "periodic": not no_periodic,
+    }
     if state_dir is not None:
         kwargs["state_dir"] = state_dir
     run(Settings(**kwargs))
@@ -155,8 +166,13 @@ def sim(
     port: Annotated[int, typer.Option()] = 0,
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     latency_ms: Annotated[float, typer.Option()] = 0.0,
-    fault: Annotated[str, typer.Option(help="none, refuse, http500, hang, slow_first_token, die_mid_stream, "
-                                             "malformed_body, pull_fails_halfway")] = "none",
+    fault: Annotated[
+        str,
+        typer.Option(
+            help="none, refuse, http500, hang, slow_first_token, die_mid_stream, "
+            "malformed_body, pull_fails_halfway"
+        ),
+    ] = "none",
 ) -> None:
     """Run a protocol-faithful simulator on loopback (for tests and demos)."""
     from stackd.sim import run_sim

@@ -10,8 +10,9 @@ from stackd.cli.client import DaemonClient, DaemonError
 from stackd.cli.render import attempts_table
 
 
-def run_reason(client: DaemonClient, console: Console, problem: str, effort: int, stream: bool,
-               as_json: bool) -> None:
+def run_reason(
+    client: DaemonClient, console: Console, problem: str, effort: int, stream: bool, as_json: bool
+) -> None:
     body = {"problem": problem, "effort": effort}
     try:
         final = _stream(client, console, body, as_json) if stream else client.post("/tools/reason", body)
@@ -31,8 +32,10 @@ def run_reason(client: DaemonClient, console: Console, problem: str, effort: int
     console.print(attempts_table(attempts))
     if final.get("backend"):
         usage = final.get("usage") or {}
-        console.print(f"answered by {final['backend']} ({final.get('model')}) via {final.get('strategy')}; "
-                      f"tokens {usage.get('prompt_tokens', 0)} in / {usage.get('completion_tokens', 0)} out")
+        console.print(
+            f"answered by {final['backend']} ({final.get('model')}) via {final.get('strategy')}; "
+            f"tokens {usage.get('prompt_tokens', 0)} in / {usage.get('completion_tokens', 0)} out"
+        )
 
 
 def _stream(client: DaemonClient, console: Console, body: dict[str, Any], as_json: bool) -> dict[str, Any]:

@@ -19,8 +19,12 @@ def step_text(step: dict[str, Any]) -> str:
     kind = step["kind"]
     target = step.get("container") or step.get("tag") or step.get("model") or ""
     if kind in ("bind_role", "unbind_role"):
-        return f"{kind.replace('_', ' ')} {step['role']}" + (f" -> {step['model']}" if step.get("model") else "")
-    return f"{kind.replace('_', ' ')} {step.get('model', '')}" + (f" ({target})" if target != step.get("model") else "")
+        return f"{kind.replace('_', ' ')} {step['role']}" + (
+            f" -> {step['model']}" if step.get("model") else ""
+        )
+    return f"{kind.replace('_', ' ')} {step.get('model', '')}" + (
+        f" ({target})" if target != step.get("model") else ""
+    )
 
 
 def vram_bar(vram: dict[str, Any], width: int = 40) -> Text:
@@ -45,7 +49,9 @@ def vram_bar(vram: dict[str, Any], width: int = 40) -> Text:
 
 
 def plan_renderable(plan: dict[str, Any]) -> Group:
-    title = f"plan: {plan['stack']} — " + ("[green]feasible[/]" if plan["feasible"] else "[red]NOT feasible[/]")
+    title = f"plan: {plan['stack']} — " + (
+        "[green]feasible[/]" if plan["feasible"] else "[red]NOT feasible[/]"
+    )
     steps = Table(title="steps", show_header=True, header_style="bold")
     steps.add_column("#", justify="right")
     steps.add_column("step")
@@ -56,8 +62,10 @@ def plan_renderable(plan: dict[str, Any]) -> Group:
     items: list[Any] = [Text.from_markup(title), steps]
     vram = plan.get("vram")
     if vram:
-        ledger = Table(title=f"VRAM ledger — GPU {vram['device']} {vram['gpu_name']}"
-                       + (" (simulated)" if vram.get("simulated") else ""))
+        ledger = Table(
+            title=f"VRAM ledger — GPU {vram['device']} {vram['gpu_name']}"
+            + (" (simulated)" if vram.get("simulated") else "")
+        )
         ledger.add_column("item")
         ledger.add_column("kind")
         ledger.add_column("VRAM", justify="right")
@@ -67,16 +75,20 @@ def plan_renderable(plan: dict[str, Any]) -> Group:
         ledger.add_row("total", "", gib(vram["total_mib"]))
         ledger.add_row("reserve", "", gib(vram["reserve_mib"]))
         ledger.add_row("always-on", "", gib(vram["always_on_mib"]))
-        ledger.add_row(f"on-demand swap ({vram.get('largest_swap_group') or '-'})", "", gib(vram["swap_budget_mib"]))
+        ledger.add_row(
+            f"on-demand swap ({vram.get('largest_swap_group') or '-'})", "", gib(vram["swap_budget_mib"])
+        )
         ledger.add_row("[bold]headroom[/]", "", f"[bold]{gib(vram['headroom_mib'])}[/]")
         items += [ledger, vram_bar(vram)]
     ram = plan.get("ram")
     if ram:
-        items.append(Text(
-            f"RAM: always-on {gib(ram['always_on_mib'])} + largest on-demand {gib(ram['on_demand_max_mib'])}"
-            f" of {gib(ram['available_mib'])} available ({gib(ram['total_mib'])} total); "
-            f"headroom {gib(ram['headroom_mib'])}"
-        ))
+        items.append(
+            Text(
+                f"RAM: always-on {gib(ram['always_on_mib'])} + largest on-demand {gib(ram['on_demand_max_mib'])}"
+                f" of {gib(ram['available_mib'])} available ({gib(ram['total_mib'])} total); "
+                f"headroom {gib(ram['headroom_mib'])}"
+            )
+        )
     for refusal in plan.get("refusals", []):
         items.append(Text(f"refused ({refusal['code']}): {refusal['message']}", style="red"))
     return Group(*items)
@@ -91,7 +103,9 @@ def stacks_table(data: dict[str, Any]) -> Table:
     for stack in data["stacks"]:
         mark = "●" if stack["active"] else (" " if not stack.get("default") else "○")
         table.add_row(mark, stack["name"], ", ".join(stack["members"]), stack.get("description", ""))
-    table.caption = f"active: {data.get('active') or '-'}   default: {data.get('default')}   (● active, ○ default)"
+    table.caption = (
+        f"active: {data.get('active') or '-'}   default: {data.get('default')}   (● active, ○ default)"
+    )
     return table
 
 
@@ -106,8 +120,14 @@ def status_renderable(status: dict[str, Any]) -> Group:
     for col in ("model", "runtime", "placement", "memory", "state", "detail"):
         members.add_column(col)
     for m in status.get("members", []):
-        members.add_row(m["name"], m.get("runtime", ""), m.get("placement", ""), gib(m.get("memory_mib")),
-                        m.get("state", ""), m.get("detail") or "")
+        members.add_row(
+            m["name"],
+            m.get("runtime", ""),
+            m.get("placement", ""),
+            gib(m.get("memory_mib")),
+            m.get("state", ""),
+            m.get("detail") or "",
+        )
     roles = Table(title="roles")
     roles.add_column("role")
     roles.add_column("model")
@@ -139,8 +159,13 @@ def attempts_table(attempts: list[dict[str, Any]]) -> Table:
     style = {"answered": "green", "failed": "red", "skipped": "yellow"}
     for a in attempts:
         status = a.get("status", "")
-        table.add_row(a.get("strategy", ""), a.get("backend") or "-", f"[{style.get(status, '')}]{status}[/]",
-                      a.get("reason") or "", f"{a.get('elapsed_ms', 0):.1f}")
+        table.add_row(
+            a.get("strategy", ""),
+            a.get("backend") or "-",
+            f"[{style.get(status, '')}]{status}[/]",
+            a.get("reason") or "",
+            f"{a.get('elapsed_ms', 0):.1f}",
+        )
     return table
 
 

@@ -17,8 +17,14 @@ def follow_switch(client: DaemonClient, started: dict[str, Any], console: Consol
     if console:
         console.print(f"switch [bold]{switch_id}[/] → {started.get('stack')}")
     bars: dict[str, TaskID] = {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  console=console or Console(quiet=True), transient=False) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console or Console(quiet=True),
+        transient=False,
+    ) as progress:
         for event in client.stream_events(f"/model-stacks/switch/{switch_id}/events"):
             if console:
                 _show(event, console, progress, bars)

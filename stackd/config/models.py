@@ -75,7 +75,8 @@ class ContainerSpec(Frozen):
     gpu: bool = Field(False, description="Request the configured GPU (gpu.device) for this container.")
     labels: dict[str, str] = Field(default_factory=dict)
     healthcheck: list[str] | None = Field(
-        None, description='Docker HEALTHCHECK test, e.g. ["CMD", "wget", "-q", "-O-", "http://127.0.0.1:8000/health"].'
+        None,
+        description='Docker HEALTHCHECK test, e.g. ["CMD", "wget", "-q", "-O-", "http://127.0.0.1:8000/health"].',
     )
 
 
@@ -130,9 +131,12 @@ class Model(Frozen):
     memory_gb: float = Field(0.0, ge=0, description="VRAM (gpu placement) or RAM (cpu placement) in GiB.")
     lifecycle: Lifecycle = Lifecycle.always_on
     swap_group: Name | None = Field(
-        None, description="On-demand GPU models of one swap group replace each other; the largest is budgeted."
+        None,
+        description="On-demand GPU models of one swap group replace each other; the largest is budgeted.",
     )
-    idle_ttl_s: int | None = Field(None, gt=0, description="On-demand models are released after this idle time.")
+    idle_ttl_s: int | None = Field(
+        None, gt=0, description="On-demand models are released after this idle time."
+    )
     health: HealthCheck | None = None
     docker: DockerRuntime | None = None
     ollama: OllamaRuntime | None = None
@@ -166,13 +170,19 @@ class Model(Frozen):
         if self.runtime == Runtime.remote and self.placement != Placement.cloud:
             raise ValueError("a remote model runs in the cloud; set placement: cloud")
         if self.runtime != Runtime.remote and self.placement == Placement.cloud:
-            raise ValueError("placement cloud needs a remote model; set runtime: remote or placement: gpu/cpu")
+            raise ValueError(
+                "placement cloud needs a remote model; set runtime: remote or placement: gpu/cpu"
+            )
         if self.runtime == Runtime.ollama and self.placement == Placement.cpu and not self.ollama.cpu_only:
             raise ValueError("a CPU-placed Ollama model would use the GPU; set ollama.options.num_gpu: 0")
         if self.runtime != Runtime.ollama and self.endpoint is None:
-            raise ValueError("endpoint is required for docker and remote models; set endpoint: http://HOST:PORT")
+            raise ValueError(
+                "endpoint is required for docker and remote models; set endpoint: http://HOST:PORT"
+            )
         if self.swap_group and self.lifecycle != Lifecycle.on_demand:
-            raise ValueError("swap_group applies to on_demand models; set lifecycle: on_demand or drop swap_group")
+            raise ValueError(
+                "swap_group applies to on_demand models; set lifecycle: on_demand or drop swap_group"
+            )
         return self
 
 
@@ -183,8 +193,12 @@ class RoleSpec(Frozen):
 
 class Stack(Frozen):
     description: str = ""
-    roles: dict[Name, Name] = Field(default_factory=dict, description="role -> model serving it in this stack.")
-    members: list[Name] = Field(default_factory=list, description="Models that run in the stack without a role.")
+    roles: dict[Name, Name] = Field(
+        default_factory=dict, description="role -> model serving it in this stack."
+    )
+    members: list[Name] = Field(
+        default_factory=list, description="Models that run in the stack without a role."
+    )
     reason_chain: list[Name] | None = Field(
         None, description="Order of reason() strategies in this stack; defaults to reason.default_chain."
     )
@@ -202,7 +216,9 @@ class GpuBudget(Frozen):
     device: int = Field(0, ge=0, description="NVML index of the GPU stackd budgets.")
     total_gb: float | None = Field(None, gt=0, description="Total VRAM in GiB; read from NVML when unset.")
     reserve_gb: float = Field(
-        0.0, ge=0, description="VRAM kept free for the desktop and foreign processes (a floor; NVML may see more)."
+        0.0,
+        ge=0,
+        description="VRAM kept free for the desktop and foreign processes (a floor; NVML may see more).",
     )
 
 
@@ -320,51 +336,107 @@ class StacksConfig(Frozen):
         out: list[tuple[tuple[str | int, ...], str]] = []
         models, roles = sorted(self.models), sorted(self.roles)
         if self.default_stack not in self.stacks:
-            out.append((("default_stack",), f"unknown stack '{self.default_stack}'; use one of {sorted(self.stacks)}"))
+            out.append(
+                (
+                    ("default_stack",),
+                    f"unknown stack '{self.default_stack}'; use one of {sorted(self.stacks)}",
+                )
+            )
         for sname, stack in self.stacks.items():
             for role, model in stack.roles.items():
                 if role not in self.roles:
-                    out.append((("stacks", sname, "roles", role), f"unknown role '{role}'; declare it under roles: or use one of {roles}"))
+                    out.append(
+                        (
+                            ("stacks", sname, "roles", role),
+                            f"unknown role '{role}'; declare it under roles: or use one of {roles}",
+                        )
+                    )
                 if model not in self.models:
-                    out.append((("stacks", sname, "roles", role), f"unknown model '{model}'; use one of {models}"))
+                    out.append(
+                        (("stacks", sname, "roles", role), f"unknown model '{model}'; use one of {models}")
+                    )
             for i, model in enumerate(stack.members):
                 if model not in self.models:
-                    out.append((("stacks", sname, "members", i), f"unknown model '{model}'; use one of {models}"))
+                    out.append(
+                        (("stacks", sname, "members", i), f"unknown model '{model}'; use one of {models}")
+                    )
             if len(set(stack.members)) != len(stack.members):
                 out.append((("stacks", sname, "members"), "a model is listed twice; list each member once"))
             for role, spec in self.roles.items():
                 if spec.required and role not in stack.roles:
-                    out.append((("stacks", sname, "roles"), f"required role '{role}' is not bound; add '{role}: MODEL'"))
+                    out.append(
+                        (
+                            ("stacks", sname, "roles"),
+                            f"required role '{role}' is not bound; add '{role}: MODEL'",
+                        )
+                    )
             for i, strat in enumerate(stack.reason_chain or []):
                 if strat not in self.reason.strategies:
-                    out.append((("stacks", sname, "reason_chain", i), f"unknown strategy '{strat}'; use one of {sorted(self.reason.strategies)}"))
+                    out.append(
+                        (
+                            ("stacks", sname, "reason_chain", i),
+                            f"unknown strategy '{strat}'; use one of {sorted(self.reason.strategies)}",
+                        )
+                    )
         for sname, strat in self.reason.strategies.items():
             if strat.role and strat.role not in self.roles:
-                out.append((("reason", "strategies", sname, "role"), f"unknown role '{strat.role}'; use one of {roles}"))
+                out.append(
+                    (
+                        ("reason", "strategies", sname, "role"),
+                        f"unknown role '{strat.role}'; use one of {roles}",
+                    )
+                )
             for i, model in enumerate(strat.models):
                 if model not in self.models:
-                    out.append((("reason", "strategies", sname, "models", i), f"unknown model '{model}'; use one of {models}"))
+                    out.append(
+                        (
+                            ("reason", "strategies", sname, "models", i),
+                            f"unknown model '{model}'; use one of {models}",
+                        )
+                    )
         for i, strat in enumerate(self.reason.default_chain):
             if strat not in self.reason.strategies:
-                out.append((("reason", "default_chain", i), f"unknown strategy '{strat}'; use one of {sorted(self.reason.strategies)}"))
+                out.append(
+                    (
+                        ("reason", "default_chain", i),
+                        f"unknown strategy '{strat}'; use one of {sorted(self.reason.strategies)}",
+                    )
+                )
         for i, rule in enumerate(self.reason.effort):
             for j, strat in enumerate(rule.chain or []):
                 if strat not in self.reason.strategies:
-                    out.append((("reason", "effort", i, "chain", j), f"unknown strategy '{strat}'; use one of {sorted(self.reason.strategies)}"))
+                    out.append(
+                        (
+                            ("reason", "effort", i, "chain", j),
+                            f"unknown strategy '{strat}'; use one of {sorted(self.reason.strategies)}",
+                        )
+                    )
         for pname, preset in self.presets.items():
             if preset.role and preset.role not in self.roles:
                 out.append((("presets", pname, "role"), f"unknown role '{preset.role}'; use one of {roles}"))
             if preset.model and preset.model not in self.models:
-                out.append((("presets", pname, "model"), f"unknown model '{preset.model}'; use one of {models}"))
+                out.append(
+                    (("presets", pname, "model"), f"unknown model '{preset.model}'; use one of {models}")
+                )
             for slice_name, model in preset.slices.items():
                 if model not in self.models:
-                    out.append((("presets", pname, "slices", slice_name), f"unknown model '{model}'; use one of {models}"))
+                    out.append(
+                        (
+                            ("presets", pname, "slices", slice_name),
+                            f"unknown model '{model}'; use one of {models}",
+                        )
+                    )
         containers: dict[str, str] = {}
         for mname, model in self.models.items():
             if model.docker:
                 other = containers.setdefault(model.docker.container, mname)
                 if other != mname:
-                    out.append((("models", mname, "docker", "container"), f"container '{model.docker.container}' is already used by model '{other}'; give each model its own container"))
+                    out.append(
+                        (
+                            ("models", mname, "docker", "container"),
+                            f"container '{model.docker.container}' is already used by model '{other}'; give each model its own container",
+                        )
+                    )
         out.extend(self._vram_problems())
         return out
 
@@ -386,12 +458,14 @@ class StacksConfig(Frozen):
             need = sum(mib for _, mib in always) + reserve
             if need > total:
                 listing = ", ".join(f"{m} {mib / MIB_PER_GIB:g} GiB" for m, mib in always)
-                out.append((
-                    ("stacks", sname),
-                    f"always-on GPU models need {need / MIB_PER_GIB:g} GiB ({listing}, reserve "
-                    f"{reserve / MIB_PER_GIB:g} GiB) but gpu.total_gb is {self.gpu.total_gb:g}; "
-                    "move a model to on_demand or to the CPU, or lower gpu.reserve_gb",
-                ))
+                out.append(
+                    (
+                        ("stacks", sname),
+                        f"always-on GPU models need {need / MIB_PER_GIB:g} GiB ({listing}, reserve "
+                        f"{reserve / MIB_PER_GIB:g} GiB) but gpu.total_gb is {self.gpu.total_gb:g}; "
+                        "move a model to on_demand or to the CPU, or lower gpu.reserve_gb",
+                    )
+                )
         return out
 
     def chain_for(self, stack: str) -> list[str]:

@@ -199,6 +199,21 @@ class ManagerCore:
             self._worker = asyncio.create_task(self._work(self._queue), name="stackd-switch-worker")
         self._queue.put_nowait((job, done))
 
+    async def replace_config(self, config: StacksConfig) -> None:
+        """Adopt a validated config between switches. Refuses (Conflict) while a switch runs and
+        (NotFound) when the new file drops the active stack; members change at the next switch."""
+        switch = self.current_switch
+        if switch is not None and switch.in_progress:
+            raise Conflict(f"switch {switch.id} to '{switch.target}' is in progress; reload after it ends")
+        active = self.active_stack
+        if active is not None and active not in config.stacks:
+            raise NotFound(f"the new config drops the active stack '{active}'; switch to another stack first")
+
+        async def adopt() -> None:
+            self.config = config
+
+        await self.run_exclusive(adopt)
+
     async def run_exclusive(self, job: Callable[[], Awaitable[T]]) -> T:
         """Run ``job`` on the worker, after whatever is queued before it, and return its result."""
         done: asyncio.Future[T] = asyncio.get_running_loop().create_future()

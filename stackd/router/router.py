@@ -76,6 +76,11 @@ class ReasonRouter:
         self.accounting = Accounting()
         self._flusher = UsageFlusher(self.accounting, usage, clock, flush_interval_s) if usage else None
 
+    def replace_config(self, config: StacksConfig) -> None:
+        """Adopt a reloaded config; backends are rebuilt lazily from it (endpoints may change)."""
+        self.config = config
+        self._backends.clear()
+
     # ---------------------------------------------------------------- public calls
     def snapshot(self) -> RoleTable:
         return self._roles.current

@@ -39,21 +39,40 @@ class Daemon:
         return (self.state_dir / "token").read_text().strip()
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*STACKD, *args], cwd=ROOT, env=env or dict(os.environ), text=True,
-                          capture_output=True, timeout=60, check=check)
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*STACKD, *args],
+        cwd=ROOT,
+        env=env or dict(os.environ),
+        text=True,
+        capture_output=True,
+        timeout=60,
+        check=check,
+    )
 
 
-def start_daemon(tmp: Path, *extra: str, config: str = "config/model-stacks.yaml",
-                 env_extra: dict[str, str] | None = None) -> Daemon:
+def start_daemon(
+    tmp: Path, *extra: str, config: str = "config/model-stacks.yaml", env_extra: dict[str, str] | None = None
+) -> Daemon:
     port = free_port()
     state = tmp / "state"
-    env = {**os.environ, "STACKD_URL": f"http://127.0.0.1:{port}", "STACKD_STATE_DIR": str(state),
-           **(env_extra or {})}
+    env = {
+        **os.environ,
+        "STACKD_URL": f"http://127.0.0.1:{port}",
+        "STACKD_STATE_DIR": str(state),
+        **(env_extra or {}),
+    }
     env.pop("STACKD_TOKEN", None)
     log = open(tmp / "daemon.log", "wb")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen([*STACKD, "serve", "--port", str(port), "--config", config, "--state-dir", str(state),
-                             *extra], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [*STACKD, "serve", "--port", str(port), "--config", config, "--state-dir", str(state), *extra],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -81,8 +100,15 @@ def stop_daemon(daemon: Daemon) -> None:
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
     """The README's daemon: bundled config, the scripted RTX 5090, no periodic jobs. It starts on
     the default stack: with no engine for it, that first switch fails and is reported, never fatal."""
-    d = start_daemon(tmp_path, "--gpu-scenario", "config/examples/gpu-rtx5090.yaml", "--no-periodic",
-                     env_extra={"DOCKER_HOST": "unix:///nonexistent/docker.sock",
-                                "OLLAMA_HOST": f"http://127.0.0.1:{free_port()}"})
+    d = start_daemon(
+        tmp_path,
+        "--gpu-scenario",
+        "config/examples/gpu-rtx5090.yaml",
+        "--no-periodic",
+        env_extra={
+            "DOCKER_HOST": "unix:///nonexistent/docker.sock",
+            "OLLAMA_HOST": f"http://127.0.0.1:{free_port()}",
+        },
+    )
     yield d
     stop_daemon(d)

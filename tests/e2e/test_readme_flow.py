@@ -6,14 +6,19 @@ import json
 
 import httpx
 
-from tests.e2e.conftest import Daemon, run_cli
+from tests.e2e.conftest import ROOT, Daemon, run_cli
 
 
 def test_lists_the_four_stacks(daemon: Daemon) -> None:
     result = daemon.cli("stacks", "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert [s["name"] for s in data["stacks"]] == ["cloud-offload", "elastic-hybrid", "ollama-hybrid", "ollama-only"]
+    assert [s["name"] for s in data["stacks"]] == [
+        "cloud-offload",
+        "elastic-hybrid",
+        "ollama-hybrid",
+        "ollama-only",
+    ]
     assert data["default"] == "cloud-offload"
 
 
@@ -37,8 +42,9 @@ def test_dry_run_elastic_hybrid_shows_steps_and_vram_ledger(daemon: Daemon) -> N
 def test_switch_needs_the_token(daemon: Daemon) -> None:
     body = {"stack": "elastic-hybrid", "dry_run": True}
     assert httpx.post(f"{daemon.url}/model-stacks/switch", json=body).status_code == 401
-    ok = httpx.post(f"{daemon.url}/model-stacks/switch", json=body,
-                    headers={"Authorization": f"Bearer {daemon.token}"})
+    ok = httpx.post(
+        f"{daemon.url}/model-stacks/switch", json=body, headers={"Authorization": f"Bearer {daemon.token}"}
+    )
     assert ok.status_code == 200
     assert (daemon.state_dir / "token").stat().st_mode & 0o777 == 0o600
 
@@ -68,7 +74,10 @@ def test_cli_without_daemon_prints_one_line(tmp_path) -> None:
 
 def test_config_check_reports_file_line_field(tmp_path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text((open("config/model-stacks.yaml").read()).replace("reserve_gb: 3", "reserve_gbb: 3"))
+    bundled = (ROOT / "config/model-stacks.yaml").read_text()
+    bad.write_text(bundled.replace("reserve_gb: 3", "reserve_gbb: 3"))
     result = run_cli("config", "check", str(bad))
     assert result.returncode == 1
-    assert f"{bad}:" in result.stderr and "gpu.reserve_gbb" in result.stderr and "unknown key" in result.stderr
+    assert (
+        f"{bad}:" in result.stderr and "gpu.reserve_gbb" in result.stderr and "unknown key" in result.stderr
+    )

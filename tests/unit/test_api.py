@@ -43,9 +43,15 @@ class Daemon:
 async def start(world: World, tmp_path: Path) -> Daemon:
     manager = world.manager()
     await manager.recover()
-    services = Services(settings=Settings(state_dir=tmp_path / "state"), config=world.config,
-                        roles=manager.live_roles, manager=manager, read_hardware=lambda: world.hardware,
-                        token=TOKEN, token_source="test")
+    services = Services(
+        settings=Settings(state_dir=tmp_path / "state"),
+        config=world.config,
+        roles=manager.live_roles,
+        manager=manager,
+        read_hardware=lambda: world.hardware,
+        token=TOKEN,
+        token_source="test",
+    )
     app = create_app(services)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://stackd")
     return Daemon(world, client)
@@ -66,13 +72,20 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
 async def test_lists_stacks_and_the_active_one(daemon: Daemon) -> None:
     body = (await daemon.client.get("/model-stacks")).json()
     assert body["active"] == "cloud-offload"
-    assert [s["name"] for s in body["stacks"]] == ["cloud-offload", "elastic-hybrid", "ollama-hybrid", "ollama-only"]
+    assert [s["name"] for s in body["stacks"]] == [
+        "cloud-offload",
+        "elastic-hybrid",
+        "ollama-hybrid",
+        "ollama-only",
+    ]
 
 
 async def test_switch_without_or_with_a_wrong_token_is_401(daemon: Daemon) -> None:
     body = {"stack": "elastic-hybrid"}
     assert (await daemon.client.post("/model-stacks/switch", json=body)).status_code == 401
-    wrong = await daemon.client.post("/model-stacks/switch", json=body, headers={"Authorization": "Bearer nope"})
+    wrong = await daemon.client.post(
+        "/model-stacks/switch", json=body, headers={"Authorization": "Bearer nope"}
+    )
     assert wrong.status_code == 401
     assert daemon.world.containers.running_containers == {"aether-orchestrator", "aether-embeddings"}
 
@@ -84,8 +97,10 @@ async def test_unknown_stack_is_404_naming_the_valid_ones(daemon: Daemon) -> Non
     assert (await daemon.client.get("/model-stacks/nope")).status_code == 404
 
 
-@pytest.mark.parametrize("body, field", [({}, "stack"), ({"stack": "x", "dry_run": "maybe"}, "dry_run"),
-                                         ({"stack": "x", "colour": 1}, "colour")])
+@pytest.mark.parametrize(
+    "body, field",
+    [({}, "stack"), ({"stack": "x", "dry_run": "maybe"}, "dry_run"), ({"stack": "x", "colour": 1}, "colour")],
+)
 async def test_malformed_body_is_422_naming_the_field(daemon: Daemon, body: dict, field: str) -> None:
     resp = await daemon.client.post("/model-stacks/switch", json=body, headers=AUTH)
     assert resp.status_code == 422
@@ -96,8 +111,9 @@ async def test_a_switch_while_another_runs_is_409_naming_it(daemon: Daemon) -> N
     containers = daemon.world.containers
     assert isinstance(containers, GatedContainers)
     containers.gate.clear()
-    first = await daemon.client.post("/model-stacks/switch", json={"stack": "ollama-only", "wait": False},
-                                     headers=AUTH)
+    first = await daemon.client.post(
+        "/model-stacks/switch", json={"stack": "ollama-only", "wait": False}, headers=AUTH
+    )
     assert first.status_code == 202
     switch_id = first.json()["switch_id"]
     second = await daemon.client.post("/model-stacks/switch", json={"stack": "elastic-hybrid"}, headers=AUTH)
@@ -124,8 +140,9 @@ async def test_switch_rebinds_roles_and_reports_the_result(daemon: Daemon) -> No
 
 async def test_dry_run_changes_nothing(daemon: Daemon) -> None:
     before = set(daemon.world.containers.running_containers)
-    resp = await daemon.client.post("/model-stacks/switch", json={"stack": "ollama-only", "dry_run": True},
-                                    headers=AUTH)
+    resp = await daemon.client.post(
+        "/model-stacks/switch", json={"stack": "ollama-only", "dry_run": True}, headers=AUTH
+    )
     assert resp.status_code == 200 and resp.json()["plan"]["steps"]
     assert daemon.world.containers.running_containers == before
     assert (await daemon.client.get("/model-stacks")).json()["active"] == "cloud-offload"
@@ -155,3 +172,35 @@ async def test_status_never_shows_a_secret(daemon: Daemon, monkeypatch: pytest.M
         text = (await daemon.client.get(path)).text
         assert "sk-very-secret-value" not in text
     assert "GEMINI_API_KEY" in (await daemon.client.get("/model-stacks/cloud-offload")).text
+
+
+async def test_config_reload_refuses_a_bad_file_and_keeps_the_running_config(tmp_path: Path) -> None:
+    from stackd.config.loader import load_config
+
+    world = make_world(tmp_path)
+    path = tmp_path / "stacks.yaml"
+    bundled = (Path(__file__).resolve().parents[2] / "config" / "model-stacks.yaml").read_text()
+    path.write_text(bundled)
+    manager = world.manager()
+    await manager.recover()
+    services = Services(settings=Settings(state_dir=tmp_path / "state", config=path), config=world.config,
+                        roles=manager.live_roles, manager=manager, read_hardware=lambda: world.hardware,
+                        token=TOKEN, token_source="test")
+    app = create_app(services, load_config=lambda: load_config(path, env={}))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://stackd") as client:
+        path.write_text(bundled.replace("orchestrator: orchestrator-8b", "orchestrator: orchestrator-9b"))
+        bad = await client.post("/config/reload", headers=AUTH)
+        assert bad.status_code == 422
+        assert any("orchestrator-9b" in p and "stacks.yaml:" in p for p in bad.json()["problems"])
+        assert services.config is world.config and manager.config is world.config
+        assert (await client.get("/model-stacks")).json()["active"] == "cloud-offload"
+
+        path.write_text(bundled.replace("description: Orchestrator and embeddings on the GPU",
+                                        "description: Reloaded description"))
+        good = await client.post("/config/reload", headers=AUTH)
+        assert good.status_code == 200, good.text
+        assert manager.config is services.config is not world.config
+        stacks = (await client.get("/model-stacks")).json()["stacks"]
+        assert stacks[0]["description"].startswith("Reloaded description")
+    await manager.aclose()
+    manager.store.close()

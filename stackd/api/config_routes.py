@@ -1,0 +1,38 @@
+"""``POST /config/reload``: re-read the config file as a transaction.
+
+A file with problems is refused (422, every problem listed) and the daemon keeps the config it
+runs; a valid one is adopted between switches. Members added or removed take effect at the next
+switch (switching to the active stack applies them).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Depends
+
+from stackd.services import Services
+
+log = logging.getLogger("stackd.config")
+
+
+async def reload_config(services: Services, load: Callable[[], Any]) -> dict[str, Any]:
+    config = load()  # raises ConfigError: nothing below runs, nothing changes
+    await services.manager.replace_config(config)
+    if services.router is not None:
+        services.router.replace_config(config)
+    services.config = config
+    log.info("config reloaded from %s", services.settings.config)
+    return {"reloaded": str(services.settings.config), "stacks": list(config.stacks)}
+
+
+def build_config_router(services: Services, write: Callable[..., None], load: Callable[[], Any]) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/config/reload", dependencies=[Depends(write)])
+    async def reload() -> dict[str, Any]:
+        return await reload_config(services, load)
+
+    return router

@@ -1,0 +1,119 @@
+"""Failed switches against real engines: the previous stack keeps running, and people are told why.
+
+Done-when of issue 3: a container that fails its health check, an image that is missing, an
+Ollama pull that fails half-way and an Ollama that is down each leave the previous stack fully
+running (containers, loaded models, role table, persisted selection) and a clear error in the
+switch's response and in ``/status``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.demo_daemon import InProcessDaemon, serve_in_process
+from tests.integration.demo_world import (  # noqa: F401  (fixtures)
+    DemoWorld,
+    ModelChange,
+    WorldFactory,
+    demo_worlds,
+    sims,
+)
+
+pytestmark = pytest.mark.docker
+
+MISSING_IMAGE = "stackd-test-missing:none"
+
+
+async def assert_started_on(world: DemoWorld, daemon: InProcessDaemon, stack: str) -> None:
+    """The daemon's first start applied ``stack`` (the config's default) and only it runs."""
+    assert (await daemon.get("/model-stacks"))["active"] == stack
+    assert await asyncio.to_thread(world.differences, stack) == []
+
+
+async def assert_previous_intact(world: DemoWorld, daemon: InProcessDaemon, previous: str,
+                                 switch: Mapping[str, Any], *phrases: str) -> None:
+    """The switch was rolled back, ``previous`` runs exactly, and its error is in the answer and /status."""
+    error = switch["error"] or ""
+    assert switch["state"] == "rolled_back", switch
+    for phrase in (*phrases, f"'{previous}' is running as before"):
+        assert phrase in error, f"{phrase!r} not in the error: {error}"
+    assert await asyncio.to_thread(world.differences, previous) == []
+    assert await daemon.bindings() == (previous, world.roles_of(previous))
+    assert (await daemon.get("/model-stacks"))["active"] == previous
+    status = await daemon.get("/status")
+    assert status["active_stack"] == previous and status["drift"] == [], status["drift"]
+    assert status["last_switch"]["switch_id"] == switch["switch_id"]
+    assert status["last_switch"]["state"] == "rolled_back"
+    assert status["last_switch"]["error"] == error
+
+
+@pytest.mark.parametrize(
+    ("member", "previous", "target", "why"),
+    [
+        # Docker's HEALTHCHECK (wget /health) never turns healthy.
+        ("embeddings-nomic", "ollama-hybrid", "cloud-offload", "Docker health status is"),
+        # No HEALTHCHECK: stackd's own HTTP probe of /health gets 404.
+        ("orchestrator-8b", "ollama-only", "elastic-hybrid", "answered HTTP 404"),
+    ],
+)
+async def test_a_member_failing_its_health_check_leaves_the_previous_stack_running(
+    demo_worlds: WorldFactory, tmp_path: Path, member: str, previous: str, target: str, why: str,  # noqa: F811
+) -> None:
+    world = demo_worlds({member: ModelChange(env={"FAIL_HEALTH": "1"}, start_timeout_s=3)}, previous)
+    async with serve_in_process(world.path, tmp_path / "state") as daemon:
+        await assert_started_on(world, daemon, previous)
+        switch = await daemon.switch(target)
+        container = world.config.models[member].docker.container  # type: ignore[union-attr]
+        await assert_previous_intact(world, daemon, previous, switch, f"start_container {member}",
+                                     f"container '{container}' of model '{member}' was not ready within 3 s",
+                                     why)
+
+
+async def test_a_missing_image_leaves_the_previous_stack_running(
+    demo_worlds: WorldFactory, tmp_path: Path,  # noqa: F811
+) -> None:
+    world = demo_worlds({"embeddings-nomic": ModelChange(image=MISSING_IMAGE)}, "ollama-hybrid")
+    async with serve_in_process(world.path, tmp_path / "state") as daemon:
+        await assert_started_on(world, daemon, "ollama-hybrid")
+        switch = await daemon.switch("cloud-offload")
+        await assert_previous_intact(world, daemon, "ollama-hybrid", switch, "start_container embeddings-nomic",
+                                     f"image '{MISSING_IMAGE}' not found locally")
+
+
+async def test_an_ollama_pull_failing_half_way_leaves_the_previous_stack_running(
+    demo_worlds: WorldFactory, tmp_path: Path,  # noqa: F811
+) -> None:
+    world = demo_worlds()
+    async with serve_in_process(world.path, tmp_path / "state") as daemon:
+        await assert_started_on(world, daemon, "cloud-offload")
+        world.sims.ollama.set_fault("pull_fails_halfway")
+        switch = await daemon.switch("elastic-hybrid")
+        await assert_previous_intact(world, daemon, "cloud-offload", switch, "pull_model",
+                                     "max retries exceeded")
+        progress = [e for e in switch["events"] if e["type"] == "pull_progress" and e.get("completed")]
+        assert progress, "the pull failed before any progress: not half-way"
+        assert all(world.sims.ollama.server.pulled_file(t) is None  # type: ignore[attr-defined]
+                   for t in ("nemotron-elastic:12b", "nemotron-elastic:9b", "nemotron-elastic:6b"))
+        world.sims.ollama.set_fault("none")
+        assert (await daemon.switch("elastic-hybrid"))["state"] == "succeeded"
+        assert await asyncio.to_thread(world.differences, "elastic-hybrid") == []
+
+
+async def test_ollama_down_leaves_the_previous_stack_running(
+    demo_worlds: WorldFactory, tmp_path: Path,  # noqa: F811
+) -> None:
+    world = demo_worlds()
+    async with serve_in_process(world.path, tmp_path / "state") as daemon:
+        await assert_started_on(world, daemon, "cloud-offload")
+        world.sims.ollama.set_fault("refuse")
+        switch = await daemon.switch("ollama-only")
+        status = await daemon.get("/status")
+        assert "not reachable" in status["engines"]["ollama"]
+        world.sims.ollama.set_fault("none")  # so that /api/ps can show that nothing was loaded
+        await assert_previous_intact(world, daemon, "cloud-offload", switch,
+                                     f"Ollama not reachable at {world.sims.ollama.url}")
