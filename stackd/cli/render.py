@@ -170,11 +170,34 @@ def attempts_table(attempts: list[dict[str, Any]]) -> Table:
 
 
 def usage_table(data: dict[str, Any]) -> Table:
-    rows = data.get("rows", [])
-    table = Table(title="usage")
-    columns = list(rows[0].keys()) if rows else ["backend", "strategy", "requests"]
-    for col in columns:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*[str(row.get(col, "")) for col in columns])
+    table = Table(title="usage per strategy and backend")
+    for col in (
+        "strategy",
+        "backend",
+        "requests",
+        "answered",
+        "failures",
+        "first token ms",
+        "total ms",
+        "tokens in/out",
+        "cost USD",
+    ):
+        table.add_column(col, justify="left" if col in ("strategy", "backend", "failures") else "right")
+    for row in data.get("rows", []):
+        failures = ", ".join(f"{kind} {n}" for kind, n in (row.get("failures") or {}).items()) or "-"
+        table.add_row(
+            row["strategy"],
+            row["backend"] or "-",
+            str(row["requests"]),
+            str(row["answered"]),
+            failures,
+            _ms(row.get("mean_first_token_ms")),
+            _ms(row.get("mean_total_ms")),
+            f"{row.get('prompt_tokens', 0)}/{row.get('completion_tokens', 0)}",
+            f"{row.get('cost_usd', 0):.4f}",
+        )
     return table
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"

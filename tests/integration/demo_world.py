@@ -173,7 +173,7 @@ def write_demo_config(directory: Path, run: str, sims: Sims, changes: Mapping[st
     raw["ollama"]["url"] = sims.ollama.url
     for name, url in sims.urls().items():
         raw["models"][name]["endpoint"] = url
-    for name, model in raw["models"].items():
+    for model in raw["models"].values():
         runtime = model.get("docker")
         if runtime is None:
             continue
