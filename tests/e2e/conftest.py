@@ -62,6 +62,7 @@ def start_daemon(
         **os.environ,
         "STACKD_URL": f"http://127.0.0.1:{port}",
         "STACKD_STATE_DIR": str(state),
+        "COLUMNS": "200",
         **(env_extra or {}),
     }
     env.pop("STACKD_TOKEN", None)
