@@ -13,10 +13,11 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from stackd.config.models import Lifecycle, Model, Runtime, StacksConfig
+from stackd.config.models import Lifecycle, Runtime, StacksConfig
 from stackd.drivers.base import ContainerDriver, LoadedModel, OllamaDriver
 from stackd.errors import DriverFailed, DriverUnavailable
 from stackd.plan import ObservedState
+from stackd.planner.members import is_up
 
 T = TypeVar("T")
 
@@ -63,18 +64,6 @@ async def _answer(call: Awaitable[T]) -> T | Exception:
 
 async def _nothing(value: T) -> T:
     return value
-
-
-def is_up(name: str, model: Model, observed: ObservedState) -> bool:
-    """Whether a member serves now: its container runs, its Ollama tag is loaded, or it is remote
-    (a remote's reachability is a probe, not a state we observe here)."""
-    match model.runtime:
-        case Runtime.docker:
-            return name in observed.running_containers
-        case Runtime.ollama:
-            return model.ollama is not None and model.ollama.tag in observed.loaded_tags
-        case Runtime.remote:
-            return True
 
 
 def missing_members(config: StacksConfig, stack: str, observed: ObservedState) -> list[str]:
