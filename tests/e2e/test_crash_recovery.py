@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.daemon_process import Event, get, kill, start_demo_daemon, submit_switch, follow_until
+from tests.e2e.daemon_process import Event, follow_until, get, kill, start_demo_daemon, submit_switch
 from tests.integration.conftest import demo_image, docker_engine  # noqa: F401  (fixtures)
 from tests.integration.demo_world import (  # noqa: F401  (fixtures)
     DemoWorld,
