@@ -124,8 +124,7 @@ def build_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.recover_on_start:
-            report = await services.manager.recover()
-            log.info("start: %s", report)
+            await services.manager.recover()  # the manager logs what it did
         if settings.periodic:
             from stackd.periodic import start_periodic
 
@@ -144,10 +143,14 @@ def build_app(settings: Settings) -> FastAPI:
     from prometheus_client import CollectorRegistry
 
     from stackd.metrics import register_router_metrics
+    from stackd.stack_metrics import register_stack_metrics
 
     registry = CollectorRegistry()
     register_router_metrics(registry, services.router)
-    return create_app(services, lifespan=lifespan, registry=registry, load_config=lambda: load_daemon_config(settings))
+    register_stack_metrics(registry, services)
+    return create_app(
+        services, lifespan=lifespan, registry=registry, load_config=lambda: load_daemon_config(settings)
+    )
 
 
 def run(settings: Settings) -> None:

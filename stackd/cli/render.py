@@ -114,8 +114,20 @@ def status_renderable(status: dict[str, Any]) -> Group:
     gpu = status.get("gpu") or {}
     if gpu.get("vram"):
         items.append(vram_bar(gpu["vram"]))
-    elif gpu.get("state"):
-        items.append(Text(f"GPU: {gpu['state']}"))
+    else:
+        for dev in gpu.get("devices") or []:
+            items.append(
+                Text(
+                    f"GPU {dev['index']} {dev['name']}: {gib(dev['used_mib'])} used of "
+                    f"{gib(dev['total_mib'])}" + (" (simulated)" if gpu.get("simulated") else "")
+                )
+            )
+        if not gpu.get("devices"):
+            items.append(Text(f"GPU: {gpu.get('state') or 'none'}"))
+    if not status.get("active_stack"):
+        items.append(
+            Text("no stack is active: run 'stackd switch NAME' (see 'stackd stacks')", style="yellow")
+        )
     members = Table(title="members")
     for col in ("model", "runtime", "placement", "memory", "state", "detail"):
         members.add_column(col)

@@ -81,3 +81,17 @@ def test_config_check_reports_file_line_field(tmp_path) -> None:
     assert (
         f"{bad}:" in result.stderr and "gpu.reserve_gbb" in result.stderr and "unknown key" in result.stderr
     )
+
+
+def test_status_and_metrics_show_the_gpu(daemon: Daemon) -> None:
+    status = daemon.cli("status")
+    assert status.returncode == 0, status.stderr
+    assert "NVIDIA GeForce RTX 5090" in status.stdout and "(simulated)" in status.stdout
+    assert "recovery at start" in status.stdout  # the failed first switch is reported, not hidden
+    metrics = httpx.get(f"{daemon.url}/metrics").text
+    assert 'stackd_stack_active{stack="elastic-hybrid"} 0.0' in metrics
+    gpu_total = next(
+        line for line in metrics.splitlines() if line.startswith("stackd_gpu_memory_total_bytes{")
+    )
+    assert 'name="NVIDIA GeForce RTX 5090"' in gpu_total
+    assert float(gpu_total.rsplit(" ", 1)[1]) == 32607 * 1024 * 1024
