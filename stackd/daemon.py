@@ -25,6 +25,10 @@ from stackd.settings import Settings
 
 log = logging.getLogger("stackd")
 
+# Between a role swap and stopping the backends it replaced: a client that read /roles (or a
+# gateway request that took its snapshot) just before the swap still reaches the old backend.
+ROLE_DRAIN_S = 1.0
+
 
 class UnsafeBind(StackdError):
     """Refusing to listen beyond loopback without an explicit token."""
@@ -76,6 +80,7 @@ def build_services(settings: Settings) -> Services:
         health=health,
         live_roles=roles,
         read_hardware=hardware,
+        drain_s=ROLE_DRAIN_S,
     )
     usage = UsageStore(settings.db_path)
     router = ReasonRouter(config, roles, usage=usage, on_use=manager.touch)

@@ -35,6 +35,16 @@ def build_status_router(services: Services, read: Callable[..., None], registry:
         m = config.models[model]
         endpoint = m.endpoint or (config.ollama.url if m.ollama else None)
         path = m.health.path if m.health else ("/" if m.ollama else None)
+        if path is None and m.remote is not None and m.api.value == "openai" and endpoint:
+            # a remote's cheap readiness check is its model list (no token spent)
+            return {
+                "role": role,
+                "model": model,
+                "endpoint": redact_url(endpoint),
+                "health_url": f"{redact_url(endpoint).rstrip('/')}/models",
+                "api": m.api.value,
+                "placement": m.placement.value,
+            }
         return {
             "role": role,
             "model": model,

@@ -66,6 +66,9 @@ class ManagerCore:
     shown and persisted. ``repair_on_start``: at a start with no interrupted switch, re-apply
     the persisted stack (an idempotent switch that restarts dead members and binds the role
     table); when False, only bind the roles of members found up and report the rest as drift.
+    ``drain_s``: seconds between a role swap and the first stop or unload of a backend it
+    replaced, so that a request that looked up the old binding just before still finishes on it
+    (the daemon sets it; 0 suits in-memory tests).
     """
 
     def __init__(self, config: StacksConfig, store: StateStore, containers: ContainerDriver,
@@ -73,7 +76,7 @@ class ManagerCore:
                  read_hardware: Callable[[], HardwareSnapshot], planner: Planner = plan_switch,
                  clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
                  step_timeout_s: float = 300.0, keep_switches: int = 50,
-                 repair_on_start: bool = True) -> None:
+                 repair_on_start: bool = True, drain_s: float = 0.0) -> None:
         self.config = config
         self.store = store
         self.containers = containers
@@ -86,6 +89,7 @@ class ManagerCore:
         self._read_hardware = read_hardware
         self._planner = planner
         self._step_timeout_s = step_timeout_s
+        self._drain_s = drain_s
         self._keep_switches = keep_switches
         self._active: str | None = store.active_stack()
         self._switches: dict[str, Switch] = {}
@@ -257,7 +261,7 @@ class ManagerCore:
             await asyncio.to_thread(self.store.record_step, journal_id, dict(step))
 
         executor = PlanExecutor(self.config, self.containers, self.ollama, self.remotes, self.live_roles,
-                                switch.log, journal, self._step_timeout_s)
+                                switch.log, journal, self._step_timeout_s, self._drain_s)
         return await executor.run(plan, switch.execution)
 
 

@@ -7,6 +7,9 @@ Invariants this module keeps (the unit tests in ``tests/unit/test_manager*.py`` 
   the first ``StopContainer`` / ``UnloadModel`` (the planner orders stops last, so that is after
   every start, load and probe) or at the end. A plan that breaks before it makes (a swap group
   on a full card) gets one swap per stop boundary; a normal plan gets exactly one.
+* Old backends stop only ``drain_s`` after the swap that took their roles away (the same holds
+  for an undo that swaps the old table back before stopping what was started): a client that
+  looked a role up just before the swap still reaches the backend it was given.
 * A failed step leaves the previous stack running: the failed step itself (unless its engine
   could not even be reached) and then every done step are compensated in reverse order
   (start ↔ stop, load ↔ unload, role swap → the previous table; a pull is kept, it costs
@@ -112,6 +115,7 @@ def done_json(done: Done) -> dict[str, Any]:
 
 
 Journal = Callable[[dict[str, Any]], Awaitable[None]]
+Sleep = Callable[[float], Awaitable[None]]
 
 
 class PlanExecutor:
@@ -119,8 +123,10 @@ class PlanExecutor:
 
     def __init__(self, config: StacksConfig, containers: ContainerDriver, ollama: OllamaDriver,
                  remotes: RemoteProber, live_roles: LiveRoles, log: EventLog, journal: Journal,
-                 step_timeout_s: float = 300.0) -> None:
+                 step_timeout_s: float = 300.0, drain_s: float = 0.0, sleep: Sleep = asyncio.sleep) -> None:
         self._config = config
+        self._drain_s = drain_s
+        self._sleep = sleep
         self._containers = containers
         self._ollama = ollama
         self._remotes = remotes
@@ -135,8 +141,9 @@ class PlanExecutor:
         members = frozenset(self._config.stacks[plan.stack].member_names)
         pending = dict(self._live.current.bindings)
         for step in plan.steps:
-            if isinstance(step, StopContainer | UnloadModel):
-                await self._swap_if_changed(plan.stack, pending, members, result)
+            if isinstance(step, StopContainer | UnloadModel) and await self._swap_if_changed(
+                    plan.stack, pending, members, result):
+                await self._drain()
             self._log.emit("step_started", step=step_dict(step))
             try:
                 await self._timed(step, pending, result)
@@ -202,19 +209,30 @@ class PlanExecutor:
                 assert_never(step)
 
     async def _swap_if_changed(self, stack: str, pending: dict[str, str], members: frozenset[str],
-                               result: Execution) -> None:
+                               result: Execution) -> bool:
+        """Swap the live table to ``pending`` unless it already is that; True when it swapped."""
         live = self._live.current
         if live.stack == stack and dict(live.bindings) == pending and live.members == members:
-            return
+            return False
         self._live.swap(RoleTable(stack=stack, bindings=dict(pending), members=members))
         swapped = RolesSwapped(previous=live, version=self._live.current.version)
         result.done.append(swapped)
         await self._journal(done_json(swapped))
         self._log.emit("roles_swapped", version=swapped.version, bindings=bindings_dict(pending))
+        return True
+
+    async def _drain(self) -> None:
+        """Let requests that started on the table just replaced finish before a backend stops."""
+        if self._drain_s > 0:
+            await self._sleep(self._drain_s)
 
     async def _undo(self, failed: Step | None, result: Execution) -> None:
         """Compensate the failed step (it may have half happened), then the done ones, newest first."""
+        drain_due = False  # the old table is back: drain before stopping what it no longer uses
         for done in [*([failed] if failed else []), *reversed(result.done)]:
+            if drain_due and isinstance(done, StartContainer | LoadModel):
+                await self._drain()
+                drain_due = False
             try:
                 async with asyncio.timeout(self._undo_limit(done)):
                     compensated = await self._compensate(done)
@@ -226,6 +244,7 @@ class PlanExecutor:
                 undo = Undo(step=done_json(done), ok=True)
             result.undone.append(undo)
             self._log.emit("undo_step", step=undo.step, ok=undo.ok, error=undo.error)
+            drain_due = drain_due or (isinstance(done, RolesSwapped) and undo.ok)
 
     def _undo_limit(self, done: Done) -> float:
         if isinstance(done, StopContainer):  # undone by a start: allow for the model's start time

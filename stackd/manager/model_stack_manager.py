@@ -101,6 +101,14 @@ class ModelStackManager(ManagerCore):
     async def _recover_open(self, entry: JournalEntry) -> RecoveryReport:
         observation = await self.observe_detailed()
         decision = decide_recovery(self.config, entry, observation.state)
+        if decision.direction == "finish" and entry.from_stack in self.config.stacks:
+            # "Running" is not "ready": a container killed mid-start may still be loading. The
+            # finishing plan binds roles to what runs, so wait until it serves, or roll back.
+            not_ready = await self._not_ready(decision.stack, observation)
+            if not_ready:
+                assert entry.from_stack is not None
+                decision = RecoveryDecision("roll_back", entry.from_stack,
+                                            f"'{decision.stack}' was not ready ({'; '.join(not_ready)})")
         switch = self._reserve(decision.stack, entry.from_stack, switch_id=entry.switch_id, kind="recovery")
         self._remember(switch)
         try:
@@ -192,6 +200,20 @@ class ModelStackManager(ManagerCore):
                     or is_up(name, models[name], observation.state)}
         members = frozenset(self.config.stacks[stack].member_names)
         self.live_roles.swap(RoleTable(stack=stack, bindings=bindings, members=members))
+
+    async def _not_ready(self, stack: str, observation: Observation) -> list[str]:
+        """Sentences for the running always-on containers of ``stack`` that do not get ready
+        within their start timeout (``ensure_running`` of a running container only waits)."""
+        out = []
+        for name in self.config.stacks[stack].member_names:
+            model = self.config.models[name]
+            if (model.runtime == Runtime.docker and model.lifecycle == Lifecycle.always_on
+                    and name in observation.state.running_containers):
+                try:
+                    await self.containers.ensure_running(name, model)
+                except StackdError as exc:
+                    out.append(f"{name}: {exc.message}")
+        return out
 
     async def _drift_of(self, stack: str) -> list[str]:
         return drift(self.config, stack, await self.observe_detailed())
