@@ -18,6 +18,7 @@ from stackd.settings import Settings
 from tests.unit.test_manager_world import World, make_world
 
 TOKEN = "test-token-0123456789"
+BUNDLED_TEXT = (Path(__file__).resolve().parents[2] / "config" / "model-stacks.yaml").read_text()
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -179,7 +180,7 @@ async def test_config_reload_refuses_a_bad_file_and_keeps_the_running_config(tmp
 
     world = make_world(tmp_path)
     path = tmp_path / "stacks.yaml"
-    bundled = (Path(__file__).resolve().parents[2] / "config" / "model-stacks.yaml").read_text()
+    bundled = BUNDLED_TEXT
     path.write_text(bundled)
     manager = world.manager()
     await manager.recover()
