@@ -35,8 +35,10 @@ def _show(event: dict[str, Any], console: Console, progress: Progress, bars: dic
     kind = event.get("type")
     step = event.get("step")
     if kind == "pull_progress":
-        key = f"{event.get('tag')} {event.get('digest') or event.get('status')}"
         total, done = event.get("total"), event.get("completed")
+        if not total:  # "pulling manifest", "verifying sha256 digest" …: the step lines say enough
+            return
+        key = f"{event.get('tag')} {(event.get('digest') or '')[:19]}"
         if key not in bars:
             bars[key] = progress.add_task(f"pull {key[:40]}", total=total)
         progress.update(bars[key], completed=done or 0, total=total)
