@@ -11,6 +11,7 @@ types and their fields is written down here:
     undo_step      step, ok, error                one compensation of a done step
     degraded       model, error                   a non-required remote did not answer
     roles_swapped  version, bindings              the live role table was replaced
+    draining       model, in_flight[, timed_out]  waiting for requests on a model about to stop
     finished       state, error                   last event of every switch
 
 Every event also carries ``switch_id``, ``seq`` (0, 1, 2 … per switch) and ``at`` (wall clock).
@@ -25,7 +26,7 @@ from dataclasses import asdict
 from typing import Any, Literal, NotRequired, TypedDict
 
 EventType = Literal["step_started", "step_done", "step_failed", "pull_progress", "undo_step", "degraded",
-                    "roles_swapped", "finished"]
+                    "roles_swapped", "draining", "finished"]
 
 
 class SwitchEvent(TypedDict):
@@ -45,6 +46,8 @@ class SwitchEvent(TypedDict):
     state: NotRequired[str]
     version: NotRequired[int]
     bindings: NotRequired[dict[str, str]]
+    in_flight: NotRequired[int]
+    timed_out: NotRequired[bool]
 
 
 class EventLog:

@@ -7,7 +7,9 @@ request in flight finishes on the binding it started with.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 
@@ -24,6 +26,7 @@ class LiveRoles:
 
     def __init__(self, table: RoleTable | None = None) -> None:
         self._table = table or RoleTable(stack=None)
+        self.in_flight = InFlight()
 
     @property
     def current(self) -> RoleTable:
@@ -31,3 +34,43 @@ class LiveRoles:
 
     def swap(self, table: RoleTable) -> None:
         self._table = RoleTable(table.stack, dict(table.bindings), table.members, self._table.version + 1)
+
+
+class InFlight:
+    """Requests running on each model now. The router counts its attempts here; a switch waits
+    for a model's count to reach zero before stopping it, so a request that started on the old
+    binding finishes there (bounded by the caller's timeout). Event-loop only, no locks."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._idle: dict[str, asyncio.Event] = {}
+
+    def count(self, model: str) -> int:
+        return self._counts.get(model, 0)
+
+    @contextmanager
+    def using(self, model: str) -> Iterator[None]:
+        self._counts[model] = self._counts.get(model, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._counts[model] - 1
+            if left:
+                self._counts[model] = left
+            else:
+                del self._counts[model]
+                idle = self._idle.pop(model, None)
+                if idle is not None:
+                    idle.set()
+
+    async def wait_idle(self, model: str, timeout_s: float) -> bool:
+        """True once no request runs on ``model``; False if some still run after ``timeout_s``."""
+        if not self._counts.get(model):
+            return True
+        idle = self._idle.setdefault(model, asyncio.Event())
+        try:
+            async with asyncio.timeout(timeout_s):
+                await idle.wait()
+        except TimeoutError:
+            return False
+        return True

@@ -50,6 +50,9 @@ def _show(event: dict[str, Any], console: Console, progress: Progress, bars: dic
         console.print(f"  [red]✗[/] {step_text(step)}: {event.get('error', '')}")
     elif kind == "undo_step" and step:
         console.print(f"  [yellow]↶[/] undo {step_text(step)}")
+    elif kind == "draining":
+        note = " (gave up waiting)" if event.get("timed_out") else ""
+        console.print(f"  … waiting for {event.get('in_flight')} request(s) on {event.get('model')}{note}")
     elif kind == "degraded":
         console.print(f"  [yellow]degraded[/]: {event.get('model')}: {event.get('error', '')}")
     elif kind == "finished":

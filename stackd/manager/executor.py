@@ -144,6 +144,8 @@ class PlanExecutor:
             if isinstance(step, StopContainer | UnloadModel) and await self._swap_if_changed(
                     plan.stack, pending, members, result):
                 await self._drain()
+            if isinstance(step, StopContainer | UnloadModel):
+                await self._wait_requests_done(step.model)
             self._log.emit("step_started", step=step_dict(step))
             try:
                 await self._timed(step, pending, result)
@@ -220,6 +222,17 @@ class PlanExecutor:
         await self._journal(done_json(swapped))
         self._log.emit("roles_swapped", version=swapped.version, bindings=bindings_dict(pending))
         return True
+
+    async def _wait_requests_done(self, model: str) -> None:
+        """Requests the router started on ``model`` finish there before it stops (make-before-
+        break for calls in flight), bounded by the longest a request may take (reason timeouts)."""
+        in_flight = self._live.in_flight
+        running = in_flight.count(model)
+        if running:
+            self._log.emit("draining", model=model, in_flight=running)
+            limit = self._config.reason.timeouts.total_s
+            if not await in_flight.wait_idle(model, limit):
+                self._log.emit("draining", model=model, in_flight=in_flight.count(model), timed_out=True)
 
     async def _drain(self) -> None:
         """Let requests that started on the table just replaced finish before a backend stops."""

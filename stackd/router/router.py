@@ -125,11 +125,8 @@ class ReasonRouter:
             backend, circuit = admitted
             start = time.perf_counter()
             try:
-                if target.queued:
-                    completion = await self._queued_complete(backend, request, limit_s)
-                else:
-                    async with asyncio.timeout(limit_s):
-                        completion = await backend.complete(request)
+                with self._roles.in_flight.using(backend_model(target)):
+                    completion = await self._complete_one(target, backend, request, limit_s)
             except LocalQueueFull as exc:
                 circuit.abandon()
                 log.skipped(target, str(exc))
@@ -156,6 +153,14 @@ class ReasonRouter:
                 ms,
             )
         raise log.all_failed()
+
+    async def _complete_one(
+        self, target: routes.Target, backend: Backend, request: ChatRequest, limit_s: float
+    ) -> Completion:
+        if target.queued:
+            return await self._queued_complete(backend, request, limit_s)
+        async with asyncio.timeout(limit_s):
+            return await backend.complete(request)
 
     async def _queued_complete(self, backend: Backend, request: ChatRequest, limit_s: float) -> Completion:
         deadline = asyncio.get_running_loop().time() + limit_s
@@ -199,6 +204,7 @@ class ReasonRouter:
         events = backend.stream(request)
         async with AsyncExitStack() as resources:
             resources.push_async_callback(events.aclose)
+            resources.enter_context(self._roles.in_flight.using(backend_model(target)))
             try:
                 if target.queued:
                     await resources.enter_async_context(self._queue.slot(timeouts.first_token_s))
@@ -320,3 +326,9 @@ class ReasonRouter:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def backend_model(target: routes.Target) -> str:
+    """The model an admitted target runs on (admission skips targets without one)."""
+    assert target.model is not None
+    return target.model
