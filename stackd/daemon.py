@@ -49,6 +49,7 @@ def build_services(settings: Settings) -> Services:
     from stackd.drivers.health import HttpHealthChecker
     from stackd.drivers.ollama import OllamaHttpDriver
     from stackd.drivers.remote import HttpRemoteProber
+    from stackd.gpu.leases import LeaseCoordinator
     from stackd.manager import ModelStackManager
     from stackd.router import ReasonRouter
     from stackd.state.store import StateStore
@@ -94,6 +95,7 @@ def build_services(settings: Settings) -> Services:
         token_source=source,
         router=router,
         usage=usage,
+        leases=LeaseCoordinator(manager),
     )
 
 
@@ -133,7 +135,7 @@ def build_app(settings: Settings) -> FastAPI:
         if settings.periodic:
             from stackd.periodic import start_periodic
 
-            services.periodic = start_periodic(services.manager)
+            services.periodic = start_periodic(services.manager, leased=services.leases.holds)
         await services.router.start()
         watch_sighup(services, settings)
         try:

@@ -34,8 +34,10 @@ class PeriodicJobs:
 
     def __init__(self, manager: ModelStackManager, *, clock: Callable[[], float] | None = None,
                  remote_interval_s: float = 60.0, drift_interval_s: float = 30.0,
-                 idle_interval_s: float = 30.0, repair_drift: bool = False) -> None:
+                 idle_interval_s: float = 30.0, repair_drift: bool = False,
+                 leased: Callable[[str], bool] | None = None) -> None:
         self.manager = manager
+        self.leased = leased or (lambda model: False)  # a live lease keeps a model past its idle TTL
         self.clock = clock or manager.clock
         self.remote_interval_s = remote_interval_s
         self.drift_interval_s = drift_interval_s
@@ -117,7 +119,8 @@ class PeriodicJobs:
 
     async def release_idle(self) -> Outcome:
         """Stop on-demand members idle past their ``idle_ttl_s`` (idle since the later of their
-        last use, as ``manager.touch`` records it, and the first time this job saw them up)."""
+        last use, as ``manager.touch`` records it, and the first time this job saw them up).
+        A model that a live lease holds (``leased``) is never stopped."""
         now = self.clock()
         observed = await self.manager.observe()
         released: list[str] = []
@@ -129,10 +132,11 @@ class PeriodicJobs:
                 continue
             seen = self._seen_up.setdefault(name, now)
             since = max(seen, self.manager.last_used(name) or seen)
-            if now - since < model.idle_ttl_s:
+            if now - since < model.idle_ttl_s or self.leased(name):
                 continue
             try:
-                await self.manager.release(name)
+                if not await self.manager.release(name, keep=self.leased):
+                    continue  # leased while this job waited for the worker
             except Conflict:
                 continue  # a switch runs; the next tick tries again
             self._seen_up.pop(name, None)

@@ -24,3 +24,4 @@ class Services:
     router: Any = None  # stackd.router.ReasonRouter
     periodic: Any = None  # stackd.periodic jobs
     usage: Any = None  # stackd.state.usage.UsageStore
+    leases: Any = None  # stackd.gpu.leases.LeaseCoordinator

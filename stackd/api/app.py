@@ -13,6 +13,7 @@ from stackd import __version__
 from stackd.api.auth import bearer_guard, open_guard
 from stackd.api.config_routes import build_config_router
 from stackd.api.errors import install_error_handlers
+from stackd.api.leases import build_leases_router
 from stackd.api.stacks import build_stacks_router
 from stackd.api.status import build_status_router
 from stackd.config.loader import load_config as load
@@ -37,6 +38,7 @@ def create_app(
     read = open_guard if services.settings.loopback else write
     app.include_router(build_status_router(services, read, registry or _default_registry()))
     app.include_router(build_stacks_router(services, write, read))
+    app.include_router(build_leases_router(services, write, read))
     app.include_router(build_config_router(services, write, load_config or (lambda: load(services.settings.config))))
     if services.router is not None:
         from stackd.api.gateway import build_gateway_router

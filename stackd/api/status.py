@@ -83,6 +83,8 @@ def build_status_router(services: Services, read: Callable[..., None], registry:
         body = await services.manager.status()
         if services.router is not None:
             body["router"] = services.router.stats()
+        leases = services.leases
+        body["leases"] = [leases.to_json(lease) for lease in leases.live()] if leases is not None else []
         return body
 
     @router.get("/usage", dependencies=[Depends(read)])

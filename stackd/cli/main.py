@@ -218,3 +218,47 @@ def main() -> None:
     except click.exceptions.Abort:
         sys.exit(130)
     sys.exit(rc if isinstance(rc, int) else 0)
+
+
+# ---------------------------------------------------------------- leases of on-demand GPU models
+
+lease_app = typer.Typer(no_args_is_help=True, help="Lease on-demand GPU models (vision, diffusion).")
+app.add_typer(lease_app, name="lease")
+
+
+def _lease_table(leases: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table("id", "model", "expires in", "endpoint")
+    for lease in leases:
+        table.add_row(lease["id"], lease["model"], f"{lease['expires_in_s']:.0f} s", lease["endpoint"] or "")
+    return table
+
+
+@lease_app.command("acquire")
+def lease_acquire(
+    model: str,
+    ttl: Annotated[float | None, typer.Option("--ttl", help="Seconds (default: the model's idle_ttl_s).")] = None,
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start MODEL (evicting an unleased member of its swap group) and lease it; waits until ready."""
+    with client(url, timeout=900.0) as c:  # a start waits for the model's health, up to its start timeout
+        data = c.post("/leases", {"model": model, "ttl_s": ttl})
+    emit(data, as_json, _lease_table([data]))
+
+
+@lease_app.command("release")
+def lease_release(lease_id: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """End LEASE_ID; the model keeps running until its idle TTL."""
+    with client(url) as c:
+        data = c.request("DELETE", f"/leases/{lease_id}")
+    emit(data, as_json, f"released lease {data['id']} ({data['model']})")
+
+
+@lease_app.command("list")
+def lease_list(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """The live leases."""
+    with client(url) as c:
+        data = c.get("/leases")
+    emit(data, as_json, _lease_table(data["leases"]))

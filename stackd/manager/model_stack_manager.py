@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from stackd.config.models import Lifecycle, Runtime
@@ -238,21 +239,29 @@ class ModelStackManager(ManagerCore):
     def record_job(self, name: str, ok: bool, summary: str) -> None:
         self.jobs[name] = JobResult(ok, self.wall_clock(), summary)
 
-    async def release(self, model: str) -> None:
-        """Stop an on-demand member (idle TTL). Runs on the worker; ``Conflict`` during a switch."""
+    async def release(self, model: str, keep: Callable[[str], bool] | None = None) -> bool:
+        """Stop an on-demand member (idle TTL). Runs on the worker; ``Conflict`` during a switch.
+
+        ``keep`` is asked on the worker, right before the stop (a lease granted by a job queued
+        earlier is seen): when it says True nothing stops and the answer is False."""
         if self._current is not None:
             raise Conflict(f"switch {self._current.id} is in progress; {model} is released later",
                            switch_id=self._current.id, stack=self._current.target)
         spec = self.config.models[model]
 
-        async def stop() -> None:
+        async def stop() -> bool:
+            if keep is not None and keep(model):
+                return False
             if spec.runtime == Runtime.docker:
                 await self.containers.ensure_stopped(model, spec)
             elif spec.ollama is not None:
                 await self.ollama.unload(spec.ollama)
+            return True
 
-        await self.run_exclusive(stop)
-        self._last_use.pop(model, None)
+        stopped = await self.run_exclusive(stop)
+        if stopped:
+            self._last_use.pop(model, None)
+        return stopped
 
     async def status(self) -> dict[str, Any]:
         """Active stack, members and their state, roles, ledgers, last switch, recovery, jobs."""

@@ -1,0 +1,55 @@
+"""Lease routes: ``POST /leases`` starts an on-demand GPU model and leases it; ``GET /leases``;
+``POST /leases/{id}/renew``; ``DELETE /leases/{id}`` (the model keeps running until its idle TTL)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends
+from pydantic import BaseModel, ConfigDict, Field
+
+from stackd.gpu.leases import LeaseCoordinator
+from stackd.services import Services
+
+MAX_TTL_S = 86400.0
+
+
+class LeaseRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, description="An on-demand GPU member of the active stack.")
+    ttl_s: float | None = Field(None, gt=0, le=MAX_TTL_S, description="Seconds; default: the model's idle_ttl_s.")
+
+
+class RenewRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ttl_s: float | None = Field(None, gt=0, le=MAX_TTL_S, description="Seconds from now; default: the lease's.")
+
+
+def build_leases_router(services: Services, write: Callable[..., None], read: Callable[..., None]) -> APIRouter:
+    """Routes over ``services.leases``. An app built without a coordinator (API tests) gets one of
+    its manager here, so ``/leases`` and ``/status`` always agree on one set of leases."""
+    if services.leases is None:
+        services.leases = LeaseCoordinator(services.manager)
+    leases: LeaseCoordinator = services.leases
+    router = APIRouter()
+
+    @router.post("/leases", dependencies=[Depends(write)])
+    async def acquire(request: LeaseRequest) -> dict[str, Any]:
+        return leases.to_json(await leases.acquire(request.model, request.ttl_s))
+
+    @router.get("/leases", dependencies=[Depends(read)])
+    async def list_leases() -> dict[str, Any]:
+        return {"leases": [leases.to_json(lease) for lease in leases.live()]}
+
+    @router.post("/leases/{lease_id}/renew", dependencies=[Depends(write)])
+    async def renew(lease_id: str, request: Annotated[RenewRequest | None, Body()] = None) -> dict[str, Any]:
+        return leases.to_json(leases.renew(lease_id, request.ttl_s if request else None))
+
+    @router.delete("/leases/{lease_id}", dependencies=[Depends(write)])
+    async def release(lease_id: str) -> dict[str, Any]:
+        return {**leases.to_json(leases.release(lease_id)), "released": True}
+
+    return router

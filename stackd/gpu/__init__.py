@@ -1,0 +1,1 @@
+"""GPU leases for on-demand models (``leases``). See ``design.md``."""
