@@ -146,6 +146,14 @@ def status_renderable(status: dict[str, Any]) -> Group:
     for role, model in sorted((status.get("roles") or {}).items()):
         roles.add_row(role, model)
     items += [members, roles]
+    leases = status.get("leases") or []
+    if leases:
+        table = Table(title="GPU leases")
+        for col in ("lease", "model", "expires in"):
+            table.add_column(col)
+        for lease in leases:
+            table.add_row(lease["id"], lease["model"], f"{lease.get('expires_in_s', 0):.0f} s")
+        items.append(table)
     if status.get("recovery"):
         items.append(Panel(str(status["recovery"]), title="recovery at start"))
     return Group(*items)

@@ -37,8 +37,9 @@ async def test_the_old_orchestrator_stops_only_after_its_request_finished(tmp_pa
     await request_started.wait()
     switching = asyncio.create_task(switch(manager, "ollama-only"))
     async with asyncio.timeout(5):  # the switch swaps the roles, then waits at the stop
-        while manager.live_roles.current.bindings["orchestrator"] != "orchestrator-cpu":
-            await asyncio.sleep(0.01)  # noqa: ASYNC110 - the role table has no change notification
+        # the role table has no change notification to await: poll it
+        while manager.live_roles.current.bindings["orchestrator"] != "orchestrator-cpu":  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
     await asyncio.sleep(0.05)
     assert "aether-orchestrator" in world.containers.running_containers
     assert manager.live_roles.current.bindings["orchestrator"] == "orchestrator-cpu"  # new calls go there
