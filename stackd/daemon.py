@@ -19,6 +19,7 @@ from stackd.config.loader import load_config
 from stackd.config.models import StacksConfig
 from stackd.errors import StackdError
 from stackd.hardware.probe import make_gpu_reader, read_hardware
+from stackd.hardware.types import HardwareSnapshot
 from stackd.roles import LiveRoles
 from stackd.services import Services
 from stackd.settings import Settings
@@ -66,7 +67,7 @@ def build_services(settings: Settings) -> Services:
         str(settings.gpu_scenario) if settings.gpu_scenario else None, settings.gpu_total_gb
     )
 
-    def hardware():  # type: ignore[no-untyped-def]
+    def hardware() -> HardwareSnapshot:
         return read_hardware(reader)
 
     roles = LiveRoles()

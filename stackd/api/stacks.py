@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from stackd.errors import NotFound
@@ -68,8 +68,6 @@ def build_stacks_router(
         if request.wait:
             await handle.wait()
             return manager.get_switch(handle.id)
-        from fastapi.responses import JSONResponse
-
         return JSONResponse(manager.get_switch(handle.id), status_code=202)
 
     @router.get("/model-stacks/switch/{switch_id}")

@@ -41,7 +41,7 @@ def build_status_router(services: Services, read: Callable[..., None], registry:
                 "role": role,
                 "model": model,
                 "endpoint": redact_url(endpoint),
-                "health_url": f"{redact_url(endpoint).rstrip('/')}/models",
+                "health_url": f"{(redact_url(endpoint) or '').rstrip('/')}/models",
                 "api": m.api.value,
                 "placement": m.placement.value,
             }

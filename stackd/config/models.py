@@ -173,7 +173,7 @@ class Model(Frozen):
             raise ValueError(
                 "placement cloud needs a remote model; set runtime: remote or placement: gpu/cpu"
             )
-        if self.runtime == Runtime.ollama and self.placement == Placement.cpu and not self.ollama.cpu_only:
+        if self.runtime == Runtime.ollama and self.placement == Placement.cpu and self.ollama is not None and not self.ollama.cpu_only:
             raise ValueError("a CPU-placed Ollama model would use the GPU; set ollama.options.num_gpu: 0")
         if self.runtime != Runtime.ollama and self.endpoint is None:
             raise ValueError(

@@ -61,15 +61,15 @@ def reference_problems(config: StacksConfig) -> list[Problem]:
                         f"unknown strategy '{strat}'; use one of {sorted(config.reason.strategies)}",
                     )
                 )
-    for sname, strat in config.reason.strategies.items():
-        if strat.role and strat.role not in config.roles:
+    for sname, strategy in config.reason.strategies.items():
+        if strategy.role and strategy.role not in config.roles:
             out.append(
                 (
                     ("reason", "strategies", sname, "role"),
-                    f"unknown role '{strat.role}'; use one of {roles}",
+                    f"unknown role '{strategy.role}'; use one of {roles}",
                 )
             )
-        for i, model in enumerate(strat.models):
+        for i, model in enumerate(strategy.models):
             if model not in config.models:
                 out.append(
                     (
@@ -108,14 +108,14 @@ def reference_problems(config: StacksConfig) -> list[Problem]:
                     )
                 )
     containers: dict[str, str] = {}
-    for mname, model in config.models.items():
-        if model.docker:
-            other = containers.setdefault(model.docker.container, mname)
+    for mname, model_spec in config.models.items():
+        if model_spec.docker:
+            other = containers.setdefault(model_spec.docker.container, mname)
             if other != mname:
                 out.append(
                     (
                         ("models", mname, "docker", "container"),
-                        f"container '{model.docker.container}' is already used by model '{other}'; give each model its own container",
+                        f"container '{model_spec.docker.container}' is already used by model '{other}'; give each model its own container",
                     )
                 )
     out.extend(vram_problems(config))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import AsyncExitStack, aclosing
 from typing import Any
 
@@ -167,7 +167,7 @@ class ReasonRouter:
         async with self._queue.slot(limit_s), asyncio.timeout_at(deadline):
             return await backend.complete(request)
 
-    async def stream(self, route: routes.Route, request: ChatRequest) -> AsyncIterator[RouterStreamItem]:
+    async def stream(self, route: routes.Route, request: ChatRequest) -> AsyncGenerator[RouterStreamItem, None]:
         """Text deltas, then ``StreamDone`` or ``StreamBroken``. Raises ``AllStrategiesFailed``
         before yielding anything when no target produced a first token."""
         log = AttemptLog(route, self.config, self.accounting)
@@ -192,7 +192,7 @@ class ReasonRouter:
         circuit: CircuitBreaker,
         request: ChatRequest,
         log: AttemptLog,
-    ) -> AsyncIterator[RouterStreamItem]:
+    ) -> AsyncGenerator[RouterStreamItem, None]:
         """One target's stream. Ends silently (no item) when it failed before its first token."""
         timeouts = self.config.reason.timeouts
         loop = asyncio.get_running_loop()

@@ -7,7 +7,7 @@ protocol (1024 when the caller sets none). Usage comes from ``usage.input_tokens
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
@@ -105,7 +105,7 @@ class AnthropicBackend:
         except (KeyError, TypeError, AttributeError) as exc:
             raise malformed(f"message without content blocks: {str(data)[:120]}") from exc
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         key = api_key(self.model)
         prompt_tokens = completion_tokens = 0
         finish = "stop"

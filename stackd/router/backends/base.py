@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -41,7 +41,7 @@ class Backend(Protocol):
         """One non-streaming call. Raises ``BackendError``; never retries."""
         ...
 
-    def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         """Text deltas, then exactly one ``StreamFinish``; raises ``BackendError`` on any failure,
         ``stream_cut`` when the stream ends before the protocol's end marker."""
         ...

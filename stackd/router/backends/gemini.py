@@ -9,7 +9,7 @@ last one counts). The stream has no end marker: it is complete when a chunk carr
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
@@ -109,7 +109,7 @@ class GeminiBackend:
             raise malformed(f"answer without candidates[0]: {str(data)[:120]}") from exc
         return Completion(text, FINISH.get(finish or "STOP", "stop"), usage_of(data) or Usage())
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         key = api_key(self.model)
         finish: str | None = None
         usage: Usage | None = None

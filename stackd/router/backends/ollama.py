@@ -10,7 +10,7 @@ package's httpx client, which collapses under concurrency here (docs/benchmarks.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
@@ -80,7 +80,7 @@ class OllamaBackend:
             raise malformed(f"chat answer without message: {str(data)[:120]}") from exc
         return Completion(text, data.get("done_reason") or "stop", usage_of(data))
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         async with post(self._session, self._url, self._payload(request, True), HEADERS, None) as resp:
             async for raw in resp.content:
                 line = raw.strip()

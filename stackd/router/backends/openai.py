@@ -8,7 +8,7 @@ chunk for ``stream_options.include_usage`` (usage is then 0/0 unless a chunk car
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
@@ -88,7 +88,7 @@ class OpenAIBackend:
             raise malformed(f"chat completion without choices[0].message: {str(data)[:120]}") from exc
         return Completion(text, finish, usage_of(data) or Usage())
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         key = api_key(self.model)
         finish: str | None = None
         usage: Usage | None = None
