@@ -20,9 +20,10 @@ lease is dropped on the next read.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, assert_never
@@ -207,14 +208,7 @@ class LeaseCoordinator:
             decision = decide_lease(config, self.manager.active_stack, observation.state, self.live(), model)
             if decision.refusal is not None:
                 raise refusal_error(decision.refusal)
-            for step in decision.steps:
-                match step:
-                    case StopContainer():
-                        await self.manager.containers.ensure_stopped(step.model, config.models[step.model])
-                    case StartContainer():
-                        await self.manager.containers.ensure_running(step.model, config.models[step.model])
-                    case _:
-                        assert_never(step)
+            await self._apply(decision.steps, config)
             now = self.clock()
             ttl = ttl_s if ttl_s is not None else self.default_ttl_s(model)
             lease = Lease(self._new_id(), model, acquired_at=now, expires_at=now + ttl, ttl_s=ttl)
@@ -223,6 +217,32 @@ class LeaseCoordinator:
             return lease
 
         return await self.manager.run_exclusive(grant)
+
+    async def _apply(self, steps: Sequence[StopContainer | StartContainer], config: StacksConfig) -> None:
+        """Run the eviction and the start; if a step fails, put back what was evicted (and stop
+        what half-started) so a refused lease leaves the card as it found it, then re-raise."""
+        containers = self.manager.containers
+        done: list[StopContainer | StartContainer] = []
+        try:
+            for step in steps:
+                match step:
+                    case StopContainer():
+                        await containers.ensure_stopped(step.model, config.models[step.model])
+                    case StartContainer():
+                        done.append(step)  # a failed start may leave a container running
+                        await containers.ensure_running(step.model, config.models[step.model])
+                        continue
+                    case _:
+                        assert_never(step)
+                done.append(step)
+        except Exception:
+            for step in reversed(done):
+                with contextlib.suppress(StackdError):  # best effort; drift shows in /status
+                    if isinstance(step, StartContainer):
+                        await containers.ensure_stopped(step.model, config.models[step.model])
+                    else:
+                        await containers.ensure_running(step.model, config.models[step.model])
+            raise
 
     def renew(self, lease_id: str, ttl_s: float | None = None) -> Lease:
         """Extend a live lease to ``now + ttl_s`` (default: its own TTL). ``NotFound`` once it ended."""

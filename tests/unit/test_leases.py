@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from stackd.api.app import create_app
-from stackd.errors import Conflict, DriverUnavailable, NotFound
+from stackd.errors import Conflict, DriverFailed, DriverUnavailable, NotFound
 from stackd.gpu.leases import Lease, LeaseCoordinator, LeaseRefused, decide_lease, leasable, swap_group
 from stackd.manager import ModelStackManager
 from stackd.periodic import PeriodicJobs
@@ -152,6 +152,17 @@ async def test_acquiring_flux_stops_an_unleased_vision_first(world: World) -> No
     await leases.acquire(FLUX)
     assert world.containers.actions == [("stop", VISION), ("start", FLUX)]
     assert FLUX_C in world.containers.running_containers and VISION_C not in world.containers.running_containers
+
+
+async def test_a_lease_whose_start_fails_puts_the_evicted_member_back(world: World) -> None:
+    manager = await manager_on(world)
+    leases = coordinator(world, manager)
+    world.containers.running_containers.add(VISION_C)
+    world.containers.unhealthy.add(FLUX)  # starts, never becomes healthy
+    with pytest.raises(DriverFailed, match="did not become healthy"):
+        await leases.acquire(FLUX)
+    assert VISION_C in world.containers.running_containers and FLUX_C not in world.containers.running_containers
+    assert leases.live() == []
 
 
 async def test_a_live_lease_blocks_its_group_until_it_expires(world: World) -> None:
