@@ -10,12 +10,11 @@ Errors are ``{"type": "error", "error": {"type", "message"}}``.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
 
-from stackd.sim.control import SimControl, count_prompt_tokens, split_answer
+from stackd.sim.control import count_prompt_tokens, split_answer
 from stackd.sim.server import SimServer
 
 _ERROR_TYPES = {
@@ -60,18 +59,7 @@ class AnthropicSim(SimServer):
     kind = "anthropic"
     stream_garbage = b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":\n\n'
 
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        control: SimControl | None = None,
-        *,
-        models: Sequence[str] = ("claude-sim-1",),
-        record: bool = True,
-    ) -> None:
-        super().__init__(host, port, control, record=record)
-        self.models = list(models)
-        self._serial = 0
+    default_models = ("claude-sim-1",)
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/v1/messages", self._messages)
@@ -111,8 +99,7 @@ class AnthropicSim(SimServer):
             return anthropic_error(400, "messages: Field required")
         if not isinstance(body.get("max_tokens"), int):
             return anthropic_error(400, "max_tokens: Field required")
-        self._serial += 1
-        message_id = f"msg_sim{self._serial:08d}"
+        message_id = f"msg_sim{self.next_serial():08d}"
         model = body["model"]
         control = self.control
         tokens = max(1, control.tokens)

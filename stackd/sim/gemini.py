@@ -11,12 +11,11 @@ API_KEY_INVALID. Errors are ``{"error": {"code", "message", "status"}}``.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
 
-from stackd.sim.control import SimControl, count_prompt_tokens, split_answer
+from stackd.sim.control import count_prompt_tokens, split_answer
 from stackd.sim.server import SimServer
 
 _STATUS = {
@@ -58,18 +57,7 @@ class GeminiSim(SimServer):
     kind = "gemini"
     stream_garbage = b'data: {"candidates": [{"content": \r\n\r\n'
 
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        control: SimControl | None = None,
-        *,
-        models: Sequence[str] = ("gemini-sim-flash",),
-        record: bool = True,
-    ) -> None:
-        super().__init__(host, port, control, record=record)
-        self.models = list(models)
-        self._serial = 0
+    default_models = ("gemini-sim-flash",)
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         for version in ("/v1beta", "/v1"):
@@ -124,8 +112,7 @@ class GeminiSim(SimServer):
         body = self.body_of(request)
         if not isinstance(body, dict) or not isinstance(body.get("contents"), list) or not body["contents"]:
             return gemini_error(400, "* GenerateContentRequest.contents: contents is not specified")
-        self._serial += 1
-        response_id = f"sim{self._serial:08d}"
+        response_id = f"sim{self.next_serial():08d}"
         control = self.control
         tokens = max(1, control.tokens)
         prompt = count_prompt_tokens(_contents_text(body))

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
 from aiohttp import web
 
-from stackd.sim.control import SimControl, count_prompt_tokens, split_answer
+from stackd.sim.control import count_prompt_tokens, split_answer
 from stackd.sim.server import SimServer
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error"}
@@ -146,17 +145,10 @@ class OpenAISim(SimServer):
     kind = "openai"
     stream_garbage = b'data: {"id": "chatcmpl-sim", "choices": [{"delta": \n\n'
 
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        control: SimControl | None = None,
-        *,
-        models: Sequence[str] = ("sim-model",),
-        record: bool = True,
-    ) -> None:
-        super().__init__(host, port, control, record=record)
-        self.models = list(models)
+    default_models = ("sim-model",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._chat = OpenAIChatRoutes(self)
 
     def add_routes(self, router: web.UrlDispatcher) -> None:

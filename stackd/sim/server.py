@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import hmac
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
@@ -85,14 +85,19 @@ class SimServer:
     kind: ClassVar[str] = "base"
     stream_garbage: ClassVar[bytes] = b'{"truncated": \n'
 
+    default_models: tuple[str, ...] = ()
+
     def __init__(
         self,
         host: str = "127.0.0.1",
         port: int = 0,
         control: SimControl | None = None,
         *,
+        models: Sequence[str] | None = None,
         record: bool = True,
     ) -> None:
+        self.models = list(models if models is not None else self.default_models)
+        self._serial = 0
         self.host = host
         self.port = port
         self.control = control if control is not None else SimControl()
@@ -129,6 +134,11 @@ class SimServer:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+    def next_serial(self) -> int:
+        """1, 2, 3 … per server: ids of responses (msg_sim00000001 …)."""
+        self._serial += 1
+        return self._serial
 
     async def start(self) -> None:
         self._closing = asyncio.Event()
