@@ -4,27 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from stackd.drivers.health import health_url
 from stackd.errors import NotFound
 from stackd.services import Services
 from stackd.views import redact_url
-
-
-def health_url(endpoint: str | None, path: str | None) -> str | None:
-    if not endpoint:
-        return None
-    if not path:
-        return redact_url(endpoint)
-    parts = urlsplit(endpoint)
-    return (
-        f"{parts.scheme}://{parts.hostname}:{parts.port}{path}"
-        if parts.port
-        else f"{parts.scheme}://{parts.hostname}{path}"
-    )
 
 
 def build_status_router(services: Services, read: Callable[..., None], registry: Any) -> APIRouter:
@@ -34,22 +21,16 @@ def build_status_router(services: Services, read: Callable[..., None], registry:
         config = services.config  # read per call: a config reload replaces it
         m = config.models[model]
         endpoint = m.endpoint or (config.ollama.url if m.ollama else None)
-        path = m.health.path if m.health else ("/" if m.ollama else None)
-        if path is None and m.remote is not None and m.api.value == "openai" and endpoint:
+        if m.remote is not None and m.health is None and endpoint:
             # a remote's cheap readiness check is its model list (no token spent)
-            return {
-                "role": role,
-                "model": model,
-                "endpoint": redact_url(endpoint),
-                "health_url": f"{(redact_url(endpoint) or '').rstrip('/')}/models",
-                "api": m.api.value,
-                "placement": m.placement.value,
-            }
+            probe = f"{endpoint.rstrip('/')}/models"
+        else:  # the URL the daemon's own health probes request
+            probe = health_url(m, config.ollama.url)
         return {
             "role": role,
             "model": model,
             "endpoint": redact_url(endpoint),
-            "health_url": health_url(endpoint, path),
+            "health_url": redact_url(probe),
             "api": m.api.value,
             "placement": m.placement.value,
         }

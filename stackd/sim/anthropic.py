@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from stackd.sim.control import count_prompt_tokens, split_answer
+from stackd.sim.openai import prompt_text
 from stackd.sim.server import SimServer
 
 _ERROR_TYPES = {
@@ -40,17 +41,9 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
 
 
 def _message_text(body: dict[str, Any]) -> str:
-    parts: list[str] = []
+    """The system prompt (a string at the top level in Messages) and the messages' text."""
     system = body.get("system")
-    if isinstance(system, str):
-        parts.append(system)
-    for message in body.get("messages") or []:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            parts.append(content)
-        elif isinstance(content, list):
-            parts.extend(str(b.get("text", "")) for b in content if isinstance(b, dict))
-    return " ".join(parts)
+    return " ".join(p for p in (system if isinstance(system, str) else "", prompt_text(body)) if p)
 
 
 class AnthropicSim(SimServer):
