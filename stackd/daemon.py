@@ -20,7 +20,7 @@ from stackd.config.models import StacksConfig
 from stackd.errors import StackdError
 from stackd.hardware.probe import make_gpu_reader, read_hardware
 from stackd.hardware.types import HardwareSnapshot
-from stackd.roles import LiveRoles
+from stackd.roles import LiveEndpoints, LiveRoles
 from stackd.services import Services
 from stackd.settings import Settings
 
@@ -49,10 +49,12 @@ def build_services(settings: Settings) -> Services:
     from stackd.drivers.docker import DockerContainerDriver
     from stackd.drivers.health import HttpHealthChecker
     from stackd.drivers.ollama import OllamaHttpDriver
+    from stackd.drivers.process import LocalProcessDriver
     from stackd.drivers.remote import HttpRemoteProber
     from stackd.gpu.leases import LeaseCoordinator
     from stackd.manager import ModelStackManager
     from stackd.router import ReasonRouter
+    from stackd.state.processes import ProcessTable
     from stackd.state.store import StateStore
     from stackd.state.usage import UsageStore
 
@@ -71,12 +73,16 @@ def build_services(settings: Settings) -> Services:
         return read_hardware(reader)
 
     roles = LiveRoles()
-    health = HttpHealthChecker()
+    endpoints = LiveEndpoints()
+    health = HttpHealthChecker(endpoints=endpoints)
     store = StateStore(settings.db_path)
+    processes = LocalProcessDriver(settings.state_dir, ProcessTable(settings.db_path), endpoints,
+                                   gpu_device=config.gpu.device)
     manager = ModelStackManager(
         config=config,
         store=store,
         containers=DockerContainerDriver(gpu_device=config.gpu.device, health=health),
+        processes=processes,
         ollama=OllamaHttpDriver(config.ollama.url),
         remotes=HttpRemoteProber(),
         health=health,
@@ -85,7 +91,7 @@ def build_services(settings: Settings) -> Services:
         drain_s=ROLE_DRAIN_S,
     )
     usage = UsageStore(settings.db_path)
-    router = ReasonRouter(config, roles, usage=usage, on_use=manager.touch)
+    router = ReasonRouter(config, roles, usage=usage, on_use=manager.touch, endpoints=endpoints)
     return Services(
         settings=settings,
         config=config,
@@ -97,6 +103,8 @@ def build_services(settings: Settings) -> Services:
         router=router,
         usage=usage,
         leases=LeaseCoordinator(manager),
+        endpoints=endpoints,
+        processes=processes,
     )
 
 
@@ -136,7 +144,8 @@ def build_app(settings: Settings) -> FastAPI:
         if settings.periodic:
             from stackd.periodic import start_periodic
 
-            services.periodic = start_periodic(services.manager, leased=services.leases.holds)
+            services.periodic = start_periodic(services.manager, leased=services.leases.holds,
+                                               on_healthy=services.router.probe_succeeded)
         await services.router.start()
         watch_sighup(services, settings)
         try:
@@ -147,6 +156,8 @@ def build_app(settings: Settings) -> FastAPI:
             await services.router.aclose()
             await services.usage.aclose()
             await services.manager.aclose()
+            if services.processes is not None:
+                await services.processes.aclose()  # engines are stackd's children: none outlives it
 
     from prometheus_client import CollectorRegistry
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
 
-from stackd.config.models import Lifecycle, Model, Runtime
+from stackd.config.models import HealthCheck, Lifecycle, Model, Runtime
 from stackd.errors import Conflict, StackdError
 from stackd.manager import ModelStackManager
 from stackd.manager.observe import drift, is_up
@@ -27,6 +27,7 @@ log = logging.getLogger("stackd.periodic")
 
 Outcome = tuple[bool, str]  # (healthy, one-line summary) of one job run
 PROBE_GRACE_S = 1.0  # on top of a probe's own timeout_s: the checker times out first
+DEFAULT_PROBE_INTERVAL_S = HealthCheck.model_validate({}).interval_s
 
 
 class PeriodicJobs:
@@ -35,8 +36,12 @@ class PeriodicJobs:
     def __init__(self, manager: ModelStackManager, *, clock: Callable[[], float] | None = None,
                  remote_interval_s: float = 60.0, drift_interval_s: float = 30.0,
                  idle_interval_s: float = 30.0, repair_drift: bool = False,
-                 leased: Callable[[str], bool] | None = None) -> None:
+                 leased: Callable[[str], bool] | None = None,
+                 on_healthy: Callable[[str], None] | None = None) -> None:
+        """``on_healthy(model)`` hears every passing probe (the router half-opens the model's
+        open circuit at once rather than refusing a healthy engine until its cool-down ends)."""
         self.manager = manager
+        self.on_healthy = on_healthy or (lambda model: None)
         self.leased = leased or (lambda model: False)  # a live lease keeps a model past its idle TTL
         self.clock = clock or manager.clock
         self.remote_interval_s = remote_interval_s
@@ -57,13 +62,14 @@ class PeriodicJobs:
     # ---------------------------------------------------------------- the jobs
 
     async def probe_health(self) -> Outcome:
-        """Probe the running docker members whose ``health.interval_s`` has elapsed."""
+        """Probe the running docker and process members whose ``health.interval_s`` has elapsed
+        (process members are probed without a health section too, at its default interval)."""
         now = self.clock()
         observed = await self.manager.observe()
+        running = observed.running_containers | observed.running_processes
         due = [(name, model) for name, model in self._members()
-               if model.runtime == Runtime.docker and model.health is not None
-               and name in observed.running_containers
-               and now - self._last_probe.get(name, float("-inf")) >= model.health.interval_s]
+               if _probed_locally(model) and name in running
+               and now - self._last_probe.get(name, float("-inf")) >= _interval(model)]
         for name, _ in due:
             self._last_probe[name] = now
         results = await asyncio.gather(*(self._probe(name, model, self.manager.health.check)
@@ -93,6 +99,12 @@ class PeriodicJobs:
             error = f"{type(exc).__name__}: {exc}"
         else:
             self.manager.record_probe(name, True)
+            self.on_healthy(name)
+            return ""
+        busy = self.manager.live_roles.in_flight.count(name)
+        if busy and "within" in error:
+            # A single-slot engine answers nothing else while it generates for stackd's own
+            # request: a probe that times out then says "busy", not "unhealthy".
             return ""
         self.manager.record_probe(name, False, error)
         return f"{name}: {error}"
@@ -156,8 +168,7 @@ class PeriodicJobs:
 
     def jobs(self) -> dict[str, tuple[float, Callable[[], Awaitable[Outcome]]]]:
         """name -> (interval in seconds, job)."""
-        intervals = [m.health.interval_s for m in self.manager.config.models.values()
-                     if m.health is not None and m.runtime == Runtime.docker]
+        intervals = [_interval(m) for m in self.manager.config.models.values() if _probed_locally(m)]
         return {
             "health": (max(1.0, min(intervals, default=10.0)), self.probe_health),
             "remotes": (self.remote_interval_s, self.probe_remotes),
@@ -177,6 +188,14 @@ class PeriodicJobs:
     def shutdown(self, wait: bool = False) -> None:
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.shutdown(wait=wait)
+
+
+def _probed_locally(model: Model) -> bool:
+    return (model.runtime == Runtime.docker and model.health is not None) or model.runtime == Runtime.process
+
+
+def _interval(model: Model) -> float:
+    return model.health.interval_s if model.health is not None else DEFAULT_PROBE_INTERVAL_S
 
 
 def start_periodic(manager: ModelStackManager, **options: Any) -> PeriodicJobs:

@@ -28,6 +28,22 @@ class StopContainer:
 
 
 @dataclass(frozen=True)
+class StartProcess:
+    """Spawn a process member's engine (its own process group) and wait until it answers."""
+
+    model: str
+    kind: Literal["start_process"] = "start_process"
+
+
+@dataclass(frozen=True)
+class StopProcess:
+    """SIGTERM the member's process group, SIGKILL after its grace; nothing of the group survives."""
+
+    model: str
+    kind: Literal["stop_process"] = "stop_process"
+
+
+@dataclass(frozen=True)
 class PullModel:
     """Pull an Ollama tag that is not present locally (streams progress)."""
 
@@ -79,30 +95,41 @@ class UnbindRole:
 
 
 Step = (
-    StartContainer | StopContainer | PullModel | LoadModel | UnloadModel | ProbeRemote | BindRole | UnbindRole
+    StartContainer | StopContainer | StartProcess | StopProcess | PullModel | LoadModel | UnloadModel
+    | ProbeRemote | BindRole | UnbindRole
 )
+StartStep = StartContainer | StartProcess | LoadModel
+StopStep = StopContainer | StopProcess | UnloadModel
 
 
 @dataclass(frozen=True)
 class ObservedState:
     """What is really running, as the drivers report it (or as the journal last recorded it).
 
-    Model names are config keys. ``running_containers`` are docker members whose container runs;
-    ``pulled_tags`` / ``loaded_tags`` are Ollama tags; ``bindings`` is the live role table.
+    Model names are config keys. ``running_containers`` are docker members whose container runs,
+    ``running_processes`` process members whose engine process lives; ``pulled_tags`` /
+    ``loaded_tags`` are Ollama tags; ``bindings`` is the live role table. ``measured_mib`` is what
+    members that run were measured to hold (RSS of the process tree for CPU members, NVML per
+    process for GPU members), beside the configured ``memory_gb``.
     """
 
     active_stack: str | None = None
     running_containers: frozenset[str] = frozenset()
+    running_processes: frozenset[str] = frozenset()
     pulled_tags: frozenset[str] = frozenset()
     loaded_tags: frozenset[str] = frozenset()
     bindings: Mapping[str, str] = field(default_factory=dict)
+    measured_mib: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class LedgerItem:
+    """One line of a ledger: ``mib`` as configured, ``measured_mib`` as measured while it runs."""
+
     model: str
     mib: int
     kind: Literal["always_on", "on_demand", "foreign", "reserve"]
+    measured_mib: int | None = None
 
 
 @dataclass(frozen=True)

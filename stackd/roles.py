@@ -74,3 +74,24 @@ class InFlight:
         except TimeoutError:
             return False
         return True
+
+
+class LiveEndpoints:
+    """Where each process member answers right now: its port is picked at every start, so its
+    base URL lives here, not in the config. The process driver sets and clears it; the router
+    and the health probes read it, falling back to the configured endpoint for other members."""
+
+    def __init__(self) -> None:
+        self._urls: dict[str, str] = {}
+
+    def get(self, model: str) -> str | None:
+        return self._urls.get(model)
+
+    def set(self, model: str, url: str) -> None:
+        self._urls[model] = url
+
+    def clear(self, model: str) -> None:
+        self._urls.pop(model, None)
+
+    def all(self) -> dict[str, str]:
+        return dict(self._urls)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from stackd.config.models import StacksConfig
 from stackd.hardware.types import HardwareSnapshot
-from stackd.roles import LiveRoles
+from stackd.roles import LiveEndpoints, LiveRoles
 from stackd.settings import Settings
 
 
@@ -25,3 +25,5 @@ class Services:
     periodic: Any = None  # stackd.periodic jobs
     usage: Any = None  # stackd.state.usage.UsageStore
     leases: Any = None  # stackd.gpu.leases.LeaseCoordinator
+    endpoints: LiveEndpoints = field(default_factory=LiveEndpoints)
+    processes: Any = None  # stackd.drivers.process.LocalProcessDriver (closed at shutdown)

@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from stackd.drivers.base import ProcessInfo
 from stackd.services import Services
 
 MIB = 1024 * 1024
@@ -52,6 +53,28 @@ class StackCollector(Collector):
             "Host RAM available.",
             value=hardware.ram_available_mib * MIB,
         )
+        yield from process_metrics(services.manager.processes.processes())
+
+
+def process_metrics(infos: list[ProcessInfo]) -> Iterator[Metric]:
+    """Engine processes: up or not, unexpected exits and restarts (counters), resident memory."""
+    up = GaugeMetricFamily("stackd_process_up", "1 while the member's engine process is ready.", labels=["model"])
+    exits = CounterMetricFamily(
+        "stackd_process_exits", "Times the member's engine died on its own since stackd started.", labels=["model"]
+    )
+    restarts = GaugeMetricFamily(
+        "stackd_process_restarts", "Restarts in a row by the member's restart policy.", labels=["model"]
+    )
+    rss = GaugeMetricFamily(
+        "stackd_process_resident_memory_bytes", "RSS of the engine's process tree.", labels=["model"]
+    )
+    for info in infos:
+        up.add_metric([info.model], 1.0 if info.state == "ready" else 0.0)
+        exits.add_metric([info.model], info.exits)
+        restarts.add_metric([info.model], info.restarts)
+        if info.rss_mib is not None:
+            rss.add_metric([info.model], info.rss_mib * MIB)
+    yield from (up, exits, restarts, rss)
 
 
 def register_stack_metrics(registry: CollectorRegistry, services: Services) -> StackCollector:

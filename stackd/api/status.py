@@ -2,30 +2,66 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 
+from stackd import __version__
 from stackd.drivers.health import health_url
 from stackd.errors import NotFound
 from stackd.services import Services
 from stackd.views import redact_url
 
 
+class Health(BaseModel):
+    """``GET /healthz``: alive, and which daemon this is, so a CLI can tell whom it reached and
+    find its token. On a non-loopback bind (open to the network) it says only ``status`` and
+    ``version``: the paths and the PID are for the user on the same machine."""
+
+    status: str = "ok"
+    version: str = Field(description="stackd's version.")
+    url: str | None = Field(None, description="The URL the daemon listens on.")
+    pid: int | None = Field(None, description="The daemon's process id.")
+    config: str | None = Field(None, description="Absolute path of the config file it runs.")
+    state_dir: str | None = Field(None, description="Absolute path of its state dir (the 'token' file).")
+    token_source: str | None = Field(
+        None, description="Where the daemon read its token: the token file's path, or STACKD_TOKEN."
+    )
+
+
+def daemon_health(services: Services) -> Health:
+    settings = services.settings
+    if not settings.loopback:
+        return Health(version=__version__)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host  # an IPv6 literal
+    return Health(
+        version=__version__,
+        url=f"http://{host}:{settings.port}",
+        pid=os.getpid(),
+        config=str(settings.config.absolute()),
+        state_dir=str(settings.state_dir.absolute()),
+        token_source=services.token_source,
+    )
+
+
 def build_status_router(services: Services, read: Callable[..., None], registry: Any) -> APIRouter:
     router = APIRouter()
+    health = daemon_health(services)  # the settings are frozen: computed once
 
     def role_row(role: str, model: str) -> dict[str, Any]:
         config = services.config  # read per call: a config reload replaces it
         m = config.models[model]
-        endpoint = m.endpoint or (config.ollama.url if m.ollama else None)
+        live = services.endpoints.get(model)  # a process member's port is picked at its start
+        endpoint = live or m.endpoint or (config.ollama.url if m.ollama else None)
         if m.remote is not None and m.health is None and endpoint:
             # a remote's cheap readiness check is its model list (no token spent)
             probe = f"{endpoint.rstrip('/')}/models"
         else:  # the URL the daemon's own health probes request
-            probe = health_url(m, config.ollama.url)
+            probe = health_url(m, config.ollama.url, live)
         return {
             "role": role,
             "model": model,
@@ -36,8 +72,8 @@ def build_status_router(services: Services, read: Callable[..., None], registry:
         }
 
     @router.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz() -> Health:
+        return health
 
     @router.get("/roles", dependencies=[Depends(read)])
     async def roles() -> dict[str, Any]:

@@ -34,6 +34,15 @@ class Expansion:
     from_environment: frozenset[FieldPath] = frozenset()
 
 
+def is_process_macro(path: FieldPath, name: str) -> bool:
+    """``${PORT}`` & co. in a model's ``process:`` section or ``endpoint`` belong to the process
+    runtime, which fills them in at each start; they are not environment variables."""
+    from stackd.config.models import PROCESS_MACROS
+
+    in_model = len(path) >= 3 and path[0] == "models" and path[2] in ("process", "endpoint")
+    return in_model and name in PROCESS_MACROS
+
+
 def expand_env(data: Any, env: Mapping[str, str]) -> Expansion:
     """Expand every reference in the string values of ``data`` (which is not modified)."""
     unset: list[UnsetVariable] = []
@@ -42,6 +51,8 @@ def expand_env(data: Any, env: Mapping[str, str]) -> Expansion:
     def expand_text(text: str, path: FieldPath) -> str:
         def replace(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
+            if is_process_macro(path, name):
+                return match.group(0)
             value = env.get(name)
             if value:
                 from_env.add(path)

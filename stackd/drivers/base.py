@@ -55,6 +55,55 @@ class ContainerDriver(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class ProcessInfo:
+    """What the process driver knows of one member's engine, for status and metrics.
+
+    ``state``: stopped, starting, ready, stopping, exited (died; no restart), restarting,
+    failed. ``pids`` is the engine's process tree (NVML per-process memory is mapped through it);
+    ``log_tail`` is filled when the member died or failed."""
+
+    model: str
+    state: str
+    pid: int | None
+    port: int | None
+    endpoint: str | None
+    started_at: float | None
+    restarts: int
+    exits: int
+    last_exit: str | None
+    log_path: str | None
+    log_tail: tuple[str, ...] = ()
+    pids: tuple[int, ...] = ()
+    rss_mib: int | None = None
+
+
+class ProcessDriver(Protocol):
+    """Local engine processes (``runtime: process``). Same verbs as ``ContainerDriver``."""
+
+    async def running(self, models: Mapping[str, Model]) -> frozenset[str]:
+        """Names of the given process models whose engine process lives (adopting, at the first
+        call, the engines an earlier run of stackd left)."""
+        ...
+
+    async def ensure_running(self, name: str, model: Model) -> None:
+        """Spawn the engine unless it runs, then wait until its health path answers 2xx (within
+        the start timeout). Idempotent. ``DriverFailed`` with the log tail when it cannot."""
+        ...
+
+    async def ensure_stopped(self, name: str, model: Model) -> None:
+        """SIGTERM the group, SIGKILL after the grace; returns when none of it is left. Idempotent."""
+        ...
+
+    def processes(self) -> list[ProcessInfo]:
+        """Every member the driver has seen, with its engine's PIDs and memory. No I/O but /proc."""
+        ...
+
+    def log_tail(self, name: str, lines: int = 20) -> list[str]:
+        """The last lines the member's engine wrote in its current (or last) run."""
+        ...
+
+
 class OllamaDriver(Protocol):
     async def list_tags(self) -> frozenset[str]:
         """Tags present locally (``/api/tags``)."""

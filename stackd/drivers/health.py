@@ -21,8 +21,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from stackd.config.models import HealthCheck, Model
+from stackd.config.models import DEFAULT_PROCESS_HEALTH_PATH, HealthCheck, Model
 from stackd.errors import DriverUnavailable
+from stackd.roles import LiveEndpoints
 
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
 DEFAULT_TIMEOUT_S = HealthCheck.model_validate({}).timeout_s
@@ -30,10 +31,14 @@ DEFAULT_TIMEOUT_S = HealthCheck.model_validate({}).timeout_s
 SessionFactory = Callable[[], aiohttp.ClientSession]
 
 
-def health_url(model: Model, ollama_url: str = DEFAULT_OLLAMA_URL) -> str:
-    """The URL a probe of ``model`` requests (see the module docstring for the rules)."""
-    endpoint = model.endpoint or ollama_url
+def health_url(model: Model, ollama_url: str = DEFAULT_OLLAMA_URL, live_endpoint: str | None = None) -> str:
+    """The URL a probe of ``model`` requests (see the module docstring for the rules).
+
+    ``live_endpoint``: where a process member answers now (its port is picked at start)."""
+    endpoint = live_endpoint or model.endpoint or ollama_url
     parts = urlsplit(endpoint)
+    if model.health is None and model.process is not None:
+        return urlunsplit((parts.scheme, parts.netloc, DEFAULT_PROCESS_HEALTH_PATH, "", ""))
     if model.health is None:
         return urlunsplit((parts.scheme, parts.netloc, "/", "", ""))
     path = model.health.path
@@ -55,12 +60,14 @@ class HttpHealthChecker:
         self,
         session_factory: SessionFactory = aiohttp.ClientSession,
         ollama_url: str = DEFAULT_OLLAMA_URL,
+        endpoints: LiveEndpoints | None = None,
     ) -> None:
         self._session_factory = session_factory
         self._ollama_url = ollama_url
+        self._endpoints = endpoints or LiveEndpoints()
 
     async def check(self, name: str, model: Model) -> None:
-        url = health_url(model, self._ollama_url)
+        url = health_url(model, self._ollama_url, self._endpoints.get(name))
         timeout_s = model.health.timeout_s if model.health else DEFAULT_TIMEOUT_S
         timeout = aiohttp.ClientTimeout(total=timeout_s)
         try:
@@ -77,9 +84,10 @@ class HttpHealthChecker:
             raise DriverUnavailable(
                 f"health probe of '{name}' at {url} failed: {_reason(exc)}", model=name, url=url
             ) from exc
-        healthy = 200 <= status < 300 if model.health else status < 500
+        strict = model.health is not None or model.process is not None
+        healthy = 200 <= status < 300 if strict else status < 500
         if not healthy:
-            expected = "2xx" if model.health else "an answer below 500"
+            expected = "2xx" if strict else "an answer below 500"
             raise DriverUnavailable(
                 f"health probe of '{name}' at {url} answered HTTP {status}, expected {expected}",
                 model=name,

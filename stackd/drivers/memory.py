@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
 from stackd.config.models import Model, OllamaRuntime
-from stackd.drivers.base import LoadedModel, PullProgress
+from stackd.drivers.base import LoadedModel, ProcessInfo, PullProgress
 from stackd.errors import DriverFailed, DriverUnavailable
 
 AfterAction = Callable[[str, str], None]
@@ -79,6 +79,62 @@ class MemoryContainers:
     def _after(self, verb: str, name: str) -> None:
         if self.after_action is not None:
             self.after_action(verb, name)
+
+
+@dataclass
+class MemoryProcesses:
+    """Engine processes by member name: ``running_processes`` holds the live ones, ``pids`` their
+    (fake) PID, which changes at every start. ``fail_start``: members whose engine exits before it
+    is ready; ``fail_stop``: members whose stop fails; ``rss_mib``: what each one measures."""
+
+    running_processes: set[str] = field(default_factory=set)
+    pids: dict[str, int] = field(default_factory=dict)
+    fail_start: set[str] = field(default_factory=set)
+    fail_stop: set[str] = field(default_factory=set)
+    rss_mib: dict[str, int] = field(default_factory=dict)
+    actions: list[tuple[str, str]] = field(default_factory=list)
+    after_action: AfterAction | None = None
+    _next_pid: int = 1000
+
+    async def running(self, models: Mapping[str, Model]) -> frozenset[str]:
+        return frozenset(name for name in models if name in self.running_processes)
+
+    async def ensure_running(self, name: str, model: Model) -> None:
+        assert model.process is not None
+        if name in self.running_processes:
+            return
+        if name in self.fail_start:
+            raise DriverFailed(f"process member '{name}' exited with code 1 before it was ready; "
+                               "last log lines: injected failure")
+        self._next_pid += 1
+        self.pids[name] = self._next_pid
+        self.running_processes.add(name)
+        self.actions.append(("start", name))
+        await asyncio.sleep(0)
+        if self.after_action is not None:
+            self.after_action("start", name)
+
+    async def ensure_stopped(self, name: str, model: Model) -> None:
+        if name in self.fail_stop:
+            raise DriverFailed(f"process member '{name}': stop failed (injected failure)")
+        if name not in self.running_processes:
+            return
+        self.running_processes.discard(name)
+        self.actions.append(("stop", name))
+        await asyncio.sleep(0)
+        if self.after_action is not None:
+            self.after_action("stop", name)
+
+    def processes(self) -> list[ProcessInfo]:
+        return [ProcessInfo(model=name, state="ready" if name in self.running_processes else "stopped",
+                            pid=self.pids.get(name) if name in self.running_processes else None,
+                            port=None, endpoint=None, started_at=None, restarts=0, exits=0, last_exit=None,
+                            log_path=None, pids=(self.pids[name],) if name in self.running_processes else (),
+                            rss_mib=self.rss_mib.get(name) if name in self.running_processes else None)
+                for name in sorted(set(self.pids) | self.running_processes)]
+
+    def log_tail(self, name: str, lines: int = 20) -> list[str]:
+        return []
 
 
 @dataclass

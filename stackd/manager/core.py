@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from stackd.config.models import StacksConfig
-from stackd.drivers.base import ContainerDriver, HealthChecker, OllamaDriver, RemoteProber
+from stackd.drivers.base import ContainerDriver, HealthChecker, OllamaDriver, ProcessDriver, RemoteProber
 from stackd.errors import Conflict, NotFound, PlanRefused
 from stackd.events import EventLog, SwitchEvent
 from stackd.hardware.types import HardwareSnapshot
 from stackd.manager.executor import Execution, PlanExecutor
-from stackd.manager.observe import Observation, observe_engines
+from stackd.manager.observe import Observation, observe_engines, with_measurements
 from stackd.manager.recovery import RecoveryReport
 from stackd.manager.switch import Switch, SwitchHandle, SwitchKind, journal_dict, replay_finished
 from stackd.plan import ObservedState, Plan
@@ -72,14 +72,16 @@ class ManagerCore:
     """
 
     def __init__(self, config: StacksConfig, store: StateStore, containers: ContainerDriver,
-                 ollama: OllamaDriver, remotes: RemoteProber, health: HealthChecker, live_roles: LiveRoles,
-                 read_hardware: Callable[[], HardwareSnapshot], planner: Planner = plan_switch,
+                 processes: ProcessDriver, ollama: OllamaDriver, remotes: RemoteProber, health: HealthChecker,
+                 live_roles: LiveRoles, read_hardware: Callable[[], HardwareSnapshot],
+                 planner: Planner = plan_switch,
                  clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
                  step_timeout_s: float = 300.0, keep_switches: int = 50,
                  repair_on_start: bool = True, drain_s: float = 0.0) -> None:
         self.config = config
         self.store = store
         self.containers = containers
+        self.processes = processes
         self.ollama = ollama
         self.remotes = remotes
         self.health = health
@@ -117,7 +119,7 @@ class ManagerCore:
 
     async def observe_detailed(self) -> Observation:
         return await observe_engines(self.config, self.containers, self.ollama,
-                                     self.live_roles.current.bindings, self._active)
+                                     self.live_roles.current.bindings, self._active, self.processes)
 
     async def observe(self) -> ObservedState:
         """What runs now. An engine that does not answer contributes nothing (see ``observe_detailed``)."""
@@ -128,7 +130,8 @@ class ManagerCore:
 
     async def plan(self, target: str) -> Plan:
         self.known(target)
-        observed, hardware = await asyncio.gather(self.observe(), self.read_hardware())
+        observation, hardware = await asyncio.gather(self.observe_detailed(), self.read_hardware())
+        observed = with_measurements(observation, self.config, hardware).state
         return self._planner(self.config, observed, target, hardware)
 
     def plan_from(self, observed: ObservedState, target: str, hardware: HardwareSnapshot) -> Plan:
@@ -260,8 +263,8 @@ class ManagerCore:
         async def journal(step: Mapping[str, Any]) -> None:
             await asyncio.to_thread(self.store.record_step, journal_id, dict(step))
 
-        executor = PlanExecutor(self.config, self.containers, self.ollama, self.remotes, self.live_roles,
-                                switch.log, journal, self._step_timeout_s, self._drain_s)
+        executor = PlanExecutor(self.config, self.containers, self.processes, self.ollama, self.remotes,
+                                self.live_roles, switch.log, journal, self._step_timeout_s, self._drain_s)
         return await executor.run(plan, switch.execution)
 
 

@@ -4,7 +4,7 @@ Invariants this module keeps (the unit tests in ``tests/unit/test_manager*.py`` 
 
 * Roles are never bound to a model that is not up: ``BindRole`` / ``UnbindRole`` only edit a
   *pending* table; the live table (``LiveRoles.swap``) takes it in one assignment just before
-  the first ``StopContainer`` / ``UnloadModel`` (the planner orders stops last, so that is after
+  the first ``StopContainer`` / ``StopProcess`` / ``UnloadModel`` (the planner orders stops last, so that is after
   every start, load and probe) or at the end. A plan that breaks before it makes (a swap group
   on a full card) gets one swap per stop boundary; a normal plan gets exactly one.
 * Old backends stop only ``drain_s`` after the swap that took their roles away (the same holds
@@ -12,7 +12,7 @@ Invariants this module keeps (the unit tests in ``tests/unit/test_manager*.py`` 
   looked a role up just before the swap still reaches the backend it was given.
 * A failed step leaves the previous stack running: the failed step itself (unless its engine
   could not even be reached) and then every done step are compensated in reverse order
-  (start ↔ stop, load ↔ unload, role swap → the previous table; a pull is kept, it costs
+  (start ↔ stop for containers and processes, load ↔ unload, role swap → the previous table; a pull is kept, it costs
   nothing to keep and a lot to redo). Compensations are the drivers' idempotent ``ensure_*``
   calls, so undoing a step that half happened is safe.
 * Only ``Exception`` is a step failure. A ``BaseException`` (task cancellation, a simulated
@@ -27,8 +27,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, assert_never
 
-from stackd.config.models import Model, OllamaRuntime, StacksConfig
-from stackd.drivers.base import ContainerDriver, OllamaDriver, RemoteProber
+from stackd.config.models import DEFAULT_PROCESS_START_TIMEOUT_S, Model, OllamaRuntime, StacksConfig
+from stackd.drivers.base import ContainerDriver, OllamaDriver, ProcessDriver, RemoteProber
 from stackd.errors import DriverUnavailable, StackdError
 from stackd.events import EventLog, PullThrottle, bindings_dict, describe_step, step_dict
 from stackd.plan import (
@@ -38,8 +38,12 @@ from stackd.plan import (
     ProbeRemote,
     PullModel,
     StartContainer,
+    StartProcess,
+    StartStep,
     Step,
     StopContainer,
+    StopProcess,
+    StopStep,
     UnbindRole,
     UnloadModel,
 )
@@ -121,13 +125,14 @@ Sleep = Callable[[float], Awaitable[None]]
 class PlanExecutor:
     """Runs one plan through the drivers; one instance per switch."""
 
-    def __init__(self, config: StacksConfig, containers: ContainerDriver, ollama: OllamaDriver,
-                 remotes: RemoteProber, live_roles: LiveRoles, log: EventLog, journal: Journal,
+    def __init__(self, config: StacksConfig, containers: ContainerDriver, processes: ProcessDriver,
+                 ollama: OllamaDriver, remotes: RemoteProber, live_roles: LiveRoles, log: EventLog, journal: Journal,
                  step_timeout_s: float = 300.0, drain_s: float = 0.0, sleep: Sleep = asyncio.sleep) -> None:
         self._config = config
         self._drain_s = drain_s
         self._sleep = sleep
         self._containers = containers
+        self._processes = processes
         self._ollama = ollama
         self._remotes = remotes
         self._live = live_roles
@@ -141,10 +146,10 @@ class PlanExecutor:
         members = frozenset(self._config.stacks[plan.stack].member_names)
         pending = dict(self._live.current.bindings)
         for step in plan.steps:
-            if isinstance(step, StopContainer | UnloadModel) and await self._swap_if_changed(
+            if isinstance(step, StopStep) and await self._swap_if_changed(
                     plan.stack, pending, members, result):
                 await self._drain()
-            if isinstance(step, StopContainer | UnloadModel):
+            if isinstance(step, StopStep):
                 await self._wait_requests_done(step.model)
             self._log.emit("step_started", step=step_dict(step))
             try:
@@ -168,9 +173,8 @@ class PlanExecutor:
             await self._apply(step, pending, result)
             return
         limit = self._step_timeout_s
-        if isinstance(step, StartContainer):
-            health = self._config.models[step.model].health
-            limit = max(limit, (health.start_timeout_s if health else 0.0) + START_GRACE_S)
+        if isinstance(step, StartContainer | StartProcess):
+            limit = max(limit, self._start_timeout_s(step.model) + START_GRACE_S)
         try:
             async with asyncio.timeout(limit):
                 await self._apply(step, pending, result)
@@ -184,6 +188,10 @@ class PlanExecutor:
                 await self._containers.ensure_running(name, models[name])
             case StopContainer(model=name):
                 await self._containers.ensure_stopped(name, models[name])
+            case StartProcess(model=name):
+                await self._processes.ensure_running(name, models[name])
+            case StopProcess(model=name):
+                await self._processes.ensure_stopped(name, models[name])
             case PullModel(tag=tag):
                 throttle = PullThrottle()
                 async for line in self._ollama.pull(tag):
@@ -243,7 +251,7 @@ class PlanExecutor:
         """Compensate the failed step (it may have half happened), then the done ones, newest first."""
         drain_due = False  # the old table is back: drain before stopping what it no longer uses
         for done in [*([failed] if failed else []), *reversed(result.done)]:
-            if drain_due and isinstance(done, StartContainer | LoadModel):
+            if drain_due and isinstance(done, StartStep):
                 await self._drain()
                 drain_due = False
             try:
@@ -260,10 +268,15 @@ class PlanExecutor:
             drain_due = drain_due or (isinstance(done, RolesSwapped) and undo.ok)
 
     def _undo_limit(self, done: Done) -> float:
-        if isinstance(done, StopContainer):  # undone by a start: allow for the model's start time
-            health = self._config.models[done.model].health
-            return max(self._step_timeout_s, (health.start_timeout_s if health else 0.0) + START_GRACE_S)
+        if isinstance(done, StopContainer | StopProcess):  # undone by a start: allow for its start time
+            return max(self._step_timeout_s, self._start_timeout_s(done.model) + START_GRACE_S)
         return self._step_timeout_s
+
+    def _start_timeout_s(self, model: str) -> float:
+        spec = self._config.models[model]
+        if spec.health is not None:
+            return spec.health.start_timeout_s
+        return DEFAULT_PROCESS_START_TIMEOUT_S if spec.process is not None else 0.0
 
     async def _compensate(self, done: Done) -> bool:
         """Perform the inverse of ``done``; False when there is nothing to invert."""
@@ -275,6 +288,10 @@ class PlanExecutor:
                 await self._containers.ensure_stopped(name, models[name])
             case StopContainer(model=name):
                 await self._containers.ensure_running(name, models[name])
+            case StartProcess(model=name):
+                await self._processes.ensure_stopped(name, models[name])
+            case StopProcess(model=name):
+                await self._processes.ensure_running(name, models[name])
             case LoadModel(model=name):
                 await self._ollama.unload(_runtime(models, name))
             case UnloadModel(model=name):

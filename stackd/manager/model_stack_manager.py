@@ -14,7 +14,7 @@ from typing import Any
 from stackd.config.models import Lifecycle, Runtime
 from stackd.errors import Conflict, StackdError
 from stackd.manager.core import JobResult, ManagerCore, ProbeResult
-from stackd.manager.observe import Observation, drift, is_up
+from stackd.manager.observe import Observation, drift, is_up, with_measurements
 from stackd.manager.recovery import RecoveryAction, RecoveryDecision, RecoveryReport, decide_recovery
 from stackd.manager.status import build_status
 from stackd.manager.switch import Switch, SwitchHandle, undo_json
@@ -172,15 +172,23 @@ class ModelStackManager(ManagerCore):
             why = f"the persisted stack '{active}' is no longer in the config"
         else:
             stack, action, why = active, "restored", "restart"
-        try:
-            handle = await self.submit_switch(stack)
-            await handle.wait()
-            switch = self._switches[handle.id]
-            error = switch.error if switch.state != "succeeded" else None
-            steps = len(switch.execution.done) if switch.execution else 0
-        except StackdError as exc:
-            handle, error, steps = None, exc.message, 0
-        switch_id = handle.id if handle else None
+        switch_id, error, steps = await self._apply_stack(stack)
+        if error is not None and action == "first_start":
+            # This machine may lack what the default needs (a GPU, Docker): take the first stack
+            # of fallback_stacks that runs, and say why each earlier one was passed over.
+            passed = [f"'{stack}' could not run: {error}"]
+            for candidate in self.config.fallback_stacks:
+                if candidate == stack:
+                    continue
+                switch_id, error, steps = await self._apply_stack(candidate)
+                if error is None:
+                    why = f"first start: {'; '.join(passed)}; so stackd picked '{candidate}' from fallback_stacks"
+                    stack = candidate
+                    break
+                passed.append(f"'{candidate}' could not run: {error}")
+            else:
+                why = f"first start: {'; '.join(passed)}"
+                error = "no stack of default_stack and fallback_stacks could run here"
         left = tuple(await self._drift_of(stack)) if error is None else ()
         if error is None and not left:
             return RecoveryReport(action, stack, f"{why}: applied '{stack}' ({steps} steps)", switch_id)
@@ -190,8 +198,21 @@ class ModelStackManager(ManagerCore):
             self._bind_what_runs(fallback, observation)
         left = tuple(drift(self.config, fallback or stack, observation))
         what = f"applying '{stack}' failed: {error}" if error else f"applied '{stack}' ({steps} steps)"
+        if error is not None and action == "first_start" and self.config.fallback_stacks:
+            what = error
         return RecoveryReport("unresolved", fallback, f"{why}: {what}; drift: {'; '.join(left) or 'none'}",
                               switch_id, left)
+
+    async def _apply_stack(self, stack: str) -> tuple[str | None, str | None, int]:
+        """Switch to ``stack`` and wait: (switch id, error or None, steps done)."""
+        try:
+            handle = await self.submit_switch(stack)
+            await handle.wait()
+        except StackdError as exc:
+            return None, exc.message, 0
+        switch = self._switches[handle.id]
+        error = switch.error if switch.state != "succeeded" else None
+        return handle.id, error, len(switch.execution.done) if switch.execution else 0
 
     def _bind_what_runs(self, stack: str, observation: Observation) -> None:
         """Bind the roles of ``stack`` whose model is up (or on demand: a lease starts it)."""
@@ -203,17 +224,21 @@ class ModelStackManager(ManagerCore):
         self.live_roles.swap(RoleTable(stack=stack, bindings=bindings, members=members))
 
     async def _not_ready(self, stack: str, observation: Observation) -> list[str]:
-        """Sentences for the running always-on containers of ``stack`` that do not get ready
-        within their start timeout (``ensure_running`` of a running container only waits)."""
+        """Sentences for the running always-on containers and engine processes of ``stack`` that
+        do not get ready within their start timeout (``ensure_running`` of a running one only waits)."""
         out = []
+        state = observation.state
         for name in self.config.stacks[stack].member_names:
             model = self.config.models[name]
-            if (model.runtime == Runtime.docker and model.lifecycle == Lifecycle.always_on
-                    and name in observation.state.running_containers):
-                try:
+            if model.lifecycle != Lifecycle.always_on:
+                continue
+            try:
+                if model.runtime == Runtime.docker and name in state.running_containers:
                     await self.containers.ensure_running(name, model)
-                except StackdError as exc:
-                    out.append(f"{name}: {exc.message}")
+                elif model.runtime == Runtime.process and name in state.running_processes:
+                    await self.processes.ensure_running(name, model)
+            except StackdError as exc:
+                out.append(f"{name}: {exc.message}")
         return out
 
     async def _drift_of(self, stack: str) -> list[str]:
@@ -254,6 +279,8 @@ class ModelStackManager(ManagerCore):
                 return False
             if spec.runtime == Runtime.docker:
                 await self.containers.ensure_stopped(model, spec)
+            elif spec.runtime == Runtime.process:
+                await self.processes.ensure_stopped(model, spec)
             elif spec.ollama is not None:
                 await self.ollama.unload(spec.ollama)
             return True
@@ -266,6 +293,7 @@ class ModelStackManager(ManagerCore):
     async def status(self) -> dict[str, Any]:
         """Active stack, members and their state, roles, ledgers, last switch, recovery, jobs."""
         observation, hardware = await asyncio.gather(self.observe_detailed(), self.read_hardware())
+        observation = with_measurements(observation, self.config, hardware)
         ledger_plan = None
         if self._active in self.config.stacks:
             assert self._active is not None

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from stackd.config.models import Lifecycle, Runtime, StacksConfig
-from stackd.drivers.base import ContainerDriver, LoadedModel, OllamaDriver
+from stackd.config.models import Lifecycle, Placement, Runtime, StacksConfig
+from stackd.drivers.base import ContainerDriver, LoadedModel, OllamaDriver, ProcessDriver, ProcessInfo
 from stackd.errors import DriverFailed, DriverUnavailable
+from stackd.hardware.types import HardwareSnapshot
 from stackd.plan import ObservedState
 from stackd.planner.members import is_up
 
@@ -27,13 +28,17 @@ class Observation:
     state: ObservedState
     problems: Mapping[str, str] = field(default_factory=dict)  # engine ("docker", "ollama") -> why unknown
     loaded: tuple[LoadedModel, ...] = ()
+    processes: tuple[ProcessInfo, ...] = ()
 
 
 async def observe_engines(config: StacksConfig, containers: ContainerDriver, ollama: OllamaDriver,
-                          bindings: Mapping[str, str], active: str | None) -> Observation:
+                          bindings: Mapping[str, str], active: str | None,
+                          processes: ProcessDriver) -> Observation:
     docker_models = {name: m for name, m in config.models.items() if m.runtime == Runtime.docker}
+    process_models = {name: m for name, m in config.models.items() if m.runtime == Runtime.process}
     uses_ollama = any(m.runtime == Runtime.ollama for m in config.models.values())
-    running, tags, loaded = await asyncio.gather(
+    live, running, tags, loaded = await asyncio.gather(
+        processes.running(process_models) if process_models else _nothing(frozenset[str]()),
         _answer(containers.running(docker_models)) if docker_models else _nothing(frozenset()),
         _answer(ollama.list_tags()) if uses_ollama else _nothing(frozenset()),
         _answer(ollama.loaded()) if uses_ollama else _nothing([]),
@@ -45,14 +50,37 @@ async def observe_engines(config: StacksConfig, containers: ContainerDriver, oll
     if isinstance(tags, Exception) or isinstance(loaded, Exception):
         problems["ollama"] = str(tags if isinstance(tags, Exception) else loaded)
         tags, loaded = frozenset(), []
+    infos = tuple(p for p in processes.processes() if p.model in live)
     state = ObservedState(
         active_stack=active,
         running_containers=frozenset(running),
+        running_processes=frozenset(live),
         pulled_tags=frozenset(tags),
         loaded_tags=frozenset(m.tag for m in loaded),
         bindings=dict(bindings),
     )
-    return Observation(state=state, problems=problems, loaded=tuple(loaded))
+    return Observation(state=state, problems=problems, loaded=tuple(loaded), processes=infos)
+
+
+def with_measurements(observation: Observation, config: StacksConfig,
+                      hardware: HardwareSnapshot) -> Observation:
+    """The observation with ``measured_mib`` filled for the process members that run: the RSS of
+    the engine's process tree for a CPU member; for a GPU member, NVML's used memory of the
+    processes of that tree on the budgeted card."""
+    device = hardware.gpu(config.gpu.device)
+    gpu_use = {p.pid: p.used_mib for p in device.processes} if device else {}
+    measured: dict[str, int] = {}
+    for info in observation.processes:
+        model = config.models.get(info.model)
+        if model is None:
+            continue
+        if model.placement == Placement.gpu:
+            held = [gpu_use[pid] for pid in info.pids if pid in gpu_use]
+            if held:
+                measured[info.model] = sum(held)
+        elif info.rss_mib is not None:
+            measured[info.model] = info.rss_mib
+    return replace(observation, state=replace(observation.state, measured_mib=measured))
 
 
 async def _answer(call: Awaitable[T]) -> T | Exception:
@@ -75,8 +103,8 @@ def missing_members(config: StacksConfig, stack: str, observed: ObservedState) -
         if model.ollama is not None and model.ollama.tag not in observed.pulled_tags:
             out.append(f"{name}: Ollama tag {model.ollama.tag} is not pulled")
         elif model.lifecycle == Lifecycle.always_on and not is_up(name, model, observed):
-            docker = model.runtime == Runtime.docker
-            what = "container is not running" if docker else "is not loaded in Ollama"
+            what = {Runtime.docker: "container is not running",
+                    Runtime.process: "engine process is not running"}.get(model.runtime, "is not loaded in Ollama")
             out.append(f"{name}: {what}")
     return out
 
@@ -97,7 +125,8 @@ def extra_members(config: StacksConfig, stack: str, observation: Observation) ->
     for name, model in config.models.items():
         if name in members:
             continue
-        running = model.runtime == Runtime.docker and name in observation.state.running_containers
+        running = ((model.runtime == Runtime.docker and name in observation.state.running_containers)
+                   or (model.runtime == Runtime.process and name in observation.state.running_processes))
         loaded = model.ollama is not None and model.ollama.tag in observation.state.loaded_tags
         if running or loaded:
             out.append(name)

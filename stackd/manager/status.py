@@ -66,12 +66,22 @@ def member_json(manager: ModelStackManager, name: str, model: Model, observation
                 in_stack: bool) -> dict[str, Any]:
     state, detail = member_state(manager, name, model, observation)
     probe = manager.probes.get(name)
-    return {
+    out: dict[str, Any] = {
         "name": name, "runtime": model.runtime.value, "placement": model.placement.value,
-        "memory_mib": model.memory_mib, "lifecycle": model.lifecycle.value, "in_stack": in_stack,
+        "memory_mib": model.memory_mib, "measured_mib": observation.state.measured_mib.get(name),
+        "lifecycle": model.lifecycle.value, "in_stack": in_stack,
         "state": state, "detail": detail,
         "last_probe": {"ok": probe.ok, "at": probe.at, "error": probe.error} if probe else None,
     }
+    if model.runtime == Runtime.process:
+        info = next((p for p in manager.processes.processes() if p.model == name), None)
+        if info is not None:
+            out["process"] = {"pid": info.pid, "port": info.port, "endpoint": info.endpoint,
+                              "state": info.state, "restarts": info.restarts, "exits": info.exits,
+                              "last_exit": info.last_exit, "log_path": info.log_path}
+            if state in ("dead", "restarting", "unhealthy"):
+                out["log_tail"] = manager.processes.log_tail(name, 10)
+    return out
 
 
 def member_state(manager: ModelStackManager, name: str, model: Model,
@@ -83,6 +93,15 @@ def member_state(manager: ModelStackManager, name: str, model: Model,
             if "docker" in observation.problems:
                 return "unknown", observation.problems["docker"]
             if name not in observed.running_containers:
+                return "stopped", "on demand: a lease starts it" if on_demand else "should be running"
+            if probe is not None and not probe.ok:
+                return "unhealthy", probe.error
+            return "running", None
+        case Runtime.process:
+            info = next((p for p in manager.processes.processes() if p.model == name), None)
+            if name not in observed.running_processes:
+                if info is not None and info.state in ("exited", "failed", "restarting"):
+                    return ("restarting" if info.state == "restarting" else "dead"), info.last_exit
                 return "stopped", "on demand: a lease starts it" if on_demand else "should be running"
             if probe is not None and not probe.ok:
                 return "unhealthy", probe.error

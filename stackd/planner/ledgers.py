@@ -56,8 +56,9 @@ def vram_ledger(config: StacksConfig, stack: str, observed: ObservedState,
     swap_mib = sum(mib for _, mib in largest.values())
     headroom = total - reserve - always_mib - swap_mib
 
-    items = [LedgerItem(n, mib, "always_on") for n, mib in always]
-    items += [LedgerItem(n, mib, "on_demand") for group in groups.values() for n, mib in group]
+    measured = observed.measured_mib
+    items = [LedgerItem(n, mib, "always_on", measured.get(n)) for n, mib in always]
+    items += [LedgerItem(n, mib, "on_demand", measured.get(n)) for group in groups.values() for n, mib in group]
     items.append(LedgerItem("gpu.reserve_gb", configured_reserve, "reserve"))
     if foreign:
         holders = "foreign processes" + _process_list(hardware, config, stackd_up)
@@ -103,8 +104,9 @@ def ram_ledger(config: StacksConfig, stack: str, observed: ObservedState,
     always_mib = sum(mib for _, mib in always)
     largest_mib = largest[1] if largest else 0
     headroom = hardware.ram_available_mib + staying - always_mib - largest_mib
-    items = [LedgerItem(n, mib, "always_on") for n, mib in always]
-    items += [LedgerItem(n, mib, "on_demand") for n, mib in on_demand]
+    measured = observed.measured_mib
+    items = [LedgerItem(n, mib, "always_on", measured.get(n)) for n, mib in always]
+    items += [LedgerItem(n, mib, "on_demand", measured.get(n)) for n, mib in on_demand]
     ledger = RamLedger(
         total_mib=hardware.ram_total_mib,
         available_mib=hardware.ram_available_mib,

@@ -7,7 +7,17 @@ whose tag is loaded, and every remote member (reachability is probed, not held).
 from __future__ import annotations
 
 from stackd.config.models import Lifecycle, Model, Placement, Runtime, StacksConfig
-from stackd.plan import LoadModel, ObservedState, StartContainer, StopContainer, UnloadModel
+from stackd.plan import (
+    LoadModel,
+    ObservedState,
+    StartContainer,
+    StartProcess,
+    StartStep,
+    StopContainer,
+    StopProcess,
+    StopStep,
+    UnloadModel,
+)
 
 ORCHESTRATOR = "orchestrator"
 MIB_PER_GIB = 1024
@@ -34,6 +44,8 @@ def is_up(name: str, model: Model, observed: ObservedState) -> bool:
     match model.runtime:
         case Runtime.docker:
             return name in observed.running_containers
+        case Runtime.process:
+            return name in observed.running_processes
         case Runtime.ollama:
             return model.ollama is not None and model.ollama.tag in observed.loaded_tags
         case Runtime.remote:
@@ -45,25 +57,30 @@ def up_models(config: StacksConfig, observed: ObservedState) -> list[str]:
     return [name for name, model in config.models.items() if is_up(name, model, observed)]
 
 
-def start_step(name: str, model: Model) -> StartContainer | LoadModel | None:
+def start_step(name: str, model: Model) -> StartStep | None:
     """The step that brings an always-on local member up (None for a remote one)."""
     if model.docker is not None:
         return StartContainer(name, model.docker.container)
+    if model.process is not None:
+        return StartProcess(name)
     if model.ollama is not None:
         return LoadModel(name, model.ollama.tag)
     return None
 
 
-def stop_step(name: str, model: Model) -> StopContainer | UnloadModel | None:
+def stop_step(name: str, model: Model) -> StopStep | None:
     if model.docker is not None:
         return StopContainer(name, model.docker.container)
+    if model.process is not None:
+        return StopProcess(name)
     if model.ollama is not None:
         return UnloadModel(name, model.ollama.tag)
     return None
 
 
 def startable_on_demand(model: Model, pulled_tags: set[str] | frozenset[str]) -> bool:
-    """An on-demand member a lease can start: a docker one always, an Ollama one once pulled."""
+    """An on-demand member a lease can start: a docker or process one always, an Ollama one once
+    pulled."""
     if not is_on_demand(model):
         return False
     if model.ollama is not None:

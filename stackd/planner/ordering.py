@@ -78,8 +78,9 @@ class _StepBuilder:
                 self._start(new)
                 pending.remove(new)
                 self._release(old)
-        # Containers first: they take longest to become ready, and Ollama loads are cheap.
-        for name in sorted(pending, key=lambda n: self.models[n].runtime != Runtime.docker):
+        # Containers and engine processes first: they take longest to become ready, and Ollama
+        # loads are cheap.
+        for name in sorted(pending, key=lambda n: self.models[n].runtime == Runtime.ollama):
             self._start(name)
         for name in self.members:
             model = self.models[name]

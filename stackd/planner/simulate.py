@@ -15,8 +15,10 @@ from stackd.plan import (
     ObservedState,
     Plan,
     StartContainer,
+    StartProcess,
     Step,
     StopContainer,
+    StopProcess,
     UnbindRole,
     UnloadModel,
 )
@@ -35,10 +37,10 @@ def gpu_residents_after_each_step(steps: Iterable[Step], config: StacksConfig,
     out: list[frozenset[str]] = []
     for step in steps:
         match step:
-            case StartContainer(model=name) | LoadModel(model=name):
+            case StartContainer(model=name) | StartProcess(model=name) | LoadModel(model=name):
                 if name in config.models and is_gpu(config.models[name]):
                     resident.add(name)
-            case StopContainer(model=name) | UnloadModel(model=name):
+            case StopContainer(model=name) | StopProcess(model=name) | UnloadModel(model=name):
                 resident.discard(name)
             case _:
                 pass

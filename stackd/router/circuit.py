@@ -65,6 +65,12 @@ class CircuitBreaker:
             self.state = CircuitState.open
             self.open_until = self._clock() + self._cooldown_s
 
+    def probe_succeeded(self) -> None:
+        """A health probe of the backend passed: an open circuit lets its next caller through as
+        the half-open trial now, instead of refusing a healthy engine until the cool-down ends."""
+        if self.state is CircuitState.open:
+            self.open_until = min(self.open_until, self._clock())
+
     def abandon(self) -> None:
         """The admitted call ended without a verdict; a half-open trial slot is given back."""
         if self.state is CircuitState.half_open:

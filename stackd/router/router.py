@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 
 from stackd.config.models import StacksConfig
-from stackd.roles import LiveRoles, RoleTable
+from stackd.roles import LiveEndpoints, LiveRoles, RoleTable
 from stackd.router import routes
 from stackd.router.accounting import Accounting, UsageFlusher
 from stackd.router.attempt_log import AttemptLog
@@ -59,18 +59,23 @@ class ReasonRouter:
         on_use: Callable[[str], None] | None = None,
         backend_factory: BackendFactory | None = None,
         flush_interval_s: float = FLUSH_INTERVAL_S,
+        endpoints: LiveEndpoints | None = None,
     ) -> None:
         """``usage`` receives the accounting about once a second when given; ``on_use(model)`` is
         called as each attempt starts (the manager keeps on-demand models alive with it);
-        ``backend_factory`` replaces the protocol backends (tests)."""
+        ``backend_factory`` replaces the protocol backends (tests); ``endpoints`` says where
+        process members answer now (a backend is rebuilt when its member's port changes)."""
         self.config = config
         self._roles = live_roles
+        self._endpoints = endpoints or LiveEndpoints()
         self._usage = usage
         self._on_use = on_use
         self._clock = clock
-        self._factory = backend_factory or (lambda name, session: build_backend(self.config, name, session))
+        self._factory = backend_factory or (
+            lambda name, session: build_backend(self.config, name, session, self._endpoints.get(name))
+        )
         self._session: aiohttp.ClientSession | None = None
-        self._backends: dict[str, Backend | None] = {}
+        self._backends: dict[str, tuple[str | None, Backend | None]] = {}
         self._circuits: dict[str, CircuitBreaker] = {}
         self._queue = LocalQueue(config.reason.local_queue.size, config.reason.local_queue.concurrency)
         self.accounting = Accounting()
@@ -280,9 +285,11 @@ class ReasonRouter:
         return circuit
 
     def _backend(self, model: str) -> Backend | None:
-        if model not in self._backends:
-            self._backends[model] = self._factory(model, self._http())
-        return self._backends[model]
+        endpoint = self._endpoints.get(model)
+        cached = self._backends.get(model)
+        if cached is None or cached[0] != endpoint:
+            cached = self._backends[model] = (endpoint, self._factory(model, self._http()))
+        return cached[1]
 
     def _http(self) -> aiohttp.ClientSession:
         """The one pooled session of the data path (created inside the running loop)."""
@@ -306,6 +313,12 @@ class ReasonRouter:
         """Write what the accounting gathered since the last flush."""
         if self._flusher is not None:
             await self._flusher.flush()
+
+    def probe_succeeded(self, model: str) -> None:
+        """A periodic health probe of ``model`` passed (see ``CircuitBreaker.probe_succeeded``)."""
+        circuit = self._circuits.get(model)
+        if circuit is not None:
+            circuit.probe_succeeded()
 
     def circuit_states(self) -> dict[str, CircuitState]:
         return {name: c.state for name, c in self._circuits.items()}

@@ -78,6 +78,8 @@ async def test_lists_stacks_and_the_active_one(daemon: Daemon) -> None:
         "elastic-hybrid",
         "ollama-hybrid",
         "ollama-only",
+        "embedded",
+        "embedded-long",
     ]
 
 

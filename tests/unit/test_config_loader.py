@@ -29,9 +29,13 @@ def only(problems: list[Problem]) -> Problem:
     return problems[0]
 
 
-def test_bundled_config_loads_with_its_four_stacks() -> None:
+def test_bundled_config_loads_with_the_seed_stacks_and_the_embedded_ones() -> None:
     config = load_config(BUNDLED, env=NO_ENV)
-    assert sorted(config.stacks) == ["cloud-offload", "elastic-hybrid", "ollama-hybrid", "ollama-only"]
+    assert sorted(config.stacks) == ["cloud-offload", "elastic-hybrid", "embedded", "embedded-long",
+                                     "ollama-hybrid", "ollama-only"]
+    assert config.fallback_stacks[-1] == "embedded"
+    # ${PORT} & co. in a process section are the process runtime's, not environment variables.
+    assert "${PORT}" in config.models["gemma-270m"].process.command  # type: ignore[union-attr]
     assert config.default_stack == "cloud-offload"
     # ${OLLAMA_HOST:-http://127.0.0.1:11434} falls back to its default when the variable is unset.
     assert config.ollama.url == "http://127.0.0.1:11434"
@@ -68,10 +72,10 @@ def test_unknown_keys_top_level_and_nested_name_the_allowed_keys() -> None:
     top, nested = problems_of("bad-unknown-keys.yaml")
     assert (top.line, top.path, top.message) == (3, "verison", "unknown key 'verison'")
     assert "did you mean 'version'?" in top.fix
-    assert "allowed: auth, default_stack, gpu, models" in top.fix
+    assert "allowed: auth, default_stack, fallback_stacks, gpu, models" in top.fix
     assert (nested.line, nested.path) == (15, "models.orchestrator-8b.memroy_gb")
     assert "did you mean 'memory_gb'?" in nested.fix
-    assert "remove it or check the spelling (allowed: api, description, docker," in nested.fix
+    assert "remove it or check the spelling (allowed: always_stream, api, description, docker," in nested.fix
 
 
 def test_missing_required_field_is_reported_at_its_parent_key() -> None:
@@ -91,7 +95,7 @@ def test_bad_enum_value_lists_the_choices_and_the_closest() -> None:
     problem = only(problems_of("bad-enum.yaml"))
     assert (problem.line, problem.path) == (11, "models.orchestrator-8b.runtime")
     assert problem.message == "invalid value 'dockr'"
-    assert problem.fix == "must be one of 'docker', 'ollama' or 'remote' (did you mean 'docker'?)"
+    assert problem.fix == "must be one of 'docker', 'process', 'ollama' or 'remote' (did you mean 'docker'?)"
 
 
 def test_unknown_model_bound_to_a_role() -> None:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from stackd.config.models import Lifecycle, StacksConfig
-from stackd.drivers.memory import MemoryContainers, MemoryHealth, MemoryOllama, MemoryRemotes
+from stackd.drivers.memory import MemoryContainers, MemoryHealth, MemoryOllama, MemoryProcesses, MemoryRemotes
 from stackd.errors import DriverFailed, DriverUnavailable
 from stackd.hardware.types import GpuDevice, HardwareSnapshot
 from stackd.manager import ModelStackManager
@@ -38,6 +38,7 @@ class World:
     config: StacksConfig
     db: Path
     containers: MemoryContainers = field(default_factory=MemoryContainers)
+    processes: MemoryProcesses = field(default_factory=MemoryProcesses)
     ollama: MemoryOllama = field(default_factory=MemoryOllama)
     remotes: MemoryRemotes = field(default_factory=MemoryRemotes)
     health: MemoryHealth = field(default_factory=MemoryHealth)
@@ -48,7 +49,8 @@ class World:
     def manager(self, **kwargs: object) -> ModelStackManager:
         """A manager as a fresh daemon process builds it: new store handle, new role table."""
         m = ModelStackManager(
-            config=self.config, store=StateStore(self.db), containers=self.containers, ollama=self.ollama,
+            config=self.config, store=StateStore(self.db), containers=self.containers,
+            processes=self.processes, ollama=self.ollama,
             remotes=self.remotes, health=self.health, live_roles=LiveRoles(),
             read_hardware=lambda: self.hardware, clock=lambda: self.now[0], **kwargs)  # type: ignore[arg-type]
         self.managers.append(m)
@@ -57,19 +59,22 @@ class World:
     def running_stack(self, stack: str) -> bool:
         """Exactly the always-on members of ``stack`` run, and nothing of other stacks."""
         members = set(self.config.stacks[stack].member_names)
-        want_containers, want_tags = set(), set()
+        want_containers, want_tags, want_processes = set(), set(), set()
         for name, m in self.config.models.items():
             if name in members and m.lifecycle == Lifecycle.always_on:
                 if m.docker:
                     want_containers.add(m.docker.container)
                 if m.ollama:
                     want_tags.add(m.ollama.tag)
+                if m.process:
+                    want_processes.add(name)
         loaded = set(self.ollama.loaded_tags)
-        return self.containers.running_containers == want_containers and loaded == want_tags
+        return (self.containers.running_containers == want_containers and loaded == want_tags
+                and self.processes.running_processes == want_processes)
 
     def describe(self) -> str:
         running, loaded = sorted(self.containers.running_containers), sorted(self.ollama.loaded_tags)
-        return f"containers={running} loaded={loaded}"
+        return f"containers={running} loaded={loaded} processes={sorted(self.processes.running_processes)}"
 
 
 def make_world(tmp_path: Path, config: StacksConfig | None = None) -> World:

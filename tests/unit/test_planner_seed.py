@@ -40,6 +40,8 @@ def running(stack: str) -> ObservedState:
         active_stack=stack,
         running_containers=frozenset(n for n, m in zip(names, members, strict=True)
                                      if m.docker and m.lifecycle == "always_on"),
+        running_processes=frozenset(n for n, m in zip(names, members, strict=True)
+                                    if m.process and m.lifecycle == "always_on"),
         pulled_tags=ALL_TAGS,
         loaded_tags=frozenset(m.ollama.tag for m in members if m.ollama and m.lifecycle == "always_on"),
         bindings=dict(CONFIG.stacks[stack].roles),
@@ -209,5 +211,5 @@ def test_drift_restarts_only_the_member_that_died() -> None:
 
 def test_unknown_stack_names_the_valid_ones() -> None:
     with pytest.raises(NotFound, match=r"^unknown stack 'x'; valid stacks: cloud-offload, elastic-hybrid, "
-                                       r"ollama-hybrid, ollama-only$"):
+                                       r"ollama-hybrid, ollama-only, embedded, embedded-long$"):
         plan_switch(CONFIG, NOTHING, "x", rtx5090())

