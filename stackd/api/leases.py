@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
+from stackd.api.json_route import JsonBodyRoute
 from stackd.gpu.leases import LeaseCoordinator
 from stackd.services import Services
 
@@ -19,22 +20,28 @@ class LeaseRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1, description="An on-demand GPU member of the active stack.")
-    ttl_s: float | None = Field(None, gt=0, le=MAX_TTL_S, description="Seconds; default: the model's idle_ttl_s.")
+    ttl_s: float | None = Field(
+        None, gt=0, le=MAX_TTL_S, description="Seconds; default: the model's idle_ttl_s."
+    )
 
 
 class RenewRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    ttl_s: float | None = Field(None, gt=0, le=MAX_TTL_S, description="Seconds from now; default: the lease's.")
+    ttl_s: float | None = Field(
+        None, gt=0, le=MAX_TTL_S, description="Seconds from now; default: the lease's."
+    )
 
 
-def build_leases_router(services: Services, write: Callable[..., None], read: Callable[..., None]) -> APIRouter:
+def build_leases_router(
+    services: Services, write: Callable[..., None], read: Callable[..., None]
+) -> APIRouter:
     """Routes over ``services.leases``. An app built without a coordinator (API tests) gets one of
     its manager here, so ``/leases`` and ``/status`` always agree on one set of leases."""
     if services.leases is None:
         services.leases = LeaseCoordinator(services.manager)
     leases: LeaseCoordinator = services.leases
-    router = APIRouter()
+    router = APIRouter(route_class=JsonBodyRoute)
 
     @router.post("/leases", dependencies=[Depends(write)])
     async def acquire(request: LeaseRequest) -> dict[str, Any]:

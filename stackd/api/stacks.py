@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from stackd.api.json_route import JsonBodyRoute
 from stackd.errors import NotFound
 from stackd.services import Services
 from stackd.views import model_json, plan_json, stack_json
@@ -26,7 +27,7 @@ class SwitchRequest(BaseModel):
 def build_stacks_router(
     services: Services, write: Callable[..., None], read: Callable[..., None]
 ) -> APIRouter:
-    router = APIRouter(dependencies=[Depends(read)])
+    router = APIRouter(dependencies=[Depends(read)], route_class=JsonBodyRoute)
     manager = services.manager
 
     def known(name: str) -> None:

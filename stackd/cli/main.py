@@ -1,18 +1,22 @@
-"""The ``stackd`` command line. Read commands take ``--json``; errors print one line, no traceback."""
+"""The ``stackd`` command line. Read commands take ``--json``; errors print one line, no traceback.
+
+Every command that talks to a daemon takes ``--url``, ``--token`` and ``--state-dir`` (see
+``stackd.cli.client`` for how the token is found)."""
 
 from __future__ import annotations
 
 import json
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 
+from stackd import __version__
 from stackd.cli import render
-from stackd.cli.client import DaemonClient, find_token
+from stackd.cli.client import DaemonClient
 from stackd.errors import StackdError
 
 app = typer.Typer(
@@ -24,12 +28,58 @@ app.add_typer(config_app, name="config")
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 
-UrlOpt = Annotated[str | None, typer.Option("--url", envvar="STACKD_URL", help="Daemon URL.")]
+UrlOpt = Annotated[
+    str | None,
+    typer.Option("--url", envvar="STACKD_URL", help="The daemon's URL (default: http://127.0.0.1:8001)."),
+]
+# No envvar= for these two: the client applies "a flag beats its variable" across both of them.
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        help="The daemon's bearer token (default: $STACKD_TOKEN, else the token file of its state dir).",
+    ),
+]
+StateDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        help="The daemon's state dir, whose 'token' file holds its token "
+        "(default: $STACKD_STATE_DIR, else the one the daemon names in /healthz).",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+WideOpt = Annotated[bool, typer.Option("--wide", help="All columns and details (wider than 80 columns).")]
+ConfigOpt = Annotated[
+    Path, typer.Option("--config", envvar="STACKD_CONFIG", help="The model-stacks.yaml to run or plan.")
+]
 
 
-def client(url: str | None, timeout: float = 30.0) -> DaemonClient:
-    return DaemonClient(url, find_token(), timeout=timeout)
+def client(url: str | None, token: str | None, state_dir: Path | None, timeout: float = 30.0) -> DaemonClient:
+    return DaemonClient.connect(url, token, state_dir, timeout=timeout)
+
+
+def stackd_version() -> str:
+    try:
+        return version("stackd")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return __version__
+
+
+def show_version(value: bool) -> None:
+    if value:
+        out.print(f"stackd {stackd_version()}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def cli(
+    show: Annotated[
+        bool,
+        typer.Option("--version", callback=show_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Run a hybrid GPU / CPU / cloud model stack."""
 
 
 def emit(data: Any, as_json: bool, renderable: Any = None) -> None:
@@ -41,17 +91,31 @@ def emit(data: Any, as_json: bool, renderable: Any = None) -> None:
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(envvar="STACKD_HOST")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="STACKD_PORT")] = 8001,
-    config: Annotated[Path, typer.Option(envvar="STACKD_CONFIG")] = Path("config/model-stacks.yaml"),
-    state_dir: Annotated[Path | None, typer.Option(envvar="STACKD_STATE_DIR")] = None,
+    host: Annotated[
+        str,
+        typer.Option(envvar="STACKD_HOST", help="Address to bind; off loopback every route needs the token."),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="STACKD_PORT", help="Port to bind.")] = 8001,
+    config: ConfigOpt = Path("config/model-stacks.yaml"),
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="STACKD_STATE_DIR",
+            help="Where the token, the SQLite state and the journal live (default: ~/.local/state/stackd).",
+        ),
+    ] = None,
     gpu_scenario: Annotated[
         Path | None, typer.Option(envvar="STACKD_GPU_SCENARIO", help="YAML of scripted GPUs (no NVML).")
     ] = None,
-    gpu_total_gb: Annotated[float | None, typer.Option(envvar="STACKD_GPU_TOTAL_GB")] = None,
-    no_periodic: Annotated[
-        bool, typer.Option(help="Disable health probes, drift checks and idle TTL.")
-    ] = False,
+    gpu_total_gb: Annotated[
+        float | None,
+        typer.Option(
+            envvar="STACKD_GPU_TOTAL_GB", help="Plan for a card of this many GB instead of the one seen."
+        ),
+    ] = None,
+    periodic: Annotated[
+        bool, typer.Option("--periodic/--no-periodic", help="Run health probes, drift checks and idle TTL.")
+    ] = True,
 ) -> None:
     """Run the daemon (FastAPI on uvicorn)."""
     from stackd.daemon import run
@@ -63,7 +127,7 @@ def serve(
         "config": config,
         "gpu_scenario": gpu_scenario,
         "gpu_total_gb": gpu_total_gb,
-        "periodic": not no_periodic,
+        "periodic": periodic,
     }
     if state_dir is not None:
         kwargs["state_dir"] = state_dir
@@ -71,40 +135,57 @@ def serve(
 
 
 @app.command()
-def stacks(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+def stacks(
+    url: UrlOpt = None, token: TokenOpt = None, state_dir: StateDirOpt = None, as_json: JsonOpt = False
+) -> None:
     """List the stacks and which one is active."""
-    with client(url) as c:
+    with client(url, token, state_dir) as c:
         data = c.get("/model-stacks")
     emit(data, as_json, render.stacks_table(data))
 
 
 @app.command()
-def status(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
-    """Active stack, GPU bar, members and role bindings."""
-    with client(url) as c:
+def status(
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    state_dir: StateDirOpt = None,
+    as_json: JsonOpt = False,
+    wide: WideOpt = False,
+) -> None:
+    """The daemon reached, the active stack, GPU bar, members and role bindings."""
+    with client(url, token, state_dir) as c:
         data = c.get("/status")
-    emit(data, as_json, render.status_renderable(data))
+        daemon = {**c.health(), "url": c.url}  # the URL this CLI reached
+    if as_json:
+        out.print_json(data={**data, "daemon": daemon})
+        return
+    out.print(render.daemon_header(daemon))
+    out.print(render.status_renderable(data, wide=wide))
 
 
 @app.command()
-def roles(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+def roles(
+    url: UrlOpt = None, token: TokenOpt = None, state_dir: StateDirOpt = None, as_json: JsonOpt = False
+) -> None:
     """The live role table."""
-    with client(url) as c:
+    with client(url, token, state_dir) as c:
         data = c.get("/roles")
     emit(data, as_json, render.roles_table(data))
 
 
 @app.command()
 def switch(
-    stack: str,
+    stack: Annotated[str, typer.Argument(help="The stack to switch to (see 'stackd stacks').")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; change nothing.")] = False,
     url: UrlOpt = None,
+    token: TokenOpt = None,
+    state_dir: StateDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Switch to STACK, showing steps and pull progress live."""
     from stackd.cli.switch_view import follow_switch
 
-    with client(url, timeout=60.0) as c:
+    with client(url, token, state_dir, timeout=60.0) as c:
         if dry_run:
             data = c.post("/model-stacks/switch", {"stack": stack, "dry_run": True})
             emit(data, as_json, render.plan_renderable(data["plan"]))
@@ -119,9 +200,9 @@ def switch(
 
 @app.command()
 def plan(
-    stack: str,
-    config: Annotated[Path, typer.Option(envvar="STACKD_CONFIG")] = Path("config/model-stacks.yaml"),
-    gpu_total_gb: Annotated[float | None, typer.Option(help="Plan for a card of this size.")] = None,
+    stack: Annotated[str, typer.Argument(help="The stack to plan.")],
+    config: ConfigOpt = Path("config/model-stacks.yaml"),
+    gpu_total_gb: Annotated[float | None, typer.Option(help="Plan for a card of this many GB.")] = None,
     gpu_scenario: Annotated[Path | None, typer.Option(help="YAML of scripted GPUs.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -135,7 +216,7 @@ def plan(
 
 
 @config_app.command("check")
-def config_check(file: Path) -> None:
+def config_check(file: Annotated[Path, typer.Argument(help="The model-stacks.yaml to check.")]) -> None:
     """Validate FILE; print each problem as FILE:LINE: field: what is wrong; how to fix it."""
     from stackd.config.loader import check_file
 
@@ -149,7 +230,11 @@ def config_check(file: Path) -> None:
 
 
 @config_app.command("schema")
-def config_schema(output: Annotated[Path | None, typer.Option("--out")] = None) -> None:
+def config_schema(
+    output: Annotated[
+        Path | None, typer.Option("--out", help="Write it to this file instead of stdout.")
+    ] = None,
+) -> None:
     """Print the JSON Schema of model-stacks.yaml (for editor autocompletion)."""
     from stackd.config.loader import json_schema
 
@@ -163,14 +248,14 @@ def config_schema(output: Annotated[Path | None, typer.Option("--out")] = None) 
 @app.command()
 def sim(
     kind: Annotated[str, typer.Argument(help="ollama | openai | anthropic | gemini")],
-    port: Annotated[int, typer.Option()] = 0,
-    host: Annotated[str, typer.Option()] = "127.0.0.1",
-    latency_ms: Annotated[float, typer.Option()] = 0.0,
+    port: Annotated[int, typer.Option(help="Port to bind; 0 picks a free one.")] = 0,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    latency_ms: Annotated[float, typer.Option(help="Delay added to every answer, in ms.")] = 0.0,
     fault: Annotated[
         str,
         typer.Option(
-            help="none, refuse, http500, hang, slow_first_token, die_mid_stream, "
-            "malformed_body, pull_fails_halfway"
+            help="The fault to inject: none, refuse, http500, hang, slow_first_token, die_mid_stream, "
+            "malformed_body, pull_fails_halfway."
         ),
     ] = "none",
 ) -> None:
@@ -182,42 +267,49 @@ def sim(
 
 @app.command()
 def reason(
-    problem: str,
-    effort: Annotated[int, typer.Option(min=1, max=10)] = 5,
-    stream: Annotated[bool, typer.Option("--stream")] = False,
+    problem: Annotated[str, typer.Argument(help="The question or task.")],
+    effort: Annotated[
+        int, typer.Option(min=1, max=10, help="1-10: low is the reflex model, high the cloud GPU first.")
+    ] = 5,
+    stream: Annotated[bool, typer.Option("--stream", help="Print the answer as it is written.")] = False,
     url: UrlOpt = None,
+    token: TokenOpt = None,
+    state_dir: StateDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Ask reason() and print the answer and the attempts table."""
     from stackd.cli.reason_view import run_reason
 
-    with client(url, timeout=600.0) as c:
+    with client(url, token, state_dir, timeout=600.0) as c:
         run_reason(c, out, problem, effort, stream, as_json)
 
 
 @app.command()
-def usage(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+def usage(
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    state_dir: StateDirOpt = None,
+    as_json: JsonOpt = False,
+    wide: WideOpt = False,
+) -> None:
     """Requests, failures, latency, tokens and cost per backend and strategy."""
-    with client(url) as c:
+    with client(url, token, state_dir) as c:
         data = c.get("/usage")
-    emit(data, as_json, render.usage_table(data))
+    emit(data, as_json, render.usage_renderable(data, wide=wide))
 
 
 def main() -> None:
-    """Console entry point: one line per error, never a traceback."""
+    """Console entry point: one line per error, never a traceback.
+
+    typer runs standalone, so it prints its own usage errors (the usage line, a hint, the error;
+    exit 2) and handles ``typer.Exit`` and Ctrl-C. It raises those from the click it runs on,
+    which since typer 0.2x is a copy bundled inside typer: catching ``click``'s exceptions here
+    caught none of them. Only stackd's own errors are left to this function."""
     try:
-        rc = app(standalone_mode=False)
+        app()
     except StackdError as exc:
         err.print(f"{type(exc).__name__}: {exc.message}", markup=False, highlight=False)
         sys.exit(1)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        sys.exit(130)
-    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 # ---------------------------------------------------------------- leases of on-demand GPU models
@@ -237,28 +329,42 @@ def _lease_table(leases: list[dict[str, Any]]) -> Any:
 
 @lease_app.command("acquire")
 def lease_acquire(
-    model: str,
-    ttl: Annotated[float | None, typer.Option("--ttl", help="Seconds (default: the model's idle_ttl_s).")] = None,
+    model: Annotated[str, typer.Argument(help="An on-demand GPU member of the active stack.")],
+    ttl: Annotated[
+        float | None, typer.Option("--ttl", help="Seconds (default: the model's idle_ttl_s).")
+    ] = None,
     url: UrlOpt = None,
+    token: TokenOpt = None,
+    state_dir: StateDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Start MODEL (evicting an unleased member of its swap group) and lease it; waits until ready."""
-    with client(url, timeout=900.0) as c:  # a start waits for the model's health, up to its start timeout
+    with client(
+        url, token, state_dir, timeout=900.0
+    ) as c:  # a start waits for the model's health, up to its start timeout
         data = c.post("/leases", {"model": model, "ttl_s": ttl})
     emit(data, as_json, _lease_table([data]))
 
 
 @lease_app.command("release")
-def lease_release(lease_id: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+def lease_release(
+    lease_id: Annotated[str, typer.Argument(help="The lease's id (see 'stackd lease list').")],
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    state_dir: StateDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """End LEASE_ID; the model keeps running until its idle TTL."""
-    with client(url) as c:
+    with client(url, token, state_dir) as c:
         data = c.request("DELETE", f"/leases/{lease_id}")
     emit(data, as_json, f"released lease {data['id']} ({data['model']})")
 
 
 @lease_app.command("list")
-def lease_list(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+def lease_list(
+    url: UrlOpt = None, token: TokenOpt = None, state_dir: StateDirOpt = None, as_json: JsonOpt = False
+) -> None:
     """The live leases."""
-    with client(url) as c:
+    with client(url, token, state_dir) as c:
         data = c.get("/leases")
     emit(data, as_json, _lease_table(data["leases"]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import box
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
@@ -109,7 +110,26 @@ def stacks_table(data: dict[str, Any]) -> Table:
     return table
 
 
-def status_renderable(status: dict[str, Any]) -> Group:
+def daemon_header(daemon: dict[str, Any]) -> Text:
+    """Which daemon answered: its URL, PID and version, then its config file and state dir."""
+    text = Text()
+    text.append("daemon ", style="bold")
+    text.append(str(daemon.get("url") or "-"))
+    if daemon.get("pid"):
+        text.append(f"  pid {daemon['pid']}")
+    if daemon.get("version"):
+        text.append(f"  stackd {daemon['version']}")
+    if daemon.get("config") or daemon.get("state_dir"):
+        text.append("\nconfig ", style="bold")
+        text.append(str(daemon.get("config") or "-"))
+        text.append("\nstate dir ", style="bold")
+        text.append(str(daemon.get("state_dir") or "-"))
+    return text
+
+
+def status_renderable(status: dict[str, Any], wide: bool = False) -> Group:
+    """Fits 80 columns: the members table has no detail column; a member's detail is a note under
+    it. ``wide`` puts the details and last probes in the table."""
     items: list[Any] = [Text.from_markup(f"[bold]active stack:[/] {status.get('active_stack') or '-'}")]
     gpu = status.get("gpu") or {}
     if gpu.get("vram"):
@@ -128,24 +148,16 @@ def status_renderable(status: dict[str, Any]) -> Group:
         items.append(
             Text("no stack is active: run 'stackd switch NAME' (see 'stackd stacks')", style="yellow")
         )
-    members = Table(title="members")
-    for col in ("model", "runtime", "placement", "memory", "state", "detail"):
-        members.add_column(col)
-    for m in status.get("members", []):
-        members.add_row(
-            m["name"],
-            m.get("runtime", ""),
-            m.get("placement", ""),
-            gib(m.get("memory_mib")),
-            m.get("state", ""),
-            m.get("detail") or "",
-        )
+    members = status.get("members", [])
+    items.append(members_table(members, wide))
+    if not wide:
+        items += member_notes(members)
     roles = Table(title="roles")
     roles.add_column("role")
     roles.add_column("model")
     for role, model in sorted((status.get("roles") or {}).items()):
         roles.add_row(role, model)
-    items += [members, roles]
+    items.append(roles)
     leases = status.get("leases") or []
     if leases:
         table = Table(title="GPU leases")
@@ -159,6 +171,66 @@ def status_renderable(status: dict[str, Any]) -> Group:
     return Group(*items)
 
 
+STATE_STYLE = {
+    "running": "green",
+    "loaded": "green",
+    "ready": "green",
+    "pulled": "cyan",
+    "stopped": "yellow",
+    "unprobed": "yellow",
+    "degraded": "red",
+    "unhealthy": "red",
+    "missing": "red",
+    "unknown": "red",
+}
+
+
+def members_table(members: list[dict[str, Any]], wide: bool) -> Table:
+    table = Table(title="members")
+    for col in ("model", "runtime", "placement", "memory", "state"):
+        # 80 columns hold these five unwrapped; --wide is for a wider terminal, where nothing wraps
+        table.add_column(
+            col, no_wrap=not wide, overflow="fold", justify="right" if col == "memory" else "left"
+        )
+    if wide:
+        for col in ("lifecycle", "last probe", "detail"):
+            table.add_column(col, overflow="fold")
+    for m in members:
+        state = m.get("state", "")
+        row = [
+            m["name"] + ("" if m.get("in_stack", True) else " (extra)"),
+            m.get("runtime", ""),
+            m.get("placement", ""),
+            gib(m.get("memory_mib") or None),  # 0: a remote, which takes none here
+            Text(state, style=STATE_STYLE.get(state, "")),
+        ]
+        if wide:
+            probe = m.get("last_probe")
+            row += [m.get("lifecycle") or "", _probe_text(probe), m.get("detail") or ""]
+        table.add_row(*row)
+    return table
+
+
+def member_notes(members: list[dict[str, Any]]) -> list[Table]:
+    """The details left out of the 80-column members table (why a member is not healthy), as a
+    borderless two-column grid: a long detail wraps under itself, beside its member's name."""
+    noted = [m for m in members if m.get("detail")]
+    if not noted:
+        return []
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True, style="bold")
+    grid.add_column(overflow="fold")
+    for m in noted:
+        grid.add_row(f"  {m['name']}:", m["detail"])
+    return [grid]
+
+
+def _probe_text(probe: dict[str, Any] | None) -> str:
+    if not probe:
+        return "-"
+    return "ok" if probe.get("ok") else f"failed: {probe.get('error') or '?'}"
+
+
 def print_json(console: Console, data: Any) -> None:
     console.print_json(data=data)
 
@@ -166,7 +238,7 @@ def print_json(console: Console, data: Any) -> None:
 def roles_table(data: dict[str, Any]) -> Table:
     table = Table(title=f"roles — stack {data.get('stack') or '-'} (version {data.get('version', 0)})")
     for col in ("role", "model", "endpoint", "health"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # a URL has no space to wrap at: fold it, never cut it
     for row in data.get("roles", []):
         table.add_row(row["role"], row["model"], row.get("endpoint") or "-", row.get("health_url") or "-")
     return table
@@ -189,35 +261,56 @@ def attempts_table(attempts: list[dict[str, Any]]) -> Table:
     return table
 
 
-def usage_table(data: dict[str, Any]) -> Table:
-    table = Table(title="usage per strategy and backend")
-    for col in (
-        "strategy",
-        "backend",
-        "requests",
-        "answered",
-        "failures",
-        "first token ms",
-        "total ms",
-        "tokens in/out",
-        "cost USD",
-    ):
-        table.add_column(col, justify="left" if col in ("strategy", "backend", "failures") else "right")
-    for row in data.get("rows", []):
-        failures = ", ".join(f"{kind} {n}" for kind, n in (row.get("failures") or {}).items()) or "-"
-        table.add_row(
-            row["strategy"],
-            row["backend"] or "-",
-            str(row["requests"]),
-            str(row["answered"]),
-            failures,
-            _ms(row.get("mean_first_token_ms")),
-            _ms(row.get("mean_total_ms")),
-            f"{row.get('prompt_tokens', 0)}/{row.get('completion_tokens', 0)}",
-            f"{row.get('cost_usd', 0):.4f}",
+def usage_renderable(data: dict[str, Any], wide: bool = False) -> Group:
+    """The usage table and, under it, the strategies that were only skipped (no request sent:
+    no backend bound, circuit open …). ``wide`` shows every column and those rows in the table."""
+    rows = data.get("rows", [])
+    sent = rows if wide else [r for r in rows if r.get("requests")]
+    if not rows:
+        return Group(Text("no usage recorded yet: 'stackd reason' or the gateway's /v1 routes add to it"))
+    items: list[Any] = [usage_table(sent, wide)]
+    only_skipped = [r for r in rows if not r.get("requests")]
+    if only_skipped and not wide:
+        listing = ", ".join(f"{skipped_name(r)} ({r.get('skipped', 0)} times)" for r in only_skipped)
+        items.append(Text(f"skipped without a request: {listing}", style="yellow"))
+    return Group(*items)
+
+
+def skipped_name(row: dict[str, Any]) -> str:
+    """A strategy, and its backend when it had one ('-': none was bound)."""
+    backend = row.get("backend")
+    return row["strategy"] + (f" {backend}" if backend not in (None, "-") else "")
+
+
+def usage_table(rows: list[dict[str, Any]], wide: bool = False) -> Table:
+    """Fits 80 columns: strategy, backend, requests, failed (the rest were answered), mean
+    seconds and cost, under a header rule. ``wide`` adds answers, skips, failures by kind, time
+    to first token and tokens; on a narrow terminal its cells wrap, none is cut."""
+    table = Table(title="usage per strategy and backend", box=box.SIMPLE_HEAD, show_edge=False)
+    table.add_column("strategy", overflow="fold")
+    table.add_column("backend", overflow="fold")
+    numbers = ["requests", *(["answered", "skipped", "failures"] if wide else ["failed"])]
+    numbers += ["first token s", "mean s", "tokens in/out", "USD"] if wide else ["mean s", "USD"]
+    for col in numbers:
+        table.add_column(
+            col, justify="left" if col == "failures" else "right", no_wrap=not wide, overflow="fold"
         )
+    for row in rows:
+        failures = row.get("failures") or {}
+        cells = [row["strategy"], row["backend"] or "-", str(row["requests"])]
+        if wide:
+            by_kind = ", ".join(f"{kind} {n}" for kind, n in failures.items()) or "-"
+            cells += [str(row["answered"]), str(row.get("skipped", 0)), by_kind]
+            cells.append(_seconds(row.get("mean_first_token_ms")))
+        else:
+            cells.append(str(sum(failures.values())))
+        cells.append(_seconds(row.get("mean_total_ms")))
+        if wide:
+            cells.append(f"{row.get('prompt_tokens', 0)}/{row.get('completion_tokens', 0)}")
+        cells.append(f"{row.get('cost_usd', 0):.4f}")
+        table.add_row(*cells)
     return table
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
+def _seconds(ms: float | None) -> str:
+    return "-" if ms is None else f"{ms / 1000:.2f}"
