@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -175,14 +176,17 @@ def build_app(settings: Settings) -> FastAPI:
 def run(settings: Settings) -> None:
     import uvicorn
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # A bad config raises ConfigError here, listing every problem; the CLI prints it, no traceback.
-    app = build_app(settings)
-    log.info(
-        "stackd on http://%s:%d (config %s, state %s)",
-        settings.host,
-        settings.port,
-        settings.config,
-        settings.state_dir,
-    )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
+    from stackd.api.listener import bind_listener, listen_url
+    from stackd.state.lock import DaemonRecord, lock_state_dir
+
+    # Lock the state dir and bind the port before the database is opened or an engine touched: a
+    # second daemon is refused here having changed nothing (StateDirLocked, PortInUse: one line).
+    url = listen_url(settings.host, settings.port)
+    with lock_state_dir(settings.state_dir) as lock, bind_listener(settings.host, settings.port) as sock:
+        lock.record(DaemonRecord(pid=os.getpid(), url=url))
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # A bad config raises ConfigError here, listing every problem; the CLI prints it, no traceback.
+        app = build_app(settings)
+        log.info("stackd on %s (config %s, state %s)", url, settings.config, settings.state_dir)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="info", access_log=False))
+        server.run(sockets=[sock])

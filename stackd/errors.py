@@ -6,7 +6,10 @@ NVML, HTTP clients) are translated at the driver boundary with ``raise ... from 
     StackdError                    root; ``str(err)`` is a sentence a person can act on
     ├── ConfigError                a config file is invalid (carries ``problems``)
     ├── NotFound                   unknown stack, role, model, preset or switch id
-    ├── Conflict                   another switch is in progress
+    ├── Conflict                   another switch is in progress, or another daemon in the way
+    │   ├── StateDirLocked         another daemon holds the state dir (stackd.state.lock)
+    │   └── PortInUse              another process listens on the port (stackd.api.listener)
+    ├── CannotListen               the daemon's host:port cannot be bound (stackd.api.listener)
     ├── PlanRefused                the target stack does not fit (carries the plan)
     ├── DriverUnavailable          an engine cannot be reached (Docker, Ollama, a remote)
     ├── DriverFailed               an engine answered but refused the action (image missing, unhealthy)
