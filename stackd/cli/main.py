@@ -191,6 +191,8 @@ def switch(
             emit(data, as_json, render.plan_renderable(data["plan"]))
             return
         started = c.post("/model-stacks/switch", {"stack": stack, "wait": False})
+        if not as_json:  # which daemon (and so which engines) this switch changes
+            out.print(render.daemon_line({**c.health(), "url": c.url}), style="dim")
         result = follow_switch(c, started, out if not as_json else None)
     if as_json:
         out.print_json(data=result)

@@ -127,23 +127,33 @@ def daemon_header(daemon: dict[str, Any]) -> Text:
     return text
 
 
+def daemon_line(daemon: dict[str, Any]) -> Text:
+    """The daemon on one line (it wraps on a narrow terminal), for commands that change it."""
+    parts = [f"daemon {daemon.get('url') or '-'}"]
+    parts += [
+        f"{label} {daemon[key]}"
+        for key, label in (("config", "config"), ("state_dir", "state dir"))
+        if daemon.get(key)
+    ]
+    return Text("  ".join(parts))
+
+
 def status_renderable(status: dict[str, Any], wide: bool = False) -> Group:
     """Fits 80 columns: the members table has no detail column; a member's detail is a note under
     it. ``wide`` puts the details and last probes in the table."""
     items: list[Any] = [Text.from_markup(f"[bold]active stack:[/] {status.get('active_stack') or '-'}")]
     gpu = status.get("gpu") or {}
-    if gpu.get("vram"):
-        items.append(vram_bar(gpu["vram"]))
-    else:
-        for dev in gpu.get("devices") or []:
-            items.append(
-                Text(
-                    f"GPU {dev['index']} {dev['name']}: {gib(dev['used_mib'])} used of "
-                    f"{gib(dev['total_mib'])}" + (" (simulated)" if gpu.get("simulated") else "")
-                )
+    for dev in gpu.get("devices") or []:
+        items.append(
+            Text(
+                f"GPU {dev['index']} {dev['name']}: {gib(dev['used_mib'])} used of "
+                f"{gib(dev['total_mib'])}" + (" (simulated)" if gpu.get("simulated") else "")
             )
-        if not gpu.get("devices"):
-            items.append(Text(f"GPU: {gpu.get('state') or 'none'}"))
+        )
+    if not gpu.get("devices"):
+        items.append(Text(f"GPU: {gpu.get('state') or 'none'}"))
+    if gpu.get("vram"):  # the plan's ledger of the card: what the active stack reserves
+        items.append(vram_bar(gpu["vram"]))
     if not status.get("active_stack"):
         items.append(
             Text("no stack is active: run 'stackd switch NAME' (see 'stackd stacks')", style="yellow")
@@ -262,13 +272,22 @@ def attempts_table(attempts: list[dict[str, Any]]) -> Table:
 
 
 def usage_renderable(data: dict[str, Any], wide: bool = False) -> Group:
-    """The usage table and, under it, the strategies that were only skipped (no request sent:
-    no backend bound, circuit open …). ``wide`` shows every column and those rows in the table."""
+    """The usage table and, under it, the failures by kind and the strategies that were only
+    skipped (no request sent: no backend bound, circuit open …). ``wide`` puts both in the table."""
     rows = data.get("rows", [])
     sent = rows if wide else [r for r in rows if r.get("requests")]
     if not rows:
         return Group(Text("no usage recorded yet: 'stackd reason' or the gateway's /v1 routes add to it"))
     items: list[Any] = [usage_table(sent, wide)]
+    failed = [r for r in rows if r.get("failures")]
+    if failed and not wide:  # why they failed, by kind, as the status notes say why a member is not up
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(no_wrap=True)
+        grid.add_column(overflow="fold")
+        for r in failed:
+            by_kind = ", ".join(f"{kind} {n}" for kind, n in r["failures"].items())
+            grid.add_row(f"  {r['strategy']} {r['backend'] or '-'} failed:", by_kind)
+        items.append(grid)
     only_skipped = [r for r in rows if not r.get("requests")]
     if only_skipped and not wide:
         listing = ", ".join(f"{skipped_name(r)} ({r.get('skipped', 0)} times)" for r in only_skipped)

@@ -50,3 +50,12 @@ def test_status_names_the_daemon_and_fits_80_columns(daemon: Daemon, tmp_path: P
     assert f"config {ROOT / 'config/model-stacks.yaml'}state dir {daemon.state_dir}" in unwrapped
     assert max(len(line) for line in lines) <= 80
     assert "…" not in result.stdout
+
+
+def test_a_switch_says_first_which_daemon_it_changes(daemon: Daemon, tmp_path: Path) -> None:
+    result = run_cli("switch", "cloud-offload", env={**newcomer_env(daemon, tmp_path), "COLUMNS": "300"})
+    assert result.returncode == 1, result.stderr  # no Docker engine here: the switch rolls back
+    assert result.stdout.splitlines()[0] == (
+        f"daemon {daemon.url}  config {ROOT / 'config/model-stacks.yaml'}  state dir {daemon.state_dir}"
+    )
+    assert "Traceback" not in result.stdout + result.stderr

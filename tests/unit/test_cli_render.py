@@ -169,6 +169,14 @@ def test_usage_lists_a_strategy_that_sent_nothing_under_the_table_not_as_a_row()
     assert row.split() == ["cloud_api", "claude-sonnet", "12345", "36", "15.23", "123.4568"]
 
 
+def test_usage_at_80_columns_says_why_requests_failed_under_the_table() -> None:
+    notes = [line.split() for line in text_at_80(usage_renderable(USAGE)).splitlines() if "failed:" in line]
+    assert notes == [
+        ["cloud_api", "claude-sonnet", "failed:", "timeout", "30,", "http_5xx", "4,", "connect", "2"],
+        ["cloud_gpu", "mirothinker-cloud", "failed:", "http_4xx", "1"],
+    ]
+
+
 def test_usage_wide_shows_skips_and_failures_by_kind() -> None:
     lines = text_at(200, usage_renderable(USAGE, wide=True)).splitlines()
     reflex = next(line for line in lines if line.split()[:1] == ["reflex"])
