@@ -5,6 +5,10 @@ environment is validated like one written in the file. Only values are expanded,
 (names must be readable in the file). ``${VAR:-default}`` follows the shell: the default is
 used when VAR is unset or empty. The paths whose text came from the environment are
 returned, so that error messages never echo them: a URL may carry a token.
+
+A ``${`` that does not start a valid reference (no closing brace, a name such as ``1BAD-NAME``)
+is listed as malformed and left as written: silently keeping it would send ``${OLLAMA_HOST:-http://…``
+to an HTTP client at run time.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from typing import Any
 
 from stackd.config.yaml_source import FieldPath
 
-_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# A reference, or else a bare "${" that starts none (group 1 is None).
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{")
+_SYNTAX = "write ${NAME} or ${NAME:-default}, NAME of letters, digits and '_', not starting with a digit"
 
 
 @dataclass(frozen=True)
@@ -26,12 +32,22 @@ class UnsetVariable:
 
 
 @dataclass(frozen=True)
+class MalformedReference:
+    """A ``${`` in a value that is not a valid reference: ``message`` and ``fix`` say why."""
+
+    path: FieldPath
+    message: str
+    fix: str
+
+
+@dataclass(frozen=True)
 class Expansion:
-    """Data with references replaced; unset references are left as written (and listed)."""
+    """Data with references replaced; unset and malformed references are left as written (and listed)."""
 
     data: Any
     unset: list[UnsetVariable] = field(default_factory=list)
     from_environment: frozenset[FieldPath] = frozenset()
+    malformed: list[MalformedReference] = field(default_factory=list)
 
 
 def is_process_macro(path: FieldPath, name: str) -> bool:
@@ -46,11 +62,15 @@ def is_process_macro(path: FieldPath, name: str) -> bool:
 def expand_env(data: Any, env: Mapping[str, str]) -> Expansion:
     """Expand every reference in the string values of ``data`` (which is not modified)."""
     unset: list[UnsetVariable] = []
+    malformed: list[MalformedReference] = []
     from_env: set[FieldPath] = set()
 
     def expand_text(text: str, path: FieldPath) -> str:
         def replace(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
+            if name is None:
+                malformed.append(_malformed(text, match.start(), path))
+                return match.group(0)
             if is_process_macro(path, name):
                 return match.group(0)
             value = env.get(name)
@@ -77,4 +97,22 @@ def expand_env(data: Any, env: Mapping[str, str]) -> Expansion:
         return value
 
     expanded = walk(data, ())
-    return Expansion(data=expanded, unset=unset, from_environment=frozenset(from_env))
+    return Expansion(data=expanded, unset=unset, from_environment=frozenset(from_env), malformed=malformed)
+
+
+def _malformed(text: str, start: int, path: FieldPath) -> MalformedReference:
+    """Why the ``${`` at ``start`` of ``text`` (written in the file, never a value) is no reference."""
+    close, reopen = text.find("}", start), text.find("${", start + 2)
+    if close < 0 or 0 <= reopen < close:
+        written = text[start : len(text) if reopen < 0 else reopen].rstrip()
+        fix = f"end it with '}}': {written}}}" if len(written) <= 60 else f"end it with '}}'; {_SYNTAX}"
+        return MalformedReference(path, f"'{_clip(written)}' has no closing '}}'", fix)
+    name = text[start + 2 : close].partition(":-")[0]
+    written = _clip(text[start : close + 1])
+    if not name:
+        return MalformedReference(path, f"'{written}' names no variable", _SYNTAX)
+    return MalformedReference(path, f"'{_clip(name)}' in '{written}' is not a valid variable name", _SYNTAX)
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -5,15 +5,17 @@ The steps, each of which adds problems instead of stopping at the first:
 1. read the file (missing, unreadable, not UTF-8, empty);
 2. parse YAML with line tracking (syntax errors stop here: nothing after them can be trusted);
    duplicate keys are problems, since PyYAML would silently keep the last one;
-3. expand ``${VAR}`` / ``${VAR:-default}`` in string values; an unset VAR is a problem;
+3. expand ``${VAR}`` / ``${VAR:-default}`` in string values; an unset VAR and a malformed
+   reference (``${1BAD-NAME}``, no closing brace) are problems;
 4. validate with the pydantic models, deferring cross-references;
-5. when the shape is valid, check the references (unknown models and roles, shared
-   containers, always-on VRAM above ``gpu.total_gb``).
+5. check the references (unknown models and roles, shared containers, always-on VRAM above
+   ``gpu.total_gb``, memory no machine has) on the expanded data, whether or not step 4
+   passed: one run of ``config check`` tells everything.
 
-``load_config`` raises ``ConfigError`` carrying every ``Problem``, and no other exception,
-so a daemon reloading a bad file keeps running on its old config. Reference problems need a
-well-shaped file, so a file with shape errors reports those first and its references once
-they are fixed.
+A place has one problem, its first: a value whose ``${VAR}`` is unset is not also "not a URL",
+and a name the schema refused is not also an "unknown model". ``load_config`` raises
+``ConfigError`` carrying every ``Problem``, and no other exception, so a daemon reloading a bad
+file keeps running on its old config.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pydantic import ValidationError
 from stackd.config.envvars import expand_env
 from stackd.config.models import StacksConfig
 from stackd.config.problems import Problem, dotted, problems_from_errors, split_fix
+from stackd.config.references import check_references
 from stackd.config.schema import json_schema
 from stackd.config.yaml_source import YamlDocument, parse_yaml
 from stackd.errors import ConfigError
@@ -94,7 +97,7 @@ def _load(path: Path, env: Mapping[str, str]) -> tuple[StacksConfig | None, list
         for dup in doc.duplicates
     ]
     expansion = expand_env(doc.data, env)
-    problems += [
+    env_problems = [
         Problem(
             file,
             doc.line_of(unset.path),
@@ -104,17 +107,32 @@ def _load(path: Path, env: Mapping[str, str]) -> tuple[StacksConfig | None, list
         )
         for unset in expansion.unset
     ]
+    env_problems += [
+        Problem(file, doc.line_of(bad.path), dotted(bad.path), bad.message, bad.fix)
+        for bad in expansion.malformed
+    ]
     config: StacksConfig | None = None
+    schema_problems: list[Problem] = []
     try:
         config = StacksConfig.model_validate(expansion.data, context={"defer_references": True})
     except ValidationError as exc:
-        problems += problems_from_errors(exc.errors(), doc, file, expansion.from_environment)
-    if config is not None:
-        for ref_path, text in config.reference_problems():
-            message, fix = split_fix(text)
-            problems.append(Problem(file, doc.line_of(ref_path), dotted(ref_path), message, fix))
+        errors = problems_from_errors(exc.errors(), doc, file, expansion.from_environment)
+        schema_problems = _first_at_each_path(env_problems, errors)
+    references = [
+        Problem(file, doc.line_of(ref_path), dotted(ref_path), *split_fix(text))
+        for ref_path, text in check_references(expansion.data, expansion.from_environment)
+    ]
+    # A duplicate key is no reason to drop what is wrong with the value that YAML kept.
+    problems += env_problems + schema_problems
+    problems += _first_at_each_path(env_problems + schema_problems, references)
     problems.sort(key=lambda p: p.line)  # stable: problems of one line keep their order
     return (None if problems else config), problems
+
+
+def _first_at_each_path(earlier: list[Problem], later: list[Problem]) -> list[Problem]:
+    """``later`` without the problems of a path that ``earlier`` already has one for."""
+    taken = {p.path for p in earlier if p.path}
+    return [p for p in later if not p.path or p.path not in taken]
 
 
 def _read(path: Path) -> str | Problem:

@@ -11,14 +11,81 @@ Cross-references (a stack naming an unknown model, a role bound twice …) are c
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 MIB_PER_GIB = 1024
 
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._:-]*$", max_length=64)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+# Value checks raise "what is wrong; how to fix it" and never quote the value: it may have
+# come from the environment, and the loader adds it to the message only when it did not.
+_URL_FIX = "write http://HOST:PORT/PATH, e.g. http://127.0.0.1:8120/v1"
+_PORT_RANGE = "the URL's port is out of range; use a port between 1 and 65535"
+_MACRO = re.compile(r"\$\{([A-Z_]+)\}")
+# Go's time.ParseDuration, which Ollama's keep_alive uses for a string ("0" needs no unit).
+_GO_DURATION = re.compile(r"[-+]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+|[-+]?0")
+_CONTAINER_PORT = re.compile(r"(\d{1,5})(?:/(?:tcp|udp|sctp))?")
+
+
+def check_url(url: str, macros: frozenset[str] = frozenset()) -> str:
+    """``url`` if an HTTP client can call it: http or https, a host, a port in 1-65535.
+
+    ``macros`` are ``${NAME}`` references filled in later (a process member's ``${PORT}``).
+    """
+    text = _MACRO.sub(lambda m: "1" if m.group(1) in macros else m.group(0), url)
+    if left := [name for name in _MACRO.findall(text) if name in PROCESS_MACROS]:
+        raise ValueError(f"${{{left[0]}}} is filled in for process models only; write the value itself")
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        if "range" in str(exc):
+            raise ValueError(_PORT_RANGE) from None
+        what = "port is not a number" if "port" in str(exc).lower() else "host is not valid"
+        raise ValueError(f"the URL's {what}; {_URL_FIX}") from None
+    if not parts.scheme and not parts.netloc:
+        if text and not any(c.isspace() for c in text) and ("." in text or ":" in text):
+            raise ValueError("the URL has no scheme; write http:// or https:// before the host")
+        raise ValueError(f"is not a URL; {_URL_FIX}")
+    if parts.scheme not in ("http", "https"):
+        slashes = "" if parts.netloc else ", and '//' comes before the host"
+        raise ValueError(f"the URL's scheme must be http or https{slashes}; {_URL_FIX}")
+    if not parts.hostname:
+        raise ValueError(
+            "the URL has no host; write '//' and the host after the scheme, e.g. http://127.0.0.1:8120/v1"
+        )
+    if any(c.isspace() for c in text):
+        raise ValueError("a URL has no spaces; remove them, or write %20 where a space belongs in the path")
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(_PORT_RANGE)
+    return url
+
+
+def _check_container_port(key: str) -> str:
+    match = _CONTAINER_PORT.fullmatch(key)
+    if match is None or not 1 <= int(match.group(1)) <= 65535:
+        raise ValueError(
+            "is not a container port; write PORT or PORT/tcp (udp, sctp) with PORT between 1 and 65535, "
+            'e.g. "8000/tcp"'
+        )
+    return key
+
+
+ContainerPort = Annotated[str, AfterValidator(_check_container_port)]
 
 
 class Frozen(BaseModel):
@@ -69,7 +136,7 @@ class ContainerSpec(Frozen):
 
     image: str
     command: list[str] | None = None
-    ports: dict[str, int] = Field(
+    ports: dict[ContainerPort, Port] = Field(
         default_factory=dict, description='Container port -> host port on 127.0.0.1, e.g. {"8000/tcp": 8120}.'
     )
     env: dict[str, str] = Field(default_factory=dict)
@@ -110,7 +177,7 @@ class ProcessRuntime(Frozen):
         description="argv, no shell. ${PORT}: the member's port; ${PYTHON}: stackd's Python; "
         "${MODEL_PATH}: the file model_package assembles; ${STATE_DIR}: stackd's state dir.",
     )
-    port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
+    port: Port | None = Field(
         None, description="Fixed loopback port; unset: a free port picked at every start."
     )
     env: dict[str, str] = Field(default_factory=dict, description="Added to stackd's environment.")
@@ -133,13 +200,40 @@ class ProcessRuntime(Frozen):
     )
 
 
+_KEEP_ALIVE_FIX = "write a duration such as 5m, 1h30m or 300s, a number of seconds, -1 (forever) or 0"
+
+
 class OllamaRuntime(Frozen):
     tag: str = Field(description="Ollama model tag, e.g. nemotron-elastic:12b.")
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="Ollama options sent with every call (num_gpu: 0 keeps the model on the CPU; num_ctx).",
     )
-    keep_alive: str | int = Field(-1, description="Ollama keep_alive sent with every call (-1 = forever).")
+    keep_alive: str | int = Field(
+        -1,
+        description="Ollama keep_alive sent with every call: a duration (5m, 1h30m, 300s) or seconds; "
+        "-1 = forever, 0 = unload after each call.",
+    )
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _not_a_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"is not a duration; {_KEEP_ALIVE_FIX}")
+        return value
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _a_duration_ollama_reads(cls, value: str | int) -> str | int:
+        if isinstance(value, str) and not _GO_DURATION.fullmatch(value.strip()):
+            try:
+                float(value)
+            except ValueError:
+                raise ValueError(f"is not a duration; {_KEEP_ALIVE_FIX}") from None
+            raise ValueError(
+                "a quoted number is not a duration for Ollama; drop the quotes or add a unit (300s)"
+            )
+        return value
 
     @property
     def cpu_only(self) -> bool:
@@ -197,6 +291,14 @@ class Model(Frozen):
     remote: RemoteRuntime | None = None
     price: Price | None = None
 
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_is_a_url(cls, endpoint: str | None, info: ValidationInfo) -> str | None:
+        # ${PORT} & co. belong to a process member (or to a model whose runtime is already wrong).
+        runtime = info.data.get("runtime")
+        macros = PROCESS_MACROS if runtime in (None, Runtime.process) else frozenset()
+        return None if endpoint is None else check_url(endpoint, macros)
+
     @property
     def memory_mib(self) -> int:
         return round(self.memory_gb * MIB_PER_GIB)
@@ -212,8 +314,12 @@ class Model(Frozen):
 
     @model_validator(mode="after")
     def _runtime_section_matches(self) -> Model:
-        sections = {Runtime.docker: self.docker, Runtime.process: self.process,
-                    Runtime.ollama: self.ollama, Runtime.remote: self.remote}
+        sections = {
+            Runtime.docker: self.docker,
+            Runtime.process: self.process,
+            Runtime.ollama: self.ollama,
+            Runtime.remote: self.remote,
+        }
         if sections[self.runtime] is None:
             raise ValueError(
                 f"runtime is {self.runtime.value} but the '{self.runtime.value}' section is missing; "
@@ -228,7 +334,12 @@ class Model(Frozen):
             raise ValueError(
                 "placement cloud needs a remote model; set runtime: remote or placement: gpu/cpu"
             )
-        if self.runtime == Runtime.ollama and self.placement == Placement.cpu and self.ollama is not None and not self.ollama.cpu_only:
+        if (
+            self.runtime == Runtime.ollama
+            and self.placement == Placement.cpu
+            and self.ollama is not None
+            and not self.ollama.cpu_only
+        ):
             raise ValueError("a CPU-placed Ollama model would use the GPU; set ollama.options.num_gpu: 0")
         if self.runtime in (Runtime.docker, Runtime.remote) and self.endpoint is None:
             raise ValueError(
@@ -278,7 +389,9 @@ class GpuBudget(Frozen):
 
 
 class OllamaServer(Frozen):
-    url: str = Field("http://127.0.0.1:11434", description="Base URL of the Ollama server.")
+    url: Annotated[str, AfterValidator(check_url)] = Field(
+        "http://127.0.0.1:11434", description="Base URL of the Ollama server."
+    )
 
 
 class Strategy(Frozen):

@@ -158,12 +158,17 @@ def _translate(
         key, must, write = _BOUNDS[kind]
         bound = f"{ctx[key]:g}" if isinstance(ctx.get(key), int | float) else str(ctx.get(key))
         message, fix = f"must be {must.format(bound)} (got {shown})", write.format(bound)
+        if last == "port" or (len(path) > 1 and path[-2] == "ports"):
+            message, fix = f"is not a port (got {shown})", "use a port between 1 and 65535"
     elif kind == "string_too_long":
         limit = ctx.get("max_length")
         message, fix = f"is longer than {limit} characters", f"shorten it to {limit} characters or fewer"
     elif kind in ("value_error", "assertion_error"):
         text = str(ctx.get("error", error["msg"]))
         message, fix = split_fix(text.removeprefix("Value error, ").removeprefix("Assertion failed, "))
+        if isinstance(error.get("input"), str | int | float):
+            # A value check does not quote the value: it may be a secret from the environment.
+            message += f" (got {shown})"
     elif expectation := _type_expectation(kind):
         expected, fix = expectation
         message = f"{'a name must be' if is_key else 'expected'} {expected}, got {shown}"

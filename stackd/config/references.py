@@ -1,145 +1,202 @@
 """Cross-references of a config: names a stack, role, strategy or preset uses must exist, each
-container belongs to one model, and always-on GPU models fit the card when its size is set.
+container belongs to one model, always-on GPU models fit the card when its size is set, and no
+member claims more memory than a machine has.
+
+The checks read plain data (the file after ``${VAR}`` expansion, or a ``StacksConfig``'s dump),
+not validated models, so that a file with schema errors has its references checked in the same
+pass. Each check reads only values of the shape it needs and skips the rest, which the schema
+reports. A section that is missing or misshapen turns its checks off instead of calling every
+name unknown: with ``modles:`` for ``models:``, the typo is the one problem, not each role.
 
 Each problem is (field path, message with a fix); the loader maps the path to FILE:LINE.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Collection, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from stackd.config.models import MIB_PER_GIB, Lifecycle, Placement
+from pydantic import BaseModel, NonNegativeFloat, TypeAdapter, ValidationError
+
+from stackd.config.models import (
+    MIB_PER_GIB,
+    GpuBudget,
+    Lifecycle,
+    Model,
+    Placement,
+    ReasonConfig,
+    RoleSpec,
+    Stack,
+    StacksConfig,
+)
 
 if TYPE_CHECKING:
-    from stackd.config.models import StacksConfig
+    from stackd.config.yaml_source import FieldPath
 
 Problem = tuple[tuple[str | int, ...], str]
 
+# The largest single GPUs have 288 GB (268 GiB): above this, memory_gb was surely meant in MiB.
+GPU_BOUND_GIB = 320.0
+CPU_BOUND_GIB = 4096.0
+
+_PLACEMENT = TypeAdapter(Placement)
+_LIFECYCLE = TypeAdapter(Lifecycle)
+_GIB = TypeAdapter(NonNegativeFloat)
+_DEFAULT_LIFECYCLE = Model.model_fields["lifecycle"].default
+M = TypeVar("M", bound=BaseModel)
+
 
 def reference_problems(config: StacksConfig) -> list[Problem]:
-    """Every dangling or inconsistent reference, as (field path, message with a fix)."""
-    out: list[Problem] = []
-    models, roles = sorted(config.models), sorted(config.roles)
-    if config.default_stack not in config.stacks:
-        out.append(
-            (
-                ("default_stack",),
-                f"unknown stack '{config.default_stack}'; use one of {sorted(config.stacks)}",
-            )
-        )
-    for i, name in enumerate(config.fallback_stacks):
-        if name not in config.stacks:
-            out.append((("fallback_stacks", i), f"unknown stack '{name}'; use one of {sorted(config.stacks)}"))
-    for sname, stack in config.stacks.items():
-        for role, model in stack.roles.items():
-            if role not in config.roles:
-                out.append(
-                    (
-                        ("stacks", sname, "roles", role),
-                        f"unknown role '{role}'; declare it under roles: or use one of {roles}",
-                    )
-                )
-            if model not in config.models:
-                out.append(
-                    (("stacks", sname, "roles", role), f"unknown model '{model}'; use one of {models}")
-                )
-        for i, model in enumerate(stack.members):
-            if model not in config.models:
-                out.append((("stacks", sname, "members", i), f"unknown model '{model}'; use one of {models}"))
-        if len(set(stack.members)) != len(stack.members):
-            out.append((("stacks", sname, "members"), "a model is listed twice; list each member once"))
-        for role, spec in config.roles.items():
-            if spec.required and role not in stack.roles:
-                out.append(
-                    (
-                        ("stacks", sname, "roles"),
-                        f"required role '{role}' is not bound; add '{role}: MODEL'",
-                    )
-                )
-        for i, strat in enumerate(stack.reason_chain or []):
-            if strat not in config.reason.strategies:
-                out.append(
-                    (
-                        ("stacks", sname, "reason_chain", i),
-                        f"unknown strategy '{strat}'; use one of {sorted(config.reason.strategies)}",
-                    )
-                )
-    for sname, strategy in config.reason.strategies.items():
-        if strategy.role and strategy.role not in config.roles:
-            out.append(
-                (
-                    ("reason", "strategies", sname, "role"),
-                    f"unknown role '{strategy.role}'; use one of {roles}",
-                )
-            )
-        for i, model in enumerate(strategy.models):
-            if model not in config.models:
-                out.append(
-                    (
-                        ("reason", "strategies", sname, "models", i),
-                        f"unknown model '{model}'; use one of {models}",
-                    )
-                )
-    for i, strat in enumerate(config.reason.default_chain):
-        if strat not in config.reason.strategies:
-            out.append(
-                (
-                    ("reason", "default_chain", i),
-                    f"unknown strategy '{strat}'; use one of {sorted(config.reason.strategies)}",
-                )
-            )
-    for i, rule in enumerate(config.reason.effort):
-        for j, strat in enumerate(rule.chain or []):
-            if strat not in config.reason.strategies:
-                out.append(
-                    (
-                        ("reason", "effort", i, "chain", j),
-                        f"unknown strategy '{strat}'; use one of {sorted(config.reason.strategies)}",
-                    )
-                )
-    for pname, preset in config.presets.items():
-        if preset.role and preset.role not in config.roles:
-            out.append((("presets", pname, "role"), f"unknown role '{preset.role}'; use one of {roles}"))
-        if preset.model and preset.model not in config.models:
-            out.append((("presets", pname, "model"), f"unknown model '{preset.model}'; use one of {models}"))
-        for slice_name, model in preset.slices.items():
-            if model not in config.models:
-                out.append(
-                    (
-                        ("presets", pname, "slices", slice_name),
-                        f"unknown model '{model}'; use one of {models}",
-                    )
-                )
-    containers: dict[str, str] = {}
-    for mname, model_spec in config.models.items():
-        if model_spec.docker:
-            other = containers.setdefault(model_spec.docker.container, mname)
-            if other != mname:
-                out.append(
-                    (
-                        ("models", mname, "docker", "container"),
-                        f"container '{model_spec.docker.container}' is already used by model '{other}'; give each model its own container",
-                    )
-                )
-    out.extend(vram_problems(config))
-    return out
+    """Every dangling or inconsistent reference of a validated config."""
+    return check_references(config.model_dump())
 
 
-def vram_problems(config: StacksConfig) -> list[Problem]:
-    """Always-on GPU models of a stack above the card (only when the file sets gpu.total_gb)."""
-    if config.gpu.total_gb is None:
+def check_references(data: Any, hidden: Collection[FieldPath] = frozenset()) -> list[Problem]:
+    """Every dangling or inconsistent reference of config data, valid or not.
+
+    A value at a ``hidden`` path came from the environment and is not quoted.
+    """
+    check = _Check(hidden)
+    if not isinstance(data, dict):
         return []
-    total = round(config.gpu.total_gb * MIB_PER_GIB)
-    reserve = round(config.gpu.reserve_gb * MIB_PER_GIB)
+    stacks = _section(data, "stacks", StacksConfig, required=True)
+    models = _section(data, "models", StacksConfig, required=True)
+    roles = _section(data, "roles", StacksConfig, required=True)
+    reason = _section(data, "reason", StacksConfig)
+    strategies = _section(reason, "strategies", ReasonConfig)
+    stack_names = stacks or None  # no stack at all is the schema's problem, not default_stack's
+    check.known(data.get("default_stack"), ("default_stack",), "stack", stack_names)
+    for i, name in _items(data.get("fallback_stacks")):
+        check.known(name, ("fallback_stacks", i), "stack", stack_names)
+    for sname, stack in _mappings(stacks):
+        _check_stack(check, sname, stack, models, roles, strategies)
+    for sname, strategy in _mappings(strategies):
+        check.known(strategy.get("role"), ("reason", "strategies", sname, "role"), "role", roles)
+        for i, model in _items(strategy.get("models")):
+            check.known(model, ("reason", "strategies", sname, "models", i), "model", models)
+    for i, strat in _items((reason or {}).get("default_chain")):
+        check.known(strat, ("reason", "default_chain", i), "strategy", strategies)
+    for i, rule in _items((reason or {}).get("effort")):
+        for j, strat in _items(rule.get("chain") if isinstance(rule, dict) else None):
+            check.known(strat, ("reason", "effort", i, "chain", j), "strategy", strategies)
+    for pname, preset in _mappings(_section(data, "presets", StacksConfig)):
+        check.known(preset.get("role"), ("presets", pname, "role"), "role", roles)
+        check.known(preset.get("model"), ("presets", pname, "model"), "model", models)
+        for slice_name, model in _mappings(preset.get("slices"), values=object):
+            check.known(model, ("presets", pname, "slices", slice_name), "model", models)
+    _check_containers(check, models)
+    gpu = _valid(GpuBudget, _section(data, "gpu", StacksConfig))
+    _check_memory(check, models, gpu)
+    if gpu is not None:
+        check.out.extend(_vram_problems(stacks, models, gpu))
+    return check.out
+
+
+class _Check:
+    """Collects problems; quotes a value unless it came from the environment."""
+
+    def __init__(self, hidden: Collection[FieldPath]) -> None:
+        self.out: list[Problem] = []
+        self.hidden = hidden
+
+    def quote(self, value: object, path: FieldPath, is_key: bool = False) -> str:
+        """A key is never expanded: only the value at a path may come from the environment."""
+        return "(a value from the environment)" if path in self.hidden and not is_key else f"'{value}'"
+
+    def known(
+        self, value: object, path: FieldPath, what: str, names: dict[Any, Any] | None, is_key: bool = False
+    ) -> None:
+        """A name that must be a key of ``names`` (None: the names are unknown, skip)."""
+        if not isinstance(value, str) or names is None or value in names:
+            return
+        hint = "declare it under roles: or " if is_key else ""
+        quoted = self.quote(value, path, is_key)
+        self.out.append((path, f"unknown {what} {quoted}; {hint}use one of {sorted(names)}"))
+
+
+def _check_stack(
+    check: _Check,
+    sname: str,
+    stack: dict[str, Any],
+    models: dict[str, Any] | None,
+    roles: dict[str, Any] | None,
+    strategies: dict[str, Any] | None,
+) -> None:
+    at = ("stacks", sname)
+    bound = _section(stack, "roles", Stack)
+    for role, model in _mappings(bound, values=object):
+        check.known(role, (*at, "roles", role), "role", roles, is_key=True)
+        check.known(model, (*at, "roles", role), "model", models)
+    members = [(i, m) for i, m in _items(stack.get("members")) if isinstance(m, str)]
+    for i, model in members:
+        check.known(model, (*at, "members", i), "model", models)
+    if len({m for _, m in members}) != len(members):
+        check.out.append(((*at, "members"), "a model is listed twice; list each member once"))
+    if bound is not None:
+        for role, spec in _mappings(roles):
+            role_spec = _valid(RoleSpec, spec)
+            if role_spec is not None and role_spec.required and role not in bound:
+                check.out.append(
+                    ((*at, "roles"), f"required role '{role}' is not bound; add '{role}: MODEL'")
+                )
+    for i, strat in _items(stack.get("reason_chain")):
+        check.known(strat, (*at, "reason_chain", i), "strategy", strategies)
+
+
+def _check_containers(check: _Check, models: dict[str, Any] | None) -> None:
+    owners: dict[str, str] = {}
+    for mname, model in _mappings(models):
+        docker = model.get("docker")
+        container = docker.get("container") if isinstance(docker, dict) else None
+        if not isinstance(container, str):
+            continue
+        other = owners.setdefault(container, mname)
+        if other != mname:
+            path = ("models", mname, "docker", "container")
+            check.out.append(
+                (
+                    path,
+                    f"container {check.quote(container, path)} is already used by model '{other}'; "
+                    "give each model its own container",
+                )
+            )
+
+
+def _check_memory(check: _Check, models: dict[str, Any] | None, gpu: GpuBudget | None) -> None:
+    """A member larger than any machine: memory_gb was written in MiB, or with a slip."""
+    gpu_bound = max(GPU_BOUND_GIB, gpu.total_gb or 0) if gpu else GPU_BOUND_GIB
+    for mname, model in _mappings(models):
+        footprint = _footprint(model)
+        if footprint is None:
+            continue
+        placement, _, gb = footprint
+        path = ("models", mname, "memory_gb")
+        amount = "that much memory" if path in check.hidden else f"{gb:g} GiB"
+        if placement == Placement.gpu and gb > gpu_bound:
+            what = f"no single GPU has {amount}"
+        elif placement == Placement.cpu and gb > CPU_BOUND_GIB:
+            what = f"no machine has {amount} of RAM"
+        else:
+            continue
+        in_gib = "" if path in check.hidden else f": {gb:g} MiB is memory_gb: {gb / MIB_PER_GIB:.2g}"
+        check.out.append((path, f"{what}; did you mean MiB? memory_gb is in GiB{in_gib}"))
+
+
+def _vram_problems(
+    stacks: dict[str, Any] | None, models: dict[str, Any] | None, gpu: GpuBudget
+) -> list[Problem]:
+    """Always-on GPU models of a stack above the card (only when the file sets gpu.total_gb)."""
+    if gpu.total_gb is None:
+        return []
+    total = round(gpu.total_gb * MIB_PER_GIB)
+    reserve = round(gpu.reserve_gb * MIB_PER_GIB)
     out: list[Problem] = []
-    for sname, stack in config.stacks.items():
-        always = [
-            (m, config.models[m].memory_mib)
-            for m in stack.member_names
-            if m in config.models
-            and config.models[m].placement == Placement.gpu
-            and config.models[m].lifecycle == Lifecycle.always_on
-        ]
+    for sname, stack in _mappings(stacks):
+        always: list[tuple[str, int]] = []
+        for name in _member_names(stack):
+            footprint = _footprint((models or {}).get(name))
+            if footprint and footprint[:2] == (Placement.gpu, Lifecycle.always_on):
+                always.append((name, round(footprint[2] * MIB_PER_GIB)))
         need = sum(mib for _, mib in always) + reserve
         if need > total:
             listing = ", ".join(f"{m} {mib / MIB_PER_GIB:g} GiB" for m, mib in always)
@@ -147,8 +204,68 @@ def vram_problems(config: StacksConfig) -> list[Problem]:
                 (
                     ("stacks", sname),
                     f"always-on GPU models need {need / MIB_PER_GIB:g} GiB ({listing}, reserve "
-                    f"{reserve / MIB_PER_GIB:g} GiB) but gpu.total_gb is {config.gpu.total_gb:g}; "
+                    f"{reserve / MIB_PER_GIB:g} GiB) but gpu.total_gb is {gpu.total_gb:g}; "
                     "move a model to on_demand or to the CPU, or lower gpu.reserve_gb",
                 )
             )
     return out
+
+
+def _member_names(stack: dict[str, Any]) -> list[str]:
+    """Like ``Stack.member_names``: role models first, each once."""
+    roles = stack.get("roles")
+    names = [
+        *(roles.values() if isinstance(roles, dict) else []),
+        *(m for _, m in _items(stack.get("members"))),
+    ]
+    return list(dict.fromkeys(n for n in names if isinstance(n, str)))
+
+
+def _footprint(model: Any) -> tuple[Placement, Lifecycle, float] | None:
+    """(placement, lifecycle, GiB) of a model's data, when those three fields are valid.
+
+    None for a model with an unknown key, which may be one of the three misspelt.
+    """
+    if not isinstance(model, dict) or not set(model) <= set(Model.model_fields):
+        return None
+    try:
+        return (
+            _PLACEMENT.validate_python(model.get("placement")),
+            _LIFECYCLE.validate_python(model.get("lifecycle") or _DEFAULT_LIFECYCLE),
+            _GIB.validate_python(model.get("memory_gb") or 0.0),
+        )
+    except ValidationError:
+        return None
+
+
+def _section(parent: Any, key: str, model: type[BaseModel], required: bool = False) -> dict[Any, Any] | None:
+    """``parent[key]`` when it is a mapping; ``{}`` for an optional section left out; else None.
+
+    A section left out of a mapping that has unknown keys may be hiding under a typo: None.
+    """
+    if not isinstance(parent, dict):
+        return None
+    value = parent.get(key)
+    if isinstance(value, dict):
+        return value
+    if value is None and not required and set(parent) <= set(model.model_fields):
+        return {}
+    return None
+
+
+def _mappings(section: Any, values: type = dict) -> Iterator[tuple[Any, Any]]:
+    """The entries of a mapping section whose value has the given type."""
+    if isinstance(section, dict):
+        yield from ((k, v) for k, v in section.items() if isinstance(v, values))
+
+
+def _items(value: Any) -> Iterator[tuple[int, Any]]:
+    if isinstance(value, list):
+        yield from enumerate(value)
+
+
+def _valid(model: type[M], data: Any) -> M | None:
+    try:
+        return model.model_validate(data) if data is not None else None
+    except ValidationError:
+        return None

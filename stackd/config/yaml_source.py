@@ -10,6 +10,7 @@ and only then constructed into plain data with the same SafeLoader.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,8 +108,32 @@ def _walk(
             # YAML keeps the last value, so the lines of the last occurrence describe the data.
             lines[(*path, key)] = line
             _walk(loader, value_node, (*path, key), lines, duplicates, active)
+        # A key that '<<: *base' brings in is written where the anchor is: a problem of
+        # stacks.b.roles.x points at that line, not at 'b:'. The mapping's own keys win.
+        for key_node, value_node in _merged_pairs(node, active):
+            key = loader.construct_object(key_node)
+            if key not in first_seen:
+                first_seen[key] = lines[(*path, key)] = key_node.start_mark.line + 1
+                # A duplicate inside the anchor is reported once, at the anchor's own path.
+                _walk(loader, value_node, (*path, key), lines, [], active)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             lines[(*path, index)] = item.start_mark.line + 1
             _walk(loader, item, (*path, index), lines, duplicates, active)
     active.discard(id(node))
+
+
+def _merged_pairs(node: yaml.MappingNode, active: set[int]) -> Iterator[tuple[yaml.Node, yaml.Node]]:
+    """The key/value pairs that '<<' merges into ``node``, in YAML's order of precedence: the
+    earlier of several merged mappings first, each mapping's own keys before its merges."""
+    for key_node, value_node in node.value:
+        if key_node.tag != _MERGE_TAG:
+            continue
+        sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+        for source in sources:
+            if not isinstance(source, yaml.MappingNode) or id(source) in active:
+                continue  # not a mapping: the constructor refuses it; in ``active``: recursive
+            for pair in source.value:
+                if pair[0].tag != _MERGE_TAG and isinstance(pair[0], yaml.ScalarNode):
+                    yield pair
+            yield from _merged_pairs(source, active | {id(source)})
