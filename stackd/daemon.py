@@ -185,6 +185,9 @@ def run(settings: Settings) -> None:
     with lock_state_dir(settings.state_dir) as lock, bind_listener(settings.host, settings.port) as sock:
         lock.record(DaemonRecord(pid=os.getpid(), url=url))
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # Every readiness poll and job run at INFO would bury what stackd itself says.
+        for chatty in ("httpx", "apscheduler"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
         # A bad config raises ConfigError here, listing every problem; the CLI prints it, no traceback.
         app = build_app(settings)
         log.info("stackd on %s (config %s, state %s)", url, settings.config, settings.state_dir)

@@ -17,6 +17,7 @@ with ``data: {"error": {...}}`` naming the backend, then ``data: [DONE]``.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import secrets
@@ -28,7 +29,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from stackd.errors import StackdError
 from stackd.router import ReasonRouter
@@ -117,6 +118,41 @@ async def first_item(items: AsyncIterator[RouterStreamItem]) -> RouterStreamItem
     return await anext(items)
 
 
+async def until_disconnect(handle: Callable[[Scope, Receive, Send], Awaitable[None]], scope: Scope,
+                           receive: Receive, send: Send) -> None:
+    """Run ``handle``; when the client goes away first, cancel it at once.
+
+    Cancelling closes the backend's connection, so an engine stops generating for a caller that
+    left (a disconnected SSE reader, a Ctrl-C in ``stackd reason``, a client's own timeout)
+    instead of spending its single slot on an answer nobody reads. Once the request body has
+    been read, the next ASGI message can only be ``http.disconnect``."""
+    body_read = asyncio.Event()
+
+    async def receive_body() -> Message:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body"):
+            body_read.set()
+        return message
+
+    async def client_gone() -> None:
+        await body_read.wait()
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    work = asyncio.ensure_future(handle(scope, receive_body, send))
+    watcher = asyncio.ensure_future(client_gone())
+    try:
+        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not work.done():
+            work.cancel()
+        await asyncio.gather(watcher, work, return_exceptions=True)  # let the backend call unwind
+    if work.cancelled():
+        return  # the client left: nobody to answer
+    work.result()  # a StackdError goes to the caller, which renders it
+
+
 class RawEndpoint:
     """An ASGI app for one POST route: ``handle(scope, receive, send)`` does the work; every
     ``StackdError`` becomes ``render_error(exc)``."""
@@ -134,7 +170,7 @@ class RawEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await authorize(self._auth, scope, receive)
-            await self._handle(scope, receive, send)
+            await until_disconnect(self._handle, scope, receive, send)
         except StackdError as exc:
             status, body = self._render_error(exc)
             headers = [*JSON_HEADERS, (b"www-authenticate", b"Bearer")] if status == 401 else JSON_HEADERS

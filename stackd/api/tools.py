@@ -13,13 +13,14 @@ endpoints; a 503 lists every strategy's reason under ``attempts``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from stackd.api.gateway import (
     SSE_DONE,
@@ -45,6 +46,9 @@ class ToolArgs(BaseModel):
     max_tokens: int | None = Field(None, ge=1, description="Upper bound on the answer's tokens.")
     temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature.")
     stream: bool = Field(False, description="Stream the answer as server-sent events.")
+    timeout_s: float | None = Field(
+        None, gt=0, le=3600, description="Seconds the whole call may take; then the backend call is cancelled."
+    )
 
 
 class ReasonArgs(ToolArgs):
@@ -93,6 +97,12 @@ class InvokeModelArgs(BaseModel):
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of 'prompt' or 'messages'")
         return self
+
+
+class CallTimedOut(StackdError):
+    """The caller's ``timeout_s`` ran out before the answer was complete."""
+
+    status = 504
 
 
 def problem_request(args: ReasonArgs | DeepReasoningArgs) -> ChatRequest:
@@ -151,12 +161,27 @@ def tool_endpoint(model: type[BaseModel], call: Call) -> Callable[[Scope, Receiv
     async def handle(scope: Scope, receive: Receive, send: Send) -> None:
         args = validate(model, await read_body(receive))
         complete, stream = call(args)
-        if not args.stream:
-            await send_bytes(send, 200, dumps((await complete()).to_dict()))
-            return
-        items = stream()
-        first = await first_item(items)
-        await send_sse(send, answer_events(first, items))
+        timeout_s = getattr(args, "timeout_s", None)
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            async with asyncio.timeout(timeout_s):
+                if not args.stream:
+                    await send_bytes(send_tracked, 200, dumps((await complete()).to_dict()))
+                    return
+                items = stream()
+                first = await first_item(items)
+                await send_sse(send_tracked, answer_events(first, items))
+        except TimeoutError:
+            message = f"no complete answer within timeout_s={timeout_s:g} s; the backend call was cancelled"
+            if not started:
+                raise CallTimedOut(message) from None
+            await send({"type": "http.response.body", "body": sse({"error": {"message": message}}) + SSE_DONE})
 
     return handle
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
@@ -10,10 +11,22 @@ from stackd.cli.client import DaemonClient, DaemonError
 from stackd.cli.render import attempts_table
 
 
-def run_reason(
-    client: DaemonClient, console: Console, problem: str, effort: int, stream: bool, as_json: bool
-) -> None:
-    body = {"problem": problem, "effort": effort}
+@dataclass(frozen=True)
+class ReasonOptions:
+    effort: int = 5
+    stream: bool = False
+    max_tokens: int | None = None
+    timeout_s: float | None = None
+
+
+def run_reason(client: DaemonClient, console: Console, problem: str, options: ReasonOptions,
+               as_json: bool) -> None:
+    body: dict[str, Any] = {"problem": problem, "effort": options.effort}
+    if options.max_tokens is not None:
+        body["max_tokens"] = options.max_tokens
+    if options.timeout_s is not None:
+        body["timeout_s"] = options.timeout_s
+    stream = options.stream
     try:
         final = _stream(client, console, body, as_json) if stream else client.post("/tools/reason", body)
     except DaemonError as exc:

@@ -112,7 +112,8 @@ def missing_members(config: StacksConfig, stack: str, observed: ObservedState) -
 def drift(config: StacksConfig, stack: str, observation: Observation) -> list[str]:
     """Every way what runs differs from ``stack``: engines that cannot be read, members missing,
     and declared models running although ``stack`` does not have them."""
-    out = [f"{engine}: {why}" for engine, why in observation.problems.items()]
+    used = {config.models[n].runtime.value for n in config.stacks[stack].member_names}
+    out = [f"{engine}: {why}" for engine, why in observation.problems.items() if engine in used]
     out += missing_members(config, stack, observation.state)
     out += [f"{name}: running but not a member of '{stack}'"
             for name in extra_members(config, stack, observation)]
