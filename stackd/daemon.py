@@ -140,25 +140,29 @@ def build_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.recover_on_start:
-            await services.manager.recover()  # the manager logs what it did
-        if settings.periodic:
-            from stackd.periodic import start_periodic
-
-            services.periodic = start_periodic(services.manager, leased=services.leases.holds,
-                                               on_healthy=services.router.probe_succeeded)
-        await services.router.start()
-        watch_sighup(services, settings)
         try:
+            if settings.recover_on_start:
+                await services.manager.recover()  # the manager logs what it did
+            if settings.periodic:
+                from stackd.periodic import start_periodic
+
+                services.periodic = start_periodic(services.manager, leased=services.leases.holds,
+                                                   on_healthy=services.router.probe_succeeded)
+            await services.router.start()
+            watch_sighup(services, settings)
             yield
         finally:
-            if services.periodic is not None:
-                services.periodic.shutdown(wait=False)
-            await services.router.aclose()
-            await services.usage.aclose()
-            await services.manager.aclose()
-            if services.processes is not None:
-                await services.processes.aclose()  # engines are stackd's children: none outlives it
+            # Whatever failed, in start-up or since: the engines are stackd's children, and none
+            # may outlive it (a SIGKILLed daemon's engines are adopted by the next start instead).
+            try:
+                if services.periodic is not None:
+                    services.periodic.shutdown(wait=False)
+                await services.router.aclose()
+                await services.usage.aclose()
+                await services.manager.aclose()
+            finally:
+                if services.processes is not None:
+                    await services.processes.aclose()
 
     from prometheus_client import CollectorRegistry
 

@@ -274,16 +274,24 @@ def reason(
         int, typer.Option(min=1, max=10, help="1-10: low is the reflex model, high the cloud GPU first.")
     ] = 5,
     stream: Annotated[bool, typer.Option("--stream", help="Print the answer as it is written.")] = False,
+    max_tokens: Annotated[
+        int | None, typer.Option("--max-tokens", min=1, help="Upper bound on the answer's tokens.")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1, help="Seconds the whole call may take; then it is cancelled.")
+    ] = 120.0,
     url: UrlOpt = None,
     token: TokenOpt = None,
     state_dir: StateDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Ask reason() and print the answer and the attempts table."""
-    from stackd.cli.reason_view import run_reason
+    """Ask reason() and print the answer and the attempts table. Ctrl-C cancels the backend call."""
+    from stackd.cli.reason_view import ReasonOptions, run_reason
 
-    with client(url, token, state_dir, timeout=600.0) as c:
-        run_reason(c, out, problem, effort, stream, as_json)
+    options = ReasonOptions(effort=effort, stream=stream, max_tokens=max_tokens, timeout_s=timeout)
+    # The daemon bounds the call by --timeout; the HTTP client waits a little longer for its answer.
+    with client(url, token, state_dir, timeout=timeout + 10.0) as c:
+        run_reason(c, out, problem, options, as_json)
 
 
 @app.command()

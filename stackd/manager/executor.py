@@ -79,6 +79,7 @@ class Execution:
     error: str | None = None
     undone: list[Undo] = field(default_factory=list)
     degraded: dict[str, str] = field(default_factory=dict)
+    probed: dict[str, str | None] = field(default_factory=dict)  # remote -> error, None when it answered
 
     @property
     def ok(self) -> bool:
@@ -209,8 +210,10 @@ class PlanExecutor:
                     remote = models[name].remote
                     if required or (remote is not None and remote.required):
                         raise
-                    result.degraded[name] = _describe(exc)
+                    result.degraded[name] = result.probed[name] = _describe(exc)
                     self._log.emit("degraded", model=name, error=result.degraded[name])
+                else:
+                    result.probed[name] = None
             case BindRole(role=role, model=name):
                 pending[role] = name
             case UnbindRole(role=role):

@@ -14,6 +14,7 @@ from typing import Any
 from stackd.config.models import Lifecycle, Runtime
 from stackd.errors import Conflict, StackdError
 from stackd.manager.core import JobResult, ManagerCore, ProbeResult
+from stackd.manager.executor import Execution
 from stackd.manager.observe import Observation, drift, is_up, with_measurements
 from stackd.manager.recovery import RecoveryAction, RecoveryDecision, RecoveryReport, decide_recovery
 from stackd.manager.status import build_status
@@ -69,6 +70,7 @@ class ModelStackManager(ManagerCore):
                                         execution.result_json(switch.id, switch.target, switch.from_stack))
                 self._active = switch.target
                 self.degraded = dict(execution.degraded)
+                self._record_probes(execution)
                 switch.finish("succeeded", None, self.wall_clock())
             else:
                 error = execution.failure_sentence(switch.from_stack)
@@ -129,6 +131,7 @@ class ModelStackManager(ManagerCore):
                 error = self._refuse(plan).message
             else:
                 execution = await self._execute(switch, plan, journal_id=entry.switch_id)
+                self._record_probes(execution)
                 error = None if execution.ok else execution.failure_sentence(None)
         except Exception as exc:  # recovery must report, never stop the daemon from starting
             error = exc.message if isinstance(exc, StackdError) else f"{type(exc).__name__}: {exc}"
@@ -260,6 +263,11 @@ class ModelStackManager(ManagerCore):
                 self.degraded.pop(model, None)
             else:
                 self.degraded[model] = error or "unreachable"
+
+    def _record_probes(self, execution: Execution) -> None:
+        """A switch's remote probes are probes too: status shows them, not "unprobed"."""
+        for name, error in execution.probed.items():
+            self.record_probe(name, error is None, error)
 
     def record_job(self, name: str, ok: bool, summary: str) -> None:
         self.jobs[name] = JobResult(ok, self.wall_clock(), summary)

@@ -9,7 +9,7 @@ import httpx
 from tests.e2e.conftest import ROOT, Daemon, run_cli
 
 
-def test_lists_the_four_stacks(daemon: Daemon) -> None:
+def test_lists_the_seed_stacks_and_the_embedded_ones(daemon: Daemon) -> None:
     result = daemon.cli("stacks", "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
@@ -18,6 +18,8 @@ def test_lists_the_four_stacks(daemon: Daemon) -> None:
         "elastic-hybrid",
         "ollama-hybrid",
         "ollama-only",
+        "embedded",
+        "embedded-long",
     ]
     assert data["default"] == "cloud-offload"
 
