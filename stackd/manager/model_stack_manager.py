@@ -136,7 +136,8 @@ class ModelStackManager(ManagerCore):
         except Exception as exc:  # recovery must report, never stop the daemon from starting
             error = exc.message if isinstance(exc, StackdError) else f"{type(exc).__name__}: {exc}"
         applied = error is None
-        left = tuple(await self._drift_of(decision.stack))
+        involved = (entry.from_stack, entry.target_stack)
+        left = tuple(await self._drift_of(decision.stack, involved))
         if error is None and left:
             error = "what runs still differs from it"
         if error is None:
@@ -149,7 +150,7 @@ class ModelStackManager(ManagerCore):
             action, active = "unresolved", decision.stack if applied else entry.from_stack
             if active not in (None, decision.stack):
                 assert active is not None
-                left = tuple(await self._drift_of(active))
+                left = tuple(await self._drift_of(active, involved))
             message = (f"{interrupted}; {decision.reason}; going to '{decision.stack}' failed: {error}. "
                        f"Drift left: {'; '.join(left) or 'none observed'}")
         result = {"recovery": action, "stack": decision.stack, "message": message}
@@ -157,7 +158,8 @@ class ModelStackManager(ManagerCore):
         self._active = active
         switch.note = message
         switch.finish("succeeded" if error is None else "failed", error, self.wall_clock())
-        return RecoveryReport(action, active, message, entry.switch_id, left)
+        return RecoveryReport(action, active, message, entry.switch_id, left,
+                              involved if action == "unresolved" else ())
 
     async def _restore(self) -> RecoveryReport:
         active = self._active
@@ -244,8 +246,8 @@ class ModelStackManager(ManagerCore):
                 out.append(f"{name}: {exc.message}")
         return out
 
-    async def _drift_of(self, stack: str) -> list[str]:
-        return drift(self.config, stack, await self.observe_detailed())
+    async def _drift_of(self, stack: str, involved: tuple[str | None, ...] = ()) -> list[str]:
+        return drift(self.config, stack, await self.observe_detailed(), involved)
 
     # ---------------------------------------------------------------- for the periodic jobs and the router
 

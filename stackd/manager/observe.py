@@ -109,10 +109,16 @@ def missing_members(config: StacksConfig, stack: str, observed: ObservedState) -
     return out
 
 
-def drift(config: StacksConfig, stack: str, observation: Observation) -> list[str]:
+def drift(config: StacksConfig, stack: str, observation: Observation,
+          involved: tuple[str | None, ...] = ()) -> list[str]:
     """Every way what runs differs from ``stack``: engines that cannot be read, members missing,
-    and declared models running although ``stack`` does not have them."""
-    used = {config.models[n].runtime.value for n in config.stacks[stack].member_names}
+    and declared models running although ``stack`` does not have them.
+
+    An engine that cannot be read counts when ``stack`` or an ``involved`` stack (both sides of
+    an interrupted switch) has members on it: then something may run there unseen. A laptop
+    without Docker running a stack without containers has no drift."""
+    stacks = [s for s in (stack, *involved) if s in config.stacks]
+    used = {config.models[n].runtime.value for s in stacks for n in config.stacks[s].member_names}
     out = [f"{engine}: {why}" for engine, why in observation.problems.items() if engine in used]
     out += missing_members(config, stack, observation.state)
     out += [f"{name}: running but not a member of '{stack}'"

@@ -32,6 +32,7 @@ class RecoveryReport:
     message: str
     switch_id: str | None = None
     drift: tuple[str, ...] = ()
+    involved: tuple[str | None, ...] = ()  # both sides of the interrupted switch, while unresolved
 
     def __str__(self) -> str:
         return self.message

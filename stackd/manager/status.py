@@ -31,7 +31,8 @@ def build_status(manager: ModelStackManager, observation: Observation, hardware:
                    for name in config.stacks[active].member_names]
         members += [member_json(manager, name, config.models[name], observation, in_stack=False)
                     for name in extra_members(config, active, observation)]
-        differences = drift(config, active, observation)
+        involved = manager.recovery.involved if manager.recovery else ()
+        differences = drift(config, active, observation, involved)
     ledger = plan_json(ledger_plan) if ledger_plan is not None else {}
     current = manager.current_switch
     return {

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import yaml
 
+from stackd.config.loader import load_config
 from stackd.config.models import Lifecycle, StacksConfig
 from stackd.drivers.memory import MemoryContainers, MemoryHealth, MemoryOllama, MemoryProcesses, MemoryRemotes
 from stackd.errors import DriverFailed, DriverUnavailable
@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def bundled_config() -> StacksConfig:
-    return StacksConfig.model_validate(yaml.safe_load((ROOT / "config" / "model-stacks.yaml").read_text()))
+    # Through the loader, as the daemon reads it: ${VAR:-default} expanded (no environment here).
+    return load_config(ROOT / "config" / "model-stacks.yaml", env={})
 
 
 def rtx5090_32g_workstation() -> HardwareSnapshot:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
+from stackd.config.loader import load_config
 from stackd.config.models import StacksConfig
 from stackd.errors import NotFound
 from stackd.roles import RoleTable
@@ -17,7 +17,7 @@ BUNDLED = Path(__file__).resolve().parents[2] / "config" / "model-stacks.yaml"
 
 @pytest.fixture(scope="module")
 def config() -> StacksConfig:
-    return StacksConfig.model_validate(yaml.safe_load(BUNDLED.read_text()))
+    return load_config(BUNDLED, env={})
 
 
 def table(config: StacksConfig, stack: str) -> RoleTable:
