@@ -343,3 +343,46 @@ async def test_an_undo_that_fails_is_reported_and_the_drift_shows_in_status(worl
     assert StateStore(world.db).get_switch(result["switch_id"]).state == "failed"  # type: ignore[union-attr]
     status = await manager.status()
     assert "orchestrator-8b: running but not a member of 'ollama-only'" in status["drift"]
+
+
+# ---------------------------------------------------------------- process members (runtime: process)
+
+
+async def test_a_switch_between_process_stacks_starts_the_new_engine_before_it_stops_the_old(
+        world: World) -> None:
+    manager = await started(world, "embedded")
+    first_pid = world.processes.pids["gemma-270m"]
+    result = await switch(manager, "embedded-long")
+    assert result["state"] == "succeeded", result["error"]
+    done = [(s["kind"], s.get("model") or s.get("role")) for s in result["steps_done"]]
+    start, stop = done.index(("start_process", "gemma-270m-long")), done.index(("stop_process", "gemma-270m"))
+    swap = done.index(("roles_swapped", None))
+    assert start < swap < stop  # make-before-break: the orchestrator is never without an engine
+    assert world.processes.running_processes == {"gemma-270m-long"}
+    assert world.processes.pids["gemma-270m-long"] != first_pid
+    assert manager.live_roles.current.bindings["orchestrator"] == "gemma-270m-long"
+
+
+async def test_a_process_member_that_fails_to_start_rolls_back_and_the_old_engine_keeps_running(
+        world: World) -> None:
+    manager = await started(world, "embedded")
+    world.processes.fail_start.add("gemma-270m-long")
+    result = await switch(manager, "embedded-long")
+    assert result["state"] == "rolled_back"
+    assert "start_process gemma-270m-long failed" in result["error"]
+    assert "exited with code 1 before it was ready" in result["error"]
+    assert world.processes.running_processes == {"gemma-270m"}
+    assert world.processes.actions == [("start", "gemma-270m")]  # the old engine was never touched
+    assert manager.active_stack == "embedded"
+    assert manager.live_roles.current.bindings["orchestrator"] == "gemma-270m"
+
+
+async def test_status_shows_a_process_member_with_its_pid_and_measured_memory(world: World) -> None:
+    manager = await started(world, "embedded")
+    world.processes.rss_mib["gemma-270m"] = 570
+    status = await manager.status()
+    [gemma] = [m for m in status["members"] if m["name"] == "gemma-270m"]
+    assert gemma["state"] == "running" and gemma["process"]["pid"] == world.processes.pids["gemma-270m"]
+    assert (gemma["memory_mib"], gemma["measured_mib"]) == (614, 570)
+    [item] = [i for i in status["ram"]["items"] if i["model"] == "gemma-270m"]
+    assert (item["mib"], item["measured_mib"]) == (614, 570)  # the ledger shows both, side by side
