@@ -267,7 +267,7 @@ class LocalProcessDriver:
         url = engine.record.endpoint.split("://", 1)[0] + "://127.0.0.1:" + f"{engine.record.port}{path}"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        polls, last = 0, "no answer yet"
+        polls, last = 0, "no answer yet"  # polls: for the log of a slow start
         while True:
             if engine.exited():
                 code = engine.proc.returncode if engine.proc else None
@@ -285,8 +285,10 @@ class LocalProcessDriver:
                                                  f"({last}); raise health.start_timeout_s if it loads slowly"),
                                    model=member.name)
             polls += 1
-            # Often at first: the wait is added to every switch (the target is <= 100 ms overhead).
-            await self._sleep(0.02 if polls < 50 else 0.1 if polls < 150 else 0.25)
+            # Often at first: the wait is added to every switch (the target is <= 100 ms of
+            # overhead); a refused connect costs microseconds, a slow engine is polled less.
+            waited = loop.time() - (deadline - timeout_s)
+            await self._sleep(0.01 if waited < 5 else 0.05 if waited < 30 else 0.25)
         member.state = "ready"
         self._endpoints.set(member.name, engine.record.endpoint)
 
