@@ -58,7 +58,9 @@ NO_TOKEN = Token(None, "the client was given none")
 
 
 def default_url() -> str:
-    return os.environ.get(URL_ENV, f"http://127.0.0.1:{DEFAULT_PORT}")
+    """STACKD_URL, else the address ``stackd serve`` binds with the same environment."""
+    host = os.environ.get("STACKD_HOST") or "127.0.0.1"
+    return os.environ.get(URL_ENV) or f"http://{host}:{os.environ.get('STACKD_PORT') or DEFAULT_PORT}"
 
 
 def find_token(

@@ -6,6 +6,7 @@ Every command that talks to a daemon takes ``--url``, ``--token`` and ``--state-
 from __future__ import annotations
 
 import json
+import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -116,8 +117,12 @@ def serve(
     periodic: Annotated[
         bool, typer.Option("--periodic/--no-periodic", help="Run health probes, drift checks and idle TTL.")
     ] = True,
+    detach: Annotated[
+        bool,
+        typer.Option("--detach", help="Run in the background (log: STATE_DIR/stackd.log); return once it serves."),
+    ] = False,
 ) -> None:
-    """Run the daemon (FastAPI on uvicorn)."""
+    """Run the daemon (FastAPI on uvicorn), in the foreground unless --detach."""
     from stackd.daemon import run
     from stackd.settings import Settings
 
@@ -131,7 +136,30 @@ def serve(
     }
     if state_dir is not None:
         kwargs["state_dir"] = state_dir
-    run(Settings(**kwargs))
+    settings = Settings(**kwargs)
+    if detach:
+        from stackd.cli.lifecycle import serve_detached
+
+        url = f"http://{settings.host}:{settings.port}"
+        argv = [arg for arg in sys.argv[1:] if arg != "--detach"]
+        pid, log_path = serve_detached(argv, settings.state_dir, url)
+        out.print(f"stackd is serving {url} (pid {pid}); log: {log_path}; stop it with: stackd stop")
+        return
+    run(settings)
+
+
+@app.command()
+def stop(
+    url: UrlOpt = None,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Stop the daemon of the state dir (SIGTERM) and wait until it and its engines are gone."""
+    from stackd.cli.lifecycle import stop_daemon
+    from stackd.settings import default_state_dir
+
+    state = state_dir or Path(os.environ.get("STACKD_STATE_DIR") or default_state_dir())
+    pid = stop_daemon(state, url or os.environ.get("STACKD_URL"))
+    out.print(f"stopped stackd (pid {pid})")
 
 
 @app.command()
@@ -249,9 +277,12 @@ def config_schema(
 
 @app.command()
 def sim(
-    kind: Annotated[str, typer.Argument(help="ollama | openai | anthropic | gemini")],
-    port: Annotated[int, typer.Option(help="Port to bind; 0 picks a free one.")] = 0,
-    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    kind: Annotated[
+        str, typer.Argument(help="ollama | openai | anthropic | gemini, or all: every one --config needs")
+    ],
+    port: Annotated[int, typer.Option(help="Port to bind; 0 picks a free one (all: the config's).")] = 0,
+    host: Annotated[str, typer.Option(help="Address to bind (all: the config's).")] = "127.0.0.1",
+    config: ConfigOpt = Path("config/model-stacks.yaml"),
     latency_ms: Annotated[float, typer.Option(help="Delay added to every answer, in ms.")] = 0.0,
     fault: Annotated[
         str,
@@ -261,10 +292,20 @@ def sim(
         ),
     ] = "none",
 ) -> None:
-    """Run a protocol-faithful simulator on loopback (for tests and demos)."""
+    """Run a protocol-faithful simulator on loopback (for tests and demos), until Ctrl-C.
+
+    `stackd sim all --config config/examples/demo.yaml` runs every simulator that config points
+    at (its Ollama and its loopback remote endpoints), one line per simulator with its URL."""
     from stackd.sim import run_sim
 
-    run_sim(kind, host, port, latency_ms, fault)
+    if kind != "all":
+        run_sim(kind, host, port, latency_ms, fault)
+        return
+    from stackd.config.loader import load_config
+    from stackd.sim.fleet import fleet_for
+    from stackd.sim.runner import run_fleet
+
+    run_fleet(fleet_for(load_config(config)), latency_ms, fault)
 
 
 @app.command()

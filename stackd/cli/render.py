@@ -211,7 +211,7 @@ def members_table(members: list[dict[str, Any]], wide: bool) -> Table:
             m["name"] + ("" if m.get("in_stack", True) else " (extra)"),
             m.get("runtime", ""),
             m.get("placement", ""),
-            gib(m.get("memory_mib") or None),  # 0: a remote, which takes none here
+            _memory_text(m),
             Text(state, style=STATE_STYLE.get(state, "")),
         ]
         if wide:
@@ -219,6 +219,17 @@ def members_table(members: list[dict[str, Any]], wide: bool) -> Table:
             row += [m.get("lifecycle") or "", _probe_text(probe), m.get("detail") or ""]
         table.add_row(*row)
     return table
+
+
+def _memory_text(member: dict[str, Any]) -> str:
+    """Configured size, and beside it what the running member was measured to hold; a member
+    that outgrows its configuration by more than 10% is marked with '!'."""
+    configured = gib(member.get("memory_mib") or None)  # 0: a remote, which takes none here
+    measured = member.get("measured_mib")
+    if measured is None:
+        return configured
+    over = measured > 1.1 * (member.get("memory_mib") or 0)
+    return f"{configured} ({gib(measured)}{' !' if over else ''})"
 
 
 def member_notes(members: list[dict[str, Any]]) -> list[Table]:
@@ -232,6 +243,8 @@ def member_notes(members: list[dict[str, Any]]) -> list[Table]:
     grid.add_column(overflow="fold")
     for m in noted:
         grid.add_row(f"  {m['name']}:", m["detail"])
+        for line in m.get("log_tail") or []:  # a dead engine's last words
+            grid.add_row("", Text(line, style="dim"))
     return [grid]
 
 
