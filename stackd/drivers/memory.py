@@ -232,12 +232,15 @@ class MemoryRemotes:
 
 @dataclass
 class MemoryHealth:
-    """Health endpoints; the models in ``unhealthy`` fail their probe."""
+    """Health endpoints; the models in ``unhealthy`` fail their probe, those in ``timing_out`` time out."""
 
     unhealthy: set[str] = field(default_factory=set)
+    timing_out: set[str] = field(default_factory=set)  # a busy single-slot engine: no answer in time
     checks: dict[str, int] = field(default_factory=dict)
 
     async def check(self, name: str, model: Model) -> None:
         self.checks[name] = self.checks.get(name, 0) + 1
+        if name in self.timing_out:
+            raise DriverUnavailable(f"health probe of '{name}' got no answer within 2 s (injected)")
         if name in self.unhealthy:
             raise DriverUnavailable(f"{name}: health endpoint answered 503 (injected failure)")

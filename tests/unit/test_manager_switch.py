@@ -386,3 +386,23 @@ async def test_status_shows_a_process_member_with_its_pid_and_measured_memory(wo
     assert (gemma["memory_mib"], gemma["measured_mib"]) == (614, 570)
     [item] = [i for i in status["ram"]["items"] if i["model"] == "gemma-270m"]
     assert (item["mib"], item["measured_mib"]) == (614, 570)  # the ledger shows both, side by side
+
+
+def test_a_gpu_process_member_is_measured_through_nvml_per_process(world: World) -> None:
+    from stackd.drivers.base import ProcessInfo
+    from stackd.hardware.types import GpuDevice, GpuProcess, HardwareSnapshot
+    from stackd.manager.observe import Observation, with_measurements
+    from stackd.plan import ObservedState
+
+    config = world.config.model_copy(update={"models": {
+        **world.config.models,
+        "gemma-270m": world.config.models["gemma-270m"].model_copy(update={"placement": "gpu"}),
+    }})
+    info = ProcessInfo(model="gemma-270m", state="ready", pid=100, port=1, endpoint=None, started_at=None,
+                       restarts=0, exits=0, last_exit=None, log_path=None, pids=(100, 101), rss_mib=600)
+    gpu = GpuDevice(0, "RTX 5090", 32607, 9000, 23607, processes=(
+        GpuProcess(100, "python", 300), GpuProcess(101, "python", 1200), GpuProcess(7, "Xorg", 3000)))
+    hardware = HardwareSnapshot((gpu,), 131072, 120000, 32, "scenario:test")
+    observed = Observation(ObservedState(running_processes=frozenset({"gemma-270m"})), processes=(info,))
+    measured = with_measurements(observed, config, hardware).state.measured_mib
+    assert measured == {"gemma-270m": 1500}  # its two processes on the card, not Xorg, not its RSS

@@ -129,3 +129,31 @@ async def test_the_scheduler_runs_each_job_at_its_interval(world: World) -> None
         jobs.shutdown()
     await asyncio.sleep(0)  # AsyncIOScheduler.shutdown runs on the loop's next turn
     assert not scheduler.running
+
+
+async def test_a_process_member_is_probed_and_a_passing_probe_is_announced(world: World) -> None:
+    manager = await running(world, "embedded")
+    healthy: list[str] = []
+    jobs = PeriodicJobs(manager, on_healthy=healthy.append)
+    assert await jobs.probe_health() == (True, "probed 1")
+    assert healthy == ["gemma-270m"]  # the router half-opens the model's circuit on this
+    world.now[0] += 10
+    world.health.unhealthy.add("gemma-270m")
+    ok, summary = await jobs.probe_health()
+    assert not ok and "gemma-270m" in summary
+    assert member(await manager.status(), "gemma-270m")["state"] == "unhealthy"
+    assert healthy == ["gemma-270m"]
+
+
+async def test_a_probe_that_times_out_while_stackd_has_a_request_on_the_engine_is_not_unhealthy(
+        world: World) -> None:
+    manager = await running(world, "embedded")
+    jobs = PeriodicJobs(manager)
+    world.health.timing_out.add("gemma-270m")
+    with manager.live_roles.in_flight.using("gemma-270m"):  # a single-slot engine busy generating
+        assert await jobs.probe_health() == (True, "probed 1")
+    assert member(await manager.status(), "gemma-270m")["state"] == "running"
+    world.now[0] += 10
+    ok, _ = await jobs.probe_health()  # no request of ours on it: a timeout is a real failure
+    assert not ok
+    assert member(await manager.status(), "gemma-270m")["state"] == "unhealthy"

@@ -78,3 +78,29 @@ def test_a_timeout_trips_the_circuit_at_once() -> None:
     circuit = CircuitBreaker(3, 30.0, FakeClock())
     circuit.record_failure("timeout: no first token", trip=True)
     assert circuit.state is CircuitState.open
+
+
+def test_a_passing_health_probe_half_opens_an_open_circuit_at_once() -> None:
+    clock = FakeClock()
+    circuit = CircuitBreaker(1, 30.0, clock)
+    circuit.record_failure("timeout: no first token", trip=True)
+    assert circuit.admit() is not None  # open: refused for the 30 s cool-down
+    clock.now += 1
+    circuit.probe_succeeded()  # the engine is back: do not refuse it for 29 s more
+    assert circuit.admit() is None and circuit.state is CircuitState.half_open
+    assert circuit.admit() == "circuit half-open: a trial request is in flight"  # still one trial
+    circuit.record_success()
+    assert circuit.state is CircuitState.closed
+
+
+def test_a_passing_probe_leaves_a_closed_or_half_open_circuit_as_it_is() -> None:
+    clock = FakeClock()
+    circuit = CircuitBreaker(3, 30.0, clock)
+    circuit.probe_succeeded()
+    assert circuit.state is CircuitState.closed
+    circuit.record_failure("x", trip=True)
+    clock.now += 31
+    assert circuit.admit() is None  # the half-open trial is in flight
+    circuit.probe_succeeded()
+    assert circuit.state is CircuitState.half_open
+    assert circuit.admit() is not None  # a probe does not let a second trial through
