@@ -24,6 +24,7 @@ from stackd.hardware.types import HardwareSnapshot
 from stackd.roles import LiveEndpoints, LiveRoles
 from stackd.services import Services
 from stackd.settings import Settings
+from stackd.state.permissions import private_database, private_state_dir
 
 log = logging.getLogger("stackd")
 
@@ -46,6 +47,17 @@ def load_daemon_config(settings: Settings) -> StacksConfig:
     return config
 
 
+def refuse_unsafe_bind(settings: Settings, env: dict[str, str] | None = None) -> None:
+    """Raise ``UnsafeBind`` for a non-loopback host without ``STACKD_TOKEN``. The daemon asks
+    before it writes anything: a refused start leaves no token file, no lock file, no database."""
+    env = dict(os.environ) if env is None else env
+    if not settings.loopback and not env.get(TOKEN_ENV):
+        raise UnsafeBind(
+            f"refusing to listen on {settings.host} without a token: set {TOKEN_ENV} to a long random "
+            "secret (every endpoint but /healthz will then require it), or bind to 127.0.0.1"
+        )
+
+
 def build_services(settings: Settings) -> Services:
     from stackd.drivers.docker import DockerContainerDriver
     from stackd.drivers.health import HttpHealthChecker
@@ -60,12 +72,10 @@ def build_services(settings: Settings) -> Services:
     from stackd.state.usage import UsageStore
 
     config = load_daemon_config(settings)
+    refuse_unsafe_bind(settings)
+    private_state_dir(settings.state_dir)
     token, source = load_or_create_token(settings.state_dir)
-    if not settings.loopback and source != TOKEN_ENV:
-        raise UnsafeBind(
-            f"refusing to listen on {settings.host} without a token: set {TOKEN_ENV} to a long random "
-            "secret (every endpoint but /healthz will then require it), or bind to 127.0.0.1"
-        )
+    private_database(settings.db_path)
     reader = make_gpu_reader(
         str(settings.gpu_scenario) if settings.gpu_scenario else None, settings.gpu_total_gb
     )
@@ -180,11 +190,15 @@ def build_app(settings: Settings) -> FastAPI:
 def run(settings: Settings) -> None:
     import uvicorn
 
+    from stackd.api.http_server import server_config
     from stackd.api.listener import bind_listener, listen_url
     from stackd.state.lock import DaemonRecord, lock_state_dir
 
     # Lock the state dir and bind the port before the database is opened or an engine touched: a
     # second daemon is refused here having changed nothing (StateDirLocked, PortInUse: one line).
+    # A public bind without a token is refused before even that: it writes nothing at all.
+    refuse_unsafe_bind(settings)
+    private_state_dir(settings.state_dir)
     url = listen_url(settings.host, settings.port)
     with lock_state_dir(settings.state_dir) as lock, bind_listener(settings.host, settings.port) as sock:
         lock.record(DaemonRecord(pid=os.getpid(), url=url))
@@ -195,5 +209,7 @@ def run(settings: Settings) -> None:
         # A bad config raises ConfigError here, listing every problem; the CLI prints it, no traceback.
         app = build_app(settings)
         log.info("stackd on %s (config %s, state %s)", url, settings.config, settings.state_dir)
-        server = uvicorn.Server(uvicorn.Config(app, log_level="info", access_log=False))
+        # A request deadline, keep-alive timeout and connection cap: idle or slow clients cannot
+        # take every file descriptor (stackd.api.http_server).
+        server = uvicorn.Server(server_config(app, log_level="info", access_log=False))
         server.run(sockets=[sock])

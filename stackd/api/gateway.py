@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
@@ -46,6 +46,7 @@ OPENAI_ERROR_TYPES = {
     404: "invalid_request_error",
     422: "invalid_request_error",
 }
+MAX_TOKENS = 2**31 - 1  # the largest max_tokens accepted; a backend refuses what its context cannot hold
 OPENAI_ERROR_CODES = {401: "invalid_api_key", 404: "model_not_found", 503: "all_strategies_failed"}
 
 
@@ -187,8 +188,10 @@ class ChatCompletionBody(BaseModel):
     messages: list[dict[str, Any]] = Field(min_length=1)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    # As OpenAI validates them: a JSON integer (not "100", not 100.5, not true), at least 1, and
+    # within a signed 32-bit int (10^30 is refused here, not passed to a backend).
+    max_tokens: StrictInt | None = Field(None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1, le=MAX_TOKENS)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     stop: str | list[str] | None = None

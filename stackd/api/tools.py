@@ -18,11 +18,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from stackd.api.gateway import (
+    MAX_TOKENS,
     SSE_DONE,
     Auth,
     RawEndpoint,
@@ -43,7 +44,9 @@ from stackd.router.types import Answer, ChatRequest, RouterStreamItem, StreamBro
 class ToolArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    max_tokens: int | None = Field(None, ge=1, description="Upper bound on the answer's tokens.")
+    max_tokens: StrictInt | None = Field(
+        None, ge=1, le=MAX_TOKENS, description="Upper bound on the answer's tokens."
+    )
     temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature.")
     stream: bool = Field(False, description="Stream the answer as server-sent events.")
     timeout_s: float | None = Field(
@@ -56,7 +59,7 @@ class ReasonArgs(ToolArgs):
 
     problem: str = Field(min_length=1, description="The problem to reason about, self-contained.")
     context: str | None = Field(None, description="Optional background the reasoner needs.")
-    effort: int = Field(
+    effort: StrictInt = Field(
         DEFAULT_EFFORT,
         ge=1,
         le=MAX_EFFORT,
@@ -75,7 +78,7 @@ class InvokeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     slice: str | None = Field(None, description="Elastic slice: 6b, 9b or 12b (default: the preset's).")
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: StrictInt | None = Field(None, ge=1, le=MAX_TOKENS)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     stop: list[str] | None = None

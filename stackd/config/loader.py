@@ -32,11 +32,12 @@ from stackd.config.models import StacksConfig
 from stackd.config.problems import Problem, dotted, problems_from_errors, split_fix
 from stackd.config.references import check_references
 from stackd.config.schema import json_schema
-from stackd.config.yaml_source import YamlDocument, parse_yaml
+from stackd.config.yaml_source import TooLarge, YamlDocument, parse_yaml
 from stackd.errors import ConfigError
 
 __all__ = ["Problem", "check_file", "json_schema", "load_config"]
 
+MAX_FILE_BYTES = 256 << 10  # the bundled config is 13 KB; PyYAML composes ~100 KB/s
 _TOP_LEVEL = "version, default_stack, roles, models and stacks"
 _SYNTAX_FIX = "check indentation, colons, brackets and quotes"
 _SYNTAX_FIXES = {
@@ -138,7 +139,8 @@ def _first_at_each_path(earlier: list[Problem], later: list[Problem]) -> list[Pr
 def _read(path: Path) -> str | Problem:
     file = str(path)
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)  # not the whole of a huge file (or of /dev/zero)
     except FileNotFoundError:
         return Problem(file, 1, "", "file not found", "check the path, e.g. config/model-stacks.yaml")
     except IsADirectoryError:
@@ -146,6 +148,14 @@ def _read(path: Path) -> str | Problem:
     except OSError as exc:
         return Problem(
             file, 1, "", f"cannot read the file: {exc.strerror or exc}", "check the file's permissions"
+        )
+    if len(raw) > MAX_FILE_BYTES:
+        return Problem(
+            file,
+            1,
+            "",
+            f"the file is larger than {MAX_FILE_BYTES >> 10} KiB, more than any config needs",
+            "check that this is the config file; split long text out of it",
         )
     try:
         return raw.decode("utf-8")
@@ -158,6 +168,10 @@ def _read(path: Path) -> str | Problem:
 def _parse(text: str, file: str) -> YamlDocument | Problem:
     try:
         return parse_yaml(text)
+    except TooLarge as exc:
+        return Problem(
+            file, exc.problem_mark.line + 1 if exc.problem_mark else 1, "", str(exc.problem), exc.fix
+        )
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1

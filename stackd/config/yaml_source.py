@@ -6,6 +6,13 @@ equal keys. The loader needs both: a pydantic error location such as
 model or stack declared twice must be reported, not quietly replaced. So the document is
 composed into nodes first (which carry marks), walked once to record lines and duplicates,
 and only then constructed into plain data with the same SafeLoader.
+
+Composition is bounded, so a hostile or broken file is refused in milliseconds instead of
+taking the process to a ``MemoryError``: a "billion laughs" file of 342 bytes, whose aliases
+(``*name``) expand to 10^9 values, is refused at the line of the first value that grows past
+``MAX_VALUES``, and nesting deeper than ``MAX_DEPTH`` at the line where it goes too deep.
+Every later step (the line walk, ``${VAR}`` expansion, pydantic) visits the expanded data, so
+the bound on composition bounds them all. A real config has a few thousand values at most.
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ import yaml
 FieldPath = tuple[str | int, ...]
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+
+MAX_VALUES = 100_000  # scalars, lists and mappings once aliases are expanded (bundled config: ~1,400)
+MAX_DEPTH = 64  # nested lists and mappings (bundled config: 7)
 
 
 @dataclass(frozen=True)
@@ -62,7 +72,7 @@ def parse_yaml(text: str) -> YamlDocument:
     carries the line) and may raise ``ValueError`` for a scalar the constructor rejects (an
     impossible date); the caller turns both into problems.
     """
-    loader = yaml.SafeLoader(text)
+    loader = _BoundedLoader(text)
     try:
         root = loader.get_single_node()
         if root is None:
@@ -76,6 +86,64 @@ def parse_yaml(text: str) -> YamlDocument:
     finally:
         loader.dispose()
     return YamlDocument(data=data, lines=lines, duplicates=duplicates)
+
+
+class TooLarge(yaml.MarkedYAMLError):
+    """The document passes ``MAX_VALUES`` or ``MAX_DEPTH``; ``fix`` says what to change."""
+
+    def __init__(self, problem: str, mark: yaml.Mark, fix: str) -> None:
+        super().__init__(problem=problem, problem_mark=mark)
+        self.fix = fix
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """A SafeLoader whose composer refuses, at the offending line, a document whose aliases
+    expand past ``MAX_VALUES`` values or whose nesting goes past ``MAX_DEPTH``.
+
+    An alias is the anchored node itself, composed once, so each node's expanded size is known
+    when it is composed: 1 plus its children's (aliases included, each counted in full). The
+    first node over the bound is the innermost one, and composing stops there, naming the line
+    of the alias that took it over."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._depth = 0
+        self._sizes: dict[int, int] = {}
+        self._last_alias: yaml.Mark | None = None  # composition is in file order: it tipped the count
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise TooLarge(
+                    f"the values are nested more than {MAX_DEPTH} levels deep",
+                    self.peek_event().start_mark,
+                    "flatten the structure: a config nests 7 levels at most",
+                )
+            alias = self.check_event(yaml.AliasEvent)  # type: ignore[no-untyped-call]
+            if alias:
+                self._last_alias = self.peek_event().start_mark
+            node: yaml.Node = super().compose_node(parent, index)  # type: ignore[no-untyped-call]
+        finally:
+            self._depth -= 1
+        if not alias:  # an alias is a node composed before: its size is known
+            self._sizes[id(node)] = size = 1 + sum(self._sizes.get(id(child), 1) for child in _children(node))
+            if size > MAX_VALUES:
+                raise TooLarge(
+                    f"this value holds more than {MAX_VALUES:,} values once its aliases (*name) are expanded",
+                    self._last_alias or node.start_mark,
+                    "write the values out, or use fewer aliases of aliases",
+                )
+        return node
+
+
+def _children(node: yaml.Node) -> Iterator[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            yield key
+            yield value
+    elif isinstance(node, yaml.SequenceNode):
+        yield from node.value
 
 
 def _walk(

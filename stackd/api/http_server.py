@@ -1,0 +1,134 @@
+"""The daemon's HTTP server settings: what a slow or idle client may hold, and for how long.
+
+uvicorn closes a keep-alive connection that stays idle after an answer (``timeout_keep_alive``),
+but not one that never completes its first request: a client that connects and sends nothing,
+or sends a header line every few seconds (slowloris), keeps its socket forever. 1,100 such
+connections took every file descriptor of a daemon under the default limit of 1,024, and
+``/healthz`` stopped answering. Three bounds close that:
+
+- a **request deadline**: from the moment a connection is accepted, or its last answer sent, a
+  client has ``request_read_timeout_s`` to deliver a whole request, headers and body; then the
+  connection is closed. A request already received is never cut: the deadline is off while the
+  daemon works on it and while it streams the answer.
+- a **connection cap** (``limit_concurrency``) below the descriptor limit: a connection past it
+  is answered 503 and closed as soon as it is accepted, so descriptors never run out (at the
+  limit, accepts fail and uvloop resets what waits in the backlog, ``/healthz`` included). Each
+  request in flight may hold two descriptors (the client's, a backend's), and some are kept for
+  the database, the engines and the logs.
+- a **higher descriptor limit**: the soft ``RLIMIT_NOFILE`` is raised to the hard one (at most
+  ``WANTED_FDS``), as Go's runtime and nginx do; the systemd unit sets ``LimitNOFILE=65536``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from stackd.api.listener import BACKLOG
+
+REQUEST_READ_TIMEOUT_S = 15.0
+KEEP_ALIVE_S = 5
+WANTED_FDS = 65536
+RESERVED_FDS = 256  # the database, engine pipes and logs, Docker's socket, the listening socket
+_BUSY = b"too many connections; try again shortly"
+OVER_CAPACITY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"retry-after: 1\r\nconnection: close\r\ncontent-length: "
+    + str(len(_BUSY)).encode()
+    + b"\r\n\r\n"
+    + _BUSY
+)
+
+
+class DeadlineHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline on reading each request (see the module)."""
+
+    request_read_timeout_s = REQUEST_READ_TIMEOUT_S
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._deadline: asyncio.TimerHandle | None = None
+        self._received = self._answered = 0
+        super().connection_made(transport)
+        cap = self.limit_concurrency
+        if cap is not None and len(self.connections) > cap:
+            # Past the cap the connection is answered and closed at once: its descriptor is back
+            # before it can be held idle, and the daemon's own (database, backends) stay free.
+            transport.write(OVER_CAPACITY)
+            transport.close()
+            return
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._deadline is None:  # a pipelined request begins while the last one is served
+            self._arm()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._received += 1
+        self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._answered += 1
+        if self._answered >= self._received and not self.transport.is_closing():
+            self._arm()  # waiting for the next request (uvicorn's keep-alive timer runs too)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(self.request_read_timeout_s, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def raise_fd_limit(wanted: int = WANTED_FDS) -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` towards ``wanted`` (never above the hard limit, never
+    lower than it is); returns the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass  # a container may refuse: the cap below follows the limit in force
+    return soft
+
+
+def connection_cap(fd_limit: int) -> int:
+    """Connections served at once under ``fd_limit`` descriptors (each may hold a backend's too)."""
+    return max(16, (fd_limit - RESERVED_FDS) // 2)
+
+
+def server_config(
+    app: Any, request_read_timeout_s: float = REQUEST_READ_TIMEOUT_S, **options: Any
+) -> uvicorn.Config:
+    """uvicorn's config for the daemon: the request deadline, the keep-alive timeout and a
+    connection cap under the (raised) descriptor limit. ``options`` go to ``uvicorn.Config``."""
+    protocol = type(
+        "DaemonHttpProtocol", (DeadlineHttpToolsProtocol,), {"request_read_timeout_s": request_read_timeout_s}
+    )
+    return uvicorn.Config(
+        app,
+        http=protocol,
+        timeout_keep_alive=KEEP_ALIVE_S,
+        limit_concurrency=connection_cap(raise_fd_limit()),
+        backlog=BACKLOG,
+        **options,
+    )
