@@ -110,6 +110,7 @@ class _Member:
     log_path: Path | None = None
     restart_task: asyncio.Task[None] | None = None
     watch_task: asyncio.Task[None] | None = None
+    model: Model | None = None  # the config it last ran with (an adopted engine learns it later)
 
 
 def runtime_digest(runtime: ProcessRuntime) -> str:
@@ -153,12 +154,17 @@ class LocalProcessDriver:
 
     async def running(self, models: Mapping[str, Model]) -> frozenset[str]:
         await self._adopt_once()
+        for name, model in models.items():  # an adopted engine learns its config (restart policy)
+            member = self._members.get(name)
+            if member is not None and member.model is None:
+                member.model = model
         return frozenset(n for n in models if (m := self._members.get(n)) and m.engine is not None)
 
     async def ensure_running(self, name: str, model: Model) -> None:
         runtime = _runtime(name, model)
         await self._adopt_once()
         member = self._member(name)
+        member.model = model
         async with member.lock:
             member.wanted = True  # a restart waiting for its backoff finds the engine up, and ends
             if member.engine is not None and not member.engine.exited():
@@ -397,6 +403,11 @@ class LocalProcessDriver:
         log.warning("adopted process member %s (pid %d) exited on its own", member.name, engine.pid)
         if self._on_exit is not None:
             self._on_exit(member.name, member.last_exit)
+        model = member.model
+        if model is not None and model.process is not None and model.process.restart == RestartPolicy.on_failure:
+            member.state = "restarting"
+            member.restart_task = asyncio.create_task(self._restart(member, model, model.process),
+                                                      name=f"stackd-restart-{member.name}")
 
     # ---------------------------------------------------------------- helpers
 

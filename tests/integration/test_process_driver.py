@@ -254,3 +254,25 @@ def test_is_alive_checks_the_start_time_not_only_the_pid() -> None:
     me = psutil.Process()
     assert pg.is_alive(me.pid, me.create_time())
     assert not pg.is_alive(me.pid, me.create_time() - 100)  # same PID, another process's start
+
+
+async def test_an_adopted_engine_that_dies_is_restarted_by_its_policy(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    first = LocalProcessDriver(state, ProcessTable(state / "stackd.db"), LiveEndpoints())
+    model = engine_model(restart="on-failure", restart_backoff_s=0.1)
+    await first.ensure_running("eng", model)
+    pid = first.processes()[0].pid
+    assert pid is not None
+    second = LocalProcessDriver(state, ProcessTable(state / "stackd.db"), LiveEndpoints())
+    try:
+        assert await second.running({"eng": model}) == {"eng"}  # adopted; it learns its config here
+        os.killpg(pid, 9)
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            info = second.processes()[0]
+            if info.state == "ready" and info.pid not in (None, pid):
+                break
+        assert info.state == "ready" and info.pid != pid and info.exits == 1
+    finally:
+        await second.aclose()
+        await first.aclose()
