@@ -278,11 +278,13 @@ def config_schema(
 @app.command()
 def sim(
     kind: Annotated[
-        str, typer.Argument(help="ollama | openai | anthropic | gemini, or all: every one --config needs")
+        str, typer.Argument(help="ollama | openai | anthropic | gemini, or demo: every one --config needs")
     ],
-    port: Annotated[int, typer.Option(help="Port to bind; 0 picks a free one (all: the config's).")] = 0,
-    host: Annotated[str, typer.Option(help="Address to bind (all: the config's).")] = "127.0.0.1",
-    config: ConfigOpt = Path("config/model-stacks.yaml"),
+    port: Annotated[int, typer.Option(help="Port to bind; 0 picks a free one (demo: the config's).")] = 0,
+    host: Annotated[str, typer.Option(help="Address to bind (demo: the config's).")] = "127.0.0.1",
+    config: Annotated[
+        Path, typer.Option("--config", help="demo: the config whose Ollama and loopback endpoints to serve.")
+    ] = Path("config/examples/demo.yaml"),
     latency_ms: Annotated[float, typer.Option(help="Delay added to every answer, in ms.")] = 0.0,
     fault: Annotated[
         str,
@@ -294,11 +296,11 @@ def sim(
 ) -> None:
     """Run a protocol-faithful simulator on loopback (for tests and demos), until Ctrl-C.
 
-    `stackd sim all --config config/examples/demo.yaml` runs every simulator that config points
-    at (its Ollama and its loopback remote endpoints), one line per simulator with its URL."""
+    `stackd sim demo` runs every simulator that config/examples/demo.yaml (or --config FILE) needs.
+    That is its Ollama and its loopback remote endpoints, with one line per simulator and its URL."""
     from stackd.sim import run_sim
 
-    if kind != "all":
+    if kind != "demo":
         run_sim(kind, host, port, latency_ms, fault)
         return
     from stackd.config.loader import load_config

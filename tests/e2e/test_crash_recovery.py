@@ -6,6 +6,14 @@ exactly the previous stack (``docker ps``, the Ollama simulator's ``/api/ps``, `
 it did in ``/status`` (``recovery``). Kill points: during a slow pull, right after the first
 container started, during the health wait of a later member (one that gets ready, one that never
 does), and after the role swap while the old stack is being stopped.
+
+Issue 11, for process members (the demo's orchestrator is an engine process: Gemma 3 270M on
+llama.cpp's server): kill points also right after the engine got ready, while it loads (spawned,
+not yet answering), and while it is being stopped. An engine outlives a SIGKILLed daemon (it leads
+its own process group); after the restart no engine is lost or duplicated: the recorded engine
+is adopted (the same PID and start time, never a second one beside it) or stopped, as recovery
+decides, at most one engine runs per member, ``/status`` names the PID the OS shows, and the
+final daemon's shutdown stops every engine, adopted ones too.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.e2e.conftest import stop_daemon
 from tests.e2e.daemon_process import Event, follow_until, get, kill, start_demo_daemon, submit_switch
 from tests.integration.conftest import demo_image, docker_engine  # noqa: F401  (fixtures)
 from tests.integration.demo_world import (  # noqa: F401  (fixtures)
@@ -25,6 +34,7 @@ from tests.integration.demo_world import (  # noqa: F401  (fixtures)
     ModelChange,
     WorldFactory,
     demo_worlds,
+    engines_in_status,
     sims,
 )
 
@@ -49,6 +59,7 @@ class KillPoint:
     target: str
     wanted: Callable[[Event], bool]
     after_s: float = 0.0  # wait this long after the wanted event before the kill
+    until: Callable[[DemoWorld], bool] | None = None  # then, also wait until this holds
     changes: dict[str, ModelChange] = field(default_factory=dict)
     pull_chunk_interval_ms: float = 0.0
     outcome: str | None = None  # the stack recovery must end on, when the kill point decides it
@@ -68,6 +79,20 @@ KILL_POINTS = [
               outcome="ollama-hybrid"),
     KillPoint("after the role swap, while the old stack stops", "cloud-offload", "ollama-only",
               lambda e: e["type"] == "roles_swapped", outcome="ollama-only"),
+    # Process members. The engine is ready and journalled, the target's containers are not: the
+    # engine is adopted, then kept (recovery finishes) or stopped (it rolls back).
+    KillPoint("after the engine process got ready", "ollama-only", "cloud-offload",
+              is_step("step_done", "start_process", "orchestrator-8b"), changes=SLOW_START),
+    # Spawned (and, a moment later, journalled) but not answering yet: the target is incomplete.
+    KillPoint("while the engine process loads", "ollama-only", "cloud-offload",
+              is_step("step_started", "start_process", "orchestrator-8b"),
+              until=lambda world: bool(world.running_engines()), outcome="ollama-only"),
+    KillPoint("while the engine process stops", "cloud-offload", "ollama-only",
+              is_step("step_started", "stop_process", "orchestrator-8b"), outcome="ollama-only"),
+    # The engine is in both stacks: it must outlive the kill and be adopted, not started again.
+    KillPoint("with an engine that both stacks keep", "ollama-hybrid", "elastic-hybrid",
+              lambda e: e["type"] == "pull_progress" and bool(e.get("completed")),
+              pull_chunk_interval_ms=100, outcome="ollama-hybrid"),
 ]
 
 
@@ -75,7 +100,7 @@ def assert_consistent(world: DemoWorld, url: str, switch_id: str, previous: str,
     """Exactly one of the two stacks runs, the API agrees, and recovery told what it did."""
     active = httpx.get(f"{url}/model-stacks", timeout=10).json()["active"]
     assert active in (previous, target)
-    assert world.differences(active) == []
+    assert world.differences(active) == []  # engine processes too: those of active, one per member
     roles = httpx.get(f"{url}/roles", timeout=10).json()
     assert roles["stack"] == active
     assert {r["role"]: r["model"] for r in roles["roles"]} == world.roles_of(active)
@@ -85,6 +110,7 @@ def assert_consistent(world: DemoWorld, url: str, switch_id: str, previous: str,
             answer = httpx.get(row["health_url"], timeout=5)
             assert answer.status_code < 300, f"{row['role']} -> {row['model']}: {answer.status_code}"
     status = httpx.get(f"{url}/status", timeout=10).json()
+    assert engines_in_status(status) == {m: pid for m, (pid, _) in world.engine_starts().items()}
     recovery = status["recovery_detail"]
     assert recovery["switch_id"] == switch_id and recovery["stack"] == active, recovery
     expected = "rolled_back" if active == previous else "finished"
@@ -109,9 +135,11 @@ def test_a_daemon_killed_mid_switch_recovers_to_a_consistent_stack(
         switch_id = submit_switch(daemon, point.target)
         follow_until(daemon, switch_id, point.wanted)
         time.sleep(point.after_s)
+        wait_until(point.until, world)
     finally:
         kill(daemon)
     world.sims.ollama.control.chunk_interval_ms = 0.0
+    orphans = world.engine_starts()  # engines outlive their daemon's SIGKILL
 
     started = time.monotonic()
     daemon = start_demo_daemon(world, tmp_path, 2)
@@ -120,6 +148,16 @@ def test_a_daemon_killed_mid_switch_recovers_to_a_consistent_stack(
         if point.outcome is not None:
             assert active == point.outcome
         assert time.monotonic() - started < 30
+        engines = world.engine_starts()
+        for member, engine in engines.items():  # adopted, never started again beside the orphan
+            assert orphans.get(member, engine) == engine, f"{member}: {orphans[member]} was replaced by {engine}"
     finally:
-        daemon.proc.terminate()
-        daemon.proc.wait(10)
+        stop_daemon(daemon)  # SIGTERM: it stops its engines, adopted ones too
+    assert world.running_engines() == {}, "the daemon stopped; an engine lives on"
+
+
+def wait_until(condition: Callable[[DemoWorld], bool] | None, world: DemoWorld, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while condition is not None and not condition(world):
+        assert time.monotonic() < deadline, "the kill point's condition never held"
+        time.sleep(0.01)

