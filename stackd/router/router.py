@@ -15,6 +15,7 @@ and finish within ``total_s``. Time spent waiting for a local queue slot counts 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import AsyncExitStack, aclosing
@@ -143,6 +144,9 @@ class ReasonRouter:
             except BackendError as error:
                 log.failed(target, circuit, error, start, None)
                 continue
+            except Exception as exc:
+                log.failed(target, circuit, escaped(exc, backend), start, None)
+                continue
             except BaseException:
                 circuit.abandon()
                 raise
@@ -172,7 +176,9 @@ class ReasonRouter:
         async with self._queue.slot(limit_s), asyncio.timeout_at(deadline):
             return await backend.complete(request)
 
-    async def stream(self, route: routes.Route, request: ChatRequest) -> AsyncGenerator[RouterStreamItem, None]:
+    async def stream(
+        self, route: routes.Route, request: ChatRequest
+    ) -> AsyncGenerator[RouterStreamItem, None]:
         """Text deltas, then ``StreamDone`` or ``StreamBroken``. Raises ``AllStrategiesFailed``
         before yielding anything when no target produced a first token."""
         log = AttemptLog(route, self.config, self.accounting)
@@ -208,7 +214,7 @@ class ReasonRouter:
         verdict = False
         events = backend.stream(request)
         async with AsyncExitStack() as resources:
-            resources.push_async_callback(events.aclose)
+            resources.push_async_callback(close_quietly, events)
             resources.enter_context(self._roles.in_flight.using(backend_model(target)))
             try:
                 if target.queued:
@@ -222,6 +228,10 @@ class ReasonRouter:
                         raise BackendError(FailureKind.timeout, f"no {what} within its time limit") from None
                     except StopAsyncIteration:
                         raise BackendError(FailureKind.stream_cut, "stream ended without a finish") from None
+                    except BackendError:
+                        raise
+                    except Exception as exc:
+                        raise escaped(exc, backend) from None
                     if isinstance(event, TextDelta):
                         if first_token_ms is None:
                             first_token_ms = (time.perf_counter() - start) * 1000
@@ -260,7 +270,11 @@ class ReasonRouter:
         if target.skip is not None or target.model is None:
             log.skipped(target, target.skip or "no model")
             return None
-        backend = self._backend(target.model)
+        try:
+            backend = self._backend(target.model)
+        except Exception as exc:  # a backend that cannot be built is this target's skip, not a 500
+            log.skipped(target, f"backend of '{target.model}' cannot be built: {type(exc).__name__}")
+            return None
         if backend is None:
             log.skipped(target, f"model '{target.model}' has no chat protocol")
             return None
@@ -339,6 +353,22 @@ class ReasonRouter:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def escaped(exc: Exception, backend: Backend) -> BackendError:
+    """A backend broke its contract (raised something else than ``BackendError``): the call still
+    fails over, as ``malformed``. The message names the type only: the exception's own text may
+    hold upstream bytes that were never redacted."""
+    return BackendError(
+        FailureKind.malformed, f"backend {backend.name} raised {type(exc).__name__} reading the answer"
+    )
+
+
+async def close_quietly(events: AsyncGenerator[Any, None]) -> None:
+    """Close a backend's stream; the attempt's verdict is already recorded, so a failure of the
+    backend's own clean-up changes nothing the caller may see (and must not reach the server)."""
+    with contextlib.suppress(Exception):
+        await events.aclose()
 
 
 def backend_model(target: routes.Target) -> str:

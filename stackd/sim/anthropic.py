@@ -51,6 +51,7 @@ class AnthropicSim(SimServer):
 
     kind = "anthropic"
     stream_garbage = b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":\n\n'
+    sse_error_event = b"error"
 
     default_models = ("claude-sim-1",)
 

@@ -22,6 +22,12 @@ class Fault(StrEnum):
     die_mid_stream = "die_mid_stream"  # a few chunks (or half a body), then the connection is cut
     malformed_body = "malformed_body"  # 200 with truncated JSON; streams carry a garbage line
     pull_fails_halfway = "pull_fails_halfway"  # Ollama only: the pull stream ends with an error line
+    # A careless upstream that quotes the credentials it was sent (``echo_of``), for redaction tests:
+    echo_key_malformed = "echo_key_malformed"  # 200, broken JSON opening with the key; streams: a bad chunk
+    echo_key_error_event = "echo_key_error_event"  # the protocol's error quoting the key, in a 200 or as
+    # the stream's first event
+    echo_key_long_error = "echo_key_long_error"  # 500 whose error body is over 300 bytes, the key
+    # straddling byte 300 (where a snippet cut before redaction would split it)
 
 
 @dataclass
@@ -64,6 +70,12 @@ def redact_headers(headers: Any) -> dict[str, str]:
         key.lower(): "<redacted>" if key.lower() in SECRET_HEADERS else value
         for key, value in headers.items()
     }
+
+
+def echo_of(headers: Any, presented_key: str | None) -> str:
+    """What an echoing upstream quotes: the key as the protocol carries it, and the raw
+    ``Authorization`` header (which holds a URL's user:password as Basic credentials)."""
+    return f"rejected credentials {presented_key or '-'} (authorization: {headers.get('Authorization', '-')})"
 
 
 def split_answer(answer: str, tokens: int) -> list[str]:

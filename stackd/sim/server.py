@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Self
 
 from aiohttp import web
 
-from stackd.sim.control import Fault, RecordedRequest, SimControl, redact_headers
+from stackd.sim.control import Fault, RecordedRequest, SimControl, echo_of, redact_headers
 from stackd.sim.thread import SimThread
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -41,10 +41,13 @@ class StreamCut(Exception):
 class SimStream:
     """A started streaming response; ``send`` writes one chunk, applying the stream faults."""
 
-    def __init__(self, server: SimServer, response: web.StreamResponse, garbage: bytes) -> None:
+    def __init__(
+        self, server: SimServer, response: web.StreamResponse, garbage: bytes, echo: bytes = b""
+    ) -> None:
         self._server = server
         self._response = response
         self._garbage = garbage
+        self._echo = echo  # the error event of echo_key_error_event, the bad chunk of echo_key_malformed
         self._sent = 0
 
     @property
@@ -59,10 +62,15 @@ class SimStream:
             await asyncio.sleep(control.chunk_interval_ms / 1000)
         if control.fault is Fault.die_mid_stream and self._sent >= control.cut_after_chunks:
             raise StreamCut
+        if control.fault is Fault.echo_key_error_event:
+            await self._response.write(self._echo)  # an error event ends the stream
+            raise StreamCut
         await self._response.write(chunk)
         self._sent += 1
         if control.fault is Fault.malformed_body and self._sent == 1:
             await self._response.write(self._garbage)
+        elif control.fault is Fault.echo_key_malformed and self._sent == 1:
+            await self._response.write(self._echo)
 
     async def send_all(self, chunks: list[bytes]) -> None:
         """Send ``chunks`` in order; with no fault and no pause they go out in one write (hot path)."""
@@ -84,6 +92,7 @@ class SimServer:
 
     kind: ClassVar[str] = "base"
     stream_garbage: ClassVar[bytes] = b'{"truncated": \n'
+    sse_error_event: ClassVar[bytes | None] = None  # the SSE ``event:`` name of an error, if any
 
     default_models: tuple[str, ...] = ()
 
@@ -222,6 +231,8 @@ class SimServer:
             return self.cut(request, web.StreamResponse())
         if control.fault is Fault.http500:
             return self.error(500, "The simulator was told to fail (fault http500).")
+        if control.fault is Fault.echo_key_long_error:
+            return self.long_echo_error(request)
         expected = control.require_api_key
         if expected is not None:
             presented = self.presented_key(request) or ""
@@ -251,6 +262,29 @@ class SimServer:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._closing.wait(), seconds)
 
+    # --- echoes of the credentials (redaction tests) --------------------------------------
+
+    def echo(self, request: web.Request) -> str:
+        return echo_of(request.headers, self.presented_key(request))
+
+    def long_echo_error(self, request: web.Request) -> web.Response:
+        """A 500 in the protocol's shape, over 300 bytes, whose echoed key starts at byte 295."""
+        echo = self.echo(request)
+        key = self.presented_key(request) or request.headers.get("Authorization") or "-"
+        probe = self.error(500, echo).body
+        assert isinstance(probe, bytes)
+        pad = "x" * max(0, 295 - probe.find(key.encode()))
+        return self.error(500, f"{pad}{echo} (the upstream's log follows){'.' * 200}")
+
+    def stream_error_bytes(self, message: str, content_type: str) -> bytes:
+        """The protocol's error object framed as one event of a stream of ``content_type``."""
+        body = self.error(500, message).body
+        assert isinstance(body, bytes)
+        if content_type != "text/event-stream":
+            return body + b"\n"
+        name = self.sse_error_event
+        return (b"event: " + name + b"\n" if name else b"") + b"data: " + body + b"\n\n"
+
     async def send_body(
         self, request: web.Request, body: bytes, *, status: int = 200, content_type: str = "application/json"
     ) -> web.StreamResponse:
@@ -260,6 +294,14 @@ class SimServer:
             await asyncio.sleep(self.control.first_token_delay_ms / 1000)
         elif fault is Fault.malformed_body:
             return web.Response(body=body[: max(1, len(body) // 2)], status=status, content_type=content_type)
+        elif fault is Fault.echo_key_malformed:
+            echoed = (
+                b'{"received": ' + json.dumps(self.echo(request)).encode() + b", " + body[1 : len(body) // 2]
+            )
+            return web.Response(body=echoed, status=status, content_type=content_type)
+        elif fault is Fault.echo_key_error_event:
+            error = self.error(500, self.echo(request))
+            return web.Response(body=error.body, status=status, content_type=content_type)
         elif fault is Fault.die_mid_stream:
             response = web.StreamResponse(status=status)
             response.content_type = content_type
@@ -273,7 +315,13 @@ class SimServer:
         """Send the headers of a streaming answer; chunks then go through ``SimStream.send``."""
         response = web.StreamResponse(headers={"Content-Type": content_type, "Cache-Control": "no-cache"})
         await response.prepare(request)
-        return SimStream(self, response, self.stream_garbage)
+        echo = b""
+        if self.control.fault is Fault.echo_key_error_event:
+            echo = self.stream_error_bytes(self.echo(request), content_type)
+        elif self.control.fault is Fault.echo_key_malformed:
+            quoted = json.dumps(self.echo(request)).encode()
+            echo = self.stream_garbage.replace(b"{", b'{"received": ' + quoted + b", ", 1)
+        return SimStream(self, response, self.stream_garbage, echo)
 
     # --- admin (/_sim only; product code never calls it) ---------------------------------
 

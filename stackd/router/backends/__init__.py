@@ -10,25 +10,29 @@ from stackd.router.backends.base import Backend
 from stackd.router.backends.gemini import GeminiBackend
 from stackd.router.backends.ollama import OllamaBackend
 from stackd.router.backends.openai import OpenAIBackend
+from stackd.router.redaction import Redactor
 
 __all__ = ["Backend", "build_backend"]
 
 
-def build_backend(config: StacksConfig, name: str, session: aiohttp.ClientSession,
-                  endpoint: str | None = None) -> Backend | None:
+def build_backend(
+    config: StacksConfig, name: str, session: aiohttp.ClientSession, endpoint: str | None = None
+) -> Backend | None:
     """The backend for config model ``name``, or None when its api is not a chat protocol (http).
-    ``endpoint`` replaces the configured one (a process member's port is picked at its start)."""
+    ``endpoint`` replaces the configured one (a process member's port is picked at its start).
+    Its failures redact every secret of ``config``, not only its own key."""
     model = config.models[name]
     if endpoint is not None:
         model = model.model_copy(update={"endpoint": endpoint})
+    redact = Redactor.for_config(config)
     match model.api:
         case Api.openai:
-            return OpenAIBackend(name, model, session)
+            return OpenAIBackend(name, model, session, redact)
         case Api.anthropic:
-            return AnthropicBackend(name, model, session)
+            return AnthropicBackend(name, model, session, redact)
         case Api.gemini:
-            return GeminiBackend(name, model, session)
+            return GeminiBackend(name, model, session, redact)
         case Api.ollama:
-            return OllamaBackend(name, model, session, config.ollama.url)
+            return OllamaBackend(name, model, session, config.ollama.url, redact)
         case Api.http:
             return None

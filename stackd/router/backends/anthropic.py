@@ -14,8 +14,10 @@ import aiohttp
 
 from stackd.config.models import Model
 from stackd.router.backends.base import (
+    Wire,
     api_key,
     decode_json,
+    error_event,
     malformed,
     missing_key_reason,
     post,
@@ -23,6 +25,7 @@ from stackd.router.backends.base import (
     sse_data,
     text_of,
 )
+from stackd.router.redaction import Redactor
 from stackd.router.types import (
     BackendError,
     ChatRequest,
@@ -45,11 +48,13 @@ def messages_url(endpoint: str) -> str:
 
 
 class AnthropicBackend:
-    def __init__(self, name: str, model: Model, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, name: str, model: Model, session: aiohttp.ClientSession, redact: Redactor | None = None
+    ) -> None:
         self.name = name
         self.model = model
         self.request_model = model.request_model or name
-        self._url = messages_url(model.endpoint or "")
+        self._wire = Wire.to(messages_url(model.endpoint or ""), redact or Redactor())
         self._session = session
 
     def not_ready(self) -> str | None:
@@ -89,47 +94,47 @@ class AnthropicBackend:
         return headers
 
     async def complete(self, request: ChatRequest) -> Completion:
-        key = api_key(self.model)
-        async with post(
-            self._session, self._url, self._payload(request, False), self._headers(key), key
-        ) as resp:
-            data = await read_json(resp, "message")
-        try:
-            text = "".join(b.get("text", "") for b in data["content"] if b.get("type") == "text")
-            usage = data.get("usage") or {}
-            return Completion(
-                text,
-                FINISH.get(data.get("stop_reason") or "end_turn", "stop"),
-                Usage(int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)),
-            )
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise malformed(f"message without content blocks: {str(data)[:120]}") from exc
+        headers = self._headers(api_key(self.model))
+        async with post(self._session, self._wire, self._payload(request, False), headers) as resp:
+            data = await read_json(resp, self._wire, "message")
+            try:
+                text = "".join(str(b.get("text", "")) for b in data["content"] if b.get("type") == "text")
+                usage = data.get("usage") or {}
+                return Completion(
+                    text,
+                    FINISH.get(str(data.get("stop_reason") or "end_turn"), "stop"),
+                    Usage(int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)),
+                )
+            except (KeyError, TypeError, AttributeError):
+                raise malformed(f"message without content blocks: {self._wire.shown(data)}") from None
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
-        key = api_key(self.model)
         prompt_tokens = completion_tokens = 0
         finish = "stop"
-        async with post(
-            self._session, self._url, self._payload(request, True), self._headers(key), key
-        ) as resp:
-            async for data in sse_data(resp):
-                event = decode_json(data, "stream event")
+        wire = self._wire
+        headers = self._headers(api_key(self.model))
+        async with post(self._session, wire, self._payload(request, True), headers) as resp:
+            async for data in sse_data(resp, wire):
+                event = decode_json(data, "stream event", wire)
                 kind = event.get("type") if isinstance(event, dict) else None
                 if kind == "content_block_delta":
                     text = (event.get("delta") or {}).get("text")
                     if text:
+                        if not isinstance(text, str):
+                            raise malformed(f"stream event with a non-text delta: {wire.text(data)!r}")
                         yield TextDelta(text)
                 elif kind == "message_start":
                     usage = (event.get("message") or {}).get("usage") or {}
                     prompt_tokens = int(usage.get("input_tokens") or 0)
                 elif kind == "message_delta":
-                    finish = FINISH.get((event.get("delta") or {}).get("stop_reason") or "end_turn", "stop")
+                    stop = (event.get("delta") or {}).get("stop_reason") or "end_turn"
+                    finish = FINISH.get(str(stop), "stop")
                     completion_tokens = int((event.get("usage") or {}).get("output_tokens") or 0)
                 elif kind == "message_stop":
                     yield StreamFinish(finish, Usage(prompt_tokens, completion_tokens))
                     return
                 elif kind == "error":
-                    raise BackendError(FailureKind.http_5xx, f"error event: {str(event.get('error'))[:200]}")
+                    raise error_event(wire, event.get("error"))
                 elif kind is None:
-                    raise malformed(f"stream event without a type: {data[:80]!r}")
+                    raise malformed(f"stream event without a type: {wire.text(data)!r}")
         raise BackendError(FailureKind.stream_cut, f"{self.name} stream ended before message_stop")

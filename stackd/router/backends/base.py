@@ -6,25 +6,41 @@ the whole data path) and the timeouts. Backends translate every failure of the w
 ``BackendError`` of one ``FailureKind``; the router turns those into attempts and circuit
 decisions. A backend never retries and never logs.
 
+``post`` is the one place where the wire's exceptions are translated: whatever aiohttp, the
+parser or a backend's own reading of the answer raises inside ``async with post(...)`` leaves
+it as a ``BackendError`` (``wire_error`` says which kind), so a backend's parsing belongs inside
+that block. Upstream text enters stackd only through ``Wire.text``: decoded, redacted, then cut
+(``stackd.router.redaction``).
+
 Time limits: the session's ``sock_connect`` bounds the connect; the router wraps each call in
 ``asyncio.timeout`` for the first-token and total limits, so a backend must let
-``CancelledError`` pass untouched.
+``CancelledError`` pass untouched (it is not an ``Exception``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 import aiohttp
+from aiohttp import http_exceptions
 
 from stackd.config.models import Model
+from stackd.router.redaction import Redactor, split_userinfo
 from stackd.router.types import BackendError, ChatRequest, Completion, FailureKind, StreamEvent
 
-ERROR_SNIPPET_CHARS = 300
+ERROR_SNIPPET_CHARS = 300  # of an error body, after redaction
+ERROR_BODY_READ_BYTES = 16 * 1024  # read this much of an error body: a key past the cut is whole
+SNIPPET_CHARS = 120  # of a malformed answer, chunk or event
+MAX_ANSWER_BYTES = 32 * 1024 * 1024  # a whole non-streaming answer
+MAX_STREAM_LINE_BYTES = 1024 * 1024  # one SSE / NDJSON line
 
 
 class Backend(Protocol):
@@ -47,6 +63,42 @@ class Backend(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Wire:
+    """Where a backend's requests go and how its upstream's text is made safe to keep.
+
+    ``url`` never carries userinfo: it is what is requested and what messages show. Credentials
+    written in the endpoint's URL travel as an ``Authorization: Basic`` header instead (so a
+    protocol whose key is that header cannot have both, see ``authorization_conflict``)."""
+
+    url: str
+    basic_auth: str | None  # the Authorization header made of the URL's user:password
+    redact: Redactor
+
+    @classmethod
+    def to(cls, url: str, redact: Redactor) -> Wire:
+        bare, userinfo = split_userinfo(url)
+        basic = None
+        if userinfo is not None:
+            user, _, password = userinfo.partition(":")
+            login = unquote(user)
+            # Basic auth cannot carry a ':' in the user: such a user (written %3A) is sent as written
+            basic = aiohttp.encode_basic_auth(user if ":" in login else login, unquote(password))
+        return cls(bare, basic, redact)
+
+    def text(self, raw: bytes | str, limit: int = SNIPPET_CHARS) -> str:
+        """Upstream text, fit to put in a message: redacted, then cut (the only way in)."""
+        return self.redact.snippet(raw, limit)
+
+    def shown(self, value: Any, limit: int = SNIPPET_CHARS) -> str:
+        """A parsed upstream value (an error object, an answer of the wrong shape) as text."""
+        try:
+            raw = json.dumps(value, ensure_ascii=False)
+        except (TypeError, ValueError):
+            raw = repr(value)
+        return self.text(raw, limit)
+
+
 def api_key(model: Model) -> str | None:
     """The model's key, read from its environment variable at call time (never cached)."""
     if model.remote is None or model.remote.api_key_env is None:
@@ -60,8 +112,17 @@ def missing_key_reason(model: Model) -> str | None:
     return None
 
 
-def redact(text: str, secret: str | None) -> str:
-    return text.replace(secret, "***") if secret else text
+def authorization_conflict(model: Model, wire: Wire) -> str | None:
+    """Why a protocol that sends its key as ``Authorization`` cannot call an endpoint with
+    credentials in its URL (Basic auth wants the same header); None when there is no clash."""
+    if wire.basic_auth is None or api_key(model) is None:
+        return None
+    assert model.remote is not None and model.remote.api_key_env is not None
+    return (
+        f"the endpoint has credentials in its URL and {model.remote.api_key_env} is set: both "
+        "would be the Authorization header; keep one (drop the URL's user:password@, or unset "
+        "api_key_env)"
+    )
 
 
 def text_of(content: Any) -> str:
@@ -75,61 +136,169 @@ def text_of(content: Any) -> str:
     return str(content)
 
 
-def decode_json(raw: bytes, what: str) -> Any:
+def decode_json(raw: bytes, what: str, wire: Wire) -> Any:
     try:
         return json.loads(raw)
-    except ValueError as exc:
-        raise BackendError(FailureKind.malformed, f"{what} is not JSON: {raw[:80]!r}") from exc
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; [[[[… recurses
+        raise BackendError(FailureKind.malformed, f"{what} is not JSON: {wire.text(raw)!r}") from None
 
 
 def malformed(what: str) -> BackendError:
     return BackendError(FailureKind.malformed, what)
 
 
+def error_event(wire: Wire, error: Any) -> BackendError:
+    """An error the upstream reported inside a 200 answer or stream."""
+    return BackendError(FailureKind.http_5xx, f"error event: {wire.shown(error, 200)}")
+
+
 @asynccontextmanager
 async def post(
-    session: aiohttp.ClientSession,
-    url: str,
-    payload: dict[str, Any],
-    headers: dict[str, str],
-    secret: str | None,
+    session: aiohttp.ClientSession, wire: Wire, payload: dict[str, Any], headers: dict[str, str]
 ) -> AsyncIterator[aiohttp.ClientResponse]:
-    """POST JSON and yield a 2xx response; every wire failure becomes a ``BackendError``.
+    """POST JSON and yield a 2xx response; every failure inside the block becomes a ``BackendError``.
 
     A failure before the response head is ``refused`` (or ``timeout`` for the connect limit);
-    a dropped connection while the body is read is ``stream_cut``; 4xx/5xx carry a snippet of
-    the peer's error body with the key redacted.
+    a dropped connection while the body is read is ``stream_cut``; 3xx (never followed: a key
+    goes only to its endpoint), 4xx and 5xx carry a redacted snippet of the peer's body.
     """
+    if wire.basic_auth is not None:
+        if "Authorization" in headers:
+            raise BackendError(
+                FailureKind.refused, f"{wire.url}: URL credentials and a key both need Authorization"
+            )
+        headers = {**headers, "Authorization": wire.basic_auth}
     head = False
     try:
-        async with session.post(url, data=json.dumps(payload), headers=headers) as resp:
+        async with session.post(
+            wire.url, data=json.dumps(payload), headers=headers, allow_redirects=False
+        ) as resp:
             head = True
-            if resp.status >= 400:
-                body = (await resp.content.read(ERROR_SNIPPET_CHARS)).decode("utf-8", "replace")
-                kind = FailureKind.http_5xx if resp.status >= 500 else FailureKind.http_4xx
-                raise BackendError(kind, redact(f"HTTP {resp.status} from {url}: {body.strip()}", secret))
+            if resp.status >= 300:
+                raise await status_error(resp, wire)
             yield resp
-    except aiohttp.ConnectionTimeoutError as exc:
-        raise BackendError(FailureKind.timeout, f"connect to {url} timed out") from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise BackendError(
-            FailureKind.refused, f"cannot connect to {url}: {exc.os_error.strerror or exc}"
-        ) from exc
-    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-        if head:
-            raise BackendError(FailureKind.stream_cut, f"connection to {url} dropped mid-answer") from exc
-        raise BackendError(FailureKind.refused, f"{url} closed the connection before answering") from exc
-    except aiohttp.ClientResponseError as exc:
-        raise BackendError(FailureKind.malformed, f"bad HTTP answer from {url}: {exc.message}") from exc
+    except BackendError:
+        raise
+    except Exception as exc:
+        # from None: the original's message may hold upstream text that was never redacted, and
+        # a chained traceback would print it into a log
+        raise wire_error(exc, wire, head) from None
 
 
-async def read_json(resp: aiohttp.ClientResponse, what: str) -> Any:
-    return decode_json(await resp.read(), what)
+async def status_error(resp: aiohttp.ClientResponse, wire: Wire) -> BackendError:
+    """The failure of a non-2xx answer, with the start of its body (redacted before the cut)."""
+    body = b""
+    # the status is the news; a body cut short is only its detail
+    with contextlib.suppress(aiohttp.ClientError, OSError, asyncio.IncompleteReadError):
+        body = await read_upto(resp, ERROR_BODY_READ_BYTES)
+    where = f"HTTP {resp.status} from {wire.url}"
+    if resp.status < 400:
+        location = wire.text(resp.headers.get("Location", "?"), 200)
+        return malformed(
+            f"{where}: a redirect to {location}; stackd follows no redirect (a key is sent only to "
+            "its endpoint): set the endpoint to the final URL"
+        )
+    kind = FailureKind.http_5xx if resp.status >= 500 else FailureKind.http_4xx
+    return BackendError(kind, f"{where}: {wire.text(body, ERROR_SNIPPET_CHARS)}")
 
 
-async def sse_data(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+def wire_error(exc: Exception, wire: Wire, head: bool) -> BackendError:
+    """The ``BackendError`` of anything raised inside ``post``: ``head`` says whether a response
+    head had arrived (a failure then is the answer's, not the connection's)."""
+    url = wire.url
+    detail = wire.text(str(exc) or type(exc).__name__, 200)
+    match exc:
+        case aiohttp.ConnectionTimeoutError():
+            return BackendError(FailureKind.timeout, f"connect to {url} timed out")
+        case aiohttp.ServerTimeoutError() | TimeoutError():
+            return BackendError(FailureKind.timeout, f"{url} stopped sending: {detail}")
+        case aiohttp.RedirectClientError():
+            return malformed(f"bad redirect from {url}: {detail}")
+        case aiohttp.InvalidURL() | aiohttp.NonHttpUrlClientError():
+            return BackendError(
+                FailureKind.refused, f"endpoint {url} is not a valid http(s) URL: fix the model's endpoint"
+            )
+        case aiohttp.ClientConnectorError():
+            reason = exc.os_error.strerror or detail
+            return BackendError(FailureKind.refused, f"cannot connect to {url}: {wire.text(reason, 200)}")
+        case aiohttp.ClientResponseError() | http_exceptions.HttpProcessingError():
+            # a bad status line, a header over 8 KiB, a broken chunked encoding, too many redirects
+            return malformed(f"bad HTTP answer from {url}: {detail}")
+        case (
+            aiohttp.ClientPayloadError()
+            | aiohttp.ClientConnectionError()
+            | asyncio.IncompleteReadError()
+            | OSError()
+        ):
+            if head:
+                return BackendError(
+                    FailureKind.stream_cut, f"connection to {url} dropped mid-answer: {detail}"
+                )
+            return BackendError(
+                FailureKind.refused, f"{url} closed the connection before answering: {detail}"
+            )
+        case UnicodeError() | ValueError() | LookupError() | TypeError() | AttributeError() if head:
+            return malformed(
+                f"answer from {url} is not the protocol's shape ({type(exc).__name__}: {detail})"
+            )
+        case UnicodeError() | ValueError() | LookupError() | TypeError() | AttributeError():
+            # a header aiohttp refuses (a newline or a non-Latin-1 character in a key), a bad payload
+            return BackendError(FailureKind.refused, f"cannot send a request to {url}: {detail}")
+        case _ if head:
+            return malformed(f"reading the answer from {url} failed: {type(exc).__name__}: {detail}")
+        case _:
+            return BackendError(
+                FailureKind.refused, f"request to {url} failed: {type(exc).__name__}: {detail}"
+            )
+
+
+async def read_upto(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """At most ``limit`` bytes of the body (all of it when shorter)."""
+    data = bytearray()
+    while len(data) < limit:
+        chunk = await resp.content.read(limit - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+async def read_json(resp: aiohttp.ClientResponse, wire: Wire, what: str) -> Any:
+    """The whole answer as JSON, refused past ``MAX_ANSWER_BYTES``."""
+    length = resp.content_length
+    if length is not None and length <= MAX_ANSWER_BYTES:
+        raw = await resp.read()
+    else:
+        raw = await read_upto(resp, MAX_ANSWER_BYTES + 1)
+    if len(raw) > MAX_ANSWER_BYTES:
+        raise malformed(f"{what} from {wire.url} is over {MAX_ANSWER_BYTES // 2**20} MiB")
+    return decode_json(raw, what, wire)
+
+
+async def lines(resp: aiohttp.ClientResponse, wire: Wire) -> AsyncIterator[bytes]:
+    """The body's lines without their ``\\n``, each at most ``MAX_STREAM_LINE_BYTES`` (a longer one
+    is ``malformed``: a peer that never ends its line must not fill the memory)."""
+    buffer = bytearray()
+    async for chunk in resp.content.iter_any():
+        scan = len(buffer)  # only the new bytes can hold the next newline
+        buffer += chunk
+        start = 0
+        while (end := buffer.find(b"\n", scan)) >= 0:
+            if end - start > MAX_STREAM_LINE_BYTES:
+                break
+            yield bytes(buffer[start:end])
+            start = scan = end + 1
+        if start:
+            del buffer[:start]
+        if len(buffer) > MAX_STREAM_LINE_BYTES:
+            raise malformed(f"a stream line from {wire.url} is over {MAX_STREAM_LINE_BYTES // 1024} KiB")
+    if buffer:
+        yield bytes(buffer)
+
+
+async def sse_data(resp: aiohttp.ClientResponse, wire: Wire) -> AsyncIterator[bytes]:
     """The payload of each ``data:`` line of a server-sent-event stream (comments, event names
     and blank lines are skipped; each protocol here puts one JSON object per data line)."""
-    async for raw in resp.content:
-        if raw.startswith(b"data:"):
-            yield raw[5:].strip()
+    async for line in lines(resp, wire):
+        if line.startswith(b"data:"):
+            yield line[5:].strip()

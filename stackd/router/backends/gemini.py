@@ -16,8 +16,10 @@ import aiohttp
 
 from stackd.config.models import Model
 from stackd.router.backends.base import (
+    Wire,
     api_key,
     decode_json,
+    error_event,
     malformed,
     missing_key_reason,
     post,
@@ -25,6 +27,7 @@ from stackd.router.backends.base import (
     sse_data,
     text_of,
 )
+from stackd.router.redaction import Redactor
 from stackd.router.types import (
     BackendError,
     ChatRequest,
@@ -50,18 +53,21 @@ def candidate_text(data: dict[str, Any]) -> tuple[str, str | None]:
     """(text, finishReason) of the first candidate; raises KeyError/TypeError on a wrong shape."""
     candidate = data["candidates"][0]
     parts = (candidate.get("content") or {}).get("parts") or []
-    text = "".join(p.get("text", "") for p in parts if not p.get("thought"))
-    return text, candidate.get("finishReason")
+    text = "".join(str(p.get("text", "")) for p in parts if not p.get("thought"))
+    finish = candidate.get("finishReason")
+    return text, str(finish) if finish else None
 
 
 class GeminiBackend:
-    def __init__(self, name: str, model: Model, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, name: str, model: Model, session: aiohttp.ClientSession, redact: Redactor | None = None
+    ) -> None:
         self.name = name
         self.model = model
         self.request_model = model.request_model or name
         base = f"{(model.endpoint or '').rstrip('/')}/models/{self.request_model}"
-        self._url = f"{base}:generateContent"
-        self._stream_url = f"{base}:streamGenerateContent?alt=sse"
+        self._wire = Wire.to(f"{base}:generateContent", redact or Redactor())
+        self._stream_wire = Wire.to(f"{base}:streamGenerateContent?alt=sse", redact or Redactor())
         self._session = session
 
     def not_ready(self) -> str | None:
@@ -100,33 +106,32 @@ class GeminiBackend:
         return headers
 
     async def complete(self, request: ChatRequest) -> Completion:
-        key = api_key(self.model)
-        async with post(self._session, self._url, self._payload(request), self._headers(key), key) as resp:
-            data = await read_json(resp, "generateContent answer")
-        try:
-            text, finish = candidate_text(data)
-        except (KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise malformed(f"answer without candidates[0]: {str(data)[:120]}") from exc
-        return Completion(text, FINISH.get(finish or "STOP", "stop"), usage_of(data) or Usage())
+        headers = self._headers(api_key(self.model))
+        async with post(self._session, self._wire, self._payload(request), headers) as resp:
+            data = await read_json(resp, self._wire, "generateContent answer")
+            try:
+                text, finish = candidate_text(data)
+            except (KeyError, IndexError, TypeError, AttributeError):
+                raise malformed(f"answer without candidates[0]: {self._wire.shown(data)}") from None
+            return Completion(text, FINISH.get(finish or "STOP", "stop"), usage_of(data) or Usage())
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
-        key = api_key(self.model)
         finish: str | None = None
         usage: Usage | None = None
-        async with post(
-            self._session, self._stream_url, self._payload(request), self._headers(key), key
-        ) as resp:
-            async for data in sse_data(resp):
-                chunk = decode_json(data, "stream chunk")
+        wire = self._stream_wire
+        headers = self._headers(api_key(self.model))
+        async with post(self._session, wire, self._payload(request), headers) as resp:
+            async for data in sse_data(resp, wire):
+                chunk = decode_json(data, "stream chunk", wire)
                 if not isinstance(chunk, dict):
-                    raise malformed(f"stream chunk is not an object: {data[:80]!r}")
+                    raise malformed(f"stream chunk is not an object: {wire.text(data)!r}")
                 if "error" in chunk:
-                    raise BackendError(FailureKind.http_5xx, f"error event: {str(chunk['error'])[:200]}")
+                    raise error_event(wire, chunk["error"])
                 usage = usage_of(chunk) or usage
                 try:
                     text, chunk_finish = candidate_text(chunk)
-                except (KeyError, IndexError, TypeError, AttributeError) as exc:
-                    raise malformed(f"stream chunk without candidates[0]: {data[:120]!r}") from exc
+                except (KeyError, IndexError, TypeError, AttributeError):
+                    raise malformed(f"stream chunk without candidates[0]: {wire.text(data)!r}") from None
                 if text:
                     yield TextDelta(text)
                 finish = chunk_finish or finish

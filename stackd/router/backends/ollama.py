@@ -16,7 +16,17 @@ from typing import Any
 import aiohttp
 
 from stackd.config.models import Model
-from stackd.router.backends.base import decode_json, malformed, post, read_json, text_of
+from stackd.router.backends.base import (
+    Wire,
+    decode_json,
+    error_event,
+    lines,
+    malformed,
+    post,
+    read_json,
+    text_of,
+)
+from stackd.router.redaction import Redactor
 from stackd.router.types import (
     BackendError,
     ChatRequest,
@@ -36,11 +46,18 @@ def usage_of(data: dict[str, Any]) -> Usage:
 
 
 class OllamaBackend:
-    def __init__(self, name: str, model: Model, session: aiohttp.ClientSession, server_url: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        model: Model,
+        session: aiohttp.ClientSession,
+        server_url: str,
+        redact: Redactor | None = None,
+    ) -> None:
         self.name = name
         self.model = model
         self.request_model = model.request_model or name
-        self._url = f"{(model.endpoint or server_url).rstrip('/')}/api/chat"
+        self._wire = Wire.to(f"{(model.endpoint or server_url).rstrip('/')}/api/chat", redact or Redactor())
         self._session = session
 
     def not_ready(self) -> str | None:
@@ -70,31 +87,35 @@ class OllamaBackend:
         return body
 
     async def complete(self, request: ChatRequest) -> Completion:
-        async with post(self._session, self._url, self._payload(request, False), HEADERS, None) as resp:
-            data = await read_json(resp, "chat answer")
-        if isinstance(data, dict) and "error" in data:
-            raise BackendError(FailureKind.http_5xx, f"error: {str(data['error'])[:200]}")
-        try:
-            text = data["message"].get("content") or ""
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise malformed(f"chat answer without message: {str(data)[:120]}") from exc
-        return Completion(text, data.get("done_reason") or "stop", usage_of(data))
+        wire = self._wire
+        async with post(self._session, wire, self._payload(request, False), HEADERS) as resp:
+            data = await read_json(resp, wire, "chat answer")
+            if isinstance(data, dict) and "error" in data:
+                raise error_event(wire, data["error"])
+            try:
+                text = text_of(data["message"].get("content"))
+            except (KeyError, TypeError, AttributeError):
+                raise malformed(f"chat answer without message: {wire.shown(data)}") from None
+            return Completion(text, str(data.get("done_reason") or "stop"), usage_of(data))
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
-        async with post(self._session, self._url, self._payload(request, True), HEADERS, None) as resp:
-            async for raw in resp.content:
+        wire = self._wire
+        async with post(self._session, wire, self._payload(request, True), HEADERS) as resp:
+            async for raw in lines(resp, wire):
                 line = raw.strip()
                 if not line:
                     continue
-                chunk = decode_json(line, "stream line")
+                chunk = decode_json(line, "stream line", wire)
                 if not isinstance(chunk, dict):
-                    raise malformed(f"stream line is not an object: {line[:80]!r}")
+                    raise malformed(f"stream line is not an object: {wire.text(line)!r}")
                 if "error" in chunk:
-                    raise BackendError(FailureKind.http_5xx, f"error: {str(chunk['error'])[:200]}")
+                    raise error_event(wire, chunk["error"])
                 text = (chunk.get("message") or {}).get("content")
                 if text:
+                    if not isinstance(text, str):
+                        raise malformed(f"stream line with a non-text message: {wire.text(line)!r}")
                     yield TextDelta(text)
                 if chunk.get("done"):
-                    yield StreamFinish(chunk.get("done_reason") or "stop", usage_of(chunk))
+                    yield StreamFinish(str(chunk.get("done_reason") or "stop"), usage_of(chunk))
                     return
         raise BackendError(FailureKind.stream_cut, f"{self.name} stream ended before done")

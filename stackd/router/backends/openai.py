@@ -16,14 +16,19 @@ import aiohttp
 
 from stackd.config.models import Model
 from stackd.router.backends.base import (
+    Wire,
     api_key,
+    authorization_conflict,
     decode_json,
+    error_event,
     malformed,
     missing_key_reason,
     post,
     read_json,
     sse_data,
+    text_of,
 )
+from stackd.router.redaction import Redactor
 from stackd.router.types import (
     BackendError,
     ChatRequest,
@@ -44,15 +49,17 @@ def usage_of(data: dict[str, Any]) -> Usage | None:
 
 
 class OpenAIBackend:
-    def __init__(self, name: str, model: Model, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, name: str, model: Model, session: aiohttp.ClientSession, redact: Redactor | None = None
+    ) -> None:
         self.name = name
         self.model = model
         self.request_model = model.request_model or name
-        self._url = f"{(model.endpoint or '').rstrip('/')}/chat/completions"
+        self._wire = Wire.to(f"{(model.endpoint or '').rstrip('/')}/chat/completions", redact or Redactor())
         self._session = session
 
     def not_ready(self) -> str | None:
-        return missing_key_reason(self.model)
+        return missing_key_reason(self.model) or authorization_conflict(self.model, self._wire)
 
     def _payload(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.request_model, "messages": request.messages}
@@ -78,18 +85,18 @@ class OpenAIBackend:
     async def complete(self, request: ChatRequest) -> Completion:
         if self.model.always_stream:
             return await self._complete_streamed(request)
-        key = api_key(self.model)
-        async with post(
-            self._session, self._url, self._payload(request, False), self._headers(key), key
-        ) as resp:
-            data = await read_json(resp, "chat completion")
-        try:
-            choice = data["choices"][0]
-            text = choice["message"].get("content") or ""
-            finish = choice.get("finish_reason") or "stop"
-        except (KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise malformed(f"chat completion without choices[0].message: {str(data)[:120]}") from exc
-        return Completion(text, finish, usage_of(data) or Usage())
+        headers = self._headers(api_key(self.model))
+        async with post(self._session, self._wire, self._payload(request, False), headers) as resp:
+            data = await read_json(resp, self._wire, "chat completion")
+            try:
+                choice = data["choices"][0]
+                text = text_of(choice["message"].get("content"))
+                finish = str(choice.get("finish_reason") or "stop")
+            except (KeyError, IndexError, TypeError, AttributeError):
+                raise malformed(
+                    f"chat completion without choices[0].message: {self._wire.shown(data)}"
+                ) from None
+            return Completion(text, finish, usage_of(data) or Usage())
 
     async def _complete_streamed(self, request: ChatRequest) -> Completion:
         """The whole answer read from a stream: a caller that goes away closes the connection,
@@ -107,27 +114,29 @@ class OpenAIBackend:
         raise BackendError(FailureKind.stream_cut, f"{self.name} stream ended before its finish")
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
-        key = api_key(self.model)
         finish: str | None = None
         usage: Usage | None = None
-        async with post(
-            self._session, self._url, self._payload(request, True), self._headers(key), key
-        ) as resp:
-            async for data in sse_data(resp):
+        wire = self._wire
+        headers = self._headers(api_key(self.model))
+        async with post(self._session, wire, self._payload(request, True), headers) as resp:
+            async for data in sse_data(resp, wire):
                 if data == b"[DONE]":
                     yield StreamFinish(finish or "stop", usage or Usage())
                     return
-                chunk = decode_json(data, "stream chunk")
+                chunk = decode_json(data, "stream chunk", wire)
                 if not isinstance(chunk, dict):
-                    raise malformed(f"stream chunk is not an object: {data[:80]!r}")
+                    raise malformed(f"stream chunk is not an object: {wire.text(data)!r}")
                 if "error" in chunk:
-                    raise BackendError(FailureKind.http_5xx, f"error event: {str(chunk['error'])[:200]}")
+                    raise error_event(wire, chunk["error"])
                 usage = usage_of(chunk) or usage
                 for choice in chunk.get("choices") or ():
                     text = (choice.get("delta") or {}).get("content")
                     if text:
+                        if not isinstance(text, str):
+                            raise malformed(f"stream chunk with a non-text delta: {wire.text(data)!r}")
                         yield TextDelta(text)
-                    finish = choice.get("finish_reason") or finish
+                    if choice.get("finish_reason"):
+                        finish = str(choice["finish_reason"])
         if finish is None:
             raise BackendError(FailureKind.stream_cut, f"{self.name} stream ended before [DONE]")
         # A server that sends a finish_reason but no [DONE] has still answered completely.
