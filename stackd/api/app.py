@@ -14,6 +14,7 @@ from stackd.api.auth import bearer_guard, open_guard
 from stackd.api.config_routes import build_config_router
 from stackd.api.errors import install_error_handlers
 from stackd.api.leases import build_leases_router
+from stackd.api.openapi_doc import install_openapi
 from stackd.api.stacks import build_stacks_router
 from stackd.api.status import build_status_router
 from stackd.config.loader import load_config as load
@@ -47,6 +48,7 @@ def create_app(
         gateway_auth = _gateway_guard(services) or write
         app.include_router(build_tools_router(services.router, write))
         app.include_router(build_gateway_router(services.router, gateway_auth))
+    install_openapi(app, read, data_paths=services.router is not None)
     app.state.services = services
     return app
 

@@ -11,8 +11,10 @@ import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPBearer
 
 from stackd.errors import StackdError
 
@@ -41,11 +43,22 @@ def load_or_create_token(state_dir: Path, env: dict[str, str] | None = None) -> 
     return token, str(path)
 
 
+# As a sub-dependency it only documents the scheme: FastAPI then lists ``security`` on every
+# operation the guard protects. The guard reads the header itself, so it can also be called
+# with a bare ``Request`` (the raw ASGI endpoints, the front door).
+BEARER_SCHEME = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description=f"The daemon's token: ${TOKEN_ENV}, or the state dir's '{TOKEN_FILE}' file.",
+)
+
+
 def bearer_guard(token: str) -> Callable[[Request], None]:
-    """A FastAPI dependency that accepts only ``Authorization: Bearer <token>``."""
+    """A FastAPI dependency that accepts only ``Authorization: Bearer <token>``, compared in
+    constant time (``hmac.compare_digest``: the time taken does not tell how much matched)."""
     expected = token.encode()
 
-    def require_token(request: Request) -> None:
+    def require_token(request: Request, _scheme: Annotated[Any, Depends(BEARER_SCHEME)] = None) -> None:
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):

@@ -6,9 +6,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from stackd.errors import StackdError
+
+NO_BODY = {204, 304}
 
 
 def problem(err: Any) -> dict[str, str]:
@@ -19,11 +22,40 @@ def problem(err: Any) -> dict[str, str]:
     return {"field": ".".join(str(p) for p in err["loc"] if p != "body") or "body", "message": err["msg"]}
 
 
+def http_error_text(exc: StarletteHTTPException, method: str, path: str) -> tuple[str, str]:
+    """(kind, message) of one of Starlette's HTTP errors."""
+    if exc.status_code == 404:
+        return "NotFound", f"no endpoint {path}; the endpoints are listed in /openapi.json"
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("allow", "")
+        return "MethodNotAllowed", f"{method} is not allowed on {path}; allowed: {allowed}"
+    return "HTTPError", str(exc.detail)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StackdError)
     async def stackd_error(request: Request, exc: StackdError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # Starlette's own answers (no such path, a method the path does not take) get stackd's
+        # shape, or OpenAI's under /v1 where the official clients read it; never ``{"detail"}``.
+        if exc.status_code in NO_BODY:
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        kind, message = http_error_text(exc, request.method, request.url.path)
+        body: dict[str, Any] = {"error": kind, "message": message}
+        if request.url.path.startswith("/v1/"):
+            body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": kind}}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        # A bug: Starlette logs the traceback after this answer. The text of the exception may
+        # hold anything (a URL with credentials), so the answer does not repeat it.
+        body = {"error": "InternalError", "message": "internal error; the daemon's log has the details"}
+        return JSONResponse(body, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -44,8 +44,10 @@ OPENAI_ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "invalid_request_error",
+    413: "invalid_request_error",
     422: "invalid_request_error",
 }
+OPENAI_FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 MAX_TOKENS = 2**31 - 1  # the largest max_tokens accepted; a backend refuses what its context cannot hold
 OPENAI_ERROR_CODES = {401: "invalid_api_key", 404: "model_not_found", 503: "all_strategies_failed"}
 
@@ -184,8 +186,8 @@ class ChatCompletionBody(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    model: str
-    messages: list[dict[str, Any]] = Field(min_length=1)
+    model: str = Field(examples=["reason"], description="A role of the active stack, a preset or 'reason'.")
+    messages: list[dict[str, Any]] = Field(min_length=1, examples=[[{"role": "user", "content": "Hello"}]])
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     # As OpenAI validates them: a JSON integer (not "100", not 100.5, not true), at least 1, and
@@ -215,6 +217,12 @@ def openai_error(exc: StackdError) -> tuple[int, bytes]:
     return exc.status, dumps({"error": error})
 
 
+def openai_finish_reason(reason: str) -> str:
+    """One of OpenAI's five finish reasons: a backend's own word (Ollama's ``unload``, a server
+    that invents one) would break a client that switches on them."""
+    return reason if reason in OPENAI_FINISH_REASONS else "stop"
+
+
 def completion_body(answer: Answer, model: str, completion_id: str, created: int) -> dict[str, Any]:
     usage = answer.usage
     return {
@@ -225,8 +233,9 @@ def completion_body(answer: Answer, model: str, completion_id: str, created: int
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": answer.text},
-                "finish_reason": answer.finish_reason,
+                "message": {"role": "assistant", "content": answer.text, "refusal": None},
+                "finish_reason": openai_finish_reason(answer.finish_reason),
+                "logprobs": None,
             }
         ],
         "usage": {
@@ -266,7 +275,7 @@ async def chat_chunks(
         if isinstance(item, TextDelta):
             yield head + dumps(item.text) + tail
         elif isinstance(item, StreamDone):
-            yield chunk({}, item.answer.finish_reason)
+            yield chunk({}, openai_finish_reason(item.answer.finish_reason))
             if include_usage:
                 u = item.answer.usage
                 usage = {

@@ -75,7 +75,12 @@ def build_stacks_router(
     async def get_switch(switch_id: str) -> dict[str, Any]:
         return manager.get_switch(switch_id)
 
-    @router.get("/model-stacks/switch/{switch_id}/events")
+    @router.get(
+        "/model-stacks/switch/{switch_id}/events",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+                         "description": "The switch's events, one `event: TYPE` / `data: {...}` each."}},
+    )
     async def switch_events(switch_id: str) -> StreamingResponse:
         events = manager.events(switch_id)  # raises NotFound before the stream starts
 

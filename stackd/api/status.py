@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
@@ -109,7 +110,7 @@ def build_status_router(services: Services, read: Callable[..., None], registry:
         rows = services.usage.summary() if services.usage is not None else []
         return {"rows": rows}
 
-    @router.get("/metrics", dependencies=[Depends(read)])
+    @router.get("/metrics", dependencies=[Depends(read)], response_class=PlainTextResponse)
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

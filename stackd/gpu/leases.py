@@ -97,9 +97,9 @@ def leasable(model: Model) -> bool:
             and model.docker is not None)
 
 
-def decide_lease(config: StacksConfig, active_stack: str | None, observed: ObservedState,
-                 leases_held: Iterable[Lease], model: str) -> LeaseDecision:
-    """Decide a lease on ``model``. Pure. ``leases_held`` must be the live leases only."""
+def config_refusal(config: StacksConfig, active_stack: str | None, model: str) -> LeaseDecision | None:
+    """The refusal that the config alone decides (an unknown model, one not leasable in the
+    active stack), or None. Pure, and needs no observation: asked before Docker is."""
     spec = config.models.get(model)
     if spec is None:
         return _refused(model, "unknown_model", f"unknown model '{model}'; models you can lease: "
@@ -116,6 +116,16 @@ def decide_lease(config: StacksConfig, active_stack: str | None, observed: Obser
     if not leasable(spec):
         return _refused(model, "not_gpu", f"{model} is not a GPU container ({spec.placement.value}, "
                         f"{spec.runtime.value}); leases start on-demand GPU docker members")
+    return None
+
+
+def decide_lease(config: StacksConfig, active_stack: str | None, observed: ObservedState,
+                 leases_held: Iterable[Lease], model: str) -> LeaseDecision:
+    """Decide a lease on ``model``. Pure. ``leases_held`` must be the live leases only."""
+    refused = config_refusal(config, active_stack, model)
+    if refused is not None:
+        return refused
+    spec = config.models[model]
     group = swap_group(model, spec)
     # Every resident model of the group counts, member of the active stack or not: it holds VRAM.
     rivals = [name for name, other in config.models.items()
@@ -196,11 +206,16 @@ class LeaseCoordinator:
         Raises ``NotFound`` (unknown model), ``Conflict`` (a switch runs, or another member of its
         swap group holds a live lease: the message names the lease and its expiry),
         ``LeaseRefused`` (not leasable in the active stack), or the driver's error when the
-        container does not start. Another lease on the same model shares the resident container."""
+        container does not start. Another lease on the same model shares the resident container.
+        What the config alone refuses is refused before Docker is asked: an unknown model (404)
+        at once, a model the active stack cannot lease once no switch is in the way."""
+        if model not in self.manager.config.models:
+            self._refuse_by_config(model)
         self._refuse_during_switch(model)
 
         async def grant() -> Lease:
             self._refuse_during_switch(model)  # a switch reserved while this job waited in the queue
+            self._refuse_by_config(model)  # the config and the active stack of now
             observation = await self.manager.observe_detailed()
             if "docker" in observation.problems:
                 raise DriverUnavailable(observation.problems["docker"])
@@ -243,6 +258,11 @@ class LeaseCoordinator:
                     else:
                         await containers.ensure_running(step.model, config.models[step.model])
             raise
+
+    def _refuse_by_config(self, model: str) -> None:
+        decision = config_refusal(self.manager.config, self.manager.active_stack, model)
+        if decision is not None and decision.refusal is not None:
+            raise refusal_error(decision.refusal)
 
     def renew(self, lease_id: str, ttl_s: float | None = None) -> Lease:
         """Extend a live lease to ``now + ttl_s`` (default: its own TTL). ``NotFound`` once it ended."""

@@ -341,3 +341,14 @@ async def test_delete_and_renew_a_lease(daemon: Daemon) -> None:
     flux = await c.post("/leases", json={"model": FLUX}, headers=AUTH)
     assert flux.status_code == 200
     assert VISION_C not in daemon.world.containers.running_containers
+
+
+@pytest.mark.parametrize(("model", "status", "error"), [("nope", 404, "NotFound"),
+                                                        ("orchestrator-8b", 422, "LeaseRefused")])
+async def test_what_the_config_refuses_is_refused_before_docker_is_asked(
+    daemon: Daemon, model: str, status: int, error: str
+) -> None:
+    daemon.world.containers.down = True  # Docker unreachable: a 503, were it asked
+    answer = await daemon.client.post("/leases", json={"model": model}, headers=AUTH)
+    assert (answer.status_code, answer.json()["error"]) == (status, error), answer.text
+    assert (await daemon.client.post("/leases", json={"model": VISION}, headers=AUTH)).status_code == 503
