@@ -60,6 +60,14 @@ def probe_request(model: Model, key: str | None) -> tuple[str, dict[str, str]]:
     return url, headers
 
 
+def _shown(url: str) -> str:
+    """``url`` as messages show it: without its query and without userinfo (credentials)."""
+    base = url.split("?", 1)[0]
+    scheme, sep, rest = base.partition("://")
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}{sep}{authority.rpartition('@')[2]}{slash}{path}" if sep else base
+
+
 def _is_auth_failure(api: Api, status: int, body: Any) -> bool:
     if status in (401, 403):
         return True
@@ -116,7 +124,13 @@ class HttpRemoteProber:
         """One model-list request; returns when the remote answers 2xx (or 429: it is up)."""
         key = self._key(name, model)
         url, headers = probe_request(model, key)
-        shown = url.split("?", 1)[0]
+        shown = _shown(url)
+        if shown != url.split("?", 1)[0] and "Authorization" in headers:
+            # aiohttp sends a URL's user:password as Basic auth, which a Bearer key would replace
+            raise DriverUnavailable(
+                f"remote model {name!r}: the endpoint has credentials in its URL and a key in "
+                "the Authorization header; keep one (drop the URL's user:password@, or api_key_env)"
+            )
         try:
             async with (
                 self._session_factory() as session,
@@ -137,7 +151,7 @@ class HttpRemoteProber:
             raise DriverUnavailable(
                 f"remote model {name!r}: cannot connect to {shown} ({exc.os_error})"
             ) from exc
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, ValueError) as exc:  # ValueError: a header aiohttp refuses
             raise DriverUnavailable(
                 f"remote model {name!r}: request to {shown} failed ({type(exc).__name__})"
             ) from exc

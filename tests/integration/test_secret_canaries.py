@@ -92,6 +92,9 @@ stacks:
   canary:
     roles: {{orchestrator: backup}}
     members: [r1, claude, gemini, proxied, proxied-with-key]
+  canary-b:
+    roles: {{orchestrator: backup}}
+    members: [r1, claude, gemini, proxied]
 reason:
   strategies:
     cloud_r1: {{models: [r1]}}
@@ -207,6 +210,16 @@ def test_no_canary_in_any_response_log_line_or_stored_row(world: World) -> None:
         time.sleep(COOLDOWN_S + 0.1)  # every circuit half-open: this call is its trial
         world.call(path, body)
         world.call(path, body)  # every circuit open again: the attempts show each "last:" reason
+    # switches probe every remote member: their failures are recorded in the switch and /status
+    for fault, stack in [
+        (Fault.echo_key_long_error, "canary-b"),
+        (Fault.refuse, "canary"),
+        (Fault.echo_key_malformed, "canary-b"),
+        (Fault.none, "canary"),
+    ]:
+        for sim in ("r1", "claude", "gemini", "proxy"):
+            world.sims[sim].set_fault(fault)
+        world.call("/model-stacks/switch", {"stack": stack})
     for sim in world.sims.values():
         sim.set_fault(Fault.none)
     for path in [
