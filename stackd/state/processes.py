@@ -33,8 +33,9 @@ CREATE TABLE IF NOT EXISTS processes (
 class ProcessRecord:
     """One engine process: its group leader's PID and start time, where it listens, what it runs.
 
-    ``digest`` is the digest of the member's ``process`` section: an engine whose config has
-    changed since it was spawned is not adopted."""
+    ``digest`` is the digest of the member's ``process`` section when it was spawned. An engine
+    that still runs is adopted whatever its digest, as a running container is left alone when its
+    spec changed (no surprise restart): the edit takes effect at the member's next start."""
 
     model: str
     pid: int
