@@ -242,6 +242,8 @@ class SimServer:
             return await handler(request)
         except StreamCut:
             return self.cut(request, web.StreamResponse())
+        except ConnectionResetError:  # the client went away mid-answer (its timeout): not our error
+            return self.cut(request, web.StreamResponse())
 
     @staticmethod
     def body_of(request: web.Request) -> Any:
