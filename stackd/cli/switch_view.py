@@ -25,15 +25,18 @@ def follow_switch(client: DaemonClient, started: dict[str, Any], console: Consol
         console=console or Console(quiet=True),
         transient=False,
     ) as progress:
+        degraded: set[str] = set()
         for event in client.stream_events(f"/model-stacks/switch/{switch_id}/events"):
             if console:
-                _show(event, console, progress, bars)
+                _show(event, console, progress, bars, degraded)
     return client.get(f"/model-stacks/switch/{switch_id}")
 
 
-def _show(event: dict[str, Any], console: Console, progress: Progress, bars: dict[str, TaskID]) -> None:
+def _show(event: dict[str, Any], console: Console, progress: Progress, bars: dict[str, TaskID],
+          degraded: set[str] | None = None) -> None:
     kind = event.get("type")
     step = event.get("step")
+    degraded = degraded if degraded is not None else set()
     if kind == "pull_progress":
         total, done = event.get("total"), event.get("completed")
         if not total:  # "pulling manifest", "verifying sha256 digest" …: the step lines say enough
@@ -44,6 +47,8 @@ def _show(event: dict[str, Any], console: Console, progress: Progress, bars: dic
         progress.update(bars[key], completed=done or 0, total=total)
     elif kind == "step_started" and step:
         console.print(f"  … {step_text(step)}")
+    elif kind == "step_done" and step and step.get("model") in degraded and step.get("kind") == "probe_remote":
+        console.print(f"  [yellow]![/] {step_text(step)} (degraded, the switch goes on)")
     elif kind == "step_done" and step:
         console.print(f"  [green]✓[/] {step_text(step)}")
     elif kind == "step_failed" and step:
@@ -54,6 +59,7 @@ def _show(event: dict[str, Any], console: Console, progress: Progress, bars: dic
         note = " (gave up waiting)" if event.get("timed_out") else ""
         console.print(f"  … waiting for {event.get('in_flight')} request(s) on {event.get('model')}{note}")
     elif kind == "degraded":
+        degraded.add(str(event.get("model")))
         console.print(f"  [yellow]degraded[/]: {event.get('model')}: {event.get('error', '')}")
     elif kind == "finished":
         state = event.get("state", "")
