@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULT_PORT = 8001
+MIB = 1 << 20
 
 
 def default_state_dir() -> Path:
@@ -28,6 +29,10 @@ class Settings(BaseModel):
     docker_host: str | None = None  # None: the docker SDK reads DOCKER_HOST
     periodic: bool = True
     recover_on_start: bool = True
+    # Request bodies past these are answered 413 (stackd.api.dispatch): the control API's are a
+    # few hundred bytes; the data path's (/v1/*, /tools/*) carry whole conversations.
+    max_body_bytes: int = Field(1 * MIB, ge=1)
+    max_gateway_body_bytes: int = Field(16 * MIB, ge=1)
 
     @property
     def loopback(self) -> bool:

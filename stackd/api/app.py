@@ -8,10 +8,12 @@ from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
+from starlette.routing import BaseRoute
 
 from stackd import __version__
 from stackd.api.auth import bearer_guard, open_guard
 from stackd.api.config_routes import build_config_router
+from stackd.api.dispatch import BodyLimits, FrontDoor, StackdApp, hot_routes
 from stackd.api.errors import install_error_handlers
 from stackd.api.leases import build_leases_router
 from stackd.api.openapi_doc import install_openapi
@@ -32,24 +34,39 @@ def create_app(
 ) -> FastAPI:
     """Build the app. Mutating endpoints need the bearer token; on a non-loopback bind every
     endpoint but /healthz does. ``load_config`` re-reads the config for ``POST /config/reload``
-    (default: the settings' file, as is)."""
-    app = FastAPI(title="stackd", version=__version__, lifespan=lifespan or _no_lifespan)
+    (default: the settings' file, as is). A ``FrontDoor`` sees every request first: it bounds
+    bodies, checks the token before any body is read and serves the hot paths itself."""
+    app = StackdApp(title="stackd", version=__version__, lifespan=lifespan or _no_lifespan)
     install_error_handlers(app)
     write = bearer_guard(services.token)
     read = open_guard if services.settings.loopback else write
     app.include_router(build_status_router(services, read, registry or _default_registry()))
     app.include_router(build_stacks_router(services, write, read))
     app.include_router(build_leases_router(services, write, read))
-    app.include_router(build_config_router(services, write, load_config or (lambda: load(services.settings.config))))
+    app.include_router(
+        build_config_router(services, write, load_config or (lambda: load(services.settings.config)))
+    )
+    hot: list[BaseRoute] = []
     if services.router is not None:
         from stackd.api.gateway import build_gateway_router
         from stackd.api.tools import build_tools_router
 
         gateway_auth = _gateway_guard(services) or write
-        app.include_router(build_tools_router(services.router, write))
-        app.include_router(build_gateway_router(services.router, gateway_auth))
+        for data_path in (
+            build_tools_router(services.router, write),
+            build_gateway_router(services.router, gateway_auth),
+        ):
+            app.include_router(data_path)
+            hot += data_path.routes
     install_openapi(app, read, data_paths=services.router is not None)
     app.state.services = services
+    settings = services.settings
+    app.front_door = FrontDoor(
+        app.behind_front_door,
+        hot_routes(hot),
+        write,
+        BodyLimits(control=settings.max_body_bytes, data=settings.max_gateway_body_bytes),
+    )
     return app
 
 

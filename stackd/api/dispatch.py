@@ -1,0 +1,239 @@
+"""The daemon's front door: bounded bodies, the token before any body, the hot paths before FastAPI.
+
+Every HTTP request passes through ``FrontDoor`` before anything else sees it:
+
+1. **Hot paths** (``POST /v1/chat/completions``, ``GET /v1/models``, ``POST /tools/reason`` …,
+   every raw ASGI ``RawEndpoint`` the app mounts) go straight to their endpoint. A py-spy profile
+   of the gateway at 16 connections put about 30% of stackd's CPU in FastAPI's middleware stack
+   and route matching around those raw endpoints (issue 13); the control API keeps FastAPI. A raw
+   endpoint checks its token before it reads a byte of the body.
+2. **The token before the body.** FastAPI reads and parses a body before it runs a route's
+   dependencies, so a malformed JSON body got 422 before 401, and a 100 MB body was read before
+   the token was checked. Every route that accepts a body (every method but GET, HEAD, OPTIONS)
+   needs the write token, so a request of such a method without it is answered 401 here, its
+   body unread, and the connection closed (uvicorn stops reading it).
+3. **Bounded bodies.** A body longer than its limit is answered 413: before reading it when
+   ``Content-Length`` says so, else as soon as the bytes read pass the limit. The control API's
+   limit is ``Settings.max_body_bytes``; the data path's (prompts) ``max_gateway_body_bytes``.
+   The control API's body (at most its limit) is read here and replayed to FastAPI, which would
+   otherwise read it all and turn any error while reading into a 400.
+
+Nothing here allocates more than a small object per request, and nothing creates a reference
+cycle: the hot path's garbage is freed by reference counting, not by the cyclic collector.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from stackd.errors import StackdError
+
+log = logging.getLogger("stackd.api")
+
+Guard = Callable[[Request], Any]  # raises ``Unauthorized``; the app's ``bearer_guard``
+BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+INTERNAL_ERROR = "internal error; the daemon's log has the details"
+
+
+class BodyTooLarge(StackdError):
+    """A request body past the route's limit (413)."""
+
+    status = 413
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    """Bytes a request body may have: ``control`` on the FastAPI routes, ``data`` on the hot paths."""
+
+    control: int
+    data: int
+
+
+def too_large(limit: int) -> BodyTooLarge:
+    return BodyTooLarge(f"request body over {limit:,} bytes; send a shorter one", limit_bytes=limit)
+
+
+def declared_length(scope: Scope) -> int | None:
+    """The request's ``Content-Length``; None when absent (chunked) or not a number."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+class LimitedReceive:
+    """``receive`` that raises ``BodyTooLarge`` instead of delivering more than ``limit`` bytes.
+
+    A ``Content-Length`` over the limit raises at the first call, before a byte is read; the
+    endpoint calls it only after its token check, so an unauthenticated caller gets 401."""
+
+    __slots__ = ("_declared", "_left", "_limit", "_receive")
+
+    def __init__(self, receive: Receive, limit: int, declared: int | None) -> None:
+        self._receive = receive
+        self._limit = limit
+        self._left = limit
+        self._declared = declared
+
+    async def __call__(self) -> Message:
+        if self._declared is not None and self._declared > self._limit:
+            raise too_large(self._limit)
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self._left -= len(message.get("body", b""))
+            if self._left < 0:
+                raise too_large(self._limit)
+        return message
+
+
+class Replay:
+    """``receive`` that gives the body already read as one message, then the live ``receive``
+    (a streaming response waits on it for ``http.disconnect``)."""
+
+    __slots__ = ("_body", "_receive")
+
+    def __init__(self, body: bytes | None, receive: Receive) -> None:
+        self._body = body
+        self._receive = receive
+
+    async def __call__(self) -> Message:
+        body, self._body = self._body, None
+        if body is None:
+            return await self._receive()
+        return {"type": "http.request", "body": body, "more_body": False}
+
+
+async def read_limited(receive: Receive, limit: int) -> bytes | None:
+    """The whole body, or None when it passes ``limit`` (reading stops there) or the client left."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def refuse(send: Send, exc: StackdError) -> None:
+    """Answer ``exc`` in stackd's shape and close the connection: the body is left unread."""
+    await send_json(send, exc.status, exc.to_dict(), close=True)
+
+
+async def send_json(send: Send, status: int, value: Any, close: bool = False) -> None:
+    body = json.dumps(value).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def internal_error(send: Send, path: str) -> None:
+    """A bug's answer, as FastAPI's handler gives it on the control API (OpenAI's shape under
+    /v1): the exception's text may hold anything (a URL with credentials), so it is not repeated.
+    When the answer had begun, uvicorn closes the connection instead."""
+    if path.startswith("/v1/"):
+        error = {"message": INTERNAL_ERROR, "type": "server_error", "param": None, "code": "internal_error"}
+        value: dict[str, Any] = {"error": error}
+    else:
+        value = {"error": "InternalError", "message": INTERNAL_ERROR}
+    with contextlib.suppress(RuntimeError):  # uvicorn: the answer had already begun
+        await send_json(send, 500, value)
+
+
+class FrontDoor:
+    """The ASGI app in front of FastAPI (see the module's docstring). ``app`` is FastAPI's own
+    ASGI entry; ``hot`` maps (method, path) to a raw endpoint; ``write`` is the guard of every
+    route that takes a body."""
+
+    def __init__(
+        self, app: ASGIApp, hot: Mapping[tuple[str, str], ASGIApp], write: Guard, limits: BodyLimits
+    ) -> None:
+        self._app = app
+        self._hot = dict(hot)
+        self._write = write
+        self._limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        method = scope["method"]
+        hot = self._hot.get((method, scope["path"]))
+        if hot is not None:
+            try:
+                await hot(scope, LimitedReceive(receive, self._limits.data, declared_length(scope)), send)
+            except Exception:
+                log.exception("%s %s failed", method, scope["path"])
+                await internal_error(send, scope["path"])
+            return
+        limit = self._limits.control
+        if method in BODYLESS_METHODS:
+            declared = declared_length(scope)
+            if declared is not None and declared > limit:
+                await refuse(send, too_large(limit))
+                return
+            await self._app(scope, receive, send)
+            return
+        try:
+            self._write(Request(scope))
+        except StackdError as exc:
+            await refuse(send, exc)
+            return
+        declared = declared_length(scope)
+        body = None if declared is not None and declared > limit else await read_limited(receive, limit)
+        if body is None:
+            await refuse(send, too_large(limit))
+            return
+        await self._app(scope, Replay(body, receive), send)
+
+
+def hot_routes(routes: Iterable[BaseRoute]) -> dict[tuple[str, str], ASGIApp]:
+    """(method, path) → endpoint of the raw ASGI routes (``RawEndpoint``) on a fixed path among
+    ``routes``. HEAD stays with FastAPI: a raw endpoint always sends a body."""
+    from stackd.api.gateway import RawEndpoint
+
+    return {
+        (method, route.path): route.endpoint
+        for route in routes
+        if isinstance(route, Route) and isinstance(route.endpoint, RawEndpoint) and "{" not in route.path
+        for method in route.methods or ()
+        if method != "HEAD"
+    }
+
+
+class StackdApp(FastAPI):
+    """FastAPI with a ``FrontDoor`` before its middleware stack (``create_app`` sets it)."""
+
+    front_door: FrontDoor | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.front_door is None:
+            await super().__call__(scope, receive, send)
+        else:
+            await self.front_door(scope, receive, send)
+
+    async def behind_front_door(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """FastAPI's own entry: middleware, routing, the control API."""
+        await super().__call__(scope, receive, send)
