@@ -9,7 +9,9 @@ the slot is held gets ``Conflict`` naming the switch in progress.
 A switch journals its intent before the first step, records each done step, and commits (the
 active stack persisted in the same transaction) after the last; on failure the executor undoes
 what was done and the journal says ``rolled_back`` (or ``failed`` when an undo failed too).
-The store is called through ``asyncio.to_thread``: each write waits on an fsync.
+Writes to the store go through ``asyncio.to_thread``: each waits on an fsync. Reads (a switch by
+id) run on the event loop: the store reads on a connection of its own, which never waits for a
+writer (WAL), so a read takes microseconds even while a switch journals a step.
 """
 
 from __future__ import annotations
@@ -147,7 +149,7 @@ class ManagerCore:
         switch = self._switches.get(switch_id)
         if switch is not None:
             return switch.to_dict()
-        entry = self.store.get_switch(switch_id)  # a read: microseconds, no fsync
+        entry = self.store.get_switch(switch_id)  # the store's reader: microseconds, never waits on a write
         if entry is None:
             raise NotFound(f"no switch with id '{switch_id}'")
         return journal_dict(entry)

@@ -70,7 +70,9 @@ _COLUMNS = ", ".join(
 
 
 class UsageStore:
-    """Synchronous and thread-safe; the router calls ``write`` through ``asyncio.to_thread``."""
+    """Synchronous and thread-safe; the router calls ``write`` through ``asyncio.to_thread``.
+    ``summary`` reads on a connection of its own (WAL: it never waits for a write's fsync), so
+    ``GET /usage`` may call it on the event loop."""
 
     def __init__(self, db_path: Path) -> None:
         db_path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,6 +82,11 @@ class UsageStore:
         self._db.execute("PRAGMA busy_timeout=5000")
         with self._lock:
             self._db.executescript(_SCHEMA)
+        self._read_lock = threading.Lock()
+        self._reader = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
+        self._reader.execute("PRAGMA query_only=ON")
+        # A WAL reader waits only in rare moments (another connection recovers or removes the WAL).
+        self._reader.execute("PRAGMA busy_timeout=1000")
 
     def write(self, ts: float, usage: Sequence[UsageRow]) -> None:
         """One transaction with one row per ``UsageRow``, stamped ``ts`` (epoch seconds)."""
@@ -123,8 +130,8 @@ class UsageStore:
             "SUM(total_count), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_usd), MIN(ts), MAX(ts) "
             "FROM usage WHERE ts >= ? GROUP BY strategy, backend ORDER BY strategy, backend"
         )
-        with self._lock:
-            raw = self._db.execute(query, (since or 0.0,)).fetchall()
+        with self._read_lock:
+            raw = self._reader.execute(query, (since or 0.0,)).fetchall()
         out = []
         for row in raw:
             strategy, backend, requests, answered, skipped, *rest = row
@@ -151,6 +158,8 @@ class UsageStore:
         return out
 
     def close(self) -> None:
+        with self._read_lock:
+            self._reader.close()
         with self._lock:
             self._db.close()
 
