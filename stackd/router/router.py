@@ -79,13 +79,63 @@ class ReasonRouter:
         self._backends: dict[str, tuple[str | None, Backend | None]] = {}
         self._circuits: dict[str, CircuitBreaker] = {}
         self._queue = LocalQueue(config.reason.local_queue.size, config.reason.local_queue.concurrency)
+        self._retiring: dict[asyncio.Task[None], aiohttp.ClientSession] = {}  # sessions a reload replaced
+        self._session_models: set[str] = set()  # models given a backend on the session since the last reload
         self.accounting = Accounting()
         self._flusher = UsageFlusher(self.accounting, usage, clock, flush_interval_s) if usage else None
 
     def replace_config(self, config: StacksConfig) -> None:
-        """Adopt a reloaded config; backends are rebuilt lazily from it (endpoints may change)."""
-        self.config = config
+        """Adopt a reloaded config, and rebuild what it changes, cutting no call in flight.
+
+        Backends are rebuilt lazily from the new config (endpoints may change). A call in flight
+        keeps what it took: its backend, its breaker, its queue slot, its connection.
+
+        - ``reason.circuit``: every breaker takes the new threshold and cool-down, and keeps its
+          state (an open circuit stays open until its cool-down ends); a half-open trial still in
+          flight reports to the breaker it came from, so the new one is open, its trial slot free.
+        - ``reason.local_queue``: a new queue. Calls that hold or wait for a slot of the old one
+          keep it: until they end, up to the old and the new concurrency may run at once.
+        - ``reason.timeouts.connect_s``: a new pooled session. The old one is closed once no call
+          runs on a model that had a backend on it; at the latest after the longest a call on one
+          backend may last (the old first-token and total limits), whatever runs then.
+        """
+        previous, self.config = self.config, config
+        self._session_models.update(self._backends)
         self._backends.clear()
+        old, new = previous.reason, config.reason
+        if new.circuit != old.circuit:
+            self._circuits = {name: self._rebuilt(c) for name, c in self._circuits.items()}
+        if new.local_queue != old.local_queue:
+            self._queue = LocalQueue(new.local_queue.size, new.local_queue.concurrency)
+        if new.timeouts.connect_s != old.timeouts.connect_s and self._session is not None:
+            session, self._session = self._session, None
+            models, self._session_models = self._session_models, set()
+            within_s = old.timeouts.first_token_s + old.timeouts.total_s + 1.0
+            task = asyncio.get_running_loop().create_task(self._close_when_unused(session, models, within_s))
+            self._retiring[task] = session
+            task.add_done_callback(self._retiring.pop)
+
+    def _rebuilt(self, old: CircuitBreaker) -> CircuitBreaker:
+        """A breaker with the current settings and ``old``'s state (a half-open one is open)."""
+        settings = self.config.reason.circuit
+        circuit = CircuitBreaker(settings.failure_threshold, settings.cooldown_s, self._clock)
+        circuit.consecutive_failures = old.consecutive_failures
+        circuit.last_failure = old.last_failure
+        circuit.open_until = old.open_until
+        circuit.state = CircuitState.open if old.state is CircuitState.half_open else old.state
+        return circuit
+
+    async def _close_when_unused(
+        self, session: aiohttp.ClientSession, models: set[str], within_s: float
+    ) -> None:
+        """Close a replaced session once no call runs on ``models`` (every model that had a
+        backend on it), or after ``within_s``. A call on it holds its model's in-flight count
+        until it ends; a call begun after the reload uses the new session."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within_s
+        for model in sorted(models):
+            await self._roles.in_flight.wait_idle(model, max(0.0, deadline - loop.time()))
+        await session.close()
 
     # ---------------------------------------------------------------- public calls
     def snapshot(self) -> RoleTable:
@@ -347,9 +397,13 @@ class ReasonRouter:
         }
 
     async def aclose(self) -> None:
-        """Stop the flusher, write the last usage, close the HTTP pool. Idempotent."""
+        """Stop the flusher, write the last usage, close the HTTP pools. Idempotent."""
         if self._flusher is not None:
             await self._flusher.aclose()
+        for task, session in list(self._retiring.items()):
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await session.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
