@@ -120,13 +120,84 @@ class ToolAnswer(BaseModel):
     attempts: list[Attempt]
 
 
-SSE_DESCRIPTION = {
-    "chat": "With `stream: true`: `chat.completion.chunk` events (`data: {...}`), then `data: [DONE]`. A "
-    'backend that fails after the first token ends the stream with `data: {"error": {...}}`.',
-    "tool": 'With `stream: true`: `data: {"delta": "..."}` events, then `data: {"done": true, ...}` '
-    '(the answer without its text) or `data: {"error": {...}}`, then `data: [DONE]`.',
-}
+class ChunkDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
 
 
-def sse_content(kind: str) -> dict[str, Any]:
-    return {"text/event-stream": {"schema": {"type": "string", "description": SSE_DESCRIPTION[kind]}}}
+class ChunkChoice(BaseModel):
+    index: int
+    delta: ChunkDelta
+    finish_reason: FinishReason | None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One event of a streamed chat completion; with ``include_usage`` the last has ``usage``
+    and no choices."""
+
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: TokenUsage | None = None
+
+
+class ToolDelta(BaseModel):
+    """A piece of a streamed tool answer's text."""
+
+    delta: str
+
+
+class ToolDone(BaseModel):
+    """The last event of a streamed tool answer: the answer without its text."""
+
+    done: Literal[True]
+    finish_reason: str
+    strategy: str
+    backend: str
+    model: str
+    usage: TokenUsage
+    cost_usd: float
+    attempts: list[Attempt]
+
+
+class ToolStreamErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    message: str
+
+
+class ToolStreamError(BaseModel):
+    """A streamed tool answer that failed after its first event (a backend cut, ``timeout_s``)."""
+
+    error: ToolStreamErrorDetail
+
+
+def sse_content(description: str, events: tuple[type[BaseModel], ...]) -> dict[str, Any]:
+    """A ``text/event-stream`` answer: each event's ``data`` is one of ``events`` as JSON, or the
+    closing ``[DONE]`` (schemathesis checks every event against it)."""
+    json_data = {
+        "type": "string",
+        "contentMediaType": "application/json",
+        "contentSchema": {"anyOf": [{"$ref": f"#/components/schemas/{event.__name__}"} for event in events]},
+    }
+    event = {
+        "type": "object",
+        "description": description,
+        "required": ["data"],
+        "properties": {"data": {"anyOf": [{"const": "[DONE]"}, json_data]}, "event": {"type": "string"}},
+    }
+    return {"text/event-stream": {"schema": event}}
+
+
+CHAT_EVENTS = (ChatCompletionChunk, OpenAIError)
+TOOL_EVENTS = (ToolDelta, ToolDone, ToolStreamError)
+CHAT_STREAM = (
+    "With `stream: true`: `chat.completion.chunk` events, then `data: [DONE]`. A backend that fails "
+    "after the first token ends the stream with an error event in OpenAI's shape."
+)
+TOOL_STREAM = (
+    'With `stream: true`: `{"delta": "..."}` events, then `{"done": true, ...}` (the answer without its '
+    'text) or `{"error": {...}}`, then `data: [DONE]`.'
+)

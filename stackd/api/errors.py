@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,6 +21,26 @@ def problem(err: Any) -> dict[str, str]:
         why = (err.get("ctx") or {}).get("error") or err["msg"]
         return {"field": "body", "message": f"not JSON ({why} at character {err['loc'][-1]})"}
     return {"field": ".".join(str(p) for p in err["loc"] if p != "body") or "body", "message": err["msg"]}
+
+
+def invalid_request_body(problems: list[dict[str, str]]) -> dict[str, Any]:
+    summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+    return {"error": "InvalidRequest", "message": f"invalid request: {summary}", "problems": problems}
+
+
+def documented_methods(document: dict[str, Any], path: str) -> list[str]:
+    """The methods the OpenAPI ``document`` lists for ``path``: those of the path itself when it is
+    one (``/model-stacks/switch``), else of the templates it matches (``/model-stacks/{name}``)."""
+    paths = document.get("paths", {})
+    if path in paths:
+        return sorted(method.upper() for method in paths[path])
+    methods: set[str] = set()
+    for template, item in paths.items():
+        parts = re.split(r"(\{[^}]+\})", template)
+        pattern = "".join("[^/]+" if part.startswith("{") else re.escape(part) for part in parts)
+        if re.fullmatch(pattern, path):
+            methods.update(method.upper() for method in item)
+    return sorted(methods)
 
 
 def http_error_text(exc: StarletteHTTPException, method: str, path: str) -> tuple[str, str]:
@@ -44,6 +65,15 @@ def install_error_handlers(app: FastAPI) -> None:
         # shape, or OpenAI's under /v1 where the official clients read it; never ``{"detail"}``.
         if exc.status_code in NO_BODY:
             return Response(status_code=exc.status_code, headers=exc.headers)
+        if exc.status_code == 400:  # FastAPI could not read the body (not UTF-8): as any non-JSON body
+            problems = [{"field": "body", "message": f"not JSON ({exc.detail})"}]
+            return JSONResponse(invalid_request_body(problems), status_code=422)
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route on the path; the document has them all.
+            allowed = documented_methods(request.app.openapi(), request.url.path)
+            if allowed:
+                others = {k: v for k, v in (exc.headers or {}).items() if k.lower() != "allow"}
+                exc.headers = {**others, "Allow": ", ".join(allowed)}
         kind, message = http_error_text(exc, request.method, request.url.path)
         body: dict[str, Any] = {"error": kind, "message": message}
         if request.url.path.startswith("/v1/"):
@@ -59,9 +89,4 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [problem(err) for err in exc.errors()]
-        summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
-        return JSONResponse(
-            {"error": "InvalidRequest", "message": f"invalid request: {summary}", "problems": problems},
-            status_code=422,
-        )
+        return JSONResponse(invalid_request_body([problem(err) for err in exc.errors()]), status_code=422)

@@ -23,10 +23,10 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
 from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
@@ -54,6 +54,18 @@ OPENAI_ERROR_CODES = {401: "invalid_api_key", 404: "model_not_found", 503: "all_
 
 def dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def a_number(value: Any) -> Any:
+    """Refuse what lax int would turn into a number: the string ``"100"``, ``true``."""
+    if isinstance(value, str | bool):
+        raise ValueError("Input should be a valid integer")
+    return value
+
+
+# An integer as JSON Schema has it: 100 or 100.0, never "100", 100.5 or true. The bounds sit before
+# the validator, where the JSON Schema shows them as minimum/maximum, in an Optional too.
+TokenCount = Annotated[int, Strict(False), Field(ge=1, le=MAX_TOKENS), BeforeValidator(a_number)]
 
 
 class RequestRejected(StackdError):
@@ -182,18 +194,19 @@ class RawEndpoint:
 
 # ---------------------------------------------------------------- the gateway
 class ChatCompletionBody(BaseModel):
-    """The OpenAI chat request fields the gateway uses; other OpenAI fields are accepted and ignored."""
+    """The OpenAI chat request fields the gateway uses; other OpenAI fields are accepted and ignored.
+    Strict, as OpenAI is: ``"0.5"`` or ``false`` is not a temperature, ``0`` is not a ``stream``."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     model: str = Field(examples=["reason"], description="A role of the active stack, a preset or 'reason'.")
     messages: list[dict[str, Any]] = Field(min_length=1, examples=[[{"role": "user", "content": "Hello"}]])
     stream: bool = False
     stream_options: dict[str, Any] | None = None
-    # As OpenAI validates them: a JSON integer (not "100", not 100.5, not true), at least 1, and
-    # within a signed 32-bit int (10^30 is refused here, not passed to a backend).
-    max_tokens: StrictInt | None = Field(None, ge=1, le=MAX_TOKENS)
-    max_completion_tokens: StrictInt | None = Field(None, ge=1, le=MAX_TOKENS)
+    # As OpenAI validates them: a JSON integer (not "100", not 100.5, not true; 100.0 is one, as
+    # JSON Schema says), at least 1, within a signed 32-bit int (10^30 is refused, not passed on).
+    max_tokens: TokenCount | None = None
+    max_completion_tokens: TokenCount | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     stop: str | list[str] | None = None

@@ -30,6 +30,10 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from stackd.api.answer_models import (
+    CHAT_EVENTS,
+    CHAT_STREAM,
+    TOOL_EVENTS,
+    TOOL_STREAM,
     ChatCompletion,
     ErrorAnswer,
     ModelList,
@@ -80,39 +84,67 @@ class RawOperation:
     summary: str
     body: type[BaseModel] | None
     answer: type[BaseModel]
-    stream: str | None  # "chat" | "tool": it can answer server-sent events
     error: type[BaseModel]
     errors: tuple[int, ...]
+    stream: str = ""  # what its server-sent events say; "" when it answers JSON only
+    events: tuple[type[BaseModel], ...] = ()
+    body_rule: dict[str, Any] | None = None  # what the model's own validator adds to its schema
 
 
+# invoke_model's validator wants exactly one of 'prompt' and 'messages', each not null.
+ONE_OF_PROMPT_OR_MESSAGES = {
+    "oneOf": [
+        {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
+        {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
+    ]
+}
+TOOL_ERRORS = (404, 413, 422, 502, 503, 504)
 RAW_OPERATIONS = (
-    RawOperation("get", "/v1/models", "List the gateway's models", None, ModelList, None, OpenAIError, ()),
+    RawOperation("get", "/v1/models", "List the gateway's models", None, ModelList, OpenAIError, ()),
     RawOperation(
         "post",
         "/v1/chat/completions",
         "OpenAI chat completion through the active stack",
         ChatCompletionBody,
         ChatCompletion,
-        "chat",
         OpenAIError,
         (404, 413, 422, 502, 503),
+        CHAT_STREAM,
+        CHAT_EVENTS,
     ),
-    *(
-        RawOperation(
-            "post",
-            f"/tools/{name}",
-            summary,
-            args,
-            ToolAnswer,
-            "tool",
-            ErrorAnswer,
-            (404, 413, 422, 502, 503, 504),
-        )
-        for name, summary, args in (
-            ("reason", "Reason about a problem with the effort's chain", ReasonArgs),
-            ("invoke_model", "Call a model preset directly", InvokeModelArgs),
-            ("deep_reasoning", "Reason with the strongest strategy first", DeepReasoningArgs),
-        )
+    RawOperation(
+        "post",
+        "/tools/reason",
+        "Reason about a problem with the effort's chain",
+        ReasonArgs,
+        ToolAnswer,
+        ErrorAnswer,
+        TOOL_ERRORS,
+        TOOL_STREAM,
+        TOOL_EVENTS,
+    ),
+    RawOperation(
+        "post",
+        "/tools/invoke_model",
+        "Call a model preset directly",
+        InvokeModelArgs,
+        ToolAnswer,
+        ErrorAnswer,
+        TOOL_ERRORS,
+        TOOL_STREAM,
+        TOOL_EVENTS,
+        ONE_OF_PROMPT_OR_MESSAGES,
+    ),
+    RawOperation(
+        "post",
+        "/tools/deep_reasoning",
+        "Reason with the strongest strategy first",
+        DeepReasoningArgs,
+        ToolAnswer,
+        ErrorAnswer,
+        TOOL_ERRORS,
+        TOOL_STREAM,
+        TOOL_EVENTS,
     ),
 )
 
@@ -145,7 +177,7 @@ def openapi_document(app: FastAPI, raw: Iterable[RawOperation]) -> dict[str, Any
         (ErrorAnswer, "serialization"),
         (OpenAIError, "serialization"),
     ]
-    models += [(op.answer, "serialization") for op in raw]
+    models += [(model, "serialization") for op in raw for model in (op.answer, *op.events)]
     models += [(op.body, "validation") for op in raw if op.body is not None]
     schemas.update(component_schemas(models))
     doc["components"].setdefault("securitySchemes", {}).setdefault("bearer", BEARER)
@@ -168,15 +200,18 @@ def openapi_document(app: FastAPI, raw: Iterable[RawOperation]) -> dict[str, Any
                     "description": "The answer.",
                     "content": {
                         "application/json": {"schema": {"$ref": REF.format(model=op.answer.__name__)}},
-                        **(sse_content(op.stream) if op.stream else {}),
+                        **(sse_content(op.stream, op.events) if op.stream else {}),
                     },
                 }
             },
         }
         if op.body is not None:
+            body: dict[str, Any] = {"$ref": REF.format(model=op.body.__name__)}
+            if op.body_rule is not None:
+                body = {"allOf": [body], **op.body_rule}
             raw_operation["requestBody"] = {
                 "required": True,
-                "content": {"application/json": {"schema": {"$ref": REF.format(model=op.body.__name__)}}},
+                "content": {"application/json": {"schema": body}},
             }
         _document(raw_operation, True, op.errors, op.error)
         doc["paths"].setdefault(op.path, {})[op.method] = raw_operation

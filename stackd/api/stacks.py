@@ -15,6 +15,20 @@ from stackd.errors import NotFound
 from stackd.services import Services
 from stackd.views import model_json, plan_json, stack_json
 
+# One event of GET /model-stacks/switch/{id}/events as the OpenAPI document describes it.
+SWITCH_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"type": "object", "required": ["type"]},
+        },
+    },
+}
+
 
 class SwitchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -78,7 +92,7 @@ def build_stacks_router(
     @router.get(
         "/model-stacks/switch/{switch_id}/events",
         response_class=StreamingResponse,
-        responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+        responses={200: {"content": {"text/event-stream": {"schema": SWITCH_EVENT}},
                          "description": "The switch's events, one `event: TYPE` / `data: {...}` each."}},
     )
     async def switch_events(switch_id: str) -> StreamingResponse:

@@ -15,18 +15,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from stackd.api.gateway import (
-    MAX_TOKENS,
     SSE_DONE,
     Auth,
     RawEndpoint,
+    TokenCount,
+    a_number,
     dumps,
     first_item,
     read_body,
@@ -40,17 +41,18 @@ from stackd.router import ReasonRouter
 from stackd.router.routes import DEFAULT_EFFORT, MAX_EFFORT
 from stackd.router.types import Answer, ChatRequest, RouterStreamItem, StreamBroken, StreamDone, TextDelta
 
+Effort = Annotated[int, Strict(False), Field(ge=1, le=MAX_EFFORT), BeforeValidator(a_number)]
+
 
 class ToolArgs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: a JSON string is not a number, 0 is not false (as OpenAI validates its own APIs)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    max_tokens: StrictInt | None = Field(
-        None, ge=1, le=MAX_TOKENS, description="Upper bound on the answer's tokens."
-    )
+    max_tokens: TokenCount | None = Field(None, description="Upper bound on the answer's tokens.")
     temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature.")
     stream: bool = Field(False, description="Stream the answer as server-sent events.")
     timeout_s: float | None = Field(
-        None, gt=0, le=3600, description="Seconds the whole call may take; then the backend call is cancelled."
+        None, ge=1, le=3600, description="Seconds the whole call may take; then the backend call is cancelled."
     )
 
 
@@ -59,10 +61,8 @@ class ReasonArgs(ToolArgs):
 
     problem: str = Field(min_length=1, description="The problem to reason about, self-contained.")
     context: str | None = Field(None, description="Optional background the reasoner needs.")
-    effort: StrictInt = Field(
+    effort: Effort = Field(
         DEFAULT_EFFORT,
-        ge=1,
-        le=MAX_EFFORT,
         description="1-10. Low answers from the reflex model; 7-8 local elastic first; 9-10 cloud GPU first.",
     )
 
@@ -75,10 +75,10 @@ class DeepReasoningArgs(ToolArgs):
 
 
 class InvokeOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     slice: str | None = Field(None, description="Elastic slice: 6b, 9b or 12b (default: the preset's).")
-    max_tokens: StrictInt | None = Field(None, ge=1, le=MAX_TOKENS)
+    max_tokens: TokenCount | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     stop: list[str] | None = None
@@ -87,7 +87,7 @@ class InvokeOptions(BaseModel):
 class InvokeModelArgs(BaseModel):
     """Call a configured model preset directly (e.g. elastic with a slice, reflex, vision)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     preset: str = Field(min_length=1, description="Preset name, e.g. 'elastic', 'elastic:9b', 'reflex'.")
     prompt: str | None = Field(None, min_length=1, description="A single user prompt (or give messages).")

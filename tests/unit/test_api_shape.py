@@ -118,7 +118,8 @@ def test_the_gateway_and_the_tools_are_documented_with_their_bodies_and_answers(
         assert operation["security"] == [{"bearer": []}]
         assert "$ref" in operation["responses"]["200"]["content"]["application/json"]["schema"]
         if method == "post":
-            assert "$ref" in operation["requestBody"]["content"]["application/json"]["schema"]
+            body = operation["requestBody"]["content"]["application/json"]["schema"]
+            assert "$ref" in body or "$ref" in body["allOf"][0]
             assert "text/event-stream" in operation["responses"]["200"]["content"]
     schemas = document["components"]["schemas"]
     chat = schemas["ChatCompletionBody"]["properties"]
