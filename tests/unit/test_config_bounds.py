@@ -17,7 +17,7 @@ from stackd.config.loader import MAX_FILE_BYTES, check_file
 from stackd.config.yaml_source import MAX_DEPTH, MAX_VALUES
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "configs"
-BOMB = FIXTURES / "broken" / "alias-bomb.yaml"
+BOMB = FIXTURES / "broken" / "bad-alias-bomb.yaml"
 
 
 def refusal(path: Path) -> tuple[str, float]:
@@ -29,11 +29,11 @@ def refusal(path: Path) -> tuple[str, float]:
 
 
 def test_the_342_byte_alias_bomb_is_refused_at_its_line_in_milliseconds() -> None:
-    assert len(BOMB.read_bytes().split(b"\n", 1)[1]) == 342  # the probe's file, under a comment
+    assert len(BOMB.read_bytes().split(b"\n", 2)[2]) == 342  # the probe's file, under two comment lines
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     message, elapsed = refusal(BOMB)
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
-    assert message.startswith(f"{BOMB}:7: this value holds more than {MAX_VALUES:,} values"), message
+    assert message.startswith(f"{BOMB}:8: this value holds more than {MAX_VALUES:,} values"), message
     assert "aliases" in message
     assert elapsed < 0.5
     assert grown_kib < 50_000  # the peak RSS grows by less than 50 MB (it used to reach GBs)
