@@ -16,6 +16,7 @@ import contextlib
 import os
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 
 import psutil
@@ -23,16 +24,23 @@ import pytest
 
 from stackd.drivers.process_group import MEMBER_ENV
 
+# Every process this test session starts inherits this marker (daemons, and the engines they
+# spawn, keep the environment they were given): another session's engines — a second pytest, a
+# developer's own daemon — are never this session's business, and never killed by it.
+SESSION_ENV = "PYTEST_STACKD_SESSION"
+SESSION = os.environ.setdefault(SESSION_ENV, uuid.uuid4().hex)
+
 
 def engine_processes(since: float) -> list[tuple[int, str]]:
-    """(pid, member) of live engine processes started at or after ``since`` (epoch seconds)."""
+    """(pid, member) of live engine processes of this session started at or after ``since``."""
     out = []
     for proc in psutil.process_iter(["create_time", "status"]):
         with contextlib.suppress(psutil.Error, OSError):
             if proc.info["create_time"] < since or proc.info["status"] == psutil.STATUS_ZOMBIE:
                 continue
-            member = proc.environ().get(MEMBER_ENV)
-            if member and not owned_by_a_daemon(proc):
+            env = proc.environ()
+            member = env.get(MEMBER_ENV)
+            if member and env.get(SESSION_ENV) == SESSION and not owned_by_a_daemon(proc):
                 out.append((proc.pid, member))
     return out
 

@@ -147,6 +147,7 @@ class LocalProcessDriver:
         self._log_cap = log_cap_bytes
         self._members: dict[str, _Member] = {}
         self._adopted = False
+        self._adoption_lock = asyncio.Lock()
         self._http: httpx.AsyncClient | None = None
         self.owner = hashlib.sha256(str(self._state_dir).encode()).hexdigest()[:16]
 
@@ -367,9 +368,14 @@ class LocalProcessDriver:
     # ---------------------------------------------------------------- adoption after a restart of stackd
 
     async def _adopt_once(self) -> None:
-        if self._adopted:
-            return
-        self._adopted = True
+        # Every caller waits for the one adoption: a start must not run while the stray scan below
+        # could still take its fresh engine (recorded after the scan read the table) for a stray.
+        async with self._adoption_lock:
+            if not self._adopted:
+                await self._adopt()
+                self._adopted = True
+
+    async def _adopt(self) -> None:
         records = await asyncio.to_thread(self._journal.all)
         known = set()
         for rec in records:

@@ -25,6 +25,7 @@ import pytest
 
 from stackd.config.loader import load_config
 from stackd.config.models import Lifecycle
+from tests.conftest import SESSION_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -82,7 +83,7 @@ def test_the_readme_blocks_work_when_pasted_in_order(engine: docker.DockerClient
     home = tmp_path / "home"
     home.mkdir()
     env = {"HOME": str(home), "PATH": os.environ["PATH"], "LANG": "C.UTF-8", "COLUMNS": "100",
-           "TERM": "dumb"}
+           "TERM": "dumb", SESSION_ENV: os.environ[SESSION_ENV]}  # the leak check's marker
     if "DOCKER_HOST" in os.environ:
         env["DOCKER_HOST"] = os.environ["DOCKER_HOST"]
     try:
