@@ -158,6 +158,7 @@ def schemathesis_run(daemon: ThreadedDaemon, tmp: Path, token: bool) -> str:
     assert run.returncode == 0, output
     counts = re.search(r"(\d+) generated, (\d+) passed", output)
     assert counts is not None and counts[1] == counts[2], output  # every case passed every check
+    print(f"schemathesis {daemon.host} {'with' if token else 'without'} the token: {counts[0]}")  # -s shows it
     return output
 
 
