@@ -2,10 +2,12 @@
 
     python bench/gateway.py [--duration 5] [--out results.json]
 
-Starts OpenAI simulators (zero added latency, one process each), stackd's tools and gateway
-routers in a FastAPI app under uvicorn (one worker, subprocesses), and a reference FastAPI +
-httpx pass-through; loads each with wrk (1 thread, a Lua script for the POST body) at 1 and
-16 connections, and prints p50 / p99 / req/s. Failover rows: strategy 1 refuses connections
+Starts OpenAI simulators (zero added latency, one process each), stackd's app as the daemon
+builds it (``create_app``: the front door, the control API, the tools and the gateway, the heap
+settled after start-up) under uvicorn (one worker, subprocesses), the floor (the thinnest Python
+proxy: raw ASGI + one aiohttp session) and a reference FastAPI + httpx pass-through; loads each
+with wrk (1 thread, a Lua script for the POST body) at 1 and 16 connections, and prints p50 /
+p99 / req/s, then stackd against the floor at 16 connections (p99 and req/s ratios). Failover rows: strategy 1 refuses connections
 or answers 500 on every call (circuit threshold raised so that every call pays the failover),
 and hangs (the circuit as configured: the first calls pay the first-token timeout, then the
 open circuit skips it). docs/benchmarks.md has the method and the numbers.
@@ -40,15 +42,34 @@ BODY = {
     "max_tokens": 16,
 }
 TOOLS_BODY = {"problem": "Why is the sky blue?", "max_tokens": 16}
+TOKEN = "bench-token"  # stackd's rows send it: the data path's token check is part of the cost
+AUTH_HEADER = {"Authorization": f"Bearer {TOKEN}"}
+FLOOR = "floor: raw ASGI + aiohttp pass-through"
+STACKD = "stackd /v1/chat/completions (reason)"
 
 
 # ---------------------------------------------------------------- servers (subcommands)
 def stackd_app(primary: str, backup: str, threshold: int, first_token_s: float) -> Any:
-    from stackd.api.gateway import build_gateway_router
-    from stackd.api.tools import build_tools_router
+    """The daemon's app (``create_app``) over in-memory engines: only the data path is measured."""
+    from contextlib import asynccontextmanager
+
+    from stackd.api.app import create_app
     from stackd.config.models import StacksConfig
+    from stackd.daemon import settle_heap
+    from stackd.drivers.memory import (
+        MemoryContainers,
+        MemoryHealth,
+        MemoryOllama,
+        MemoryProcesses,
+        MemoryRemotes,
+    )
+    from stackd.hardware.types import HardwareSnapshot
+    from stackd.manager import ModelStackManager
     from stackd.roles import LiveRoles, RoleTable
     from stackd.router import ReasonRouter
+    from stackd.services import Services
+    from stackd.settings import Settings
+    from stackd.state.store import StateStore
 
     def model(url: str, name: str) -> dict[str, Any]:
         return {
@@ -75,16 +96,72 @@ def stackd_app(primary: str, backup: str, threshold: int, first_token_s: float) 
         }
     )
     stack = config.stacks["bench"]
-    router = ReasonRouter(
-        config, LiveRoles(RoleTable("bench", dict(stack.roles), frozenset(stack.member_names)))
+    roles = LiveRoles(RoleTable("bench", dict(stack.roles), frozenset(stack.member_names)))
+    router = ReasonRouter(config, roles)
+    state_dir = Path(tempfile.mkdtemp(prefix="stackd-bench-"))
+    hardware = HardwareSnapshot(
+        gpus=(), ram_total_mib=8192, ram_available_mib=4096, cpu_count=2, gpu_source="none"
+    )
+    manager = ModelStackManager(
+        config=config,
+        store=StateStore(state_dir / "stackd.db"),
+        containers=MemoryContainers(),
+        processes=MemoryProcesses(),
+        ollama=MemoryOllama(),
+        remotes=MemoryRemotes(),
+        health=MemoryHealth(),
+        live_roles=roles,
+        read_hardware=lambda: hardware,
+    )
+    services = Services(
+        settings=Settings(state_dir=state_dir),
+        config=config,
+        roles=roles,
+        manager=manager,
+        read_hardware=lambda: hardware,
+        token=TOKEN,
+        token_source="bench",
+        router=router,
     )
 
-    def open_auth(request: Any) -> None:
-        return None
+    @asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        await router.start()
+        settle_heap()  # as the daemon's lifespan does
+        yield
+        await router.aclose()
 
-    app = FastAPI()
-    app.include_router(build_tools_router(router, open_auth))
-    app.include_router(build_gateway_router(router, open_auth))
+    return create_app(services, lifespan=lifespan)
+
+
+def floor_app(target: str) -> Any:
+    """The thinnest Python proxy: raw ASGI, one pooled aiohttp session, the body passed through."""
+    session: aiohttp.ClientSession | None = None
+    url = f"{target}/v1/chat/completions"
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal session
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            if session is not None:
+                await session.close()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if session is None:
+            session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        async with session.post(url, data=body, headers={"content-type": "application/json"}) as reply:
+            answer = await reply.read()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
     return app
 
 
@@ -109,7 +186,7 @@ def serve(argv: list[str]) -> None:
     import uvicorn
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["stackd", "reference"])
+    parser.add_argument("kind", choices=["stackd", "floor", "reference"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--primary", default="")
     parser.add_argument("--backup", default="")
@@ -118,6 +195,8 @@ def serve(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if args.kind == "stackd":
         app = stackd_app(args.primary, args.backup, args.threshold, args.first_token_s)
+    elif args.kind == "floor":
+        app = floor_app(args.primary)
     else:
         app = reference_app(args.primary)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False, ws="none")
@@ -177,6 +256,7 @@ UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 def wrk(url: str, body: dict[str, Any], connections: int, duration_s: int) -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
+        script.write(f'wrk.headers["Authorization"] = "Bearer {TOKEN}"\n')
         script.write(f"wrk.body = {json.dumps(json.dumps(body))}\n")
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency", "-s", script.name, url],
@@ -203,7 +283,7 @@ async def hang_costs(url: str, calls: int) -> dict[str, float]:
     async with aiohttp.ClientSession() as session:
         for _ in range(calls):
             started = time.perf_counter()
-            async with session.post(f"{url}/v1/chat/completions", json=BODY) as reply:
+            async with session.post(f"{url}/v1/chat/completions", json=BODY, headers=AUTH_HEADER) as reply:
                 await reply.read()
                 assert reply.status == 200, reply.status
             times.append((time.perf_counter() - started) * 1000)
@@ -268,10 +348,35 @@ async def ollama_data_path(url: str, duration_s: float) -> dict[str, dict[str, f
     return {"ollama package (httpx)": with_client, "stackd OllamaBackend (aiohttp)": with_aiohttp}
 
 
+def against_the_floor(floor: str, stackd: str, pairs: int, duration_s: int) -> dict[str, Any]:
+    """stackd's p99 and req/s over the floor's at 16 connections: ``pairs`` runs of each, alternated
+    (floor, stackd, floor, …) so both see the same neighbours; the median of the per-pair ratios."""
+    runs = []
+    for _ in range(pairs):
+        pair = {}
+        for name, url in (("floor", floor), ("stackd", stackd)):
+            wrk(url, BODY, 16, 1)
+            pair[name] = wrk(url, BODY, 16, duration_s)
+        runs.append(pair)
+        print(
+            f"{'pair: floor / stackd':48} c=16  p99 {pair['floor']['p99_ms']:.3f} / {pair['stackd']['p99_ms']:.3f} ms"
+            f"  {pair['floor']['rps']:.0f} / {pair['stackd']['rps']:.0f} req/s",
+            flush=True,
+        )
+    return {
+        "runs": runs,
+        "p99_ratio": statistics.median(r["stackd"]["p99_ms"] / r["floor"]["p99_ms"] for r in runs),
+        "rps_ratio": statistics.median(r["stackd"]["rps"] / r["floor"]["rps"] for r in runs),
+    }
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--out", type=Path, help="also write the results as JSON")
+    parser.add_argument(
+        "--pairs", type=int, default=3, help="alternating floor/stackd runs at c=16 for the ratios"
+    )
     args = parser.parse_args(argv)
     streaming = {**BODY, "stream": True}
     rows: list[tuple[str, str, dict[str, Any]]] = []
@@ -287,10 +392,12 @@ def main(argv: list[str]) -> None:
             stack, "stackd", primary=hanging, backup=backup, threshold=3, first_token_s=1.0
         )
         reference = start_server(stack, "reference", primary=sim)
+        floor = start_server(stack, "floor", primary=sim)
         plan = [
             ("direct to the simulator", f"{sim}/v1/chat/completions", BODY),
             ("direct to the simulator, stream", f"{sim}/v1/chat/completions", streaming),
-            ("stackd /v1/chat/completions (reason)", f"{gateway}/v1/chat/completions", BODY),
+            (FLOOR, f"{floor}/v1/chat/completions", BODY),
+            (STACKD, f"{gateway}/v1/chat/completions", BODY),
             ("stackd /v1/chat/completions, stream", f"{gateway}/v1/chat/completions", streaming),
             ("stackd /tools/reason", f"{gateway}/tools/reason", TOOLS_BODY),
             ("stackd /tools/reason, stream", f"{gateway}/tools/reason", {**TOOLS_BODY, "stream": True}),
@@ -304,6 +411,9 @@ def main(argv: list[str]) -> None:
                 result = wrk(url, body, connections, args.duration)
                 rows.append((label, f"c={connections}", result))
                 print(ROW.format(label=label, conns=f"c={connections}", **result), flush=True)
+        against = against_the_floor(
+            f"{floor}/v1/chat/completions", f"{gateway}/v1/chat/completions", args.pairs, args.duration
+        )
         hang = asyncio.run(hang_costs(via_hang, 200))
         ollama_port = free_port()
         ollama_url = start(stack, ["-c", OLLAMA_SIM.format(port=ollama_port)], ollama_port)
@@ -313,8 +423,13 @@ def main(argv: list[str]) -> None:
             f"{'failover: strategy 1 hangs (first_token_s 1)':48} {hang['slow_calls']} calls paid "
             f"{hang['slow_ms_each']:.0f} ms each, then p50 {hang['then_p50_ms']:.3f} ms (circuit open)"
         )
+    print(
+        f"stackd against the floor at c=16, {args.pairs} alternating pairs (median; targets p99 <= 3x, "
+        f"req/s >= 0.6x): p99 {against['p99_ratio']:.2f}x, req/s {against['rps_ratio']:.2f}x; "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     if args.out:
-        args.out.write_text(json.dumps({"rows": rows, "hang": hang}, indent=2))
+        args.out.write_text(json.dumps({"rows": rows, "hang": hang, "against_floor": against}, indent=2))
 
 
 if __name__ == "__main__":
