@@ -73,17 +73,26 @@ def front_door_config() -> StacksConfig:
 
 
 class ScriptedBackend:
-    """Answers at once; ``fails`` makes every call a refused connection."""
+    """Answers at once; ``fails`` makes every call a refused connection; with a ``gate`` a call
+    waits for it (``cancelled`` counts the calls cancelled meanwhile)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.request_model = name
         self.fails = False
+        self.gate: asyncio.Event | None = None
+        self.cancelled = 0
 
     def not_ready(self) -> str | None:
         return None
 
     async def complete(self, request: ChatRequest) -> Completion:
+        if self.gate is not None:
+            try:
+                await self.gate.wait()
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
         if self.fails:
             raise BackendError(FailureKind.refused, f"cannot connect to {self.name}")
         return Completion("Rayleigh scattering.", "stop", Usage(10, 3))
@@ -249,6 +258,26 @@ async def test_a_bug_on_a_hot_path_is_a_500_in_the_routes_shape_that_repeats_not
     assert answer.status == 500 and b"s3cret" not in answer.body
     error = answer.json()["error"]
     assert error["type"] == "server_error" if shape == "openai" else error == "InternalError"
+
+
+async def test_a_client_that_leaves_through_the_front_door_cancels_the_backend_call(daemon: Daemon) -> None:
+    daemon.backends["primary"].gate = asyncio.Event()
+    body = json.dumps(CHAT).encode()
+    messages = [{"type": "http.request", "body": body, "more_body": False}, {"type": "http.disconnect"}]
+    sent: list[dict[str, Any]] = []
+    headers = [(b"content-type", b"application/json"), *AUTH, (b"content-length", str(len(body)).encode())]
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": headers}
+
+    async def receive() -> dict[str, Any]:
+        if len(messages) == 1:
+            await asyncio.sleep(0.05)  # the client leaves while the backend still works
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await asyncio.wait_for(daemon.app(scope, receive, send), 5)
+    assert daemon.backends["primary"].cancelled == 1 and sent == []
 
 
 # ---------------------------------------------------------------- the token before the body
