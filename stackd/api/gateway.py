@@ -140,32 +140,39 @@ async def until_disconnect(handle: Callable[[Scope, Receive, Send], Awaitable[No
     Cancelling closes the backend's connection, so an engine stops generating for a caller that
     left (a disconnected SSE reader, a Ctrl-C in ``stackd reason``, a client's own timeout)
     instead of spending its single slot on an answer nobody reads. Once the request body has
-    been read, the next ASGI message can only be ``http.disconnect``."""
-    body_read = asyncio.Event()
-
-    async def receive_body() -> Message:
-        message = await receive()
-        if message["type"] != "http.request" or not message.get("more_body"):
-            body_read.set()
-        return message
+    been read, the next ASGI message can only be ``http.disconnect``: one watcher task waits for
+    it from then on and cancels this task. ``handle`` runs in this task (no second task, no
+    ``wait``/``gather``: each costs event-loop turns on the hot path)."""
+    this = asyncio.current_task()
+    assert this is not None
+    watcher: asyncio.Future[None] | None = None
+    gone = False
 
     async def client_gone() -> None:
-        await body_read.wait()
+        nonlocal gone
         while (await receive())["type"] != "http.disconnect":
             pass
+        gone = True
+        this.cancel()
 
-    work = asyncio.ensure_future(handle(scope, receive_body, send))
-    watcher = asyncio.ensure_future(client_gone())
+    async def receive_body() -> Message:
+        nonlocal watcher
+        message = await receive()
+        if watcher is None and (message["type"] != "http.request" or not message.get("more_body")):
+            watcher = asyncio.ensure_future(client_gone())
+        return message
+
     try:
-        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        await handle(scope, receive_body, send)
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        this.uncancel()  # the cancellation was ours: the client left, nobody to answer
     finally:
-        watcher.cancel()
-        if not work.done():
-            work.cancel()
-        await asyncio.gather(watcher, work, return_exceptions=True)  # let the backend call unwind
-    if work.cancelled():
-        return  # the client left: nobody to answer
-    work.result()  # a StackdError goes to the caller, which renders it
+        # Synchronously after ``handle``: a watcher scheduled to run now is cancelled before it
+        # can cancel this task.
+        if watcher is not None:
+            watcher.cancel()
 
 
 class RawEndpoint:
