@@ -148,17 +148,23 @@ def schemathesis_run(daemon: ThreadedDaemon, tmp: Path, token: bool) -> str:
         # re-sends the same calls), and a refused POST's connection is closed with its body unread.
         "--phases",
         "examples,coverage,fuzzing",
+        # About one run in three without the token met one "connection reset" while reading the
+        # 401 of a POST whose body the front door left unread (~1 request in 800): retried once.
+        # A 5xx or an answer unlike the document is never retried.
+        "--request-retries",
+        "1",
         *(["--header", f"Authorization: Bearer {TOKEN}"] if token else []),
         # Without the token, the front door answers 401 to every method that may carry a body,
         # before it looks for a route (stackd/api/dispatch.py): TRACE gets 401, not 405.
         *([] if token else ["--exclude-checks", "unsupported_method"]),
     ]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(command, cwd=tmp, capture_output=True, text=True, timeout=300)  # its files: in tmp
     output = run.stdout + run.stderr
     assert run.returncode == 0, output
     counts = re.search(r"(\d+) generated, (\d+) passed", output)
     assert counts is not None and counts[1] == counts[2], output  # every case passed every check
-    print(f"schemathesis {daemon.host} {'with' if token else 'without'} the token: {counts[0]}")  # -s shows it
+    mode = "with" if token else "without"
+    print(f"schemathesis {daemon.host} {mode} the token: {counts[0]}")  # shown with -s
     return output
 
 
