@@ -67,6 +67,16 @@ def refuse_unsafe_bind(settings: Settings, env: dict[str, str] | None = None) ->
         )
 
 
+def secret_env_names(config: StacksConfig) -> frozenset[str]:
+    """Variables an engine process is not given: stackd's tokens and every cloud key the config
+    names (a local engine needs none of them; one it does need goes in its process.env)."""
+    names = {TOKEN_ENV, *(m.remote.api_key_env for m in config.models.values()
+                           if m.remote is not None and m.remote.api_key_env)}
+    if config.auth.gateway_token_env:
+        names.add(config.auth.gateway_token_env)
+    return frozenset(names)
+
+
 def build_services(settings: Settings) -> Services:
     from stackd.drivers.docker import DockerContainerDriver
     from stackd.drivers.health import HttpHealthChecker
@@ -97,7 +107,7 @@ def build_services(settings: Settings) -> Services:
     health = HttpHealthChecker(endpoints=endpoints)
     store = StateStore(settings.db_path)
     processes = LocalProcessDriver(settings.state_dir, ProcessTable(settings.db_path), endpoints,
-                                   gpu_device=config.gpu.device)
+                                   gpu_device=config.gpu.device, withheld_env=secret_env_names(config))
     manager = ModelStackManager(
         config=config,
         store=store,

@@ -9,7 +9,7 @@ Every HTTP request passes through ``FrontDoor`` before anything else sees it:
    endpoint checks its token before it reads a byte of the body.
 2. **The token before the body.** FastAPI reads and parses a body before it runs a route's
    dependencies, so a malformed JSON body got 422 before 401, and a 100 MB body was read before
-   the token was checked. Every route that accepts a body (every method but GET, HEAD, OPTIONS)
+   the token was checked. Every route that accepts a body (every method but GET, HEAD, OPTIONS, TRACE)
    needs the write token, so a request of such a method without it is answered 401 here, its
    body unread, and the connection closed (uvicorn stops reading it).
 3. **Bounded bodies.** A body longer than its limit is answered 413: before reading it when
@@ -41,7 +41,7 @@ from stackd.errors import StackdError
 log = logging.getLogger("stackd.api")
 
 Guard = Callable[[Request], Any]  # raises ``Unauthorized``; the app's ``bearer_guard``
-BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # TRACE: 405, never a body read
 INTERNAL_ERROR = "internal error; the daemon's log has the details"
 
 

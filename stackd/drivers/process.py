@@ -136,7 +136,10 @@ class LocalProcessDriver:
     def __init__(self, state_dir: Path, journal: ProcessJournal, endpoints: LiveEndpoints, *,
                  gpu_device: int = 0, python: str = sys.executable,
                  on_exit: Callable[[str, str], None] | None = None,
-                 sleep: Sleep = asyncio.sleep, log_cap_bytes: int = LOG_CAP_BYTES) -> None:
+                 sleep: Sleep = asyncio.sleep, log_cap_bytes: int = LOG_CAP_BYTES,
+                 withheld_env: frozenset[str] = frozenset()) -> None:
+        """``withheld_env``: variables of stackd's environment an engine is not given (tokens,
+        cloud keys); a member's own ``process.env`` may still set them."""
         self._state_dir = state_dir.resolve()
         self._journal = journal
         self._endpoints = endpoints
@@ -145,6 +148,7 @@ class LocalProcessDriver:
         self._on_exit = on_exit
         self._sleep = sleep
         self._log_cap = log_cap_bytes
+        self._withheld_env = withheld_env
         self._members: dict[str, _Member] = {}
         self._adopted = False
         self._adoption_lock = asyncio.Lock()
@@ -235,7 +239,8 @@ class LocalProcessDriver:
             macros["MODEL_PATH"] = str(await asyncio.to_thread(self._model_file, member.name, runtime))
         argv = [_fill(arg, macros) for arg in runtime.command]
         endpoint = _fill(model.endpoint or "http://127.0.0.1:${PORT}/v1", macros)
-        env = {**os.environ, **{k: _fill(v, macros) for k, v in runtime.env.items()},
+        inherited = {k: v for k, v in os.environ.items() if k not in self._withheld_env}
+        env = {**inherited, **{k: _fill(v, macros) for k, v in runtime.env.items()},
                pg.OWNER_ENV: self.owner, pg.MEMBER_ENV: member.name}
         if model.placement == Placement.gpu:
             env.setdefault("CUDA_VISIBLE_DEVICES", str(self._gpu_device))

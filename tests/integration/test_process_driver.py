@@ -276,3 +276,21 @@ async def test_an_adopted_engine_that_dies_is_restarted_by_its_policy(tmp_path: 
     finally:
         await second.aclose()
         await first.aclose()
+
+
+async def test_an_engine_is_not_given_stackd_s_tokens_or_cloud_keys(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STACKD_TOKEN", "canary-token")
+    monkeypatch.setenv("GEMINI_API_KEY", "canary-key")
+    monkeypatch.setenv("HF_HOME", "/models")  # an ordinary variable is inherited
+    d = LocalProcessDriver(tmp_path / "s", ProcessTable(tmp_path / "s" / "db"), LiveEndpoints(),
+                           withheld_env=frozenset({"STACKD_TOKEN", "GEMINI_API_KEY"}))
+    try:
+        await d.ensure_running("eng", engine_model())
+        pid = d.processes()[0].pid
+        assert pid is not None
+        env = psutil.Process(pid).environ()
+        assert "STACKD_TOKEN" not in env and "GEMINI_API_KEY" not in env
+        assert env["HF_HOME"] == "/models" and env["STACKD_MEMBER"] == "eng"
+    finally:
+        await d.aclose()
