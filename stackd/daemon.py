@@ -174,6 +174,8 @@ def settle_heap(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:
 
 def build_app(settings: Settings) -> FastAPI:
     services = build_services(settings)
+    router, usage, leases = services.router, services.usage, services.leases
+    assert router is not None and usage is not None and leases is not None  # build_services sets them
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -183,9 +185,9 @@ def build_app(settings: Settings) -> FastAPI:
             if settings.periodic:
                 from stackd.periodic import start_periodic
 
-                services.periodic = start_periodic(services.manager, leased=services.leases.holds,
-                                                   on_healthy=services.router.probe_succeeded)
-            await services.router.start()
+                services.periodic = start_periodic(services.manager, leased=leases.holds,
+                                                   on_healthy=router.probe_succeeded)
+            await router.start()
             watch_sighup(services, settings)
             settle_heap()
             yield
@@ -195,8 +197,8 @@ def build_app(settings: Settings) -> FastAPI:
             try:
                 if services.periodic is not None:
                     services.periodic.shutdown(wait=False)
-                await services.router.aclose()
-                await services.usage.aclose()
+                await router.aclose()
+                await usage.aclose()
                 await services.manager.aclose()
             finally:
                 if services.processes is not None:
@@ -208,7 +210,7 @@ def build_app(settings: Settings) -> FastAPI:
     from stackd.stack_metrics import register_stack_metrics
 
     registry = CollectorRegistry()
-    register_router_metrics(registry, services.router)
+    register_router_metrics(registry, router)
     register_stack_metrics(registry, services)
     return create_app(
         services, lifespan=lifespan, registry=registry, load_config=lambda: load_daemon_config(settings)

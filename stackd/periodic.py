@@ -16,12 +16,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from stackd.config.models import HealthCheck, Lifecycle, Model, Runtime
 from stackd.errors import Conflict, StackdError
 from stackd.manager import ModelStackManager
-from stackd.manager.observe import drift, is_up
+from stackd.manager.observe import drift
+from stackd.planner.members import is_up
 
 log = logging.getLogger("stackd.periodic")
 

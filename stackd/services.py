@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from stackd.config.models import StacksConfig
 from stackd.hardware.types import HardwareSnapshot
 from stackd.roles import LiveEndpoints, LiveRoles
 from stackd.settings import Settings
+
+if TYPE_CHECKING:  # the parts import much of stackd; only their types are needed here
+    from stackd.drivers.process import LocalProcessDriver
+    from stackd.gpu.leases import LeaseCoordinator
+    from stackd.manager import ModelStackManager
+    from stackd.periodic import PeriodicJobs
+    from stackd.router import ReasonRouter
+    from stackd.state.usage import UsageStore
 
 
 @dataclass
@@ -17,13 +25,13 @@ class Services:
     settings: Settings
     config: StacksConfig
     roles: LiveRoles
-    manager: Any  # stackd.manager.ModelStackManager
+    manager: ModelStackManager
     read_hardware: Callable[[], HardwareSnapshot]
     token: str
     token_source: str
-    router: Any = None  # stackd.router.ReasonRouter
-    periodic: Any = None  # stackd.periodic jobs
-    usage: Any = None  # stackd.state.usage.UsageStore
-    leases: Any = None  # stackd.gpu.leases.LeaseCoordinator
+    router: ReasonRouter | None = None
+    periodic: PeriodicJobs | None = None
+    usage: UsageStore | None = None
+    leases: LeaseCoordinator | None = None
     endpoints: LiveEndpoints = field(default_factory=LiveEndpoints)
-    processes: Any = None  # stackd.drivers.process.LocalProcessDriver (closed at shutdown)
+    processes: LocalProcessDriver | None = None  # closed at shutdown

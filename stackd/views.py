@@ -14,7 +14,8 @@ _plan_adapter = TypeAdapter(Plan)
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:
-    return _plan_adapter.dump_python(plan, mode="json")
+    body: dict[str, Any] = _plan_adapter.dump_python(plan, mode="json")
+    return body
 
 
 def redact_url(url: str | None) -> str | None:

@@ -311,7 +311,8 @@ def usage_renderable(data: dict[str, Any], wide: bool = False) -> Group:
 def skipped_name(row: dict[str, Any]) -> str:
     """A strategy, and its backend when it had one ('-': none was bound)."""
     backend = row.get("backend")
-    return row["strategy"] + (f" {backend}" if backend not in (None, "-") else "")
+    strategy: str = row["strategy"]
+    return strategy + (f" {backend}" if backend not in (None, "-") else "")
 
 
 def usage_table(rows: list[dict[str, Any]], wide: bool = False) -> Table:

@@ -29,7 +29,8 @@ def follow_switch(client: DaemonClient, started: dict[str, Any], console: Consol
         for event in client.stream_events(f"/model-stacks/switch/{switch_id}/events"):
             if console:
                 _show(event, console, progress, bars, degraded)
-    return client.get(f"/model-stacks/switch/{switch_id}")
+    switch: dict[str, Any] = client.get(f"/model-stacks/switch/{switch_id}")
+    return switch
 
 
 def _show(event: dict[str, Any], console: Console, progress: Progress, bars: dict[str, TaskID],

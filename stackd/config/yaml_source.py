@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -91,7 +91,7 @@ def parse_yaml(text: str) -> YamlDocument:
 class TooLarge(yaml.MarkedYAMLError):
     """The document passes ``MAX_VALUES`` or ``MAX_DEPTH``; ``fix`` says what to change."""
 
-    def __init__(self, problem: str, mark: yaml.Mark, fix: str) -> None:
+    def __init__(self, problem: str, mark: yaml.Mark | None, fix: str) -> None:
         super().__init__(problem=problem, problem_mark=mark)
         self.fix = fix
 
@@ -117,13 +117,15 @@ class _BoundedLoader(yaml.SafeLoader):
             if self._depth > MAX_DEPTH:
                 raise TooLarge(
                     f"the values are nested more than {MAX_DEPTH} levels deep",
-                    self.peek_event().start_mark,
+                    self._next_mark(),
                     "flatten the structure: a config nests 7 levels at most",
                 )
-            alias = self.check_event(yaml.AliasEvent)  # type: ignore[no-untyped-call]
+            alias = self.check_event(yaml.AliasEvent)
             if alias:
-                self._last_alias = self.peek_event().start_mark
-            node: yaml.Node = super().compose_node(parent, index)  # type: ignore[no-untyped-call]
+                self._last_alias = self._next_mark()
+            composed = super().compose_node(parent, index)
+            assert composed is not None  # None only past the end of a stream, never inside a document
+            node = composed
         finally:
             self._depth -= 1
         if not alias:  # an alias is a node composed before: its size is known
@@ -135,6 +137,12 @@ class _BoundedLoader(yaml.SafeLoader):
                     "write the values out, or use fewer aliases of aliases",
                 )
         return node
+
+    def _next_mark(self) -> yaml.Mark | None:
+        """Where the next event starts. The stubs leave ``peek_event`` untyped and allow the C
+        parser's mark too; SafeLoader is the pure-Python parser, whose marks are ``yaml.Mark``."""
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
+        return cast("yaml.Mark | None", event.start_mark)
 
 
 def _children(node: yaml.Node) -> Iterator[yaml.Node]:

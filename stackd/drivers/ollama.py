@@ -53,7 +53,7 @@ class OllamaHttpDriver:
         self._load_timeout_s = load_timeout_s
 
     async def close(self) -> None:
-        await self._client.close()
+        await self._client.close()  # type: ignore[no-untyped-call]  # ollama leaves close() unannotated
 
     async def list_tags(self) -> frozenset[str]:
         """Local tags; ``name:latest`` is also listed as ``name`` since configs may omit it."""

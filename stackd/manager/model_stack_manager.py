@@ -15,11 +15,12 @@ from stackd.config.models import Lifecycle, Runtime
 from stackd.errors import Conflict, StackdError
 from stackd.manager.core import JobResult, ManagerCore, ProbeResult
 from stackd.manager.executor import Execution
-from stackd.manager.observe import Observation, drift, is_up, with_measurements
+from stackd.manager.observe import Observation, drift, with_measurements
 from stackd.manager.recovery import RecoveryAction, RecoveryDecision, RecoveryReport, decide_recovery
 from stackd.manager.status import build_status
 from stackd.manager.switch import Switch, SwitchHandle, undo_json
 from stackd.plan import Plan
+from stackd.planner.members import is_up
 from stackd.roles import RoleTable
 from stackd.state.store import JournalEntry
 from stackd.views import plan_json
