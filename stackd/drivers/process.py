@@ -215,8 +215,9 @@ class LocalProcessDriver:
         async def stop(member: _Member) -> None:
             member.wanted = False
             _cancel(member.restart_task)
+            grace = member.model.process.stop_grace_s if member.model and member.model.process else 10.0
             async with member.lock:
-                await self._stop(member, grace_s=min(10.0, deadline_s / 2))
+                await self._stop(member, grace_s=min(grace, deadline_s / 2))
 
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(deadline_s):
