@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from stackd.drivers.process_group import log_tail
 from stackd.errors import StackdError
 from stackd.state.lock import LOCK_NAME, read_holder
 
@@ -97,8 +98,4 @@ def _daemon_pid(state_dir: Path, url: str | None) -> int:
 
 
 def _tail(path: Path, lines: int = 8) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return "(no log)"
-    return " | ".join(line for line in text[-lines:] if line.strip()) or "(nothing)"
+    return " | ".join(log_tail(path, lines)) or "(nothing)"

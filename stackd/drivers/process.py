@@ -262,8 +262,7 @@ class LocalProcessDriver:
         engine = _Engine(record, proc)
         member.engine = engine
         await asyncio.to_thread(self._journal.record, record)
-        member.watch_task = asyncio.create_task(self._watch(member, engine, model, runtime),
-                                                name=f"stackd-watch-{member.name}")
+        member.watch_task = asyncio.create_task(self._watch(member, engine), name=f"stackd-watch-{member.name}")
         try:
             await self._wait_ready(member, model, runtime, engine)
         except BaseException:
@@ -280,7 +279,7 @@ class LocalProcessDriver:
         url = engine.record.endpoint.split("://", 1)[0] + "://127.0.0.1:" + f"{engine.record.port}{path}"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        polls, last = 0, "no answer yet"  # polls: for the log of a slow start
+        last = "no answer yet"
         while True:
             if engine.exited():
                 code = engine.proc.returncode if engine.proc else None
@@ -297,7 +296,6 @@ class LocalProcessDriver:
                 raise DriverFailed(self._failure(member.name, f"was not ready within {timeout_s:g} s "
                                                  f"({last}); raise health.start_timeout_s if it loads slowly"),
                                    model=member.name)
-            polls += 1
             # Often at first: the wait is added to every switch (the target is <= 100 ms of
             # overhead); a refused connect costs microseconds, a slow engine is polled less.
             waited = loop.time() - (deadline - timeout_s)
@@ -323,8 +321,9 @@ class LocalProcessDriver:
 
     # ---------------------------------------------------------------- supervision
 
-    async def _watch(self, member: _Member, engine: _Engine, model: Model, runtime: ProcessRuntime) -> None:
-        """Notice the engine's exit at once; unless stackd stopped it, record it and restart it."""
+    async def _watch(self, member: _Member, engine: _Engine) -> None:
+        """Notice the engine's exit at once (a spawned one's or an adopted one's); unless stackd
+        stopped it, record it and apply the restart policy of the config it last ran with."""
         while True:
             try:
                 async with asyncio.timeout(5.0):
@@ -334,7 +333,7 @@ class LocalProcessDriver:
                 await asyncio.to_thread(pg.cap_log, Path(engine.record.log_path), self._log_cap)
         if engine.stopping or member.engine is not engine:
             return
-        why = describe_exit(code)
+        why = describe_exit(code) if engine.proc is not None else "exited (adopted: exit status unknown)"
         member.engine, member.exits, member.last_exit = None, member.exits + 1, why
         self._endpoints.clear(member.name)
         # A dead leader may leave children in its group: they would hold the port and memory.
@@ -347,11 +346,13 @@ class LocalProcessDriver:
             self._on_exit(member.name, why)
         if time.time() - engine.record.started_at > STABLE_AFTER_S:
             member.restarts = 0
-        if not member.wanted or runtime.restart == RestartPolicy.never:
+        model = member.model  # None: adopted and never observed since, so no policy known
+        if (not member.wanted or model is None or model.process is None
+                or model.process.restart == RestartPolicy.never):
             member.state = "exited"
             return
         member.state = "restarting"
-        member.restart_task = asyncio.create_task(self._restart(member, model, runtime),
+        member.restart_task = asyncio.create_task(self._restart(member, model, model.process),
                                                   name=f"stackd-restart-{member.name}")
 
     async def _restart(self, member: _Member, model: Model, runtime: ProcessRuntime) -> None:
@@ -395,31 +396,14 @@ class LocalProcessDriver:
             member.log_path = Path(rec.log_path)
             self._endpoints.set(rec.model, rec.endpoint)
             log.info("adopted process member %s (pid %d, port %d) from an earlier run", rec.model, rec.pid, rec.port)
-            # No config at hand here: the watcher restarts with the policy it finds at the next start.
-            member.watch_task = asyncio.create_task(self._watch_adopted(member, engine))
+            # No config at hand here: ``running`` gives it the member's, for the restart policy.
+            member.watch_task = asyncio.create_task(self._watch(member, engine))
         for pid, name in await asyncio.to_thread(pg.owned_processes, self.owner):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 if pid not in known and os.getpgid(pid) == pid:
                     log.warning("stopping engine process %d of %s: it has no record (stackd died as it "
                                 "started it)", pid, name)
                     await pg.stop_group(pid, 5.0, self._sleep)
-
-    async def _watch_adopted(self, member: _Member, engine: _Engine) -> None:
-        await engine.wait()
-        if engine.stopping or member.engine is not engine:
-            return
-        member.engine, member.exits, member.state = None, member.exits + 1, "exited"
-        member.last_exit = "exited (adopted engine; exit status unknown)"
-        self._endpoints.clear(member.name)
-        await asyncio.to_thread(self._journal.forget, member.name, engine.pid)
-        log.warning("adopted process member %s (pid %d) exited on its own", member.name, engine.pid)
-        if self._on_exit is not None:
-            self._on_exit(member.name, member.last_exit)
-        model = member.model
-        if model is not None and model.process is not None and model.process.restart == RestartPolicy.on_failure:
-            member.state = "restarting"
-            member.restart_task = asyncio.create_task(self._restart(member, model, model.process),
-                                                      name=f"stackd-restart-{member.name}")
 
     # ---------------------------------------------------------------- helpers
 

@@ -30,6 +30,9 @@ class Observation:
     loaded: tuple[LoadedModel, ...] = ()
     processes: tuple[ProcessInfo, ...] = ()
 
+    def process(self, model: str) -> ProcessInfo | None:
+        return next((p for p in self.processes if p.model == model), None)
+
 
 async def observe_engines(config: StacksConfig, containers: ContainerDriver, ollama: OllamaDriver,
                           bindings: Mapping[str, str], active: str | None,
@@ -50,7 +53,8 @@ async def observe_engines(config: StacksConfig, containers: ContainerDriver, oll
     if isinstance(tags, Exception) or isinstance(loaded, Exception):
         problems["ollama"] = str(tags if isinstance(tags, Exception) else loaded)
         tags, loaded = frozenset(), []
-    infos = tuple(p for p in processes.processes() if p.model in live)
+    # Every member the driver knows, dead ones too: status tells a dead engine from a stopped one.
+    infos = tuple(p for p in processes.processes() if p.model in process_models)
     state = ObservedState(
         active_stack=active,
         running_containers=frozenset(running),

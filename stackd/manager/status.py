@@ -75,7 +75,7 @@ def member_json(manager: ModelStackManager, name: str, model: Model, observation
         "last_probe": {"ok": probe.ok, "at": probe.at, "error": probe.error} if probe else None,
     }
     if model.runtime == Runtime.process:
-        info = next((p for p in manager.processes.processes() if p.model == name), None)
+        info = observation.process(name)
         if info is not None:
             out["process"] = {"pid": info.pid, "port": info.port, "endpoint": info.endpoint,
                               "state": info.state, "restarts": info.restarts, "exits": info.exits,
@@ -99,7 +99,7 @@ def member_state(manager: ModelStackManager, name: str, model: Model,
                 return "unhealthy", probe.error
             return "running", None
         case Runtime.process:
-            info = next((p for p in manager.processes.processes() if p.model == name), None)
+            info = observation.process(name)
             if name not in observed.running_processes:
                 if info is not None and info.state in ("exited", "failed", "restarting"):
                     return ("restarting" if info.state == "restarting" else "dead"), info.last_exit
