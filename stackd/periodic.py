@@ -89,6 +89,7 @@ class PeriodicJobs:
     async def _probe(self, name: str, model: Model, probe: Callable[[str, Model], Awaitable[None]]) -> str:
         """One probe; returns "" when healthy, else "name: why"."""
         limit = (model.health.timeout_s if model.health else 5.0) + PROBE_GRACE_S
+        sent = self.manager.wall_clock()
         try:
             async with asyncio.timeout(limit):
                 await probe(name, model)
@@ -99,7 +100,7 @@ class PeriodicJobs:
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
         else:
-            self.manager.record_probe(name, True)
+            self.manager.record_probe(name, True, started_at=sent)
             self.on_healthy(name)
             return ""
         busy = self.manager.live_roles.in_flight.count(name)
@@ -107,7 +108,7 @@ class PeriodicJobs:
             # A single-slot engine answers nothing else while it generates for stackd's own
             # request: a probe that times out then says "busy", not "unhealthy".
             return ""
-        self.manager.record_probe(name, False, error)
+        self.manager.record_probe(name, False, error, started_at=sent)
         return f"{name}: {error}"
 
     async def check_drift(self) -> Outcome:

@@ -105,6 +105,7 @@ class ManagerCore:
         self._recovery: RecoveryReport | None = None
         self._last_use: dict[str, float] = {}
         self.probes: dict[str, ProbeResult] = {}
+        self._started_at: dict[str, float] = {}  # model -> wall time a switch last started its engine
         self.jobs: dict[str, JobResult] = {}
         self.degraded: dict[str, str] = {}
 

@@ -19,7 +19,7 @@ from stackd.manager.observe import Observation, drift, with_measurements
 from stackd.manager.recovery import RecoveryAction, RecoveryDecision, RecoveryReport, decide_recovery
 from stackd.manager.status import build_status
 from stackd.manager.switch import Switch, SwitchHandle, undo_json
-from stackd.plan import Plan
+from stackd.plan import Plan, StartContainer, StartProcess
 from stackd.planner.members import is_up
 from stackd.roles import RoleTable
 from stackd.state.store import JournalEntry
@@ -259,7 +259,15 @@ class ModelStackManager(ManagerCore):
     def last_used(self, model: str) -> float | None:
         return self._last_use.get(model)
 
-    def record_probe(self, model: str, ok: bool, error: str | None = None) -> None:
+    def record_probe(self, model: str, ok: bool, error: str | None = None, started_at: float | None = None) -> None:
+        """``started_at``: when the probe was sent. A result older than what is known already
+        (the member was restarted by a switch while the probe ran) says nothing about the engine
+        that runs now, and is dropped."""
+        known = self.probes.get(model)
+        if started_at is not None and known is not None and known.at > started_at:
+            return
+        if started_at is not None and self._started_at.get(model, float("-inf")) > started_at:
+            return
         self.probes[model] = ProbeResult(ok, self.wall_clock(), error)
         if self.config.models[model].runtime == Runtime.remote:
             if ok:
@@ -268,7 +276,13 @@ class ModelStackManager(ManagerCore):
                 self.degraded[model] = error or "unreachable"
 
     def _record_probes(self, execution: Execution) -> None:
-        """A switch's remote probes are probes too: status shows them, not "unprobed"."""
+        """A switch's remote probes are probes too: status shows them, not "unprobed". An engine
+        the switch started is a new engine: what a probe said of the one before it is forgotten."""
+        now = self.wall_clock()
+        for step in execution.done:
+            if isinstance(step, StartContainer | StartProcess):
+                self.probes.pop(step.model, None)
+                self._started_at[step.model] = now
         for name, error in execution.probed.items():
             self.record_probe(name, error is None, error)
 

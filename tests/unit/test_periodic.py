@@ -157,3 +157,22 @@ async def test_a_probe_that_times_out_while_stackd_has_a_request_on_the_engine_i
     ok, _ = await jobs.probe_health()  # no request of ours on it: a timeout is a real failure
     assert not ok
     assert member(await manager.status(), "gemma-270m")["state"] == "unhealthy"
+
+
+async def test_a_failed_probe_of_an_engine_says_nothing_of_the_engine_a_later_switch_starts(world: World) -> None:
+    """CI once saw "unhealthy" right after a successful switch: a probe of the engine before
+    had failed (it was being stopped), and that verdict stuck to the new engine."""
+    manager = await running(world, "embedded")
+    jobs = PeriodicJobs(manager)
+    world.health.unhealthy.add("gemma-270m")
+    assert not (await jobs.probe_health())[0]
+    sent_before_the_restart = manager.wall_clock()
+    for stack in ("embedded-long", "embedded"):
+        assert await (await manager.submit_switch(stack)).wait() == "succeeded"
+    assert member(await manager.status(), "gemma-270m")["state"] == "running"
+    # A probe sent to the old engine that answers only now is dropped too.
+    manager.record_probe("gemma-270m", False, "connection refused", started_at=sent_before_the_restart)
+    assert member(await manager.status(), "gemma-270m")["state"] == "running"
+    world.now[0] += 10
+    assert not (await jobs.probe_health())[0]  # the new engine's own probe still counts
+    assert member(await manager.status(), "gemma-270m")["state"] == "unhealthy"
