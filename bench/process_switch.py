@@ -57,10 +57,27 @@ def engine_alone(gguf: str, runs: int) -> tuple[list[float], list[float]]:
     ready, stop = [], []
     for _ in range(runs):
         port = free_port()
-        argv = [PYTHON, "-m", "llama_cpp.server", "--model", gguf, "--model_alias", "gemma3-270m",
-                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--chat_format", "gemma"]
+        argv = [
+            PYTHON,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            gguf,
+            "--model_alias",
+            "gemma3-270m",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "2048",
+            "--chat_format",
+            "gemma",
+        ]
         began = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         with httpx.Client(timeout=1) as http:
             while True:
                 try:
@@ -92,13 +109,25 @@ def step_seconds(events: list[dict[str, Any]], kind: str) -> float:
 def through_stackd(runs: int, home: Path, gguf: str) -> dict[str, Any]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STACKD_")}
-    env.update({"HOME": str(home), "XDG_STATE_HOME": str(home / "state"), "STACKD_PORT": str(port),
-                "DOCKER_HOST": "unix:///nonexistent/docker.sock", "OLLAMA_HOST": f"http://127.0.0.1:{free_port()}"})
+    env.update(
+        {
+            "HOME": str(home),
+            "XDG_STATE_HOME": str(home / "state"),
+            "STACKD_PORT": str(port),
+            "DOCKER_HOST": "unix:///nonexistent/docker.sock",
+            "OLLAMA_HOST": f"http://127.0.0.1:{free_port()}",
+        }
+    )
     url = f"http://127.0.0.1:{port}"
     home.mkdir(parents=True, exist_ok=True)
     log = (home / "daemon.log").open("wb")
-    daemon = subprocess.Popen([PYTHON, "-m", "stackd.cli", "serve", "--no-periodic"], cwd=ROOT, env=env,
-                              stdout=log, stderr=subprocess.STDOUT)
+    daemon = subprocess.Popen(
+        [PYTHON, "-m", "stackd.cli", "serve", "--no-periodic"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         with httpx.Client(timeout=180) as http:
             deadline = time.monotonic() + 180
@@ -117,15 +146,28 @@ def through_stackd(runs: int, home: Path, gguf: str) -> dict[str, Any]:
                 ready, stop_alone = engine_alone(gguf, 1)
                 target = "embedded-long" if i % 2 == 0 else "embedded"
                 began = time.perf_counter()
-                answer = http.post(f"{url}/model-stacks/switch", headers=headers, json={"stack": target}).json()
+                answer = http.post(
+                    f"{url}/model-stacks/switch", headers=headers, json={"stack": target}
+                ).json()
                 wall = time.perf_counter() - began
                 assert answer["state"] == "succeeded", answer
-                events = [json.loads(line[6:]) for line in http.get(
-                    f"{url}/model-stacks/switch/{answer['switch_id']}/events").text.splitlines()
-                    if line.startswith("data: ")]
+                events = [
+                    json.loads(line[6:])
+                    for line in http.get(
+                        f"{url}/model-stacks/switch/{answer['switch_id']}/events"
+                    ).text.splitlines()
+                    if line.startswith("data: ")
+                ]
                 start, stop = step_seconds(events, "start_process"), step_seconds(events, "stop_process")
-                rows.append({"switch": wall, "start_step": start, "stop_step": stop,
-                             "alone_ready": ready[0], "alone_stop": stop_alone[0]})
+                rows.append(
+                    {
+                        "switch": wall,
+                        "start_step": start,
+                        "stop_step": stop,
+                        "alone_ready": ready[0],
+                        "alone_stop": stop_alone[0],
+                    }
+                )
             time.sleep(5)
             rss_mib = psutil.Process(daemon.pid).memory_info().rss / 2**20
     finally:
@@ -136,7 +178,9 @@ def through_stackd(runs: int, home: Path, gguf: str) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -160,9 +204,13 @@ def main() -> None:
     print(f"{'engine alone: SIGTERM -> exit':48} {stop_ms:9.1f} ms")
     print(f"{'stackd start_process step (spawn -> ready)':48} {start_ms:9.1f} ms")
     print(f"{'stackd stop_process step':48} {stop_step_ms:9.1f} ms")
-    print(f"{'stackd switch, client wall time':48} {switch_ms:9.1f} ms  (includes the {ROLE_DRAIN_S:g} s role drain)")
-    print(f"{'start overhead, median of the pairs':48} {med(overheads):9.1f} ms  (target <= 100; "
-          f"min {overheads[0]:.0f}, max {overheads[-1]:.0f})")
+    print(
+        f"{'stackd switch, client wall time':48} {switch_ms:9.1f} ms  (includes the {ROLE_DRAIN_S:g} s role drain)"
+    )
+    print(
+        f"{'start overhead, median of the pairs':48} {med(overheads):9.1f} ms  (target <= 100; "
+        f"min {overheads[0]:.0f}, max {overheads[-1]:.0f})"
+    )
     print(f"{'bookkeeping (switch - steps - drain)':48} {bookkeeping:9.1f} ms")
     print(f"{'daemon idle RSS (engines excluded)':48} {stackd['daemon_rss_mib']:9.1f} MiB")
     if args.out:

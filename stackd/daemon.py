@@ -70,8 +70,14 @@ def refuse_unsafe_bind(settings: Settings, env: dict[str, str] | None = None) ->
 def secret_env_names(config: StacksConfig) -> frozenset[str]:
     """Variables an engine process is not given: stackd's tokens and every cloud key the config
     names (a local engine needs none of them; one it does need goes in its process.env)."""
-    names = {TOKEN_ENV, *(m.remote.api_key_env for m in config.models.values()
-                           if m.remote is not None and m.remote.api_key_env)}
+    names = {
+        TOKEN_ENV,
+        *(
+            m.remote.api_key_env
+            for m in config.models.values()
+            if m.remote is not None and m.remote.api_key_env
+        ),
+    }
     if config.auth.gateway_token_env:
         names.add(config.auth.gateway_token_env)
     return frozenset(names)
@@ -106,8 +112,13 @@ def build_services(settings: Settings) -> Services:
     endpoints = LiveEndpoints()
     health = HttpHealthChecker(endpoints=endpoints)
     store = StateStore(settings.db_path)
-    processes = LocalProcessDriver(settings.state_dir, ProcessTable(settings.db_path), endpoints,
-                                   gpu_device=config.gpu.device, withheld_env=secret_env_names(config))
+    processes = LocalProcessDriver(
+        settings.state_dir,
+        ProcessTable(settings.db_path),
+        endpoints,
+        gpu_device=config.gpu.device,
+        withheld_env=secret_env_names(config),
+    )
     manager = ModelStackManager(
         config=config,
         store=store,
@@ -183,10 +194,11 @@ def build_app(settings: Settings) -> FastAPI:
             if settings.recover_on_start:
                 await services.manager.recover()  # the manager logs what it did
             if settings.periodic:
-                from stackd.periodic import start_periodic
+                from stackd.manager.periodic import start_periodic
 
-                services.periodic = start_periodic(services.manager, leased=leases.holds,
-                                                   on_healthy=router.probe_succeeded)
+                services.periodic = start_periodic(
+                    services.manager, leased=leases.holds, on_healthy=router.probe_succeeded
+                )
             await router.start()
             watch_sighup(services, settings)
             settle_heap()
@@ -206,8 +218,7 @@ def build_app(settings: Settings) -> FastAPI:
 
     from prometheus_client import CollectorRegistry
 
-    from stackd.metrics import register_router_metrics
-    from stackd.stack_metrics import register_stack_metrics
+    from stackd.api.metrics import register_router_metrics, register_stack_metrics
 
     registry = CollectorRegistry()
     register_router_metrics(registry, router)

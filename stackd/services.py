@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # the parts import much of stackd; only their types are neede
     from stackd.drivers.process import LocalProcessDriver
     from stackd.gpu.leases import LeaseCoordinator
     from stackd.manager import ModelStackManager
-    from stackd.periodic import PeriodicJobs
+    from stackd.manager.periodic import PeriodicJobs
     from stackd.router import ReasonRouter
     from stackd.state.usage import UsageStore
 

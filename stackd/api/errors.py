@@ -77,7 +77,9 @@ def install_error_handlers(app: FastAPI) -> None:
         kind, message = http_error_text(exc, request.method, request.url.path)
         body: dict[str, Any] = {"error": kind, "message": message}
         if request.url.path.startswith("/v1/"):
-            body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": kind}}
+            body = {
+                "error": {"message": message, "type": "invalid_request_error", "param": None, "code": kind}
+            }
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)

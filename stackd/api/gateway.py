@@ -133,8 +133,9 @@ async def first_item(items: AsyncIterator[RouterStreamItem]) -> RouterStreamItem
     return await anext(items)
 
 
-async def until_disconnect(handle: Callable[[Scope, Receive, Send], Awaitable[None]], scope: Scope,
-                           receive: Receive, send: Send) -> None:
+async def until_disconnect(
+    handle: Callable[[Scope, Receive, Send], Awaitable[None]], scope: Scope, receive: Receive, send: Send
+) -> None:
     """Run ``handle``; when the client goes away first, cancel it at once.
 
     Cancelling closes the backend's connection, so an engine stops generating for a caller that

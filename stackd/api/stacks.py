@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from stackd.api.json_route import JsonBodyRoute
 from stackd.errors import NotFound
+from stackd.planner.views import model_json, plan_json, stack_json
 from stackd.services import Services
-from stackd.views import model_json, plan_json, stack_json
 
 # One event of GET /model-stacks/switch/{id}/events as the OpenAPI document describes it.
 SWITCH_EVENT = {
@@ -92,8 +92,12 @@ def build_stacks_router(
     @router.get(
         "/model-stacks/switch/{switch_id}/events",
         response_class=StreamingResponse,
-        responses={200: {"content": {"text/event-stream": {"schema": SWITCH_EVENT}},
-                         "description": "The switch's events, one `event: TYPE` / `data: {...}` each."}},
+        responses={
+            200: {
+                "content": {"text/event-stream": {"schema": SWITCH_EVENT}},
+                "description": "The switch's events, one `event: TYPE` / `data: {...}` each.",
+            }
+        },
     )
     async def switch_events(switch_id: str) -> StreamingResponse:
         events = manager.events(switch_id)  # raises NotFound before the stream starts

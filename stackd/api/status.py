@@ -14,8 +14,8 @@ from pydantic import BaseModel, Field
 from stackd import __version__
 from stackd.drivers.health import health_url
 from stackd.errors import NotFound
+from stackd.planner.views import redact_url
 from stackd.services import Services
-from stackd.views import redact_url
 
 
 class Health(BaseModel):

@@ -52,7 +52,10 @@ class ToolArgs(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature.")
     stream: bool = Field(False, description="Stream the answer as server-sent events.")
     timeout_s: float | None = Field(
-        None, ge=1, le=3600, description="Seconds the whole call may take; then the backend call is cancelled."
+        None,
+        ge=1,
+        le=3600,
+        description="Seconds the whole call may take; then the backend call is cancelled.",
     )
 
 
@@ -184,7 +187,9 @@ def tool_endpoint(model: type[BaseModel], call: Call) -> Callable[[Scope, Receiv
             message = f"no complete answer within timeout_s={timeout_s:g} s; the backend call was cancelled"
             if not started:
                 raise CallTimedOut(message) from None
-            await send({"type": "http.response.body", "body": sse({"error": {"message": message}}) + SSE_DONE})
+            await send(
+                {"type": "http.response.body", "body": sse({"error": {"message": message}}) + SSE_DONE}
+            )
 
     return handle
 

@@ -39,21 +39,29 @@ class NoDaemon(StackdError):
     status = 404
 
 
-def serve_detached(argv: Sequence[str], state_dir: Path, url: str,
-                   timeout_s: float = START_TIMEOUT_S) -> tuple[int, Path]:
+def serve_detached(
+    argv: Sequence[str], state_dir: Path, url: str, timeout_s: float = START_TIMEOUT_S
+) -> tuple[int, Path]:
     """Run ``stackd <argv>`` (a ``serve`` command line without ``--detach``) in the background;
     return (pid, log path) once ``url`` serves ``/healthz``."""
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir / LOG_NAME
     with log_path.open("ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "stackd.cli", *argv], stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stackd.cli", *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + timeout_s
     with httpx.Client(timeout=5.0, trust_env=False) as http:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise DaemonStartFailed(f"stackd exited with code {proc.returncode} before it served; "
-                                        f"its log ({log_path}) ends with: {_tail(log_path)}")
+                raise DaemonStartFailed(
+                    f"stackd exited with code {proc.returncode} before it served; "
+                    f"its log ({log_path}) ends with: {_tail(log_path)}"
+                )
             try:
                 health = http.get(f"{url}/healthz")
                 if health.status_code == 200 and health.json().get("pid") in (None, proc.pid):
@@ -61,8 +69,10 @@ def serve_detached(argv: Sequence[str], state_dir: Path, url: str,
             except (httpx.HTTPError, ValueError):
                 pass
             time.sleep(0.2)
-    raise DaemonStartFailed(f"stackd (pid {proc.pid}) did not serve {url} within {timeout_s:g} s; "
-                            f"it keeps starting in the background; see {log_path}")
+    raise DaemonStartFailed(
+        f"stackd (pid {proc.pid}) did not serve {url} within {timeout_s:g} s; "
+        f"it keeps starting in the background; see {log_path}"
+    )
 
 
 def stop_daemon(state_dir: Path, url: str | None, timeout_s: float = STOP_TIMEOUT_S) -> int:
@@ -77,8 +87,10 @@ def stop_daemon(state_dir: Path, url: str | None, timeout_s: float = STOP_TIMEOU
     except psutil.NoSuchProcess:
         pass
     except psutil.TimeoutExpired:
-        raise StackdError(f"stackd (pid {pid}) is still stopping after {timeout_s:g} s; its engines may "
-                          f"be slow to stop, see {state_dir / LOG_NAME}") from None
+        raise StackdError(
+            f"stackd (pid {pid}) is still stopping after {timeout_s:g} s; its engines may "
+            f"be slow to stop, see {state_dir / LOG_NAME}"
+        ) from None
     return pid
 
 
@@ -93,8 +105,11 @@ def _daemon_pid(state_dir: Path, url: str | None) -> int:
             pid = None
         if isinstance(pid, int):
             return pid
-    raise NoDaemon(f"no stackd runs for {state_dir}" + (f" or at {url}" if url else "")
-                   + "; start one with: stackd serve --detach")
+    raise NoDaemon(
+        f"no stackd runs for {state_dir}"
+        + (f" or at {url}" if url else "")
+        + "; start one with: stackd serve --detach"
+    )
 
 
 def _tail(path: Path, lines: int = 8) -> str:

@@ -119,7 +119,9 @@ def serve(
     ] = True,
     detach: Annotated[
         bool,
-        typer.Option("--detach", help="Run in the background (log: STATE_DIR/stackd.log); return once it serves."),
+        typer.Option(
+            "--detach", help="Run in the background (log: STATE_DIR/stackd.log); return once it serves."
+        ),
     ] = False,
 ) -> None:
     """Run the daemon (FastAPI on uvicorn), in the foreground unless --detach."""
@@ -237,7 +239,7 @@ def plan(
     as_json: JsonOpt = False,
 ) -> None:
     """Plan a switch offline (no daemon): from nothing running to STACK on this hardware."""
-    from stackd.offline import offline_plan
+    from stackd.cli.offline import offline_plan
 
     data = offline_plan(config, stack, gpu_total_gb=gpu_total_gb, gpu_scenario=gpu_scenario)
     emit(data, as_json, render.plan_renderable(data))

@@ -19,8 +19,9 @@ class ReasonOptions:
     timeout_s: float | None = None
 
 
-def run_reason(client: DaemonClient, console: Console, problem: str, options: ReasonOptions,
-               as_json: bool) -> None:
+def run_reason(
+    client: DaemonClient, console: Console, problem: str, options: ReasonOptions, as_json: bool
+) -> None:
     body: dict[str, Any] = {"problem": problem, "effort": options.effort}
     if options.max_tokens is not None:
         body["max_tokens"] = options.max_tokens

@@ -33,8 +33,13 @@ def follow_switch(client: DaemonClient, started: dict[str, Any], console: Consol
     return switch
 
 
-def _show(event: dict[str, Any], console: Console, progress: Progress, bars: dict[str, TaskID],
-          degraded: set[str] | None = None) -> None:
+def _show(
+    event: dict[str, Any],
+    console: Console,
+    progress: Progress,
+    bars: dict[str, TaskID],
+    degraded: set[str] | None = None,
+) -> None:
     kind = event.get("type")
     step = event.get("step")
     degraded = degraded if degraded is not None else set()
@@ -48,7 +53,9 @@ def _show(event: dict[str, Any], console: Console, progress: Progress, bars: dic
         progress.update(bars[key], completed=done or 0, total=total)
     elif kind == "step_started" and step:
         console.print(f"  … {step_text(step)}")
-    elif kind == "step_done" and step and step.get("model") in degraded and step.get("kind") == "probe_remote":
+    elif (
+        kind == "step_done" and step and step.get("model") in degraded and step.get("kind") == "probe_remote"
+    ):
         console.print(f"  [yellow]![/] {step_text(step)} (degraded, the switch goes on)")
     elif kind == "step_done" and step:
         console.print(f"  [green]✓[/] {step_text(step)}")

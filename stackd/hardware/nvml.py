@@ -45,8 +45,7 @@ class NvmlReader:
 
     source = "nvml"
 
-    def __init__(self, nvml_module: Any | None = None,
-                 name_of: Callable[[int], str] = process_name) -> None:
+    def __init__(self, nvml_module: Any | None = None, name_of: Callable[[int], str] = process_name) -> None:
         self._nvml: Any | None = nvml_module
         self._name_of = name_of
         self._initialized = False

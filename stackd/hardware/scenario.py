@@ -72,8 +72,9 @@ class FixedReader:
         if total_gb <= 0:
             raise ConfigError(f"--gpu-total-gb must be greater than 0, got {total_gb:g}")
         total_mib = round(total_gb * MIB_PER_GIB)
-        self._device = GpuDevice(index=index, name=f"fixed {total_gb:g}GB", total_mib=total_mib,
-                                 used_mib=0, free_mib=total_mib)
+        self._device = GpuDevice(
+            index=index, name=f"fixed {total_gb:g}GB", total_mib=total_mib, used_mib=0, free_mib=total_mib
+        )
 
     def read(self) -> tuple[tuple[GpuDevice, ...], str]:
         return (self._device,), "ok"
@@ -118,15 +119,19 @@ def _load_devices(path: Path) -> tuple[GpuDevice, ...]:
         used = sum(p.used_mib for p in device.processes)
         if used > device.total_mib:
             line = document.line_of(("devices", index, "processes"))
-            problem = (f"{path}:{line}: devices.{index}.processes: processes hold {used} MiB but total_mib "
-                       f"is {device.total_mib}; lower a used_mib or raise total_mib")
+            problem = (
+                f"{path}:{line}: devices.{index}.processes: processes hold {used} MiB but total_mib "
+                f"is {device.total_mib}; lower a used_mib or raise total_mib"
+            )
             raise ConfigError(problem, [problem])
-        devices.append(GpuDevice(
-            index=index,
-            name=device.name,
-            total_mib=device.total_mib,
-            used_mib=used,
-            free_mib=device.total_mib - used,
-            processes=tuple(GpuProcess(p.pid, p.name, p.used_mib) for p in device.processes),
-        ))
+        devices.append(
+            GpuDevice(
+                index=index,
+                name=device.name,
+                total_mib=device.total_mib,
+                used_mib=used,
+                free_mib=device.total_mib - used,
+                processes=tuple(GpuProcess(p.pid, p.name, p.used_mib) for p in device.processes),
+            )
+        )
     return tuple(devices)

@@ -11,5 +11,12 @@ from stackd.manager.model_stack_manager import ModelStackManager
 from stackd.manager.recovery import RecoveryReport
 from stackd.manager.switch import SwitchHandle, SwitchState
 
-__all__ = ["JobResult", "ModelStackManager", "Planner", "ProbeResult", "RecoveryReport", "SwitchHandle",
-           "SwitchState"]
+__all__ = [
+    "JobResult",
+    "ModelStackManager",
+    "Planner",
+    "ProbeResult",
+    "RecoveryReport",
+    "SwitchHandle",
+    "SwitchState",
+]

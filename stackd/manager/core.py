@@ -27,17 +27,17 @@ from typing import Any, TypeVar
 from stackd.config.models import StacksConfig
 from stackd.drivers.base import ContainerDriver, HealthChecker, OllamaDriver, ProcessDriver, RemoteProber
 from stackd.errors import Conflict, NotFound, PlanRefused
-from stackd.events import EventLog, SwitchEvent
 from stackd.hardware.types import HardwareSnapshot
+from stackd.manager.events import EventLog, SwitchEvent
 from stackd.manager.executor import Execution, PlanExecutor
 from stackd.manager.observe import Observation, observe_engines, with_measurements
 from stackd.manager.recovery import RecoveryReport
 from stackd.manager.switch import Switch, SwitchHandle, SwitchKind, journal_dict, replay_finished
-from stackd.plan import ObservedState, Plan
 from stackd.planner import plan_switch
+from stackd.planner.plan import ObservedState, Plan
+from stackd.planner.views import plan_json
 from stackd.roles import LiveRoles
 from stackd.state.store import StateStore
-from stackd.views import plan_json
 
 log = logging.getLogger("stackd.manager")
 
@@ -73,13 +73,25 @@ class ManagerCore:
     (the daemon sets it; 0 suits in-memory tests).
     """
 
-    def __init__(self, config: StacksConfig, store: StateStore, containers: ContainerDriver,
-                 processes: ProcessDriver, ollama: OllamaDriver, remotes: RemoteProber, health: HealthChecker,
-                 live_roles: LiveRoles, read_hardware: Callable[[], HardwareSnapshot],
-                 planner: Planner = plan_switch,
-                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
-                 step_timeout_s: float = 300.0, keep_switches: int = 50,
-                 repair_on_start: bool = True, drain_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        config: StacksConfig,
+        store: StateStore,
+        containers: ContainerDriver,
+        processes: ProcessDriver,
+        ollama: OllamaDriver,
+        remotes: RemoteProber,
+        health: HealthChecker,
+        live_roles: LiveRoles,
+        read_hardware: Callable[[], HardwareSnapshot],
+        planner: Planner = plan_switch,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        step_timeout_s: float = 300.0,
+        keep_switches: int = 50,
+        repair_on_start: bool = True,
+        drain_s: float = 0.0,
+    ) -> None:
         self.config = config
         self.store = store
         self.containers = containers
@@ -121,8 +133,14 @@ class ManagerCore:
         return self._current
 
     async def observe_detailed(self) -> Observation:
-        return await observe_engines(self.config, self.containers, self.ollama,
-                                     self.live_roles.current.bindings, self._active, self.processes)
+        return await observe_engines(
+            self.config,
+            self.containers,
+            self.ollama,
+            self.live_roles.current.bindings,
+            self._active,
+            self.processes,
+        )
 
     async def observe(self) -> ObservedState:
         """What runs now. An engine that does not answer contributes nothing (see ``observe_detailed``)."""
@@ -142,8 +160,10 @@ class ManagerCore:
 
     def known(self, stack: str) -> None:
         if stack not in self.config.stacks:
-            raise NotFound(f"unknown stack '{stack}'; valid stacks: {', '.join(self.config.stacks)}",
-                           valid=list(self.config.stacks))
+            raise NotFound(
+                f"unknown stack '{stack}'; valid stacks: {', '.join(self.config.stacks)}",
+                valid=list(self.config.stacks),
+            )
 
     def get_switch(self, switch_id: str) -> dict[str, Any]:
         """A switch of this run (live state) or of an earlier one (from the journal)."""
@@ -170,19 +190,27 @@ class ManagerCore:
 
     # ---------------------------------------------------------------- the switch slot and the worker
 
-    def _reserve(self, target: str, from_stack: str | None, switch_id: str | None = None,
-                 kind: SwitchKind = "switch") -> Switch:
+    def _reserve(
+        self, target: str, from_stack: str | None, switch_id: str | None = None, kind: SwitchKind = "switch"
+    ) -> Switch:
         """Take the one switch slot, or raise ``Conflict`` naming its holder. Never awaits."""
         current = self._current
         if current is not None:
             raise Conflict(
                 f"switch {current.id} to '{current.target}' is in progress; follow it at "
                 f"/model-stacks/switch/{current.id} and try again when it has finished",
-                switch_id=current.id, stack=current.target)
+                switch_id=current.id,
+                stack=current.target,
+            )
         switch_id = switch_id or uuid.uuid4().hex[:12]
-        switch = Switch(id=switch_id, target=target, from_stack=from_stack,
-                        log=EventLog(switch_id, self.wall_clock), kind=kind,
-                        started_at=self.wall_clock())
+        switch = Switch(
+            id=switch_id,
+            target=target,
+            from_stack=from_stack,
+            log=EventLog(switch_id, self.wall_clock),
+            kind=kind,
+            started_at=self.wall_clock(),
+        )
         self._current = switch
         return switch
 
@@ -266,8 +294,18 @@ class ManagerCore:
         async def journal(step: Mapping[str, Any]) -> None:
             await asyncio.to_thread(self.store.record_step, journal_id, dict(step))
 
-        executor = PlanExecutor(self.config, self.containers, self.processes, self.ollama, self.remotes,
-                                self.live_roles, switch.log, journal, self._step_timeout_s, self._drain_s)
+        executor = PlanExecutor(
+            self.config,
+            self.containers,
+            self.processes,
+            self.ollama,
+            self.remotes,
+            self.live_roles,
+            switch.log,
+            journal,
+            self._step_timeout_s,
+            self._drain_s,
+        )
         return await executor.run(plan, switch.execution)
 
 

@@ -30,8 +30,8 @@ from typing import Any, assert_never
 from stackd.config.models import DEFAULT_PROCESS_START_TIMEOUT_S, Model, OllamaRuntime, StacksConfig
 from stackd.drivers.base import ContainerDriver, OllamaDriver, ProcessDriver, RemoteProber
 from stackd.errors import DriverUnavailable, StackdError
-from stackd.events import EventLog, PullThrottle, bindings_dict, describe_step, step_dict
-from stackd.plan import (
+from stackd.manager.events import EventLog, PullThrottle, bindings_dict, describe_step, step_dict
+from stackd.planner.plan import (
     BindRole,
     LoadModel,
     Plan,
@@ -104,13 +104,19 @@ class Execution:
             text += "; some steps could not be undone, see /status for the drift"
         return text
 
-    def result_json(self, switch_id: str, stack: str, from_stack: str | None,
-                    error: str | None = None) -> dict[str, Any]:
+    def result_json(
+        self, switch_id: str, stack: str, from_stack: str | None, error: str | None = None
+    ) -> dict[str, Any]:
         """The switch's result as the history keeps it."""
-        return {"switch_id": switch_id, "stack": stack, "from_stack": from_stack,
-                "steps_done": self.steps_done_json(), "error": error,
-                "undone": [{"step": u.step, "ok": u.ok, "error": u.error} for u in self.undone],
-                "degraded": dict(self.degraded)}
+        return {
+            "switch_id": switch_id,
+            "stack": stack,
+            "from_stack": from_stack,
+            "steps_done": self.steps_done_json(),
+            "error": error,
+            "undone": [{"step": u.step, "ok": u.ok, "error": u.error} for u in self.undone],
+            "degraded": dict(self.degraded),
+        }
 
 
 def done_json(done: Done) -> dict[str, Any]:
@@ -126,9 +132,20 @@ Sleep = Callable[[float], Awaitable[None]]
 class PlanExecutor:
     """Runs one plan through the drivers; one instance per switch."""
 
-    def __init__(self, config: StacksConfig, containers: ContainerDriver, processes: ProcessDriver,
-                 ollama: OllamaDriver, remotes: RemoteProber, live_roles: LiveRoles, log: EventLog, journal: Journal,
-                 step_timeout_s: float = 300.0, drain_s: float = 0.0, sleep: Sleep = asyncio.sleep) -> None:
+    def __init__(
+        self,
+        config: StacksConfig,
+        containers: ContainerDriver,
+        processes: ProcessDriver,
+        ollama: OllamaDriver,
+        remotes: RemoteProber,
+        live_roles: LiveRoles,
+        log: EventLog,
+        journal: Journal,
+        step_timeout_s: float = 300.0,
+        drain_s: float = 0.0,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
         self._config = config
         self._drain_s = drain_s
         self._sleep = sleep
@@ -148,7 +165,8 @@ class PlanExecutor:
         pending = dict(self._live.current.bindings)
         for step in plan.steps:
             if isinstance(step, StopStep) and await self._swap_if_changed(
-                    plan.stack, pending, members, result):
+                plan.stack, pending, members, result
+            ):
                 await self._drain()
             if isinstance(step, StopStep):
                 await self._wait_requests_done(step.model)
@@ -197,8 +215,15 @@ class PlanExecutor:
                 throttle = PullThrottle()
                 async for line in self._ollama.pull(tag):
                     if throttle.wanted(tag, line.status, line.digest, line.completed, line.total):
-                        self._log.emit("pull_progress", step=step_dict(step), tag=tag, status=line.status,
-                                       digest=line.digest, completed=line.completed, total=line.total)
+                        self._log.emit(
+                            "pull_progress",
+                            step=step_dict(step),
+                            tag=tag,
+                            status=line.status,
+                            digest=line.digest,
+                            completed=line.completed,
+                            total=line.total,
+                        )
             case LoadModel(model=name):
                 await self._ollama.load(_runtime(models, name))
             case UnloadModel(model=name):
@@ -221,8 +246,9 @@ class PlanExecutor:
             case _:
                 assert_never(step)
 
-    async def _swap_if_changed(self, stack: str, pending: dict[str, str], members: frozenset[str],
-                               result: Execution) -> bool:
+    async def _swap_if_changed(
+        self, stack: str, pending: dict[str, str], members: frozenset[str], result: Execution
+    ) -> bool:
         """Swap the live table to ``pending`` unless it already is that; True when it swapped."""
         live = self._live.current
         if live.stack == stack and dict(live.bindings) == pending and live.members == members:

@@ -19,11 +19,11 @@ from stackd.manager.observe import Observation, drift, with_measurements
 from stackd.manager.recovery import RecoveryAction, RecoveryDecision, RecoveryReport, decide_recovery
 from stackd.manager.status import build_status
 from stackd.manager.switch import Switch, SwitchHandle, undo_json
-from stackd.plan import Plan, StartContainer, StartProcess
 from stackd.planner.members import is_up
+from stackd.planner.plan import Plan, StartContainer, StartProcess
+from stackd.planner.views import plan_json
 from stackd.roles import RoleTable
 from stackd.state.store import JournalEntry
-from stackd.views import plan_json
 
 log = logging.getLogger("stackd.manager")
 
@@ -63,12 +63,16 @@ class ModelStackManager(ManagerCore):
     async def _run_switch(self, switch: Switch, plan: Plan) -> None:
         switch.state = "running"
         try:
-            await asyncio.to_thread(self.store.begin_switch, switch.id, switch.from_stack, switch.target,
-                                    plan_json(plan))
+            await asyncio.to_thread(
+                self.store.begin_switch, switch.id, switch.from_stack, switch.target, plan_json(plan)
+            )
             execution = await self._execute(switch, plan, journal_id=switch.id)
             if execution.ok:
-                await asyncio.to_thread(self.store.commit_switch, switch.id,
-                                        execution.result_json(switch.id, switch.target, switch.from_stack))
+                await asyncio.to_thread(
+                    self.store.commit_switch,
+                    switch.id,
+                    execution.result_json(switch.id, switch.target, switch.from_stack),
+                )
                 self._active = switch.target
                 self.degraded = dict(execution.degraded)
                 self._record_probes(execution)
@@ -76,18 +80,25 @@ class ModelStackManager(ManagerCore):
             else:
                 error = execution.failure_sentence(switch.from_stack)
                 undone = [undo_json(u) for u in execution.undone]
-                await asyncio.to_thread(self.store.fail_switch, switch.id, error, undone,
-                                        fully_undone=execution.fully_undone,
-                                        result_json=execution.result_json(
-                                            switch.id, switch.target, switch.from_stack, error))
+                await asyncio.to_thread(
+                    self.store.fail_switch,
+                    switch.id,
+                    error,
+                    undone,
+                    fully_undone=execution.fully_undone,
+                    result_json=execution.result_json(switch.id, switch.target, switch.from_stack, error),
+                )
                 switch.finish("rolled_back" if execution.fully_undone else "failed", error, self.wall_clock())
         except Exception as exc:
             # The journal could not be written (another switch open, disk error): the steps, if
             # any ran, are what the journal says; recovery at the next start reconciles the rest.
             switch.finish("failed", f"switch {switch.id}: the state store failed: {exc}", self.wall_clock())
         except BaseException:
-            switch.finish("failed", "interrupted: the daemon stopped during the switch; the next start "
-                          "recovers it", self.wall_clock())
+            switch.finish(
+                "failed",
+                "interrupted: the daemon stopped during the switch; the next start recovers it",
+                self.wall_clock(),
+            )
             raise
         finally:
             self._release(switch)
@@ -111,8 +122,11 @@ class ModelStackManager(ManagerCore):
             not_ready = await self._not_ready(decision.stack, observation)
             if not_ready:
                 assert entry.from_stack is not None
-                decision = RecoveryDecision("roll_back", entry.from_stack,
-                                            f"'{decision.stack}' was not ready ({'; '.join(not_ready)})")
+                decision = RecoveryDecision(
+                    "roll_back",
+                    entry.from_stack,
+                    f"'{decision.stack}' was not ready ({'; '.join(not_ready)})",
+                )
         switch = self._reserve(decision.stack, entry.from_stack, switch_id=entry.switch_id, kind="recovery")
         self._remember(switch)
         try:
@@ -120,11 +134,14 @@ class ModelStackManager(ManagerCore):
         finally:
             self._release(switch)
 
-    async def _apply_recovery(self, switch: Switch, entry: JournalEntry,
-                              decision: RecoveryDecision) -> RecoveryReport:
+    async def _apply_recovery(
+        self, switch: Switch, entry: JournalEntry, decision: RecoveryDecision
+    ) -> RecoveryReport:
         switch.state = "running"
-        interrupted = (f"the daemon stopped during switch {entry.switch_id} "
-                       f"({entry.from_stack or 'nothing'} -> {entry.target_stack})")
+        interrupted = (
+            f"the daemon stopped during switch {entry.switch_id} "
+            f"({entry.from_stack or 'nothing'} -> {entry.target_stack})"
+        )
         error: str | None = None
         try:
             plan = await self.plan(decision.stack)
@@ -152,15 +169,18 @@ class ModelStackManager(ManagerCore):
             if active not in (None, decision.stack):
                 assert active is not None
                 left = tuple(await self._drift_of(active, involved))
-            message = (f"{interrupted}; {decision.reason}; going to '{decision.stack}' failed: {error}. "
-                       f"Drift left: {'; '.join(left) or 'none observed'}")
+            message = (
+                f"{interrupted}; {decision.reason}; going to '{decision.stack}' failed: {error}. "
+                f"Drift left: {'; '.join(left) or 'none observed'}"
+            )
         result = {"recovery": action, "stack": decision.stack, "message": message}
         await asyncio.to_thread(self.store.finish_recovery, entry.switch_id, active, message, result)
         self._active = active
         switch.note = message
         switch.finish("succeeded" if error is None else "failed", error, self.wall_clock())
-        return RecoveryReport(action, active, message, entry.switch_id, left,
-                              involved if action == "unresolved" else ())
+        return RecoveryReport(
+            action, active, message, entry.switch_id, left, involved if action == "unresolved" else ()
+        )
 
     async def _restore(self) -> RecoveryReport:
         active = self._active
@@ -168,8 +188,13 @@ class ModelStackManager(ManagerCore):
             observation = await self.observe_detailed()
             self._bind_what_runs(active, observation)
             left = tuple(drift(self.config, active, observation))
-            return RecoveryReport("restored", active, f"restored the role table of '{active}'"
-                                  + (f"; drift: {'; '.join(left)}" if left else ""), None, left)
+            return RecoveryReport(
+                "restored",
+                active,
+                f"restored the role table of '{active}'" + (f"; drift: {'; '.join(left)}" if left else ""),
+                None,
+                left,
+            )
         action: RecoveryAction
         if active is None:
             stack, action, why = self.config.default_stack, "first_start", "first start"
@@ -206,8 +231,9 @@ class ModelStackManager(ManagerCore):
         what = f"applying '{stack}' failed: {error}" if error else f"applied '{stack}' ({steps} steps)"
         if error is not None and action == "first_start" and self.config.fallback_stacks:
             what = error
-        return RecoveryReport("unresolved", fallback, f"{why}: {what}; drift: {'; '.join(left) or 'none'}",
-                              switch_id, left)
+        return RecoveryReport(
+            "unresolved", fallback, f"{why}: {what}; drift: {'; '.join(left) or 'none'}", switch_id, left
+        )
 
     async def _apply_stack(self, stack: str) -> tuple[str | None, str | None, int]:
         """Switch to ``stack`` and wait: (switch id, error or None, steps done)."""
@@ -223,9 +249,11 @@ class ModelStackManager(ManagerCore):
     def _bind_what_runs(self, stack: str, observation: Observation) -> None:
         """Bind the roles of ``stack`` whose model is up (or on demand: a lease starts it)."""
         models = self.config.models
-        bindings = {role: name for role, name in self.config.stacks[stack].roles.items()
-                    if models[name].lifecycle == Lifecycle.on_demand
-                    or is_up(name, models[name], observation.state)}
+        bindings = {
+            role: name
+            for role, name in self.config.stacks[stack].roles.items()
+            if models[name].lifecycle == Lifecycle.on_demand or is_up(name, models[name], observation.state)
+        }
         members = frozenset(self.config.stacks[stack].member_names)
         self.live_roles.swap(RoleTable(stack=stack, bindings=bindings, members=members))
 
@@ -259,7 +287,9 @@ class ModelStackManager(ManagerCore):
     def last_used(self, model: str) -> float | None:
         return self._last_use.get(model)
 
-    def record_probe(self, model: str, ok: bool, error: str | None = None, started_at: float | None = None) -> None:
+    def record_probe(
+        self, model: str, ok: bool, error: str | None = None, started_at: float | None = None
+    ) -> None:
         """``started_at``: when the probe was sent. A result older than what is known already
         (the member was restarted by a switch while the probe ran) says nothing about the engine
         that runs now, and is dropped."""
@@ -295,8 +325,11 @@ class ModelStackManager(ManagerCore):
         ``keep`` is asked on the worker, right before the stop (a lease granted by a job queued
         earlier is seen): when it says True nothing stops and the answer is False."""
         if self._current is not None:
-            raise Conflict(f"switch {self._current.id} is in progress; {model} is released later",
-                           switch_id=self._current.id, stack=self._current.target)
+            raise Conflict(
+                f"switch {self._current.id} is in progress; {model} is released later",
+                switch_id=self._current.id,
+                stack=self._current.target,
+            )
         spec = self.config.models[model]
 
         async def stop() -> bool:
@@ -340,14 +373,32 @@ class ModelStackManager(ManagerCore):
         """The last switch of this run, or else the newest of the history (an earlier run)."""
         if self._last_switch is not None:
             d = self._last_switch.to_dict()
-            keys = ("switch_id", "kind", "stack", "from_stack", "state", "error", "note", "degraded",
-                    "undone", "started_at", "finished_at")
+            keys = (
+                "switch_id",
+                "kind",
+                "stack",
+                "from_stack",
+                "state",
+                "error",
+                "note",
+                "degraded",
+                "undone",
+                "started_at",
+                "finished_at",
+            )
             return {k: d.get(k) for k in keys}
         newest = self.store.history(1)  # a read: microseconds
         if not newest:
             return None
         h = newest[0]
         error = h.result.get("error") if isinstance(h.result, dict) else None
-        return {"switch_id": h.switch_id, "kind": "switch", "stack": h.target_stack,
-                "from_stack": h.from_stack, "journal_state": h.state, "error": error,
-                "started_at": h.started_at, "finished_at": h.finished_at}
+        return {
+            "switch_id": h.switch_id,
+            "kind": "switch",
+            "stack": h.target_stack,
+            "from_stack": h.from_stack,
+            "journal_state": h.state,
+            "error": error,
+            "started_at": h.started_at,
+            "finished_at": h.finished_at,
+        }

@@ -17,8 +17,8 @@ from stackd.config.models import Lifecycle, Placement, Runtime, StacksConfig
 from stackd.drivers.base import ContainerDriver, LoadedModel, OllamaDriver, ProcessDriver, ProcessInfo
 from stackd.errors import DriverFailed, DriverUnavailable
 from stackd.hardware.types import HardwareSnapshot
-from stackd.plan import ObservedState
 from stackd.planner.members import is_up
+from stackd.planner.plan import ObservedState
 
 T = TypeVar("T")
 
@@ -34,9 +34,14 @@ class Observation:
         return next((p for p in self.processes if p.model == model), None)
 
 
-async def observe_engines(config: StacksConfig, containers: ContainerDriver, ollama: OllamaDriver,
-                          bindings: Mapping[str, str], active: str | None,
-                          processes: ProcessDriver) -> Observation:
+async def observe_engines(
+    config: StacksConfig,
+    containers: ContainerDriver,
+    ollama: OllamaDriver,
+    bindings: Mapping[str, str],
+    active: str | None,
+    processes: ProcessDriver,
+) -> Observation:
     docker_models = {name: m for name, m in config.models.items() if m.runtime == Runtime.docker}
     process_models = {name: m for name, m in config.models.items() if m.runtime == Runtime.process}
     uses_ollama = any(m.runtime == Runtime.ollama for m in config.models.values())
@@ -66,8 +71,9 @@ async def observe_engines(config: StacksConfig, containers: ContainerDriver, oll
     return Observation(state=state, problems=problems, loaded=tuple(loaded), processes=infos)
 
 
-def with_measurements(observation: Observation, config: StacksConfig,
-                      hardware: HardwareSnapshot) -> Observation:
+def with_measurements(
+    observation: Observation, config: StacksConfig, hardware: HardwareSnapshot
+) -> Observation:
     """The observation with ``measured_mib`` filled for the process members that run: the RSS of
     the engine's process tree for a CPU member; for a GPU member, NVML's used memory of the
     processes of that tree on the budgeted card."""
@@ -107,14 +113,17 @@ def missing_members(config: StacksConfig, stack: str, observed: ObservedState) -
         if model.ollama is not None and model.ollama.tag not in observed.pulled_tags:
             out.append(f"{name}: Ollama tag {model.ollama.tag} is not pulled")
         elif model.lifecycle == Lifecycle.always_on and not is_up(name, model, observed):
-            what = {Runtime.docker: "container is not running",
-                    Runtime.process: "engine process is not running"}.get(model.runtime, "is not loaded in Ollama")
+            what = {
+                Runtime.docker: "container is not running",
+                Runtime.process: "engine process is not running",
+            }.get(model.runtime, "is not loaded in Ollama")
             out.append(f"{name}: {what}")
     return out
 
 
-def drift(config: StacksConfig, stack: str, observation: Observation,
-          involved: tuple[str | None, ...] = ()) -> list[str]:
+def drift(
+    config: StacksConfig, stack: str, observation: Observation, involved: tuple[str | None, ...] = ()
+) -> list[str]:
     """Every way what runs differs from ``stack``: engines that cannot be read, members missing,
     and declared models running although ``stack`` does not have them.
 
@@ -125,8 +134,9 @@ def drift(config: StacksConfig, stack: str, observation: Observation,
     used = {config.models[n].runtime.value for s in stacks for n in config.stacks[s].member_names}
     out = [f"{engine}: {why}" for engine, why in observation.problems.items() if engine in used]
     out += missing_members(config, stack, observation.state)
-    out += [f"{name}: running but not a member of '{stack}'"
-            for name in extra_members(config, stack, observation)]
+    out += [
+        f"{name}: running but not a member of '{stack}'" for name in extra_members(config, stack, observation)
+    ]
     return out
 
 
@@ -136,8 +146,9 @@ def extra_members(config: StacksConfig, stack: str, observation: Observation) ->
     for name, model in config.models.items():
         if name in members:
             continue
-        running = ((model.runtime == Runtime.docker and name in observation.state.running_containers)
-                   or (model.runtime == Runtime.process and name in observation.state.running_processes))
+        running = (model.runtime == Runtime.docker and name in observation.state.running_containers) or (
+            model.runtime == Runtime.process and name in observation.state.running_processes
+        )
         loaded = model.ollama is not None and model.ollama.tag in observation.state.loaded_tags
         if running or loaded:
             out.append(name)

@@ -16,11 +16,12 @@ from typing import Literal
 
 from stackd.config.models import StacksConfig
 from stackd.manager.observe import missing_members
-from stackd.plan import ObservedState
+from stackd.planner.plan import ObservedState
 from stackd.state.store import JournalEntry
 
-RecoveryAction = Literal["first_start", "restored", "finished", "rolled_back", "unresolved",
-                         "default_applied"]
+RecoveryAction = Literal[
+    "first_start", "restored", "finished", "rolled_back", "unresolved", "default_applied"
+]
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,13 @@ class RecoveryReport:
         return self.message
 
     def to_dict(self) -> dict[str, object]:
-        return {"action": self.action, "stack": self.stack, "message": self.message,
-                "switch_id": self.switch_id, "drift": list(self.drift)}
+        return {
+            "action": self.action,
+            "stack": self.stack,
+            "message": self.message,
+            "switch_id": self.switch_id,
+            "drift": list(self.drift),
+        }
 
 
 @dataclass(frozen=True)
@@ -56,14 +62,17 @@ def decide_recovery(config: StacksConfig, entry: JournalEntry, observed: Observe
     if target not in config.stacks:
         if previous in config.stacks:
             assert previous is not None
-            return RecoveryDecision("roll_back", previous,
-                                    f"its target '{target}' is no longer in the config")
-        return RecoveryDecision("finish", config.default_stack,
-                                f"neither '{target}' nor '{previous}' is in the config; using the default")
+            return RecoveryDecision(
+                "roll_back", previous, f"its target '{target}' is no longer in the config"
+            )
+        return RecoveryDecision(
+            "finish",
+            config.default_stack,
+            f"neither '{target}' nor '{previous}' is in the config; using the default",
+        )
     missing = missing_members(config, target, observed)
     if not missing:
         return RecoveryDecision("finish", target, f"every member '{target}' needs is already up")
     if previous is None or previous not in config.stacks:
         return RecoveryDecision("finish", target, "there is no earlier stack to go back to")
-    return RecoveryDecision("roll_back", previous,
-                            f"'{target}' was incomplete ({'; '.join(missing)})")
+    return RecoveryDecision("roll_back", previous, f"'{target}' was incomplete ({'; '.join(missing)})")

@@ -13,24 +13,29 @@ from typing import TYPE_CHECKING, Any
 from stackd.config.models import Lifecycle, Model, Runtime
 from stackd.hardware.types import HardwareSnapshot
 from stackd.manager.observe import Observation, drift, extra_members
-from stackd.plan import Plan
-from stackd.views import plan_json
+from stackd.planner.plan import Plan
+from stackd.planner.views import plan_json
 
 if TYPE_CHECKING:
     from stackd.manager.model_stack_manager import ModelStackManager
 
 
-def build_status(manager: ModelStackManager, observation: Observation, hardware: HardwareSnapshot,
-                 ledger_plan: Plan | None) -> dict[str, Any]:
+def build_status(
+    manager: ModelStackManager, observation: Observation, hardware: HardwareSnapshot, ledger_plan: Plan | None
+) -> dict[str, Any]:
     config, active = manager.config, manager.active_stack
     roles = manager.live_roles.current
     members, differences = [], [f"{engine}: {why}" for engine, why in observation.problems.items()]
     if active in config.stacks:
         assert active is not None
-        members = [member_json(manager, name, config.models[name], observation, in_stack=True)
-                   for name in config.stacks[active].member_names]
-        members += [member_json(manager, name, config.models[name], observation, in_stack=False)
-                    for name in extra_members(config, active, observation)]
+        members = [
+            member_json(manager, name, config.models[name], observation, in_stack=True)
+            for name in config.stacks[active].member_names
+        ]
+        members += [
+            member_json(manager, name, config.models[name], observation, in_stack=False)
+            for name in extra_members(config, active, observation)
+        ]
         involved = manager.recovery.involved if manager.recovery else ()
         differences = drift(config, active, observation, involved)
     ledger = plan_json(ledger_plan) if ledger_plan is not None else {}
@@ -45,48 +50,72 @@ def build_status(manager: ModelStackManager, observation: Observation, hardware:
         "drift": differences,
         "engines": {engine: observation.problems.get(engine, "ok") for engine in ("docker", "ollama")},
         "switch_in_progress": {"switch_id": current.id, "stack": current.target, "state": current.state}
-        if current else None,
+        if current
+        else None,
         "last_switch": manager.last_switch_summary(),
         "recovery": manager.recovery.message if manager.recovery else None,
         "recovery_detail": manager.recovery.to_dict() if manager.recovery else None,
-        "periodic": {name: {"ok": r.ok, "at": r.at, "summary": r.summary}
-                     for name, r in manager.jobs.items()},
+        "periodic": {
+            name: {"ok": r.ok, "at": r.at, "summary": r.summary} for name, r in manager.jobs.items()
+        },
         "gpu": {
             "state": hardware.gpu_state,
             "source": hardware.gpu_source,
             "simulated": hardware.simulated,
-            "devices": [{"index": g.index, "name": g.name, "total_mib": g.total_mib, "used_mib": g.used_mib,
-                         "free_mib": g.free_mib} for g in hardware.gpus],
+            "devices": [
+                {
+                    "index": g.index,
+                    "name": g.name,
+                    "total_mib": g.total_mib,
+                    "used_mib": g.used_mib,
+                    "free_mib": g.free_mib,
+                }
+                for g in hardware.gpus
+            ],
             "vram": ledger.get("vram"),
         },
         "ram": ledger.get("ram"),
     }
 
 
-def member_json(manager: ModelStackManager, name: str, model: Model, observation: Observation,
-                in_stack: bool) -> dict[str, Any]:
+def member_json(
+    manager: ModelStackManager, name: str, model: Model, observation: Observation, in_stack: bool
+) -> dict[str, Any]:
     state, detail = member_state(manager, name, model, observation)
     probe = manager.probes.get(name)
     out: dict[str, Any] = {
-        "name": name, "runtime": model.runtime.value, "placement": model.placement.value,
-        "memory_mib": model.memory_mib, "measured_mib": observation.state.measured_mib.get(name),
-        "lifecycle": model.lifecycle.value, "in_stack": in_stack,
-        "state": state, "detail": detail,
+        "name": name,
+        "runtime": model.runtime.value,
+        "placement": model.placement.value,
+        "memory_mib": model.memory_mib,
+        "measured_mib": observation.state.measured_mib.get(name),
+        "lifecycle": model.lifecycle.value,
+        "in_stack": in_stack,
+        "state": state,
+        "detail": detail,
         "last_probe": {"ok": probe.ok, "at": probe.at, "error": probe.error} if probe else None,
     }
     if model.runtime == Runtime.process:
         info = observation.process(name)
         if info is not None:
-            out["process"] = {"pid": info.pid, "port": info.port, "endpoint": info.endpoint,
-                              "state": info.state, "restarts": info.restarts, "exits": info.exits,
-                              "last_exit": info.last_exit, "log_path": info.log_path}
+            out["process"] = {
+                "pid": info.pid,
+                "port": info.port,
+                "endpoint": info.endpoint,
+                "state": info.state,
+                "restarts": info.restarts,
+                "exits": info.exits,
+                "last_exit": info.last_exit,
+                "log_path": info.log_path,
+            }
             if state in ("dead", "restarting", "unhealthy"):
                 out["log_tail"] = manager.processes.log_tail(name, 10)
     return out
 
 
-def member_state(manager: ModelStackManager, name: str, model: Model,
-                 observation: Observation) -> tuple[str, str | None]:
+def member_state(
+    manager: ModelStackManager, name: str, model: Model, observation: Observation
+) -> tuple[str, str | None]:
     observed, probe = observation.state, manager.probes.get(name)
     on_demand = model.lifecycle == Lifecycle.on_demand
     match model.runtime:

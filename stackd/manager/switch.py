@@ -7,19 +7,22 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from stackd.events import EventLog, SwitchEvent, step_dict
+from stackd.manager.events import EventLog, SwitchEvent, step_dict
 from stackd.manager.executor import Execution, Undo
-from stackd.plan import Plan
+from stackd.planner.plan import Plan
+from stackd.planner.views import plan_json
 from stackd.state.store import JournalEntry
-from stackd.views import plan_json
 
 SwitchState = Literal["pending", "running", "succeeded", "failed", "rolled_back"]
 SwitchKind = Literal["switch", "recovery"]
 
 # Journal states as the API's switch states: a recovered switch ends in whatever recovery did.
 _JOURNAL_TO_STATE: dict[str, SwitchState] = {
-    "intended": "running", "committed": "succeeded", "rolled_back": "rolled_back",
-    "failed": "failed", "recovered": "succeeded",
+    "intended": "running",
+    "committed": "succeeded",
+    "rolled_back": "rolled_back",
+    "failed": "failed",
+    "recovered": "succeeded",
 }
 
 
@@ -109,8 +112,14 @@ def journal_dict(entry: JournalEntry) -> dict[str, Any]:
 async def replay_finished(entry: JournalEntry) -> AsyncIterator[SwitchEvent]:
     """The event stream of a switch that ended before this daemon started: its end only."""
     state = _JOURNAL_TO_STATE[entry.state]
-    yield {"type": "finished", "switch_id": entry.switch_id, "seq": 0,
-           "at": entry.finished_at or entry.started_at, "state": state, "error": entry.error}
+    yield {
+        "type": "finished",
+        "switch_id": entry.switch_id,
+        "seq": 0,
+        "at": entry.finished_at or entry.started_at,
+        "state": state,
+        "error": entry.error,
+    }
 
 
 @dataclass(frozen=True)

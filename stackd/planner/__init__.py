@@ -14,10 +14,10 @@ from __future__ import annotations
 from stackd.config.models import StacksConfig
 from stackd.errors import NotFound
 from stackd.hardware.types import HardwareSnapshot
-from stackd.plan import ObservedState, Plan, Refusal, Step, VramLedger
 from stackd.planner.ledgers import ram_ledger, vram_ledger
 from stackd.planner.members import ORCHESTRATOR, gib, is_on_demand
 from stackd.planner.ordering import MAKE_BEFORE_BREAK, ORDERINGS, order_steps
+from stackd.planner.plan import ObservedState, Plan, Refusal, Step, VramLedger
 from stackd.planner.simulate import (
     bindings_after_each_step,
     first_overflow,
@@ -29,8 +29,9 @@ from stackd.planner.simulate import (
 __all__ = ["ORCHESTRATOR", "bindings_after_each_step", "plan_switch", "simulate_vram"]
 
 
-def plan_switch(config: StacksConfig, observed: ObservedState, target: str,
-                hardware: HardwareSnapshot) -> Plan:
+def plan_switch(
+    config: StacksConfig, observed: ObservedState, target: str, hardware: HardwareSnapshot
+) -> Plan:
     """Plan the switch from ``observed`` to stack ``target``. Raises ``NotFound`` for an unknown stack."""
     if target not in config.stacks:
         raise NotFound(f"unknown stack '{target}'; valid stacks: {', '.join(config.stacks)}")
@@ -55,8 +56,9 @@ def plan_switch(config: StacksConfig, observed: ObservedState, target: str,
     )
 
 
-def _order_within_the_card(config: StacksConfig, target: str, observed: ObservedState,
-                           vram: VramLedger) -> tuple[tuple[Step, ...], Refusal | None]:
+def _order_within_the_card(
+    config: StacksConfig, target: str, observed: ObservedState, vram: VramLedger
+) -> tuple[tuple[Step, ...], Refusal | None]:
     """The most lenient order whose every start fits the card; else the strictest one and why not."""
     limit = vram.total_mib - vram.reserve_mib
     *lenient, strictest = ORDERINGS
@@ -74,23 +76,33 @@ def _order_within_the_card(config: StacksConfig, target: str, observed: Observed
 def _orchestrator_refusals(config: StacksConfig, stack: str) -> list[Refusal]:
     model = config.stacks[stack].roles.get(ORCHESTRATOR)
     if model is None:
-        return [Refusal(
-            "orchestrator",
-            f"{stack} does not bind the {ORCHESTRATOR} role, which must have a backend at every moment; "
-            f"add '{ORCHESTRATOR}: MODEL' under stacks.{stack}.roles",
-        )]
+        return [
+            Refusal(
+                "orchestrator",
+                f"{stack} does not bind the {ORCHESTRATOR} role, which must have a backend at every moment; "
+                f"add '{ORCHESTRATOR}: MODEL' under stacks.{stack}.roles",
+            )
+        ]
     if is_on_demand(config.models[model]):
-        return [Refusal(
-            "orchestrator",
-            f"{stack} binds the {ORCHESTRATOR} to {model}, an on_demand model that is stopped when idle, but "
-            f"the {ORCHESTRATOR} never sleeps; set models.{model}.lifecycle: always_on",
-            model,
-        )]
+        return [
+            Refusal(
+                "orchestrator",
+                f"{stack} binds the {ORCHESTRATOR} to {model}, an on_demand model that is stopped when idle, but "
+                f"the {ORCHESTRATOR} never sleeps; set models.{model}.lifecycle: always_on",
+                model,
+            )
+        ]
     return []
 
 
-def _transition_refusal(config: StacksConfig, stack: str, observed: ObservedState, steps: tuple[Step, ...],
-                        overflow: int, vram: VramLedger) -> Refusal:
+def _transition_refusal(
+    config: StacksConfig,
+    stack: str,
+    observed: ObservedState,
+    steps: tuple[Step, ...],
+    overflow: int,
+    vram: VramLedger,
+) -> Refusal:
     """Why even the strictest order overfills the card: which start, and what still holds memory."""
     starting = getattr(steps[overflow], "model", "?")
     residents = gpu_residents_after_each_step(steps, config, observed)[overflow]
@@ -99,8 +111,10 @@ def _transition_refusal(config: StacksConfig, stack: str, observed: ObservedStat
     old = observed.bindings.get(ORCHESTRATOR)
     new = config.stacks[stack].roles.get(ORCHESTRATOR)
     if old in holders and old != new:
-        why = (f"the {ORCHESTRATOR} cannot move from {old} to {new} without a gap, so {old} must run "
-               f"until {new} is up")
+        why = (
+            f"the {ORCHESTRATOR} cannot move from {old} to {new} without a gap, so {old} must run "
+            f"until {new} is up"
+        )
     else:
         why = "the GPU members that stay leave no room for it"
     verb = "is" if len(holders) == 1 else "are"

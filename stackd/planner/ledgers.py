@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from stackd.config.models import StacksConfig
 from stackd.hardware.types import HardwareSnapshot
-from stackd.plan import LedgerItem, ObservedState, RamLedger, Refusal, VramLedger
 from stackd.planner.members import MIB_PER_GIB, gib, is_cpu, is_gpu, is_on_demand, is_up
+from stackd.planner.plan import LedgerItem, ObservedState, RamLedger, Refusal, VramLedger
 
 _FIX_VRAM = (
     "move a model to on_demand or to the CPU, lower gpu.reserve_gb, or pick a stack with fewer GPU members"
@@ -25,8 +25,9 @@ def gpu_members(config: StacksConfig, stack: str) -> list[str]:
     return [n for n in config.stacks[stack].member_names if is_gpu(config.models[n])]
 
 
-def vram_ledger(config: StacksConfig, stack: str, observed: ObservedState,
-                hardware: HardwareSnapshot) -> tuple[VramLedger | None, list[Refusal]]:
+def vram_ledger(
+    config: StacksConfig, stack: str, observed: ObservedState, hardware: HardwareSnapshot
+) -> tuple[VramLedger | None, list[Refusal]]:
     """The GPU budget of ``stack``; None when no total is known (a refusal if the stack needs a GPU)."""
     device = hardware.gpu(config.gpu.device)
     members = gpu_members(config, stack)
@@ -58,7 +59,9 @@ def vram_ledger(config: StacksConfig, stack: str, observed: ObservedState,
 
     measured = observed.measured_mib
     items = [LedgerItem(n, mib, "always_on", measured.get(n)) for n, mib in always]
-    items += [LedgerItem(n, mib, "on_demand", measured.get(n)) for group in groups.values() for n, mib in group]
+    items += [
+        LedgerItem(n, mib, "on_demand", measured.get(n)) for group in groups.values() for n, mib in group
+    ]
     items.append(LedgerItem("gpu.reserve_gb", configured_reserve, "reserve"))
     if foreign:
         holders = "foreign processes" + _process_list(hardware, config, stackd_up)
@@ -94,8 +97,9 @@ def vram_ledger(config: StacksConfig, stack: str, observed: ObservedState,
     return ledger, [Refusal("vram", message, biggest)]
 
 
-def ram_ledger(config: StacksConfig, stack: str, observed: ObservedState,
-               hardware: HardwareSnapshot) -> tuple[RamLedger, list[Refusal]]:
+def ram_ledger(
+    config: StacksConfig, stack: str, observed: ObservedState, hardware: HardwareSnapshot
+) -> tuple[RamLedger, list[Refusal]]:
     members = [n for n in config.stacks[stack].member_names if is_cpu(config.models[n])]
     always = [(n, config.models[n].memory_mib) for n in members if not is_on_demand(config.models[n])]
     on_demand = [(n, config.models[n].memory_mib) for n in members if is_on_demand(config.models[n])]

@@ -7,7 +7,7 @@ whose tag is loaded, and every remote member (reachability is probed, not held).
 from __future__ import annotations
 
 from stackd.config.models import Lifecycle, Model, Placement, Runtime, StacksConfig
-from stackd.plan import (
+from stackd.planner.plan import (
     LoadModel,
     ObservedState,
     StartContainer,

@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from stackd.config.models import Runtime, StacksConfig
-from stackd.plan import BindRole, ObservedState, ProbeRemote, PullModel, Step, UnbindRole
 from stackd.planner.members import (
     ORCHESTRATOR,
     is_gpu,
@@ -30,6 +29,7 @@ from stackd.planner.members import (
     stop_step,
     up_models,
 )
+from stackd.planner.plan import BindRole, ObservedState, ProbeRemote, PullModel, Step, UnbindRole
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,9 @@ ORCHESTRATOR_FIRST = Ordering(break_early=True, orchestrator_first=True)
 ORDERINGS = (MAKE_BEFORE_BREAK, BREAK_BEFORE_MAKE, ORCHESTRATOR_FIRST)
 
 
-def order_steps(config: StacksConfig, stack: str, observed: ObservedState,
-                ordering: Ordering) -> tuple[Step, ...]:
+def order_steps(
+    config: StacksConfig, stack: str, observed: ObservedState, ordering: Ordering
+) -> tuple[Step, ...]:
     """The steps that take ``observed`` to ``stack``, in ``ordering``. Pure."""
     return _StepBuilder(config, stack, observed).build(ordering)
 
@@ -119,8 +120,10 @@ class _StepBuilder:
 
     def _pending_starts(self) -> list[str]:
         return [
-            name for name in self.members
-            if not is_on_demand(self.models[name]) and self.models[name].runtime != Runtime.remote
+            name
+            for name in self.members
+            if not is_on_demand(self.models[name])
+            and self.models[name].runtime != Runtime.remote
             and name not in self.up
         ]
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from stackd.config.models import StacksConfig
-from stackd.plan import (
+from stackd.planner.members import is_gpu, is_up
+from stackd.planner.plan import (
     BindRole,
     LoadModel,
     ObservedState,
@@ -22,7 +23,6 @@ from stackd.plan import (
     UnbindRole,
     UnloadModel,
 )
-from stackd.planner.members import is_gpu, is_up
 
 
 def initial_gpu_residents(config: StacksConfig, observed: ObservedState) -> frozenset[str]:
@@ -30,8 +30,9 @@ def initial_gpu_residents(config: StacksConfig, observed: ObservedState) -> froz
     return frozenset(n for n, m in config.models.items() if is_gpu(m) and is_up(n, m, observed))
 
 
-def gpu_residents_after_each_step(steps: Iterable[Step], config: StacksConfig,
-                                  observed: ObservedState) -> list[frozenset[str]]:
+def gpu_residents_after_each_step(
+    steps: Iterable[Step], config: StacksConfig, observed: ObservedState
+) -> list[frozenset[str]]:
     """stackd's GPU members that are up after each step (one set per step)."""
     resident = set(initial_gpu_residents(config, observed))
     out: list[frozenset[str]] = []
@@ -73,8 +74,9 @@ def bindings_after_each_step(plan: Plan, observed: ObservedState) -> list[dict[s
     return out
 
 
-def first_overflow(steps: tuple[Step, ...], config: StacksConfig, observed: ObservedState,
-                   limit_mib: int) -> int | None:
+def first_overflow(
+    steps: tuple[Step, ...], config: StacksConfig, observed: ObservedState, limit_mib: int
+) -> int | None:
     """Index of the first step that raises stackd's VRAM above ``limit_mib``, or None."""
     before = vram_in_use(initial_gpu_residents(config, observed), config)
     for index, residents in enumerate(gpu_residents_after_each_step(steps, config, observed)):

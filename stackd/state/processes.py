@@ -65,8 +65,17 @@ class ProcessTable:
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO processes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (rec.model, rec.pid, rec.create_time, rec.port, rec.endpoint, json.dumps(list(rec.command)),
-                 rec.digest, rec.log_path, rec.started_at),
+                (
+                    rec.model,
+                    rec.pid,
+                    rec.create_time,
+                    rec.port,
+                    rec.endpoint,
+                    json.dumps(list(rec.command)),
+                    rec.digest,
+                    rec.log_path,
+                    rec.started_at,
+                ),
             )
 
     def forget(self, model: str, pid: int) -> None:
@@ -80,8 +89,10 @@ class ProcessTable:
                 "SELECT model, pid, create_time, port, endpoint, command, digest, log_path, started_at "
                 "FROM processes ORDER BY model"
             ).fetchall()
-        return [ProcessRecord(r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5])), r[6], r[7], r[8])
-                for r in rows]
+        return [
+            ProcessRecord(r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5])), r[6], r[7], r[8])
+            for r in rows
+        ]
 
     def close(self) -> None:
         with self._lock:

@@ -186,8 +186,11 @@ class StateStore:
                 "SELECT switch_id, target_stack FROM journal WHERE state = 'intended'"
             ).fetchone()
             if row:
-                raise Conflict(f"switch {row[0]} to '{row[1]}' is still open in the journal",
-                               switch_id=row[0], stack=row[1])
+                raise Conflict(
+                    f"switch {row[0]} to '{row[1]}' is still open in the journal",
+                    switch_id=row[0],
+                    stack=row[1],
+                )
             db.execute(
                 "INSERT INTO journal (switch_id, from_stack, target_stack, state, started_at, plan) "
                 "VALUES (?, ?, ?, 'intended', ?, ?)",
@@ -199,8 +202,9 @@ class StateStore:
         with self._transaction() as db:
             steps = _open_steps(db, switch_id)
             steps.append(step_json)
-            db.execute("UPDATE journal SET steps_done = ? WHERE switch_id = ?",
-                       (json.dumps(steps), switch_id))
+            db.execute(
+                "UPDATE journal SET steps_done = ? WHERE switch_id = ?", (json.dumps(steps), switch_id)
+            )
 
     def commit_switch(self, switch_id: str, result_json: Any) -> None:
         """Finish a switch successfully: journal committed, active stack set, history row — atomically."""
@@ -209,8 +213,15 @@ class StateStore:
             self._finish(db, switch_id, "committed", None, None, result_json)
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (_ACTIVE_KEY, target))
 
-    def fail_switch(self, switch_id: str, error: str, undone_json: Any, *,
-                    fully_undone: bool = True, result_json: Any = None) -> None:
+    def fail_switch(
+        self,
+        switch_id: str,
+        error: str,
+        undone_json: Any,
+        *,
+        fully_undone: bool = True,
+        result_json: Any = None,
+    ) -> None:
         """Finish a failed switch: ``rolled_back`` when every undo succeeded, else ``failed``.
 
         The active stack does not change: the switch never committed.
@@ -232,8 +243,15 @@ class StateStore:
             else:
                 db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (_ACTIVE_KEY, active))
 
-    def _finish(self, db: sqlite3.Connection, switch_id: str, state: JournalState, error: str | None,
-                undone_json: Any, result_json: Any) -> None:
+    def _finish(
+        self,
+        db: sqlite3.Connection,
+        switch_id: str,
+        state: JournalState,
+        error: str | None,
+        undone_json: Any,
+        result_json: Any,
+    ) -> None:
         finished = self._now()
         db.execute(
             "UPDATE journal SET state = ?, finished_at = ?, error = ?, undone = ? WHERE switch_id = ?",
@@ -265,5 +283,15 @@ def _open_steps(db: sqlite3.Connection, switch_id: str) -> list[Any]:
 
 def _entry(row: tuple[Any, ...]) -> JournalEntry:
     (switch_id, from_stack, target, state, started, finished, error, plan, steps, undone) = row
-    return JournalEntry(switch_id, from_stack, target, state, started, finished, error,
-                        json.loads(plan), json.loads(steps), json.loads(undone))
+    return JournalEntry(
+        switch_id,
+        from_stack,
+        target,
+        state,
+        started,
+        finished,
+        error,
+        json.loads(plan),
+        json.loads(steps),
+        json.loads(undone),
+    )

@@ -40,8 +40,12 @@ def get(daemon: Daemon, path: str) -> Any:
 
 def submit_switch(daemon: Daemon, stack: str) -> str:
     """Start a switch without waiting for it; returns its id."""
-    answer = httpx.post(f"{daemon.url}/model-stacks/switch", json={"stack": stack, "wait": False},
-                        headers=auth(daemon), timeout=30)
+    answer = httpx.post(
+        f"{daemon.url}/model-stacks/switch",
+        json={"stack": stack, "wait": False},
+        headers=auth(daemon),
+        timeout=30,
+    )
     assert answer.status_code == 202, answer.text
     switch_id: str = answer.json()["switch_id"]
     return switch_id
@@ -49,8 +53,9 @@ def submit_switch(daemon: Daemon, stack: str) -> str:
 
 def switch(daemon: Daemon, stack: str) -> dict[str, Any]:
     """Switch and wait for the end; returns the switch as the API shows it."""
-    answer = httpx.post(f"{daemon.url}/model-stacks/switch", json={"stack": stack},
-                        headers=auth(daemon), timeout=120)
+    answer = httpx.post(
+        f"{daemon.url}/model-stacks/switch", json={"stack": stack}, headers=auth(daemon), timeout=120
+    )
     assert answer.status_code == 200, answer.text
     body: dict[str, Any] = answer.json()
     return body
@@ -62,7 +67,7 @@ def events(daemon: Daemon, switch_id: str) -> Iterator[Event]:
     with httpx.stream("GET", url, timeout=FOLLOW_TIMEOUT_S) as stream:
         for line in stream.iter_lines():
             if line.startswith("data: "):
-                yield json.loads(line[len("data: "):])
+                yield json.loads(line[len("data: ") :])
 
 
 def follow_until(daemon: Daemon, switch_id: str, wanted: Callable[[Event], bool]) -> Event:

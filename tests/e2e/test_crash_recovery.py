@@ -66,33 +66,80 @@ class KillPoint:
 
 
 KILL_POINTS = [
-    KillPoint("during a slow pull", "cloud-offload", "elastic-hybrid",
-              lambda e: e["type"] == "pull_progress" and bool(e.get("completed")),
-              pull_chunk_interval_ms=100, outcome="cloud-offload"),
-    KillPoint("after the first container started", "ollama-only", "cloud-offload",
-              is_step("step_done", "start_container"), changes=SLOW_START),
-    KillPoint("during the health wait of a later member", "ollama-hybrid", "cloud-offload",
-              is_step("step_started", "start_container", "embeddings-nomic"), after_s=1.0, changes=SLOW_START),
+    KillPoint(
+        "during a slow pull",
+        "cloud-offload",
+        "elastic-hybrid",
+        lambda e: e["type"] == "pull_progress" and bool(e.get("completed")),
+        pull_chunk_interval_ms=100,
+        outcome="cloud-offload",
+    ),
+    KillPoint(
+        "after the first container started",
+        "ollama-only",
+        "cloud-offload",
+        is_step("step_done", "start_container"),
+        changes=SLOW_START,
+    ),
+    KillPoint(
+        "during the health wait of a later member",
+        "ollama-hybrid",
+        "cloud-offload",
+        is_step("step_started", "start_container", "embeddings-nomic"),
+        after_s=1.0,
+        changes=SLOW_START,
+    ),
     # Recovery finds the half-started container running but never ready: it must roll back.
-    KillPoint("during the health wait of a member that never gets ready", "ollama-hybrid", "cloud-offload",
-              is_step("step_started", "start_container", "embeddings-nomic"), after_s=1.0, changes=NEVER_READY,
-              outcome="ollama-hybrid"),
-    KillPoint("after the role swap, while the old stack stops", "cloud-offload", "ollama-only",
-              lambda e: e["type"] == "roles_swapped", outcome="ollama-only"),
+    KillPoint(
+        "during the health wait of a member that never gets ready",
+        "ollama-hybrid",
+        "cloud-offload",
+        is_step("step_started", "start_container", "embeddings-nomic"),
+        after_s=1.0,
+        changes=NEVER_READY,
+        outcome="ollama-hybrid",
+    ),
+    KillPoint(
+        "after the role swap, while the old stack stops",
+        "cloud-offload",
+        "ollama-only",
+        lambda e: e["type"] == "roles_swapped",
+        outcome="ollama-only",
+    ),
     # Process members. The engine is ready and journalled, the target's containers are not: the
     # engine is adopted, then kept (recovery finishes) or stopped (it rolls back).
-    KillPoint("after the engine process got ready", "ollama-only", "cloud-offload",
-              is_step("step_done", "start_process", "orchestrator-8b"), changes=SLOW_START),
+    KillPoint(
+        "after the engine process got ready",
+        "ollama-only",
+        "cloud-offload",
+        is_step("step_done", "start_process", "orchestrator-8b"),
+        changes=SLOW_START,
+    ),
     # Spawned (and, a moment later, journalled) but not answering yet: the target is incomplete.
-    KillPoint("while the engine process loads", "ollama-only", "cloud-offload",
-              is_step("step_started", "start_process", "orchestrator-8b"),
-              until=lambda world: bool(world.running_engines()), outcome="ollama-only"),
-    KillPoint("while the engine process stops", "cloud-offload", "ollama-only",
-              is_step("step_started", "stop_process", "orchestrator-8b"), outcome="ollama-only"),
+    KillPoint(
+        "while the engine process loads",
+        "ollama-only",
+        "cloud-offload",
+        is_step("step_started", "start_process", "orchestrator-8b"),
+        until=lambda world: bool(world.running_engines()),
+        outcome="ollama-only",
+    ),
+    KillPoint(
+        "while the engine process stops",
+        "cloud-offload",
+        "ollama-only",
+        is_step("step_started", "stop_process", "orchestrator-8b"),
+        outcome="ollama-only",
+    ),
     # The engine is in both stacks: it must outlive the kill and be adopted, not started again.
-    KillPoint("with an engine that both stacks keep", "ollama-hybrid", "elastic-hybrid",
-              lambda e: e["type"] == "pull_progress" and bool(e.get("completed")),
-              pull_chunk_interval_ms=100, outcome="ollama-hybrid"),
+    KillPoint(
+        "with an engine that both stacks keep",
+        "ollama-hybrid",
+        "elastic-hybrid",
+        lambda e: e["type"] == "pull_progress" and bool(e.get("completed")),
+        pull_chunk_interval_ms=100,
+        outcome="ollama-hybrid",
+    ),
 ]
 
 
@@ -124,7 +171,9 @@ def assert_consistent(world: DemoWorld, url: str, switch_id: str, previous: str,
 
 @pytest.mark.parametrize("point", KILL_POINTS, ids=[p.name for p in KILL_POINTS])
 def test_a_daemon_killed_mid_switch_recovers_to_a_consistent_stack(
-    demo_worlds: WorldFactory, tmp_path: Path, point: KillPoint,  # noqa: F811
+    demo_worlds: WorldFactory,  # noqa: F811
+    tmp_path: Path,
+    point: KillPoint,
 ) -> None:
     world = demo_worlds(point.changes, point.previous)
     daemon = start_demo_daemon(world, tmp_path, 1)
@@ -150,13 +199,17 @@ def test_a_daemon_killed_mid_switch_recovers_to_a_consistent_stack(
         assert time.monotonic() - started < 30
         engines = world.engine_starts()
         for member, engine in engines.items():  # adopted, never started again beside the orphan
-            assert orphans.get(member, engine) == engine, f"{member}: {orphans[member]} was replaced by {engine}"
+            assert orphans.get(member, engine) == engine, (
+                f"{member}: {orphans[member]} was replaced by {engine}"
+            )
     finally:
         stop_daemon(daemon)  # SIGTERM: it stops its engines, adopted ones too
     assert world.running_engines() == {}, "the daemon stopped; an engine lives on"
 
 
-def wait_until(condition: Callable[[DemoWorld], bool] | None, world: DemoWorld, timeout_s: float = 30) -> None:
+def wait_until(
+    condition: Callable[[DemoWorld], bool] | None, world: DemoWorld, timeout_s: float = 30
+) -> None:
     deadline = time.monotonic() + timeout_s
     while condition is not None and not condition(world):
         assert time.monotonic() < deadline, "the kill point's condition never held"

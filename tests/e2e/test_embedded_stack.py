@@ -35,20 +35,23 @@ if not os.environ.get("CI") and not all(
 
 def bare_machine_env(home: Path, port: int) -> dict[str, str]:
     """The environment of a laptop with nothing but Python: no engine reachable, no keys."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.endswith("_API_KEY") and not k.startswith("STACKD_")}
-    env.update({
-        "HOME": str(home),  # the default state dir, ~/.local/state/stackd, is a fresh one
-        "XDG_STATE_HOME": str(home / ".local" / "state"),
-        "STACKD_PORT": str(port),  # the only setting: tests must not fight over 8001
-        "DOCKER_HOST": "unix:///nonexistent/docker.sock",
-        "OLLAMA_HOST": f"http://127.0.0.1:{free_port()}",
-        "COLUMNS": "200",
-    })
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("STACKD_")}
+    env.update(
+        {
+            "HOME": str(home),  # the default state dir, ~/.local/state/stackd, is a fresh one
+            "XDG_STATE_HOME": str(home / ".local" / "state"),
+            "STACKD_PORT": str(port),  # the only setting: tests must not fight over 8001
+            "DOCKER_HOST": "unix:///nonexistent/docker.sock",
+            "OLLAMA_HOST": f"http://127.0.0.1:{free_port()}",
+            "COLUMNS": "200",
+        }
+    )
     return env
 
 
-def wait_for_active(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 120) -> dict[str, Any]:
+def wait_for_active(
+    url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 120
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -110,8 +113,9 @@ def test_a_first_start_on_a_bare_machine_picks_the_embedded_stack_and_says_why(b
 
 
 def test_reason_answers_with_the_real_model_and_names_the_process_member(bare_daemon: Daemon) -> None:
-    done = run_cli("reason", "What is the capital of France?", "--max-tokens", "32", "--json",
-                   env=bare_daemon.env)
+    done = run_cli(
+        "reason", "What is the capital of France?", "--max-tokens", "32", "--json", env=bare_daemon.env
+    )
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     assert answer["answer"].strip()
@@ -131,9 +135,15 @@ def test_ten_switches_between_process_stacks_change_the_pid_and_no_probe_fails(b
         with httpx.Client(timeout=30) as http:
             while not stop.is_set():
                 try:
-                    r = http.post(f"{bare_daemon.url}/v1/chat/completions", headers=headers, json={
-                        "model": "orchestrator", "max_tokens": 2,
-                        "messages": [{"role": "user", "content": "Hi"}]})
+                    r = http.post(
+                        f"{bare_daemon.url}/v1/chat/completions",
+                        headers=headers,
+                        json={
+                            "model": "orchestrator",
+                            "max_tokens": 2,
+                            "messages": [{"role": "user", "content": "Hi"}],
+                        },
+                    )
                     if r.status_code != 200 or not r.json()["choices"]:
                         failures.append(f"{r.status_code}: {r.text[:200]}")
                     else:
@@ -147,8 +157,9 @@ def test_ten_switches_between_process_stacks_change_the_pid_and_no_probe_fails(b
     try:
         for i in range(10):
             target = "embedded-long" if i % 2 == 0 else "embedded"
-            r = httpx.post(f"{bare_daemon.url}/model-stacks/switch", headers=headers, json={"stack": target},
-                           timeout=180)
+            r = httpx.post(
+                f"{bare_daemon.url}/model-stacks/switch", headers=headers, json={"stack": target}, timeout=180
+            )
             assert r.status_code == 200 and r.json()["state"] == "succeeded", r.text
             pids.append(engine_pid(bare_daemon))
     finally:
@@ -173,13 +184,20 @@ def test_a_client_that_leaves_stops_the_engine_within_a_few_tokens(bare_daemon: 
     long_task = "Count from 1 to 1000 in words, one number per line, without stopping."
     body = {"model": "orchestrator", "temperature": 0, "messages": [{"role": "user", "content": long_task}]}
     before = cpu_s(pid)
-    full = httpx.post(f"{bare_daemon.url}/v1/chat/completions", headers=headers, timeout=120,
-                      json={**body, "max_tokens": 128}).json()
+    full = httpx.post(
+        f"{bare_daemon.url}/v1/chat/completions",
+        headers=headers,
+        timeout=120,
+        json={**body, "max_tokens": 128},
+    ).json()
     per_token = (cpu_s(pid) - before) / max(1, full["usage"]["completion_tokens"])
     results: dict[str, float] = {}
     for path, kind in (("/v1/chat/completions", "gateway SSE"), ("/tools/reason", "tools/reason")):
-        payload: dict[str, Any] = {**body, "max_tokens": 1500, "stream": True} if kind == "gateway SSE" else {
-            "problem": long_task, "max_tokens": 1500, "effort": 5, "temperature": 0}
+        payload: dict[str, Any] = (
+            {**body, "max_tokens": 1500, "stream": True}
+            if kind == "gateway SSE"
+            else {"problem": long_task, "max_tokens": 1500, "effort": 5, "temperature": 0}
+        )
         with httpx.Client(timeout=60) as http:
             if kind == "gateway SSE":
                 with http.stream("POST", f"{bare_daemon.url}{path}", headers=headers, json=payload) as r:
@@ -204,8 +222,11 @@ def test_a_client_that_leaves_stops_the_engine_within_a_few_tokens(bare_daemon: 
         results[kind] = (cpu_s(pid) - left_at) / per_token
     # stackd's own timeout: timeout_s cancels the backend call the same way.
     with httpx.Client(timeout=60) as http:
-        r = http.post(f"{bare_daemon.url}/tools/reason", headers=headers, json={
-            "problem": long_task, "max_tokens": 1500, "timeout_s": 1, "temperature": 0})
+        r = http.post(
+            f"{bare_daemon.url}/tools/reason",
+            headers=headers,
+            json={"problem": long_task, "max_tokens": 1500, "timeout_s": 1, "temperature": 0},
+        )
     assert r.status_code == 504 and "cancelled" in r.json()["message"]
     left_at = cpu_s(pid)
     time.sleep(2.0)
@@ -222,8 +243,11 @@ def test_the_daemon_stops_its_engines_when_it_stops(tmp_path: Path) -> None:
         proc = subprocess.Popen([*STACKD, "serve"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for_active(f"http://127.0.0.1:{port}", proc, log)
-        engines = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                   if "llama_cpp.server" in " ".join(p.cmdline())]
+        engines = [
+            p
+            for p in psutil.Process(proc.pid).children(recursive=True)
+            if "llama_cpp.server" in " ".join(p.cmdline())
+        ]
         assert len(engines) == 1
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -51,9 +51,11 @@ def port_free(port: int) -> bool:
 
 def expected_containers(stack: str) -> list[str]:
     config = load_config(DEMO, env={})
-    return sorted(config.models[m].docker.container  # type: ignore[union-attr]
-                  for m in config.stacks[stack].member_names
-                  if config.models[m].docker is not None and config.models[m].lifecycle == Lifecycle.always_on)
+    return sorted(
+        config.models[m].docker.container  # type: ignore[union-attr]
+        for m in config.stacks[stack].member_names
+        if config.models[m].docker is not None and config.models[m].lifecycle == Lifecycle.always_on
+    )
 
 
 @pytest.fixture
@@ -78,22 +80,42 @@ def test_the_readme_blocks_work_when_pasted_in_order(engine: docker.DockerClient
     blocks = bash_blocks(README.read_text())
     tests = [b for b in blocks if "scripts/test" in b]
     assert len(tests) == 1, "exactly one block runs the tests"
-    script = "\n".join(f"echo '=== README block {i}'\n{block}" for i, block in enumerate(blocks)
-                       if block not in tests)
+    script = "\n".join(
+        f"echo '=== README block {i}'\n{block}" for i, block in enumerate(blocks) if block not in tests
+    )
     home = tmp_path / "home"
     home.mkdir()
-    env = {"HOME": str(home), "PATH": os.environ["PATH"], "LANG": "C.UTF-8", "COLUMNS": "100",
-           "TERM": "dumb", SESSION_ENV: os.environ[SESSION_ENV]}  # the leak check's marker
+    env = {
+        "HOME": str(home),
+        "PATH": os.environ["PATH"],
+        "LANG": "C.UTF-8",
+        "COLUMNS": "100",
+        "TERM": "dumb",
+        SESSION_ENV: os.environ[SESSION_ENV],
+    }  # the leak check's marker
     if "DOCKER_HOST" in os.environ:
         env["DOCKER_HOST"] = os.environ["DOCKER_HOST"]
     try:
-        done = subprocess.run(["bash", "--norc", "--noprofile", "-s"], input=script, cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=1500, check=False)
+        done = subprocess.run(
+            ["bash", "--norc", "--noprofile", "-s"],
+            input=script,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1500,
+            check=False,
+        )
     finally:
         # Whatever happened: no daemon, simulator or demo container of this run is left.
         for state in (home / ".local" / "state" / "stackd", Path("/tmp/stackd-demo")):
-            subprocess.run([str(ROOT / ".venv" / "bin" / "stackd"), "stop", "--state-dir", str(state)],
-                           env=env, capture_output=True, timeout=120, check=False)
+            subprocess.run(
+                [str(ROOT / ".venv" / "bin" / "stackd"), "stop", "--state-dir", str(state)],
+                env=env,
+                capture_output=True,
+                timeout=120,
+                check=False,
+            )
         subprocess.run(["pkill", "-f", "stackd.cli sim demo|stackd sim demo"], check=False)
         for container in engine.containers.list(all=True, filters={"label": "stackd.demo=true"}):
             container.remove(force=True)

@@ -82,7 +82,8 @@ class RoleProbe:
 
 
 def test_the_orchestrator_answers_throughout_twenty_switches(
-    demo_worlds: WorldFactory, tmp_path: Path,  # noqa: F811
+    demo_worlds: WorldFactory,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     assert len(SWITCHES) == 20
     moves = list(itertools.pairwise([A, *SWITCHES]))

@@ -51,8 +51,11 @@ async def serve_in_process(config: Path, state_dir: Path) -> AsyncIterator[InPro
     services: Services = app.state.services
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://stackd.test",
-                          headers={"Authorization": f"Bearer {services.token}"},
-                          timeout=SWITCH_TIMEOUT_S) as client,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://stackd.test",
+            headers={"Authorization": f"Bearer {services.token}"},
+            timeout=SWITCH_TIMEOUT_S,
+        ) as client,
     ):
         yield InProcessDaemon(client, services)

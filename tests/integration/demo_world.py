@@ -88,8 +88,12 @@ class Sims:
 
     def urls(self) -> dict[str, str]:
         """Endpoint of each remote model, in the form demo.yaml gives it."""
-        suffix = {"deepseek-r1-cloud": "/v1", "mirothinker-cloud": "/v1", "gemini-flash": "/v1beta",
-                  "claude-sonnet": ""}
+        suffix = {
+            "deepseek-r1-cloud": "/v1",
+            "mirothinker-cloud": "/v1",
+            "gemini-flash": "/v1beta",
+            "claude-sonnet": "",
+        }
         return {name: sim.url + suffix[name] for name, sim in self.remotes.items()}
 
     def stop(self) -> None:
@@ -111,8 +115,10 @@ class DemoWorld:
 
     def expected_containers(self, stack: str) -> set[str]:
         """Container names of the always-on docker members of ``stack``."""
-        return {self.config.models[n].docker.container  # type: ignore[union-attr]
-                for n in self._always_on(stack, Runtime.docker)}
+        return {
+            self.config.models[n].docker.container  # type: ignore[union-attr]
+            for n in self._always_on(stack, Runtime.docker)
+        }
 
     def expected_engines(self, stack: str) -> set[str]:
         """Members of ``stack`` that run as an engine process, always on."""
@@ -120,13 +126,18 @@ class DemoWorld:
 
     def expected_loaded(self, stack: str) -> set[str]:
         """Ollama tags of the always-on Ollama members of ``stack``."""
-        return {self.config.models[n].ollama.tag  # type: ignore[union-attr]
-                for n in self._always_on(stack, Runtime.ollama)}
+        return {
+            self.config.models[n].ollama.tag  # type: ignore[union-attr]
+            for n in self._always_on(stack, Runtime.ollama)
+        }
 
     def _always_on(self, stack: str, runtime: Runtime) -> list[str]:
         models = self.config.models
-        return [n for n in self.config.stacks[stack].member_names
-                if models[n].runtime == runtime and models[n].lifecycle == Lifecycle.always_on]
+        return [
+            n
+            for n in self.config.stacks[stack].member_names
+            if models[n].runtime == runtime and models[n].lifecycle == Lifecycle.always_on
+        ]
 
     # ---- what really runs
 
@@ -182,8 +193,11 @@ class DemoWorld:
         engines, wanted_engines = self.running_engines(), self.expected_engines(stack)
         if set(engines) != wanted_engines:
             out.append(f"engine processes: running {engines}, {stack} wants {sorted(wanted_engines)}")
-        out += [f"engine processes: {member} runs {len(pids)} engines {pids}; one at most"
-                for member, pids in engines.items() if len(pids) > 1]
+        out += [
+            f"engine processes: {member} runs {len(pids)} engines {pids}; one at most"
+            for member, pids in engines.items()
+            if len(pids) > 1
+        ]
         loaded, wanted_tags = self.loaded_tags(), self.expected_loaded(stack)
         if loaded != wanted_tags:
             out.append(f"ollama: loaded {sorted(loaded)}, {stack} wants {sorted(wanted_tags)}")
@@ -202,8 +216,11 @@ class DemoWorld:
 
 def engines_in_status(status: Mapping[str, Any]) -> dict[str, int]:
     """Member -> engine PID, as the daemon's ``/status`` shows its process members."""
-    return {m["name"]: m["process"]["pid"] for m in status["members"]
-            if m["runtime"] == "process" and (m.get("process") or {}).get("pid") is not None}
+    return {
+        m["name"]: m["process"]["pid"]
+        for m in status["members"]
+        if m["runtime"] == "process" and (m.get("process") or {}).get("pid") is not None
+    }
 
 
 def remove_run_containers(client: docker.DockerClient, run: str) -> None:
@@ -212,8 +229,13 @@ def remove_run_containers(client: docker.DockerClient, run: str) -> None:
             container.remove(force=True)
 
 
-def write_demo_config(directory: Path, run: str, sims: Sims, changes: Mapping[str, ModelChange] | None = None,
-                      default_stack: str | None = None) -> Path:
+def write_demo_config(
+    directory: Path,
+    run: str,
+    sims: Sims,
+    changes: Mapping[str, ModelChange] | None = None,
+    default_stack: str | None = None,
+) -> Path:
     """Write the demo config of ``run`` into ``directory``; returns its path."""
     raw: dict[str, Any] = yaml.safe_load(DEMO_CONFIG.read_text())
     if default_stack is not None:
@@ -240,8 +262,9 @@ def write_demo_config(directory: Path, run: str, sims: Sims, changes: Mapping[st
             process["env"] = {**process["env"], **change.env}
             if change.model_path is not None:
                 process.pop("model_package", None)
-                process["command"] = [change.model_path if arg == "${MODEL_PATH}" else arg
-                                      for arg in process["command"]]
+                process["command"] = [
+                    change.model_path if arg == "${MODEL_PATH}" else arg for arg in process["command"]
+                ]
         else:
             spec = model["docker"]["spec"]
             spec["env"] = {**spec.get("env", {}), **change.env}
@@ -260,13 +283,19 @@ def _host_port(url: str) -> str:
     return url.split("//", 1)[1].split("/", 1)[0]
 
 
-def make_world(directory: Path, client: docker.DockerClient, sims: Sims,
-               changes: Mapping[str, ModelChange] | None = None, default_stack: str | None = None) -> DemoWorld:
+def make_world(
+    directory: Path,
+    client: docker.DockerClient,
+    sims: Sims,
+    changes: Mapping[str, ModelChange] | None = None,
+    default_stack: str | None = None,
+) -> DemoWorld:
     """A demo config of a new run in ``directory`` (remove its containers with ``remove_containers``)."""
     run = uuid.uuid4().hex[:8]
     path = write_demo_config(directory, run, sims, changes, default_stack)
-    return DemoWorld(run=run, path=path, config=load_config(path, {API_KEY_ENV: API_KEY}), sims=sims,
-                     docker=client)
+    return DemoWorld(
+        run=run, path=path, config=load_config(path, {API_KEY_ENV: API_KEY}), sims=sims, docker=client
+    )
 
 
 WorldFactory = Callable[..., DemoWorld]
@@ -294,8 +323,13 @@ def sims() -> Iterator[Sims]:
 
 
 @pytest.fixture
-def demo_worlds(tmp_path: Path, docker_engine: docker.DockerClient, demo_image: str, sims: Sims,
-                monkeypatch: pytest.MonkeyPatch) -> Iterator[WorldFactory]:
+def demo_worlds(
+    tmp_path: Path,
+    docker_engine: docker.DockerClient,
+    demo_image: str,
+    sims: Sims,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[WorldFactory]:
     """``new(changes=None, default_stack=None) -> DemoWorld``; every container of each world made
     is removed at teardown. The cloud members' key variable is set for in-process daemons."""
     require_the_local_engine()

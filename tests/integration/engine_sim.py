@@ -75,10 +75,12 @@ def main() -> None:
 
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     if args.exit_after is not None:
+
         def die() -> None:
             time.sleep(args.exit_after)
             print("fatal: simulated crash", flush=True)
             os._exit(args.exit_code)
+
         threading.Thread(target=die, daemon=True).start()
     print("ready", flush=True)
     server.serve_forever()

@@ -51,14 +51,16 @@ def demo_model(
     runtime: dict[str, Any] = {"container": container, "stop_timeout_s": stop_timeout_s}
     if with_spec:
         runtime["spec"] = spec
-    return Model.model_validate({
-        "runtime": "docker",
-        "placement": "gpu",
-        "api": "openai",
-        "endpoint": f"http://127.0.0.1:{port}/v1",
-        "health": {"path": "/health", "timeout_s": 1, "start_timeout_s": start_timeout_s},
-        "docker": runtime,
-    })
+    return Model.model_validate(
+        {
+            "runtime": "docker",
+            "placement": "gpu",
+            "api": "openai",
+            "endpoint": f"http://127.0.0.1:{port}/v1",
+            "health": {"path": "/health", "timeout_s": 1, "start_timeout_s": start_timeout_s},
+            "docker": runtime,
+        }
+    )
 
 
 async def http_status(url: str) -> int:
@@ -91,7 +93,9 @@ def inspect(engine: docker.DockerClient, name: str) -> dict[str, Any]:
 
 
 async def test_creates_from_spec_and_waits_for_http_health_on_loopback(
-    driver: DockerContainerDriver, docker_engine: docker.DockerClient, container_name: Callable[[], str],
+    driver: DockerContainerDriver,
+    docker_engine: docker.DockerClient,
+    container_name: Callable[[], str],
     free_port: Callable[[], int],
 ) -> None:
     name, port = container_name(), free_port()
@@ -113,7 +117,9 @@ async def test_creates_from_spec_and_waits_for_http_health_on_loopback(
 
 
 async def test_ready_comes_from_docker_healthcheck_when_the_container_has_one(
-    docker_engine: docker.DockerClient, demo_image: str, container_name: Callable[[], str],
+    docker_engine: docker.DockerClient,
+    demo_image: str,
+    container_name: Callable[[], str],
     free_port: Callable[[], int],
 ) -> None:
     checker = NeverHealthy()
@@ -129,12 +135,15 @@ async def test_ready_comes_from_docker_healthcheck_when_the_container_has_one(
 
 
 async def test_stop_waits_for_the_grace_period_then_kills(
-    driver: DockerContainerDriver, docker_engine: docker.DockerClient, container_name: Callable[[], str],
+    driver: DockerContainerDriver,
+    docker_engine: docker.DockerClient,
+    container_name: Callable[[], str],
     free_port: Callable[[], int],
 ) -> None:
     ignore_sigterm = "trap '' TERM; echo ok >/www/health; httpd -f -p 8000 -h /www"
-    stubborn = demo_model(container_name(), free_port(), command=["sh", "-c", ignore_sigterm],
-                          stop_timeout_s=2)
+    stubborn = demo_model(
+        container_name(), free_port(), command=["sh", "-c", ignore_sigterm], stop_timeout_s=2
+    )
     polite = demo_model(container_name(), free_port(), stop_timeout_s=10)
     await driver.ensure_running("stubborn", stubborn)
     await driver.ensure_running("polite", polite)
@@ -153,7 +162,9 @@ async def test_stop_waits_for_the_grace_period_then_kills(
 
 
 async def test_ensure_running_and_ensure_stopped_are_idempotent(
-    driver: DockerContainerDriver, docker_engine: docker.DockerClient, container_name: Callable[[], str],
+    driver: DockerContainerDriver,
+    docker_engine: docker.DockerClient,
+    container_name: Callable[[], str],
     free_port: Callable[[], int],
 ) -> None:
     name, port = container_name(), free_port()
@@ -177,7 +188,9 @@ async def test_ensure_running_and_ensure_stopped_are_idempotent(
 
 
 async def test_running_reflects_what_the_engine_runs(
-    driver: DockerContainerDriver, docker_engine: docker.DockerClient, container_name: Callable[[], str],
+    driver: DockerContainerDriver,
+    docker_engine: docker.DockerClient,
+    container_name: Callable[[], str],
     free_port: Callable[[], int],
 ) -> None:
     models = {
@@ -200,12 +213,17 @@ async def test_running_reflects_what_the_engine_runs(
 
 
 async def test_containers_the_config_does_not_declare_are_never_touched(
-    driver: DockerContainerDriver, docker_engine: docker.DockerClient, demo_image: str,
-    container_name: Callable[[], str], free_port: Callable[[], int],
+    driver: DockerContainerDriver,
+    docker_engine: docker.DockerClient,
+    demo_image: str,
+    container_name: Callable[[], str],
+    free_port: Callable[[], int],
 ) -> None:
     # A foreign container, even one carrying stackd's labels, started by hand.
     foreign = docker_engine.containers.run(
-        demo_image, name=container_name(), detach=True,
+        demo_image,
+        name=container_name(),
+        detach=True,
         labels={"stackd.managed": "true", "stackd.model": "orchestrator"},
     )
     # A declared name that Docker would resolve to the foreign container's ID prefix.
@@ -224,7 +242,9 @@ async def test_containers_the_config_does_not_declare_are_never_touched(
 
 
 async def test_missing_image_is_a_clear_driver_failure(
-    driver: DockerContainerDriver, docker_engine: docker.DockerClient, container_name: Callable[[], str],
+    driver: DockerContainerDriver,
+    docker_engine: docker.DockerClient,
+    container_name: Callable[[], str],
     free_port: Callable[[], int],
 ) -> None:
     name = container_name()
@@ -237,11 +257,16 @@ async def test_missing_image_is_a_clear_driver_failure(
 
 @pytest.mark.parametrize("docker_healthcheck", [False, True], ids=["http-health", "docker-healthcheck"])
 async def test_failing_health_fails_within_the_start_timeout(
-    driver: DockerContainerDriver, container_name: Callable[[], str], free_port: Callable[[], int],
+    driver: DockerContainerDriver,
+    container_name: Callable[[], str],
+    free_port: Callable[[], int],
     docker_healthcheck: bool,
 ) -> None:
     model = demo_model(
-        container_name(), free_port(), env={"FAIL_HEALTH": "1"}, start_timeout_s=3,
+        container_name(),
+        free_port(),
+        env={"FAIL_HEALTH": "1"},
+        start_timeout_s=3,
         healthcheck=WGET_HEALTH if docker_healthcheck else None,
     )
 
@@ -258,10 +283,14 @@ async def test_failing_health_fails_within_the_start_timeout(
 
 
 async def test_a_container_that_exits_while_starting_fails_fast_with_its_logs(
-    driver: DockerContainerDriver, container_name: Callable[[], str], free_port: Callable[[], int],
+    driver: DockerContainerDriver,
+    container_name: Callable[[], str],
+    free_port: Callable[[], int],
 ) -> None:
     model = demo_model(
-        container_name(), free_port(), command=["sh", "-c", "echo 'CUDA out of memory'; exit 3"],
+        container_name(),
+        free_port(),
+        command=["sh", "-c", "echo 'CUDA out of memory'; exit 3"],
         start_timeout_s=60,
     )
 
@@ -272,7 +301,9 @@ async def test_a_container_that_exits_while_starting_fails_fast_with_its_logs(
 
 
 async def test_a_stopped_managed_container_with_an_edited_spec_is_recreated(
-    driver: DockerContainerDriver, docker_engine: docker.DockerClient, container_name: Callable[[], str],
+    driver: DockerContainerDriver,
+    docker_engine: docker.DockerClient,
+    container_name: Callable[[], str],
     free_port: Callable[[], int],
 ) -> None:
     name, port = container_name(), free_port()
@@ -291,7 +322,9 @@ async def test_a_stopped_managed_container_with_an_edited_spec_is_recreated(
 
 
 async def test_gpu_spec_requests_the_configured_device(
-    docker_engine: docker.DockerClient, demo_image: str, container_name: Callable[[], str],
+    docker_engine: docker.DockerClient,
+    demo_image: str,
+    container_name: Callable[[], str],
     free_port: Callable[[], int],
 ) -> None:
     driver = DockerContainerDriver(gpu_device=1)
@@ -328,7 +361,9 @@ async def test_unreachable_engine_is_driver_unavailable_naming_docker_host(
 
 
 async def test_every_docker_member_of_the_demo_config_starts_and_gets_ready(
-    driver: DockerContainerDriver, docker_engine: docker.DockerClient, container_name: Callable[[], str],
+    driver: DockerContainerDriver,
+    docker_engine: docker.DockerClient,
+    container_name: Callable[[], str],
     free_port: Callable[[], int],
 ) -> None:
     config = load_config(REPO / "config" / "examples" / "demo.yaml", env={})

@@ -58,8 +58,12 @@ def closed_port() -> int:
 
 
 def test_an_absolute_health_path_replaces_the_endpoint_path() -> None:
-    assert health_url(model("http://127.0.0.1:8120/v1", {"path": "/health"})) == "http://127.0.0.1:8120/health"
-    assert health_url(model("http://127.0.0.1:8120/v1", {"path": "health"})) == "http://127.0.0.1:8120/v1/health"
+    assert (
+        health_url(model("http://127.0.0.1:8120/v1", {"path": "/health"})) == "http://127.0.0.1:8120/health"
+    )
+    assert (
+        health_url(model("http://127.0.0.1:8120/v1", {"path": "health"})) == "http://127.0.0.1:8120/v1/health"
+    )
     assert health_url(model("http://127.0.0.1:8188", None)) == "http://127.0.0.1:8188/"
     ollama = model(None, None, runtime="ollama")
     assert health_url(ollama, "http://127.0.0.1:11500") == "http://127.0.0.1:11500/"

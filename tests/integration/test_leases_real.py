@@ -30,7 +30,8 @@ def container(world: DemoWorld, model: str) -> str:
 
 
 async def test_a_lease_starts_vision_healthy_and_flux_evicts_it_once_released(
-    demo_worlds: WorldFactory, tmp_path: Path,  # noqa: F811
+    demo_worlds: WorldFactory,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     world = demo_worlds()
     async with serve_in_process(world.path, tmp_path / "state") as daemon:

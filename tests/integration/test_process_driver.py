@@ -30,17 +30,27 @@ ENGINE = str(Path(__file__).with_name("engine_sim.py"))
 
 
 def engine_model(*flags: str, start_timeout_s: float = 20, **process: Any) -> Model:
-    return Model.model_validate({
-        "runtime": "process", "placement": "cpu", "api": "openai", "memory_gb": 0.1,
-        "health": {"path": "/v1/models", "start_timeout_s": start_timeout_s},
-        "process": {"command": [sys.executable, ENGINE, "--port", "${PORT}", *flags],
-                    "stop_grace_s": 1, **process},
-    })
+    return Model.model_validate(
+        {
+            "runtime": "process",
+            "placement": "cpu",
+            "api": "openai",
+            "memory_gb": 0.1,
+            "health": {"path": "/v1/models", "start_timeout_s": start_timeout_s},
+            "process": {
+                "command": [sys.executable, ENGINE, "--port", "${PORT}", *flags],
+                "stop_grace_s": 1,
+                **process,
+            },
+        }
+    )
 
 
 @pytest.fixture
 async def driver(tmp_path: Path) -> AsyncIterator[LocalProcessDriver]:
-    d = LocalProcessDriver(tmp_path / "state", ProcessTable(tmp_path / "state" / "stackd.db"), LiveEndpoints())
+    d = LocalProcessDriver(
+        tmp_path / "state", ProcessTable(tmp_path / "state" / "stackd.db"), LiveEndpoints()
+    )
     yield d
     await d.aclose()
 
@@ -49,8 +59,9 @@ def group_alive(pid: int) -> bool:
     return bool(pg.group_members(pid))
 
 
-async def test_start_waits_for_health_then_stop_leaves_nothing_of_the_group(driver: LocalProcessDriver,
-                                                                           tmp_path: Path) -> None:
+async def test_start_waits_for_health_then_stop_leaves_nothing_of_the_group(
+    driver: LocalProcessDriver, tmp_path: Path
+) -> None:
     model = engine_model("--ready-after", "0.5", "--hog-mib", "64")
     began = time.monotonic()
     await driver.ensure_running("eng", model)
@@ -75,7 +86,8 @@ async def test_start_waits_for_health_then_stop_leaves_nothing_of_the_group(driv
 
 
 async def test_an_engine_that_exits_fails_the_start_at_once_with_its_last_lines(
-        driver: LocalProcessDriver) -> None:
+    driver: LocalProcessDriver,
+) -> None:
     model = engine_model("--exit-now", "--exit-code", "3")
     began = time.monotonic()
     with pytest.raises(DriverFailed) as failed:
@@ -110,10 +122,21 @@ async def test_stop_escalates_to_sigkill_and_takes_the_grandchild_too(driver: Lo
 
 async def test_an_engine_that_dies_is_seen_and_restarted_with_a_new_pid(tmp_path: Path) -> None:
     exits: list[tuple[str, str]] = []
-    d = LocalProcessDriver(tmp_path / "s", ProcessTable(tmp_path / "s" / "db"), LiveEndpoints(),
-                           on_exit=lambda m, why: exits.append((m, why)))
-    model = engine_model("--exit-after", "0.5", "--exit-code", "7", restart="on-failure",
-                         restart_limit=2, restart_backoff_s=0.1)
+    d = LocalProcessDriver(
+        tmp_path / "s",
+        ProcessTable(tmp_path / "s" / "db"),
+        LiveEndpoints(),
+        on_exit=lambda m, why: exits.append((m, why)),
+    )
+    model = engine_model(
+        "--exit-after",
+        "0.5",
+        "--exit-code",
+        "7",
+        restart="on-failure",
+        restart_limit=2,
+        restart_backoff_s=0.1,
+    )
     try:
         await d.ensure_running("eng", model)
         first = d.processes()[0].pid
@@ -207,12 +230,13 @@ async def test_a_fixed_port_in_use_is_refused_with_the_fix(driver: LocalProcessD
             await driver.ensure_running("eng", engine_model(port=port))
 
 
-async def test_model_package_is_assembled_once_into_the_state_dir(driver: LocalProcessDriver,
-                                                                 tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_model_package_is_assembled_once_into_the_state_dir(
+    driver: LocalProcessDriver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pkg = tmp_path / "pkgs" / "fake_gguf_pkg"
     pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text(textwrap.dedent("""
+    (pkg / "__init__.py").write_text(
+        textwrap.dedent("""
         from pathlib import Path
         MODEL_NAME = "fake.gguf"
         CALLS = Path(__file__).with_name("calls")
@@ -221,7 +245,8 @@ async def test_model_package_is_assembled_once_into_the_state_dir(driver: LocalP
                 f.write("x")
             Path(output_path).write_bytes(b"GGUF")
             return Path(output_path)
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
     model = engine_model(model_package="fake_gguf_pkg")
     await driver.ensure_running("eng", model)
@@ -278,13 +303,18 @@ async def test_an_adopted_engine_that_dies_is_restarted_by_its_policy(tmp_path: 
         await first.aclose()
 
 
-async def test_an_engine_is_not_given_stackd_s_tokens_or_cloud_keys(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_an_engine_is_not_given_stackd_s_tokens_or_cloud_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("STACKD_TOKEN", "canary-token")
     monkeypatch.setenv("GEMINI_API_KEY", "canary-key")
     monkeypatch.setenv("HF_HOME", "/models")  # an ordinary variable is inherited
-    d = LocalProcessDriver(tmp_path / "s", ProcessTable(tmp_path / "s" / "db"), LiveEndpoints(),
-                           withheld_env=frozenset({"STACKD_TOKEN", "GEMINI_API_KEY"}))
+    d = LocalProcessDriver(
+        tmp_path / "s",
+        ProcessTable(tmp_path / "s" / "db"),
+        LiveEndpoints(),
+        withheld_env=frozenset({"STACKD_TOKEN", "GEMINI_API_KEY"}),
+    )
     try:
         await d.ensure_running("eng", engine_model())
         pid = d.processes()[0].pid

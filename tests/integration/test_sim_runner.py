@@ -59,7 +59,9 @@ def test_sim_demo_serves_every_simulator_the_demo_config_points_at(tmp_path: Pat
     for name, model in raw["models"].items():  # the demo's own 8300-8303 may be taken on this machine
         if model["runtime"] == "remote":
             ports[name] = _free_port()
-            model["endpoint"] = model["endpoint"].replace(f":{urlsplit(model['endpoint']).port}", f":{ports[name]}")
+            model["endpoint"] = model["endpoint"].replace(
+                f":{urlsplit(model['endpoint']).port}", f":{ports[name]}"
+            )
     assert len(ports) == 4
     config_path = tmp_path / "demo.yaml"
     config_path.write_text(yaml.safe_dump(raw, sort_keys=False))

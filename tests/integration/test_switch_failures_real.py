@@ -44,8 +44,14 @@ async def assert_started_on(world: DemoWorld, daemon: InProcessDaemon, stack: st
     return await asyncio.to_thread(world.engine_starts)
 
 
-async def assert_previous_intact(world: DemoWorld, daemon: InProcessDaemon, previous: str,
-                                 switch: Mapping[str, Any], engines: Engines, *phrases: str) -> None:
+async def assert_previous_intact(
+    world: DemoWorld,
+    daemon: InProcessDaemon,
+    previous: str,
+    switch: Mapping[str, Any],
+    engines: Engines,
+    *phrases: str,
+) -> None:
     """The switch was rolled back, ``previous`` runs exactly (its engine processes are the very
     ones of ``engines``), and its error is in the answer and /status."""
     error = switch["error"] or ""
@@ -75,8 +81,13 @@ async def assert_previous_intact(world: DemoWorld, daemon: InProcessDaemon, prev
     ],
 )
 async def test_a_member_failing_its_health_check_leaves_the_previous_stack_running(
-    demo_worlds: WorldFactory, tmp_path: Path, member: str, previous: str, target: str,  # noqa: F811
-    healthcheck: bool, why: str,
+    demo_worlds: WorldFactory,  # noqa: F811
+    tmp_path: Path,
+    member: str,
+    previous: str,
+    target: str,
+    healthcheck: bool,
+    why: str,
 ) -> None:
     change = ModelChange(env={"FAIL_HEALTH": "1"}, start_timeout_s=3, docker_healthcheck=healthcheck)
     world = demo_worlds({member: change}, previous)
@@ -85,59 +96,86 @@ async def test_a_member_failing_its_health_check_leaves_the_previous_stack_runni
         assert set(engines) == world.expected_engines(previous)
         switch = await daemon.switch(target)
         container = world.config.models[member].docker.container  # type: ignore[union-attr]
-        await assert_previous_intact(world, daemon, previous, switch, engines, f"start_container {member}",
-                                     f"container '{container}' of model '{member}' was not ready within 3 s",
-                                     why)
+        await assert_previous_intact(
+            world,
+            daemon,
+            previous,
+            switch,
+            engines,
+            f"start_container {member}",
+            f"container '{container}' of model '{member}' was not ready within 3 s",
+            why,
+        )
         if not engines:  # the orchestrator's engine was started, and stopped again by the undo
             assert any(e.get("step", {}).get("kind") == "start_process" for e in switch["events"])
 
 
 async def test_an_engine_process_that_exits_before_it_is_ready_leaves_the_previous_stack_running(
-    demo_worlds: WorldFactory, tmp_path: Path,  # noqa: F811
+    demo_worlds: WorldFactory,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     world = demo_worlds({"orchestrator-8b": ModelChange(model_path=MISSING_MODEL)}, "ollama-only")
     async with serve_in_process(world.path, tmp_path / "state") as daemon:
         engines = await assert_started_on(world, daemon, "ollama-only")
         switch = await daemon.switch("cloud-offload")
-        await assert_previous_intact(world, daemon, "ollama-only", switch, engines,
-                                     "start_process orchestrator-8b",
-                                     "process member 'orchestrator-8b' exited with code 1 before it was ready",
-                                     f"Model path does not exist: {MISSING_MODEL}",  # its last log line
-                                     f"full log: {tmp_path / 'state' / 'logs' / 'orchestrator-8b.log'}")
+        await assert_previous_intact(
+            world,
+            daemon,
+            "ollama-only",
+            switch,
+            engines,
+            "start_process orchestrator-8b",
+            "process member 'orchestrator-8b' exited with code 1 before it was ready",
+            f"Model path does not exist: {MISSING_MODEL}",  # its last log line
+            f"full log: {tmp_path / 'state' / 'logs' / 'orchestrator-8b.log'}",
+        )
 
 
 async def test_a_missing_image_leaves_the_previous_stack_running(
-    demo_worlds: WorldFactory, tmp_path: Path,  # noqa: F811
+    demo_worlds: WorldFactory,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     world = demo_worlds({"embeddings-nomic": ModelChange(image=MISSING_IMAGE)}, "ollama-hybrid")
     async with serve_in_process(world.path, tmp_path / "state") as daemon:
         engines = await assert_started_on(world, daemon, "ollama-hybrid")
         switch = await daemon.switch("cloud-offload")
-        await assert_previous_intact(world, daemon, "ollama-hybrid", switch, engines,
-                                     "start_container embeddings-nomic", f"image '{MISSING_IMAGE}' not found locally")
+        await assert_previous_intact(
+            world,
+            daemon,
+            "ollama-hybrid",
+            switch,
+            engines,
+            "start_container embeddings-nomic",
+            f"image '{MISSING_IMAGE}' not found locally",
+        )
 
 
 async def test_an_ollama_pull_failing_half_way_leaves_the_previous_stack_running(
-    demo_worlds: WorldFactory, tmp_path: Path,  # noqa: F811
+    demo_worlds: WorldFactory,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     world = demo_worlds()
     async with serve_in_process(world.path, tmp_path / "state") as daemon:
         engines = await assert_started_on(world, daemon, "cloud-offload")
         world.sims.ollama.set_fault("pull_fails_halfway")
         switch = await daemon.switch("elastic-hybrid")
-        await assert_previous_intact(world, daemon, "cloud-offload", switch, engines, "pull_model",
-                                     "max retries exceeded")
+        await assert_previous_intact(
+            world, daemon, "cloud-offload", switch, engines, "pull_model", "max retries exceeded"
+        )
         progress = [e for e in switch["events"] if e["type"] == "pull_progress" and e.get("completed")]
         assert progress, "the pull failed before any progress: not half-way"
-        assert all(world.sims.ollama.server.pulled_file(t) is None  # type: ignore[attr-defined]
-                   for t in ("nemotron-elastic:12b", "nemotron-elastic:9b", "nemotron-elastic:6b"))
+        assert all(
+            world.sims.ollama.server.pulled_file(t) is None  # type: ignore[attr-defined]
+            for t in ("nemotron-elastic:12b", "nemotron-elastic:9b", "nemotron-elastic:6b")
+        )
         world.sims.ollama.set_fault("none")
         assert (await daemon.switch("elastic-hybrid"))["state"] == "succeeded"
         assert await asyncio.to_thread(world.differences, "elastic-hybrid") == []
 
 
 async def test_ollama_down_leaves_the_previous_stack_running(
-    demo_worlds: WorldFactory, tmp_path: Path,  # noqa: F811
+    demo_worlds: WorldFactory,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     world = demo_worlds()
     async with serve_in_process(world.path, tmp_path / "state") as daemon:
@@ -147,5 +185,11 @@ async def test_ollama_down_leaves_the_previous_stack_running(
         status = await daemon.get("/status")
         assert "not reachable" in status["engines"]["ollama"]
         world.sims.ollama.set_fault("none")  # so that /api/ps can show that nothing was loaded
-        await assert_previous_intact(world, daemon, "cloud-offload", switch, engines,
-                                     f"Ollama not reachable at {world.sims.ollama.url}")
+        await assert_previous_intact(
+            world,
+            daemon,
+            "cloud-offload",
+            switch,
+            engines,
+            f"Ollama not reachable at {world.sims.ollama.url}",
+        )

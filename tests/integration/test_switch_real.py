@@ -36,8 +36,12 @@ pytestmark = pytest.mark.docker
 # An Eulerian circuit of the complete directed graph on the four stacks: each ordered pair once.
 A, B, C, D = STACKS
 TOUR = (A, B, C, D, A, C, B, D, C, A, D, B, A)
-QUESTION = {"model": "orchestrator", "max_tokens": 12, "temperature": 0,
-            "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+QUESTION = {
+    "model": "orchestrator",
+    "max_tokens": 12,
+    "temperature": 0,
+    "messages": [{"role": "user", "content": "What is the capital of France?"}],
+}
 
 
 def test_the_tour_covers_every_ordered_pair_once() -> None:
@@ -73,7 +77,8 @@ async def assert_the_orchestrator_answers(world: DemoWorld, daemon: InProcessDae
 
 
 async def test_every_ordered_pair_switches_exactly_and_a_restart_keeps_the_stack(
-    demo_worlds: WorldFactory, tmp_path: Path,  # noqa: F811
+    demo_worlds: WorldFactory,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     world = demo_worlds()
     state = tmp_path / "state"
@@ -105,14 +110,16 @@ async def test_every_ordered_pair_switches_exactly_and_a_restart_keeps_the_stack
 
 
 def test_the_daemon_process_keeps_the_active_stack_across_a_restart(
-    demo_worlds: WorldFactory, tmp_path: Path,  # noqa: F811
+    demo_worlds: WorldFactory,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     world = demo_worlds()
     daemon = start_daemon(tmp_path, "--no-periodic", config=str(world.path), env_extra=world.env())
     try:
         auth = {"Authorization": f"Bearer {daemon.token}"}
-        switched = httpx.post(f"{daemon.url}/model-stacks/switch", json={"stack": "elastic-hybrid"},
-                              headers=auth, timeout=120).json()
+        switched = httpx.post(
+            f"{daemon.url}/model-stacks/switch", json={"stack": "elastic-hybrid"}, headers=auth, timeout=120
+        ).json()
         assert switched["state"] == "succeeded", switched["error"]
         assert world.differences("elastic-hybrid") == []
     finally:

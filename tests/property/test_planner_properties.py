@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 from stackd.config.models import Lifecycle, Model, Placement, Runtime, StacksConfig
 from stackd.hardware.types import GpuDevice, HardwareSnapshot
-from stackd.plan import (
+from stackd.planner import bindings_after_each_step, plan_switch, simulate_vram
+from stackd.planner.plan import (
     BindRole,
     LoadModel,
     ObservedState,
@@ -33,7 +34,6 @@ from stackd.plan import (
     UnbindRole,
     UnloadModel,
 )
-from stackd.planner import bindings_after_each_step, plan_switch, simulate_vram
 
 GIB = 1024
 ROLES = ["orchestrator", "embeddings", "vision", "reasoning", "reflex"]
@@ -54,16 +54,34 @@ def _model(draw: st.DrawFn, name: str, kind: str) -> dict[str, Any]:
     if on_demand and kind == "gpu" and draw(st.booleans()):
         spec["swap_group"] = draw(st.sampled_from(["creative", "vision"]))
     if kind == "remote":
-        return {"runtime": "remote", "placement": "cloud", "api": "openai",
-                "endpoint": "http://127.0.0.1:9999/v1", "remote": {}}
+        return {
+            "runtime": "remote",
+            "placement": "cloud",
+            "api": "openai",
+            "endpoint": "http://127.0.0.1:9999/v1",
+            "remote": {},
+        }
     size = draw(st.integers(1, 48)) / 2  # 0.5 .. 24 GiB
     if kind == "gpu" and draw(st.booleans()):
-        return {**spec, "runtime": "docker", "placement": "gpu", "api": "openai", "memory_gb": size,
-                "endpoint": "http://127.0.0.1:9000/v1", "docker": {"container": f"c-{name}"}}
+        return {
+            **spec,
+            "runtime": "docker",
+            "placement": "gpu",
+            "api": "openai",
+            "memory_gb": size,
+            "endpoint": "http://127.0.0.1:9000/v1",
+            "docker": {"container": f"c-{name}"},
+        }
     placement = "gpu" if kind == "gpu" else "cpu"
     options = {} if kind == "gpu" else {"num_gpu": 0}
-    return {**spec, "runtime": "ollama", "placement": placement, "api": "ollama", "memory_gb": size,
-            "ollama": {"tag": f"{name}:latest", "options": options}}
+    return {
+        **spec,
+        "runtime": "ollama",
+        "placement": placement,
+        "api": "ollama",
+        "memory_gb": size,
+        "ollama": {"tag": f"{name}:latest", "options": options},
+    }
 
 
 @st.composite
@@ -83,13 +101,15 @@ def configs(draw: st.DrawFn) -> StacksConfig:
                 roles[role] = draw(st.sampled_from(names))
         members = draw(st.lists(st.sampled_from(names), unique=True, max_size=3))
         stacks[f"s{s}"] = {"roles": roles, "members": members}
-    return StacksConfig.model_validate({
-        "default_stack": "s0",
-        "gpu": {"reserve_gb": draw(st.sampled_from([0, 1, 3]))},
-        "roles": {role: {"required": role == "orchestrator"} for role in ROLES},
-        "models": models,
-        "stacks": stacks,
-    })
+    return StacksConfig.model_validate(
+        {
+            "default_stack": "s0",
+            "gpu": {"reserve_gb": draw(st.sampled_from([0, 1, 3]))},
+            "roles": {role: {"required": role == "orchestrator"} for role in ROLES},
+            "models": models,
+            "stacks": stacks,
+        }
+    )
 
 
 def subset(draw: st.DrawFn, items: list[str]) -> frozenset[str]:
@@ -132,8 +152,11 @@ def gpu_mib_up(config: StacksConfig, observed: ObservedState) -> int:
 
 def target_gpu_need(config: StacksConfig, target: str) -> int:
     """MiB the target's GPU members need at rest: always-on ones plus each swap group's largest."""
-    gpu = [config.models[n] for n in config.stacks[target].member_names
-           if config.models[n].placement == Placement.gpu]
+    gpu = [
+        config.models[n]
+        for n in config.stacks[target].member_names
+        if config.models[n].placement == Placement.gpu
+    ]
     groups: dict[str, int] = {}
     for i, m in enumerate(gpu):
         if m.lifecycle == Lifecycle.on_demand:
@@ -186,13 +209,15 @@ def tight_gpu_switches(draw: st.DrawFn) -> Case:
                 roles[role] = draw(st.sampled_from(names))
         members = draw(st.lists(st.sampled_from(names), unique=True, max_size=2))
         stacks[stack] = {"roles": roles, "members": members}
-    config = StacksConfig.model_validate({
-        "default_stack": "a",
-        "gpu": {"reserve_gb": draw(st.sampled_from([0, 1, 3]))},
-        "roles": {role: {"required": role == "orchestrator"} for role in ROLES},
-        "models": models,
-        "stacks": stacks,
-    })
+    config = StacksConfig.model_validate(
+        {
+            "default_stack": "a",
+            "gpu": {"reserve_gb": draw(st.sampled_from([0, 1, 3]))},
+            "roles": {role: {"required": role == "orchestrator"} for role in ROLES},
+            "models": models,
+            "stacks": stacks,
+        }
+    )
     a = [(n, config.models[n]) for n in config.stacks["a"].member_names]
     tags = frozenset(m.ollama.tag for m in config.models.values() if m.ollama)
     observed = ObservedState(
@@ -215,6 +240,7 @@ def cases() -> st.SearchStrategy[Case]:
 
 
 # ------------------------------------------------------------------ the oracle: a replay written here
+
 
 def up(name: str, model: Model, observed: ObservedState) -> bool:
     if model.runtime == Runtime.docker:
@@ -272,6 +298,7 @@ def feasible_plan(case: Case) -> Plan | None:
 
 # ------------------------------------------------------------------ properties
 
+
 @PROPERTY
 @given(cases())
 def test_no_start_puts_vram_above_the_card(case: Case) -> None:
@@ -296,8 +323,7 @@ def test_the_orchestrator_keeps_a_backend_after_every_step(case: Case) -> None:
     states = replay(plan, case.config, case.observed)
     tables = [dict(case.observed.bindings), *bindings_after_each_step(plan, case.observed)]
     served = [
-        table.get("orchestrator") is not None
-        and can_serve(table["orchestrator"], case.config, now, pulled)
+        table.get("orchestrator") is not None and can_serve(table["orchestrator"], case.config, now, pulled)
         for table, now, pulled in zip(tables, states.up, states.pulled, strict=True)
     ]
     first = served.index(True) if True in served else len(served)
@@ -353,9 +379,13 @@ def test_a_feasible_plan_ends_in_the_target_stack(case: Case) -> None:
             assert name in final_up, (plan.steps, name)
     starts = {s.model for s in plan.steps if isinstance(s, StartContainer | LoadModel)}
     assert not {n for n in starts if case.config.models[n].lifecycle == Lifecycle.on_demand}
-    leftover = {n for n in final_up if n not in stack.member_names
-                and case.config.models[n].runtime != Runtime.remote
-                and not _shares_a_target_tag(case.config, stack.member_names, n)}
+    leftover = {
+        n
+        for n in final_up
+        if n not in stack.member_names
+        and case.config.models[n].runtime != Runtime.remote
+        and not _shares_a_target_tag(case.config, stack.member_names, n)
+    }
     assert not leftover, (plan.steps, leftover)
 
 
@@ -407,8 +437,12 @@ def test_a_switch_that_fits_at_rest_is_refused_only_when_the_orchestrator_cannot
     models, target = case.config.models, case.config.stacks[case.target]
     gpu_up = {n for n, m in models.items() if m.placement == Placement.gpu and up(n, m, case.observed)}
     old, new = case.observed.bindings["orchestrator"], target.roles["orchestrator"]
-    must_overlap = (old in gpu_up and old not in target.member_names
-                    and models[new].placement == Placement.gpu and new not in gpu_up)
+    must_overlap = (
+        old in gpu_up
+        and old not in target.member_names
+        and models[new].placement == Placement.gpu
+        and new not in gpu_up
+    )
     overlap_mib = sum(models[n].memory_mib for n in (gpu_up & set(target.member_names)) | {old, new})
     fits = not must_overlap or overlap_mib <= plan.vram.total_mib - plan.vram.reserve_mib
     assert plan.feasible == fits, (plan.steps, plan.refusals)

@@ -46,25 +46,46 @@ def fixed(total_gb: float) -> HardwareSnapshot:
 
 def gpu_model(container: str, gb: float, **extra: Any) -> dict[str, Any]:
     """A docker model on the GPU, as the YAML file would write it."""
-    return {"runtime": "docker", "placement": "gpu", "api": "openai", "endpoint": "http://127.0.0.1:9000/v1",
-            "memory_gb": gb, "docker": {"container": container}, **extra}
+    return {
+        "runtime": "docker",
+        "placement": "gpu",
+        "api": "openai",
+        "endpoint": "http://127.0.0.1:9000/v1",
+        "memory_gb": gb,
+        "docker": {"container": container},
+        **extra,
+    }
 
 
 def cpu_model(tag: str, gb: float, **extra: Any) -> dict[str, Any]:
     """An Ollama model kept on the CPU (num_gpu: 0)."""
-    return {"runtime": "ollama", "placement": "cpu", "api": "ollama", "memory_gb": gb,
-            "ollama": {"tag": tag, "options": {"num_gpu": 0}}, **extra}
+    return {
+        "runtime": "ollama",
+        "placement": "cpu",
+        "api": "ollama",
+        "memory_gb": gb,
+        "ollama": {"tag": tag, "options": {"num_gpu": 0}},
+        **extra,
+    }
 
 
-def small_config(models: dict[str, Any], stacks: dict[str, dict[str, Any]], *,
-                 reserve_gb: float = 0, total_gb: float | None = None,
-                 required_orchestrator: bool = True) -> StacksConfig:
+def small_config(
+    models: dict[str, Any],
+    stacks: dict[str, dict[str, Any]],
+    *,
+    reserve_gb: float = 0,
+    total_gb: float | None = None,
+    required_orchestrator: bool = True,
+) -> StacksConfig:
     roles = {role for stack in stacks.values() for role in stack.get("roles", {})}
-    return StacksConfig.model_validate({
-        "default_stack": next(iter(stacks)),
-        "gpu": {"reserve_gb": reserve_gb, **({"total_gb": total_gb} if total_gb else {})},
-        "roles": {role: {"required": required_orchestrator and role == "orchestrator"}
-                  for role in sorted(roles)},
-        "models": models,
-        "stacks": stacks,
-    })
+    return StacksConfig.model_validate(
+        {
+            "default_stack": next(iter(stacks)),
+            "gpu": {"reserve_gb": reserve_gb, **({"total_gb": total_gb} if total_gb else {})},
+            "roles": {
+                role: {"required": required_orchestrator and role == "orchestrator"} for role in sorted(roles)
+            },
+            "models": models,
+            "stacks": stacks,
+        }
+    )

@@ -186,9 +186,15 @@ async def test_config_reload_refuses_a_bad_file_and_keeps_the_running_config(tmp
     path.write_text(bundled)
     manager = world.manager()
     await manager.recover()
-    services = Services(settings=Settings(state_dir=tmp_path / "state", config=path), config=world.config,
-                        roles=manager.live_roles, manager=manager, read_hardware=lambda: world.hardware,
-                        token=TOKEN, token_source="test")
+    services = Services(
+        settings=Settings(state_dir=tmp_path / "state", config=path),
+        config=world.config,
+        roles=manager.live_roles,
+        manager=manager,
+        read_hardware=lambda: world.hardware,
+        token=TOKEN,
+        token_source="test",
+    )
     app = create_app(services, load_config=lambda: load_config(path, env={}))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://stackd") as client:
         path.write_text(bundled.replace("orchestrator: orchestrator-8b", "orchestrator: orchestrator-9b"))
@@ -198,8 +204,11 @@ async def test_config_reload_refuses_a_bad_file_and_keeps_the_running_config(tmp
         assert services.config is world.config and manager.config is world.config
         assert (await client.get("/model-stacks")).json()["active"] == "cloud-offload"
 
-        path.write_text(bundled.replace("description: Orchestrator and embeddings on the GPU",
-                                        "description: Reloaded description"))
+        path.write_text(
+            bundled.replace(
+                "description: Orchestrator and embeddings on the GPU", "description: Reloaded description"
+            )
+        )
         good = await client.post("/config/reload", headers=AUTH)
         assert good.status_code == 200, good.text
         assert manager.config is services.config is not world.config

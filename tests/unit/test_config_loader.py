@@ -31,8 +31,14 @@ def only(problems: list[Problem]) -> Problem:
 
 def test_bundled_config_loads_with_the_seed_stacks_and_the_embedded_ones() -> None:
     config = load_config(BUNDLED, env=NO_ENV)
-    assert sorted(config.stacks) == ["cloud-offload", "elastic-hybrid", "embedded", "embedded-long",
-                                     "ollama-hybrid", "ollama-only"]
+    assert sorted(config.stacks) == [
+        "cloud-offload",
+        "elastic-hybrid",
+        "embedded",
+        "embedded-long",
+        "ollama-hybrid",
+        "ollama-only",
+    ]
     assert config.fallback_stacks[-1] == "embedded"
     # ${PORT} & co. in a process section are the process runtime's, not environment variables.
     assert "${PORT}" in config.models["gemma-270m"].process.command  # type: ignore[union-attr]

@@ -102,28 +102,44 @@ def names(pid: int) -> str:
 
 
 def test_reads_devices_memory_in_mib_and_processes_of_both_kinds() -> None:
-    nvml = FakeNvml([
-        FakeGpu(b"NVIDIA GeForce RTX 5090", 32607, 16500,
+    nvml = FakeNvml(
+        [
+            FakeGpu(
+                b"NVIDIA GeForce RTX 5090",
+                32607,
+                16500,
                 compute=[Proc(4242, 13_000 * MIB)],
-                graphics=[Proc(1840, 900 * MIB), Proc(4242, 13_000 * MIB), Proc(77, None)]),
-        FakeGpu("NVIDIA H100 80GB HBM3", 81559, 0),
-    ])
+                graphics=[Proc(1840, 900 * MIB), Proc(4242, 13_000 * MIB), Proc(77, None)],
+            ),
+            FakeGpu("NVIDIA H100 80GB HBM3", 81559, 0),
+        ]
+    )
     devices, state = NvmlReader(nvml, name_of=names).read()
     assert state == "ok"
     assert devices == (
-        GpuDevice(0, "NVIDIA GeForce RTX 5090", 32607, 16500, 16107, (
-            GpuProcess(77, "pid 77", 0),  # usedGpuMemory None (WDDM): listed, holding 0 MiB
-            GpuProcess(1840, "Xorg", 900),
-            GpuProcess(4242, "vllm", 13_000),  # compute and graphics: counted once
-        )),
+        GpuDevice(
+            0,
+            "NVIDIA GeForce RTX 5090",
+            32607,
+            16500,
+            16107,
+            (
+                GpuProcess(77, "pid 77", 0),  # usedGpuMemory None (WDDM): listed, holding 0 MiB
+                GpuProcess(1840, "Xorg", 900),
+                GpuProcess(4242, "vllm", 13_000),  # compute and graphics: counted once
+            ),
+        ),
         GpuDevice(1, "NVIDIA H100 80GB HBM3", 81559, 0, 81559, ()),
     )
 
 
-@pytest.mark.parametrize(("error", "sentence"), [
-    (LIBRARY_NOT_FOUND, "no NVIDIA driver: libnvidia-ml.so.1 not found"),
-    (DRIVER_NOT_LOADED, "no NVIDIA driver: the kernel driver is not loaded (NVML: Driver Not Loaded)"),
-])
+@pytest.mark.parametrize(
+    ("error", "sentence"),
+    [
+        (LIBRARY_NOT_FOUND, "no NVIDIA driver: libnvidia-ml.so.1 not found"),
+        (DRIVER_NOT_LOADED, "no NVIDIA driver: the kernel driver is not loaded (NVML: Driver Not Loaded)"),
+    ],
+)
 def test_missing_driver_is_a_state_sentence_not_an_exception(error: Exception, sentence: str) -> None:
     if sys.platform == "win32":
         sentence = sentence.replace("libnvidia-ml.so.1", "nvml.dll")
@@ -204,5 +220,3 @@ def test_fake_matches_the_real_module_surface() -> None:
     assert called and all(callable(getattr(pynvml, n, None)) for n in called)
     assert issubclass(pynvml.NVMLError_LibraryNotFound, pynvml.NVMLError)
     assert LIBRARY_NOT_FOUND.value == pynvml.NVML_ERROR_LIBRARY_NOT_FOUND
-
-

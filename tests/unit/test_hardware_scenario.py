@@ -42,16 +42,25 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("devices:\n  - name: a\n    totl_mib: 100\n",
-     [":2: devices.0.total_mib: required key is missing", ":3: devices.0.totl_mib: unknown key"]),
-    ("devices:\n  - name: a\n    total_mib: 100\n    processes:\n      - {pid: 1, name: x, used_mib: -5}\n",
-     [":5: devices.0.processes.0.used_mib: Input should be greater than or equal to 0"]),
-    ("devices:\n  - name: a\n    total_mib: [\n", [":4: invalid YAML"]),
-    ("devices:\n  - name: a\n    total_mib: 100\n    processes:\n      - {pid: 1, name: x, used_mib: 150}\n",
-     [":4: devices.0.processes: processes hold 150 MiB but total_mib is 100"]),
-    ("", [":1: (file): Input should be a valid dictionary"]),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "devices:\n  - name: a\n    totl_mib: 100\n",
+            [":2: devices.0.total_mib: required key is missing", ":3: devices.0.totl_mib: unknown key"],
+        ),
+        (
+            "devices:\n  - name: a\n    total_mib: 100\n    processes:\n      - {pid: 1, name: x, used_mib: -5}\n",
+            [":5: devices.0.processes.0.used_mib: Input should be greater than or equal to 0"],
+        ),
+        ("devices:\n  - name: a\n    total_mib: [\n", [":4: invalid YAML"]),
+        (
+            "devices:\n  - name: a\n    total_mib: 100\n    processes:\n      - {pid: 1, name: x, used_mib: 150}\n",
+            [":4: devices.0.processes: processes hold 150 MiB but total_mib is 100"],
+        ),
+        ("", [":1: (file): Input should be a valid dictionary"]),
+    ],
+)
 def test_a_bad_scenario_names_file_line_and_field(tmp_path: Path, text: str, expected: list[str]) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as caught:

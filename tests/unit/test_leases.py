@@ -18,9 +18,9 @@ from stackd.api.app import create_app
 from stackd.errors import Conflict, DriverFailed, DriverUnavailable, NotFound
 from stackd.gpu.leases import Lease, LeaseCoordinator, LeaseRefused, decide_lease, leasable, swap_group
 from stackd.manager import ModelStackManager
-from stackd.periodic import PeriodicJobs
-from stackd.plan import ObservedState, StartContainer, StopContainer
+from stackd.manager.periodic import PeriodicJobs
 from stackd.planner import plan_switch
+from stackd.planner.plan import ObservedState, StartContainer, StopContainer
 from stackd.services import Services
 from stackd.settings import Settings
 from tests.unit.test_manager_world import (
@@ -40,7 +40,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 def running(*containers: str) -> ObservedState:
     names = {m.docker.container: n for n, m in CONFIG.models.items() if m.docker is not None}
-    return ObservedState(active_stack="cloud-offload", running_containers=frozenset(names[c] for c in containers))
+    return ObservedState(
+        active_stack="cloud-offload", running_containers=frozenset(names[c] for c in containers)
+    )
 
 
 # ---------------------------------------------------------------- the pure decision
@@ -73,15 +75,19 @@ def test_another_lease_on_the_same_model_shares_the_resident_container() -> None
     assert decision.refusal is None and decision.steps == (StartContainer(VISION, VISION_C),)
 
 
-@pytest.mark.parametrize(("stack", "model", "code", "says"), [
-    ("cloud-offload", "no-such-model", "unknown_model", "unknown model 'no-such-model'"),
-    ("cloud-offload", "orchestrator-8b", "not_on_demand", "orchestrator-8b is always_on"),
-    ("elastic-hybrid", "elastic-9b", "not_gpu", "elastic-9b is not a GPU container"),
-    ("ollama-hybrid", VISION, "not_member", "not a member of the active stack 'ollama-hybrid'"),
-    (None, VISION, "no_active_stack", "no stack is active"),
-])
-def test_what_cannot_be_leased_is_refused_with_the_reason(stack: str | None, model: str, code: str,
-                                                          says: str) -> None:
+@pytest.mark.parametrize(
+    ("stack", "model", "code", "says"),
+    [
+        ("cloud-offload", "no-such-model", "unknown_model", "unknown model 'no-such-model'"),
+        ("cloud-offload", "orchestrator-8b", "not_on_demand", "orchestrator-8b is always_on"),
+        ("elastic-hybrid", "elastic-9b", "not_gpu", "elastic-9b is not a GPU container"),
+        ("ollama-hybrid", VISION, "not_member", "not a member of the active stack 'ollama-hybrid'"),
+        (None, VISION, "no_active_stack", "no stack is active"),
+    ],
+)
+def test_what_cannot_be_leased_is_refused_with_the_reason(
+    stack: str | None, model: str, code: str, says: str
+) -> None:
     decision = decide_lease(CONFIG, stack, ObservedState(), [], model)
     assert decision.steps == () and decision.refusal is not None
     assert decision.refusal.code == code and says in decision.refusal.message
@@ -100,8 +106,9 @@ def test_one_resident_member_per_swap_group_always_fits_the_card() -> None:
         for name in members:
             if leasable(CONFIG.models[name]):
                 groups.setdefault(swap_group(name, CONFIG.models[name]), []).append(name)
-        assert plan.vram.swap_budget_mib == sum(max(CONFIG.models[n].memory_mib for n in g)
-                                                for g in groups.values())
+        assert plan.vram.swap_budget_mib == sum(
+            max(CONFIG.models[n].memory_mib for n in g) for g in groups.values()
+        )
         for residents in itertools.product(*[[None, *g] for g in groups.values()]):
             resident_mib = sum(CONFIG.models[n].memory_mib for n in residents if n is not None)
             assert plan.vram.reserve_mib + plan.vram.always_on_mib + resident_mib <= plan.vram.total_mib
@@ -151,7 +158,9 @@ async def test_acquiring_flux_stops_an_unleased_vision_first(world: World) -> No
     world.containers.actions.clear()
     await leases.acquire(FLUX)
     assert world.containers.actions == [("stop", VISION), ("start", FLUX)]
-    assert FLUX_C in world.containers.running_containers and VISION_C not in world.containers.running_containers
+    assert (
+        FLUX_C in world.containers.running_containers and VISION_C not in world.containers.running_containers
+    )
 
 
 async def test_a_lease_whose_start_fails_puts_the_evicted_member_back(world: World) -> None:
@@ -161,7 +170,9 @@ async def test_a_lease_whose_start_fails_puts_the_evicted_member_back(world: Wor
     world.containers.unhealthy.add(FLUX)  # starts, never becomes healthy
     with pytest.raises(DriverFailed, match="did not become healthy"):
         await leases.acquire(FLUX)
-    assert VISION_C in world.containers.running_containers and FLUX_C not in world.containers.running_containers
+    assert (
+        VISION_C in world.containers.running_containers and FLUX_C not in world.containers.running_containers
+    )
     assert leases.live() == []
 
 
@@ -285,10 +296,19 @@ class Daemon:
 async def daemon(world: World, tmp_path: Path) -> AsyncIterator[Daemon]:
     manager = await manager_on(world)
     leases = coordinator(world, manager)
-    services = Services(settings=Settings(state_dir=tmp_path / "state"), config=world.config,
-                        roles=manager.live_roles, manager=manager, read_hardware=lambda: world.hardware,
-                        token=TOKEN, token_source="test", leases=leases)
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(services)), base_url="http://stackd")
+    services = Services(
+        settings=Settings(state_dir=tmp_path / "state"),
+        config=world.config,
+        roles=manager.live_roles,
+        manager=manager,
+        read_hardware=lambda: world.hardware,
+        token=TOKEN,
+        token_source="test",
+        leases=leases,
+    )
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(services)), base_url="http://stackd"
+    )
     yield Daemon(world, leases, client)
     await client.aclose()
 
@@ -343,8 +363,9 @@ async def test_delete_and_renew_a_lease(daemon: Daemon) -> None:
     assert VISION_C not in daemon.world.containers.running_containers
 
 
-@pytest.mark.parametrize(("model", "status", "error"), [("nope", 404, "NotFound"),
-                                                        ("orchestrator-8b", 422, "LeaseRefused")])
+@pytest.mark.parametrize(
+    ("model", "status", "error"), [("nope", 404, "NotFound"), ("orchestrator-8b", 422, "LeaseRefused")]
+)
 async def test_what_the_config_refuses_is_refused_before_docker_is_asked(
     daemon: Daemon, model: str, status: int, error: str
 ) -> None:

@@ -62,9 +62,15 @@ def count_actions(world: World, previous: str, target: str) -> int:
 
 
 # The seed stacks (containers, Ollama) and the embedded ones (engine processes), across both kinds.
-PAIRS = [("cloud-offload", "ollama-only"), ("ollama-only", "cloud-offload"),
-         ("cloud-offload", "elastic-hybrid"), ("ollama-hybrid", "ollama-only"),
-         ("embedded", "embedded-long"), ("cloud-offload", "embedded"), ("embedded-long", "ollama-only")]
+PAIRS = [
+    ("cloud-offload", "ollama-only"),
+    ("ollama-only", "cloud-offload"),
+    ("cloud-offload", "elastic-hybrid"),
+    ("ollama-hybrid", "ollama-only"),
+    ("embedded", "embedded-long"),
+    ("cloud-offload", "embedded"),
+    ("embedded-long", "ollama-only"),
+]
 
 
 async def total_actions(tmp_path: Path, previous: str, target: str) -> int:
@@ -83,7 +89,8 @@ async def total_actions(tmp_path: Path, previous: str, target: str) -> int:
 
 @pytest.mark.parametrize(("previous", "target"), PAIRS)
 async def test_a_kill_at_any_engine_action_recovers_to_one_whole_stack(
-        tmp_path: Path, previous: str, target: str) -> None:
+    tmp_path: Path, previous: str, target: str
+) -> None:
     n = await total_actions(tmp_path, previous, target)
     assert n >= 2
     outcomes = set()
@@ -110,8 +117,16 @@ async def test_a_kill_at_any_engine_action_recovers_to_one_whole_stack(
             await close_all(world)
     # The first action leaves a target of several members incomplete; the last leaves it whole. A
     # target of one engine is whole after its first action (the start), so it is always finished.
-    single = len([m for m in world.config.stacks[target].member_names
-                  if world.config.models[m].runtime.value != "remote"]) == 1
+    single = (
+        len(
+            [
+                m
+                for m in world.config.stacks[target].member_names
+                if world.config.models[m].runtime.value != "remote"
+            ]
+        )
+        == 1
+    )
     assert outcomes == ({"finished"} if single else {"finished", "rolled_back"})
 
 

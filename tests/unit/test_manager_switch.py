@@ -14,8 +14,8 @@ from stackd.config.models import Model, StacksConfig
 from stackd.drivers.memory import MemoryContainers
 from stackd.errors import Conflict, NotFound, PlanRefused
 from stackd.manager import ModelStackManager
-from stackd.plan import Refusal
 from stackd.planner import plan_switch
+from stackd.planner.plan import Refusal
 from stackd.state.store import StateStore
 from tests.unit.test_manager_world import World, bundled_config, close_all, make_world
 
@@ -71,8 +71,11 @@ def watch_gaps(world: World, manager: ModelStackManager) -> list[str]:
             spec = world.config.models[model]
             if spec.lifecycle.value != "always_on":
                 continue
-            up = (spec.docker and spec.docker.container in world.containers.running_containers) or (
-                spec.ollama and spec.ollama.tag in world.ollama.loaded_tags) or spec.remote
+            up = (
+                (spec.docker and spec.docker.container in world.containers.running_containers)
+                or (spec.ollama and spec.ollama.tag in world.ollama.loaded_tags)
+                or spec.remote
+            )
             if not up:
                 gaps.append(f"after {verb} {name}: {role} -> {model} is not up")
         if table.stack is not None and "orchestrator" not in table.bindings:
@@ -94,8 +97,11 @@ async def test_roles_move_only_to_models_that_are_up_and_stops_come_after_the_sw
     types = [(e["type"], e.get("step", {}).get("kind")) for e in result["events"]]
     swap = types.index(("roles_swapped", None))
     first_stop = min(i for i, t in enumerate(types) if t[1] in ("stop_container", "unload_model"))
-    last_make = max(i for i, t in enumerate(types)
-                    if t[0] == "step_done" and t[1] in ("start_container", "load_model", "probe_remote"))
+    last_make = max(
+        i
+        for i, t in enumerate(types)
+        if t[0] == "step_done" and t[1] in ("start_container", "load_model", "probe_remote")
+    )
     assert last_make < swap < first_stop
     assert [t for t in types if t[0] == "roles_swapped"] == [("roles_swapped", None)]
     assert ("stop", "orchestrator-8b") in world.containers.actions
@@ -105,25 +111,55 @@ def failure_cases() -> list[Any]:
     # (from, to, injection on the world, step expected in the error)
     embed, elastic_12b = "embeddings-nomic", "nemotron-elastic:12b"
     return [
-        pytest.param("ollama-only", "cloud-offload", lambda w: w.containers.fail_start.add(embed),
-                     "start_container embeddings-nomic", id="container start fails"),
-        pytest.param("ollama-only", "cloud-offload", lambda w: w.containers.unhealthy.add(embed),
-                     "start_container embeddings-nomic", id="health check fails"),
-        pytest.param("cloud-offload", "elastic-hybrid",
-                     lambda w: w.ollama.fail_pull.update({"nemotron-elastic:9b": 1500}),
-                     "pull_model elastic-9b", id="pull fails half-way"),
-        pytest.param("cloud-offload", "elastic-hybrid", lambda w: setattr(w.ollama, "down", True),
-                     "pull_model", id="ollama down"),
-        pytest.param("cloud-offload", "elastic-hybrid", lambda w: w.ollama.fail_load.add(elastic_12b),
-                     "load_model elastic-12b", id="load fails"),
-        pytest.param("cloud-offload", "ollama-only", lambda w: w.containers.fail_stop.add(embed),
-                     "stop_container embeddings-nomic", id="stop fails after the role swap"),
+        pytest.param(
+            "ollama-only",
+            "cloud-offload",
+            lambda w: w.containers.fail_start.add(embed),
+            "start_container embeddings-nomic",
+            id="container start fails",
+        ),
+        pytest.param(
+            "ollama-only",
+            "cloud-offload",
+            lambda w: w.containers.unhealthy.add(embed),
+            "start_container embeddings-nomic",
+            id="health check fails",
+        ),
+        pytest.param(
+            "cloud-offload",
+            "elastic-hybrid",
+            lambda w: w.ollama.fail_pull.update({"nemotron-elastic:9b": 1500}),
+            "pull_model elastic-9b",
+            id="pull fails half-way",
+        ),
+        pytest.param(
+            "cloud-offload",
+            "elastic-hybrid",
+            lambda w: setattr(w.ollama, "down", True),
+            "pull_model",
+            id="ollama down",
+        ),
+        pytest.param(
+            "cloud-offload",
+            "elastic-hybrid",
+            lambda w: w.ollama.fail_load.add(elastic_12b),
+            "load_model elastic-12b",
+            id="load fails",
+        ),
+        pytest.param(
+            "cloud-offload",
+            "ollama-only",
+            lambda w: w.containers.fail_stop.add(embed),
+            "stop_container embeddings-nomic",
+            id="stop fails after the role swap",
+        ),
     ]
 
 
 @pytest.mark.parametrize(("previous", "target", "inject", "failed_step"), failure_cases())
 async def test_a_failed_step_leaves_the_previous_stack_fully_running(
-        world: World, previous: str, target: str, inject: Any, failed_step: str) -> None:
+    world: World, previous: str, target: str, inject: Any, failed_step: str
+) -> None:
     manager = await started(world, previous)
     roles_before = dict(manager.live_roles.current.bindings)
     inject(world)
@@ -321,8 +357,9 @@ async def test_status_reports_members_roles_and_ledgers(world: World) -> None:
 
 async def test_two_submits_in_the_same_instant_get_one_switch_and_one_conflict(world: World) -> None:
     manager = world.manager()
-    results = await asyncio.gather(manager.submit_switch("cloud-offload"),
-                                   manager.submit_switch("ollama-only"), return_exceptions=True)
+    results = await asyncio.gather(
+        manager.submit_switch("cloud-offload"), manager.submit_switch("ollama-only"), return_exceptions=True
+    )
     handle, conflict = results
     assert not isinstance(handle, BaseException) and isinstance(conflict, Conflict)
     assert handle.id in conflict.message
@@ -338,7 +375,9 @@ async def test_an_undo_that_fails_is_reported_and_the_drift_shows_in_status(worl
     assert "undo failed" in result["error"] and "could not be undone" in result["error"]
     # The failed start itself is compensated first (a stop: fine), then the orchestrator's start.
     assert [(u["step"]["model"], u["ok"]) for u in result["undone"]] == [
-        ("embeddings-nomic", True), ("orchestrator-8b", False)]
+        ("embeddings-nomic", True),
+        ("orchestrator-8b", False),
+    ]
     assert manager.live_roles.current.stack == "ollama-only"
     assert StateStore(world.db).get_switch(result["switch_id"]).state == "failed"  # type: ignore[union-attr]
     status = await manager.status()
@@ -349,7 +388,8 @@ async def test_an_undo_that_fails_is_reported_and_the_drift_shows_in_status(worl
 
 
 async def test_a_switch_between_process_stacks_starts_the_new_engine_before_it_stops_the_old(
-        world: World) -> None:
+    world: World,
+) -> None:
     manager = await started(world, "embedded")
     first_pid = world.processes.pids["gemma-270m"]
     result = await switch(manager, "embedded-long")
@@ -364,7 +404,8 @@ async def test_a_switch_between_process_stacks_starts_the_new_engine_before_it_s
 
 
 async def test_a_process_member_that_fails_to_start_rolls_back_and_the_old_engine_keeps_running(
-        world: World) -> None:
+    world: World,
+) -> None:
     manager = await started(world, "embedded")
     world.processes.fail_start.add("gemma-270m-long")
     result = await switch(manager, "embedded-long")
@@ -392,16 +433,42 @@ def test_a_gpu_process_member_is_measured_through_nvml_per_process(world: World)
     from stackd.drivers.base import ProcessInfo
     from stackd.hardware.types import GpuDevice, GpuProcess, HardwareSnapshot
     from stackd.manager.observe import Observation, with_measurements
-    from stackd.plan import ObservedState
+    from stackd.planner.plan import ObservedState
 
-    config = world.config.model_copy(update={"models": {
-        **world.config.models,
-        "gemma-270m": world.config.models["gemma-270m"].model_copy(update={"placement": "gpu"}),
-    }})
-    info = ProcessInfo(model="gemma-270m", state="ready", pid=100, port=1, endpoint=None, started_at=None,
-                       restarts=0, exits=0, last_exit=None, log_path=None, pids=(100, 101), rss_mib=600)
-    gpu = GpuDevice(0, "RTX 5090", 32607, 9000, 23607, processes=(
-        GpuProcess(100, "python", 300), GpuProcess(101, "python", 1200), GpuProcess(7, "Xorg", 3000)))
+    config = world.config.model_copy(
+        update={
+            "models": {
+                **world.config.models,
+                "gemma-270m": world.config.models["gemma-270m"].model_copy(update={"placement": "gpu"}),
+            }
+        }
+    )
+    info = ProcessInfo(
+        model="gemma-270m",
+        state="ready",
+        pid=100,
+        port=1,
+        endpoint=None,
+        started_at=None,
+        restarts=0,
+        exits=0,
+        last_exit=None,
+        log_path=None,
+        pids=(100, 101),
+        rss_mib=600,
+    )
+    gpu = GpuDevice(
+        0,
+        "RTX 5090",
+        32607,
+        9000,
+        23607,
+        processes=(
+            GpuProcess(100, "python", 300),
+            GpuProcess(101, "python", 1200),
+            GpuProcess(7, "Xorg", 3000),
+        ),
+    )
     hardware = HardwareSnapshot((gpu,), 131072, 120000, 32, "scenario:test")
     observed = Observation(ObservedState(running_processes=frozenset({"gemma-270m"})), processes=(info,))
     measured = with_measurements(observed, config, hardware).state.measured_mib

@@ -30,8 +30,13 @@ def bundled_config() -> StacksConfig:
 def rtx5090_32g_workstation() -> HardwareSnapshot:
     """The seed's machine: RTX 5090 with 32 GiB, 3 GiB used by the desktop, 128 GiB of RAM."""
     gpu = GpuDevice(index=0, name="NVIDIA GeForce RTX 5090", total_mib=32607, used_mib=3072, free_mib=29535)
-    return HardwareSnapshot(gpus=(gpu,), ram_total_mib=131072, ram_available_mib=120000, cpu_count=32,
-                            gpu_source="scenario:rtx5090")
+    return HardwareSnapshot(
+        gpus=(gpu,),
+        ram_total_mib=131072,
+        ram_available_mib=120000,
+        cpu_count=32,
+        gpu_source="scenario:rtx5090",
+    )
 
 
 @dataclass
@@ -50,10 +55,18 @@ class World:
     def manager(self, **kwargs: object) -> ModelStackManager:
         """A manager as a fresh daemon process builds it: new store handle, new role table."""
         m = ModelStackManager(
-            config=self.config, store=StateStore(self.db), containers=self.containers,
-            processes=self.processes, ollama=self.ollama,
-            remotes=self.remotes, health=self.health, live_roles=LiveRoles(),
-            read_hardware=lambda: self.hardware, clock=lambda: self.now[0], **kwargs)  # type: ignore[arg-type]
+            config=self.config,
+            store=StateStore(self.db),
+            containers=self.containers,
+            processes=self.processes,
+            ollama=self.ollama,
+            remotes=self.remotes,
+            health=self.health,
+            live_roles=LiveRoles(),
+            read_hardware=lambda: self.hardware,
+            clock=lambda: self.now[0],
+            **kwargs,
+        )  # type: ignore[arg-type]
         self.managers.append(m)
         return m
 
@@ -70,8 +83,11 @@ class World:
                 if m.process:
                     want_processes.add(name)
         loaded = set(self.ollama.loaded_tags)
-        return (self.containers.running_containers == want_containers and loaded == want_tags
-                and self.processes.running_processes == want_processes)
+        return (
+            self.containers.running_containers == want_containers
+            and loaded == want_tags
+            and self.processes.running_processes == want_processes
+        )
 
     def describe(self) -> str:
         running, loaded = sorted(self.containers.running_containers), sorted(self.ollama.loaded_tags)

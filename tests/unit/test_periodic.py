@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from stackd.manager import ModelStackManager
-from stackd.periodic import PeriodicJobs
+from stackd.manager.periodic import PeriodicJobs
 from tests.unit.test_manager_world import World, close_all, make_world
 
 
@@ -114,8 +114,11 @@ async def test_job_results_show_in_status_and_a_failing_job_never_raises(world: 
         raise RuntimeError("bug")
 
     await jobs.run("idle", broken)
-    assert (await manager.status())["periodic"]["idle"] == {**manager.jobs["idle"].__dict__,
-                                                           "ok": False, "summary": "RuntimeError: bug"}
+    assert (await manager.status())["periodic"]["idle"] == {
+        **manager.jobs["idle"].__dict__,
+        "ok": False,
+        "summary": "RuntimeError: bug",
+    }
 
 
 async def test_the_scheduler_runs_each_job_at_its_interval(world: World) -> None:
@@ -146,7 +149,8 @@ async def test_a_process_member_is_probed_and_a_passing_probe_is_announced(world
 
 
 async def test_a_probe_that_times_out_while_stackd_has_a_request_on_the_engine_is_not_unhealthy(
-        world: World) -> None:
+    world: World,
+) -> None:
     manager = await running(world, "embedded")
     jobs = PeriodicJobs(manager)
     world.health.timing_out.add("gemma-270m")
@@ -159,7 +163,9 @@ async def test_a_probe_that_times_out_while_stackd_has_a_request_on_the_engine_i
     assert member(await manager.status(), "gemma-270m")["state"] == "unhealthy"
 
 
-async def test_a_failed_probe_of_an_engine_says_nothing_of_the_engine_a_later_switch_starts(world: World) -> None:
+async def test_a_failed_probe_of_an_engine_says_nothing_of_the_engine_a_later_switch_starts(
+    world: World,
+) -> None:
     """CI once saw "unhealthy" right after a successful switch: a probe of the engine before
     had failed (it was being stopped), and that verdict stuck to the new engine."""
     manager = await running(world, "embedded")

@@ -8,7 +8,8 @@ import pytest
 
 from stackd.errors import NotFound
 from stackd.hardware.scenario import ScenarioReader
-from stackd.plan import (
+from stackd.planner import plan_switch
+from stackd.planner.plan import (
     BindRole,
     LedgerItem,
     LoadModel,
@@ -19,15 +20,18 @@ from stackd.plan import (
     StopContainer,
     UnbindRole,
 )
-from stackd.planner import plan_switch
 from tests.unit.conftest_planner import bundled_config, fixed, rtx5090, snapshot
 
 CONFIG = bundled_config()
 NOTHING = ObservedState()
 ORCH_GPU = StartContainer("orchestrator-8b", "aether-orchestrator")
 EMBED_GPU = StartContainer("embeddings-nomic", "aether-embeddings")
-PROBES = [ProbeRemote("deepseek-r1-cloud"), ProbeRemote("mirothinker-cloud"),
-          ProbeRemote("gemini-flash"), ProbeRemote("claude-sonnet")]
+PROBES = [
+    ProbeRemote("deepseek-r1-cloud"),
+    ProbeRemote("mirothinker-cloud"),
+    ProbeRemote("gemini-flash"),
+    ProbeRemote("claude-sonnet"),
+]
 CLOUD_ROLES = [BindRole("deep_reasoning", "deepseek-r1-cloud"), BindRole("research", "mirothinker-cloud")]
 ALL_TAGS = frozenset(m.ollama.tag for m in CONFIG.models.values() if m.ollama)
 
@@ -38,10 +42,12 @@ def running(stack: str) -> ObservedState:
     names = CONFIG.stacks[stack].member_names
     return ObservedState(
         active_stack=stack,
-        running_containers=frozenset(n for n, m in zip(names, members, strict=True)
-                                     if m.docker and m.lifecycle == "always_on"),
-        running_processes=frozenset(n for n, m in zip(names, members, strict=True)
-                                    if m.process and m.lifecycle == "always_on"),
+        running_containers=frozenset(
+            n for n, m in zip(names, members, strict=True) if m.docker and m.lifecycle == "always_on"
+        ),
+        running_processes=frozenset(
+            n for n, m in zip(names, members, strict=True) if m.process and m.lifecycle == "always_on"
+        ),
         pulled_tags=ALL_TAGS,
         loaded_tags=frozenset(m.ollama.tag for m in members if m.ollama and m.lifecycle == "always_on"),
         bindings=dict(CONFIG.stacks[stack].roles),
@@ -52,7 +58,9 @@ def test_nothing_to_cloud_offload() -> None:
     plan = plan_switch(CONFIG, NOTHING, "cloud-offload", rtx5090())
     assert plan.feasible
     assert list(plan.steps) == [
-        ORCH_GPU, EMBED_GPU, *PROBES,
+        ORCH_GPU,
+        EMBED_GPU,
+        *PROBES,
         BindRole("orchestrator", "orchestrator-8b"),
         BindRole("embeddings", "embeddings-nomic"),
         BindRole("vision", "vision-qwen25vl"),
@@ -69,7 +77,8 @@ def test_nothing_to_elastic_hybrid_pulls_on_demand_slices_but_loads_only_12b() -
         PullModel("elastic-6b", "nemotron-elastic:6b"),
         PullModel("elastic-12b", "nemotron-elastic:12b"),
         PullModel("elastic-9b", "nemotron-elastic:9b"),
-        ORCH_GPU, EMBED_GPU,
+        ORCH_GPU,
+        EMBED_GPU,
         LoadModel("elastic-12b", "nemotron-elastic:12b"),
         *PROBES,
         BindRole("orchestrator", "orchestrator-8b"),
@@ -210,6 +219,9 @@ def test_drift_restarts_only_the_member_that_died() -> None:
 
 
 def test_unknown_stack_names_the_valid_ones() -> None:
-    with pytest.raises(NotFound, match=r"^unknown stack 'x'; valid stacks: cloud-offload, elastic-hybrid, "
-                                       r"ollama-hybrid, ollama-only, embedded, embedded-long$"):
+    with pytest.raises(
+        NotFound,
+        match=r"^unknown stack 'x'; valid stacks: cloud-offload, elastic-hybrid, "
+        r"ollama-hybrid, ollama-only, embedded, embedded-long$",
+    ):
         plan_switch(CONFIG, NOTHING, "x", rtx5090())

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from stackd.hardware.types import HardwareSnapshot
-from stackd.plan import (
+from stackd.planner import bindings_after_each_step, plan_switch, simulate_vram
+from stackd.planner.plan import (
     BindRole,
     LoadModel,
     ObservedState,
@@ -13,7 +14,6 @@ from stackd.plan import (
     StopContainer,
     UnbindRole,
 )
-from stackd.planner import bindings_after_each_step, plan_switch, simulate_vram
 from tests.unit.conftest_planner import bundled_config, cpu_model, fixed, gpu_model, rtx5090, small_config
 
 GIB = 1024
@@ -28,16 +28,22 @@ MODELS = {
     "emb-d": gpu_model("c-emb-d", 6),
     "cpu-orch": cpu_model("small:1b", 2),
 }
-CONFIG = small_config(MODELS, {
-    "a": {"roles": {"orchestrator": "orch-a", "vision": "vis-a"}},
-    "b": {"roles": {"orchestrator": "orch-a", "vision": "vis-b"}},
-    "c": {"roles": {"orchestrator": "orch-c"}},
-    "d": {"roles": {"orchestrator": "orch-c", "embeddings": "emb-d"}},
-    "big": {"roles": {"orchestrator": "orch-big"}},
-    "cpu": {"roles": {"orchestrator": "cpu-orch"}},
-})
-A_RUNNING = ObservedState(active_stack="a", running_containers=frozenset({"orch-a", "vis-a"}),
-                          bindings={"orchestrator": "orch-a", "vision": "vis-a"})
+CONFIG = small_config(
+    MODELS,
+    {
+        "a": {"roles": {"orchestrator": "orch-a", "vision": "vis-a"}},
+        "b": {"roles": {"orchestrator": "orch-a", "vision": "vis-b"}},
+        "c": {"roles": {"orchestrator": "orch-c"}},
+        "d": {"roles": {"orchestrator": "orch-c", "embeddings": "emb-d"}},
+        "big": {"roles": {"orchestrator": "orch-big"}},
+        "cpu": {"roles": {"orchestrator": "cpu-orch"}},
+    },
+)
+A_RUNNING = ObservedState(
+    active_stack="a",
+    running_containers=frozenset({"orch-a", "vis-a"}),
+    bindings={"orchestrator": "orch-a", "vision": "vis-a"},
+)
 
 
 def card(total_gib: float) -> HardwareSnapshot:
@@ -66,7 +72,10 @@ def test_a_role_breaks_before_it_makes_when_old_and_new_do_not_fit_together() ->
     plan = plan_switch(CONFIG, A_RUNNING, "b", card(24))
     assert plan.feasible
     assert list(plan.steps) == [
-        UnbindRole("vision"), stop("vis-a"), start("vis-b"), BindRole("vision", "vis-b"),
+        UnbindRole("vision"),
+        stop("vis-a"),
+        start("vis-b"),
+        BindRole("vision", "vis-b"),
     ]
     assert peak(plan) == 20 * GIB
     assert [b.get("orchestrator") for b in bindings_after_each_step(plan, A_RUNNING)] == ["orch-a"] * 4
@@ -76,8 +85,11 @@ def test_the_orchestrator_moves_make_before_break_after_other_members_made_room(
     plan = plan_switch(CONFIG, A_RUNNING, "c", card(24))
     assert plan.feasible
     assert list(plan.steps) == [
-        UnbindRole("vision"), stop("vis-a"),
-        start("orch-c"), BindRole("orchestrator", "orch-c"), stop("orch-a"),
+        UnbindRole("vision"),
+        stop("vis-a"),
+        start("orch-c"),
+        BindRole("orchestrator", "orch-c"),
+        stop("orch-a"),
     ]
     assert simulate_vram(plan, CONFIG, A_RUNNING) == [18 * GIB, 10 * GIB, 22 * GIB, 22 * GIB, 12 * GIB]
 
@@ -86,9 +98,13 @@ def test_the_orchestrator_moves_first_when_the_new_members_fill_the_card() -> No
     plan = plan_switch(CONFIG, A_RUNNING, "d", card(24))
     assert plan.feasible
     assert list(plan.steps) == [
-        UnbindRole("vision"), stop("vis-a"),
-        start("orch-c"), BindRole("orchestrator", "orch-c"), stop("orch-a"),
-        start("emb-d"), BindRole("embeddings", "emb-d"),
+        UnbindRole("vision"),
+        stop("vis-a"),
+        start("orch-c"),
+        BindRole("orchestrator", "orch-c"),
+        stop("orch-a"),
+        start("emb-d"),
+        BindRole("embeddings", "emb-d"),
     ]
     assert peak(plan) == 22 * GIB
 
@@ -164,8 +180,12 @@ def test_cpu_models_above_the_available_ram_are_refused() -> None:
 
 def test_ram_held_by_members_that_stay_counts_as_theirs() -> None:
     tags = frozenset({"qwen3:8b", "nomic-embed-text:latest", "llama3.2:3b", "nemotron-elastic:12b"})
-    loaded = ObservedState(active_stack="ollama-only", pulled_tags=tags, loaded_tags=tags,
-                           bindings=dict(SEED.stacks["ollama-only"].roles))
+    loaded = ObservedState(
+        active_stack="ollama-only",
+        pulled_tags=tags,
+        loaded_tags=tags,
+        bindings=dict(SEED.stacks["ollama-only"].roles),
+    )
     plan = plan_switch(SEED, loaded, "ollama-only", rtx5090(available_gib=1))
     assert plan.feasible
     assert plan.ram.headroom_mib == 1 * GIB

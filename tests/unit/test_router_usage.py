@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from stackd.metrics import register_router_metrics
+from stackd.api.metrics import register_router_metrics
 from stackd.router.accounting import Accounting, UsageFlusher
 from stackd.router.circuit import CircuitState
 from stackd.router.types import FailureKind, Usage

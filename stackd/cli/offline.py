@@ -8,9 +8,9 @@ from typing import Any
 
 from stackd.config.loader import load_config
 from stackd.hardware.probe import make_gpu_reader, read_hardware
-from stackd.plan import ObservedState
 from stackd.planner import plan_switch
-from stackd.views import plan_json
+from stackd.planner.plan import ObservedState
+from stackd.planner.views import plan_json
 
 
 def offline_plan(

@@ -95,8 +95,16 @@ class UnbindRole:
 
 
 Step = (
-    StartContainer | StopContainer | StartProcess | StopProcess | PullModel | LoadModel | UnloadModel
-    | ProbeRemote | BindRole | UnbindRole
+    StartContainer
+    | StopContainer
+    | StartProcess
+    | StopProcess
+    | PullModel
+    | LoadModel
+    | UnloadModel
+    | ProbeRemote
+    | BindRole
+    | UnbindRole
 )
 StartStep = StartContainer | StartProcess | LoadModel
 StopStep = StopContainer | StopProcess | UnloadModel

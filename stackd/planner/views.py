@@ -8,7 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import TypeAdapter
 
 from stackd.config.models import Model, StacksConfig
-from stackd.plan import Plan
+from stackd.planner.plan import Plan
 
 _plan_adapter = TypeAdapter(Plan)
 

@@ -25,8 +25,17 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import asdict
 from typing import Any, Literal, NotRequired, TypedDict
 
-EventType = Literal["step_started", "step_done", "step_failed", "pull_progress", "undo_step", "degraded",
-                    "roles_swapped", "draining", "finished"]
+EventType = Literal[
+    "step_started",
+    "step_done",
+    "step_failed",
+    "pull_progress",
+    "undo_step",
+    "degraded",
+    "roles_swapped",
+    "draining",
+    "finished",
+]
 
 
 class SwitchEvent(TypedDict):
@@ -76,8 +85,12 @@ class EventLog:
     def emit(self, type_: EventType, **fields: Any) -> SwitchEvent:
         if self._closed:
             raise RuntimeError(f"switch {self.switch_id}: event '{type_}' after the log was closed")
-        event: SwitchEvent = {"type": type_, "switch_id": self.switch_id, "seq": len(self._events),
-                              "at": self._wall_clock()}
+        event: SwitchEvent = {
+            "type": type_,
+            "switch_id": self.switch_id,
+            "seq": len(self._events),
+            "at": self._wall_clock(),
+        }
         event.update(fields)  # type: ignore[typeddict-item]
         self._events.append(event)
         self._wake()
@@ -111,8 +124,9 @@ class PullThrottle:
     def __init__(self) -> None:
         self._last: dict[tuple[str, str | None], tuple[str, int]] = {}
 
-    def wanted(self, tag: str, status: str, digest: str | None,
-               completed: int | None, total: int | None) -> bool:
+    def wanted(
+        self, tag: str, status: str, digest: str | None, completed: int | None, total: int | None
+    ) -> bool:
         key = (tag, digest)
         percent = (100 * completed) // total if completed is not None and total else -1
         last = self._last.get(key)
@@ -123,7 +137,7 @@ class PullThrottle:
 
 
 def step_dict(step: Any) -> dict[str, Any]:
-    """A step (frozen dataclass of ``stackd.plan``) as the JSON the journal and the API carry."""
+    """A step (frozen dataclass of ``stackd.planner.plan``) as the JSON the journal and the API carry."""
     return asdict(step)
 
 

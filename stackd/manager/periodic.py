@@ -24,7 +24,7 @@ from stackd.manager import ModelStackManager
 from stackd.manager.observe import drift
 from stackd.planner.members import is_up
 
-log = logging.getLogger("stackd.periodic")
+log = logging.getLogger("stackd.manager.periodic")
 
 Outcome = tuple[bool, str]  # (healthy, one-line summary) of one job run
 PROBE_GRACE_S = 1.0  # on top of a probe's own timeout_s: the checker times out first
@@ -34,11 +34,18 @@ DEFAULT_PROBE_INTERVAL_S = HealthCheck.model_validate({}).interval_s
 class PeriodicJobs:
     """The periodic jobs of one manager. ``clock`` defaults to the manager's (monotonic)."""
 
-    def __init__(self, manager: ModelStackManager, *, clock: Callable[[], float] | None = None,
-                 remote_interval_s: float = 60.0, drift_interval_s: float = 30.0,
-                 idle_interval_s: float = 30.0, repair_drift: bool = False,
-                 leased: Callable[[str], bool] | None = None,
-                 on_healthy: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        manager: ModelStackManager,
+        *,
+        clock: Callable[[], float] | None = None,
+        remote_interval_s: float = 60.0,
+        drift_interval_s: float = 30.0,
+        idle_interval_s: float = 30.0,
+        repair_drift: bool = False,
+        leased: Callable[[str], bool] | None = None,
+        on_healthy: Callable[[str], None] | None = None,
+    ) -> None:
         """``on_healthy(model)`` hears every passing probe (the router half-opens the model's
         open circuit at once rather than refusing a healthy engine until its cool-down ends)."""
         self.manager = manager
@@ -68,21 +75,27 @@ class PeriodicJobs:
         now = self.clock()
         observed = await self.manager.observe()
         running = observed.running_containers | observed.running_processes
-        due = [(name, model) for name, model in self._members()
-               if _probed_locally(model) and name in running
-               and now - self._last_probe.get(name, float("-inf")) >= _interval(model)]
+        due = [
+            (name, model)
+            for name, model in self._members()
+            if _probed_locally(model)
+            and name in running
+            and now - self._last_probe.get(name, float("-inf")) >= _interval(model)
+        ]
         for name, _ in due:
             self._last_probe[name] = now
-        results = await asyncio.gather(*(self._probe(name, model, self.manager.health.check)
-                                         for name, model in due))
+        results = await asyncio.gather(
+            *(self._probe(name, model, self.manager.health.check) for name, model in due)
+        )
         failed = [r for r in results if r]
         return not failed, f"probed {len(due)}" + (f"; unhealthy: {'; '.join(failed)}" if failed else "")
 
     async def probe_remotes(self) -> Outcome:
         """Probe every remote member (no tokens spent); a failure marks it degraded."""
         remotes = [(n, m) for n, m in self._members() if m.runtime == Runtime.remote]
-        results = await asyncio.gather(*(self._probe(name, model, self.manager.remotes.probe)
-                                         for name, model in remotes))
+        results = await asyncio.gather(
+            *(self._probe(name, model, self.manager.remotes.probe) for name, model in remotes)
+        )
         failed = [r for r in results if r]
         return not failed, f"probed {len(remotes)}" + (f"; degraded: {'; '.join(failed)}" if failed else "")
 
@@ -182,8 +195,15 @@ class PeriodicJobs:
         """Schedule every job on the running loop (call from async code, e.g. the lifespan)."""
         self._scheduler = scheduler or AsyncIOScheduler(event_loop=asyncio.get_running_loop())
         for name, (interval, job) in self.jobs().items():
-            self._scheduler.add_job(self.run, "interval", args=(name, job), seconds=interval, id=name,
-                                    max_instances=1, coalesce=True)
+            self._scheduler.add_job(
+                self.run,
+                "interval",
+                args=(name, job),
+                seconds=interval,
+                id=name,
+                max_instances=1,
+                coalesce=True,
+            )
         self._scheduler.start()
         return self._scheduler
 

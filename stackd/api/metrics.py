@@ -1,0 +1,174 @@
+"""Prometheus metrics, read at scrape time: nothing is counted twice and the hot path pays nothing.
+
+``RouterCollector`` turns the router's in-memory tallies into counter and histogram families;
+``StackCollector`` reads the active stack, the live role table, the engine processes and the GPU
+as the hardware reader sees it (NVML calls take well under a millisecond). Register each once:
+``register_router_metrics(registry, router)``, ``register_stack_metrics(registry, services)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from stackd.drivers.base import ProcessInfo
+from stackd.router.accounting import LATENCY_BUCKETS_MS, Accounting, LatencyTally
+from stackd.router.circuit import CircuitState
+from stackd.services import Services
+
+LABELS = ["strategy", "backend"]
+
+
+class RouterLike(Protocol):
+    accounting: Accounting
+
+    def circuit_states(self) -> dict[str, CircuitState]: ...
+
+
+def _histogram(name: str, doc: str, tallies: list[tuple[list[str], LatencyTally]]) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=LABELS)
+    for labels, tally in tallies:
+        cumulative, buckets = 0, []
+        for bound, count in zip([*LATENCY_BUCKETS_MS, float("inf")], tally.buckets, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else str(bound / 1000), cumulative))
+        family.add_metric(labels, buckets, tally.sum_ms / 1000)
+    return family
+
+
+class RouterCollector(Collector):
+    def __init__(self, router: RouterLike) -> None:
+        self._router = router
+
+    def collect(self) -> Iterator[Metric]:
+        tallies = sorted(self._router.accounting.tallies.items())
+        requests = CounterMetricFamily("stackd_router_requests", "Attempts sent to a backend.", labels=LABELS)
+        answered = CounterMetricFamily("stackd_router_answered", "Attempts that answered.", labels=LABELS)
+        skipped = CounterMetricFamily(
+            "stackd_router_skipped", "Attempts skipped (stack, circuit, queue).", labels=LABELS
+        )
+        failures = CounterMetricFamily(
+            "stackd_router_failures", "Failed attempts by kind.", labels=[*LABELS, "kind"]
+        )
+        tokens = CounterMetricFamily("stackd_router_tokens", "Tokens of answers.", labels=[*LABELS, "type"])
+        cost = CounterMetricFamily(
+            "stackd_router_cost_usd", "Cost of answers at the configured price.", labels=LABELS
+        )
+        for (strategy, backend), tally in tallies:
+            labels = [strategy, backend]
+            requests.add_metric(labels, tally.requests)
+            answered.add_metric(labels, tally.answered)
+            skipped.add_metric(labels, tally.skipped)
+            for kind, count in tally.failures.items():
+                failures.add_metric([*labels, str(kind)], count)
+            tokens.add_metric([*labels, "prompt"], tally.prompt_tokens)
+            tokens.add_metric([*labels, "completion"], tally.completion_tokens)
+            cost.add_metric(labels, tally.cost_usd)
+        yield from (requests, answered, skipped, failures, tokens, cost)
+        yield _histogram(
+            "stackd_router_first_token_seconds",
+            "Time to the first token.",
+            [([s, b], t.first_token) for (s, b), t in tallies],
+        )
+        yield _histogram(
+            "stackd_router_total_seconds",
+            "Time of the whole attempt.",
+            [([s, b], t.total) for (s, b), t in tallies],
+        )
+        circuit = GaugeMetricFamily(
+            "stackd_router_circuit_open", "1 while a backend's circuit is not closed.", labels=["backend"]
+        )
+        for backend, state in sorted(self._router.circuit_states().items()):
+            circuit.add_metric([backend], 0.0 if state is CircuitState.closed else 1.0)
+        yield circuit
+
+
+def register_router_metrics(registry: CollectorRegistry, router: RouterLike) -> RouterCollector:
+    collector = RouterCollector(router)
+    registry.register(collector)
+    return collector
+
+
+MIB = 1024 * 1024
+
+
+class StackCollector(Collector):
+    def __init__(self, services: Services) -> None:
+        self._services = services
+
+    def collect(self) -> Iterator[Metric]:
+        services = self._services
+        active = GaugeMetricFamily(
+            "stackd_stack_active", "1 for the active stack, 0 for the others.", labels=["stack"]
+        )
+        for name in services.config.stacks:
+            active.add_metric([name], 1.0 if name == services.manager.active_stack else 0.0)
+        yield active
+        table = services.roles.current
+        roles = InfoMetricFamily("stackd_role", "The model bound to each role now.", labels=["role", "model"])
+        for role, model in sorted(table.bindings.items()):
+            roles.add_metric([role, model], {})
+        yield roles
+        yield GaugeMetricFamily(
+            "stackd_role_table_version", "Swaps of the live role table since start.", value=table.version
+        )
+        hardware = services.read_hardware()
+        labels = ["gpu", "name"]
+        total = GaugeMetricFamily(
+            "stackd_gpu_memory_total_bytes", "GPU memory of each device.", labels=labels
+        )
+        used = GaugeMetricFamily(
+            "stackd_gpu_memory_used_bytes", "GPU memory in use (all processes).", labels=labels
+        )
+        for gpu in hardware.gpus:
+            total.add_metric([str(gpu.index), gpu.name], gpu.total_mib * MIB)
+            used.add_metric([str(gpu.index), gpu.name], gpu.used_mib * MIB)
+        yield total
+        yield used
+        yield GaugeMetricFamily(
+            "stackd_host_memory_available_bytes",
+            "Host RAM available.",
+            value=hardware.ram_available_mib * MIB,
+        )
+        yield from process_metrics(services.manager.processes.processes())
+
+
+def process_metrics(infos: list[ProcessInfo]) -> Iterator[Metric]:
+    """Engine processes: up or not, unexpected exits and restarts (counters), resident memory."""
+    up = GaugeMetricFamily(
+        "stackd_process_up", "1 while the member's engine process is ready.", labels=["model"]
+    )
+    exits = CounterMetricFamily(
+        "stackd_process_exits",
+        "Times the member's engine died on its own since stackd started.",
+        labels=["model"],
+    )
+    restarts = GaugeMetricFamily(
+        "stackd_process_restarts", "Restarts in a row by the member's restart policy.", labels=["model"]
+    )
+    rss = GaugeMetricFamily(
+        "stackd_process_resident_memory_bytes", "RSS of the engine's process tree.", labels=["model"]
+    )
+    for info in infos:
+        up.add_metric([info.model], 1.0 if info.state == "ready" else 0.0)
+        exits.add_metric([info.model], info.exits)
+        restarts.add_metric([info.model], info.restarts)
+        if info.rss_mib is not None:
+            rss.add_metric([info.model], info.rss_mib * MIB)
+    yield from (up, exits, restarts, rss)
+
+
+def register_stack_metrics(registry: CollectorRegistry, services: Services) -> StackCollector:
+    collector = StackCollector(services)
+    registry.register(collector)
+    return collector
