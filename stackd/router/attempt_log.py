@@ -1,4 +1,8 @@
-"""The attempts of one call, recorded as they happen into the call's list and the accounting."""
+"""The attempts of one call, recorded as they happen into the call's list and the accounting.
+
+A record only: the router decides (whether to skip a target, and why: ``skips.py``; what a
+failure does to the backend's circuit: ``ReasonRouter._failed``) and then tells the log.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,8 @@ import time
 from stackd.config.models import StacksConfig
 from stackd.errors import AllStrategiesFailed
 from stackd.router.accounting import Accounting
-from stackd.router.circuit import CircuitBreaker
 from stackd.router.routes import Route, Target
-from stackd.router.types import Answer, Attempt, BackendError, FailureKind, Usage
+from stackd.router.types import Answer, Attempt, BackendError, Usage
 
 
 class AttemptLog:
@@ -28,13 +31,11 @@ class AttemptLog:
     def failed(
         self,
         target: Target,
-        circuit: CircuitBreaker,
         error: BackendError,
         start: float,
         first_token_ms: float | None,
     ) -> None:
         elapsed_ms = (time.perf_counter() - start) * 1000
-        circuit.record_failure(str(error), trip=error.kind is FailureKind.timeout)
         self.attempts.append(
             Attempt(target.strategy, target.model, "failed", str(error), elapsed_ms, error.kind)
         )

@@ -7,6 +7,8 @@
 A timeout trips the circuit at once, whatever the count: a hanging backend costs its callers
 the first-token timeout once, then nothing until the cool-down ends.
 
+The router owns every verdict: it admits a caller, reports a success or a failure (and decides
+that a timeout trips), resets on a passing health probe; the breaker only keeps the state.
 While open, callers are refused at once (the chain skips the backend with the reason). In
 half-open exactly one trial is in flight; others are refused until it reports. A trial that
 never reports (its caller went away) is given back with ``abandon`` so the next caller may try.
@@ -15,8 +17,9 @@ never reports (its caller went away) is given back with ``abandon`` so the next 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 from enum import StrEnum
+
+from stackd.router import skips
 
 Clock = Callable[[], float]  # seconds since the epoch (time.time in production)
 
@@ -42,13 +45,9 @@ class CircuitBreaker:
         if self.state is CircuitState.closed:
             return None
         if self.state is CircuitState.half_open:
-            return "circuit half-open: a trial request is in flight"
+            return skips.circuit_half_open()
         if self._clock() < self.open_until:
-            until = datetime.fromtimestamp(self.open_until, UTC).strftime("%H:%M:%S")
-            return (
-                f"circuit open until {until} UTC after {self.consecutive_failures} consecutive "
-                f"failures (last: {self.last_failure})"
-            )
+            return skips.circuit_open(self.open_until, self.consecutive_failures, self.last_failure)
         self.state = CircuitState.half_open
         return None
 

@@ -11,6 +11,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from stackd.router import skips
+
 
 class LocalQueueFull(Exception):
     pass
@@ -28,13 +30,13 @@ class LocalQueue:
         """Hold one run slot for the body. Raises ``LocalQueueFull`` at once when ``size`` calls
         already wait, or after ``wait_s`` without a slot."""
         if self._slots.locked() and self.waiting >= self._size:
-            raise LocalQueueFull(f"local queue full ({self.waiting} waiting, {self.running} running)")
+            raise LocalQueueFull(skips.local_queue_full(self.waiting, self.running))
         self.waiting += 1
         try:
             async with asyncio.timeout(wait_s):
                 await self._slots.acquire()
         except TimeoutError:
-            raise LocalQueueFull(f"no local queue slot within {wait_s:g} s") from None
+            raise LocalQueueFull(skips.no_queue_slot(wait_s)) from None
         finally:
             self.waiting -= 1
         self.running += 1

@@ -25,7 +25,7 @@ import aiohttp
 
 from stackd.config.models import StacksConfig
 from stackd.roles import LiveEndpoints, LiveRoles, RoleTable
-from stackd.router import routes
+from stackd.router import routes, skips
 from stackd.router.accounting import Accounting, UsageFlusher
 from stackd.router.attempt_log import AttemptLog
 from stackd.router.backends import Backend, build_backend
@@ -189,13 +189,13 @@ class ReasonRouter:
                 continue
             except TimeoutError:
                 error = BackendError(FailureKind.timeout, f"no answer within {limit_s:g} s")
-                log.failed(target, circuit, error, start, None)
+                self._failed(target, circuit, error, start, None, log)
                 continue
             except BackendError as error:
-                log.failed(target, circuit, error, start, None)
+                self._failed(target, circuit, error, start, None, log)
                 continue
             except Exception as exc:
-                log.failed(target, circuit, escaped(exc, backend), start, None)
+                self._failed(target, circuit, escaped(exc, backend), start, None, log)
                 continue
             except BaseException:
                 circuit.abandon()
@@ -308,7 +308,7 @@ class ReasonRouter:
                 log.skipped(target, str(exc))
             except BackendError as error:
                 verdict = True
-                log.failed(target, circuit, error, start, first_token_ms)
+                self._failed(target, circuit, error, start, first_token_ms, log)
                 if first_token_ms is not None:
                     yield StreamBroken(target.strategy, backend.name, str(error), tuple(log.attempts))
             finally:
@@ -318,15 +318,15 @@ class ReasonRouter:
     def _admit(self, target: routes.Target, log: AttemptLog) -> tuple[Backend, CircuitBreaker] | None:
         """The backend and its circuit when the target may be tried now; else records the skip."""
         if target.skip is not None or target.model is None:
-            log.skipped(target, target.skip or "no model")
+            log.skipped(target, target.skip or skips.NO_MODEL)
             return None
         try:
             backend = self._backend(target.model)
         except Exception as exc:  # a backend that cannot be built is this target's skip, not a 500
-            log.skipped(target, f"backend of '{target.model}' cannot be built: {type(exc).__name__}")
+            log.skipped(target, skips.backend_unbuildable(target.model, exc))
             return None
         if backend is None:
-            log.skipped(target, f"model '{target.model}' has no chat protocol")
+            log.skipped(target, skips.no_chat_protocol(target.model))
             return None
         why = backend.not_ready()
         if why is None:
@@ -338,6 +338,21 @@ class ReasonRouter:
                 return backend, circuit
         log.skipped(target, why)
         return None
+
+    def _failed(
+        self,
+        target: routes.Target,
+        circuit: CircuitBreaker,
+        error: BackendError,
+        start: float,
+        first_token_ms: float | None,
+        log: AttemptLog,
+    ) -> None:
+        """The router's verdict on a failed attempt: the breaker counts it, and a timeout trips it
+        at once (every further try would cost a caller the whole timeout again, while a refusal
+        or a 500 costs a millisecond); then the log records the attempt."""
+        circuit.record_failure(str(error), trip=error.kind is FailureKind.timeout)
+        log.failed(target, error, start, first_token_ms)
 
     # ---------------------------------------------------------------- resources
     def circuit(self, model: str) -> CircuitBreaker:
@@ -372,11 +387,6 @@ class ReasonRouter:
     def _ensure_flusher(self) -> None:
         if self._flusher is not None:
             self._flusher.start()
-
-    async def flush_usage(self) -> None:
-        """Write what the accounting gathered since the last flush."""
-        if self._flusher is not None:
-            await self._flusher.flush()
 
     def probe_succeeded(self, model: str) -> None:
         """A periodic health probe of ``model`` passed (see ``CircuitBreaker.probe_succeeded``)."""

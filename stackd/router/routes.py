@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from stackd.config.models import Api, StacksConfig
 from stackd.errors import NotFound
 from stackd.roles import RoleTable
+from stackd.router import skips
 
 MAX_EFFORT = 10
 DEFAULT_EFFORT = 5
@@ -53,16 +54,16 @@ def chain_for_effort(config: StacksConfig, stack: str | None, effort: int) -> li
 
 def _model_target(config: StacksConfig, table: RoleTable, strategy: str, model: str, queued: bool) -> Target:
     if model not in table.members:
-        return Target(strategy, model, f"model '{model}' is not in active stack '{table.stack}'", queued)
+        return Target(strategy, model, skips.not_a_member(model, table.stack), queued)
     if config.models[model].api is Api.http:
-        return Target(strategy, model, f"model '{model}' speaks plain HTTP, not a chat API", queued)
+        return Target(strategy, model, skips.plain_http(model), queued)
     return Target(strategy, model, None, queued)
 
 
 def _role_target(config: StacksConfig, table: RoleTable, strategy: str, role: str, queued: bool) -> Target:
     model = table.bindings.get(role)
     if model is None:
-        return Target(strategy, None, f"role '{role}' is not bound in active stack '{table.stack}'", queued)
+        return Target(strategy, None, skips.role_unbound(role, table.stack), queued)
     return _model_target(config, table, strategy, model, queued)
 
 
@@ -70,7 +71,7 @@ def resolve_chain(config: StacksConfig, table: RoleTable, chain: list[str], labe
     """Each strategy of ``chain`` expanded to its targets; a model already tried is skipped."""
     targets: list[Target] = []
     if table.stack is None:
-        return Route(label, tuple(Target(s, None, "no active stack") for s in chain))
+        return Route(label, tuple(Target(s, None, skips.NO_ACTIVE_STACK) for s in chain))
     tried: dict[str, str] = {}
     for name in chain:
         strategy = config.reason.strategies[name]
@@ -82,11 +83,10 @@ def resolve_chain(config: StacksConfig, table: RoleTable, chain: list[str], labe
             if usable:
                 expanded = usable  # members only; absent alternatives are not worth an attempt line
             elif len(expanded) > 1:
-                names = ", ".join(strategy.models)
-                expanded = [Target(name, None, f"none of {names} is in active stack '{table.stack}'")]
+                expanded = [Target(name, None, skips.none_present(list(strategy.models), table.stack))]
         for target in expanded:
             if target.skip is None and target.model in tried:
-                target = Target(name, target.model, f"already tried by strategy '{tried[target.model]}'")
+                target = Target(name, target.model, skips.already_tried(tried[target.model]))
             elif target.model is not None and target.skip is None:
                 tried[target.model] = name
             targets.append(target)
@@ -127,7 +127,7 @@ def preset_route(
     else:
         target = _model_target(config, table, label, preset.model or "", False)
     if table.stack is None:
-        target = Target(label, target.model, "no active stack")
+        target = Target(label, target.model, skips.NO_ACTIVE_STACK)
     return Route(label, (target,))
 
 

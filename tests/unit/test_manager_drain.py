@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 
 from stackd.roles import InFlight
-from tests.unit.test_manager_switch import started, switch
+from tests.unit.test_manager_switch import started
 from tests.unit.test_manager_world import close_all, make_world
 
 
@@ -35,16 +35,16 @@ async def test_the_old_orchestrator_stops_only_after_its_request_finished(tmp_pa
 
     request = asyncio.create_task(request_on_old_orchestrator())
     await request_started.wait()
-    switching = asyncio.create_task(switch(manager, "ollama-only"))
+    handle = await manager.submit_switch("ollama-only")
     async with asyncio.timeout(5):  # the switch swaps the roles, then waits at the stop
-        # the role table has no change notification to await: poll it
-        while manager.live_roles.current.bindings["orchestrator"] != "orchestrator-cpu":  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-    await asyncio.sleep(0.05)
+        async for event in manager.events(handle.id):
+            if event["type"] == "draining":
+                break
     assert "aether-orchestrator" in world.containers.running_containers
     assert manager.live_roles.current.bindings["orchestrator"] == "orchestrator-cpu"  # new calls go there
     release.set()
-    result = await switching
+    await handle.wait()
+    result = manager.get_switch(handle.id)
     await request
     assert result["state"] == "succeeded"
     assert stopped_while_running == [False]

@@ -25,6 +25,7 @@ from stackd.router.types import (
     TextDelta,
     Usage,
 )
+from tests.fake_clock import FakeClock
 
 MODELS = ["m1", "m2", "m3"]
 REQUEST = ChatRequest([{"role": "user", "content": "why?"}])
@@ -73,6 +74,21 @@ class ScriptedBackend:
         self.behaviour = "ok"
         self.calls = 0
         self.gate: asyncio.Event | None = None
+        self._called: list[tuple[int, asyncio.Event]] = []
+
+    def _count_call(self) -> None:
+        self.calls += 1
+        for n, event in self._called:
+            if self.calls >= n:
+                event.set()
+
+    async def called(self, times: int) -> None:
+        """Return once the backend has been called ``times`` times in all."""
+        event = asyncio.Event()
+        self._called.append((times, event))
+        if self.calls >= times:
+            event.set()
+        await event.wait()
 
     def not_ready(self) -> str | None:
         return None
@@ -88,26 +104,18 @@ class ScriptedBackend:
             await self.gate.wait()
 
     async def complete(self, request: ChatRequest) -> Completion:
-        self.calls += 1
+        self._count_call()
         await self._misbehave()
         return Completion(f"answer from {self.name}", "stop", Usage(10, 20))
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        self.calls += 1
+        self._count_call()
         await self._misbehave()
         yield TextDelta(f"{self.name}:")
         if self.behaviour == "cut":
             raise BackendError(FailureKind.stream_cut, f"{self.name} dropped mid-answer")
         yield TextDelta("done")
         yield StreamFinish("stop", Usage(10, 2))
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -265,8 +273,10 @@ async def test_the_local_queue_refuses_at_once_when_full(
     backends["m1"].behaviour = backends["m2"].behaviour = "refused"
     backends["m3"].gate = asyncio.Event()
     running = asyncio.create_task(router.reason(REQUEST))
+    await backends["m3"].called(1)  # holds the one slot, parked at the gate
     waiting = asyncio.create_task(router.reason(REQUEST))
-    await asyncio.sleep(0.01)
+    # m2 refuses it at once; from there it runs without a pause into the queue, and waits there
+    await backends["m2"].called(2)
     with pytest.raises(AllStrategiesFailed) as caught:
         await router.reason(REQUEST)
     assert caught.value.to_dict()["attempts"][-1]["reason"].startswith("local queue full")

@@ -3,14 +3,7 @@
 from __future__ import annotations
 
 from stackd.router.circuit import CircuitBreaker, CircuitState
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fake_clock import FakeClock
 
 
 def test_opens_after_the_threshold_of_consecutive_failures() -> None:

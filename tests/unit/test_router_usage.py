@@ -11,14 +11,7 @@ from stackd.router.accounting import Accounting, UsageFlusher
 from stackd.router.circuit import CircuitState
 from stackd.router.types import FailureKind, Usage
 from stackd.state.usage import FAILURE_KINDS, UsageStore
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fake_clock import FakeClock
 
 
 def record_some(accounting: Accounting) -> None:
@@ -32,7 +25,7 @@ def test_the_store_knows_every_failure_kind() -> None:
 
 
 async def test_flushes_land_in_sqlite_and_summary_adds_them_up(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock(1_700_000_000.0)
     store = UsageStore(tmp_path / "stackd.db")
     accounting = Accounting()
     flusher = UsageFlusher(accounting, store, clock, interval_s=3600)
@@ -57,7 +50,7 @@ async def test_flushes_land_in_sqlite_and_summary_adds_them_up(tmp_path: Path) -
 
 async def test_a_flush_with_nothing_new_writes_nothing(tmp_path: Path) -> None:
     store = UsageStore(tmp_path / "stackd.db")
-    flusher = UsageFlusher(Accounting(), store, Clock(), interval_s=3600)
+    flusher = UsageFlusher(Accounting(), store, FakeClock(1_700_000_000.0), interval_s=3600)
     await flusher.flush()
     assert store.summary() == []
     await store.aclose()
