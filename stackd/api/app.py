@@ -16,6 +16,7 @@ from stackd.api.config_routes import build_config_router
 from stackd.api.dispatch import BodyLimits, FrontDoor, StackdApp, hot_routes
 from stackd.api.errors import install_error_handlers
 from stackd.api.leases import build_leases_router
+from stackd.api.mcp_server import MCP_PATH, McpServer
 from stackd.api.openapi_doc import install_openapi
 from stackd.api.stacks import build_stacks_router
 from stackd.api.status import build_status_router
@@ -36,9 +37,11 @@ def create_app(
     endpoint but /healthz does. ``load_config`` re-reads the config for ``POST /config/reload``
     (default: the settings' file, as is). A ``FrontDoor`` sees every request first: it bounds
     bodies, checks the token before any body is read and serves the hot paths itself."""
-    app = StackdApp(title="stackd", version=__version__, lifespan=lifespan or _no_lifespan)
-    install_error_handlers(app)
     write = bearer_guard(services.token)
+    settings = services.settings
+    mcp = McpServer(services, write, settings.max_gateway_body_bytes)
+    app = StackdApp(title="stackd", version=__version__, lifespan=_serving(mcp, lifespan or _no_lifespan))
+    install_error_handlers(app)
     read = open_guard if services.settings.loopback else write
     app.include_router(build_status_router(services, read, registry or _default_registry()))
     app.include_router(build_stacks_router(services, write, read))
@@ -60,10 +63,9 @@ def create_app(
             hot += data_path.routes
     install_openapi(app, read, data_paths=services.router is not None)
     app.state.services = services
-    settings = services.settings
     app.front_door = FrontDoor(
         app.behind_front_door,
-        hot_routes(hot),
+        hot_routes(hot) | {(method, MCP_PATH): mcp for method in ("GET", "POST", "DELETE")},
         write,
         BodyLimits(control=settings.max_body_bytes, data=settings.max_gateway_body_bytes),
     )
@@ -88,3 +90,14 @@ def _default_registry() -> Any:
 @asynccontextmanager
 async def _no_lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
+
+
+def _serving(mcp: McpServer, lifespan: Lifespan) -> Lifespan:
+    """``lifespan``, with the MCP session manager running inside it (stopped first)."""
+
+    @asynccontextmanager
+    async def serving(app: FastAPI) -> AsyncIterator[None]:
+        async with lifespan(app), mcp.running():
+            yield
+
+    return serving

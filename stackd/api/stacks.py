@@ -38,6 +38,27 @@ class SwitchRequest(BaseModel):
     wait: bool = Field(True, description="Answer when the switch has finished (false: answer 202 at once).")
 
 
+def known_stack(services: Services, name: str) -> None:
+    if name not in services.config.stacks:
+        raise NotFound(
+            f"unknown stack '{name}'; valid stacks: {', '.join(services.config.stacks)}",
+            valid=list(services.config.stacks),
+        )
+
+
+async def switch_stack(services: Services, request: SwitchRequest) -> dict[str, Any]:
+    """Plan (``dry_run``) or submit a switch, and wait for it when ``wait``: ``POST
+    /model-stacks/switch``'s body (and the MCP ``switch_stack`` tool's)."""
+    known_stack(services, request.stack)
+    manager = services.manager
+    if request.dry_run:
+        return {"stack": request.stack, "dry_run": True, "plan": plan_json(await manager.plan(request.stack))}
+    handle = await manager.submit_switch(request.stack)
+    if request.wait:
+        await handle.wait()
+    return manager.get_switch(handle.id)
+
+
 def build_stacks_router(
     services: Services, write: Callable[..., None], read: Callable[..., None]
 ) -> APIRouter:
@@ -45,11 +66,7 @@ def build_stacks_router(
     manager = services.manager
 
     def known(name: str) -> None:
-        if name not in services.config.stacks:
-            raise NotFound(
-                f"unknown stack '{name}'; valid stacks: {', '.join(services.config.stacks)}",
-                valid=list(services.config.stacks),
-            )
+        known_stack(services, name)
 
     @router.get("/model-stacks")
     async def list_stacks() -> dict[str, Any]:
@@ -72,18 +89,8 @@ def build_stacks_router(
 
     @router.post("/model-stacks/switch", dependencies=[Depends(write)])
     async def switch(request: SwitchRequest) -> Any:
-        known(request.stack)
-        if request.dry_run:
-            return {
-                "stack": request.stack,
-                "dry_run": True,
-                "plan": plan_json(await manager.plan(request.stack)),
-            }
-        handle = await manager.submit_switch(request.stack)
-        if request.wait:
-            await handle.wait()
-            return manager.get_switch(handle.id)
-        return JSONResponse(manager.get_switch(handle.id), status_code=202)
+        body = await switch_stack(services, request)
+        return body if request.dry_run or request.wait else JSONResponse(body, status_code=202)
 
     @router.get("/model-stacks/switch/{switch_id}")
     async def get_switch(switch_id: str) -> dict[str, Any]:

@@ -49,6 +49,17 @@ def daemon_health(services: Services) -> Health:
     )
 
 
+async def daemon_status(services: Services) -> dict[str, Any]:
+    """``GET /status``'s body (and the MCP ``status`` tool's): the manager's view, the router's
+    stats and the live leases."""
+    body = await services.manager.status()
+    if services.router is not None:
+        body["router"] = services.router.stats()
+    leases = services.leases
+    body["leases"] = [leases.to_json(lease) for lease in leases.live()] if leases is not None else []
+    return body
+
+
 def build_status_router(services: Services, read: Callable[..., None], registry: Any) -> APIRouter:
     router = APIRouter()
     health = daemon_health(services)  # the settings are frozen: computed once
@@ -98,12 +109,7 @@ def build_status_router(services: Services, read: Callable[..., None], registry:
 
     @router.get("/status", dependencies=[Depends(read)])
     async def status() -> dict[str, Any]:
-        body = await services.manager.status()
-        if services.router is not None:
-            body["router"] = services.router.stats()
-        leases = services.leases
-        body["leases"] = [leases.to_json(lease) for lease in leases.live()] if leases is not None else []
-        return body
+        return await daemon_status(services)
 
     @router.get("/usage", dependencies=[Depends(read)])
     async def usage() -> dict[str, Any]:

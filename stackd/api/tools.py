@@ -194,21 +194,21 @@ def tool_endpoint(model: type[BaseModel], call: Call) -> Callable[[Scope, Receiv
     return handle
 
 
-def build_tools_router(router: ReasonRouter, auth: Auth) -> APIRouter:
-    """``GET /tools`` (a FastAPI route) and the three POSTs (raw ASGI routes, see gateway.py)."""
-    api = APIRouter()
+def tool_schemas(router: ReasonRouter) -> list[dict[str, Any]]:
+    """The three tools as OpenAI function schemas; ``invoke_model``'s preset is an enum of the
+    config's presets and their slices (``GET /tools`` and the MCP server list these)."""
+    presets = sorted(router.config.presets)
+    presets += [f"{p}:{s}" for p in sorted(router.config.presets) for s in router.config.presets[p].slices]
+    return [
+        tool_schema("reason", ReasonArgs),
+        tool_schema("invoke_model", InvokeModelArgs, presets),
+        tool_schema("deep_reasoning", DeepReasoningArgs),
+    ]
 
-    @api.get("/tools", dependencies=[Depends(auth)])
-    async def list_tools() -> list[dict[str, Any]]:
-        presets = sorted(router.config.presets)
-        presets += [
-            f"{p}:{s}" for p in sorted(router.config.presets) for s in router.config.presets[p].slices
-        ]
-        return [
-            tool_schema("reason", ReasonArgs),
-            tool_schema("invoke_model", InvokeModelArgs, presets),
-            tool_schema("deep_reasoning", DeepReasoningArgs),
-        ]
+
+def tool_calls(router: ReasonRouter) -> dict[str, tuple[type[BaseModel], Call]]:
+    """Each tool's name → (its arguments' model, the call that gives (complete, stream)): the one
+    place a tool call becomes a router call, for ``/tools/*`` and the MCP server alike."""
 
     def reason(args: ReasonArgs) -> Any:
         route = router.reason_route(args.effort)
@@ -227,11 +227,22 @@ def build_tools_router(router: ReasonRouter, auth: Auth) -> APIRouter:
         request = ChatRequest(messages, opts.max_tokens, opts.temperature, opts.top_p, opts.stop)
         return (lambda: router.complete(route, request)), (lambda: router.stream(route, request))
 
-    for path, model, call in (
-        ("/tools/reason", ReasonArgs, reason),
-        ("/tools/invoke_model", InvokeModelArgs, invoke_model),
-        ("/tools/deep_reasoning", DeepReasoningArgs, deep_reasoning),
-    ):
+    return {
+        "reason": (ReasonArgs, reason),
+        "invoke_model": (InvokeModelArgs, invoke_model),
+        "deep_reasoning": (DeepReasoningArgs, deep_reasoning),
+    }
+
+
+def build_tools_router(router: ReasonRouter, auth: Auth) -> APIRouter:
+    """``GET /tools`` (a FastAPI route) and the three POSTs (raw ASGI routes, see gateway.py)."""
+    api = APIRouter()
+
+    @api.get("/tools", dependencies=[Depends(auth)])
+    async def list_tools() -> list[dict[str, Any]]:
+        return tool_schemas(router)
+
+    for name, (model, call) in tool_calls(router).items():
         endpoint = RawEndpoint(auth, tool_endpoint(model, call), stackd_error)
-        api.routes.append(Route(path, endpoint, methods=["POST"], name=path.rsplit("/", 1)[1]))
+        api.routes.append(Route(f"/tools/{name}", endpoint, methods=["POST"], name=name))
     return api

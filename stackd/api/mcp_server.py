@@ -1,0 +1,229 @@
+"""stackd's tools over the Model Context Protocol: ``/mcp``, the streamable HTTP transport.
+
+An agent framework that speaks MCP points at ``http://HOST:PORT/mcp`` with the daemon's bearer
+token and gets seven tools: ``reason``, ``invoke_model``, ``deep_reasoning`` (the same calls as
+``POST /tools/*``: ``tools.tool_calls``), ``switch_stack`` (``POST /model-stacks/switch``),
+``status`` (``GET /status``) and ``acquire_lease`` / ``release_lease`` (``/leases``). Each tool
+validates its arguments with the HTTP route's own pydantic model and calls the same function,
+so the two surfaces cannot drift.
+
+The official SDK's low-level server does the protocol; its session manager runs **stateless**
+with JSON answers: every POST is a whole exchange, nothing is kept between calls, and a daemon
+restart loses no session. The manager's task group lives in the app's lifespan
+(``McpServer.running``). The endpoint is a hot path of the front door (``dispatch.FrontDoor``):
+it checks the write token first, for every method (GET and DELETE too, which the front door
+would pass on a loopback bind), so no MCP request is served without the token. The SDK's own
+DNS-rebinding check is off: a page rebound to 127.0.0.1 does not have the token either.
+
+A tool that fails answers ``isError: true`` with ``NAME: message`` as its text and stackd's
+error object (``{"error", "message", ...}``) as its structured content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from mcp.server.lowlevel.server import Server
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp_types import (
+    CallToolRequestParams,
+    CallToolResult,
+    ListToolsResult,
+    PaginatedRequestParams,
+    TextContent,
+)
+from mcp_types import Tool as McpTool
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.types import Receive, Scope, Send
+
+from stackd import __version__
+from stackd.api.dispatch import Guard, refuse
+from stackd.api.gateway import dumps, validate
+from stackd.api.leases import LeaseRequest
+from stackd.api.stacks import SwitchRequest, switch_stack
+from stackd.api.status import daemon_status
+from stackd.api.tools import CallTimedOut, tool_calls, tool_schema, tool_schemas
+from stackd.errors import StackdError
+from stackd.router.types import Answer
+from stackd.services import Services
+
+MCP_PATH = "/mcp"
+INSTRUCTIONS = (
+    "stackd runs this workstation's model stack. Call 'reason' to think harder about a problem "
+    "(effort 1-10 picks the backend), 'deep_reasoning' for the strongest one, 'invoke_model' for a "
+    "named preset; 'status' shows the stack, 'switch_stack' changes it, 'acquire_lease' keeps an "
+    "on-demand GPU model resident."
+)
+
+
+class StatusArgs(BaseModel):
+    """The daemon's status: the active stack, its members and their state, the GPU ledger, the router's stats and the live leases."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SwitchStackArgs(SwitchRequest):
+    """Switch the workstation to another model stack (make-before-break); with dry_run, only plan it."""
+
+
+class AcquireLeaseArgs(LeaseRequest):
+    """Start an on-demand GPU model of the active stack and keep it resident for ttl_s seconds."""
+
+
+class ReleaseLeaseArgs(BaseModel):
+    """End a lease; the model keeps running until its idle TTL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lease_id: str = Field(min_length=1, description="The id acquire_lease answered.")
+
+
+ToolCall = Callable[[Any], Awaitable[tuple[str, Any]]]
+
+
+class NotRunning(StackdError):
+    """An MCP request before the app's lifespan started the session manager, or after it ended."""
+
+    status = 503
+
+
+class McpServer:
+    """The MCP endpoint of one app: its tools, the SDK's server and, while ``running``, its
+    session manager. ``__call__`` is the ASGI endpoint the front door routes ``/mcp`` to."""
+
+    def __init__(self, services: Services, guard: Guard, max_body_bytes: int) -> None:
+        self._guard = guard
+        self._max_body_bytes = max_body_bytes
+        self._tools = self._build_tools(services)
+        self._server: Server[Any] = Server(
+            "stackd",
+            version=__version__,
+            instructions=INSTRUCTIONS,
+            on_list_tools=self._list_tools,
+            on_call_tool=self._call_tool,
+        )
+        self._manager: StreamableHTTPSessionManager | None = None
+
+    def _build_tools(self, services: Services) -> dict[str, tuple[McpTool, type[BaseModel], ToolCall]]:
+        tools: dict[str, tuple[McpTool, type[BaseModel], ToolCall]] = {}
+
+        def add(schema: dict[str, Any], model: type[BaseModel], call: ToolCall) -> None:
+            function = schema["function"]
+            tool = McpTool(
+                name=function["name"],
+                description=function["description"],
+                input_schema=function["parameters"],
+            )
+            tools[tool.name] = (tool, model, call)
+
+        router = services.router
+        if router is not None:
+            schemas = {s["function"]["name"]: s for s in tool_schemas(router)}
+            for name, (model, answer_call) in tool_calls(router).items():
+                add(schemas[name], model, _answering(answer_call))
+
+        async def status(_: StatusArgs) -> tuple[str, Any]:
+            body = await daemon_status(services)
+            return json.dumps(body), body
+
+        async def switch(args: SwitchStackArgs) -> tuple[str, Any]:
+            body = await switch_stack(services, args)
+            return json.dumps(body), body
+
+        async def acquire(args: AcquireLeaseArgs) -> tuple[str, Any]:
+            assert services.leases is not None  # build_leases_router sets it, before this
+            body = services.leases.to_json(await services.leases.acquire(args.model, args.ttl_s))
+            return json.dumps(body), body
+
+        async def release(args: ReleaseLeaseArgs) -> tuple[str, Any]:
+            assert services.leases is not None
+            body = {**services.leases.to_json(services.leases.release(args.lease_id)), "released": True}
+            return json.dumps(body), body
+
+        for name, model, call in (
+            ("status", StatusArgs, status),
+            ("switch_stack", SwitchStackArgs, switch),
+            ("acquire_lease", AcquireLeaseArgs, acquire),
+            ("release_lease", ReleaseLeaseArgs, release),
+        ):
+            add(tool_schema(name, model), model, call)
+        return tools
+
+    async def _list_tools(self, _ctx: Any, _params: PaginatedRequestParams | None) -> ListToolsResult:
+        return ListToolsResult(tools=[tool for tool, _, _ in self._tools.values()])
+
+    async def _call_tool(self, _ctx: Any, params: CallToolRequestParams) -> CallToolResult:
+        try:
+            entry = self._tools.get(params.name)
+            if entry is None:
+                raise UnknownTool(
+                    f"unknown tool '{params.name}'; stackd's tools: {', '.join(self._tools)}",
+                    valid=list(self._tools),
+                )
+            _, model, call = entry
+            text, value = await call(validate(model, dumps(params.arguments or {})))
+        except StackdError as exc:
+            error = exc.to_dict()
+            return CallToolResult(
+                content=[TextContent(type="text", text=f"{error['error']}: {exc.message}")],
+                structured_content=error,
+                is_error=True,
+            )
+        return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=value)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Serve MCP requests while inside: enter it in the app's lifespan. A session manager
+        runs once, so each ``running`` makes its own."""
+        manager = StreamableHTTPSessionManager(
+            app=self._server,
+            json_response=True,
+            stateless=True,
+            security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+            max_request_body_size=self._max_body_bytes,
+        )
+        async with manager.run():
+            self._manager = manager
+            try:
+                yield
+            finally:
+                self._manager = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            self._guard(Request(scope))
+            if self._manager is None:
+                raise NotRunning("the MCP server is not running (the daemon is starting or stopping)")
+        except StackdError as exc:
+            await refuse(send, exc)
+            return
+        await self._manager.handle_request(scope, receive, send)
+
+
+class UnknownTool(StackdError):
+    status = 404
+
+
+def _answering(call: Any) -> ToolCall:
+    """A ``tools.tool_calls`` call as an MCP tool: the complete answer (MCP has no token stream),
+    within the caller's ``timeout_s``; the text is the answer, the structured content its record."""
+
+    async def run(args: Any) -> tuple[str, Any]:
+        complete, _stream = call(args)
+        timeout_s = getattr(args, "timeout_s", None)
+        try:
+            async with asyncio.timeout(timeout_s):
+                answer: Answer = await complete()
+        except TimeoutError:
+            raise CallTimedOut(
+                f"no complete answer within timeout_s={timeout_s:g} s; the backend call was cancelled"
+            ) from None
+        return answer.text, answer.to_dict()
+
+    return run
