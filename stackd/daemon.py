@@ -229,9 +229,7 @@ def build_app(settings: Settings) -> FastAPI:
 
 
 def run(settings: Settings) -> None:
-    import uvicorn
-
-    from stackd.api.http_server import server_config
+    from stackd.api.http_server import DaemonServer, server_config
     from stackd.api.listener import bind_listener, listen_url
     from stackd.state.lock import DaemonRecord, lock_state_dir
 
@@ -252,5 +250,8 @@ def run(settings: Settings) -> None:
         log.info("stackd on %s (config %s, state %s)", url, settings.config, settings.state_dir)
         # A request deadline, keep-alive timeout and connection cap: idle or slow clients cannot
         # take every file descriptor (stackd.api.http_server).
-        server = uvicorn.Server(server_config(app, log_level="info", access_log=False))
+        # Endless answers (the status page's event streams) are closed before uvicorn waits for them.
+        server = DaemonServer(
+            server_config(app, log_level="info", access_log=False), closers=[app.state.status_feed.close]
+        )
         server.run(sockets=[sock])

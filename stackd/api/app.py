@@ -18,6 +18,7 @@ from stackd.api.errors import install_error_handlers
 from stackd.api.leases import build_leases_router
 from stackd.api.mcp_server import MCP_PATH, McpServer
 from stackd.api.openapi_doc import install_openapi
+from stackd.api.page import build_page_router
 from stackd.api.stacks import build_stacks_router
 from stackd.api.status import build_status_router
 from stackd.config.loader import load_config as load
@@ -46,6 +47,8 @@ def create_app(
     app.include_router(build_status_router(services, read, registry or _default_registry()))
     app.include_router(build_stacks_router(services, write, read))
     app.include_router(build_leases_router(services, write, read))
+    page, app.state.status_feed = build_page_router(services, read)  # closed by the daemon at shutdown
+    app.include_router(page)
     app.include_router(
         build_config_router(services, write, load_config or (lambda: load(services.settings.config)))
     )

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import socket
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import uvicorn
@@ -132,3 +134,18 @@ def server_config(
         backlog=BACKLOG,
         **options,
     )
+
+
+class DaemonServer(uvicorn.Server):
+    """uvicorn's server, which first calls each of ``closers`` when it stops: uvicorn waits for
+    every open response to end before the app's lifespan shutdown, and an endless one (the
+    status page's event stream, a followed log) would hold the daemon up until a second signal."""
+
+    def __init__(self, config: uvicorn.Config, closers: Sequence[Callable[[], None]] = ()) -> None:
+        super().__init__(config)
+        self._closers = tuple(closers)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for close in self._closers:
+            close()
+        await super().shutdown(sockets)

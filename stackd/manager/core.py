@@ -188,6 +188,19 @@ class ManagerCore:
             raise NotFound(f"no switch with id '{switch_id}'")
         return replay_finished(entry)
 
+    def recent_switches(self, limit: int = 10) -> list[dict[str, Any]]:
+        """Up to ``limit`` switches, newest first: this run's (live, with their events), then
+        the journal's of earlier runs (their steps done, no events: those were not persisted)."""
+        recent = [s.to_dict() for s in reversed(self._switches.values())][:limit]
+        seen = {s["switch_id"] for s in recent}
+        for entry in self.store.history(limit):  # the store's reader: microseconds
+            if len(recent) >= limit:
+                break
+            journal = self.store.get_switch(entry.switch_id) if entry.switch_id not in seen else None
+            if journal is not None:
+                recent.append(journal_dict(journal))
+        return recent
+
     # ---------------------------------------------------------------- the switch slot and the worker
 
     def _reserve(

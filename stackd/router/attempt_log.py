@@ -11,17 +11,22 @@ import time
 from stackd.config.models import StacksConfig
 from stackd.errors import AllStrategiesFailed
 from stackd.router.accounting import Accounting
+from stackd.router.recent import RecentCalls
 from stackd.router.routes import Route, Target
 from stackd.router.types import Answer, Attempt, BackendError, Usage
 
 
 class AttemptLog:
-    __slots__ = ("_accounting", "_config", "attempts", "route")
+    __slots__ = ("_accounting", "_config", "_recent", "attempts", "route")
 
-    def __init__(self, route: Route, config: StacksConfig, accounting: Accounting) -> None:
+    def __init__(
+        self, route: Route, config: StacksConfig, accounting: Accounting, recent: RecentCalls | None = None
+    ) -> None:
+        """``recent`` receives the call once it ends (answered, failed, or a stream broken)."""
         self.route = route
         self._config = config
         self._accounting = accounting
+        self._recent = recent
         self.attempts: list[Attempt] = []
 
     def skipped(self, target: Target, reason: str) -> None:
@@ -42,6 +47,8 @@ class AttemptLog:
         self._accounting.record(
             target.strategy, target.model, "failed", error.kind, first_token_ms, elapsed_ms
         )
+        if first_token_ms is not None and self._recent is not None:  # a stream broke: the call ends
+            self._recent.record(self.route.label, "broken", self.attempts)
 
     def answered(
         self,
@@ -59,12 +66,16 @@ class AttemptLog:
         self._accounting.record(
             target.strategy, backend, "answered", None, first_token_ms, total_ms, usage, cost
         )
+        if self._recent is not None:
+            self._recent.record(self.route.label, "answered", self.attempts)
         return Answer(
             text, finish_reason, target.strategy, backend, request_model, usage, tuple(self.attempts), cost
         )
 
     def all_failed(self) -> AllStrategiesFailed:
         """The 503 of a call whose every target failed or was skipped, listing each reason."""
+        if self._recent is not None:
+            self._recent.record(self.route.label, "failed", self.attempts)
         listing = "; ".join(
             f"{a.strategy} ({a.backend or '-'}) {a.status}: {a.reason}" for a in self.attempts
         )

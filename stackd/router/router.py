@@ -31,6 +31,7 @@ from stackd.router.attempt_log import AttemptLog
 from stackd.router.backends import Backend, build_backend
 from stackd.router.circuit import CircuitBreaker, CircuitState, Clock
 from stackd.router.local_queue import LocalQueue, LocalQueueFull
+from stackd.router.recent import RecentCalls
 from stackd.router.types import (
     Answer,
     BackendError,
@@ -82,6 +83,7 @@ class ReasonRouter:
         self._retiring: dict[asyncio.Task[None], aiohttp.ClientSession] = {}  # sessions a reload replaced
         self._session_models: set[str] = set()  # models given a backend on the session since the last reload
         self.accounting = Accounting()
+        self.recent = RecentCalls()  # the last calls and their attempts (the status page)
         self._flusher = UsageFlusher(self.accounting, usage, clock, flush_interval_s) if usage else None
 
     def replace_config(self, config: StacksConfig) -> None:
@@ -170,7 +172,7 @@ class ReasonRouter:
     # ---------------------------------------------------------------- execution
     async def complete(self, route: routes.Route, request: ChatRequest) -> Answer:
         """Try the route's targets in order; the first answer wins. Raises ``AllStrategiesFailed``."""
-        log = AttemptLog(route, self.config, self.accounting)
+        log = AttemptLog(route, self.config, self.accounting, self.recent)
         self._ensure_flusher()
         timeouts = self.config.reason.timeouts
         limit_s = min(timeouts.first_token_s, timeouts.total_s)
@@ -231,7 +233,7 @@ class ReasonRouter:
     ) -> AsyncGenerator[RouterStreamItem, None]:
         """Text deltas, then ``StreamDone`` or ``StreamBroken``. Raises ``AllStrategiesFailed``
         before yielding anything when no target produced a first token."""
-        log = AttemptLog(route, self.config, self.accounting)
+        log = AttemptLog(route, self.config, self.accounting, self.recent)
         self._ensure_flusher()
         for target in route.targets:
             admitted = self._admit(target, log)

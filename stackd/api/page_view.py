@@ -1,0 +1,176 @@
+"""What the status page shows, computed from the parts of ``/status``: pure, no I/O.
+
+The page (``stackd/api/page/``) draws what ``page_snapshot`` returns and computes nothing
+itself but widths and colours. The GPU ledger becomes a bar of six segments, in this order:
+
+    always_on       the active stack's always-on GPU members (measured where running, else configured)
+    leased          on-demand members a live lease holds
+    idle_on_demand  on-demand members resident without a lease (until their idle TTL or a rival's lease)
+    foreign         what other processes hold on the card (NVML's used minus stackd's members)
+    reserve         ``gpu.reserve_gb`` beyond what the foreign processes already take
+    free            the rest of the card
+
+A segment is always present (``mib`` 0 when empty) so that the page's legend is stable.
+Nothing secret reaches the snapshot: ``/status`` carries no token or key, URLs are redacted
+there, and the calls are the router's attempt records (no prompt, no answer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from stackd.manager.events import describe_step
+
+SEGMENTS: tuple[tuple[str, str], ...] = (
+    ("always_on", "always-on"),
+    ("leased", "leased"),
+    ("idle_on_demand", "idle on-demand"),
+    ("foreign", "foreign processes"),
+    ("reserve", "reserve"),
+    ("free", "free"),
+)
+RESIDENT_STATES = frozenset({"running", "loaded", "unhealthy", "restarting"})
+LOG_LINES = 3
+
+
+def gpu_bar(
+    vram: Mapping[str, Any] | None, members: Sequence[Mapping[str, Any]], leased: Iterable[str]
+) -> dict[str, Any] | None:
+    """The ledger as the bar's segments (see the module's docstring); None without a GPU ledger."""
+    if not vram:
+        return None
+    held = set(leased)
+    resident = {m["name"] for m in members if m.get("state") in RESIDENT_STATES}
+    parts: dict[str, list[dict[str, Any]]] = {kind: [] for kind, _ in SEGMENTS}
+    foreign = 0
+    for item in vram.get("items", ()):
+        kind, model = item["kind"], item["model"]
+        row = {"name": model, "mib": item["mib"], "measured_mib": item.get("measured_mib")}
+        if kind == "always_on":
+            parts["always_on"].append(row)
+        elif kind == "on_demand" and model in held:
+            parts["leased"].append(row)
+        elif kind == "on_demand" and model in resident:
+            parts["idle_on_demand"].append(row)
+        elif kind == "foreign":
+            foreign += item["mib"]
+            parts["foreign"].append(row)
+    reserve = max(int(vram.get("reserve_mib", 0)) - foreign, 0)
+    if reserve:
+        parts["reserve"].append({"name": "gpu.reserve_gb", "mib": reserve, "measured_mib": None})
+    total = int(vram["total_mib"])
+    sizes = {kind: sum(_size(row) for row in rows) for kind, rows in parts.items()}
+    sizes["free"] = max(total - sum(sizes.values()), 0)
+    segments = [
+        {
+            "kind": kind,
+            "label": label,
+            "mib": sizes[kind],
+            "measured": bool(parts[kind]) and all(r["measured_mib"] is not None for r in parts[kind]),
+            "models": parts[kind],
+        }
+        for kind, label in SEGMENTS
+    ]
+    return {
+        "gpu_name": vram.get("gpu_name"),
+        "total_mib": total,
+        "headroom_mib": vram.get("headroom_mib"),
+        "simulated": bool(vram.get("simulated")),
+        "segments": segments,
+    }
+
+
+def _size(row: Mapping[str, Any]) -> int:
+    measured = row.get("measured_mib")
+    return int(measured if measured is not None else row["mib"])
+
+
+def switch_steps(switch: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A switch's steps as a list of ``{"step": phrase, "state": ..., "error": ...}``: from its
+    events while this daemon runs it (started, done, failed, undone), else from the journal's
+    steps done (a switch of an earlier run)."""
+    steps: dict[str, dict[str, Any]] = {}
+    for event in switch.get("events") or ():
+        step = event.get("step")
+        if not isinstance(step, Mapping):
+            continue
+        phrase = describe_step(step)
+        match event["type"]:
+            case "step_started":
+                steps[phrase] = {"step": phrase, "state": "running", "error": None}
+            case "step_done":
+                steps[phrase] = {"step": phrase, "state": "done", "error": None}
+            case "step_failed":
+                steps[phrase] = {"step": phrase, "state": "failed", "error": event.get("error")}
+            case "undo_step":
+                state = "undone" if event.get("ok") else "undo failed"
+                steps[phrase] = {"step": phrase, "state": state, "error": event.get("error")}
+    if not steps:
+        for step in switch.get("steps_done") or ():
+            if isinstance(step, Mapping):
+                phrase = describe_step(step)
+                steps[phrase] = {"step": phrase, "state": "done", "error": None}
+    return list(steps.values())
+
+
+def switch_row(switch: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("switch_id", "kind", "stack", "from_stack", "state", "error", "started_at", "finished_at")
+    return {**{k: switch.get(k) for k in keys}, "steps": switch_steps(switch)}
+
+
+def page_snapshot(
+    status: Mapping[str, Any],
+    stacks: Sequence[Mapping[str, Any]],
+    switches: Sequence[Mapping[str, Any]],
+    calls: Sequence[Mapping[str, Any]],
+    log_tails: Mapping[str, list[str]],
+) -> dict[str, Any]:
+    """Everything the page shows, from ``/status``'s body, the stacks (``stack_json``), the
+    recent switches (``recent_switches``), the recent calls and each member's last log lines."""
+    members = [
+        {
+            "name": m["name"],
+            "runtime": m.get("runtime"),
+            "placement": m.get("placement"),
+            "lifecycle": m.get("lifecycle"),
+            "in_stack": m.get("in_stack"),
+            "state": m.get("state"),
+            "detail": m.get("detail"),
+            "health": _health(m.get("last_probe")),
+            "memory_mib": m.get("memory_mib"),
+            "measured_mib": m.get("measured_mib"),
+            "log_tail": (log_tails.get(m["name"]) or m.get("log_tail") or [])[-LOG_LINES:],
+        }
+        for m in status.get("members", ())
+    ]
+    leases = list(status.get("leases") or ())
+    gpu = status.get("gpu") or {}
+    return {
+        "active_stack": status.get("active_stack"),
+        "switch_in_progress": status.get("switch_in_progress"),
+        "stacks": [
+            {"name": s["name"], "description": s.get("description"), "active": bool(s.get("active"))}
+            for s in stacks
+        ],
+        "gpu": {
+            "state": gpu.get("state"),
+            "source": gpu.get("source"),
+            "simulated": bool(gpu.get("simulated")),
+            "bar": gpu_bar(gpu.get("vram"), members, (lease["model"] for lease in leases)),
+        },
+        "members": members,
+        "roles": [{"role": r, "model": m} for r, m in (status.get("roles") or {}).items()],
+        "leases": [{k: lease.get(k) for k in ("id", "model", "expires_in_s", "ttl_s")} for lease in leases],
+        "switches": [switch_row(s) for s in switches],
+        "calls": list(calls),
+        "drift": list(status.get("drift") or ()),
+        "degraded": list(status.get("degraded") or ()),
+        "recovery": status.get("recovery"),
+    }
+
+
+def _health(probe: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not probe:
+        return None
+    return {"ok": bool(probe.get("ok")), "at": probe.get("at"), "error": probe.get("error")}
