@@ -10,12 +10,22 @@ NVML, HTTP clients) are translated at the driver boundary with ``raise ... from 
     │   ├── StateDirLocked         another daemon holds the state dir (stackd.state.lock)
     │   └── PortInUse              another process listens on the port (stackd.api.listener)
     ├── CannotListen               the daemon's host:port cannot be bound (stackd.api.listener)
+    ├── UnsafeBind                 a bind beyond loopback without a token (stackd.daemon)
     ├── PlanRefused                the target stack does not fit (carries the plan)
+    ├── LeaseRefused               a model that cannot be leased in this stack (stackd.gpu.leases)
     ├── DriverUnavailable          an engine cannot be reached (Docker, Ollama, a remote)
     ├── DriverFailed               an engine answered but refused the action (image missing, unhealthy)
-    ├── StepFailed                 a step of a switch failed (carries step and undo record)
-    └── BackendFailed              a model backend failed a request (reason() attempts)
-        └── AllStrategiesFailed    every strategy of the chain failed or was skipped
+    ├── BackendFailed              a model backend failed a request (reason() attempts)
+    │   └── AllStrategiesFailed    every strategy of the chain failed or was skipped
+    ├── Unauthorized               a request without the daemon's token (stackd.api.auth, 401)
+    ├── BodyTooLarge               a request body past the route's limit (stackd.api.dispatch, 413)
+    ├── RequestRejected            a gateway body that fails validation (stackd.api.gateway, 422)
+    ├── CallTimedOut               a tool call's ``timeout_s`` ran out (stackd.api.tools, 504)
+    └── the CLI's own (stackd.cli): DaemonUnreachable, DaemonError (└── TokenRefused),
+        DaemonStartFailed, NoDaemon
+
+Each class that lives beside its one raiser is defined there; the kinds several packages raise
+are defined here.
 
 The API maps each kind to one HTTP status in one place (``stackd.api.errors``); the CLI
 catches ``StackdError`` once and prints ``Name: message``.
@@ -75,10 +85,6 @@ class DriverUnavailable(StackdError):
 
 class DriverFailed(StackdError):
     status = 502
-
-
-class StepFailed(StackdError):
-    status = 500
 
 
 class BackendFailed(StackdError):

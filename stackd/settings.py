@@ -26,7 +26,6 @@ class Settings(BaseModel):
     state_dir: Path = Field(default_factory=default_state_dir)
     gpu_scenario: Path | None = None
     gpu_total_gb: float | None = Field(None, gt=0)
-    docker_host: str | None = None  # None: the docker SDK reads DOCKER_HOST
     periodic: bool = True
     recover_on_start: bool = True
     # Request bodies past these are answered 413 (stackd.api.dispatch): the control API's are a

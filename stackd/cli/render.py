@@ -11,21 +11,17 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from stackd.planner.members import gib as planner_gib
+from stackd.planner.plan import describe_step
+
 
 def gib(mib: int | float | None) -> str:
-    return "-" if mib is None else f"{mib / 1024:.1f} GiB"
+    """The CLI's tables keep one decimal place (``13.0 GiB``) so that columns align; None is ``-``."""
+    return "-" if mib is None else planner_gib(mib, places=1)
 
 
 def step_text(step: dict[str, Any]) -> str:
-    kind = step["kind"]
-    target = step.get("container") or step.get("tag") or step.get("model") or ""
-    if kind in ("bind_role", "unbind_role"):
-        return f"{kind.replace('_', ' ')} {step['role']}" + (
-            f" -> {step['model']}" if step.get("model") else ""
-        )
-    return f"{kind.replace('_', ' ')} {step.get('model', '')}" + (
-        f" ({target})" if target != step.get("model") else ""
-    )
+    return describe_step(step, spaced=True)
 
 
 def vram_bar(vram: dict[str, Any], width: int = 40) -> Text:

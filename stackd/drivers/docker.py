@@ -35,7 +35,7 @@ from docker.models.containers import Container
 
 from stackd.config.models import DockerRuntime, HealthCheck, Model
 from stackd.drivers.base import HealthChecker
-from stackd.drivers.docker_spec import MANAGED_LABEL, MODEL_LABEL, SPEC_LABEL, create_options, spec_digest
+from stackd.drivers.docker_spec import MANAGED_LABEL, SPEC_LABEL, create_options, spec_digest
 from stackd.drivers.health import HttpHealthChecker
 from stackd.errors import DriverFailed, DriverUnavailable, StackdError
 
@@ -59,15 +59,6 @@ class ContainerState:
     exit_code: int | None = None
     health: str | None = None
     health_output: str | None = None
-
-
-@dataclass(frozen=True)
-class ManagedContainer:
-    """A container stackd created (label ``stackd.managed=true``), running or not."""
-
-    container: str
-    model: str
-    status: str
 
 
 class DockerContainerDriver:
@@ -98,10 +89,6 @@ class DockerContainerDriver:
             return frozenset()
         names = await self._call("list containers", self._running_names)
         return frozenset(name for container, name in wanted.items() if container in names)
-
-    async def managed(self) -> list[ManagedContainer]:
-        """Every container labelled ``stackd.managed=true`` (read-only: for drift reports)."""
-        return await self._call("list containers", self._managed)
 
     async def ensure_running(self, name: str, model: Model) -> None:
         runtime = _runtime(name, model)
@@ -185,17 +172,6 @@ class DockerContainerDriver:
     def _running_names(self) -> set[str]:
         listed = self._docker().api.containers(filters={"status": "running"})
         return {n.lstrip("/") for c in listed for n in c.get("Names") or []}
-
-    def _managed(self) -> list[ManagedContainer]:
-        listed = self._docker().api.containers(all=True, filters={"label": f"{MANAGED_LABEL}=true"})
-        return [
-            ManagedContainer(
-                container=(c.get("Names") or ["?"])[0].lstrip("/"),
-                model=(c.get("Labels") or {}).get(MODEL_LABEL, ""),
-                status=c.get("State", ""),
-            )
-            for c in listed
-        ]
 
     def _start(self, name: str, model: Model, runtime: DockerRuntime) -> None:
         found = self._find(runtime.container)

@@ -21,8 +21,17 @@ import aiohttp
 from stackd.config.models import Api, Model
 from stackd.errors import DriverUnavailable
 
-ANTHROPIC_VERSION = "2023-06-01"
+ANTHROPIC_VERSION = "2023-06-01"  # the API version both the prober and the router's backend send
 _MAX_MESSAGE = 200
+
+
+def api_key(model: Model, environ: Mapping[str, str] | None = None) -> str | None:
+    """The model's key, read from its environment variable at each call (never cached): None when
+    it names no variable, or the variable is unset or empty. ``environ`` replaces ``os.environ``."""
+    env_name = model.remote.api_key_env if model.remote else None
+    if env_name is None:
+        return None
+    return (os.environ if environ is None else environ).get(env_name) or None
 
 
 def _join(endpoint: str, versions: tuple[str, ...], default_version: str, path: str) -> str:
@@ -111,13 +120,9 @@ class HttpRemoteProber:
         self._timeout = aiohttp.ClientTimeout(total=total_timeout_s, connect=connect_timeout_s)
 
     def _key(self, name: str, model: Model) -> str | None:
-        env_name = model.remote.api_key_env if model.remote else None
-        if env_name is None:
-            return None
-        environ = self._environ if self._environ is not None else os.environ
-        key = environ.get(env_name)
-        if not key:
-            raise DriverUnavailable(f"remote model {name!r} has no API key: set {env_name}")
+        key = api_key(model, self._environ)
+        if key is None and model.remote is not None and model.remote.api_key_env is not None:
+            raise DriverUnavailable(f"remote model {name!r} has no API key: set {model.remote.api_key_env}")
         return key
 
     async def probe(self, name: str, model: Model) -> None:

@@ -25,6 +25,9 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import asdict
 from typing import Any, Literal, NotRequired, TypedDict
 
+# re-exported: readers of events phrase their steps with it
+from stackd.planner.plan import describe_step as describe_step
+
 EventType = Literal[
     "step_started",
     "step_done",
@@ -139,17 +142,6 @@ class PullThrottle:
 def step_dict(step: Any) -> dict[str, Any]:
     """A step (frozen dataclass of ``stackd.planner.plan``) as the JSON the journal and the API carry."""
     return asdict(step)
-
-
-def describe_step(step: Mapping[str, Any]) -> str:
-    """A step's JSON as a short phrase: ``start_container orchestrator-8b``, ``bind_role vision``."""
-    kind = str(step.get("kind", "step"))
-    if kind in ("bind_role", "unbind_role"):
-        return f"{kind} {step.get('role')}" + (f" -> {step['model']}" if step.get("model") else "")
-    if kind == "roles_swapped":
-        return "role table swap"
-    target = step.get("tag") or step.get("container")
-    return f"{kind} {step.get('model', '')}" + (f" ({target})" if target else "")
 
 
 def bindings_dict(bindings: Mapping[str, str]) -> dict[str, str]:

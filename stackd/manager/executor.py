@@ -30,7 +30,7 @@ from typing import Any, assert_never
 from stackd.config.models import DEFAULT_PROCESS_START_TIMEOUT_S, Model, OllamaRuntime, StacksConfig
 from stackd.drivers.base import ContainerDriver, OllamaDriver, ProcessDriver, RemoteProber
 from stackd.errors import DriverUnavailable, StackdError
-from stackd.manager.events import EventLog, PullThrottle, bindings_dict, describe_step, step_dict
+from stackd.manager.events import EventLog, PullThrottle, bindings_dict, step_dict
 from stackd.planner.plan import (
     BindRole,
     LoadModel,
@@ -46,6 +46,7 @@ from stackd.planner.plan import (
     StopStep,
     UnbindRole,
     UnloadModel,
+    describe_step,
 )
 from stackd.roles import LiveRoles, RoleTable
 

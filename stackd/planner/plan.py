@@ -110,6 +110,21 @@ StartStep = StartContainer | StartProcess | LoadModel
 StopStep = StopContainer | StopProcess | UnloadModel
 
 
+def describe_step(step: Mapping[str, object], *, spaced: bool = False) -> str:
+    """A step's JSON as a short phrase: ``start_container orchestrator-8b (aether-orchestrator)``,
+    ``bind_role vision -> vision-7b``, ``role table swap`` (the executor's undo record of the role
+    table). ``spaced`` writes the kind in words (``start container``), as the CLI prints it."""
+    kind = str(step.get("kind", "step"))
+    name = kind.replace("_", " ") if spaced else kind
+    model = step.get("model")
+    if kind in ("bind_role", "unbind_role"):
+        return f"{name} {step.get('role')}" + (f" -> {model}" if model else "")
+    if kind == "roles_swapped":
+        return "role table swap"
+    target = step.get("tag") or step.get("container")
+    return f"{name} {model or ''}" + (f" ({target})" if target and target != model else "")
+
+
 @dataclass(frozen=True)
 class ObservedState:
     """What is really running, as the drivers report it (or as the journal last recorded it).

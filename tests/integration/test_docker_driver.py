@@ -16,6 +16,7 @@ import pytest
 from stackd.config.loader import load_config
 from stackd.config.models import Model
 from stackd.drivers.docker import DockerContainerDriver
+from stackd.drivers.docker_spec import MANAGED_LABEL, MODEL_LABEL
 from stackd.drivers.health import health_url
 from stackd.errors import DriverFailed, DriverUnavailable
 
@@ -207,9 +208,9 @@ async def test_running_reflects_what_the_engine_runs(
     docker_engine.containers.get(models["b"].docker.container).kill()  # type: ignore[union-attr]
     assert await driver.running(models) == {"a"}
 
-    managed = {c.container: c.model for c in await driver.managed()}
-    assert managed[models["a"].docker.container] == "a"  # type: ignore[union-attr]
-    assert managed[models["b"].docker.container] == "b"  # type: ignore[union-attr]
+    for name in ("a", "b"):  # stopped or not, each container says which model it serves
+        labels = docker_engine.containers.get(models[name].docker.container).labels  # type: ignore[union-attr]
+        assert labels[MANAGED_LABEL] == "true" and labels[MODEL_LABEL] == name
 
 
 async def test_containers_the_config_does_not_declare_are_never_touched(

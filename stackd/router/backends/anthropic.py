@@ -13,9 +13,9 @@ from typing import Any
 import aiohttp
 
 from stackd.config.models import Model
+from stackd.drivers.remote import ANTHROPIC_VERSION, api_key
 from stackd.router.backends.base import (
     Wire,
-    api_key,
     decode_json,
     error_event,
     malformed,
@@ -37,7 +37,6 @@ from stackd.router.types import (
     Usage,
 )
 
-API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024
 FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
 
@@ -88,7 +87,7 @@ class AnthropicBackend:
         return body
 
     def _headers(self, key: str | None) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "anthropic-version": API_VERSION}
+        headers = {"Content-Type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
         if key:
             headers["x-api-key"] = key
         return headers

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,6 +32,9 @@ import aiohttp
 from aiohttp import http_exceptions
 
 from stackd.config.models import Model
+from stackd.drivers.remote import api_key
+from stackd.logs.request_id import HEADER as REQUEST_ID_HEADER
+from stackd.logs.request_id import REQUEST_ID
 from stackd.router.redaction import Redactor, split_userinfo
 from stackd.router.types import BackendError, ChatRequest, Completion, FailureKind, StreamEvent
 
@@ -99,13 +101,6 @@ class Wire:
         return self.text(raw, limit)
 
 
-def api_key(model: Model) -> str | None:
-    """The model's key, read from its environment variable at call time (never cached)."""
-    if model.remote is None or model.remote.api_key_env is None:
-        return None
-    return os.environ.get(model.remote.api_key_env) or None
-
-
 def missing_key_reason(model: Model) -> str | None:
     if model.remote is not None and model.remote.api_key_env and not api_key(model):
         return f"API key variable {model.remote.api_key_env} is not set"
@@ -168,6 +163,9 @@ async def post(
                 FailureKind.refused, f"{wire.url}: URL credentials and a key both need Authorization"
             )
         headers = {**headers, "Authorization": wire.basic_auth}
+    request_id = REQUEST_ID.get()
+    if request_id is not None:  # the caller's call, traced upstream
+        headers = {**headers, REQUEST_ID_HEADER: request_id}
     head = False
     try:
         async with session.post(

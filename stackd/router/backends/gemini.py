@@ -15,9 +15,9 @@ from typing import Any
 import aiohttp
 
 from stackd.config.models import Model
+from stackd.drivers.remote import api_key
 from stackd.router.backends.base import (
     Wire,
-    api_key,
     decode_json,
     error_event,
     malformed,

@@ -15,9 +15,9 @@ from typing import Any
 import aiohttp
 
 from stackd.config.models import Model
+from stackd.drivers.remote import api_key
 from stackd.router.backends.base import (
     Wire,
-    api_key,
     authorization_conflict,
     decode_json,
     error_event,
