@@ -22,6 +22,7 @@ from stackd.config.models import StacksConfig
 from stackd.errors import StackdError
 from stackd.hardware.probe import make_gpu_reader, read_hardware
 from stackd.hardware.types import HardwareSnapshot
+from stackd.logs import records as log_records
 from stackd.roles import LiveEndpoints, LiveRoles
 from stackd.services import Services
 from stackd.settings import Settings
@@ -228,6 +229,20 @@ def build_app(settings: Settings) -> FastAPI:
     )
 
 
+def env_secrets() -> list[str]:
+    """The secrets known before the config is read: stackd's token and every *_KEY / *_TOKEN."""
+    return [v for k, v in os.environ.items() if v and (k == TOKEN_ENV or k.endswith(("_KEY", "_TOKEN")))]
+
+
+def daemon_secrets(services: Services) -> list[str]:
+    """What no log line may show: the token (from wherever it was read), the configured API keys
+    and the gateway's token, and what ``env_secrets`` found."""
+    config = services.config
+    names = {m.remote.api_key_env for m in config.models.values() if m.remote and m.remote.api_key_env}
+    names.add(config.auth.gateway_token_env or "")
+    return [services.token, *env_secrets(), *(os.environ.get(n, "") for n in names if n)]
+
+
 def run(settings: Settings) -> None:
     from stackd.api.http_server import DaemonServer, server_config
     from stackd.api.listener import bind_listener, listen_url
@@ -241,17 +256,18 @@ def run(settings: Settings) -> None:
     url = listen_url(settings.host, settings.port)
     with lock_state_dir(settings.state_dir) as lock, bind_listener(settings.host, settings.port) as sock:
         lock.record(DaemonRecord(pid=os.getpid(), url=url))
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        # Every readiness poll and job run at INFO would bury what stackd itself says.
-        for chatty in ("httpx", "apscheduler"):
-            logging.getLogger(chatty).setLevel(logging.WARNING)
+        # JSON lines unless stderr is a terminal (stackd.logs.records); the token and the keys
+        # masked in every line once they are known
+        log_records.configure(secrets=env_secrets(), log_content=settings.log_content)
         # A bad config raises ConfigError here, listing every problem; the CLI prints it, no traceback.
         app = build_app(settings)
+        log_records.configure(secrets=daemon_secrets(app.state.services), log_content=settings.log_content)
         log.info("stackd on %s (config %s, state %s)", url, settings.config, settings.state_dir)
         # A request deadline, keep-alive timeout and connection cap: idle or slow clients cannot
         # take every file descriptor (stackd.api.http_server).
         # Endless answers (the status page's event streams) are closed before uvicorn waits for them.
         server = DaemonServer(
-            server_config(app, log_level="info", access_log=False), closers=[app.state.status_feed.close]
+            server_config(app, log_level="info", access_log=False, log_config=None),
+            closers=[app.state.status_feed.close, app.state.log_followers.close],
         )
         server.run(sockets=[sock])

@@ -32,6 +32,10 @@ class Settings(BaseModel):
     # few hundred bytes; the data path's (/v1/*, /tools/*) carry whole conversations.
     max_body_bytes: int = Field(1 * MIB, ge=1)
     max_gateway_body_bytes: int = Field(16 * MIB, ge=1)
+    # The daemon's log (stackd.logs): prompts and completions only when log_content; one line per
+    # request (method, path, status, ms) when log_requests.
+    log_content: bool = False
+    log_requests: bool = False
 
     @property
     def loopback(self) -> bool:

@@ -17,12 +17,14 @@ from stackd.api.dispatch import BodyLimits, FrontDoor, StackdApp, hot_routes
 from stackd.api.errors import install_error_handlers
 from stackd.api.leases import build_leases_router
 from stackd.api.mcp_server import MCP_PATH, McpServer
+from stackd.api.member_logs import build_member_logs_router
 from stackd.api.openapi_doc import install_openapi
 from stackd.api.page import build_page_router
 from stackd.api.stacks import build_stacks_router
 from stackd.api.status import build_status_router
 from stackd.config.loader import load_config as load
 from stackd.config.models import StacksConfig
+from stackd.drivers.docker_logs import DockerLogs
 from stackd.services import Services
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -47,6 +49,9 @@ def create_app(
     app.include_router(build_status_router(services, read, registry or _default_registry()))
     app.include_router(build_stacks_router(services, write, read))
     app.include_router(build_leases_router(services, write, read))
+    # The followers are closed by the daemon before uvicorn waits for open answers.
+    member_logs, app.state.log_followers = build_member_logs_router(services, write, DockerLogs())
+    app.include_router(member_logs)
     page, app.state.status_feed = build_page_router(services, read)  # closed by the daemon at shutdown
     app.include_router(page)
     app.include_router(
@@ -71,6 +76,7 @@ def create_app(
         hot_routes(hot) | {(method, MCP_PATH): mcp for method in ("GET", "POST", "DELETE")},
         write,
         BodyLimits(control=settings.max_body_bytes, data=settings.max_gateway_body_bytes),
+        access_log=settings.log_requests,
     )
     return app
 

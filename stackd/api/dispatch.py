@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,8 +38,11 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stackd.errors import StackdError
+from stackd.logs.request_id import HEADER_KEY as REQUEST_ID_KEY
+from stackd.logs.request_id import REQUEST_ID, SCOPE_KEY, accepted
 
 log = logging.getLogger("stackd.api")
+access = logging.getLogger("stackd.access")
 
 Guard = Callable[[Request], Any]  # raises ``Unauthorized``; the app's ``bearer_guard``
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # TRACE: 405, never a body read
@@ -65,13 +69,11 @@ def too_large(limit: int) -> BodyTooLarge:
 
 def declared_length(scope: Scope) -> int | None:
     """The request's ``Content-Length``; None when absent (chunked) or not a number."""
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+    value = header(scope, b"content-length")
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        return None
 
 
 class LimitedReceive:
@@ -162,23 +164,84 @@ async def internal_error(send: Send, path: str) -> None:
         await send_json(send, 500, value)
 
 
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower case), or None."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value  # type: ignore[no-any-return]
+    return None
+
+
+class RequestIdSend:
+    """``send`` that adds ``X-Request-ID`` to the response head and remembers its status."""
+
+    __slots__ = ("_header", "_send", "status")
+
+    def __init__(self, send: Send, request_id: bytes) -> None:
+        self._send = send
+        self._header = (REQUEST_ID_KEY, request_id)
+        self.status = 0
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            message = {**message, "headers": [*message.get("headers", ()), self._header]}
+        await self._send(message)
+
+
+def access_line(scope: Scope, status: int, started: float) -> None:
+    """One line per request (``Settings.log_requests``): method, path, status, milliseconds. The
+    query string is left out: a caller may have put a credential in it."""
+    ms = round((time.perf_counter() - started) * 1000, 2)
+    access.info(
+        "%s %s %d %.2f ms",
+        scope["method"],
+        scope["path"],
+        status,
+        ms,
+        extra={"method": scope["method"], "path": scope["path"], "status": status, "duration_ms": ms},
+    )
+
+
 class FrontDoor:
     """The ASGI app in front of FastAPI (see the module's docstring). ``app`` is FastAPI's own
     ASGI entry; ``hot`` maps (method, path) to a raw endpoint; ``write`` is the guard of every
-    route that takes a body."""
+    route that takes a body. Every request gets a request id (the caller's ``X-Request-ID``
+    when usable, else a new one): in ``REQUEST_ID`` while it is served, so that each log line
+    and each backend call carries it, and in the answer's ``X-Request-ID``. ``access_log``:
+    one line per request once it is answered."""
 
     def __init__(
-        self, app: ASGIApp, hot: Mapping[tuple[str, str], ASGIApp], write: Guard, limits: BodyLimits
+        self,
+        app: ASGIApp,
+        hot: Mapping[tuple[str, str], ASGIApp],
+        write: Guard,
+        limits: BodyLimits,
+        access_log: bool = False,
     ) -> None:
         self._app = app
         self._hot = dict(hot)
         self._write = write
         self._limits = limits
+        self._access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
+        request_id = accepted(header(scope, REQUEST_ID_KEY))
+        scope[SCOPE_KEY] = request_id  # for handlers that run outside this task (the MCP SDK's)
+        token = REQUEST_ID.set(request_id)
+        tagged = RequestIdSend(send, request_id.encode())
+        started = time.perf_counter() if self._access_log else 0.0
+        try:
+            await self._serve(scope, receive, tagged)
+        finally:
+            if self._access_log:
+                access_line(scope, tagged.status, started)
+            REQUEST_ID.reset(token)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
         hot = self._hot.get((method, scope["path"]))
         if hot is not None:

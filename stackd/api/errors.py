@@ -16,16 +16,20 @@ NO_BODY = {204, 304}
 
 
 def problem(err: Any) -> dict[str, str]:
-    """One validation error as ``{field, message}``: the field's dotted path, or ``body``."""
-    if err.get("type") == "json_invalid":  # its loc is ("body", character offset), not a field
+    """One validation error (of FastAPI or of ``model_validate_json``) as ``{field, message}``: the
+    field's dotted path, or ``body``. The control API, the gateway and the tools all answer so."""
+    if err.get("type") == "json_invalid" and err["loc"]:  # FastAPI's loc: ("body", character offset)
         why = (err.get("ctx") or {}).get("error") or err["msg"]
         return {"field": "body", "message": f"not JSON ({why} at character {err['loc'][-1]})"}
     return {"field": ".".join(str(p) for p in err["loc"] if p != "body") or "body", "message": err["msg"]}
 
 
+def invalid_request_message(problems: list[dict[str, str]]) -> str:
+    return "invalid request: " + "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+
+
 def invalid_request_body(problems: list[dict[str, str]]) -> dict[str, Any]:
-    summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
-    return {"error": "InvalidRequest", "message": f"invalid request: {summary}", "problems": problems}
+    return {"error": "InvalidRequest", "message": invalid_request_message(problems), "problems": problems}
 
 
 def documented_methods(document: dict[str, Any], path: str) -> list[str]:

@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
+from stackd.api.errors import invalid_request_message, problem
 from stackd.errors import StackdError
 from stackd.router import ReasonRouter
 from stackd.router.routes import Route as ChainRoute
@@ -113,12 +114,8 @@ def validate(model: type[BaseModel], body: bytes) -> Any:
     try:
         return model.model_validate_json(body or b"{}")
     except ValidationError as exc:
-        problems = [
-            {"field": ".".join(str(p) for p in err["loc"]) or "body", "message": err["msg"]}
-            for err in exc.errors()
-        ]
-        summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
-        raise RequestRejected(f"invalid request: {summary}", problems=problems) from None
+        problems = [problem(err) for err in exc.errors()]
+        raise RequestRejected(invalid_request_message(problems), problems=problems) from None
 
 
 async def authorize(auth: Auth, scope: Scope, receive: Receive) -> None:

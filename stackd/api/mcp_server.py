@@ -50,6 +50,7 @@ from stackd.api.stacks import SwitchRequest, switch_stack
 from stackd.api.status import daemon_status
 from stackd.api.tools import CallTimedOut, tool_calls, tool_schema, tool_schemas
 from stackd.errors import StackdError
+from stackd.logs.request_id import REQUEST_ID, SCOPE_KEY
 from stackd.router.types import Answer
 from stackd.services import Services
 
@@ -143,7 +144,7 @@ class McpServer:
 
         async def release(args: ReleaseLeaseArgs) -> tuple[str, Any]:
             assert services.leases is not None
-            body = {**services.leases.to_json(services.leases.release(args.lease_id)), "released": True}
+            body = {**services.leases.to_json(await services.leases.release(args.lease_id)), "released": True}
             return json.dumps(body), body
 
         for name, model, call in (
@@ -158,7 +159,16 @@ class McpServer:
     async def _list_tools(self, _ctx: Any, _params: PaginatedRequestParams | None) -> ListToolsResult:
         return ListToolsResult(tools=[tool for tool, _, _ in self._tools.values()])
 
-    async def _call_tool(self, _ctx: Any, params: CallToolRequestParams) -> CallToolResult:
+    async def _call_tool(self, ctx: Any, params: CallToolRequestParams) -> CallToolResult:
+        # The SDK runs this in its own task group: the call's request id comes with its scope.
+        scope = getattr(ctx.request, "scope", None) or {}
+        token = REQUEST_ID.set(scope.get(SCOPE_KEY))
+        try:
+            return await self._call(params)
+        finally:
+            REQUEST_ID.reset(token)
+
+    async def _call(self, params: CallToolRequestParams) -> CallToolResult:
         try:
             entry = self._tools.get(params.name)
             if entry is None:

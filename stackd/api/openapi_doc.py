@@ -53,11 +53,12 @@ BEARER = {
 ERROR_TEXT = {
     401: "No token, or a wrong one: send `Authorization: Bearer TOKEN`.",
     404: "An unknown name or id; the message lists the valid ones.",
-    409: "Another switch (or a lease on the same GPU) is in the way; the message names it.",
+    409: "A switch is in the way; the message names it.",
     413: "The request body is over the daemon's limit.",
     422: "The request is invalid; `problems` names each field.",
     502: "The backend answered with an error.",
-    503: "Every strategy failed, or an engine (Docker) cannot be reached; `attempts` says why.",
+    503: "Every strategy failed, an engine (Docker) cannot be reached, or a lease was not served by its "
+    "`wait_s` (`Retry-After` says when to retry); the message says why.",
     504: "The call's `timeout_s` ran out.",
 }
 # The errors of each operation besides 401 (secured ones), 413 (all) and 422 (parameters, bodies).

@@ -123,6 +123,22 @@ def serve(
             "--detach", help="Run in the background (log: STATE_DIR/stackd.log); return once it serves."
         ),
     ] = False,
+    log_content: Annotated[
+        bool,
+        typer.Option(
+            "--log-content",
+            envvar="STACKD_LOG_CONTENT",
+            help="Write prompts and answers to the log (off: they are never logged).",
+        ),
+    ] = False,
+    log_requests: Annotated[
+        bool,
+        typer.Option(
+            "--log-requests",
+            envvar="STACKD_LOG_REQUESTS",
+            help="One log line per request: method, path, status, milliseconds.",
+        ),
+    ] = False,
 ) -> None:
     """Run the daemon (FastAPI on uvicorn), in the foreground unless --detach."""
     from stackd.daemon import run
@@ -135,6 +151,8 @@ def serve(
         "gpu_scenario": gpu_scenario,
         "gpu_total_gb": gpu_total_gb,
         "periodic": periodic,
+        "log_content": log_content,
+        "log_requests": log_requests,
     }
     if state_dir is not None:
         kwargs["state_dir"] = state_dir
@@ -351,6 +369,28 @@ def usage(
     with client(url, token, state_dir) as c:
         data = c.get("/usage")
     emit(data, as_json, render.usage_renderable(data, wide=wide))
+
+
+@app.command()
+def logs(
+    member: Annotated[str, typer.Argument(help="A member of the config (a process or docker engine).")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    lines: Annotated[
+        int, typer.Option("--lines", "-n", min=1, max=10000, help="How many of the last lines.")
+    ] = 100,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """An engine's own log: a process member's log file, a docker member's container log."""
+    path = f"/members/{member}/logs"
+    with client(url, token, state_dir) as c:
+        if not follow:
+            for line in c.get(path, params={"lines": lines})["lines"]:
+                out.print(line, markup=False, highlight=False, soft_wrap=True)
+            return
+        for event in c.stream_events(f"{path}?follow=true&lines={lines}"):
+            out.print(event["line"], markup=False, highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -66,12 +66,13 @@ def plan_renderable(plan: dict[str, Any]) -> Group:
         ledger.add_column("item")
         ledger.add_column("kind")
         ledger.add_column("VRAM", justify="right")
+        ledger.add_column("measured", justify="right")
         for item in vram.get("items", []):
-            ledger.add_row(item["model"], item["kind"], gib(item["mib"]))
+            ledger.add_row(item["model"], item["kind"], gib(item["mib"]), _measured_text(item))
         ledger.add_section()
-        ledger.add_row("total", "", gib(vram["total_mib"]))
-        ledger.add_row("reserve", "", gib(vram["reserve_mib"]))
-        ledger.add_row("always-on", "", gib(vram["always_on_mib"]))
+        ledger.add_row("total", "", gib(vram["total_mib"]), "")
+        ledger.add_row("reserve", "", gib(vram["reserve_mib"]), "")
+        ledger.add_row("always-on", "", gib(vram["always_on_mib"]), "")
         ledger.add_row(
             f"on-demand swap ({vram.get('largest_swap_group') or '-'})", "", gib(vram["swap_budget_mib"])
         )
@@ -215,6 +216,14 @@ def members_table(members: list[dict[str, Any]], wide: bool) -> Table:
             row += [m.get("lifecycle") or "", _probe_text(probe), m.get("detail") or ""]
         table.add_row(*row)
     return table
+
+
+def _measured_text(item: dict[str, Any]) -> str:
+    """A ledger line's measurement ('' when none); '!' past 10% over its declaration (budgeted so)."""
+    measured = item.get("measured_mib")
+    if measured is None:
+        return ""
+    return f"{gib(measured)}{' !' if measured > 1.1 * (item.get('mib') or 0) else ''}"
 
 
 def _memory_text(member: dict[str, Any]) -> str:

@@ -225,9 +225,13 @@ class LocalProcessDriver:
         return out
 
     def log_tail(self, name: str, lines: int = LOG_TAIL_LINES) -> list[str]:
+        return pg.log_tail(self.log_file(name), lines, START_MARKER)
+
+    def log_file(self, name: str) -> Path:
+        """The engine's log: its stdout and stderr, run after run, each run after a
+        ``START_MARKER`` line (``STATE_DIR/logs/NAME.log``; ``stackd logs NAME`` reads it)."""
         member = self._members.get(name)
-        path = member.log_path if member and member.log_path else self._log_path(name)
-        return pg.log_tail(path, lines, START_MARKER)
+        return member.log_path if member and member.log_path else self._log_path(name)
 
     async def aclose(self, deadline_s: float = 30.0) -> None:
         """Stop every engine in parallel under one deadline (the daemon is shutting down)."""

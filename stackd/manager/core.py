@@ -70,7 +70,8 @@ class ManagerCore:
     table); when False, only bind the roles of members found up and report the rest as drift.
     ``drain_s``: seconds between a role swap and the first stop or unload of a backend it
     replaced, so that a request that looked up the old binding just before still finishes on it
-    (the daemon sets it; 0 suits in-memory tests).
+    (the daemon sets it; 0 suits in-memory tests). ``footprints``: the remembered measured
+    sizes of the config's members (``stackd.state.gpu``), budgeted when larger than declared.
     """
 
     def __init__(
@@ -91,8 +92,11 @@ class ManagerCore:
         keep_switches: int = 50,
         repair_on_start: bool = True,
         drain_s: float = 0.0,
+        footprints: Callable[[StacksConfig], Mapping[str, int]] | None = None,
     ) -> None:
         self.config = config
+        # model -> the largest MiB it was measured to hold under its current config (state store)
+        self.footprints: Callable[[StacksConfig], Mapping[str, int]] = footprints or (lambda config: {})
         self.store = store
         self.containers = containers
         self.processes = processes
@@ -152,7 +156,7 @@ class ManagerCore:
     async def plan(self, target: str) -> Plan:
         self.known(target)
         observation, hardware = await asyncio.gather(self.observe_detailed(), self.read_hardware())
-        observed = with_measurements(observation, self.config, hardware).state
+        observed = with_measurements(observation, self.config, hardware, self.footprints(self.config)).state
         return self._planner(self.config, observed, target, hardware)
 
     def plan_from(self, observed: ObservedState, target: str, hardware: HardwareSnapshot) -> Plan:

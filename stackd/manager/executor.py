@@ -146,7 +146,12 @@ class PlanExecutor:
         step_timeout_s: float = 300.0,
         drain_s: float = 0.0,
         sleep: Sleep = asyncio.sleep,
+        before_step: Callable[[Step], Awaitable[None]] | None = None,
     ) -> None:
+        """``before_step`` runs before each step, as part of it: if it raises, the step failed
+        and is undone with the rest (a lease waits there until NVML shows the memory of what it
+        stopped back before it starts the next model)."""
+        self._before_step = before_step
         self._config = config
         self._drain_s = drain_s
         self._sleep = sleep
@@ -173,6 +178,8 @@ class PlanExecutor:
                 await self._wait_requests_done(step.model)
             self._log.emit("step_started", step=step_dict(step))
             try:
+                if self._before_step is not None:
+                    await self._before_step(step)
                 await self._timed(step, pending, result)
             except Exception as exc:
                 result.failed_step = step

@@ -351,7 +351,7 @@ class ModelStackManager(ManagerCore):
     async def status(self) -> dict[str, Any]:
         """Active stack, members and their state, roles, ledgers, last switch, recovery, jobs."""
         observation, hardware = await asyncio.gather(self.observe_detailed(), self.read_hardware())
-        observation = with_measurements(observation, self.config, hardware)
+        observation = with_measurements(observation, self.config, hardware, self.footprints(self.config))
         ledger_plan = None
         if self._active in self.config.stacks:
             assert self._active is not None

@@ -72,11 +72,15 @@ async def observe_engines(
 
 
 def with_measurements(
-    observation: Observation, config: StacksConfig, hardware: HardwareSnapshot
+    observation: Observation,
+    config: StacksConfig,
+    hardware: HardwareSnapshot,
+    remembered: Mapping[str, int] | None = None,
 ) -> Observation:
     """The observation with ``measured_mib`` filled for the process members that run: the RSS of
     the engine's process tree for a CPU member; for a GPU member, NVML's used memory of the
-    processes of that tree on the budgeted card."""
+    processes of that tree on the budgeted card. ``remembered`` (model -> the largest MiB measured
+    under its current config, from the state store) becomes ``footprint_mib``."""
     device = hardware.gpu(config.gpu.device)
     gpu_use = {p.pid: p.used_mib for p in device.processes} if device else {}
     measured: dict[str, int] = {}
@@ -90,7 +94,8 @@ def with_measurements(
                 measured[info.model] = sum(held)
         elif info.rss_mib is not None:
             measured[info.model] = info.rss_mib
-    return replace(observation, state=replace(observation.state, measured_mib=measured))
+    state = replace(observation.state, measured_mib=measured, footprint_mib=dict(remembered or {}))
+    return replace(observation, state=state)
 
 
 async def _answer(call: Awaitable[T]) -> T | Exception:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from stackd.config.models import Lifecycle, Model, Runtime
 from stackd.hardware.types import HardwareSnapshot
 from stackd.manager.observe import Observation, drift, extra_members
+from stackd.planner.footprints import measured_of
 from stackd.planner.plan import Plan
 from stackd.planner.views import plan_json
 
@@ -88,7 +89,7 @@ def member_json(
         "runtime": model.runtime.value,
         "placement": model.placement.value,
         "memory_mib": model.memory_mib,
-        "measured_mib": observation.state.measured_mib.get(name),
+        "measured_mib": measured_of(name, observation.state),  # now, or the largest remembered
         "lifecycle": model.lifecycle.value,
         "in_stack": in_stack,
         "state": state,

@@ -1,6 +1,7 @@
 """The VRAM and RAM budgets of a target stack, and the refusals when it does not fit.
 
-VRAM: ``committed = reserve + always-on + swap budget`` on ``config.gpu.device``. The reserve is
+VRAM: ``committed = reserve + always-on + swap budget`` on ``config.gpu.device``, each GPU member
+at its budget (its declaration, or its measurement when larger: ``planner/footprints.py``). The reserve is
 the larger of ``gpu.reserve_gb`` and what foreign processes hold now. The planner cannot tell
 which NVML processes are stackd's containers, so "foreign" is the device's used memory minus the
 configured size of stackd's GPU members that are up, floored at 0.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from stackd.config.models import StacksConfig
 from stackd.hardware.types import HardwareSnapshot
+from stackd.planner.footprints import budget_mib, measured_of
 from stackd.planner.members import MIB_PER_GIB, gib, is_cpu, is_gpu, is_on_demand, is_up
 from stackd.planner.plan import LedgerItem, ObservedState, RamLedger, Refusal, VramLedger
 
@@ -40,27 +42,34 @@ def vram_ledger(
             return None, []
         return None, [Refusal("no_gpu", _no_gpu_message(config, stack, members, hardware), members[0])]
 
-    stackd_up = sum(m.memory_mib for n, m in config.models.items() if is_gpu(m) and is_up(n, m, observed))
+    stackd_up = sum(
+        budget_mib(n, m, observed) for n, m in config.models.items() if is_gpu(m) and is_up(n, m, observed)
+    )
     foreign = max((device.used_mib if device else 0) - stackd_up, 0)
     configured_reserve = round(config.gpu.reserve_gb * MIB_PER_GIB)
     reserve = max(configured_reserve, foreign)
 
-    always = [(n, config.models[n].memory_mib) for n in members if not is_on_demand(config.models[n])]
+    # A member measured larger than declared is budgeted at its measurement (planner/footprints.py).
+    always = [
+        (n, budget_mib(n, config.models[n], observed)) for n in members if not is_on_demand(config.models[n])
+    ]
     groups: dict[str, list[tuple[str, int]]] = {}
     for name in members:
         model = config.models[name]
         if is_on_demand(model):
             # An on-demand model without a swap group only replaces itself: its own group.
-            groups.setdefault(model.swap_group or name, []).append((name, model.memory_mib))
+            groups.setdefault(model.swap_group or name, []).append((name, budget_mib(name, model, observed)))
     largest = {group: max(items, key=lambda item: item[1]) for group, items in groups.items()}
     always_mib = sum(mib for _, mib in always)
     swap_mib = sum(mib for _, mib in largest.values())
     headroom = total - reserve - always_mib - swap_mib
 
-    measured = observed.measured_mib
-    items = [LedgerItem(n, mib, "always_on", measured.get(n)) for n, mib in always]
+    declared = {n: config.models[n].memory_mib for n in members}
+    items = [LedgerItem(n, declared[n], "always_on", measured_of(n, observed)) for n, _ in always]
     items += [
-        LedgerItem(n, mib, "on_demand", measured.get(n)) for group in groups.values() for n, mib in group
+        LedgerItem(n, declared[n], "on_demand", measured_of(n, observed))
+        for group in groups.values()
+        for n, _ in group
     ]
     items.append(LedgerItem("gpu.reserve_gb", configured_reserve, "reserve"))
     if foreign:

@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 
 from stackd.config.models import StacksConfig
+from stackd.logs import content
 from stackd.roles import LiveEndpoints, LiveRoles, RoleTable
 from stackd.router import routes, skips
 from stackd.router.accounting import Accounting, UsageFlusher
@@ -204,7 +205,7 @@ class ReasonRouter:
                 raise
             circuit.record_success()
             ms = (time.perf_counter() - start) * 1000
-            return log.answered(
+            answer = log.answered(
                 target,
                 backend.request_model,
                 completion.text,
@@ -213,6 +214,8 @@ class ReasonRouter:
                 ms,
                 ms,
             )
+            content.exchange(request.messages, answer.backend, answer.text)
+            return answer
         raise log.all_failed()
 
     async def _complete_one(
@@ -304,6 +307,7 @@ class ReasonRouter:
                             first_token_ms or total_ms,
                             total_ms,
                         )
+                        content.exchange(request.messages, answer.backend, answer.text)
                         yield StreamDone(answer)
                         return
             except LocalQueueFull as exc:

@@ -1,7 +1,8 @@
 """Leases on a real Docker engine: the demo's vision and FLUX stand-ins (swap group gpu-creative).
 
-A lease starts the on-demand container and answers once it is healthy; a lease on FLUX is
-refused while vision's lease lives, and evicts vision once that lease is released. The second
+A lease starts the on-demand container and answers once it is healthy; a lease on FLUX that does
+not wait is answered 503 (Retry-After, the lease named) while vision's lease lives (409 before the
+wait queue), and evicts vision once that lease is released. The second
 test drives the same through ``stackd lease`` against a ``stackd serve`` process.
 """
 
@@ -45,7 +46,8 @@ async def test_a_lease_starts_vision_healthy_and_flux_evicts_it_once_released(
         assert health.status_code == 200
 
         refused = await daemon.client.post("/leases", json={"model": FLUX})
-        assert refused.status_code == 409 and f"lease {lease['id']}" in refused.json()["message"]
+        assert refused.status_code == 503 and f"lease {lease['id']}" in refused.json()["message"]
+        assert 0 < int(refused.headers["Retry-After"]) <= 300
         assert container(world, FLUX) not in await asyncio.to_thread(world.running_containers)
 
         assert (await daemon.client.delete(f"/leases/{lease['id']}")).status_code == 200
@@ -80,7 +82,10 @@ def test_the_lease_cli_against_a_daemon_process(demo_worlds: WorldFactory, tmp_p
 
         released = daemon.cli("lease", "release", lease["id"])
         assert released.returncode == 0 and f"released lease {lease['id']}" in released.stdout
-        assert json.loads(daemon.cli("lease", "list", "--json", check=True).stdout) == {"leases": []}
+        assert json.loads(daemon.cli("lease", "list", "--json", check=True).stdout) == {
+            "leases": [],
+            "queue": [],
+        }
         assert container(world, VISION) in world.running_containers()  # until its idle TTL
         missing = daemon.cli("lease", "release", lease["id"])
         assert missing.returncode == 1 and "no live lease" in missing.stderr

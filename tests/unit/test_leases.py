@@ -16,7 +16,15 @@ import pytest
 
 from stackd.api.app import create_app
 from stackd.errors import Conflict, DriverFailed, DriverUnavailable, NotFound
-from stackd.gpu.leases import Lease, LeaseCoordinator, LeaseRefused, decide_lease, leasable, swap_group
+from stackd.gpu.leases import (
+    Lease,
+    LeaseCoordinator,
+    LeaseRefused,
+    LeaseUnavailable,
+    decide_lease,
+    leasable,
+    swap_group,
+)
 from stackd.manager import ModelStackManager
 from stackd.manager.periodic import PeriodicJobs
 from stackd.planner import plan_switch
@@ -177,12 +185,15 @@ async def test_a_lease_whose_start_fails_puts_the_evicted_member_back(world: Wor
 
 
 async def test_a_live_lease_blocks_its_group_until_it_expires(world: World) -> None:
+    """Without a wait (wait_s 0, the default) a held group answers at once: 503 (was 409 before
+    the wait queue), naming the lease, when it ends, and when to retry."""
     manager = await manager_on(world)
     leases = coordinator(world, manager)
     held = await leases.acquire(VISION, ttl_s=100)
     world.containers.actions.clear()
-    with pytest.raises(Conflict, match=f"lease {held.id}") as refused:
+    with pytest.raises(LeaseUnavailable, match=f"lease {held.id}") as refused:
         await leases.acquire(FLUX)
+    assert refused.value.status == 503 and refused.value.detail["retry_after_s"] == 100.0
     assert refused.value.detail["holders"] == [{"lease_id": held.id, "model": VISION, "expires_at": 1100.0}]
     assert world.containers.actions == [] and VISION_C in world.containers.running_containers
     world.now[0] = 1100.0  # expired
@@ -196,19 +207,19 @@ async def test_renew_extends_and_release_ends_a_lease_but_keeps_the_model_runnin
     leases = coordinator(world, manager)
     lease = await leases.acquire(VISION, ttl_s=100)
     world.now[0] = 1050.0
-    assert leases.renew(lease.id).expires_at == 1150.0
-    assert leases.renew(lease.id, ttl_s=10).expires_at == 1060.0
+    assert (await leases.renew(lease.id)).expires_at == 1150.0
+    assert (await leases.renew(lease.id, ttl_s=10)).expires_at == 1060.0
     world.now[0] = 1055.0
-    assert leases.release(lease.id).model == VISION
+    assert (await leases.release(lease.id)).model == VISION
     assert leases.live() == [] and VISION_C in world.containers.running_containers
     assert manager.last_used(VISION) == 1055.0  # the idle TTL counts from the release
     for gone in (lease.id, "no-such-lease"):
         with pytest.raises(NotFound, match="no live lease"):
-            leases.release(gone)
+            await leases.release(gone)
     expiring = await leases.acquire(VISION, ttl_s=5)
     world.now[0] = 1060.0
     with pytest.raises(NotFound):
-        leases.renew(expiring.id)
+        await leases.renew(expiring.id)
 
 
 async def test_refusals_change_nothing(world: World) -> None:
@@ -264,7 +275,7 @@ async def test_the_idle_job_never_stops_a_leased_model(world: World) -> None:
     world.now[0] = 1000.0 + 601  # past the 600 s idle TTL, inside the lease
     assert await jobs.release_idle() == (True, "nothing idle")
     assert VISION_C in world.containers.running_containers
-    leases.release(lease.id)  # at 1601: idle from here
+    await leases.release(lease.id)  # at 1601: idle from here
     world.now[0] = 1601.0 + 599
     assert await jobs.release_idle() == (True, "nothing idle")
     world.now[0] = 1601.0 + 600
@@ -328,13 +339,13 @@ async def test_post_leases_needs_the_token_and_answers_the_lease(daemon: Daemon)
     assert [(le["id"], le["model"]) for le in status["leases"]] == [("lease-1", VISION)]
 
 
-async def test_api_errors_404_409_422(daemon: Daemon) -> None:
+async def test_api_errors_404_503_422(daemon: Daemon) -> None:
     c = daemon.client
     unknown = await c.post("/leases", json={"model": "no-such-model"}, headers=AUTH)
     assert unknown.status_code == 404 and "unknown model 'no-such-model'" in unknown.json()["message"]
     held = (await c.post("/leases", json={"model": VISION}, headers=AUTH)).json()
     conflict = await c.post("/leases", json={"model": FLUX}, headers=AUTH)
-    assert conflict.status_code == 409
+    assert conflict.status_code == 503 and conflict.headers["Retry-After"] == "600"
     assert conflict.json()["holders"] == [{"lease_id": held["id"], "model": VISION, "expires_at": 1600.0}]
     assert f"lease {held['id']}" in conflict.json()["message"]
     refused = await c.post("/leases", json={"model": "orchestrator-8b"}, headers=AUTH)
@@ -356,7 +367,7 @@ async def test_delete_and_renew_a_lease(daemon: Daemon) -> None:
     assert again.status_code == 200 and again.json()["expires_at"] == 1120.0  # its own 90 s from 1030
     released = await c.delete(f"/leases/{lease['id']}", headers=AUTH)
     assert released.status_code == 200 and released.json()["released"] is True
-    assert (await c.get("/leases")).json() == {"leases": []}
+    assert (await c.get("/leases")).json() == {"leases": [], "queue": []}
     assert (await c.delete(f"/leases/{lease['id']}", headers=AUTH)).status_code == 404
     flux = await c.post("/leases", json={"model": FLUX}, headers=AUTH)
     assert flux.status_code == 200

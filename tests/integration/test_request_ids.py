@@ -1,0 +1,117 @@
+"""A request id per call, through the front door: the caller's ``X-Request-ID`` (or a new one) is
+in the answer's header, on each log line of the call, and in the header of the backend call
+(an OpenAI-compatible simulator over loopback records what it received). Prompts reach the log
+only with ``log_content``; secrets never."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from stackd.api.auth import bearer_guard
+from stackd.api.dispatch import BodyLimits, FrontDoor, hot_routes
+from stackd.api.tools import build_tools_router
+from stackd.logs import content, records
+from stackd.roles import LiveRoles, RoleTable
+from stackd.router import ReasonRouter
+from stackd.sim.openai import OpenAISim
+from tests.integration.test_reason_tools import TOKEN, tools_config
+
+PROMPT = "What is the capital of France? (the prompt canary 5b2e)"
+
+
+@dataclass
+class Gateway:
+    http: httpx.AsyncClient
+    sim: OpenAISim
+    log: io.StringIO
+
+    def log_lines(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.log.getvalue().splitlines()]
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    stream = io.StringIO()
+    records.configure(secrets=[TOKEN], stream=stream)
+    yield stream
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    for h in handlers:
+        root.addHandler(h)
+    root.setLevel(level)
+    content.enable(False)
+
+
+@pytest.fixture
+async def gateway(log_stream: io.StringIO) -> AsyncIterator[Gateway]:
+    async with OpenAISim() as sim:
+        config = tools_config(sim.url)
+        stack = config.stacks["s"]
+        router = ReasonRouter(
+            config, LiveRoles(RoleTable("s", dict(stack.roles), frozenset(stack.member_names)))
+        )
+        app = FastAPI()
+        tools = build_tools_router(router, bearer_guard(TOKEN))
+        app.include_router(tools)
+        door = FrontDoor(
+            app, hot_routes(tools.routes), bearer_guard(TOKEN), BodyLimits(1 << 20, 1 << 20), True
+        )
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=door),
+            base_url="http://stackd",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        ) as http:
+            yield Gateway(http, sim, log_stream)
+        await router.aclose()
+
+
+async def reason(gateway: Gateway, headers: dict[str, str] | None = None) -> httpx.Response:
+    answer = await gateway.http.post(
+        "/tools/reason", json={"problem": PROMPT, "effort": 2}, headers=headers or {}
+    )
+    assert answer.status_code == 200, answer.text
+    return answer
+
+
+async def test_the_caller_s_id_is_answered_logged_and_sent_to_the_backend(gateway: Gateway) -> None:
+    answer = await reason(gateway, {"X-Request-ID": "trace-01HZX-42"})
+    assert answer.headers["x-request-id"] == "trace-01HZX-42"
+    [upstream] = [r for r in gateway.sim.requests if r.path.endswith("/chat/completions")]
+    assert upstream.headers["x-request-id"] == "trace-01HZX-42"
+    [access] = [line for line in gateway.log_lines() if line["logger"] == "stackd.access"]
+    assert access["request_id"] == "trace-01HZX-42"
+    assert (access["method"], access["path"], access["status"]) == ("POST", "/tools/reason", 200)
+    assert isinstance(access["duration_ms"], float)
+
+
+async def test_without_one_each_call_gets_its_own(gateway: Gateway) -> None:
+    first = (await reason(gateway)).headers["x-request-id"]
+    second = (await reason(gateway, {"X-Request-ID": "has spaces, so unusable"})).headers["x-request-id"]
+    assert len(first) == len(second) == 16 and first != second
+    sent = [r.headers["x-request-id"] for r in gateway.sim.requests if r.path.endswith("/chat/completions")]
+    assert sent == [first, second]
+    refused = await gateway.http.get("/nope", headers={"Authorization": "Bearer wrong"})
+    assert len(refused.headers["x-request-id"]) == 16  # every answer has one, errors too
+
+
+async def test_prompts_reach_the_log_only_with_log_content_and_secrets_never(gateway: Gateway) -> None:
+    await reason(gateway, {"X-Request-ID": "quiet-call"})
+    assert "prompt canary" not in gateway.log.getvalue()
+    content.enable(True)
+    await reason(gateway, {"X-Request-ID": "logged-call"})
+    [exchange] = [line for line in gateway.log_lines() if line["logger"] == "stackd.content"]
+    assert exchange["request_id"] == "logged-call"
+    assert exchange["messages"] == [{"role": "user", "content": PROMPT}]
+    assert exchange["answer"]
+    logging.getLogger("stackd.test").warning("a careless line with %s", f"Bearer {TOKEN}")
+    assert TOKEN not in gateway.log.getvalue() and records.REDACTED in gateway.log.getvalue()
