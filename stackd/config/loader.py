@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from stackd.config.architecture_files import fill_architectures
 from stackd.config.envvars import expand_env
 from stackd.config.models import StacksConfig
 from stackd.config.problems import Problem, dotted, problems_from_errors, split_fix
@@ -126,6 +127,12 @@ def _load(path: Path, env: Mapping[str, str]) -> tuple[StacksConfig | None, list
     # A duplicate key is no reason to drop what is wrong with the value that YAML kept.
     problems += env_problems + schema_problems
     problems += _first_at_each_path(env_problems + schema_problems, references)
+    if config is not None and not problems:
+        # The architecture files (GGUF header, config.json) are read once the config is sound.
+        config, found = fill_architectures(config, path.parent)
+        problems += [
+            Problem(file, doc.line_of(where), dotted(where), *split_fix(text)) for where, text in found
+        ]
     problems.sort(key=lambda p: p.line)  # stable: problems of one line keep their order
     return (None if problems else config), problems
 

@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from stackd.config.architecture import Architecture
+
 MIB_PER_GIB = 1024
 
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._:-]*$", max_length=64)]
@@ -290,6 +292,9 @@ class Model(Frozen):
     ollama: OllamaRuntime | None = None
     remote: RemoteRuntime | None = None
     price: Price | None = None
+    architecture: Architecture | None = Field(
+        None, description="Layers and heads for the KV-cache planner (docs/kv-planner.md)."
+    )
 
     @field_validator("endpoint")
     @classmethod

@@ -14,6 +14,7 @@ from __future__ import annotations
 from stackd.config.models import StacksConfig
 from stackd.errors import NotFound
 from stackd.hardware.types import HardwareSnapshot
+from stackd.planner.kv import kv_rows
 from stackd.planner.ledgers import ram_ledger, vram_ledger
 from stackd.planner.members import ORCHESTRATOR, gib, is_on_demand
 from stackd.planner.ordering import MAKE_BEFORE_BREAK, ORDERINGS, order_steps
@@ -38,7 +39,8 @@ def plan_switch(
     refusals = _orchestrator_refusals(config, target)
     vram, vram_refusals = vram_ledger(config, target, observed, hardware)
     ram, ram_refusals = ram_ledger(config, target, observed, hardware)
-    refusals += vram_refusals + ram_refusals
+    kv, kv_refusals = kv_rows(config, target, vram)
+    refusals += vram_refusals + ram_refusals + kv_refusals
     if vram is not None and not vram_refusals:
         steps, transition_refusal = _order_within_the_card(config, target, observed, vram)
         if transition_refusal is not None:
@@ -53,6 +55,7 @@ def plan_switch(
         feasible=not refusals,
         refusals=tuple(refusals),
         bindings_after=dict(config.stacks[target].roles),
+        kv=kv,
     )
 
 

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from stackd.planner.kv_row import KvRow
+
 
 @dataclass(frozen=True)
 class StartContainer:
@@ -192,7 +194,7 @@ class RamLedger:
 class Refusal:
     """Why a plan is not feasible, written for a person: what, how much, and what holds it."""
 
-    code: Literal["vram", "ram", "orchestrator", "unknown_stack", "no_gpu"]
+    code: Literal["vram", "ram", "orchestrator", "unknown_stack", "no_gpu", "kv"]
     message: str
     model: str | None = None
 
@@ -207,3 +209,4 @@ class Plan:
     refusals: tuple[Refusal, ...] = ()
     bindings_after: Mapping[str, str] = field(default_factory=dict)
     degraded: tuple[str, ...] = ()
+    kv: tuple[KvRow, ...] = ()  # the KV-cache table (stackd.planner.kv), one row per architecture

@@ -215,7 +215,10 @@ def test_a_member_without_the_macro_keeps_its_budget() -> None:
     ("section", "expected"),
     [
         ({"layers": 32, "kv_heads": 8}, "architecture needs head_dim"),
-        ({"layers": 3, "kv_heads": 1, "head_dim": 64, "hybrid_pattern": "M*"}, "hybrid_pattern has 2 letters"),
+        (
+            {"layers": 3, "kv_heads": 1, "head_dim": 64, "hybrid_pattern": "M*"},
+            "hybrid_pattern has 2 letters",
+        ),
         ({"layers": 2, "kv_heads": 1, "head_dim": 64, "hybrid_pattern": "M*"}, "add a 'mamba:' section"),
         ({"layers": 2, "kv_heads": 1, "head_dim": 64, "attention_layers": [2]}, "outside 0..1"),
         ({"gguf": "a.gguf", "hf_config": "c.json"}, "keep gguf or hf_config"),
