@@ -11,7 +11,6 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from stackd.api.json_route import JsonBodyRoute
-from stackd.errors import NotFound
 from stackd.planner.views import model_json, plan_json, stack_json
 from stackd.services import Services
 
@@ -39,11 +38,8 @@ class SwitchRequest(BaseModel):
 
 
 def known_stack(services: Services, name: str) -> None:
-    if name not in services.config.stacks:
-        raise NotFound(
-            f"unknown stack '{name}'; valid stacks: {', '.join(services.config.stacks)}",
-            valid=list(services.config.stacks),
-        )
+    """``NotFound`` naming the valid stacks, as the manager says it (its config is the daemon's)."""
+    services.manager.known(name)
 
 
 async def switch_stack(services: Services, request: SwitchRequest) -> dict[str, Any]:
