@@ -86,13 +86,16 @@ def secret_env_names(config: StacksConfig) -> frozenset[str]:
 
 def build_services(settings: Settings) -> Services:
     from stackd.drivers.docker import DockerContainerDriver
+    from stackd.drivers.docker_pids import DockerPids
     from stackd.drivers.health import HttpHealthChecker
     from stackd.drivers.ollama import OllamaHttpDriver
     from stackd.drivers.process import LocalProcessDriver
     from stackd.drivers.remote import HttpRemoteProber
     from stackd.gpu.leases import LeaseCoordinator
     from stackd.manager import ModelStackManager
+    from stackd.planner.footprints import remembered_footprints
     from stackd.router import ReasonRouter
+    from stackd.state.gpu import GpuJournal
     from stackd.state.processes import ProcessTable
     from stackd.state.store import StateStore
     from stackd.state.usage import UsageStore
@@ -113,6 +116,7 @@ def build_services(settings: Settings) -> Services:
     endpoints = LiveEndpoints()
     health = HttpHealthChecker(endpoints=endpoints)
     store = StateStore(settings.db_path)
+    gpu_journal = GpuJournal(settings.db_path)  # leases and measured footprints
     processes = LocalProcessDriver(
         settings.state_dir,
         ProcessTable(settings.db_path),
@@ -131,6 +135,7 @@ def build_services(settings: Settings) -> Services:
         live_roles=roles,
         read_hardware=hardware,
         drain_s=ROLE_DRAIN_S,
+        footprints=lambda config: remembered_footprints(config, gpu_journal.footprints()),
     )
     usage = UsageStore(settings.db_path)
     router = ReasonRouter(config, roles, usage=usage, on_use=manager.touch, endpoints=endpoints)
@@ -144,7 +149,7 @@ def build_services(settings: Settings) -> Services:
         token_source=source,
         router=router,
         usage=usage,
-        leases=LeaseCoordinator(manager),
+        leases=LeaseCoordinator(manager, journal=gpu_journal, container_pids=DockerPids()),
         endpoints=endpoints,
         processes=processes,
     )
@@ -211,6 +216,7 @@ def build_app(settings: Settings) -> FastAPI:
                 if services.periodic is not None:
                     services.periodic.shutdown(wait=False)
                 await router.aclose()
+                await leases.aclose()
                 await usage.aclose()
                 await services.manager.aclose()
             finally:

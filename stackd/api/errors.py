@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -61,6 +62,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StackdError)
     async def stackd_error(request: Request, exc: StackdError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        retry_after = exc.detail.get("retry_after_s")
+        if exc.status == 503 and isinstance(retry_after, int | float):
+            headers = {"Retry-After": str(max(math.ceil(retry_after), 1))}
         return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)

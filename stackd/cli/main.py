@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group
+from rich.text import Text
 
 from stackd import __version__
 from stackd.cli import render
@@ -428,16 +429,22 @@ def lease_acquire(
     ttl: Annotated[
         float | None, typer.Option("--ttl", help="Seconds (default: the model's idle_ttl_s).")
     ] = None,
+    wait: Annotated[
+        float,
+        typer.Option(
+            "--wait", help="Seconds to wait in the queue while a lease or another process holds the memory."
+        ),
+    ] = 0.0,
     url: UrlOpt = None,
     token: TokenOpt = None,
     state_dir: StateDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Start MODEL (evicting an unleased member of its swap group) and lease it; waits until ready."""
+    """Start MODEL (evicting the idle members that make it fit) and lease it; waits until ready."""
     with client(
-        url, token, state_dir, timeout=900.0
+        url, token, state_dir, timeout=900.0 + wait
     ) as c:  # a start waits for the model's health, up to its start timeout
-        data = c.post("/leases", {"model": model, "ttl_s": ttl})
+        data = c.post("/leases", {"model": model, "ttl_s": ttl, "wait_s": wait})
     emit(data, as_json, _lease_table([data]))
 
 
@@ -459,7 +466,11 @@ def lease_release(
 def lease_list(
     url: UrlOpt = None, token: TokenOpt = None, state_dir: StateDirOpt = None, as_json: JsonOpt = False
 ) -> None:
-    """The live leases."""
+    """The live leases, and the requests waiting for one (with why)."""
     with client(url, token, state_dir) as c:
         data = c.get("/leases")
-    emit(data, as_json, _lease_table(data["leases"]))
+    waiting = [
+        Text(f"waiting: {w['model']} ({w['deadline_in_s']:.0f} s left): {w['reason']}")
+        for w in data.get("queue", [])
+    ]
+    emit(data, as_json, Group(_lease_table(data["leases"]), *waiting))

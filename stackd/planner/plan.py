@@ -135,7 +135,9 @@ class ObservedState:
     ``running_processes`` process members whose engine process lives; ``pulled_tags`` /
     ``loaded_tags`` are Ollama tags; ``bindings`` is the live role table. ``measured_mib`` is what
     members that run were measured to hold (RSS of the process tree for CPU members, NVML per
-    process for GPU members), beside the configured ``memory_gb``.
+    process for GPU members), beside the configured ``memory_gb``. ``footprint_mib`` is the
+    largest each member was ever measured to hold under its current config (the state store's
+    footprints): the planner budgets a GPU member at the largest of the three.
     """
 
     active_stack: str | None = None
@@ -145,16 +147,27 @@ class ObservedState:
     loaded_tags: frozenset[str] = frozenset()
     bindings: Mapping[str, str] = field(default_factory=dict)
     measured_mib: Mapping[str, int] = field(default_factory=dict)
+    footprint_mib: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class LedgerItem:
-    """One line of a ledger: ``mib`` as configured, ``measured_mib`` as measured while it runs."""
+    """One line of a ledger: ``mib`` as configured, ``measured_mib`` as measured (now, or the
+    largest remembered for its config); the ledger's sums use ``budget_mib``, the larger."""
 
     model: str
     mib: int
     kind: Literal["always_on", "on_demand", "foreign", "reserve"]
     measured_mib: int | None = None
+
+    @property
+    def budget_mib(self) -> int:
+        return max(self.mib, self.measured_mib or 0)
+
+    @property
+    def over_declared(self) -> bool:
+        """Measured more than 10% above the declaration (``stackd status`` flags it)."""
+        return self.measured_mib is not None and self.measured_mib > 1.1 * self.mib
 
 
 @dataclass(frozen=True)
