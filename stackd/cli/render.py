@@ -11,6 +11,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from stackd.cli.kv_view import kv_table
 from stackd.planner.members import gib as planner_gib
 from stackd.planner.plan import describe_step
 
@@ -78,6 +79,8 @@ def plan_renderable(plan: dict[str, Any]) -> Group:
         )
         ledger.add_row("[bold]headroom[/]", "", f"[bold]{gib(vram['headroom_mib'])}[/]")
         items += [ledger, vram_bar(vram)]
+    if kv := kv_table(plan.get("kv") or []):
+        items.append(kv)
     ram = plan.get("ram")
     if ram:
         items.append(
@@ -151,6 +154,8 @@ def status_renderable(status: dict[str, Any], wide: bool = False) -> Group:
         items.append(Text(f"GPU: {gpu.get('state') or 'none'}"))
     if gpu.get("vram"):  # the plan's ledger of the card: what the active stack reserves
         items.append(vram_bar(gpu["vram"]))
+    if kv := kv_table(gpu.get("kv") or []):
+        items.append(kv)
     if not status.get("active_stack"):
         items.append(
             Text("no stack is active: run 'stackd switch NAME' (see 'stackd stacks')", style="yellow")

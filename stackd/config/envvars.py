@@ -55,6 +55,8 @@ def is_process_macro(path: FieldPath, name: str) -> bool:
     runtime, which fills them in at each start; they are not environment variables."""
     from stackd.config.models import PROCESS_MACROS
 
+    if name == "GPU_MEMORY_UTILIZATION":  # filled in from the plan's KV table (stackd.planner.kv)
+        return len(path) >= 3 and path[0] == "models" and path[2] in ("process", "docker")
     in_model = len(path) >= 3 and path[0] == "models" and path[2] in ("process", "endpoint")
     return in_model and name in PROCESS_MACROS
 

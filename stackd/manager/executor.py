@@ -31,6 +31,7 @@ from stackd.config.models import DEFAULT_PROCESS_START_TIMEOUT_S, Model, OllamaR
 from stackd.drivers.base import ContainerDriver, OllamaDriver, ProcessDriver, RemoteProber
 from stackd.errors import DriverUnavailable, StackdError
 from stackd.manager.events import EventLog, PullThrottle, bindings_dict, step_dict
+from stackd.planner.kv import fill_utilization
 from stackd.planner.plan import (
     BindRole,
     LoadModel,
@@ -167,6 +168,7 @@ class PlanExecutor:
     async def run(self, plan: Plan, result: Execution | None = None) -> Execution:
         """Apply ``plan``, filling ``result`` (pass one in to let readers see progress)."""
         result = result if result is not None else Execution()
+        self._config = fill_utilization(self._config, plan.kv, plan.vram)  # ${GPU_MEMORY_UTILIZATION}
         members = frozenset(self._config.stacks[plan.stack].member_names)
         pending = dict(self._live.current.bindings)
         for step in plan.steps:

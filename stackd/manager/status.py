@@ -74,6 +74,7 @@ def build_status(
                 for g in hardware.gpus
             ],
             "vram": ledger.get("vram"),
+            "kv": ledger.get("kv") or [],  # the KV-cache table of the active stack (planner.kv)
         },
         "ram": ledger.get("ram"),
     }

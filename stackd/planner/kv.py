@@ -187,3 +187,40 @@ def _refusal(name: str, row: KvRow) -> str:
 
 def _gib(mib: float | None) -> str:
     return f"{(mib or 0) / MIB_PER_GIB:.2f} GiB"
+
+
+def fill_utilization(
+    config: StacksConfig, plan_kv: tuple[KvRow, ...], vram: VramLedger | None
+) -> StacksConfig:
+    """``config`` with ``${GPU_MEMORY_UTILIZATION}`` filled in the commands of the members that take
+    it: the plan's computed value, else (a plan without the member's row) its ledger line's share
+    of the card. A member with neither keeps the macro (and its engine says what it got)."""
+    computed = {r.model: r.gpu_memory_utilization for r in plan_kv if r.gpu_memory_utilization is not None}
+    models = dict(config.models)
+    for name, model in config.models.items():
+        if not takes_utilization(model):
+            continue
+        util = computed.get(name)
+        if util is None and vram is not None and vram.total_mib > 0:
+            util = model.memory_mib * 100 // vram.total_mib / 100
+        if util is None:
+            continue
+        models[name] = _with_command(
+            model, [a.replace(UTILIZATION_MACRO, f"{util:.2f}") for a in _command(model)]
+        )
+    return config.model_copy(update={"models": models})
+
+
+def _command(model: Model) -> list[str]:
+    if model.process is not None:
+        return list(model.process.command)
+    assert model.docker is not None and model.docker.spec is not None
+    return list(model.docker.spec.command or [])
+
+
+def _with_command(model: Model, command: list[str]) -> Model:
+    if model.process is not None:
+        return model.model_copy(update={"process": model.process.model_copy(update={"command": command})})
+    assert model.docker is not None and model.docker.spec is not None
+    spec = model.docker.spec.model_copy(update={"command": command})
+    return model.model_copy(update={"docker": model.docker.model_copy(update={"spec": spec})})

@@ -242,3 +242,44 @@ def test_a_missing_file_is_a_config_problem_at_its_line(tmp_path: Path) -> None:
     (problem,) = check_file(file, env={})
     assert problem.line == 10 and problem.path == "models.m.architecture"
     assert "missing.gguf not found" in problem.message and "relative to the config file" in problem.fix
+
+
+def test_the_command_takes_the_computed_utilization() -> None:
+    from stackd.planner.kv import fill_utilization
+
+    config = seed_config(False)
+    plan = plan_switch(config, ObservedState(), "s", fixed(32))
+    filled = fill_utilization(config, plan.kv, plan.vram).models["orchestrator-8b"]
+    assert filled.docker is not None and filled.docker.spec is not None
+    assert filled.docker.spec.command == ["--gpu-memory-utilization", "0.45"]
+    # A plan without the member's row (a lease's): its ledger line's share of the card, rounded
+    # down: 12.8 GiB = 13,107 MiB (of 13,107.2), / 32,768 MiB = 0.39997 -> 0.39.
+    fallback = fill_utilization(config, (), plan.vram).models["orchestrator-8b"]
+    assert fallback.docker is not None and fallback.docker.spec is not None
+    assert fallback.docker.spec.command == ["--gpu-memory-utilization", "0.39"]
+
+
+def test_the_macro_is_not_an_environment_variable_and_plan_shows_the_table(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from stackd.cli.offline import offline_plan
+    from stackd.cli.render import plan_renderable
+
+    file = tmp_path / "stacks.yaml"
+    file.write_text(
+        "default_stack: s\nroles: {orchestrator: {required: true}}\ngpu: {total_gb: 32}\nmodels:\n  vllm:\n"
+        "    runtime: process\n    placement: gpu\n    api: openai\n    memory_gb: 16\n"
+        '    process: {command: [vllm, serve, --gpu-memory-utilization, "${GPU_MEMORY_UTILIZATION}"]}\n'
+        "    architecture: {layers: 32, kv_heads: 8, head_dim: 128, weights_gb: 15, context_tokens: 8192}\n"
+        "stacks:\n  s: {roles: {orchestrator: vllm}}\n"
+    )
+    data = offline_plan(file, "s")
+    (row,) = data["kv"]
+    # Nothing else on the card: the whole 32 GiB (util 1.00) minus 15 + 1 GiB = 16 GiB of KV,
+    # 16 GiB / 128 KiB = 131,072 tokens; 16 sessions of 8K (1 GiB each).
+    assert row["gpu_memory_utilization"] == 1.0 and row["kv_tokens"] == 131_072
+    assert dict((c, n) for c, n in row["sessions"])[8192] == 16.0
+    console = Console(width=160, record=True)
+    console.print(plan_renderable(data))
+    text = console.export_text()
+    assert "KV cache" in text and "128 KiB" in text and "131,072" in text and "1.00" in text

@@ -1,0 +1,47 @@
+"""The plan's KV-cache table, as ``stackd plan`` and ``stackd status`` print it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from stackd.planner.kv import SESSION_CONTEXTS
+
+
+def kv_table(rows: list[dict[str, Any]]) -> Table | None:
+    """One line per member with an architecture; None when no member has one."""
+    if not rows:
+        return None
+    table = Table(title="KV cache (docs/kv-planner.md)")
+    for column in ("model", "KV/token", "context", "util", "KV room", "KV tokens"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for ctx in SESSION_CONTEXTS:
+        table.add_column(f"@{ctx // 1024}K", justify="right")
+    for row in rows:
+        sessions = dict((int(ctx), n) for ctx, n in row.get("sessions") or [])
+        util = row.get("gpu_memory_utilization")
+        name = row["model"] + (" [red](refused)[/]" if row.get("refused") else "")
+        table.add_row(
+            name,
+            _kib(row["kv_bytes_per_token"])
+            + (f" +{_mib(row['mamba_state_bytes'])}/seq" if row["mamba_state_bytes"] else ""),
+            _count(row.get("context_tokens")),
+            f"{util:.2f}" if util is not None else "-",
+            f"{row['kv_mib'] / 1024:.2f} GiB" if row.get("kv_mib") is not None else "-",
+            _count(row.get("kv_tokens")),
+            *(f"{sessions[ctx]:g}" if ctx in sessions else "-" for ctx in SESSION_CONTEXTS),
+        )
+    return table
+
+
+def _kib(n: int) -> str:
+    return f"{n / 1024:g} KiB"
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _count(n: int | None) -> str:
+    return "-" if n is None else f"{n:,}"
