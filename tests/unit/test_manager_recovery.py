@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from stackd.manager import ModelStackManager
 from stackd.state.store import StateStore
+from tests.unit.test_manager_switch import switch
 from tests.unit.test_manager_world import World, close_all, make_world
 
 
@@ -24,12 +24,6 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     w = make_world(tmp_path)
     yield w
     await close_all(w)
-
-
-async def switch(manager: ModelStackManager, stack: str) -> dict[str, Any]:
-    handle = await manager.submit_switch(stack)
-    await handle.wait()
-    return manager.get_switch(handle.id)
 
 
 def kill_after_actions(world: World, k: int) -> None:
