@@ -1,0 +1,125 @@
+"""deploy/Dockerfile builds with no image registry and the image it makes serves /healthz.
+
+The base image is made here: ``scripts/build-base-image`` debootstraps a Debian rootfs with
+python3 and python3-venv and ``docker import``s it (the rootfs is cached in ~/.cache/stackd, so
+only the first run downloads it); ``scripts/build-image`` installs stackd into it offline from a
+wheelhouse built on this machine. The container then runs as the operator's guide runs it on a
+bridge network (``STACKD_HOST=0.0.0.0`` with a token), with its state in a volume.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import docker
+import httpx
+import pytest
+from docker.models.containers import Container
+
+from tests.integration.conftest import REPO
+
+pytestmark = pytest.mark.docker
+
+BASE_IMAGE = "stackd-base:bookworm"
+IMAGE = "stackd:deploy-test"
+TOKEN = "deploy-test-" + uuid.uuid4().hex
+HEALTHY_WITHIN_S = 90
+
+
+def run_script(*args: str, timeout: float) -> str:
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(
+        [str(REPO / "scripts" / args[0]), *args[1:]],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=env,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"scripts/{args[0]} failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def image(docker_engine: docker.DockerClient) -> str:
+    # Both images stay (like stackd-demo:latest): the next run reuses their layers.
+    run_script("build-base-image", BASE_IMAGE, timeout=240)
+    run_script("build-image", "--base", BASE_IMAGE, "--tag", IMAGE, timeout=300)
+    return IMAGE
+
+
+@pytest.fixture
+def daemon(
+    docker_engine: docker.DockerClient, image: str, container_name: Callable[[], str]
+) -> Iterator[Container]:
+    container = docker_engine.containers.run(
+        image,
+        name=container_name(),
+        detach=True,
+        ports={"8001/tcp": ("127.0.0.1", None)},
+        environment={"STACKD_HOST": "0.0.0.0", "STACKD_TOKEN": TOKEN},
+        # The image's own check (Test inherited), polled every second instead of every 30 s.
+        healthcheck={"test": [], "interval": 1_000_000_000, "start_period": 60_000_000_000},
+    )
+    try:
+        yield container
+    finally:
+        container.remove(force=True, v=True)  # v: the state volume too
+
+
+def wait_healthy(container: Container) -> str:
+    deadline = time.monotonic() + HEALTHY_WITHIN_S
+    status = "starting"
+    while time.monotonic() < deadline:
+        container.reload()
+        if container.status == "exited":
+            pytest.fail(
+                f"the daemon exited ({container.attrs['State']['ExitCode']}):\n{container.logs().decode()}"
+            )
+        status = container.attrs["State"].get("Health", {}).get("Status", "none")
+        if status == "healthy":
+            return status
+        time.sleep(0.5)
+    pytest.fail(
+        f"Docker health status still {status} after {HEALTHY_WITHIN_S} s:\n{container.logs().decode()}"
+    )
+
+
+def test_the_image_runs_unprivileged_with_its_state_in_a_volume_and_a_health_check(
+    docker_engine: docker.DockerClient, image: str
+) -> None:
+    config = docker_engine.images.get(image).attrs["Config"]
+    assert config["User"] == "stackd"
+    assert "/var/lib/stackd" in config["Volumes"]
+    assert "STACKD_STATE_DIR=/var/lib/stackd" in config["Env"]
+    assert any("/healthz" in part for part in config["Healthcheck"]["Test"])
+
+
+def test_the_container_serves_healthz_and_docker_calls_it_healthy(daemon: Container) -> None:
+    assert wait_healthy(daemon) == "healthy"
+    port = daemon.ports["8001/tcp"][0]["HostPort"]
+    base = f"http://127.0.0.1:{port}"
+    health = httpx.get(f"{base}/healthz", timeout=5)
+    assert health.status_code == 200
+    assert health.json()["status"] == "ok"
+    # Off loopback every route but /healthz needs the token, and the token works.
+    assert httpx.get(f"{base}/status", timeout=5).status_code == 401
+    status = httpx.get(f"{base}/status", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    assert status.status_code == 200, status.text
+    assert TOKEN not in daemon.logs().decode()
+
+    uid = daemon.exec_run(["id", "-u"]).output.decode().strip()
+    assert uid == "10001"
+    listing = daemon.exec_run(["stat", "-c", "%a %U %n", "/var/lib/stackd", "/var/lib/stackd/stackd.db"])
+    assert listing.output.decode().split("\n")[:2] == [
+        "700 stackd /var/lib/stackd",
+        "600 stackd /var/lib/stackd/stackd.db",
+    ]
+    mounts = {m["Destination"]: m["Type"] for m in daemon.attrs["Mounts"]}
+    assert mounts.get("/var/lib/stackd") == "volume"
