@@ -71,6 +71,7 @@ class Followers:
                 await asyncio.wait((following, closing), return_when=asyncio.FIRST_COMPLETED)
                 if not following.done():
                     following.cancel()
+                    await asyncio.wait((following,))  # the generator is free again: it can be closed
                     return
                 try:
                     yield following.result()
