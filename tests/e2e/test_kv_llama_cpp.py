@@ -76,10 +76,10 @@ models:
     api: openai
     memory_gb: 1
     process: {command: ["${PYTHON}", "-m", "llama_cpp.server", "--model", "${MODEL_PATH}"]}
-    architecture: {gguf: MODEL, full_swa_cache: true}
+    architecture: {gguf: GGUF_FILE, full_swa_cache: true}
 stacks:
   embedded: {roles: {orchestrator: gemma}}
-""".replace("MODEL", str(model))
+""".replace("GGUF_FILE", str(model))
     )
     arch = load_config(config_file).models["gemma"].architecture
     assert arch is not None
