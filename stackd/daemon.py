@@ -19,6 +19,7 @@ from stackd.api.app import create_app
 from stackd.api.auth import TOKEN_ENV, load_or_create_token
 from stackd.config.loader import load_config
 from stackd.config.models import StacksConfig
+from stackd.drivers.base import ContainerDriver, HealthChecker
 from stackd.errors import StackdError
 from stackd.hardware.probe import make_gpu_reader, read_hardware
 from stackd.hardware.types import HardwareSnapshot
@@ -124,21 +125,30 @@ def build_services(settings: Settings) -> Services:
         gpu_device=config.gpu.device,
         withheld_env=secret_env_names(config),
     )
+    containers: ContainerDriver = DockerContainerDriver(gpu_device=config.gpu.device, health=health)
+    checker: HealthChecker = health
+    if config.cluster is not None:  # members with docker.swarm are Swarm services (docs/scale-out.md)
+        from stackd.drivers.swarm import ClusterContainers, ClusterHealth, SwarmServiceDriver
+
+        swarm = SwarmServiceDriver(config.cluster, endpoints, health)
+        containers, checker = ClusterContainers(containers, swarm), ClusterHealth(swarm, health)
     manager = ModelStackManager(
         config=config,
         store=store,
-        containers=DockerContainerDriver(gpu_device=config.gpu.device, health=health),
+        containers=containers,
         processes=processes,
         ollama=OllamaHttpDriver(config.ollama.url),
         remotes=HttpRemoteProber(),
-        health=health,
+        health=checker,
         live_roles=roles,
         read_hardware=hardware,
         drain_s=ROLE_DRAIN_S,
         footprints=lambda config: remembered_footprints(config, gpu_journal.footprints()),
     )
     usage = UsageStore(settings.db_path)
-    router = ReasonRouter(config, roles, usage=usage, on_use=manager.touch, endpoints=endpoints)
+    router = ReasonRouter(
+        config, roles, usage=usage, on_use=manager.touch, endpoints=endpoints, unavailable=manager.unavailable
+    )
     return Services(
         settings=settings,
         config=config,

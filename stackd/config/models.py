@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from stackd.config.architecture import Architecture
+from stackd.config.cluster import ClusterConfig, SwarmPlacement
 
 MIB_PER_GIB = 1024
 
@@ -154,6 +155,9 @@ class DockerRuntime(Frozen):
     container: Name = Field(description="Container name. Only declared containers are ever touched.")
     spec: ContainerSpec | None = Field(None, description="Create the container from this spec when missing.")
     stop_timeout_s: int = Field(20, ge=0, description="Grace period before SIGKILL when stopping.")
+    swarm: SwarmPlacement | None = Field(
+        None, description="Run as a Docker Swarm service of cluster: (placement, GPUs); docs/scale-out.md."
+    )
 
 
 class RestartPolicy(StrEnum):
@@ -489,6 +493,9 @@ class StacksConfig(Frozen):
     stacks: dict[Name, Stack]
     reason: ReasonConfig = ReasonConfig()
     presets: dict[Name, Preset] = Field(default_factory=dict)
+    cluster: ClusterConfig | None = Field(
+        None, description="A Docker Swarm whose services run the members that have docker.swarm."
+    )
 
     @field_validator("stacks")
     @classmethod

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, NonNegativeFloat, TypeAdapter, ValidationError
 
+from stackd.config.cluster import cluster_problems
 from stackd.config.models import (
     MIB_PER_GIB,
     GpuBudget,
@@ -85,6 +86,7 @@ def check_references(data: Any, hidden: Collection[FieldPath] = frozenset()) -> 
         for slice_name, model in _mappings(preset.get("slices"), values=object):
             check.known(model, ("presets", pname, "slices", slice_name), "model", models)
     _check_containers(check, models)
+    check.out.extend(cluster_problems(data))
     gpu = _valid(GpuBudget, _section(data, "gpu", StacksConfig))
     _check_memory(check, models, gpu)
     if gpu is not None:

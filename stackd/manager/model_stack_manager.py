@@ -19,7 +19,7 @@ from stackd.manager.observe import Observation, drift, with_measurements
 from stackd.manager.recovery import RecoveryAction, RecoveryDecision, RecoveryReport, decide_recovery
 from stackd.manager.status import build_status
 from stackd.manager.switch import Switch, SwitchHandle, undo_json
-from stackd.planner.members import is_up
+from stackd.planner.members import is_clustered, is_up
 from stackd.planner.plan import Plan, StartContainer, StartProcess
 from stackd.planner.views import plan_json
 from stackd.roles import RoleTable
@@ -299,7 +299,7 @@ class ModelStackManager(ManagerCore):
         if started_at is not None and self._started_at.get(model, float("-inf")) > started_at:
             return
         self.probes[model] = ProbeResult(ok, self.wall_clock(), error)
-        if self.config.models[model].runtime == Runtime.remote:
+        if self.config.models[model].runtime == Runtime.remote or is_clustered(self.config.models[model]):
             if ok:
                 self.degraded.pop(model, None)
             else:
@@ -315,6 +315,13 @@ class ModelStackManager(ManagerCore):
                 self._started_at[step.model] = now
         for name, error in execution.probed.items():
             self.record_probe(name, error is None, error)
+
+    def unavailable(self, model: str) -> str | None:
+        """Why reason() must skip ``model`` now: a swarm member whose node is down or whose task
+        does not run (what its last probe said), else None."""
+        if model in self.config.models and is_clustered(self.config.models[model]):
+            return self.degraded.get(model)
+        return None
 
     def record_job(self, name: str, ok: bool, summary: str) -> None:
         self.jobs[name] = JobResult(ok, self.wall_clock(), summary)

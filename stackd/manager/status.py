@@ -126,6 +126,8 @@ def member_state(
                 return "unknown", observation.problems["docker"]
             if name not in observed.running_containers:
                 return "stopped", "on demand: a lease starts it" if on_demand else "should be running"
+            if name in manager.degraded:  # a swarm member whose node is down or task does not run
+                return "degraded", manager.degraded[name]
             if probe is not None and not probe.ok:
                 return "unhealthy", probe.error
             return "running", None

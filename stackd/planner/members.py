@@ -31,12 +31,28 @@ def gib(mib: float, places: int | None = None) -> str:
     return f"{round(mib / MIB_PER_GIB, 1):g} GiB"
 
 
+def is_clustered(model: Model) -> bool:
+    """A Swarm service: it runs on a node of the cluster, budgeted per node (planner/cluster.py),
+    never on this host's card or RAM."""
+    return model.docker is not None and model.docker.swarm is not None
+
+
+def holds_node_gpu(model: Model) -> bool:
+    """A Swarm service that reserves GPUs of its node (docker.swarm.gpus, default 1 on the GPU)."""
+    swarm = model.docker.swarm if model.docker is not None else None
+    if swarm is None:
+        return False
+    return swarm.gpus > 0 if swarm.gpus is not None else model.placement == Placement.gpu
+
+
 def is_gpu(model: Model) -> bool:
-    return model.placement == Placement.gpu
+    """On this host's GPU."""
+    return model.placement == Placement.gpu and not is_clustered(model)
 
 
 def is_cpu(model: Model) -> bool:
-    return model.placement == Placement.cpu
+    """In this host's RAM."""
+    return model.placement == Placement.cpu and not is_clustered(model)
 
 
 def is_on_demand(model: Model) -> bool:

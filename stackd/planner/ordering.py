@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from stackd.config.models import Runtime, StacksConfig
 from stackd.planner.members import (
     ORCHESTRATOR,
+    holds_node_gpu,
     is_gpu,
     is_on_demand,
     start_step,
@@ -69,10 +70,10 @@ class _StepBuilder:
         self._pull_missing()
         leaving = self._leaving()
         pending = self._pending_starts()
-        if ordering.break_early:
-            for name in leaving:
-                if is_gpu(self.models[name]):
-                    self._release(name)
+        for name in leaving:
+            # A swarm GPU is free only once Swarm reports the old task gone: always break first.
+            if (ordering.break_early and is_gpu(self.models[name])) or holds_node_gpu(self.models[name]):
+                self._release(name)
         if ordering.orchestrator_first:
             new, old = self.target.roles.get(ORCHESTRATOR), self.bindings.get(ORCHESTRATOR)
             if new in pending and old in leaving and old in self.up:

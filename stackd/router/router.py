@@ -63,6 +63,7 @@ class ReasonRouter:
         backend_factory: BackendFactory | None = None,
         flush_interval_s: float = FLUSH_INTERVAL_S,
         endpoints: LiveEndpoints | None = None,
+        unavailable: Callable[[str], str | None] | None = None,
     ) -> None:
         """``usage`` receives the accounting about once a second when given; ``on_use(model)`` is
         called as each attempt starts (the manager keeps on-demand models alive with it);
@@ -71,6 +72,8 @@ class ReasonRouter:
         self.config = config
         self._roles = live_roles
         self._endpoints = endpoints or LiveEndpoints()
+        # Why a model must be skipped now (a swarm member whose node is down), else None.
+        self._unavailable = unavailable or (lambda model: None)
         self._usage = usage
         self._on_use = on_use
         self._clock = clock
@@ -334,7 +337,7 @@ class ReasonRouter:
         if backend is None:
             log.skipped(target, skips.no_chat_protocol(target.model))
             return None
-        why = backend.not_ready()
+        why = backend.not_ready() or skips.unavailable(self._unavailable(target.model))
         if why is None:
             circuit = self.circuit(target.model)
             why = circuit.admit()

@@ -48,6 +48,11 @@ def backend_unbuildable(model: str, exc: Exception) -> str:
     return f"backend of '{model}' cannot be built: {type(exc).__name__}"
 
 
+def unavailable(why: str | None) -> str | None:
+    """A member the manager knows cannot serve now (a swarm member's node is down): its reason."""
+    return f"not available: {why}" if why else None
+
+
 def no_chat_protocol(model: str) -> str:
     return f"model '{model}' has no chat protocol"
 

@@ -1,0 +1,128 @@
+"""Four stacks whose members are Swarm services spread over the test swarm's three nodes.
+
+Every member is the demo image (busybox httpd: /health, /v1/models) as a service: two
+orchestrators pinned by hostname (node 1, node 3), two embeddings members likewise, and two
+GPU members that need the GPU node's one GPU (``node.labels.gpu==rtx5090``, one NVIDIA-GPU).
+``greedy`` binds both GPU members at once: Swarm can place only one.
+
+``placement`` reads where each running service's task is, from the manager: the check that
+every service runs on the node its constraints name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from tests.integration.swarm_cluster import SwarmCluster
+
+STACKS = ("alpha", "beta", "gamma", "delta")
+PORTS = {"orch-1": 18201, "orch-3": 18202, "emb-1": 18203, "emb-3": 18204, "gpu-a": 18205, "gpu-b": 18206}
+ROLES = {
+    "alpha": {"orchestrator": "orch-1", "vision": "gpu-a"},
+    "beta": {"orchestrator": "orch-3", "vision": "gpu-b"},
+    "gamma": {"orchestrator": "orch-1", "embeddings": "emb-3"},
+    "delta": {"orchestrator": "orch-3", "embeddings": "emb-1"},
+    "greedy": {"orchestrator": "orch-1", "vision": "gpu-a", "diffusion": "gpu-b"},
+}
+
+
+@dataclass(frozen=True)
+class SwarmWorld:
+    cluster: SwarmCluster
+    path: Path
+
+    def node_of(self, model: str) -> str:
+        """The hostname a member's constraints pin it to."""
+        if model.startswith("gpu-"):
+            return next(n.hostname for n in self.cluster.nodes if n.gpus)
+        return self.cluster.nodes[int(model[-1]) - 1].hostname
+
+    def placement(self) -> dict[str, str]:
+        """Running service -> hostname of the node its running task is on."""
+        client = self.cluster.manager.client()
+        try:
+            hostnames = {n.id: n.attrs["Description"]["Hostname"] for n in client.nodes.list()}
+            out = {}
+            for service in client.services.list():
+                running = [t for t in service.tasks() if t["Status"]["State"] == "running"]
+                if running:
+                    out[service.name.removeprefix("sw-")] = hostnames[running[0]["NodeID"]]
+            return out
+        finally:
+            client.close()
+
+    def replicas(self) -> dict[str, int]:
+        client = self.cluster.manager.client()
+        try:
+            return {
+                s.name.removeprefix("sw-"): s.attrs["Spec"]["Mode"]["Replicated"]["Replicas"]
+                for s in client.services.list()
+            }
+        finally:
+            client.close()
+
+    def expected(self, stack: str) -> dict[str, str]:
+        return {model: self.node_of(model) for model in ROLES[stack].values()}
+
+    def remove_services(self) -> None:
+        client = self.cluster.manager.client()
+        try:
+            for service in client.services.list():
+                service.remove()
+        finally:
+            client.close()
+
+
+def _member(world_cluster: SwarmCluster, name: str) -> dict[str, object]:
+    port = PORTS[name]
+    gpu = name.startswith("gpu-")
+    if gpu:
+        constraints = ["node.labels.gpu==rtx5090"]
+    else:
+        constraints = [f"node.hostname=={world_cluster.nodes[int(name[-1]) - 1].hostname}"]
+    return {
+        "runtime": "docker",
+        "placement": "gpu" if gpu else "cpu",
+        "api": "openai",
+        "endpoint": f"http://127.0.0.1:{port}/v1",
+        "memory_gb": 8 if gpu else 1,
+        "health": {"path": "/health", "interval_s": 1, "timeout_s": 2, "start_timeout_s": 30},
+        "docker": {
+            "container": f"sw-{name}",
+            "stop_timeout_s": 3,
+            "spec": {
+                "image": world_cluster.image,
+                "env": {"PORT": "8000", "MODEL_NAME": name},
+                "ports": {"8000/tcp": port},
+            },
+            "swarm": {"constraints": constraints, **({"gpus": 1} if gpu else {}), "pending_s": 2},
+        },
+    }
+
+
+def write_config(cluster: SwarmCluster, path: Path, default_stack: str = "alpha") -> SwarmWorld:
+    config = {
+        "version": 1,
+        "default_stack": default_stack,
+        "cluster": {"docker_host": cluster.manager.url, "gpu_memory_gb": 24},
+        "roles": {
+            "orchestrator": {"required": True},
+            "vision": {},
+            "embeddings": {},
+            "diffusion": {},
+        },
+        "models": {name: _member(cluster, name) for name in PORTS},
+        "stacks": {name: {"roles": roles} for name, roles in ROLES.items()},
+        "reason": {
+            "strategies": {
+                "search": {"role": "embeddings"},
+                "local": {"role": "orchestrator"},
+            },
+            "default_chain": ["search", "local"],
+        },
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return SwarmWorld(cluster, path)
