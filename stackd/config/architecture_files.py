@@ -59,11 +59,15 @@ def fill_architecture(arch: Architecture, base_dir: Path) -> Architecture:
     from_file = read_gguf(path) if arch.gguf else read_hf_config(path)
     explicit = {f: getattr(arch, f) for f in arch.model_fields_set}
     try:
-        return Architecture.model_validate({**from_file, **explicit})
+        filled = Architecture.model_validate({**from_file, **explicit})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ValueError(f"{path}: {where}: {first['msg']}; set it in the architecture section") from None
+    missing = [f for f in ("layers", "kv_heads", "head_dim") if getattr(filled, f) is None]
+    if missing:
+        raise ValueError(f"{path} does not say {', '.join(missing)}; set it in the architecture section")
+    return filled
 
 
 def read_gguf(path: Path) -> Fields:
@@ -169,8 +173,6 @@ def read_hf_config(path: Path) -> Fields:
             out["sliding_window_layers"] = [i for i, t in enumerate(types) if t == "sliding_attention"]
     elif window and (every := cfg.get("sliding_window_pattern")) and layers:
         out["sliding_window_layers"] = [i for i in range(layers) if i % every != every - 1]
-    if window and "sliding_window_layers" in out:
+    if window:  # without a layer list, every attention layer slides (Mistral 7B v0.1)
         out["sliding_window"] = window
-    elif window:
-        out["sliding_window"] = window  # every attention layer slides (Mistral 7B v0.1)
     return {k: v for k, v in out.items() if v is not None}

@@ -283,3 +283,19 @@ def test_the_macro_is_not_an_environment_variable_and_plan_shows_the_table(tmp_p
     console.print(plan_renderable(data))
     text = console.export_text()
     assert "KV cache" in text and "128 KiB" in text and "131,072" in text and "1.00" in text
+
+
+def test_unreadable_or_incomplete_files_say_which_and_how(tmp_path: Path) -> None:
+    not_gguf = tmp_path / "model.gguf"
+    not_gguf.write_bytes(b"not a gguf at all")
+    with pytest.raises(ValueError, match=r"model.gguf is not a readable GGUF file .*point gguf: at a .gguf"):
+        fill_architecture(Architecture(gguf="model.gguf"), tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="is not a readable JSON file"):
+        fill_architecture(Architecture(hf_config="config.json"), tmp_path)
+    # A config.json without num_hidden_layers: the field is named, and where to set it.
+    (tmp_path / "config.json").write_text(json.dumps({"num_attention_heads": 8, "hidden_size": 1024}))
+    with pytest.raises(ValueError, match=r"config\.json does not say layers"):
+        fill_architecture(Architecture(hf_config="config.json"), tmp_path)
+    arch = fill_architecture(Architecture(hf_config="config.json", layers=4), tmp_path)
+    assert (arch.layers, arch.kv_heads, arch.head_dim) == (4, 8, 128)  # 1024 / 8
