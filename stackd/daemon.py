@@ -96,8 +96,10 @@ def build_services(settings: Settings) -> Services:
     from stackd.manager import ModelStackManager
     from stackd.planner.footprints import remembered_footprints
     from stackd.router import ReasonRouter
+    from stackd.router.slices import SliceRouter
     from stackd.state.gpu import GpuJournal
     from stackd.state.processes import ProcessTable
+    from stackd.state.slice_audit import SliceAudit
     from stackd.state.store import StateStore
     from stackd.state.usage import UsageStore
 
@@ -149,6 +151,8 @@ def build_services(settings: Settings) -> Services:
     router = ReasonRouter(
         config, roles, usage=usage, on_use=manager.touch, endpoints=endpoints, unavailable=manager.unavailable
     )
+    slices = SliceRouter(router)
+    slices.attach(SliceAudit(settings.db_path), settings.state_dir)
     return Services(
         settings=settings,
         config=config,
@@ -158,6 +162,7 @@ def build_services(settings: Settings) -> Services:
         token=token,
         token_source=source,
         router=router,
+        slices=slices,
         usage=usage,
         leases=LeaseCoordinator(manager, journal=gpu_journal, container_pids=DockerPids()),
         endpoints=endpoints,
@@ -225,6 +230,8 @@ def build_app(settings: Settings) -> FastAPI:
             try:
                 if services.periodic is not None:
                     services.periodic.shutdown(wait=False)
+                if services.slices is not None:
+                    await services.slices.aclose()
                 await router.aclose()
                 await leases.aclose()
                 await usage.aclose()
@@ -235,11 +242,13 @@ def build_app(settings: Settings) -> FastAPI:
 
     from prometheus_client import CollectorRegistry
 
-    from stackd.api.metrics import register_router_metrics, register_stack_metrics
+    from stackd.api.metrics import register_router_metrics, register_slice_metrics, register_stack_metrics
 
     registry = CollectorRegistry()
     register_router_metrics(registry, router)
     register_stack_metrics(registry, services)
+    if services.slices is not None:
+        register_slice_metrics(registry, services.slices)
     return create_app(
         services, lifespan=lifespan, registry=registry, load_config=lambda: load_daemon_config(settings)
     )

@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # the parts import much of stackd; only their types are neede
     from stackd.manager import ModelStackManager
     from stackd.manager.periodic import PeriodicJobs
     from stackd.router import ReasonRouter
+    from stackd.router.slices import SliceRouter
     from stackd.state.usage import UsageStore
 
 
@@ -30,6 +31,7 @@ class Services:
     token: str
     token_source: str
     router: ReasonRouter | None = None
+    slices: SliceRouter | None = None  # elastic slice routing over the router (api/slices.py)
     periodic: PeriodicJobs | None = None
     usage: UsageStore | None = None
     leases: LeaseCoordinator | None = None

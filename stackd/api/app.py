@@ -60,12 +60,15 @@ def create_app(
     hot: list[BaseRoute] = []
     if services.router is not None:
         from stackd.api.gateway import build_gateway_router
+        from stackd.api.slices import build_slices_router
         from stackd.api.tools import build_tools_router
+
+        app.include_router(build_slices_router(services, write, read))
 
         gateway_auth = _gateway_guard(services) or write
         for data_path in (
-            build_tools_router(services.router, write),
-            build_gateway_router(services.router, gateway_auth),
+            build_tools_router(services.router, write, services.slices),
+            build_gateway_router(services.router, gateway_auth, services.slices),
         ):
             app.include_router(data_path)
             hot += data_path.routes

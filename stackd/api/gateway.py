@@ -23,7 +23,7 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
@@ -35,6 +35,7 @@ from stackd.api.errors import invalid_request_message, problem
 from stackd.errors import StackdError
 from stackd.router import ReasonRouter
 from stackd.router.routes import Route as ChainRoute
+from stackd.router.slices import SlicedAnswer, SliceRequest, SliceRouter
 from stackd.router.types import Answer, ChatRequest, RouterStreamItem, StreamBroken, StreamDone, TextDelta
 
 Auth = Callable[..., Any]
@@ -51,6 +52,7 @@ OPENAI_ERROR_TYPES = {
 OPENAI_FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 MAX_TOKENS = 2**31 - 1  # the largest max_tokens accepted; a backend refuses what its context cannot hold
 OPENAI_ERROR_CODES = {401: "invalid_api_key", 404: "model_not_found", 503: "all_strategies_failed"}
+REASONING_EFFORT = {"low": 3, "medium": 6, "high": 9}  # OpenAI's words on stackd's 1-10 effort scale
 
 
 def dumps(value: Any) -> bytes:
@@ -215,6 +217,27 @@ class ChatCompletionBody(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     stop: str | list[str] | None = None
+    # Read by slice routing (a preset with routing: docs/router.md); other models ignore them.
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    user: str | None = Field(None, max_length=256, description="The caller; routing may pin it to a slice.")
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
+    retrieved_chunks: int | None = Field(
+        None, ge=0, le=10_000, description="Chunks retrieved into the prompt."
+    )
+
+    def slice_request(self) -> SliceRequest:
+        effort = REASONING_EFFORT[self.reasoning_effort] if self.reasoning_effort else None
+        return SliceRequest(
+            self.to_request(),
+            self.response_format,
+            self.tools,
+            self.tool_choice,
+            self.retrieved_chunks or 0,
+            effort,
+            self.user,
+        )
 
     def to_request(self) -> ChatRequest:
         stop = [self.stop] if isinstance(self.stop, str) else self.stop
@@ -321,12 +344,46 @@ async def chat_chunks(
     yield SSE_DONE
 
 
+def sliced_body(sliced: SlicedAnswer, model: str) -> dict[str, Any]:
+    """The completion of a routed call: a valid tool call is OpenAI's ``tool_calls``; ``stackd.slices``
+    says which slice served, with which weights and policy, and why each slice tried was left."""
+    payload = completion_body(sliced.answer, model, f"chatcmpl-{secrets.token_hex(12)}", int(time.time()))
+    if sliced.tool_call is not None:
+        call = {
+            "id": f"call_{secrets.token_hex(8)}",
+            "type": "function",
+            "function": {"name": sliced.tool_call.name, "arguments": json.dumps(sliced.tool_call.arguments)},
+        }
+        choice = payload["choices"][0]
+        choice["message"] = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [call]}
+        choice["finish_reason"] = "tool_calls"
+    payload["stackd"]["slices"] = sliced.to_dict()
+    return payload
+
+
+async def sliced_items(sliced: SlicedAnswer) -> AsyncIterator[RouterStreamItem]:
+    yield StreamDone(sliced.answer)
+
+
 class ChatCompletions:
-    def __init__(self, router: ReasonRouter) -> None:
+    def __init__(self, router: ReasonRouter, slices: SliceRouter | None = None) -> None:
         self._router = router
+        self._slices = slices
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         body: ChatCompletionBody = validate(ChatCompletionBody, await read_body(receive))
+        routed = self._slices.routed(body.model) if self._slices is not None else None
+        if routed is not None and self._slices is not None:
+            # Validated before a byte is sent: a routed stream is the whole answer in one chunk.
+            sliced = await self._slices.complete(routed[0], routed[1], body.slice_request())
+            if not body.stream:
+                await send_bytes(send, 200, dumps(sliced_body(sliced, body.model)))
+                return
+            text = sliced.answer.text
+            first: RouterStreamItem = TextDelta(text) if text else StreamDone(sliced.answer)
+            usage = bool(body.stream_options and body.stream_options.get("include_usage"))
+            await send_sse(send, chat_chunks(first, sliced_items(sliced), body.model, usage))
+            return
         route: ChainRoute = self._router.gateway_route(body.model)
         request = body.to_request()
         if not body.stream:
@@ -342,7 +399,7 @@ class ChatCompletions:
         await send_sse(send, chat_chunks(first, items, body.model, include_usage))
 
 
-def build_gateway_router(router: ReasonRouter, auth: Auth) -> APIRouter:
+def build_gateway_router(router: ReasonRouter, auth: Auth, slices: SliceRouter | None = None) -> APIRouter:
     """``GET /v1/models`` and ``POST /v1/chat/completions`` as raw ASGI routes (OpenAI error shape,
     auth errors included); ``auth`` is the app's dependency, called with the ``Request``."""
     api = APIRouter()
@@ -357,6 +414,6 @@ def build_gateway_router(router: ReasonRouter, auth: Auth) -> APIRouter:
 
     models = RawEndpoint(auth, list_models, openai_error)
     api.routes.append(Route("/v1/models", models, methods=["GET"], name="list_models"))
-    endpoint = RawEndpoint(auth, ChatCompletions(router), openai_error)
+    endpoint = RawEndpoint(auth, ChatCompletions(router, slices), openai_error)
     api.routes.append(Route("/v1/chat/completions", endpoint, methods=["POST"], name="chat_completions"))
     return api

@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 from stackd.drivers.base import ProcessInfo
 from stackd.router.accounting import LATENCY_BUCKETS_MS, Accounting, LatencyTally
 from stackd.router.circuit import CircuitState
+from stackd.router.slices import SliceRouter
 from stackd.services import Services
 
 LABELS = ["strategy", "backend"]
@@ -38,12 +39,16 @@ class RouterLike(Protocol):
 def _histogram(name: str, doc: str, tallies: list[tuple[list[str], LatencyTally]]) -> HistogramMetricFamily:
     family = HistogramMetricFamily(name, doc, labels=LABELS)
     for labels, tally in tallies:
-        cumulative, buckets = 0, []
-        for bound, count in zip([*LATENCY_BUCKETS_MS, float("inf")], tally.buckets, strict=True):
-            cumulative += count
-            buckets.append(("+Inf" if bound == float("inf") else str(bound / 1000), cumulative))
-        family.add_metric(labels, buckets, tally.sum_ms / 1000)
+        family.add_metric(labels, _buckets(tally), tally.sum_ms / 1000)
     return family
+
+
+def _buckets(tally: LatencyTally) -> list[tuple[str, float]]:
+    cumulative, buckets = 0, []
+    for bound, count in zip([*LATENCY_BUCKETS_MS, float("inf")], tally.buckets, strict=True):
+        cumulative += count
+        buckets.append(("+Inf" if bound == float("inf") else str(bound / 1000), float(cumulative)))
+    return buckets
 
 
 class RouterCollector(Collector):
@@ -95,6 +100,66 @@ class RouterCollector(Collector):
 
 def register_router_metrics(registry: CollectorRegistry, router: RouterLike) -> RouterCollector:
     collector = RouterCollector(router)
+    registry.register(collector)
+    return collector
+
+
+class SliceCollector(Collector):
+    """Per (preset, slice): acceptance (first try valid), served calls, promotions, retries, budget
+    falls, regret, tokens, cost and latency; and the kill switch."""
+
+    def __init__(self, slices: SliceRouter) -> None:
+        self._slices = slices
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["preset", "slice"]
+        counters = {
+            "tried": "Calls that tried the slice.",
+            "accepted_first": "Calls whose first answer on the slice was valid (acceptance = this / tried).",
+            "served": "Calls the slice answered.",
+            "invalid": "Answers of the slice that failed their validator.",
+            "retries": "Failed tool calls retried on the slice.",
+            "promotions": "Calls promoted from the slice to a larger one.",
+            "budget_falls": "Calls that fell below the slice: its daily tokens spent or rate reached.",
+            "regret_replays": "Promotions from the slice replayed on it.",
+            "regrets": "Replays that validated: the promotion was not needed.",
+            "prompt_tokens": "Prompt tokens of the answers the slice served.",
+            "completion_tokens": "Completion tokens of the answers the slice served.",
+            "cost_usd": "Cost of the answers the slice served, at the configured price.",
+        }
+        families = {
+            key: CounterMetricFamily(f"stackd_slice_{key}", doc, labels=labels)
+            for key, doc in counters.items()
+        }
+        acceptance = GaugeMetricFamily("stackd_slice_acceptance", "accepted_first / tried.", labels=labels)
+        per_1k = GaugeMetricFamily(
+            "stackd_slice_cost_per_1k_tokens_usd", "Cost per 1K tokens served.", labels=labels
+        )
+        tallies = sorted(self._slices.stats.tallies.items())
+        for (preset, slice_name), tally in tallies:
+            for key, family in families.items():
+                family.add_metric([preset, slice_name], getattr(tally, key))
+            if tally.acceptance is not None:
+                acceptance.add_metric([preset, slice_name], tally.acceptance)
+            per_1k.add_metric([preset, slice_name], tally.cost_per_1k_tokens)
+        yield from families.values()
+        yield acceptance
+        yield per_1k
+        latency = HistogramMetricFamily(
+            "stackd_slice_latency_seconds", "Time of a routed call served by the slice.", labels=labels
+        )
+        for (preset, slice_name), tally in tallies:
+            latency.add_metric([preset, slice_name], _buckets(tally.latency), tally.latency.sum_ms / 1000)
+        yield latency
+        yield GaugeMetricFamily(
+            "stackd_slice_kill_switch",
+            "1 while the kill switch forces the largest slice.",
+            value=1.0 if self._slices.controls.kill_switch else 0.0,
+        )
+
+
+def register_slice_metrics(registry: CollectorRegistry, slices: SliceRouter) -> SliceCollector:
+    collector = SliceCollector(slices)
     registry.register(collector)
     return collector
 

@@ -55,6 +55,8 @@ async def daemon_status(services: Services) -> dict[str, Any]:
     body = await services.manager.status()
     if services.router is not None:
         body["router"] = services.router.stats()
+    if services.slices is not None:
+        body["slices"] = services.slices.status()
     leases = services.leases
     body["leases"] = [leases.to_json(lease) for lease in leases.live()] if leases is not None else []
     return body
@@ -114,7 +116,10 @@ def build_status_router(services: Services, read: Callable[..., None], registry:
     @router.get("/usage", dependencies=[Depends(read)])
     async def usage() -> dict[str, Any]:
         rows = services.usage.summary() if services.usage is not None else []
-        return {"rows": rows}
+        slices = services.slices
+        audit = slices.audit.summary() if slices is not None and slices.audit is not None else []
+        tallies = slices.stats.to_dict() if slices is not None else {}
+        return {"rows": rows, "slices": {"served": audit, "since_start": tallies}}
 
     @router.get("/metrics", dependencies=[Depends(read)], response_class=PlainTextResponse)
     async def metrics() -> Response:

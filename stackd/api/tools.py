@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
@@ -39,6 +40,7 @@ from stackd.api.gateway import (
 from stackd.errors import StackdError
 from stackd.router import ReasonRouter
 from stackd.router.routes import DEFAULT_EFFORT, MAX_EFFORT
+from stackd.router.slices import SlicedAnswer, SliceRequest, SliceRouter
 from stackd.router.types import Answer, ChatRequest, RouterStreamItem, StreamBroken, StreamDone, TextDelta
 
 Effort = Annotated[int, Strict(False), Field(ge=1, le=MAX_EFFORT), BeforeValidator(a_number)]
@@ -85,6 +87,15 @@ class InvokeOptions(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     stop: list[str] | None = None
+    # Read when the preset has routing (docs/router.md, "Elastic slices"):
+    caller: str | None = Field(None, max_length=256, description="Who calls; routing may pin it to a slice.")
+    effort: Effort | None = Field(None, description="1-10: how hard the task is (a routing signal).")
+    retrieved_chunks: int | None = Field(
+        None, ge=0, le=10_000, description="Chunks retrieved into the prompt."
+    )
+    response_format: dict[str, Any] | None = Field(
+        None, description="OpenAI's response_format; a json_schema answer is validated, promoted if invalid."
+    )
 
 
 class InvokeModelArgs(BaseModel):
@@ -206,7 +217,9 @@ def tool_schemas(router: ReasonRouter) -> list[dict[str, Any]]:
     ]
 
 
-def tool_calls(router: ReasonRouter) -> dict[str, tuple[type[BaseModel], Call]]:
+def tool_calls(
+    router: ReasonRouter, slices: SliceRouter | None = None
+) -> dict[str, tuple[type[BaseModel], Call]]:
     """Each tool's name → (its arguments' model, the call that gives (complete, stream)): the one
     place a tool call becomes a router call, for ``/tools/*`` and the MCP server alike."""
 
@@ -225,6 +238,23 @@ def tool_calls(router: ReasonRouter) -> dict[str, tuple[type[BaseModel], Call]]:
         route = router.preset_route(args.preset, opts.slice)
         messages = args.messages or [{"role": "user", "content": args.prompt}]
         request = ChatRequest(messages, opts.max_tokens, opts.temperature, opts.top_p, opts.stop)
+        name = args.preset if opts.slice is None else f"{args.preset.split(':', 1)[0]}:{opts.slice}"
+        routed = slices.routed(name) if slices is not None else None
+        if routed is not None and slices is not None:
+            sliced = SliceRequest(
+                request,
+                opts.response_format,
+                None,
+                None,
+                opts.retrieved_chunks or 0,
+                opts.effort,
+                opts.caller,
+            )
+
+            async def complete() -> RoutedAnswer:
+                return RoutedAnswer(await slices.complete(routed[0], routed[1], sliced))
+
+            return complete, (lambda: routed_items(complete()))
         return (lambda: router.complete(route, request)), (lambda: router.stream(route, request))
 
     return {
@@ -234,7 +264,25 @@ def tool_calls(router: ReasonRouter) -> dict[str, tuple[type[BaseModel], Call]]:
     }
 
 
-def build_tools_router(router: ReasonRouter, auth: Auth) -> APIRouter:
+@dataclass(frozen=True, slots=True)
+class RoutedAnswer:
+    """A routed invoke_model answer: ``Answer.to_dict()`` plus its ``slices`` record."""
+
+    sliced: SlicedAnswer
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.sliced.answer.to_dict(), "slices": self.sliced.to_dict()}
+
+
+async def routed_items(answer: Awaitable[RoutedAnswer]) -> AsyncIterator[RouterStreamItem]:
+    """A routed answer is validated before it is sent: one text event, then the end."""
+    sliced = (await answer).sliced
+    if sliced.answer.text:
+        yield TextDelta(sliced.answer.text)
+    yield StreamDone(sliced.answer)
+
+
+def build_tools_router(router: ReasonRouter, auth: Auth, slices: SliceRouter | None = None) -> APIRouter:
     """``GET /tools`` (a FastAPI route) and the three POSTs (raw ASGI routes, see gateway.py)."""
     api = APIRouter()
 
@@ -242,7 +290,7 @@ def build_tools_router(router: ReasonRouter, auth: Auth) -> APIRouter:
     async def list_tools() -> list[dict[str, Any]]:
         return tool_schemas(router)
 
-    for name, (model, call) in tool_calls(router).items():
+    for name, (model, call) in tool_calls(router, slices).items():
         endpoint = RawEndpoint(auth, tool_endpoint(model, call), stackd_error)
         api.routes.append(Route(f"/tools/{name}", endpoint, methods=["POST"], name=name))
     return api

@@ -28,6 +28,7 @@ from pydantic import (
 
 from stackd.config.architecture import Architecture
 from stackd.config.cluster import ClusterConfig, SwarmPlacement
+from stackd.config.slices import SliceRouting
 
 MIB_PER_GIB = 1024
 
@@ -456,6 +457,9 @@ class Preset(Frozen):
     model: Name | None = None
     slices: dict[str, Name] = Field(default_factory=dict, description="slice (6b, 9b, 12b) -> model.")
     default_slice: str | None = None
+    routing: SliceRouting | None = Field(
+        None, description="Route calls of the bare preset name to a slice (stackd/router/slices/)."
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> Preset:
@@ -464,6 +468,10 @@ class Preset(Frozen):
             raise ValueError("a preset needs exactly one target; keep one of 'role', 'model' or 'slices'")
         if self.slices and self.default_slice not in self.slices:
             raise ValueError(f"default_slice is not a slice; set it to one of {sorted(self.slices)}")
+        if self.routing is not None and sorted(self.routing.order) != sorted(self.slices):
+            raise ValueError(
+                f"routing.order must list every slice once, smallest first: {sorted(self.slices)}"
+            )
         return self
 
 
