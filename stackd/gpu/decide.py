@@ -193,7 +193,7 @@ def decide_lease(
         last = held[-1]
         message = (
             f"{model} cannot start: {last.model} holds the {group} swap group under lease {last.id} "
-            f"until {wall_time(last.expires_at)}{_expires_in(last, now)}; release it (stackd lease "
+            f"until {wall_time(last.expires_at)}; release it (stackd lease "
             f"release {last.id}) or wait for it to end"
         )
         return _refused(model, "held", message, tuple(held), _retry_after(held, now))
@@ -256,7 +256,7 @@ def _no_fit(
         holders += sorted((le for le in leases if le.model == name), key=lambda le: le.expires_at)
     device = f"GPU {room.device}"
     if freed >= need and holders:
-        waiting = "; ".join(_waiting_for(le, now) for le in holders)
+        waiting = ", ".join(f"lease {le.id} on {le.model} until {wall_time(le.expires_at)}" for le in holders)
         message = (
             f"{model} needs {gib(need)} but {device} has {gib(max(free, 0))} free and leased members hold "
             f"the rest: {waiting}; release a lease (stackd lease release ID) or wait for it to end"
@@ -280,23 +280,21 @@ def _no_fit(
     return _refused(model, "too_large", message)
 
 
-def _waiting_for(lease: Lease, now: float | None) -> str:
-    return f"waiting for lease {lease.id} on {lease.model}{_expires_in(lease, now, ',')}"
-
-
 def waiting_reason(refusal: LeaseRefusal, now: float) -> str:
-    """The sentence ``GET /leases`` shows for a waiter: 'waiting for lease L on comfyui-flux,
-    expires in 212 s', or the refusal's own message when no lease is in the way."""
+    """The sentence ``GET /leases`` (and a 503 at the deadline) shows for a waiter: 'waiting for
+    lease L on comfyui-flux, expires in 212 s', or the refusal's message when no lease is in the way.
+    Decisions say when in wall time; this says how long from ``now``."""
     if refusal.holders:
-        return "; ".join(_waiting_for(le, now) for le in refusal.holders)
+        return "; ".join(
+            f"waiting for lease {le.id} on {le.model}, expires in {max(le.expires_at - now, 0.0):.0f} s"
+            for le in refusal.holders
+        )
     return refusal.message
 
 
-def _expires_in(lease: Lease, now: float | None, sep: str = " (") -> str:
-    if now is None:
-        return ""
-    text = f"expires in {max(lease.expires_at - now, 0.0):.0f} s"
-    return f"{sep} {text}" if sep == "," else f"{sep}{text})"
+def retry_after(refusal: LeaseRefusal, now: float) -> float | None:
+    """Seconds from ``now`` until the first lease in the way ends (at least 1), if one is."""
+    return _retry_after(list(refusal.holders), now) if refusal.holders else refusal.retry_after_s
 
 
 def _retry_after(holders: list[Lease], now: float | None) -> float | None:

@@ -39,6 +39,7 @@ from stackd.gpu.decide import (
     decide_lease,
     gpu_room,
     leasable,
+    retry_after,
     swap_group,
     waiting_reason,
 )
@@ -219,10 +220,10 @@ class LeaseCoordinator:
         """Serve the queue head first, always; wait for a change when it cannot be served."""
         while self._queue:
             self._wake.clear()
+            self._expire_waiters()  # a waiter already tried is never served past its deadline
+            if not self._queue:
+                break
             head = self._queue[0]
-            if head.future.done():
-                self._queue.popleft()
-                continue
             try:
                 outcome = await self.manager.run_exclusive(functools.partial(self._try, head))
             except Exception as exc:
@@ -250,7 +251,7 @@ class LeaseCoordinator:
     def _expire_waiters(self) -> None:
         """Answer every waiter whose deadline passed: 503 with the reason it still waits."""
         now = self.clock()
-        head = self._queue[0] if self._queue else None
+        head = next((w for w in self._queue if not w.future.done()), None)
         for waiter in list(self._queue):
             if waiter.future.done():
                 self._queue.remove(waiter)
@@ -259,8 +260,17 @@ class LeaseCoordinator:
                 waiter.future.set_exception(self._deadline_error(waiter, head))
 
     def _deadline_error(self, waiter: Waiter, head: Waiter | None) -> StackdError:
+        now = self.clock()
         if waiter.refusal is not None:
-            return refusal_error(waiter.refusal)
+            # The reason and the retry as of now, not as of the last try.
+            refusal = replace(waiter.refusal, retry_after_s=retry_after(waiter.refusal, now))
+            error = refusal_error(refusal)
+            waited = now - waiter.enqueued_at
+            error.message = f"not served within {waited:.0f} s: {waiting_reason(refusal, now)}" + (
+                f"; {refusal.message}" if refusal.holders else ""
+            )
+            error.args = (error.message,)
+            return error
         ahead = head.refusal if head is not None and head.refusal is not None else None
         why = f": {head.model if head else '?'} is {waiting_reason(ahead, self.clock())}" if ahead else ""
         return LeaseUnavailable(
