@@ -57,6 +57,7 @@ COLOURS = {
     "free": (229, 231, 235),
 }
 SWITCH_TIMEOUT_MS = 90_000
+HOSTILE = '<img id="injected" src="x" onerror="window.injected = 1"><b>bold</b>'
 STOP_S = 20  # the engines' stop grace is 5 s
 expect.set_options(timeout=15_000)
 
@@ -225,6 +226,7 @@ class WorldDaemon:
         self.lease_id = (await leases.acquire("vision-qwen25vl")).id
         # NVML sees stackd's members (14 + 8 + 12 GiB) and 1 GiB of other processes.
         world.hardware = card(used_mib=1024 + (14 + 8 + 12) * MIB_PER_GIB)
+        manager.degraded["claude-sonnet"] = HOSTILE  # a remote's error text is shown as text, never as HTML
         services = Services(
             settings=Settings(state_dir=self.tmp / "state"),
             config=config,
@@ -325,4 +327,16 @@ def test_a_lease_is_released_from_the_page_with_the_token(
     expect(page.locator("#ledger-bar .segment[data-kind=leased]")).to_have_count(0)
     leases = httpx.get(f"{world_daemon.url}/leases", timeout=10).json()["leases"]
     assert leases == []
+    page.close()
+
+
+def test_strings_from_the_daemon_are_shown_as_text_never_parsed_as_html(
+    browser: Browser, world_daemon: WorldDaemon
+) -> None:
+    page = new_page(browser)
+    page.goto(f"{world_daemon.url}/")
+    expect(page.locator("#notices")).to_contain_text(f"degraded: claude-sonnet: {HOSTILE}")
+    expect(page.locator("#members tr[data-member=claude-sonnet]")).to_contain_text(HOSTILE)
+    assert page.locator("#injected").count() == 0 and page.locator("main b, section b").count() == 0
+    assert page.evaluate("window.injected") is None
     page.close()

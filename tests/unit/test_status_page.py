@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -242,3 +243,18 @@ async def test_the_router_records_each_call_once_with_its_outcome_and_no_prompt(
     ]
     assert [(a["backend"], a["status"]) for a in calls[1]["attempts"]] == [("m1", "failed"), ("m2", "failed")]
     assert "why?" not in json.dumps(calls)  # the prompt is never kept
+
+
+def test_the_page_builds_its_dom_from_text_only() -> None:
+    """Every string from the daemon goes through textContent or createTextNode: the script has no
+    HTML sink at all, and the page loads nothing but its own two files."""
+    page = Path(__file__).resolve().parents[2] / "stackd" / "api" / "page"
+    script = (page / "app.js").read_text()
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+        assert sink not in script, sink
+    html = (page / "index.html").read_text()
+    assert sorted(re.findall(r'(?:src|href)="([^"]+)"', html)) == [
+        "/page/app.js",
+        "/page/style.css",
+        "data:,",
+    ]
