@@ -106,7 +106,15 @@ def read_gguf(path: Path) -> Fields:
         "weights_gb": round(path.stat().st_size / 2**30, 4),
     }
     attention = [i for i, n in enumerate(per_layer) if n]
-    if len(attention) < len(per_layer):
+    inner, state = value(f"{arch}.ssm.inner_size"), value(f"{arch}.ssm.state_size")
+    if inner and state and len(attention) < len(per_layer):
+        # llama.cpp's recurrent layers: no KV heads and (when it is per layer) no feed-forward.
+        ff = value(f"{arch}.feed_forward_length")
+        ff = list(ff) if isinstance(ff, list) else [0] * len(per_layer)
+        out["hybrid_pattern"] = "".join(
+            "*" if kv else "-" if f else "M" for kv, f in zip(per_layer, ff, strict=True)
+        )
+    elif len(attention) < len(per_layer):
         out["attention_layers"] = attention
     window = value(f"{arch}.attention.sliding_window")
     if window:
@@ -117,7 +125,6 @@ def read_gguf(path: Path) -> Fields:
             out["sliding_window_layers"] = [i for i, sliding in enumerate(pattern) if sliding]
         elif every:
             out["sliding_window_layers"] = [i for i in attention if i % every != every - 1]
-    inner, state = value(f"{arch}.ssm.inner_size"), value(f"{arch}.ssm.state_size")
     if inner and state:
         mamba_heads = value(f"{arch}.ssm.time_step_rank") or 1
         out["mamba"] = MambaState(

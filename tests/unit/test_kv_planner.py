@@ -299,3 +299,37 @@ def test_unreadable_or_incomplete_files_say_which_and_how(tmp_path: Path) -> Non
         fill_architecture(Architecture(hf_config="config.json"), tmp_path)
     arch = fill_architecture(Architecture(hf_config="config.json", layers=4), tmp_path)
     assert (arch.layers, arch.kv_heads, arch.head_dim) == (4, 8, 128)  # 1024 / 8
+
+
+def test_a_hybrid_gguf_header_marks_its_recurrent_layers(tmp_path: Path) -> None:
+    """llama.cpp writes a hybrid's per-layer head_count_kv (0: no KV) and feed_forward_length (0
+    with no KV: a Mamba layer); a header written with gguf's own writer, no tensors."""
+    import gguf
+
+    path = tmp_path / "hybrid.gguf"
+    writer = gguf.GGUFWriter(path, "nemotron_h")
+    writer.add_block_count(6)
+    writer.add_context_length(4096)
+    writer.add_head_count(8)
+    writer.add_head_count_kv([0, 0, 2, 0, 0, 2])
+    writer.add_feed_forward_length([0, 1024, 0, 0, 1024, 0])
+    writer.add_key_length(64)
+    writer.add_value_length(64)
+    writer.add_ssm_conv_kernel(4)
+    writer.add_ssm_inner_size(256)
+    writer.add_ssm_state_size(16)
+    writer.add_ssm_group_count(2)
+    writer.add_ssm_time_step_rank(8)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    arch = fill_architecture(Architecture(gguf=str(path)), tmp_path)
+    assert arch.hybrid_pattern == "M-*M-*"
+    shape = kv_shape(arch)
+    # 2 attention layers x 2 heads x (64 + 64) x 2 bytes = 1 KiB per token.
+    assert (shape.full_layers, shape.mamba_layers, shape.bytes_per_token) == (2, 2, 2 * 2 * 128 * 2)
+    # Mamba state in f32 (llama.cpp): conv 3 x (256 + 2 x 2 x 16) = 960, ssm 256 x 16 = 4,096
+    # elements; (960 + 4,096) x 4 bytes = 20,224 bytes per layer, x 2 layers.
+    assert arch.mamba is not None and arch.mamba.bytes_per_sequence == 20_224
+    assert shape.mamba_bytes == 2 * 20_224
