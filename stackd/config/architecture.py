@@ -82,7 +82,11 @@ class Architecture(Frozen):
     kv_dtype_bytes: float = Field(
         2.0, gt=0, description="Bytes per KV element: 2 (f16/bf16), 1 (fp8), 0.5625 (q4_0)."
     )
-    mamba: MambaState | None = Field(None, description="State of each Mamba layer (hybrid models).")
+    mamba: MambaState | None = Field(
+        None,
+        description="State of each Mamba layer (hybrid models): the pattern's M layers, or every layer "
+        "that attention_layers leaves out.",
+    )
     context_tokens: int | None = Field(
         None,
         gt=0,
