@@ -25,13 +25,13 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
 from stackd.config.models import Runtime
-from stackd.drivers import process_group as pg
 from stackd.errors import NotFound, StackdError
 from stackd.services import Services
 
 POLL_S = 0.25
 MAX_LINES = 10_000
 READ_BYTES = 1 << 20  # at most this much of a file per poll
+TAIL_MAX_BYTES = 8 << 20  # a tail reads back at most this far (10,000 lines of 800 bytes)
 
 
 class NoEngineLog(StackdError):
@@ -89,7 +89,7 @@ async def follow_file(
 ) -> AsyncIterator[str]:
     """The file's last ``lines`` lines, then every line appended to it, polled."""
     position = _size(path)
-    for line in pg.log_tail(path, lines):
+    for line in await asyncio.to_thread(tail_lines, path, lines):
         yield line
     partial = b""
     while True:
@@ -111,6 +111,26 @@ async def follow_file(
             line = raw.decode("utf-8", "replace").rstrip("\r")
             if line.strip():
                 yield line
+
+
+def tail_lines(path: Path, lines: int, max_bytes: int = TAIL_MAX_BYTES) -> list[str]:
+    """The last ``lines`` non-blank lines of ``path``, read backwards in blocks (at most
+    ``max_bytes``); [] when it does not exist."""
+    try:
+        with path.open("rb") as f:
+            end = f.seek(0, 2)
+            start, data = end, b""
+            while start > 0 and data.count(b"\n") <= lines and end - start < max_bytes:
+                step = min(READ_BYTES, start, max_bytes - (end - start))
+                start -= step
+                f.seek(start)
+                data = f.read(step) + data
+    except OSError:
+        return []
+    text = data.decode("utf-8", "replace").splitlines()
+    if start > 0:
+        text = text[1:]  # the first line read may be the end of a longer one
+    return [line for line in text if line.strip()][-lines:]
 
 
 def _size(path: Path) -> int:
@@ -139,7 +159,7 @@ def member_log(services: Services, containers: ContainerLogs | None, name: str) 
         path = services.processes.log_file(name)
 
         async def file_tail(lines: int) -> list[str]:
-            return pg.log_tail(path, lines)
+            return await asyncio.to_thread(tail_lines, path, lines)  # up to TAIL_MAX_BYTES
 
         return file_tail, lambda lines: follow_file(path, lines)
     if model.runtime is Runtime.docker and model.docker is not None:

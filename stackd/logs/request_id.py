@@ -2,8 +2,12 @@
 backends, which send it upstream as ``X-Request-ID``.
 
 A context variable: each request runs in its own task (uvicorn's), so it is the call's alone, and
-tasks the call starts inherit it. Setting it costs well under a microsecond; an id is 16 hex
-digits from ``os.urandom`` unless the caller sent a usable one.
+tasks the call starts inherit it. Setting it costs well under a microsecond; an id is 32 hex
+digits from ``os.urandom`` (a UUID's form) unless the caller sent a usable one.
+
+Upstream, only an id in a UUID's form is sent: llama.cpp's Python server (starlette-context's
+request-id plugin) answers any other ``X-Request-ID`` with 400, so a caller's ``trace-42`` is kept
+for the answer and the log lines but not passed on.
 """
 
 from __future__ import annotations
@@ -19,11 +23,21 @@ MAX_LENGTH = 128
 # What a caller's id may hold: nothing that could break a log line or a header
 USABLE = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,%d}" % MAX_LENGTH)
 
+UUID_FORM = re.compile(
+    r"[0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+
 REQUEST_ID: ContextVar[str | None] = ContextVar("stackd_request_id", default=None)
 
 
 def new_request_id() -> str:
-    return os.urandom(8).hex()
+    return os.urandom(16).hex()
+
+
+def upstream_id() -> str | None:
+    """The call's id as a backend may receive it: in a UUID's form, else None (not sent)."""
+    request_id = REQUEST_ID.get()
+    return request_id if request_id is not None and UUID_FORM.fullmatch(request_id) else None
 
 
 def accepted(value: bytes | None) -> str:

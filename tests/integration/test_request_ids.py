@@ -24,6 +24,7 @@ from stackd.router import ReasonRouter
 from stackd.sim.openai import OpenAISim
 from tests.integration.test_reason_tools import TOKEN, tools_config
 
+ENVOY_ID = "3f2c9a1e-7b4d-4c8e-9f0a-1b2c3d4e5f60"  # a proxy's id, in a UUID's form
 PROMPT = "What is the capital of France? (the prompt canary 5b2e)"
 
 
@@ -84,12 +85,12 @@ async def reason(gateway: Gateway, headers: dict[str, str] | None = None) -> htt
 
 
 async def test_the_caller_s_id_is_answered_logged_and_sent_to_the_backend(gateway: Gateway) -> None:
-    answer = await reason(gateway, {"X-Request-ID": "trace-01HZX-42"})
-    assert answer.headers["x-request-id"] == "trace-01HZX-42"
+    answer = await reason(gateway, {"X-Request-ID": ENVOY_ID})
+    assert answer.headers["x-request-id"] == ENVOY_ID
     [upstream] = [r for r in gateway.sim.requests if r.path.endswith("/chat/completions")]
-    assert upstream.headers["x-request-id"] == "trace-01HZX-42"
+    assert upstream.headers["x-request-id"] == ENVOY_ID
     [access] = [line for line in gateway.log_lines() if line["logger"] == "stackd.access"]
-    assert access["request_id"] == "trace-01HZX-42"
+    assert access["request_id"] == ENVOY_ID
     assert (access["method"], access["path"], access["status"]) == ("POST", "/tools/reason", 200)
     assert isinstance(access["duration_ms"], float)
 
@@ -97,11 +98,20 @@ async def test_the_caller_s_id_is_answered_logged_and_sent_to_the_backend(gatewa
 async def test_without_one_each_call_gets_its_own(gateway: Gateway) -> None:
     first = (await reason(gateway)).headers["x-request-id"]
     second = (await reason(gateway, {"X-Request-ID": "has spaces, so unusable"})).headers["x-request-id"]
-    assert len(first) == len(second) == 16 and first != second
+    assert len(first) == len(second) == 32 and first != second
     sent = [r.headers["x-request-id"] for r in gateway.sim.requests if r.path.endswith("/chat/completions")]
     assert sent == [first, second]
     refused = await gateway.http.get("/nope", headers={"Authorization": "Bearer wrong"})
-    assert len(refused.headers["x-request-id"]) == 16  # every answer has one, errors too
+    assert len(refused.headers["x-request-id"]) == 32  # every answer has one, errors too
+
+
+async def test_a_caller_s_id_not_in_a_uuid_s_form_is_kept_but_not_passed_on(gateway: Gateway) -> None:
+    answer = await reason(gateway, {"X-Request-ID": "trace-01HZX-42"})
+    assert answer.headers["x-request-id"] == "trace-01HZX-42"
+    [upstream] = [r for r in gateway.sim.requests if r.path.endswith("/chat/completions")]
+    assert "x-request-id" not in upstream.headers  # llama.cpp's Python server would answer 400
+    [access] = [line for line in gateway.log_lines() if line["logger"] == "stackd.access"]
+    assert access["request_id"] == "trace-01HZX-42"
 
 
 async def test_prompts_reach_the_log_only_with_log_content_and_secrets_never(gateway: Gateway) -> None:

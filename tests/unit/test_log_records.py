@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from stackd.logs import content, records
-from stackd.logs.request_id import REQUEST_ID, accepted
+from stackd.logs.request_id import REQUEST_ID, accepted, upstream_id
 
 CANARY = "sk-canary-log-7f3e9a21c4"
 TOKEN = "stackd-token-canary-0123456789"
@@ -112,5 +112,23 @@ def test_a_caller_s_request_id_is_kept_only_when_it_is_safe_in_a_log_line() -> N
     assert accepted(b"trace-01HZX.9:a/b+c=") == "trace-01HZX.9:a/b+c="
     for unusable in (None, b"", b"two words", b"line\nbreak", b'quote"', b"x" * 129, "é".encode()):
         new = accepted(unusable)
-        assert len(new) == 16 and int(new, 16) >= 0
+        assert len(new) == 32 and int(new, 16) >= 0
     assert accepted(None) != accepted(None)
+
+
+@pytest.mark.parametrize(
+    ("request_id", "sent"),
+    [
+        ("0f8e4a3c9b2d4e6f8a1b2c3d4e5f6a7b", True),  # stackd's own
+        ("0F8E4A3C-9B2D-4E6F-8A1B-2C3D4E5F6A7B", True),  # Envoy's
+        ("trace-42", False),  # llama.cpp's Python server would answer 400
+        ("0f8e4a3c9b2d4e6f8a1b2c3d4e5f6a7", False),
+        (None, False),
+    ],
+)
+def test_only_a_uuid_form_goes_upstream(request_id: str | None, sent: bool) -> None:
+    token = REQUEST_ID.set(request_id)
+    try:
+        assert upstream_id() == (request_id if sent else None)
+    finally:
+        REQUEST_ID.reset(token)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from stackd.api.app import create_app
-from stackd.api.member_logs import Followers, follow_file
+from stackd.api.member_logs import Followers, follow_file, tail_lines
 from stackd.services import Services
 from stackd.settings import Settings
 from tests.unit.test_manager_world import World, close_all, make_world
@@ -138,3 +138,13 @@ async def test_closing_the_followers_ends_every_stream(tmp_path: Path) -> None:
     followers.close()
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(waiting, 1)
+
+
+def test_a_tail_reads_back_as_far_as_its_lines_need_and_no_further(tmp_path: Path) -> None:
+    log = tmp_path / "e.log"
+    log.write_text("".join(f"line {i:05d} " + "x" * 90 + "\n" for i in range(30_000)))  # ~3 MB
+    last = tail_lines(log, 10_000)
+    assert len(last) == 10_000 and last[0].startswith("line 20000 ") and last[-1].startswith("line 29999 ")
+    capped = tail_lines(log, 10_000, max_bytes=100_000)  # whole lines only, the cut one dropped
+    assert 900 < len(capped) < 1000 and all(line.startswith("line ") for line in capped)
+    assert tail_lines(tmp_path / "absent.log", 5) == []

@@ -34,7 +34,7 @@ from aiohttp import http_exceptions
 from stackd.config.models import Model
 from stackd.drivers.remote import api_key
 from stackd.logs.request_id import HEADER as REQUEST_ID_HEADER
-from stackd.logs.request_id import REQUEST_ID
+from stackd.logs.request_id import upstream_id
 from stackd.router.redaction import Redactor, split_userinfo
 from stackd.router.types import BackendError, ChatRequest, Completion, FailureKind, StreamEvent
 
@@ -163,7 +163,7 @@ async def post(
                 FailureKind.refused, f"{wire.url}: URL credentials and a key both need Authorization"
             )
         headers = {**headers, "Authorization": wire.basic_auth}
-    request_id = REQUEST_ID.get()
+    request_id = upstream_id()
     if request_id is not None:  # the caller's call, traced upstream
         headers = {**headers, REQUEST_ID_HEADER: request_id}
     head = False
