@@ -78,6 +78,17 @@ def new_page(browser: Browser) -> Page:
     return page
 
 
+def assert_colours(page: Page, points: list[tuple[float, str]]) -> None:
+    """The ledger bar's screenshot has each kind's colour at its fraction of the bar's width."""
+    image = Image.open(io.BytesIO(page.locator("#ledger-bar").screenshot())).convert("RGB")
+    width, height = image.size
+    inner = width - 2  # a 1 px border each side
+    for at, kind in points:
+        x = 1 + round(at * inner)
+        pixel = image.getpixel((x, height // 2))
+        assert pixel == COLOURS[kind], f"{kind} at x={x} of {width}: {pixel}, want {COLOURS[kind]}"
+
+
 # ---------------------------------------------------------------- the real daemon, embedded stack
 
 
@@ -134,6 +145,9 @@ def test_a_switch_from_the_page_shows_the_new_stack_without_a_reload(
     expect(page.locator("#ledger-bar .segment[data-kind=foreign]")).to_have_count(1)
     expect(page.locator("#ledger-bar .segment[data-kind=free]")).to_have_count(1)
     expect(page.locator("#gpu-name")).to_contain_text("RTX 5090")
+    # config/examples/gpu-rtx5090.yaml: 3100 MiB of desktop processes on 32607 MiB, drawn in red.
+    foreign = 3100 / 32607
+    assert_colours(page, [(foreign / 2, "foreign"), (foreign + (1 - foreign) / 2, "free")])
     expect(page.locator("#members tr[data-member=gemma-270m]")).to_contain_text("running")
 
     page.select_option("#stack-select", "embedded-long")
@@ -295,17 +309,12 @@ def test_the_ledger_bar_renders_its_six_segments_where_their_sizes_put_them(
     for label, gib in (("always-on", 14), ("leased", 8), ("idle on-demand", 12), ("foreign processes", 1)):
         assert re.search(rf"{label} {gib}(\.0)? GiB", legend), legend
 
-    image = Image.open(io.BytesIO(bar.screenshot())).convert("RGB")
-    width, height = image.size
-    inner = width - 2  # a 1 px border each side
-    start = 0.0
+    points, start = [], 0.0
     for kind, gib in expected.items():
         share = gib / 40
-        for at in (start + share * 0.25, start + share * 0.5, start + share * 0.75):
-            x = 1 + round(at * inner)
-            pixel = image.getpixel((x, height // 2))
-            assert pixel == COLOURS[kind], f"{kind} at x={x} of {width}: {pixel}, want {COLOURS[kind]}"
+        points += [(start + share * part, kind) for part in (0.25, 0.5, 0.75)]
         start += share
+    assert_colours(page, points)
     page.close()
 
 
