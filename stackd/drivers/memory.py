@@ -1,5 +1,12 @@
 """In-memory fakes of the driver protocols, with failure injection, for unit tests and the API's tests.
 
+Why they ship in the package rather than under tests/: ``bench/gateway.py`` builds the daemon's
+real app over them (a benchmark must run from a checkout without Docker or engines), and they are
+the reference implementation of each protocol of ``base``: the checks at the end of this module
+make ``mypy --strict stackd`` fail the moment a fake and its protocol part. Nothing in the product
+imports them (tests/unit/test_import_rules.py keeps the parts' imports in check; ``stackd serve``
+always builds real drivers in ``stackd.daemon``).
+
 They keep the state a real engine would keep (which containers run, which tags are pulled and
 loaded) in plain sets that tests read and set directly, and they fail the way real drivers do:
 only ``DriverUnavailable`` (engine down) or ``DriverFailed`` (engine refused). ``actions`` logs
@@ -17,7 +24,16 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
 from stackd.config.models import Model, OllamaRuntime
-from stackd.drivers.base import LoadedModel, ProcessInfo, PullProgress
+from stackd.drivers.base import (
+    ContainerDriver,
+    HealthChecker,
+    LoadedModel,
+    OllamaDriver,
+    ProcessDriver,
+    ProcessInfo,
+    PullProgress,
+    RemoteProber,
+)
 from stackd.errors import DriverFailed, DriverUnavailable
 
 AfterAction = Callable[[str, str], None]
@@ -268,3 +284,11 @@ class MemoryHealth:
             raise DriverUnavailable(f"health probe of '{name}' got no answer within 2 s (injected)")
         if name in self.unhealthy:
             raise DriverUnavailable(f"{name}: health endpoint answered 503 (injected failure)")
+
+
+# Each fake is its protocol (mypy --strict stackd checks these lines).
+_containers: ContainerDriver = MemoryContainers()
+_processes: ProcessDriver = MemoryProcesses()
+_ollama: OllamaDriver = MemoryOllama()
+_remotes: RemoteProber = MemoryRemotes()
+_health: HealthChecker = MemoryHealth()

@@ -1,8 +1,9 @@
 """What a switch reports while it runs, and the log that replays it to late followers.
 
 A ``SwitchEvent`` is a plain JSON-able dict (the API writes it as one SSE message, ``event:`` set
-to its ``type``); the constructors below are the only places that build one, so the set of
-types and their fields is written down here:
+to its ``type``). ``EventLog.emit(type, **fields)`` is the only place that builds one (the
+executor and the manager call it); ``EventType`` and ``SwitchEvent`` below are the types and
+their fields, listed here:
 
     step_started   step                           a step begins
     step_done      step                           a step succeeded

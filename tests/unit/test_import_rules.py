@@ -1,0 +1,135 @@
+"""The dependency rules of docs/architecture.md, checked over the import graph of stackd/.
+
+Every ``import stackd.X`` / ``from stackd.X import …`` in every module (``TYPE_CHECKING`` blocks
+and function bodies included: a cycle there is still a design bug) is an edge between two parts
+of the house. A new import that the table below does not allow fails here, naming the file and
+the line; change the table only together with docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import stackd
+
+ROOT = Path(stackd.__file__).parent
+EVERYTHING_BELOW_API = frozenset(
+    {"config", "drivers", "errors", "gpu", "hardware", "logs", "manager", "planner", "roles"}
+    | {"router", "services", "settings", "state"}
+)
+
+# part -> the parts it may import (its own modules always). Dependencies point downward:
+# api/cli -> manager/router -> planner/drivers -> config, and nothing below api/ imports it.
+ALLOWED: dict[str, frozenset[str]] = {
+    "errors": frozenset(),
+    "settings": frozenset(),
+    "roles": frozenset(),
+    "logs": frozenset(),
+    "config": frozenset({"errors"}),
+    "state": frozenset({"errors"}),
+    "hardware": frozenset({"config", "errors"}),
+    "planner": frozenset({"config", "errors", "hardware"}),
+    "drivers": frozenset({"config", "errors", "roles", "state"}),
+    "router": frozenset({"config", "drivers", "errors", "logs", "roles", "state"}),
+    "manager": frozenset({"config", "drivers", "errors", "hardware", "planner", "roles", "state"}),
+    "gpu": frozenset({"config", "drivers", "errors", "hardware", "manager", "planner", "roles", "state"}),
+    "services": EVERYTHING_BELOW_API - {"services"},
+    "api": EVERYTHING_BELOW_API,
+    "daemon": EVERYTHING_BELOW_API | {"api"},
+    "cli": EVERYTHING_BELOW_API | {"api", "daemon", "sim"},  # `stackd sim` runs the simulators
+    "sim": frozenset({"config", "errors"}),  # the product never imports sim (only the CLI's demo)
+}
+# The planner is pure (no I/O, no clock, no logging, no randomness): these never enter it.
+IMPURE = frozenset(
+    {"asyncio", "datetime", "logging", "os", "pathlib", "random", "socket", "subprocess", "threading"}
+    | {"time", "aiohttp", "docker", "httpx", "ollama", "psutil", "pynvml", "sqlite3"}
+)
+
+
+@dataclass(frozen=True)
+class Edge:
+    source: Path
+    line: int
+    module: str  # the imported module, dotted
+
+    def __str__(self) -> str:
+        return f"{self.source.relative_to(ROOT.parent)}:{self.line}: imports {self.module}"
+
+
+def part_of(path: Path) -> str:
+    """``stackd/router/backends/openai.py`` -> ``router``; ``stackd/daemon.py`` -> ``daemon``."""
+    relative = path.relative_to(ROOT)
+    return relative.parts[0] if len(relative.parts) > 1 else relative.stem
+
+
+def imports(path: Path, text: str) -> list[Edge]:
+    edges: list[Edge] = []
+    for node in ast.walk(ast.parse(text, str(path))):
+        if isinstance(node, ast.Import):
+            edges += [Edge(path, node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module is not None and node.level == 0:
+            edges.append(Edge(path, node.lineno, node.module))
+    return edges
+
+
+def modules() -> list[tuple[Path, str]]:
+    return [(p, p.read_text()) for p in sorted(ROOT.rglob("*.py")) if p != ROOT / "__init__.py"]
+
+
+def broken_rules(sources: list[tuple[Path, str]]) -> list[str]:
+    """Each import of ``sources`` (a module's place under stackd/ and its text) the table forbids."""
+    broken: list[str] = []
+    for path, text in sources:
+        source = part_of(path)
+        allowed = ALLOWED.get(source)
+        if allowed is None:
+            broken.append(f"{path.relative_to(ROOT.parent)}: part '{source}' is not in the table")
+            continue
+        for edge in imports(path, text):
+            top, _, rest = edge.module.partition(".")
+            if top == "stackd" and rest:
+                target = rest.split(".")[0]
+                if target != source and target not in allowed:
+                    broken.append(f"{edge} ('{source}' may import only {sorted(allowed)})")
+            elif source == "planner" and top in IMPURE:
+                broken.append(f"{edge} (the planner is pure)")
+    return broken
+
+
+def test_every_import_follows_the_dependency_rules() -> None:
+    assert broken_rules(modules()) == []
+
+
+def test_the_house_keeps_at_most_five_top_level_modules() -> None:
+    loose = sorted(p.stem for p in ROOT.glob("*.py") if p.name != "__init__.py")
+    assert len(loose) <= 5, loose
+
+
+def test_a_forbidden_import_is_named_with_its_file_and_line() -> None:
+    sources = [
+        (ROOT / "planner" / "new.py", "import time\nfrom stackd.manager import ModelStackManager\n"),
+        (ROOT / "router" / "new.py", "def f() -> None:\n    from stackd.api import app\n"),
+        (
+            ROOT / "router" / "fine.py",
+            "from stackd.router.types import Usage\nfrom stackd.config import models\n",
+        ),
+        (ROOT / "newpart" / "x.py", "import os\n"),
+    ]
+    found = broken_rules(sources)
+    assert len(found) == 4, found
+    assert found[0] == "stackd/planner/new.py:1: imports time (the planner is pure)"
+    assert found[1].startswith("stackd/planner/new.py:2: imports stackd.manager ('planner' may import only")
+    assert found[2].startswith("stackd/router/new.py:2: imports stackd.api ('router' may import only")
+    assert found[3] == "stackd/newpart/x.py: part 'newpart' is not in the table"
+
+
+def test_the_product_never_imports_the_in_memory_fakes() -> None:
+    users = [
+        str(edge)
+        for path, text in modules()
+        for edge in imports(path, text)
+        if edge.module == "stackd.drivers.memory" and path.name != "memory.py"
+    ]
+    assert users == []
