@@ -258,3 +258,26 @@ def test_the_page_builds_its_dom_from_text_only() -> None:
         "/page/style.css",
         "data:,",
     ]
+
+
+async def test_recent_switches_are_this_runs_then_the_journals_of_earlier_runs(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    first = world.manager()
+    await first.recover()  # the first start applies the default stack
+    await (await first.submit_switch("elastic-hybrid")).wait()
+    await first.aclose()
+    second = world.manager()  # the next daemon run, same state dir
+    await second.recover()
+    await (await second.submit_switch("ollama-hybrid")).wait()
+    recent = second.recent_switches(4)
+    assert [(s["from_stack"], s["stack"]) for s in recent] == [
+        ("elastic-hybrid", "ollama-hybrid"),  # this run's, with their events
+        ("elastic-hybrid", "elastic-hybrid"),  # the start re-applies the persisted stack
+        ("cloud-offload", "elastic-hybrid"),  # an earlier run's, from the journal
+        (None, "cloud-offload"),
+    ]
+    assert recent[0]["events"] and recent[1]["events"] and not recent[2]["events"]
+    steps = switch_steps(recent[2])
+    assert steps and all(step["state"] == "done" for step in steps)
+    assert "pull_model elastic-12b (nemotron-elastic:12b)" in {step["step"] for step in steps}
+    await close_all(world)
