@@ -130,7 +130,8 @@ def build_services(settings: Settings) -> Services:
     containers: ContainerDriver = DockerContainerDriver(gpu_device=config.gpu.device, health=health)
     checker: HealthChecker = health
     if config.cluster is not None:  # members with docker.swarm are Swarm services (docs/scale-out.md)
-        from stackd.drivers.swarm import ClusterContainers, ClusterHealth, SwarmServiceDriver
+        from stackd.drivers.cluster import ClusterContainers, ClusterHealth
+        from stackd.drivers.swarm import SwarmServiceDriver
 
         swarm = SwarmServiceDriver(config.cluster, endpoints, health)
         containers, checker = ClusterContainers(containers, swarm), ClusterHealth(swarm, health)

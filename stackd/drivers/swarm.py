@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import docker
@@ -34,16 +33,16 @@ from docker.errors import APIError, DockerException, NotFound
 
 from stackd.config.cluster import ClusterConfig
 from stackd.config.models import HealthCheck, Model
-from stackd.drivers.base import ContainerDriver, HealthChecker
+from stackd.drivers.base import HealthChecker
 from stackd.drivers.docker_spec import MANAGED_LABEL, SPEC_LABEL
 from stackd.drivers.swarm_spec import (
     TaskView,
     gpus_of,
     member_endpoint,
-    node_address,
     read_task,
     service_options,
 )
+from stackd.drivers.swarm_views import MemberView, NodeView, read_node
 from stackd.errors import DriverFailed, DriverUnavailable, StackdError
 from stackd.roles import LiveEndpoints
 
@@ -55,57 +54,6 @@ T = TypeVar("T")
 ClientFactory = Callable[[], docker.DockerClient]
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class NodeView:
-    """A node as the manager sees it; ``gpus`` are its generic resources of the GPU kind."""
-
-    id: str
-    hostname: str
-    address: str
-    state: str
-    availability: str
-    labels: Mapping[str, str]
-    gpus: tuple[str, ...]
-
-    @property
-    def up(self) -> bool:
-        return self.state == "ready"
-
-
-@dataclass(frozen=True)
-class MemberView:
-    """Where a member's service runs now, for status, endpoints and node loss."""
-
-    model: str
-    service: str
-    replicas: int
-    task: TaskView | None
-    node: NodeView | None
-    endpoint: str | None
-    lost_on: NodeView | None = None  # the down node its last task ran on, when Swarm replaced it
-
-    @property
-    def degraded(self) -> str | None:
-        """Why a member scaled to 1 does not serve now (its node is down, its task pends), or None."""
-        if self.replicas == 0:
-            return None
-        if self.node is not None and not self.node.up:
-            return f"node {self.node.hostname} is {self.node.state}; Swarm reschedules '{self.service}'"
-        if self.task is not None and self.task.state == "running":
-            return None
-        detail = (self.task.error or self.task.message) if self.task is not None else ""
-        if self.lost_on is not None:
-            where = (
-                f"Swarm cannot place '{self.service}' elsewhere: {detail}"
-                if detail
-                else "Swarm reschedules it"
-            )
-            return f"node {self.lost_on.hostname} is {self.lost_on.state}; {where}"
-        if self.task is None:
-            return f"service '{self.service}' has no task yet"
-        return f"task of '{self.service}' is {self.task.state}" + (f": {detail}" if detail else "")
 
 
 class SwarmServiceDriver:
@@ -207,9 +155,15 @@ class SwarmServiceDriver:
             if task is not None and task.state == "pending" and task.error:
                 pending_since = now if pending_since is None else pending_since
                 if now - pending_since >= placement.pending_s:
+                    holders = await self._call("list tasks", self._gpu_holders)
+                    held = (
+                        f"; {'; '.join(holders)}"
+                        if holders and "insufficient resources" in task.error
+                        else ""
+                    )
                     raise DriverFailed(
                         f"Swarm cannot place service '{service}' (model '{name}'): {task.error}"
-                        f"{_wants(model, self._cluster)}; free what holds it or change docker.swarm",
+                        f"{_wants(model, self._cluster)}{held}; free what holds it or change docker.swarm",
                         model=name,
                         container=service,
                         swarm_error=task.error,
@@ -312,37 +266,26 @@ class SwarmServiceDriver:
         down = {n.id for n in self._nodes() if not n.up}
         return [t for t in self._tasks(service) if not t.gone and t.node_id not in down]
 
-    def _nodes(self) -> list[NodeView]:
-        kind = self._cluster.gpu_resource
+    def _gpu_holders(self) -> list[str]:
+        """'GPU-0 of node2 is held by service sw-gpu-a' for every GPU a live task has been given."""
+        names = {
+            str(s.get("ID")): str((s.get("Spec") or {}).get("Name")) for s in self._docker().api.services()
+        }
+        hosts = {n.id: n.hostname for n in self._nodes()}
         out = []
-        for raw in self._docker().api.nodes():
-            description = raw.get("Description") or {}
-            generic = (description.get("Resources") or {}).get("GenericResources") or []
-            gpus = tuple(
-                str(g["NamedResourceSpec"]["Value"])
-                for g in generic
-                if (g.get("NamedResourceSpec") or {}).get("Kind") == kind
-            )
-            gpus += tuple(
-                f"{kind}-{i}"
-                for g in generic
-                if (g.get("DiscreteResourceSpec") or {}).get("Kind") == kind
-                for i in range(int(g["DiscreteResourceSpec"].get("Value", 0)))
-            )
-            status = raw.get("Status") or {}
-            spec = raw.get("Spec") or {}
-            out.append(
-                NodeView(
-                    id=str(raw.get("ID")),
-                    hostname=str(description.get("Hostname", "")),
-                    address=node_address(raw),
-                    state=str(status.get("State", "unknown")),
-                    availability=str(spec.get("Availability", "active")),
-                    labels=dict(spec.get("Labels") or {}),
-                    gpus=gpus,
-                )
-            )
-        return out
+        for raw in self._docker().api.tasks(filters={"desired-state": "running"}):
+            if read_task(raw).gone:
+                continue
+            for resource in raw.get("GenericResources") or []:
+                spec = resource.get("NamedResourceSpec") or {}
+                if spec.get("Kind") == self._cluster.gpu_resource:
+                    host = hosts.get(str(raw.get("NodeID")), "?")
+                    service = names.get(str(raw.get("ServiceID")), "?")
+                    out.append(f"{spec.get('Value')} of {host} is held by service {service}")
+        return sorted(out)
+
+    def _nodes(self) -> list[NodeView]:
+        return [read_node(raw, self._cluster.gpu_resource) for raw in self._docker().api.nodes()]
 
     def _views(self, models: Mapping[str, Model]) -> list[MemberView]:
         nodes = {n.id: n for n in self._nodes()}
@@ -380,30 +323,6 @@ class SwarmServiceDriver:
             ) from exc
 
 
-class ClusterContainers:
-    """The ``ContainerDriver`` of a config with a cluster: members with ``docker.swarm`` go to
-    Swarm, the others to the local engine."""
-
-    def __init__(self, local: ContainerDriver, swarm: SwarmServiceDriver) -> None:
-        self.local = local
-        self.swarm = swarm
-
-    def _of(self, model: Model) -> ContainerDriver:
-        return self.swarm if model.docker is not None and model.docker.swarm else self.local
-
-    async def running(self, models: Mapping[str, Model]) -> frozenset[str]:
-        clustered = {n: m for n, m in models.items() if m.docker is not None and m.docker.swarm}
-        local = {n: m for n, m in models.items() if n not in clustered}
-        found = await self.swarm.running(clustered) if clustered else frozenset()
-        return found | (await self.local.running(local) if local else frozenset())
-
-    async def ensure_running(self, name: str, model: Model) -> None:
-        await self._of(model).ensure_running(name, model)
-
-    async def ensure_stopped(self, name: str, model: Model) -> None:
-        await self._of(model).ensure_stopped(name, model)
-
-
 def _service(name: str, model: Model) -> str:
     if model.docker is None or model.docker.swarm is None:
         raise DriverFailed(f"model '{name}' has no docker.swarm section; the Swarm driver cannot run it")
@@ -428,20 +347,3 @@ def _wants(model: Model, cluster: ClusterConfig) -> str:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-
-
-class ClusterHealth:
-    """The ``HealthChecker`` of a config with a cluster: a swarm member is first looked up in
-    Swarm (its endpoint follows a rescheduled task; a member whose node is down or whose task
-    does not run is unhealthy with that reason), then probed over HTTP like any member."""
-
-    def __init__(self, swarm: SwarmServiceDriver, http: HealthChecker) -> None:
-        self._swarm = swarm
-        self._http = http
-
-    async def check(self, name: str, model: Model) -> None:
-        if model.docker is not None and model.docker.swarm is not None:
-            view = (await self._swarm.views({name: model}))[0]
-            if view.degraded is not None:
-                raise DriverUnavailable(view.degraded, model=name)
-        await self._http.check(name, model)

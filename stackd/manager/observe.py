@@ -15,8 +15,10 @@ from typing import TypeVar
 
 from stackd.config.models import Lifecycle, Placement, Runtime, StacksConfig
 from stackd.drivers.base import ContainerDriver, LoadedModel, OllamaDriver, ProcessDriver, ProcessInfo
+from stackd.drivers.cluster import ClusterReader
 from stackd.errors import DriverFailed, DriverUnavailable
 from stackd.hardware.types import HardwareSnapshot
+from stackd.manager.cluster_view import observe_cluster
 from stackd.planner.members import is_up
 from stackd.planner.plan import ObservedState
 
@@ -45,11 +47,15 @@ async def observe_engines(
     docker_models = {name: m for name, m in config.models.items() if m.runtime == Runtime.docker}
     process_models = {name: m for name, m in config.models.items() if m.runtime == Runtime.process}
     uses_ollama = any(m.runtime == Runtime.ollama for m in config.models.values())
-    live, running, tags, loaded = await asyncio.gather(
+    reader = containers if isinstance(containers, ClusterReader) and config.cluster is not None else None
+    live, running, tags, loaded, cluster = await asyncio.gather(
         processes.running(process_models) if process_models else _nothing(frozenset[str]()),
         _answer(containers.running(docker_models)) if docker_models else _nothing(frozenset()),
         _answer(ollama.list_tags()) if uses_ollama else _nothing(frozenset()),
         _answer(ollama.loaded()) if uses_ollama else _nothing([]),
+        observe_cluster(reader, config.cluster, docker_models)
+        if reader and config.cluster
+        else _nothing(None),
     )
     problems: dict[str, str] = {}
     if isinstance(running, Exception):
@@ -67,6 +73,7 @@ async def observe_engines(
         pulled_tags=frozenset(tags),
         loaded_tags=frozenset(m.tag for m in loaded),
         bindings=dict(bindings),
+        cluster=cluster,
     )
     return Observation(state=state, problems=problems, loaded=tuple(loaded), processes=infos)
 

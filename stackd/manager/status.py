@@ -8,6 +8,7 @@ does not have) is listed under ``drift``: never a half state silently.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from stackd.config.models import Lifecycle, Model, Runtime
@@ -50,6 +51,7 @@ def build_status(
         "degraded": [{"model": m, "error": e} for m, e in sorted(manager.degraded.items())],
         "drift": differences,
         "engines": {engine: observation.problems.get(engine, "ok") for engine in ("docker", "ollama")},
+        "cluster": asdict(observation.state.cluster) if observation.state.cluster is not None else None,
         "switch_in_progress": {"switch_id": current.id, "stack": current.target, "state": current.state}
         if current
         else None,

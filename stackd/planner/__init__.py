@@ -14,6 +14,7 @@ from __future__ import annotations
 from stackd.config.models import StacksConfig
 from stackd.errors import NotFound
 from stackd.hardware.types import HardwareSnapshot
+from stackd.planner.cluster import cluster_ledger
 from stackd.planner.kv import kv_rows
 from stackd.planner.ledgers import ram_ledger, vram_ledger
 from stackd.planner.members import ORCHESTRATOR, gib, is_on_demand
@@ -40,7 +41,8 @@ def plan_switch(
     vram, vram_refusals = vram_ledger(config, target, observed, hardware)
     ram, ram_refusals = ram_ledger(config, target, observed, hardware)
     kv, kv_refusals = kv_rows(config, target, vram)
-    refusals += vram_refusals + ram_refusals + kv_refusals
+    cluster, cluster_refusals = cluster_ledger(config, target, observed)
+    refusals += vram_refusals + ram_refusals + kv_refusals + cluster_refusals
     if vram is not None and not vram_refusals:
         steps, transition_refusal = _order_within_the_card(config, target, observed, vram)
         if transition_refusal is not None:
@@ -56,6 +58,7 @@ def plan_switch(
         refusals=tuple(refusals),
         bindings_after=dict(config.stacks[target].roles),
         kv=kv,
+        cluster=cluster,
     )
 
 

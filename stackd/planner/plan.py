@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from stackd.planner.cluster_state import ClusterLedger, ClusterObservation
 from stackd.planner.kv_row import KvRow
 
 
@@ -148,6 +149,7 @@ class ObservedState:
     bindings: Mapping[str, str] = field(default_factory=dict)
     measured_mib: Mapping[str, int] = field(default_factory=dict)
     footprint_mib: Mapping[str, int] = field(default_factory=dict)
+    cluster: ClusterObservation | None = None  # Swarm's nodes and placements (a config with cluster:)
 
 
 @dataclass(frozen=True)
@@ -207,7 +209,7 @@ class RamLedger:
 class Refusal:
     """Why a plan is not feasible, written for a person: what, how much, and what holds it."""
 
-    code: Literal["vram", "ram", "orchestrator", "unknown_stack", "no_gpu", "kv"]
+    code: Literal["vram", "ram", "orchestrator", "unknown_stack", "no_gpu", "kv", "cluster"]
     message: str
     model: str | None = None
 
@@ -223,3 +225,4 @@ class Plan:
     bindings_after: Mapping[str, str] = field(default_factory=dict)
     degraded: tuple[str, ...] = ()
     kv: tuple[KvRow, ...] = ()  # the KV-cache table (stackd.planner.kv), one row per architecture
+    cluster: ClusterLedger | None = None  # each Swarm node's GPUs and the members on them

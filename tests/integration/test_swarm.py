@@ -128,9 +128,16 @@ async def test_two_gpu_members_for_the_one_gpu_are_refused_with_swarms_reason(
         assert "Swarm cannot place service 'sw-gpu-b'" in error, error
         assert "no suitable node (insufficient resources on 3 nodes)" in error, error
         assert "1 NVIDIA-GPU" in error and "node.labels.gpu==rtx5090" in error, error
+        gpu_node = world.node_of("gpu-a")
+        assert f"GPU-0 of {gpu_node} is held by service sw-gpu-a" in error, error
         assert took < 20, f"the refusal took {took:.1f} s: Swarm's reason hid behind a timeout"
-        last = (await daemon.get("/status"))["last_switch"]
-        assert "insufficient resources" in last["error"], last
+        status = await daemon.get("/status")
+        assert "insufficient resources" in status["last_switch"]["error"], status["last_switch"]
+        cluster = status["cluster"]
+        assert {n["hostname"]: n["gpus"] for n in cluster["nodes"]} == {
+            n.hostname: list(n.gpus) for n in world.cluster.nodes
+        }
+        assert cluster["placed"] == world.expected(A)
         await assert_exactly(world, daemon, A)
 
 
