@@ -32,6 +32,7 @@ import docker
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 START_TIMEOUT_S = 30.0
+HEARTBEAT_NS = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,10 @@ class SwarmCluster:
         manager = self.manager.client()
         try:
             addr = self.manager.address
-            manager.swarm.init(advertise_addr=addr, listen_addr=f"{addr}:2377")
+            # A 1 s heartbeat (Swarm's default: 5 s) marks a lost node down in ~3 s, not ~10 s.
+            manager.swarm.init(
+                advertise_addr=addr, listen_addr=f"{addr}:2377", dispatcher_heartbeat_period=HEARTBEAT_NS
+            )
             manager.swarm.reload()
             token = manager.swarm.attrs["JoinTokens"]["Worker"]
             for node in self.nodes[1:]:

@@ -76,13 +76,24 @@ class SwarmWorld:
             client.close()
 
 
-def _member(world_cluster: SwarmCluster, name: str) -> dict[str, object]:
+def _member(world_cluster: SwarmCluster, name: str, local: bool = False) -> dict[str, object]:
     port = PORTS[name]
     gpu = name.startswith("gpu-")
     if gpu:
         constraints = ["node.labels.gpu==rtx5090"]
     else:
         constraints = [f"node.hostname=={world_cluster.nodes[int(name[-1]) - 1].hostname}"]
+    docker: dict[str, object] = {
+        "container": f"{'bl' if local else 'sw'}-{name}",
+        "stop_timeout_s": 3,
+        "spec": {
+            "image": world_cluster.image,
+            "env": {"PORT": "8000", "MODEL_NAME": name},
+            "ports": {"8000/tcp": port},
+        },
+    }
+    if not local:
+        docker["swarm"] = {"constraints": constraints, **({"gpus": 1} if gpu else {}), "pending_s": 2}
     return {
         "runtime": "docker",
         "placement": "gpu" if gpu else "cpu",
@@ -90,31 +101,31 @@ def _member(world_cluster: SwarmCluster, name: str) -> dict[str, object]:
         "endpoint": f"http://127.0.0.1:{port}/v1",
         "memory_gb": 8 if gpu else 1,
         "health": {"path": "/health", "interval_s": 1, "timeout_s": 2, "start_timeout_s": 30},
-        "docker": {
-            "container": f"sw-{name}",
-            "stop_timeout_s": 3,
-            "spec": {
-                "image": world_cluster.image,
-                "env": {"PORT": "8000", "MODEL_NAME": name},
-                "ports": {"8000/tcp": port},
-            },
-            "swarm": {"constraints": constraints, **({"gpus": 1} if gpu else {}), "pending_s": 2},
-        },
+        "docker": docker,
     }
 
 
-def write_config(cluster: SwarmCluster, path: Path, default_stack: str = "alpha") -> SwarmWorld:
+def write_config(
+    cluster: SwarmCluster, path: Path, default_stack: str = "alpha", local: bool = False
+) -> SwarmWorld:
+    """The stacks as Swarm services of ``cluster``; ``local``: the same members as containers of
+    the engine at DOCKER_HOST (named bl-*, on a budgeted 48 GiB card), for the benchmark."""
+    placement: dict[str, object] = (
+        {"gpu": {"total_gb": 48}}
+        if local
+        else {"cluster": {"docker_host": cluster.manager.url, "gpu_memory_gb": 24}}
+    )
     config = {
         "version": 1,
         "default_stack": default_stack,
-        "cluster": {"docker_host": cluster.manager.url, "gpu_memory_gb": 24},
+        **placement,
         "roles": {
             "orchestrator": {"required": True},
             "vision": {},
             "embeddings": {},
             "diffusion": {},
         },
-        "models": {name: _member(cluster, name) for name in PORTS},
+        "models": {name: _member(cluster, name, local) for name in PORTS},
         "stacks": {name: {"roles": roles} for name, roles in ROLES.items()},
         "reason": {
             "strategies": {
