@@ -48,9 +48,9 @@ class ContainerLogs(Protocol):
         that says why not (no such container, the engine is unreachable)."""
         ...
 
-    def follow_log(self, container: str, lines: int) -> AsyncIterator[str]:
-        """The last ``lines`` lines, then each new one until the container stops or the
-        iterator is closed."""
+    async def follow_log(self, container: str, lines: int) -> AsyncIterator[str]:
+        """Open the container's log, raising as ``log_lines`` does, and return an iterator of
+        its last ``lines`` lines, then each new one until the container stops or it is closed."""
         ...
 
 
@@ -141,7 +141,7 @@ def _size(path: Path) -> int:
 
 
 Tail = Callable[[int], Awaitable[list[str]]]
-Follow = Callable[[int], AsyncIterator[str]]
+Follow = Callable[[int], Awaitable[AsyncIterator[str]]]
 
 
 def member_log(services: Services, containers: ContainerLogs | None, name: str) -> tuple[Tail, Follow]:
@@ -161,7 +161,10 @@ def member_log(services: Services, containers: ContainerLogs | None, name: str) 
         async def file_tail(lines: int) -> list[str]:
             return await asyncio.to_thread(tail_lines, path, lines)  # up to TAIL_MAX_BYTES
 
-        return file_tail, lambda lines: follow_file(path, lines)
+        async def file_follow(lines: int) -> AsyncIterator[str]:
+            return follow_file(path, lines)
+
+        return file_tail, file_follow
     if model.runtime is Runtime.docker and model.docker is not None:
         if containers is None:
             raise NoEngineLog(f"'{name}' is a docker member, but this daemon reads no container logs")
@@ -203,7 +206,7 @@ def build_member_logs_router(
         tail, follow_lines = member_log(services, containers, name)
         if not follow:
             return {"member": name, "lines": await tail(lines)}
-        stream = follow_lines(lines)
+        stream = await follow_lines(lines)  # a log that cannot be read is refused before the answer
 
         async def events() -> AsyncIterator[bytes]:
             async for line in followers.until_closed(stream):

@@ -38,9 +38,13 @@ class DockerLogs:
         return [line for line in raw.decode("utf-8", "replace").splitlines() if line.strip()]
 
     async def follow_log(self, container: str, lines: int) -> AsyncIterator[str]:
+        """Opens the stream (raising here, before an answer begins), then gives its lines."""
         stream: Any = await asyncio.to_thread(
             self._read, container, lambda c: c.logs(stream=True, follow=True, tail=lines)
         )
+        return self._lines_of(container, stream)
+
+    async def _lines_of(self, container: str, stream: Any) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | None] = asyncio.Queue()
 

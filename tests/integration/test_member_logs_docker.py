@@ -47,7 +47,7 @@ async def test_a_follow_gives_new_lines_and_its_thread_ends_when_it_is_closed(
     name = container_name()
     start_talker(docker_engine, demo_image, name)
     before = {t.name for t in threading.enumerate()}
-    stream = DockerLogs().follow_log(name, 100)
+    stream = await DockerLogs().follow_log(name, 100)
     seen = [await asyncio.wait_for(anext(stream), 10) for _ in range(6)]
     assert seen[:3] == ["line-1", "line-2", "line-3"] and seen[3:] == ["tick-1", "tick-2", "tick-3"]
     assert f"logs-{name}" in {t.name for t in threading.enumerate()} - before
@@ -62,6 +62,8 @@ async def test_a_follow_gives_new_lines_and_its_thread_ends_when_it_is_closed(
 async def test_no_container_and_no_engine_are_errors_that_say_so(docker_engine: docker.DockerClient) -> None:
     with pytest.raises(NoSuchContainer, match="container 'stackd-test-none' does not exist"):
         await DockerLogs().log_lines("stackd-test-none", 10)
+    with pytest.raises(NoSuchContainer):  # a follow is refused when opened, before any answer
+        await DockerLogs().follow_log("stackd-test-none", 10)
 
     def unreachable() -> docker.DockerClient:
         return docker.DockerClient(base_url="unix:///nonexistent/docker.sock")
