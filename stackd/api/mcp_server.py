@@ -126,7 +126,7 @@ class McpServer:
         router = services.router
         if router is not None:
             schemas = {s["function"]["name"]: s for s in tool_schemas(router)}
-            for name, (model, answer_call) in tool_calls(router).items():
+            for name, (model, answer_call) in tool_calls(router, services.slices).items():
                 add(schemas[name], model, _answering(answer_call))
 
         async def status(_: StatusArgs) -> tuple[str, Any]:

