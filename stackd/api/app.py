@@ -62,13 +62,17 @@ def create_app(
         from stackd.api.gateway import build_gateway_router
         from stackd.api.slices import build_slices_router
         from stackd.api.tools import build_tools_router
+        from stackd.gpu.calls import CallLeases
 
         app.include_router(build_slices_router(services, write, read))
 
         gateway_auth = _gateway_guard(services) or write
+        holds = (
+            CallLeases(services.leases) if services.leases is not None else None
+        )  # set by the leases router
         for data_path in (
-            build_tools_router(services.router, write, services.slices),
-            build_gateway_router(services.router, gateway_auth, services.slices),
+            build_tools_router(services.router, write, services.slices, holds),
+            build_gateway_router(services.router, gateway_auth, services.slices, holds),
         ):
             app.include_router(data_path)
             hot += data_path.routes

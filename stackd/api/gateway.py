@@ -33,6 +33,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from stackd.api.errors import invalid_request_message, problem
 from stackd.errors import StackdError
+from stackd.gpu.calls import CallLeases
 from stackd.router import ReasonRouter
 from stackd.router.routes import Route as ChainRoute
 from stackd.router.slices import SlicedAnswer, SliceRequest, SliceRouter
@@ -366,9 +367,12 @@ async def sliced_items(sliced: SlicedAnswer) -> AsyncIterator[RouterStreamItem]:
 
 
 class ChatCompletions:
-    def __init__(self, router: ReasonRouter, slices: SliceRouter | None = None) -> None:
+    def __init__(
+        self, router: ReasonRouter, slices: SliceRouter | None = None, holds: CallLeases | None = None
+    ) -> None:
         self._router = router
         self._slices = slices
+        self._holds = holds  # a model on an on-demand GPU member is called under a lease
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         body: ChatCompletionBody = validate(ChatCompletionBody, await read_body(receive))
@@ -387,19 +391,28 @@ class ChatCompletions:
         route: ChainRoute = self._router.gateway_route(body.model)
         request = body.to_request()
         if not body.stream:
-            answer = await self._router.complete(route, request)
+            if self._holds is not None:
+                answer = await self._holds.complete(route, lambda: self._router.complete(route, request))
+            else:
+                answer = await self._router.complete(route, request)
             payload = completion_body(
                 answer, body.model, f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
             )
             await send_bytes(send, 200, dumps(payload))
             return
-        items = self._router.stream(route, request)
+        items: AsyncIterator[RouterStreamItem] = (
+            self._holds.stream(route, lambda: self._router.stream(route, request))
+            if self._holds is not None
+            else self._router.stream(route, request)
+        )
         first = await first_item(items)
         include_usage = bool(body.stream_options and body.stream_options.get("include_usage"))
         await send_sse(send, chat_chunks(first, items, body.model, include_usage))
 
 
-def build_gateway_router(router: ReasonRouter, auth: Auth, slices: SliceRouter | None = None) -> APIRouter:
+def build_gateway_router(
+    router: ReasonRouter, auth: Auth, slices: SliceRouter | None = None, holds: CallLeases | None = None
+) -> APIRouter:
     """``GET /v1/models`` and ``POST /v1/chat/completions`` as raw ASGI routes (OpenAI error shape,
     auth errors included); ``auth`` is the app's dependency, called with the ``Request``."""
     api = APIRouter()
@@ -414,6 +427,6 @@ def build_gateway_router(router: ReasonRouter, auth: Auth, slices: SliceRouter |
 
     models = RawEndpoint(auth, list_models, openai_error)
     api.routes.append(Route("/v1/models", models, methods=["GET"], name="list_models"))
-    endpoint = RawEndpoint(auth, ChatCompletions(router, slices), openai_error)
+    endpoint = RawEndpoint(auth, ChatCompletions(router, slices, holds), openai_error)
     api.routes.append(Route("/v1/chat/completions", endpoint, methods=["POST"], name="chat_completions"))
     return api

@@ -38,6 +38,7 @@ from stackd.api.gateway import (
     validate,
 )
 from stackd.errors import StackdError
+from stackd.gpu.calls import CallLeases
 from stackd.router import ReasonRouter
 from stackd.router.routes import DEFAULT_EFFORT, MAX_EFFORT
 from stackd.router.slices import SlicedAnswer, SliceRequest, SliceRouter
@@ -218,7 +219,7 @@ def tool_schemas(router: ReasonRouter) -> list[dict[str, Any]]:
 
 
 def tool_calls(
-    router: ReasonRouter, slices: SliceRouter | None = None
+    router: ReasonRouter, slices: SliceRouter | None = None, holds: CallLeases | None = None
 ) -> dict[str, tuple[type[BaseModel], Call]]:
     """Each tool's name → (its arguments' model, the call that gives (complete, stream)): the one
     place a tool call becomes a router call, for ``/tools/*`` and the MCP server alike."""
@@ -255,6 +256,11 @@ def tool_calls(
                 return RoutedAnswer(await slices.complete(routed[0], routed[1], sliced))
 
             return complete, (lambda: routed_items(complete()))
+        if holds is not None:  # a preset on an on-demand GPU member: a lease around the call
+            return (
+                lambda: holds.complete(route, lambda: router.complete(route, request)),
+                lambda: holds.stream(route, lambda: router.stream(route, request)),
+            )
         return (lambda: router.complete(route, request)), (lambda: router.stream(route, request))
 
     return {
@@ -286,7 +292,9 @@ async def routed_items(answer: Awaitable[RoutedAnswer]) -> AsyncIterator[RouterS
     yield StreamDone(sliced.answer)
 
 
-def build_tools_router(router: ReasonRouter, auth: Auth, slices: SliceRouter | None = None) -> APIRouter:
+def build_tools_router(
+    router: ReasonRouter, auth: Auth, slices: SliceRouter | None = None, holds: CallLeases | None = None
+) -> APIRouter:
     """``GET /tools`` (a FastAPI route) and the three POSTs (raw ASGI routes, see gateway.py)."""
     api = APIRouter()
 
@@ -294,7 +302,7 @@ def build_tools_router(router: ReasonRouter, auth: Auth, slices: SliceRouter | N
     async def list_tools() -> list[dict[str, Any]]:
         return tool_schemas(router)
 
-    for name, (model, call) in tool_calls(router, slices).items():
+    for name, (model, call) in tool_calls(router, slices, holds).items():
         endpoint = RawEndpoint(auth, tool_endpoint(model, call), stackd_error)
         api.routes.append(Route(f"/tools/{name}", endpoint, methods=["POST"], name=name))
     return api
