@@ -1,24 +1,32 @@
-"""deploy/Dockerfile builds with no image registry and the image it makes serves /healthz.
+"""deploy/Dockerfile builds with no image registry, the image serves /healthz, and with the
+Docker socket and its group it manages model containers.
 
 The base image is made here: ``scripts/build-base-image`` debootstraps a Debian rootfs with
 python3 and python3-venv and ``docker import``s it (the rootfs is cached in ~/.cache/stackd, so
 only the first run downloads it); ``scripts/build-image`` installs stackd into it offline from a
 wheelhouse built on this machine. The container then runs as the operator's guide runs it on a
-bridge network (``STACKD_HOST=0.0.0.0`` with a token), with its state in a volume.
+bridge network (``STACKD_HOST=0.0.0.0`` with a token), with its state in a volume; and as
+docs/operations.md runs it beside model containers (host network, the engine's socket mounted)
+on the drill config, where it starts a stackd-demo container, or says "Permission denied" without
+the socket's group.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import docker
 import httpx
 import pytest
+from docker.errors import NotFound
 from docker.models.containers import Container
 
 from tests.integration.conftest import REPO
@@ -123,3 +131,88 @@ def test_the_container_serves_healthz_and_docker_calls_it_healthy(daemon: Contai
     ]
     mounts = {m["Destination"]: m["Type"] for m in daemon.attrs["Mounts"]}
     assert mounts.get("/var/lib/stackd") == "volume"
+
+
+def engine_socket() -> Path:
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not host.startswith("unix://"):
+        pytest.fail(f"DOCKER_HOST={host}: this test mounts the engine's unix socket into the container")
+    return Path(host.removeprefix("unix://"))
+
+
+def drill_config(tmp_path: Path, free_port: Callable[[], int]) -> tuple[Path, str]:
+    """config/examples/ops-drill.yaml with a container name and a port of this test's own."""
+    prefix = f"stackd-test-{uuid.uuid4().hex[:8]}-"
+    text = (REPO / "config" / "examples" / "ops-drill.yaml").read_text(encoding="utf-8")
+    for port in ("18401", "18402", "18403"):
+        text = text.replace(port, str(free_port()))
+    path = tmp_path / "model-stacks.yaml"
+    path.write_text(text.replace("container: ops-", f"container: {prefix}"), encoding="utf-8")
+    path.chmod(0o644)
+    return path, f"{prefix}orchestrator"
+
+
+def run_beside_containers(
+    docker_engine: docker.DockerClient, image: str, name: str, config: Path, port: int, group: bool
+) -> Container:
+    sock = engine_socket()
+    return docker_engine.containers.run(
+        image,
+        ["serve", "--gpu-total-gb", "32"],
+        name=name,
+        detach=True,
+        network_mode="host",
+        environment={"STACKD_PORT": str(port)},
+        volumes={
+            str(config): {"bind": "/etc/stackd/model-stacks.yaml", "mode": "ro"},
+            str(sock): {"bind": "/var/run/docker.sock", "mode": "rw"},
+        },
+        group_add=[str(sock.stat().st_gid)] if group else [],
+    )
+
+
+def wait_for_recovery(container: Container) -> str:
+    deadline = time.monotonic() + HEALTHY_WITHIN_S
+    while time.monotonic() < deadline:
+        logs = container.logs().decode()
+        if "recovery:" in logs:
+            return logs
+        time.sleep(0.5)
+    pytest.fail(
+        f"no recovery line in the daemon's log after {HEALTHY_WITHIN_S} s:\n{container.logs().decode()}"
+    )
+
+
+def test_with_the_sockets_group_it_starts_the_model_container_and_without_it_says_why(
+    docker_engine: docker.DockerClient,
+    image: str,
+    container_name: Callable[[], str],
+    free_port: Callable[[], int],
+    tmp_path: Path,
+) -> None:
+    if stat.S_IMODE(engine_socket().stat().st_mode) & 0o006:
+        pytest.fail(f"{engine_socket()} is open to everyone: the permission check would mean nothing")
+    config, member = drill_config(tmp_path, free_port)
+    port = free_port()
+    denied = run_beside_containers(docker_engine, image, container_name(), config, port, group=False)
+    try:
+        logs = wait_for_recovery(denied)
+        assert "Docker engine not reachable at unix:///var/run/docker.sock" in logs
+        assert "Permission denied" in logs
+    finally:
+        denied.remove(force=True, v=True)
+
+    allowed = run_beside_containers(docker_engine, image, container_name(), config, port, group=True)
+    try:
+        logs = wait_for_recovery(allowed)
+        assert "first start: applied 'small'" in logs, logs
+        status = httpx.get(f"http://127.0.0.1:{port}/status", timeout=10).json()
+        assert status["active_stack"] == "small"
+        started = docker_engine.containers.get(member)
+        assert started.status == "running"
+        assert started.labels["stackd.managed"] == "true"
+        assert started.labels["stackd.model"] == "orchestrator"
+    finally:
+        allowed.remove(force=True, v=True)
+        with contextlib.suppress(NotFound):
+            docker_engine.containers.get(member).remove(force=True)
