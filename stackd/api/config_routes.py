@@ -17,6 +17,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
+from stackd.api.answers import ReloadAnswer, documented
 from stackd.services import Services
 
 log = logging.getLogger("stackd.config")
@@ -35,7 +36,12 @@ async def reload_config(services: Services, load: Callable[[], Any]) -> dict[str
 def build_config_router(services: Services, write: Callable[..., None], load: Callable[[], Any]) -> APIRouter:
     router = APIRouter()
 
-    @router.post("/config/reload", dependencies=[Depends(write)])
+    @router.post(
+        "/config/reload",
+        dependencies=[Depends(write)],
+        response_model=None,
+        responses=documented(ReloadAnswer),
+    )
     async def reload() -> dict[str, Any]:
         return await reload_config(services, load)
 

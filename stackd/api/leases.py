@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
+from stackd.api.answers import LeaseAnswer, LeasesAnswer, documented
 from stackd.api.json_route import JsonBodyRoute
 from stackd.gpu.leases import LeaseCoordinator
 from stackd.services import Services
@@ -53,19 +54,33 @@ def build_leases_router(
     leases: LeaseCoordinator = services.leases
     router = APIRouter(route_class=JsonBodyRoute)
 
-    @router.post("/leases", dependencies=[Depends(write)])
+    @router.post(
+        "/leases", dependencies=[Depends(write)], response_model=None, responses=documented(LeaseAnswer)
+    )
     async def acquire(request: LeaseRequest) -> dict[str, Any]:
         return leases.to_json(await leases.acquire(request.model, request.ttl_s, request.wait_s))
 
-    @router.get("/leases", dependencies=[Depends(read)])
+    @router.get(
+        "/leases", dependencies=[Depends(read)], response_model=None, responses=documented(LeasesAnswer)
+    )
     async def list_leases() -> dict[str, Any]:
         return {"leases": [leases.to_json(lease) for lease in leases.live()], "queue": leases.queue()}
 
-    @router.post("/leases/{lease_id}/renew", dependencies=[Depends(write)])
+    @router.post(
+        "/leases/{lease_id}/renew",
+        dependencies=[Depends(write)],
+        response_model=None,
+        responses=documented(LeaseAnswer),
+    )
     async def renew(lease_id: str, request: Annotated[RenewRequest | None, Body()] = None) -> dict[str, Any]:
         return leases.to_json(await leases.renew(lease_id, request.ttl_s if request else None))
 
-    @router.delete("/leases/{lease_id}", dependencies=[Depends(write)])
+    @router.delete(
+        "/leases/{lease_id}",
+        dependencies=[Depends(write)],
+        response_model=None,
+        responses=documented(LeaseAnswer),
+    )
     async def release(lease_id: str) -> dict[str, Any]:
         return {**leases.to_json(await leases.release(lease_id)), "released": True}
 

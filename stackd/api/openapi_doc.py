@@ -188,10 +188,13 @@ def openapi_document(app: FastAPI, raw: Iterable[RawOperation]) -> dict[str, Any
             codes = (*ERRORS.get((method, path), ()), 413, *((422,) if has_input else ()))
             _document(operation, "security" in operation, codes, ErrorAnswer)
             if (method, path) in ACCEPTED:
-                operation["responses"]["202"] = {
-                    "description": ACCEPTED[(method, path)],
-                    "content": {"application/json": {"schema": {"type": "object"}}},
-                }
+                operation["responses"].setdefault(  # the route's own model, when it declares one
+                    "202",
+                    {
+                        "description": ACCEPTED[(method, path)],
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                )
     for op in raw:
         raw_operation: dict[str, Any] = {
             "summary": op.summary,

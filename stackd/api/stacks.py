@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from stackd.api.answers import DryRunAnswer, StackAnswer, StacksAnswer, SwitchAnswer, documented
 from stackd.api.json_route import JsonBodyRoute
 from stackd.planner.views import model_json, plan_json, stack_json
 from stackd.services import Services
@@ -64,7 +65,7 @@ def build_stacks_router(
     def known(name: str) -> None:
         known_stack(services, name)
 
-    @router.get("/model-stacks")
+    @router.get("/model-stacks", response_model=None, responses=documented(StacksAnswer))
     async def list_stacks() -> dict[str, Any]:
         active = manager.active_stack
         return {
@@ -73,7 +74,7 @@ def build_stacks_router(
             "stacks": [stack_json(services.config, name, active) for name in services.config.stacks],
         }
 
-    @router.get("/model-stacks/{name}")
+    @router.get("/model-stacks/{name}", response_model=None, responses=documented(StackAnswer))
     async def get_stack(name: str) -> dict[str, Any]:
         known(name)
         body = stack_json(services.config, name, manager.active_stack)
@@ -83,12 +84,20 @@ def build_stacks_router(
         body["plan"] = plan_json(await manager.plan(name))
         return body
 
-    @router.post("/model-stacks/switch", dependencies=[Depends(write)])
+    @router.post(
+        "/model-stacks/switch",
+        dependencies=[Depends(write)],
+        response_model=None,
+        responses={
+            200: {"model": DryRunAnswer | SwitchAnswer, "description": "The plan (dry_run) or the switch."},
+            202: {"model": SwitchAnswer, "description": "The switch, queued (wait: false)."},
+        },
+    )
     async def switch(request: SwitchRequest) -> Any:
         body = await switch_stack(services, request)
         return body if request.dry_run or request.wait else JSONResponse(body, status_code=202)
 
-    @router.get("/model-stacks/switch/{switch_id}")
+    @router.get("/model-stacks/switch/{switch_id}", response_model=None, responses=documented(SwitchAnswer))
     async def get_switch(switch_id: str) -> dict[str, Any]:
         return manager.get_switch(switch_id)
 

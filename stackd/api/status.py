@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from stackd import __version__
+from stackd.api.answers import RoleAnswer, RolesAnswer, StatusAnswer, UsageAnswer, documented
 from stackd.drivers.health import health_url
 from stackd.errors import NotFound
 from stackd.planner.views import redact_url
@@ -89,7 +90,9 @@ def build_status_router(services: Services, read: Callable[..., None], registry:
     async def healthz() -> Health:
         return health
 
-    @router.get("/roles", dependencies=[Depends(read)])
+    @router.get(
+        "/roles", dependencies=[Depends(read)], response_model=None, responses=documented(RolesAnswer)
+    )
     async def roles() -> dict[str, Any]:
         table = services.roles.current
         return {
@@ -98,7 +101,9 @@ def build_status_router(services: Services, read: Callable[..., None], registry:
             "roles": [role_row(r, m) for r, m in sorted(table.bindings.items())],
         }
 
-    @router.get("/roles/{role}", dependencies=[Depends(read)])
+    @router.get(
+        "/roles/{role}", dependencies=[Depends(read)], response_model=None, responses=documented(RoleAnswer)
+    )
     async def role(role: str) -> dict[str, Any]:
         table = services.roles.current
         model = table.bindings.get(role)
@@ -109,11 +114,15 @@ def build_status_router(services: Services, read: Callable[..., None], registry:
             )
         return {"stack": table.stack, "version": table.version, **role_row(role, model)}
 
-    @router.get("/status", dependencies=[Depends(read)])
+    @router.get(
+        "/status", dependencies=[Depends(read)], response_model=None, responses=documented(StatusAnswer)
+    )
     async def status() -> dict[str, Any]:
         return await daemon_status(services)
 
-    @router.get("/usage", dependencies=[Depends(read)])
+    @router.get(
+        "/usage", dependencies=[Depends(read)], response_model=None, responses=documented(UsageAnswer)
+    )
     async def usage() -> dict[str, Any]:
         rows = services.usage.summary() if services.usage is not None else []
         slices = services.slices

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
 from stackd.errors import StackdError
 from stackd.settings import DEFAULT_PORT, default_state_dir
@@ -55,6 +56,22 @@ class Token:
 
 
 NO_TOKEN = Token(None, "the client was given none")
+
+
+def check_answer(body: Any, answer: type[BaseModel], what: str) -> Any:
+    """``body`` itself when it has the shape of ``answer`` (the model its route documents,
+    ``stackd.api.answers``); else ``DaemonError`` naming the route and the first field that
+    differs: the daemon reached speaks another version of the API."""
+    try:
+        answer.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "(the answer)"
+        raise DaemonError(
+            f"{what}: the daemon's answer does not have the shape this CLI knows ({field}: {first['msg']}); "
+            "is the daemon another version of stackd?"
+        ) from None
+    return body
 
 
 def default_url() -> str:
@@ -173,11 +190,17 @@ class DaemonClient:
             raise DaemonUnreachable(f"stackd at {self.url} did not answer in time") from exc
         return self._decode(resp)
 
-    def get(self, path: str, **kwargs: Any) -> Any:
-        return self.request("GET", path, **kwargs)
+    def get(self, path: str, answer: type[BaseModel] | None = None, **kwargs: Any) -> Any:
+        """The JSON of ``GET path``, checked against ``answer`` (the route's model) when given."""
+        body = self.request("GET", path, **kwargs)
+        return body if answer is None else check_answer(body, answer, f"GET {path}")
 
-    def post(self, path: str, body: dict[str, Any], **kwargs: Any) -> Any:
-        return self.request("POST", path, json=body, **kwargs)
+    def post(
+        self, path: str, body: dict[str, Any], answer: type[BaseModel] | None = None, **kwargs: Any
+    ) -> Any:
+        """The JSON of ``POST path``, checked against ``answer`` when given."""
+        data = self.request("POST", path, json=body, **kwargs)
+        return data if answer is None else check_answer(data, answer, f"POST {path}")
 
     def stream_events(self, path: str) -> Iterator[dict[str, Any]]:
         """Yield the JSON payload of each SSE event of ``GET path``."""

@@ -17,8 +17,9 @@ from rich.console import Console, Group
 from rich.text import Text
 
 from stackd import __version__
+from stackd.api import answers
 from stackd.cli import render, slices_view
-from stackd.cli.client import DaemonClient
+from stackd.cli.client import DaemonClient, check_answer
 from stackd.errors import StackdError
 
 app = typer.Typer(
@@ -189,7 +190,7 @@ def stacks(
 ) -> None:
     """List the stacks and which one is active."""
     with client(url, token, state_dir) as c:
-        data = c.get("/model-stacks")
+        data = c.get("/model-stacks", answers.StacksAnswer)
     emit(data, as_json, render.stacks_table(data))
 
 
@@ -203,7 +204,7 @@ def status(
 ) -> None:
     """The daemon reached, the active stack, GPU bar, members and role bindings."""
     with client(url, token, state_dir) as c:
-        data = c.get("/status")
+        data = c.get("/status", answers.StatusAnswer)
         daemon = {**c.health(), "url": c.url}  # the URL this CLI reached
     if as_json:
         out.print_json(data={**data, "daemon": daemon})
@@ -218,7 +219,7 @@ def roles(
 ) -> None:
     """The live role table."""
     with client(url, token, state_dir) as c:
-        data = c.get("/roles")
+        data = c.get("/roles", answers.RolesAnswer)
     emit(data, as_json, render.roles_table(data))
 
 
@@ -236,10 +237,10 @@ def switch(
 
     with client(url, token, state_dir, timeout=60.0) as c:
         if dry_run:
-            data = c.post("/model-stacks/switch", {"stack": stack, "dry_run": True})
+            data = c.post("/model-stacks/switch", {"stack": stack, "dry_run": True}, answers.DryRunAnswer)
             emit(data, as_json, render.plan_renderable(data["plan"]))
             return
-        started = c.post("/model-stacks/switch", {"stack": stack, "wait": False})
+        started = c.post("/model-stacks/switch", {"stack": stack, "wait": False}, answers.SwitchAnswer)
         if not as_json:  # which daemon (and so which engines) this switch changes
             out.print(render.daemon_line({**c.health(), "url": c.url}), style="dim")
         result = follow_switch(c, started, out if not as_json else None)
@@ -368,7 +369,7 @@ def usage(
 ) -> None:
     """Requests, failures, latency, tokens and cost per backend and strategy."""
     with client(url, token, state_dir) as c:
-        data = c.get("/usage")
+        data = c.get("/usage", answers.UsageAnswer)
     emit(data, as_json, Group(render.usage_renderable(data, wide=wide), slices_view.usage_slices(data)))
 
 
@@ -477,7 +478,7 @@ def lease_acquire(
     with client(
         url, token, state_dir, timeout=900.0 + wait
     ) as c:  # a start waits for the model's health, up to its start timeout
-        data = c.post("/leases", {"model": model, "ttl_s": ttl, "wait_s": wait})
+        data = c.post("/leases", {"model": model, "ttl_s": ttl, "wait_s": wait}, answers.LeaseAnswer)
     emit(data, as_json, _lease_table([data]))
 
 
@@ -491,7 +492,7 @@ def lease_release(
 ) -> None:
     """End LEASE_ID; the model keeps running until its idle TTL."""
     with client(url, token, state_dir) as c:
-        data = c.request("DELETE", f"/leases/{lease_id}")
+        data = check_answer(c.request("DELETE", f"/leases/{lease_id}"), answers.LeaseAnswer, "DELETE /leases")
     emit(data, as_json, f"released lease {data['id']} ({data['model']})")
 
 
@@ -501,7 +502,7 @@ def lease_list(
 ) -> None:
     """The live leases, and the requests waiting for one (with why)."""
     with client(url, token, state_dir) as c:
-        data = c.get("/leases")
+        data = c.get("/leases", answers.LeasesAnswer)
     waiting = [
         Text(f"waiting: {w['model']} ({w['deadline_in_s']:.0f} s left): {w['reason']}")
         for w in data.get("queue", [])

@@ -7,6 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 
+from stackd.api import answers
 from stackd.cli.client import DaemonClient
 from stackd.cli.render import step_text
 
@@ -29,7 +30,7 @@ def follow_switch(client: DaemonClient, started: dict[str, Any], console: Consol
         for event in client.stream_events(f"/model-stacks/switch/{switch_id}/events"):
             if console:
                 _show(event, console, progress, bars, degraded)
-    switch: dict[str, Any] = client.get(f"/model-stacks/switch/{switch_id}")
+    switch: dict[str, Any] = client.get(f"/model-stacks/switch/{switch_id}", answers.SwitchAnswer)
     return switch
 
 
