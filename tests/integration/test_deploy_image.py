@@ -121,6 +121,9 @@ def test_the_container_serves_healthz_and_docker_calls_it_healthy(daemon: Contai
     status = httpx.get(f"{base}/status", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
     assert status.status_code == 200, status.text
     assert TOKEN not in daemon.logs().decode()
+    # The status page's files are package data: the wheel the image installs must carry them.
+    page = httpx.get(f"{base}/", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html"), page.text
 
     uid = daemon.exec_run(["id", "-u"]).output.decode().strip()
     assert uid == "10001"
