@@ -4,15 +4,19 @@ stackd finds a docker member by its container name only (stackd.drivers.docker) 
 its endpoint: every docker member of config/model-stacks.yaml must be a service of that
 container_name, labelled with its model, publishing the endpoint's port on the host's loopback,
 left to stackd to start (profile ``models``, never restarted by Docker), with a GPU when it is
-placed on one. No ``docker compose`` is installed here: the file is checked as data.
+placed on one. No ``docker compose`` is installed here: the file is checked as data, and against
+the Compose Specification's JSON Schema (tests/fixtures/compose-spec/).
 """
 
 from __future__ import annotations
 
+import copy
+import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import jsonschema
 import pytest
 import yaml
 
@@ -22,6 +26,7 @@ from stackd.config.models import StacksConfig
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "deploy" / "compose.yaml"
 BUNDLED = REPO / "config" / "model-stacks.yaml"
+COMPOSE_SPEC = REPO / "tests" / "fixtures" / "compose-spec" / "compose-spec.json"
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +38,26 @@ def compose() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def config() -> StacksConfig:
     return load_config(BUNDLED)
+
+
+@pytest.fixture(scope="module")
+def compose_spec() -> jsonschema.Draft7Validator:
+    return jsonschema.Draft7Validator(json.loads(COMPOSE_SPEC.read_text(encoding="utf-8")))
+
+
+def test_the_file_follows_the_compose_specification(
+    compose: dict[str, Any], compose_spec: jsonschema.Draft7Validator
+) -> None:
+    problems = [
+        f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in compose_spec.iter_errors(compose)
+    ]
+    assert problems == []
+    # The check can fail: a misspelt key and a wrong type are found.
+    broken = copy.deepcopy(compose)
+    broken["services"]["stackd"]["network_mod"] = "host"
+    broken["services"]["vision"]["restart"] = 3
+    found = {tuple(e.absolute_path) for e in compose_spec.iter_errors(broken)}
+    assert found == {("services", "stackd"), ("services", "vision", "restart")}
 
 
 def services_by_container(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
