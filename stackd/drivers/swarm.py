@@ -88,8 +88,9 @@ class SwarmServiceDriver:
 
     async def ensure_running(self, name: str, model: Model) -> None:
         service = _service(name, model)
+        before = (await self._call(f"read service '{service}'", self._views, {name: model}))[0]
         await self._call(f"scale service '{service}' to 1", self._scale_up, name, model)
-        await self._wait_running(name, model, service)
+        await self._wait_running(name, model, service, frozenset(t.id for t in before.failed))
 
     async def ensure_stopped(self, name: str, model: Model) -> None:
         service = _service(name, model)
@@ -134,7 +135,11 @@ class SwarmServiceDriver:
         if client is not None:
             await asyncio.to_thread(client.close)
 
-    async def _wait_running(self, name: str, model: Model, service: str) -> None:
+    async def _wait_running(
+        self, name: str, model: Model, service: str, old_failures: frozenset[str]
+    ) -> None:
+        """Until a task runs and answers; a task of this start that the node rejects or that
+        fails (not one from before it) fails the start at once with its error."""
         placement = model.docker.swarm if model.docker else None
         assert placement is not None
         timeout_s = model.health.start_timeout_s if model.health else DEFAULT_START_TIMEOUT_S
@@ -145,10 +150,13 @@ class SwarmServiceDriver:
             view = (await self._call(f"read service '{service}'", self._views, {name: model}))[0]
             task = view.task
             now = self._clock()
-            if task is not None and task.state in ("failed", "rejected") and task.error:
+            failed = [t for t in view.failed if t.id not in old_failures]
+            if failed and (task is None or task.state != "running"):
+                node = view.nodes.get(failed[-1].node_id or "")
+                where = f" on node {node.hostname}" if node is not None else ""
                 raise DriverFailed(
-                    f"Swarm {task.state} the task of service '{service}' (model '{name}')"
-                    f"{_on(view)}: {task.error}",
+                    f"Swarm {failed[-1].state} the task of service '{service}' (model '{name}')"
+                    f"{where}: {failed[-1].error}",
                     model=name,
                     container=service,
                 )
@@ -302,7 +310,13 @@ class SwarmServiceDriver:
             last = max(placed, key=lambda t: t.created, default=None)
             lost = nodes[last.node_id] if last is not None and last.node_id else None
             lost_on = lost if lost is not None and not lost.up else None
-            out.append(MemberView(name, service, replicas, task, node, endpoint, lost_on))
+            failed = tuple(
+                sorted(
+                    (t for t in every if t.state in ("failed", "rejected") and t.error),
+                    key=lambda t: t.created,
+                )
+            )
+            out.append(MemberView(name, service, replicas, task, node, endpoint, lost_on, failed, nodes))
         return out
 
     # ---- error translation
@@ -332,10 +346,6 @@ def _service(name: str, model: Model) -> str:
 def _replicas_of(raw: dict[str, Any]) -> int:
     mode = (raw.get("Spec") or {}).get("Mode") or {}
     return int((mode.get("Replicated") or {}).get("Replicas", 0))
-
-
-def _on(view: MemberView) -> str:
-    return f" on node {view.node.hostname}" if view.node is not None else ""
 
 
 def _wants(model: Model, cluster: ClusterConfig) -> str:

@@ -8,7 +8,7 @@ the health probe and the reason() chain all show that sentence.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from stackd.drivers.swarm_spec import TaskView, node_address
@@ -43,6 +43,8 @@ class MemberView:
     node: NodeView | None
     endpoint: str | None
     lost_on: NodeView | None = None  # the down node its last task ran on, when Swarm replaced it
+    failed: tuple[TaskView, ...] = ()  # its tasks that failed or were rejected with an error, oldest first
+    nodes: Mapping[str, NodeView] = field(default_factory=dict)  # every node by id, as read with it
 
     @property
     def degraded(self) -> str | None:

@@ -20,12 +20,14 @@ from tests.integration.swarm_cluster import SwarmCluster
 
 STACKS = ("alpha", "beta", "gamma", "delta")
 PORTS = {"orch-1": 18201, "orch-3": 18202, "emb-1": 18203, "emb-3": 18204, "gpu-a": 18205, "gpu-b": 18206}
+MISSING_IMAGE = "stackd-missing:none"  # on no node: "ghost-3" can never start
 ROLES = {
     "alpha": {"orchestrator": "orch-1", "vision": "gpu-a"},
     "beta": {"orchestrator": "orch-3", "vision": "gpu-b"},
     "gamma": {"orchestrator": "orch-1", "embeddings": "emb-3"},
     "delta": {"orchestrator": "orch-3", "embeddings": "emb-1"},
     "greedy": {"orchestrator": "orch-1", "vision": "gpu-a", "diffusion": "gpu-b"},
+    "ghostly": {"orchestrator": "orch-1", "embeddings": "ghost-3"},
 }
 
 
@@ -77,7 +79,7 @@ class SwarmWorld:
 
 
 def _member(world_cluster: SwarmCluster, name: str, local: bool = False) -> dict[str, object]:
-    port = PORTS[name]
+    port = PORTS.get(name, 18207)
     gpu = name.startswith("gpu-")
     if gpu:
         constraints = ["node.labels.gpu==rtx5090"]
@@ -87,7 +89,7 @@ def _member(world_cluster: SwarmCluster, name: str, local: bool = False) -> dict
         "container": f"{'bl' if local else 'sw'}-{name}",
         "stop_timeout_s": 3,
         "spec": {
-            "image": world_cluster.image,
+            "image": MISSING_IMAGE if name.startswith("ghost") else world_cluster.image,
             "env": {"PORT": "8000", "MODEL_NAME": name},
             "ports": {"8000/tcp": port},
         },
@@ -125,7 +127,7 @@ def write_config(
             "embeddings": {},
             "diffusion": {},
         },
-        "models": {name: _member(cluster, name, local) for name in PORTS},
+        "models": {name: _member(cluster, name, local) for name in [*PORTS, "ghost-3"]},
         "stacks": {name: {"roles": roles} for name, roles in ROLES.items()},
         "reason": {
             "strategies": {

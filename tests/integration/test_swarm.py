@@ -38,7 +38,7 @@ from tests.e2e.daemon_process import follow_until, get, kill, submit_switch
 from tests.integration.conftest import demo_image, docker_engine, in_ci  # noqa: F401  (fixtures)
 from tests.integration.demo_daemon import InProcessDaemon, serve_in_process
 from tests.integration.swarm_cluster import SwarmCluster, swarm_cluster
-from tests.integration.swarm_world import ROLES, STACKS, SwarmWorld, write_config
+from tests.integration.swarm_world import MISSING_IMAGE, ROLES, STACKS, SwarmWorld, write_config
 
 pytestmark = pytest.mark.docker
 
@@ -115,7 +115,7 @@ async def test_every_ordered_pair_switches_services_onto_their_nodes(
                 assert kinds.index(("stop_container", "gpu-a")) < kinds.index(("start_container", "gpu-b"))
 
 
-async def test_two_gpu_members_for_the_one_gpu_are_refused_with_swarms_reason(
+async def test_starts_swarm_cannot_do_fail_with_swarms_reason_and_undo(
     world: SwarmWorld, tmp_path: Path
 ) -> None:
     async with serve_in_process(world.path, tmp_path / "state") as daemon:
@@ -133,6 +133,14 @@ async def test_two_gpu_members_for_the_one_gpu_are_refused_with_swarms_reason(
         assert took < 20, f"the refusal took {took:.1f} s: Swarm's reason hid behind a timeout"
         status = await daemon.get("/status")
         assert "insufficient resources" in status["last_switch"]["error"], status["last_switch"]
+        started = time.monotonic()
+        switch = await daemon.switch("ghostly")
+        took = time.monotonic() - started
+        error = switch["error"]
+        assert switch["state"] != "succeeded" and f"No such image: {MISSING_IMAGE}" in error, error
+        assert f"on node {world.node_of('ghost-3')}" in error, error
+        assert took < 20, f"an image missing on the node took {took:.1f} s to fail the start"
+        await assert_exactly(world, daemon, A)
         cluster = status["cluster"]
         assert {n["hostname"]: n["gpus"] for n in cluster["nodes"]} == {
             n.hostname: list(n.gpus) for n in world.cluster.nodes
