@@ -149,6 +149,8 @@ def build_services(settings: Settings) -> Services:
         footprints=lambda config: remembered_footprints(config, gpu_journal.footprints()),
     )
     usage = UsageStore(settings.db_path)
+    leases = LeaseCoordinator(manager, journal=gpu_journal, container_pids=DockerPids())
+    manager.on_started = leases.measure_later  # a member a switch started gets its footprint measured
     router = ReasonRouter(
         config, roles, usage=usage, on_use=manager.touch, endpoints=endpoints, unavailable=manager.unavailable
     )
@@ -165,7 +167,7 @@ def build_services(settings: Settings) -> Services:
         router=router,
         slices=slices,
         usage=usage,
-        leases=LeaseCoordinator(manager, journal=gpu_journal, container_pids=DockerPids()),
+        leases=leases,
         endpoints=endpoints,
         processes=processes,
     )

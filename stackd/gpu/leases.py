@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import logging
 import time
 import uuid
 from collections import deque
@@ -29,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, assert_never
 
-from stackd.config.models import Model, StacksConfig
+from stackd.config.models import Model, Placement, StacksConfig
 from stackd.errors import Conflict, DriverFailed, DriverUnavailable, NotFound, StackdError
 from stackd.gpu.decide import (
     Lease,
@@ -64,6 +65,8 @@ __all__ = [
     "leasable",
     "swap_group",
 ]
+
+log = logging.getLogger("stackd.gpu")
 
 DEFAULT_TTL_S = 600.0  # a lease on a model without idle_ttl_s
 MAX_WAITERS = 64
@@ -159,6 +162,7 @@ class LeaseCoordinator:
         self._waiter_ids = itertools.count(1)
         self._wake = asyncio.Event()
         self._pump_task: asyncio.Task[None] | None = None
+        self._measuring: set[asyncio.Task[None]] = set()
         if journal is not None:
             self._restore(journal)
 
@@ -388,6 +392,21 @@ class LeaseCoordinator:
                 )
             await self._sleep(min(0.5, self.release_wait_s))
 
+    def measure_later(self, model: str) -> None:
+        """Measure a member that a switch started (the manager's ``on_started``), in the background."""
+        spec = self.manager.config.models.get(model)
+        if self._journal is None or spec is None or spec.placement != Placement.gpu:
+            return
+        task = asyncio.create_task(self._measure_quietly(model), name=f"stackd-measure-{model}")
+        self._measuring.add(task)
+        task.add_done_callback(self._measuring.discard)
+
+    async def _measure_quietly(self, model: str) -> None:
+        try:
+            await self._measure(model, self.manager.config)
+        except Exception:  # a measurement is a nicety; the declared size still budgets the member
+            log.exception("measuring the GPU footprint of %s failed", model)
+
     async def _measure(self, model: str, config: StacksConfig) -> None:
         """Remember what the ready member holds on the card (NVML per process through its PIDs)."""
         if self._journal is None:
@@ -496,6 +515,9 @@ class LeaseCoordinator:
 
     async def aclose(self) -> None:
         """Stop the pump; waiters still queued are cancelled."""
+        for measuring in list(self._measuring):
+            measuring.cancel()
+        await asyncio.gather(*self._measuring, return_exceptions=True)
         task, self._pump_task = self._pump_task, None
         for waiter in self._queue:
             waiter.future.cancel()

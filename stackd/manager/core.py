@@ -97,6 +97,8 @@ class ManagerCore:
         self.config = config
         # model -> the largest MiB it was measured to hold under its current config (state store)
         self.footprints: Callable[[StacksConfig], Mapping[str, int]] = footprints or (lambda config: {})
+        # Told the name of each member a switch started, once ready (the daemon measures its footprint).
+        self.on_started: Callable[[str], None] = lambda model: None
         self.store = store
         self.containers = containers
         self.processes = processes

@@ -313,6 +313,7 @@ class ModelStackManager(ManagerCore):
             if isinstance(step, StartContainer | StartProcess):
                 self.probes.pop(step.model, None)
                 self._started_at[step.model] = now
+                self.on_started(step.model)
         for name, error in execution.probed.items():
             self.record_probe(name, error is None, error)
 

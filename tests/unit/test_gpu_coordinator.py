@@ -434,3 +434,18 @@ async def test_get_leases_shows_the_queue_and_post_answers_503_with_retry_after(
         assert answer.json()["code"] == "held" and f"lease {flux['id']}" in answer.json()["message"]
         too_long = await c.post("/leases", json={"model": VISION, "wait_s": 3601})
         assert too_long.status_code == 422
+
+
+async def test_an_always_on_member_a_switch_starts_is_measured_too(world: World, tmp_path: Path) -> None:
+    world.hardware = card(32607, 3072, (GpuProcess(5151, "vllm", 14848),))
+    r = await rig(world, tmp_path)
+    r.manager.on_started = r.leases.measure_later  # as the daemon wires it
+    r.pids["orchestrator-8b"] = (5151,)
+    world.containers.running_containers.discard("aether-orchestrator")  # it died: the next switch restarts it
+    handle = await r.manager.submit_switch("cloud-offload")
+    assert await handle.wait() == "succeeded"
+    await settle()
+    digest = footprint_digest(world.config.models["orchestrator-8b"])
+    assert r.journal.footprints() == {("orchestrator-8b", digest): 14848}  # 14.5 GiB against 13 declared
+    plan = await r.manager.plan("cloud-offload")
+    assert plan.vram is not None and plan.vram.always_on_mib == 14848 + 1024
