@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import resource
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,7 +97,7 @@ class ScriptedBackend:
             raise BackendError(FailureKind.refused, f"cannot connect to {self.name}")
         return Completion("Rayleigh scattering.", "stop", Usage(10, 3))
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         if self.fails:
             raise BackendError(FailureKind.refused, f"cannot connect to {self.name}")
         for word in ("Rayleigh ", "scattering."):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ async def started(world: World, stack: str) -> ModelStackManager:
     return manager
 
 
-def kinds(events: list[dict[str, Any]], type_: str) -> list[str]:
+def kinds(events: Sequence[Mapping[str, Any]], type_: str) -> list[str]:
     return [e["step"]["kind"] for e in events if e["type"] == type_]
 
 
@@ -271,7 +271,7 @@ async def test_events_replay_then_follow_and_end_with_finished(world: World) -> 
     manager = await started(world, "cloud-offload")
     world.ollama.chunk_bytes = 100
     handle = await manager.submit_switch("elastic-hybrid")
-    live: list[dict[str, Any]] = [e async for e in manager.events(handle.id)]
+    live = [e async for e in manager.events(handle.id)]
     await handle.wait()
     replayed = [e async for e in manager.events(handle.id)]
     assert live == replayed

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,7 +53,7 @@ class World:
     now: list[float] = field(default_factory=lambda: [1000.0])
     managers: list[ModelStackManager] = field(default_factory=list)
 
-    def manager(self, **kwargs: object) -> ModelStackManager:
+    def manager(self, **kwargs: Any) -> ModelStackManager:
         """A manager as a fresh daemon process builds it: new store handle, new role table."""
         m = ModelStackManager(
             config=self.config,
@@ -66,7 +67,7 @@ class World:
             read_hardware=lambda: self.hardware,
             clock=lambda: self.now[0],
             **kwargs,
-        )  # type: ignore[arg-type]
+        )
         self.managers.append(m)
         return m
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -108,7 +108,7 @@ class ScriptedBackend:
         await self._misbehave()
         return Completion(f"answer from {self.name}", "stop", Usage(10, 20))
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         self._count_call()
         await self._misbehave()
         yield TextDelta(f"{self.name}:")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -157,12 +157,12 @@ class Answering:
     async def complete(self, request: ChatRequest) -> Completion:
         return Completion("answer from m2", "stop", Usage(1, 2))
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         yield TextDelta("answer from m2")
         yield StreamFinish("stop", Usage(1, 2))
 
 
-PROTOCOLS = {
+PROTOCOLS: dict[str, Callable[..., Backend]] = {
     "openai": lambda m, s, r: OpenAIBackend(FAILING, m, s, r),
     "anthropic": lambda m, s, r: AnthropicBackend(FAILING, m, s, r),
     "gemini": lambda m, s, r: GeminiBackend(FAILING, m, s, r),
@@ -461,7 +461,7 @@ class Raising:
     async def complete(self, request: ChatRequest) -> Completion:
         raise KeyError(f"choices (upstream said {KEY})")
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         raise TypeError(f"bad chunk {KEY}")
         yield TextDelta("never")
 

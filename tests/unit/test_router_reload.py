@@ -16,7 +16,8 @@ from stackd.router.circuit import CircuitState
 from stackd.router.types import ChatRequest, StreamDone, TextDelta
 from stackd.sim.control import SimControl
 from stackd.sim.openai import OpenAISim
-from tests.unit.test_router_chain import REQUEST, FakeClock, ScriptedBackend, make_config, make_router
+from tests.fake_clock import FakeClock
+from tests.unit.test_router_chain import REQUEST, ScriptedBackend, make_config, make_router
 
 
 def with_reason(config: StacksConfig, **sections: dict[str, Any]) -> StacksConfig:
