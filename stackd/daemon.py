@@ -20,6 +20,7 @@ from stackd.api.auth import TOKEN_ENV, load_or_create_token
 from stackd.config.loader import load_config
 from stackd.config.models import StacksConfig
 from stackd.drivers.base import ContainerDriver, HealthChecker
+from stackd.drivers.docker_logs import DockerLogs
 from stackd.errors import StackdError
 from stackd.hardware.probe import make_gpu_reader, read_hardware
 from stackd.hardware.types import HardwareSnapshot
@@ -253,7 +254,11 @@ def build_app(settings: Settings) -> FastAPI:
     if services.slices is not None:
         register_slice_metrics(registry, services.slices)
     return create_app(
-        services, lifespan=lifespan, registry=registry, load_config=lambda: load_daemon_config(settings)
+        services,
+        lifespan=lifespan,
+        registry=registry,
+        load_config=lambda: load_daemon_config(settings),
+        container_logs=DockerLogs(),
     )
 
 

@@ -17,14 +17,13 @@ from stackd.api.dispatch import BodyLimits, FrontDoor, StackdApp, hot_routes
 from stackd.api.errors import install_error_handlers
 from stackd.api.leases import build_leases_router
 from stackd.api.mcp_server import MCP_PATH, McpServer
-from stackd.api.member_logs import build_member_logs_router
+from stackd.api.member_logs import ContainerLogs, build_member_logs_router
 from stackd.api.openapi_doc import install_openapi
 from stackd.api.page import build_page_router
 from stackd.api.stacks import build_stacks_router
 from stackd.api.status import build_status_router
 from stackd.config.loader import load_config as load
 from stackd.config.models import StacksConfig
-from stackd.drivers.docker_logs import DockerLogs
 from stackd.services import Services
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -35,10 +34,12 @@ def create_app(
     lifespan: Lifespan | None = None,
     registry: CollectorRegistry | None = None,
     load_config: Callable[[], StacksConfig] | None = None,
+    container_logs: ContainerLogs | None = None,
 ) -> FastAPI:
     """Build the app. Mutating endpoints need the bearer token; on a non-loopback bind every
     endpoint but /healthz does. ``load_config`` re-reads the config for ``POST /config/reload``
-    (default: the settings' file, as is). A ``FrontDoor`` sees every request first: it bounds
+    (default: the settings' file, as is); ``container_logs`` reads docker members' logs for
+    ``GET /members/{name}/logs`` (the daemon's: ``DockerLogs``). A ``FrontDoor`` sees every request first: it bounds
     bodies, checks the token before any body is read and serves the hot paths itself."""
     write = bearer_guard(services.token)
     settings = services.settings
@@ -50,7 +51,7 @@ def create_app(
     app.include_router(build_stacks_router(services, write, read))
     app.include_router(build_leases_router(services, write, read))
     # The followers are closed by the daemon before uvicorn waits for open answers.
-    member_logs, app.state.log_followers = build_member_logs_router(services, write, DockerLogs())
+    member_logs, app.state.log_followers = build_member_logs_router(services, write, container_logs)
     app.include_router(member_logs)
     page, app.state.status_feed = build_page_router(services, read)  # closed by the daemon at shutdown
     app.include_router(page)

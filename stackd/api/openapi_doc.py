@@ -72,6 +72,7 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/leases/{lease_id}/renew"): (404,),
     ("delete", "/leases/{lease_id}"): (404,),
     ("post", "/config/reload"): (409, 422),
+    ("get", "/members/{name}/logs"): (404, 503),
 }
 ACCEPTED = {("post", "/model-stacks/switch"): "With `wait: false`: the switch runs; follow it by its id."}
 

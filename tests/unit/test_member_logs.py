@@ -148,3 +148,9 @@ def test_a_tail_reads_back_as_far_as_its_lines_need_and_no_further(tmp_path: Pat
     capped = tail_lines(log, 10_000, max_bytes=100_000)  # whole lines only, the cut one dropped
     assert 900 < len(capped) < 1000 and all(line.startswith("line ") for line in capped)
     assert tail_lines(tmp_path / "absent.log", 5) == []
+
+
+async def test_a_daemon_without_a_container_log_reader_says_so(http: httpx.AsyncClient) -> None:
+    answer = await http.get("/members/orchestrator-8b/logs", headers=AUTH)
+    assert answer.status_code == 422
+    assert "'orchestrator-8b' is a docker member, but this daemon reads no container logs" in answer.text
