@@ -59,8 +59,9 @@ def slices_renderable(data: dict[str, Any]) -> Group:
 def usage_slices(data: dict[str, Any]) -> Group:
     """The audit log's totals per slice (every routed answer since the state dir was made)."""
     served = data.get("slices", {}).get("served", [])
+    tallies = data.get("slices", {}).get("since_start", {})
     if not served:
-        return Group()
+        return Group(tallies_table(tallies)) if tallies else Group()
     table = Table(
         "preset",
         "slice",
@@ -81,4 +82,4 @@ def usage_slices(data: dict[str, Any]) -> Group:
             str(row["prompt_tokens"] + row["completion_tokens"]),
             f"{row['mean_latency_ms']:.0f}",
         )
-    return Group(table)
+    return Group(table, tallies_table(tallies)) if tallies else Group(table)

@@ -189,7 +189,7 @@ async def test_the_cli_views_render_what_the_api_says(app: App) -> None:
     assert "kill switch: off" in text and "elastic: policy 2026-12-01.1, slices 6b < 9b < 12b" in text
     assert "budget elastic:12b: 0/2000000 tokens today" in text
     assert "elastic:6b" in text and "0%" in text and "100%" in text  # acceptance of 6b and 9b
-    assert "routed answers" in text
+    assert "routed answers" in text and text.count("per slice since start") == 2  # show, and usage
 
 
 async def test_the_mcp_invoke_model_tool_is_routed_too(tmp_path: Path) -> None:
