@@ -34,7 +34,7 @@ log = logging.getLogger("stackd")
 
 # Between a role swap and stopping the backends it replaced: a client that read /roles (or a
 # gateway request that took its snapshot) just before the swap still reaches the old backend.
-ROLE_DRAIN_S = 1.0
+ROLE_DRAIN_S = Settings.model_fields["role_drain_s"].default
 
 # CPython's cyclic collector walks every object of the generations it collects. A full collection
 # of the daemon's start-up heap (FastAPI, pydantic's schemas, the config) takes tens of
@@ -146,7 +146,7 @@ def build_services(settings: Settings) -> Services:
         health=checker,
         live_roles=roles,
         read_hardware=hardware,
-        drain_s=ROLE_DRAIN_S,
+        drain_s=settings.role_drain_s,
         footprints=lambda config: remembered_footprints(config, gpu_journal.footprints()),
     )
     usage = UsageStore(settings.db_path)

@@ -28,6 +28,9 @@ class Settings(BaseModel):
     gpu_total_gb: float | None = Field(None, gt=0)
     periodic: bool = True
     recover_on_start: bool = True
+    # Between a role swap and stopping the backends it replaced (stackd.daemon.ROLE_DRAIN_S); tests
+    # whose members serve no client set 0.
+    role_drain_s: float = Field(1.0, ge=0)
     # Request bodies past these are answered 413 (stackd.api.dispatch): the control API's are a
     # few hundred bytes; the data path's (/v1/*, /tools/*) carry whole conversations.
     max_body_bytes: int = Field(1 * MIB, ge=1)

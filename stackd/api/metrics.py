@@ -187,6 +187,15 @@ class StackCollector(Collector):
         yield GaugeMetricFamily(
             "stackd_role_table_version", "Swaps of the live role table since start.", value=table.version
         )
+        degraded = GaugeMetricFamily(
+            "stackd_member_degraded",
+            "1 for each member that cannot serve now (a remote that does not answer, a swarm member whose "
+            "node is down); the reason is in /status.",
+            labels=["model"],
+        )
+        for model in sorted(services.manager.degraded):
+            degraded.add_metric([model], 1.0)
+        yield degraded
         hardware = services.read_hardware()
         labels = ["gpu", "name"]
         total = GaugeMetricFamily(

@@ -296,13 +296,27 @@ class SwarmServiceDriver:
         return [read_node(raw, self._cluster.gpu_resource) for raw in self._docker().api.nodes()]
 
     def _views(self, models: Mapping[str, Model]) -> list[MemberView]:
+        """Three engine calls whatever the number of members: nodes, services, tasks."""
+        api = self._docker().api
         nodes = {n.id: n for n in self._nodes()}
+        wanted = {_service(name, model) for name, model in models.items()}
+        one = {"name": next(iter(wanted))} if len(wanted) == 1 else {}
+        services = {str(s["Spec"]["Name"]): s for s in api.services(filters=one or None)}
+        ids = {str(services[n]["ID"]): n for n in wanted if n in services}
+        tasks: dict[str, list[TaskView]] = {n: [] for n in wanted}
+        listed = (
+            api.tasks(filters={"service": next(iter(ids))}) if len(ids) == 1 else api.tasks() if ids else []
+        )
+        for raw in listed:
+            owner = ids.get(str(raw.get("ServiceID")))
+            if owner is not None:
+                tasks[owner].append(read_task(raw))
         out = []
         for name, model in models.items():
             service = _service(name, model)
-            found = self._inspect(service)
+            found = services.get(service)
             replicas = _replicas_of(found) if found is not None else 0
-            every = self._tasks(service) if found else []
+            every = tasks[service]
             task = max((t for t in every if t.desired == "running"), key=lambda t: t.created, default=None)
             node = nodes.get(task.node_id) if task is not None and task.node_id else None
             endpoint = member_endpoint(model, node.address) if node is not None and node.address else None

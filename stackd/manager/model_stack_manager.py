@@ -299,10 +299,14 @@ class ModelStackManager(ManagerCore):
         if started_at is not None and self._started_at.get(model, float("-inf")) > started_at:
             return
         self.probes[model] = ProbeResult(ok, self.wall_clock(), error)
-        if self.config.models[model].runtime == Runtime.remote or is_clustered(self.config.models[model]):
+        clustered = is_clustered(self.config.models[model])
+        if self.config.models[model].runtime == Runtime.remote or clustered:
             if ok:
-                self.degraded.pop(model, None)
+                if self.degraded.pop(model, None) is not None and clustered:
+                    log.info("member %s serves again", model)
             else:
+                if clustered and self.degraded.get(model) != error:
+                    log.warning("member %s degraded: %s", model, error)
                 self.degraded[model] = error or "unreachable"
 
     def _record_probes(self, execution: Execution) -> None:

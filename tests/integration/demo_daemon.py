@@ -45,9 +45,10 @@ class InProcessDaemon:
 
 
 @asynccontextmanager
-async def serve_in_process(config: Path, state_dir: Path) -> AsyncIterator[InProcessDaemon]:
-    """The daemon of ``config`` on ``state_dir``, started (recovered) and, on exit, shut down."""
-    app = build_app(Settings(config=config, state_dir=state_dir, periodic=False))
+async def serve_in_process(config: Path, state_dir: Path, **settings: Any) -> AsyncIterator[InProcessDaemon]:
+    """The daemon of ``config`` on ``state_dir``, started (recovered) and, on exit, shut down;
+    ``settings`` override other ``Settings`` fields (``role_drain_s=0``)."""
+    app = build_app(Settings(config=config, state_dir=state_dir, periodic=False, **settings))
     services: Services = app.state.services
     async with (
         app.router.lifespan_context(app),

@@ -103,7 +103,7 @@ async def assert_exactly(world: SwarmWorld, daemon: InProcessDaemon, stack: str)
 async def test_every_ordered_pair_switches_services_onto_their_nodes(
     world: SwarmWorld, tmp_path: Path
 ) -> None:
-    async with serve_in_process(world.path, tmp_path / "state") as daemon:
+    async with serve_in_process(world.path, tmp_path / "state", role_drain_s=0) as daemon:
         await assert_exactly(world, daemon, A)
         for previous, target in itertools.pairwise(TOUR):
             switch = await daemon.switch(target)
@@ -118,7 +118,7 @@ async def test_every_ordered_pair_switches_services_onto_their_nodes(
 async def test_starts_swarm_cannot_do_fail_with_swarms_reason_and_undo(
     world: SwarmWorld, tmp_path: Path
 ) -> None:
-    async with serve_in_process(world.path, tmp_path / "state") as daemon:
+    async with serve_in_process(world.path, tmp_path / "state", role_drain_s=0) as daemon:
         await assert_exactly(world, daemon, A)
         started = time.monotonic()
         switch = await daemon.switch("greedy")
@@ -188,10 +188,10 @@ def test_a_daemon_sigkilled_mid_switch_restarts_into_one_whole_stack(
 
 
 async def test_a_killed_node_degrades_its_members_and_the_chain_skips_them(
-    world: SwarmWorld, cluster: SwarmCluster, tmp_path: Path
+    world: SwarmWorld, cluster: SwarmCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Runs last: node 3 stays down for the rest of the module."""
-    async with serve_in_process(world.path, tmp_path / "state") as daemon:
+    async with serve_in_process(world.path, tmp_path / "state", role_drain_s=0) as daemon:
         switch = await daemon.switch(C)  # orch-1 on node 1, emb-3 on node 3
         assert switch["state"] == "succeeded", switch["error"]
         manager = daemon.services.manager
@@ -212,6 +212,10 @@ async def test_a_killed_node_degrades_its_members_and_the_chain_skips_them(
         members = {m["name"]: m for m in (await daemon.get("/status"))["members"]}
         assert members["emb-3"]["state"] == "degraded" and node3.hostname in members["emb-3"]["detail"]
         assert members["orch-1"]["state"] == "running"
+        metrics = (await daemon.client.get("/metrics")).text
+        assert 'stackd_member_degraded{model="emb-3"} 1.0' in metrics, metrics
+        assert 'stackd_member_degraded{model="orch-1"}' not in metrics
+        assert any(r.getMessage().startswith("member emb-3 degraded: ") for r in caplog.records)
         answer = await daemon.client.post("/tools/reason", json={"problem": "2+2?"})
         assert answer.status_code == 503, answer.text  # orch-1, the demo image, has no chat API
         first, then = answer.json()["attempts"]
