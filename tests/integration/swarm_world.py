@@ -21,6 +21,7 @@ from tests.integration.swarm_cluster import SwarmCluster
 STACKS = ("alpha", "beta", "gamma", "delta")
 PORTS = {"orch-1": 18201, "orch-3": 18202, "emb-1": 18203, "emb-3": 18204, "gpu-a": 18205, "gpu-b": 18206}
 MISSING_IMAGE = "stackd-missing:none"  # on no node: "ghost-3" can never start
+EXTRA_PORTS = {"ghost-3": 18207, "roam": 18208}  # roam: any worker node (2 or 3), Swarm picks
 ROLES = {
     "alpha": {"orchestrator": "orch-1", "vision": "gpu-a"},
     "beta": {"orchestrator": "orch-3", "vision": "gpu-b"},
@@ -28,6 +29,7 @@ ROLES = {
     "delta": {"orchestrator": "orch-3", "embeddings": "emb-1"},
     "greedy": {"orchestrator": "orch-1", "vision": "gpu-a", "diffusion": "gpu-b"},
     "ghostly": {"orchestrator": "orch-1", "embeddings": "ghost-3"},
+    "roaming": {"orchestrator": "orch-1", "embeddings": "roam"},
 }
 
 
@@ -66,6 +68,15 @@ class SwarmWorld:
         finally:
             client.close()
 
+    def set_availability(self, hostname: str, availability: str) -> None:
+        """``docker node update --availability drain|active HOSTNAME``."""
+        client = self.cluster.manager.client()
+        try:
+            node = client.nodes.get(hostname)
+            node.update({**node.attrs["Spec"], "Availability": availability})
+        finally:
+            client.close()
+
     def expected(self, stack: str) -> dict[str, str]:
         return {model: self.node_of(model) for model in ROLES[stack].values()}
 
@@ -79,10 +90,12 @@ class SwarmWorld:
 
 
 def _member(world_cluster: SwarmCluster, name: str, local: bool = False) -> dict[str, object]:
-    port = PORTS.get(name, 18207)
+    port = PORTS.get(name) or EXTRA_PORTS[name]
     gpu = name.startswith("gpu-")
     if gpu:
         constraints = ["node.labels.gpu==rtx5090"]
+    elif name == "roam":
+        constraints = ["node.role==worker"]
     else:
         constraints = [f"node.hostname=={world_cluster.nodes[int(name[-1]) - 1].hostname}"]
     docker: dict[str, object] = {
@@ -127,7 +140,7 @@ def write_config(
             "embeddings": {},
             "diffusion": {},
         },
-        "models": {name: _member(cluster, name, local) for name in [*PORTS, "ghost-3"]},
+        "models": {name: _member(cluster, name, local) for name in [*PORTS, *EXTRA_PORTS]},
         "stacks": {name: {"roles": roles} for name, roles in ROLES.items()},
         "reason": {
             "strategies": {

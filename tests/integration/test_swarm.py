@@ -8,11 +8,14 @@ whose members are Swarm services spread over the nodes:
   to 1, each task on the node its constraints name, the roles bound, and each role's endpoint
   the node's address and published port (reachable from this host); the GPU handover stops the
   old GPU service (its task gone) before the next one starts;
-- a stack with two GPU members for the one GPU is refused with Swarm's own reason, and the
-  previous stack runs as before;
+- a stack with two GPU members for the one GPU fails with Swarm's own reason and the service
+  that holds the GPU, a member whose image is on no node fails at once with the node's error,
+  and either way the previous stack runs as before (the plan's cluster ledger and /status's
+  cluster section agree with Swarm);
 - a ``stackd serve`` SIGKILLed mid-switch restarts into exactly one of the two stacks;
-- a node whose dockerd is killed degrades its members (status, events of the probe) and the
-  reason() chain skips them with that reason.
+- a member Swarm moves (its node drained) is probed and routed to at its new node;
+- a node whose dockerd is killed degrades its members (status, the metric, the log event) and
+  the reason() chain skips them with that reason.
 
 The cluster fixture fails the module when a namespace, interface, dockerd, mount, cgroup or the
 directory is left after the teardown. Needs root, iproute2, nsenter/unshare and the demo image;
@@ -185,6 +188,35 @@ def test_a_daemon_sigkilled_mid_switch_restarts_into_one_whole_stack(
         assert {r["role"]: r["model"] for r in roles["roles"]} == ROLES[stack]
     finally:
         stop_daemon(daemon)
+
+
+async def test_a_member_swarm_moves_is_reached_at_its_new_node(world: SwarmWorld, tmp_path: Path) -> None:
+    async with serve_in_process(world.path, tmp_path / "state", role_drain_s=0) as daemon:
+        switch = await daemon.switch("roaming")
+        assert switch["state"] == "succeeded", switch["error"]
+        first = world.cluster.node((await asyncio.to_thread(world.placement))["roam"])
+        other = next(n for n in world.cluster.nodes[1:] if n != first)
+        endpoints = daemon.services.endpoints
+        assert f"//{first.address}:" in (endpoints.get("roam") or "")
+        await asyncio.to_thread(world.set_availability, first.hostname, "drain")
+        try:
+            deadline = time.monotonic() + 30
+            while (
+                f"//{other.address}:" not in (endpoints.get("roam") or "")
+                or "roam" in daemon.services.manager.degraded
+            ):
+                assert time.monotonic() < deadline, (endpoints.get("roam"), daemon.services.manager.degraded)
+                await PeriodicJobs(daemon.services.manager).probe_health()
+                await asyncio.sleep(0.3)
+            assert (await asyncio.to_thread(world.placement))["roam"] == other.hostname
+            # The router follows: the chain's first strategy now calls roam at its new node.
+            answer = await daemon.client.post("/tools/reason", json={"problem": "2+2?"})
+            first_attempt = answer.json()["attempts"][0]
+            assert first_attempt["backend"] == "roam" and other.address in first_attempt["reason"], (
+                first_attempt
+            )
+        finally:
+            await asyncio.to_thread(world.set_availability, first.hostname, "active")
 
 
 async def test_a_killed_node_degrades_its_members_and_the_chain_skips_them(
