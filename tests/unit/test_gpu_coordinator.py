@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from stackd.api.app import create_app
-from stackd.config.models import StacksConfig
+from stackd.config.models import Runtime, StacksConfig
 from stackd.drivers.docker_pids import host_pids
 from stackd.gpu.leases import LeaseCoordinator, LeaseUnavailable
 from stackd.hardware.types import GpuDevice, GpuProcess, HardwareSnapshot
@@ -449,3 +449,26 @@ async def test_an_always_on_member_a_switch_starts_is_measured_too(world: World,
     assert r.journal.footprints() == {("orchestrator-8b", digest): 14848}  # 14.5 GiB against 13 declared
     plan = await r.manager.plan("cloud-offload")
     assert plan.vram is not None and plan.vram.always_on_mib == 14848 + 1024
+
+
+async def test_a_process_member_is_leased_and_measured_through_its_process_tree(
+    world: World, tmp_path: Path
+) -> None:
+    """vision as a ``runtime: process`` engine on the GPU: the lease evicts the idle FLUX container,
+    spawns the engine and reads NVML's memory of the engine's PIDs (``ProcessInfo.pids``)."""
+    models = dict(world.config.models)
+    engine = models["gemma-270m"].process
+    models[VISION] = models[VISION].model_copy(
+        update={"runtime": Runtime.process, "docker": None, "process": engine}
+    )
+    world.hardware = card(32607, 3072, (GpuProcess(1001, "llama-server", 9216),))  # the fake's first PID
+    r = await rig(world, tmp_path, world.config.model_copy(update={"models": models}))
+    world.containers.running_containers.add(FLUX_C)  # resident and idle
+    lease = await r.leases.acquire(VISION)
+    assert world.containers.actions[-1] == ("stop", FLUX) and world.processes.actions == [("start", VISION)]
+    assert r.journal.footprints() == {(VISION, footprint_digest(world.config.models[VISION])): 9216}
+    await r.leases.release(lease.id)
+    plan = await r.manager.plan("cloud-offload")
+    assert plan.vram is not None and plan.vram.swap_budget_mib == 12288  # FLUX's 12 GiB is still the largest
+    item = next(i for i in plan.vram.items if i.model == VISION)
+    assert (item.mib, item.measured_mib, item.over_declared) == (8192, 9216, True)
