@@ -78,7 +78,7 @@ def test_unknown_keys_top_level_and_nested_name_the_allowed_keys() -> None:
     top, nested = problems_of("bad-unknown-keys.yaml")
     assert (top.line, top.path, top.message) == (3, "verison", "unknown key 'verison'")
     assert "did you mean 'version'?" in top.fix
-    assert "allowed: auth, default_stack, fallback_stacks, gpu, models" in top.fix
+    assert "allowed: auth, cluster, default_stack, fallback_stacks, gpu, models" in top.fix
     assert (nested.line, nested.path) == (15, "models.orchestrator-8b.memroy_gb")
     assert "did you mean 'memory_gb'?" in nested.fix
     assert "remove it or check the spelling (allowed: always_stream, api, description, docker," in nested.fix
