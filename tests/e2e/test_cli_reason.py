@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,7 +77,7 @@ def test_usage_counts_what_reason_did(reason_daemon: Daemon) -> None:
 
     assert reason_daemon.cli("reason", "count me").returncode == 0
     deadline = time.monotonic() + 10
-    rows: list = []
+    rows: list[Any] = []
     while time.monotonic() < deadline and not rows:
         rows = json.loads(reason_daemon.cli("usage", "--json").stdout)["rows"]
         time.sleep(0.3)  # usage is flushed to SQLite about once a second

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -22,7 +23,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield client
 
 
-def _sse(raw: str) -> list[tuple[str, dict]]:
+def _sse(raw: str) -> list[tuple[str, dict[str, Any]]]:
     events = []
     for block in raw.strip().split("\n\n"):
         name_line, data_line = block.split("\n")

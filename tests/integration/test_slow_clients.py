@@ -77,7 +77,7 @@ def open_fds(pid: int) -> int:
 
 def healthz_until_ok(url: str, within_s: float) -> tuple[float, list[str]]:
     """Seconds until ``/healthz`` answers 200, and what the tries before got."""
-    started, seen = time.monotonic(), []
+    started, seen = time.monotonic(), list[str]()
     while time.monotonic() - started < within_s:
         try:
             answer = httpx.get(f"{url}/healthz", timeout=2)

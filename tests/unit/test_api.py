@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -104,7 +105,9 @@ async def test_unknown_stack_is_404_naming_the_valid_ones(daemon: Daemon) -> Non
     "body, field",
     [({}, "stack"), ({"stack": "x", "dry_run": "maybe"}, "dry_run"), ({"stack": "x", "colour": 1}, "colour")],
 )
-async def test_malformed_body_is_422_naming_the_field(daemon: Daemon, body: dict, field: str) -> None:
+async def test_malformed_body_is_422_naming_the_field(
+    daemon: Daemon, body: dict[str, Any], field: str
+) -> None:
     resp = await daemon.client.post("/model-stacks/switch", json=body, headers=AUTH)
     assert resp.status_code == 422
     assert field in resp.json()["message"]

@@ -13,7 +13,9 @@ from rich.console import Console
 from stackd.cli.render import daemon_header, status_renderable, usage_renderable
 
 
-def member(name: str, runtime: str, placement: str, mib: int, state: str, detail: str | None = None) -> dict:
+def member(
+    name: str, runtime: str, placement: str, mib: int, state: str, detail: str | None = None
+) -> dict[str, Any]:
     lifecycle = "on_demand" if detail and "on demand" in detail else "always_on"
     return {
         "name": name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,7 +34,7 @@ def test_expansion_follows_the_shell(text: str, env: dict[str, str], expected: s
 
 
 def test_unset_references_are_listed_with_their_path_and_left_as_written() -> None:
-    data = {"models": {"m": {"endpoint": "${A}/${B}", "tags": ["${C}"]}}, "n": 5}
+    data: dict[str, Any] = {"models": {"m": {"endpoint": "${A}/${B}", "tags": ["${C}"]}}, "n": 5}
     result = expand_env(data, {"B": "b"})
     assert [(u.path, u.name) for u in result.unset] == [
         (("models", "m", "endpoint"), "A"),

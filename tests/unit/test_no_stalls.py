@@ -164,7 +164,7 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
     d.store.close()
 
 
-BURSTS = {
+BURSTS: dict[str, tuple[str, dict[str, Any]]] = {
     "chat": ("/v1/chat/completions", CHAT),
     "chat, stream": ("/v1/chat/completions", {**CHAT, "stream": True}),
     "tools": ("/tools/reason", {"problem": "why?"}),

@@ -13,7 +13,7 @@ from stackd.errors import Conflict, NotFound
 from stackd.state.store import StateStore
 
 
-def clock(start: float = 100.0):  # type: ignore[no-untyped-def]
+def clock(start: float = 100.0):
     t = [start]
 
     def now() -> float:
