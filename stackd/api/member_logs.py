@@ -35,9 +35,10 @@ TAIL_MAX_BYTES = 8 << 20  # a tail reads back at most this far (10,000 lines of 
 
 
 class NoEngineLog(StackdError):
-    """The member has no engine log that stackd can read (Ollama, remote, no driver)."""
+    """The member has no engine log that stackd can read (Ollama, remote, no driver): the
+    request is valid, the resource is not there (404, not 422)."""
 
-    status = 422
+    status = 404
 
 
 class ContainerLogs(Protocol):

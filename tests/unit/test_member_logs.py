@@ -75,7 +75,7 @@ async def test_engine_logs_need_the_token_even_on_loopback(http: httpx.AsyncClie
     ("member", "status", "says"),
     [
         ("nope", 404, "unknown member 'nope'; members: orchestrator-8b"),
-        ("orchestrator-cpu", 422, "is a ollama member: stackd runs no engine for it; see Ollama's own log"),
+        ("orchestrator-cpu", 404, "is a ollama member: stackd runs no engine for it; see Ollama's own log"),
     ],
 )
 async def test_what_has_no_engine_log_says_where_to_look(
@@ -152,5 +152,5 @@ def test_a_tail_reads_back_as_far_as_its_lines_need_and_no_further(tmp_path: Pat
 
 async def test_a_daemon_without_a_container_log_reader_says_so(http: httpx.AsyncClient) -> None:
     answer = await http.get("/members/orchestrator-8b/logs", headers=AUTH)
-    assert answer.status_code == 422
+    assert answer.status_code == 404
     assert "'orchestrator-8b' is a docker member, but this daemon reads no container logs" in answer.text
