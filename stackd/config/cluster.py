@@ -69,9 +69,6 @@ class ClusterConfig(_Frozen):
         None, gt=0, description="VRAM of each GPU of a node in GiB unless cluster.nodes says otherwise."
     )
     nodes: dict[str, ClusterNode] = Field(default_factory=dict, description="hostname -> declared facts.")
-    poll_s: float = Field(
-        2.0, gt=0, description="Seconds between reads of nodes and tasks (endpoints, node loss)."
-    )
 
 
 def cluster_problems(data: dict[str, Any]) -> list[Problem]:
