@@ -184,7 +184,7 @@ def world(tmp_path: Path) -> Iterator[World]:
             sim.stop()
 
 
-CALLS = [
+CALLS: list[tuple[str, dict[str, object]]] = [
     ("/v1/chat/completions", {"model": "reason", "messages": [{"role": "user", "content": "hi"}]}),
     (
         "/v1/chat/completions",
@@ -220,8 +220,8 @@ def test_no_canary_in_any_response_log_line_or_stored_row(world: World) -> None:
         for sim in ("r1", "claude", "gemini", "proxy"):
             world.sims[sim].set_fault(fault)
         world.call("/model-stacks/switch", {"stack": stack})
-    for sim in world.sims.values():
-        sim.set_fault(Fault.none)
+    for simulator in world.sims.values():
+        simulator.set_fault(Fault.none)
     for path in [
         "/status",
         "/roles",

@@ -390,9 +390,12 @@ def test_a_feasible_plan_ends_in_the_target_stack(case: Case) -> None:
 
 
 def _shares_a_target_tag(config: StacksConfig, members: tuple[str, ...], name: str) -> bool:
-    tag = config.models[name].ollama.tag if config.models[name].ollama else None
-    target_tags = {config.models[m].ollama.tag for m in members if config.models[m].ollama}
-    return tag in target_tags
+    def tag_of(model: str) -> str | None:
+        runtime = config.models[model].ollama
+        return runtime.tag if runtime is not None else None
+
+    tag = tag_of(name)
+    return tag is not None and tag in {tag_of(m) for m in members}
 
 
 @PROPERTY

@@ -74,6 +74,7 @@ def test_another_process_holds_it_until_it_is_killed(tmp_path: Path) -> None:
     ready = ctx.Event()
     proc = ctx.Process(target=_hold, args=(str(tmp_path), ready))
     proc.start()
+    assert proc.pid is not None
     try:
         assert ready.wait(30)
         with pytest.raises(StateDirLocked, match=rf"another stackd \(pid {proc.pid}, {URL}\)"):

@@ -120,7 +120,7 @@ def test_sigkill_after_a_write_keeps_every_committed_write(tmp_path: Path) -> No
     proc = ctx.Process(target=_write_then_hang, args=(str(db), ready))
     proc.start()
     try:
-        assert ready.wait(30)
+        assert ready.wait(30) and proc.pid is not None
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.join(10)
