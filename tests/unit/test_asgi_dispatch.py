@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import resource
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,7 +182,7 @@ async def call(
         "headers": all_headers, "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8001),
     }  # fmt: skip
     read = 0
-    pending = next(body, b"")  # an empty body is one empty message, as uvicorn sends it
+    pending: bytes | None = next(body, b"")  # an empty body is one empty message, as uvicorn sends it
     answered = False
 
     async def receive() -> dict[str, Any]:
@@ -263,7 +263,10 @@ async def test_a_bug_on_a_hot_path_is_a_500_in_the_routes_shape_that_repeats_not
 async def test_a_client_that_leaves_through_the_front_door_cancels_the_backend_call(daemon: Daemon) -> None:
     daemon.backends["primary"].gate = asyncio.Event()
     body = json.dumps(CHAT).encode()
-    messages = [{"type": "http.request", "body": body, "more_body": False}, {"type": "http.disconnect"}]
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": body, "more_body": False},
+        {"type": "http.disconnect"},
+    ]
     sent: list[dict[str, Any]] = []
     headers = [(b"content-type", b"application/json"), *AUTH, (b"content-length", str(len(body)).encode())]
     scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": headers}
@@ -273,8 +276,8 @@ async def test_a_client_that_leaves_through_the_front_door_cancels_the_backend_c
             await asyncio.sleep(0.05)  # the client leaves while the backend still works
         return messages.pop(0)
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
 
     await asyncio.wait_for(daemon.app(scope, receive, send), 5)
     assert daemon.backends["primary"].cancelled == 1 and sent == []

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -44,7 +44,7 @@ class WatchingBackend:
         self.seen.append(self.rig.leases.holds(VISION))
         return Completion("a cat on a mat", "stop", Usage(10, 4))
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         for word in ("a cat ", "on a mat"):
             self.seen.append(self.rig.leases.holds(VISION))
             yield TextDelta(word)
