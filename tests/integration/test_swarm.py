@@ -186,6 +186,10 @@ def test_a_daemon_sigkilled_mid_switch_restarts_into_one_whole_stack(
         assert {m for m, n in world.replicas().items() if n} == set(ROLES[stack].values())
         roles = get(daemon, "/roles")
         assert {r["role"]: r["model"] for r in roles["roles"]} == ROLES[stack]
+        for row in roles["roles"]:  # the restarted daemon found each member's node at once
+            address = world.cluster.node(placement[row["model"]]).address
+            assert f"//{address}:" in row["health_url"], row
+            assert httpx.get(row["health_url"], timeout=5).status_code == 200, row
     finally:
         stop_daemon(daemon)
 
