@@ -10,11 +10,8 @@ large request is never starved by smaller ones. A waiter is served when memory f
 released or expires, a foreign process exits), or answered 503 with ``Retry-After`` and the
 reason at its ``wait_s`` deadline.
 
-A grant runs its stops and its start as a plan through ``PlanExecutor`` (its undo puts back what
-was evicted when the start fails); after a stop it waits, bounded, until NVML shows the memory
-back before it starts the next model. Once the model is ready its NVML footprint (the engine's
-PIDs: the process tree, or the container's host PIDs) is remembered in the state store, and the
-lease is journalled there too: a restarted daemon restores its live leases.
+A grant runs through ``stackd.gpu.grant`` (the executor, the NVML wait, the footprint); leases
+are journalled in the state store, so a restarted daemon restores its live leases.
 """
 
 from __future__ import annotations
@@ -22,19 +19,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, assert_never
+from typing import TYPE_CHECKING, Any
 
-from stackd.config.models import Model, Placement, StacksConfig
-from stackd.errors import Conflict, DriverFailed, DriverUnavailable, NotFound, StackdError
+from stackd.errors import Conflict, DriverUnavailable, NotFound, StackdError
 from stackd.gpu.decide import (
     Lease,
-    LeaseDecision,
     LeaseRefusal,
     config_refusal,
     decide_lease,
@@ -44,12 +38,10 @@ from stackd.gpu.decide import (
     swap_group,
     waiting_reason,
 )
-from stackd.manager.events import EventLog
-from stackd.manager.executor import PlanExecutor
+from stackd.gpu.grant import ContainerPids, Grants, Sleep
+from stackd.gpu.refusals import LeaseRefused, LeaseUnavailable, refusal_error
 from stackd.manager.observe import with_measurements
-from stackd.planner.footprints import budget_mib, footprint_digest
-from stackd.planner.members import gib
-from stackd.planner.plan import Plan, RamLedger, StartContainer, StartProcess
+from stackd.planner.footprints import budget_mib
 from stackd.planner.views import redact_url
 from stackd.state.gpu import GpuJournal, LeaseRow
 
@@ -66,48 +58,8 @@ __all__ = [
     "swap_group",
 ]
 
-log = logging.getLogger("stackd.gpu")
-
 DEFAULT_TTL_S = 600.0  # a lease on a model without idle_ttl_s
 MAX_WAITERS = 64
-ContainerPids = Callable[[str, Model], Awaitable[tuple[int, ...]]]
-Sleep = Callable[[float], Awaitable[None]]
-
-
-class LeaseRefused(StackdError):
-    """The model cannot be leased in this stack (not a member, not on demand, not a GPU member,
-    larger than the card can ever give it)."""
-
-    status = 422
-
-
-class LeaseUnavailable(StackdError):
-    """The lease could not be served by its deadline (a lease or another process holds the
-    memory), or GPU memory did not come back after a stop. ``retry_after_s`` says when to retry."""
-
-    status = 503
-
-
-def refusal_error(refusal: LeaseRefusal) -> StackdError:
-    """The API's error for a refusal: 404 unknown model, 503 still waiting at the deadline, 422 otherwise."""
-    match refusal.code:
-        case "unknown_model":
-            return NotFound(refusal.message)
-        case "held" | "no_room":
-            return LeaseUnavailable(
-                refusal.message,
-                code=refusal.code,
-                holders=[lease_brief(h) for h in refusal.holders],
-                retry_after_s=round(refusal.retry_after_s or 5.0, 1),
-            )
-        case "no_active_stack" | "not_member" | "not_on_demand" | "not_gpu" | "too_large":
-            return LeaseRefused(refusal.message, code=refusal.code)
-        case _:
-            assert_never(refusal.code)
-
-
-def lease_brief(lease: Lease) -> dict[str, Any]:
-    return {"lease_id": lease.id, "model": lease.model, "expires_at": lease.expires_at}
 
 
 @dataclass
@@ -121,10 +73,6 @@ class Waiter:
     deadline: float
     future: asyncio.Future[Lease]
     refusal: LeaseRefusal | None = None
-
-
-async def _no_journal(step: Any) -> None:
-    """Leases are journalled as leases (``GpuJournal``), not as switches."""
 
 
 class LeaseCoordinator:
@@ -162,7 +110,7 @@ class LeaseCoordinator:
         self._waiter_ids = itertools.count(1)
         self._wake = asyncio.Event()
         self._pump_task: asyncio.Task[None] | None = None
-        self._measuring: set[asyncio.Task[None]] = set()
+        self._grants = Grants(manager, clock, sleep, journal, container_pids, release_wait_s, poll_s)
         if journal is not None:
             self._restore(journal)
 
@@ -319,8 +267,8 @@ class LeaseCoordinator:
             if decision.refusal.waits:
                 return decision.refusal
             raise refusal_error(decision.refusal)
-        await self._apply(decision, config, budget_mib(model, config.models[model], observed))
-        await self._measure(model, config)
+        await self._grants.apply(decision, config, budget_mib(model, config.models[model], observed))
+        await self._grants.measure(model, config)
         now = self.clock()
         ttl = waiter.ttl_s if waiter.ttl_s is not None else self.default_ttl_s(model)
         lease = Lease(self._new_id(), model, acquired_at=now, expires_at=now + ttl, ttl_s=ttl)
@@ -329,105 +277,9 @@ class LeaseCoordinator:
         manager.touch(model)
         return lease
 
-    # ---------------------------------------------------------------- applying a grant
-
-    async def _apply(self, decision: LeaseDecision, config: StacksConfig, need_mib: int) -> None:
-        """The stops and the start as one plan through the executor: a failed start undoes the
-        evictions. After a stop the start waits until NVML shows the room back."""
-        manager = self.manager
-        stopped = bool(decision.evicted)
-        hook_error: list[StackdError] = []
-
-        async def before(step: Any) -> None:
-            if stopped and isinstance(step, StartContainer | StartProcess):
-                try:
-                    await self._await_memory_back(step.model, need_mib, decision.evicted)
-                except StackdError as exc:
-                    hook_error.append(exc)
-                    raise
-
-        assert manager.active_stack is not None
-        plan = Plan(
-            stack=manager.active_stack,
-            steps=decision.steps,
-            vram=None,
-            ram=RamLedger(0, 0, 0, 0, 0),
-            feasible=True,
-        )
-        executor = PlanExecutor(
-            config,
-            manager.containers,
-            manager.processes,
-            manager.ollama,
-            manager.remotes,
-            manager.live_roles,
-            EventLog(f"lease-{decision.model}", manager.wall_clock),
-            _no_journal,
-            before_step=before,
-        )
-        execution = await executor.run(plan)
-        if not execution.ok:
-            if hook_error:
-                raise hook_error[0]
-            raise DriverFailed(execution.failure_sentence(None))
-
-    async def _await_memory_back(self, model: str, need_mib: int, evicted: tuple[str, ...]) -> None:
-        """Wait (bounded by ``release_wait_s``) until the card shows ``need_mib`` free; else refuse
-        naming what still holds it. A stopped engine's memory can take a moment to come back."""
-        deadline = self.clock() + self.release_wait_s
-        device_index = self.manager.config.gpu.device
-        while True:
-            device = (await self.manager.read_hardware()).gpu(device_index)
-            if device is None or device.free_mib >= need_mib:
-                return
-            if self.clock() >= deadline:
-                top = sorted(device.processes, key=lambda p: p.used_mib, reverse=True)[:3]
-                holders = ", ".join(f"{p.name} (pid {p.pid}) {gib(p.used_mib)}" for p in top) or "unknown"
-                raise LeaseUnavailable(
-                    f"{model} needs {gib(need_mib)} but GPU {device_index} shows {gib(device.free_mib)} free "
-                    f"{self.release_wait_s:g} s after stopping {', '.join(evicted)}; still holding memory: "
-                    f"{holders}",
-                    code="memory_not_back",
-                    retry_after_s=self.poll_s,
-                )
-            await self._sleep(min(0.5, self.release_wait_s))
-
     def measure_later(self, model: str) -> None:
         """Measure a member that a switch started (the manager's ``on_started``), in the background."""
-        spec = self.manager.config.models.get(model)
-        if self._journal is None or spec is None or spec.placement != Placement.gpu:
-            return
-        task = asyncio.create_task(self._measure_quietly(model), name=f"stackd-measure-{model}")
-        self._measuring.add(task)
-        task.add_done_callback(self._measuring.discard)
-
-    async def _measure_quietly(self, model: str) -> None:
-        try:
-            await self._measure(model, self.manager.config)
-        except Exception:  # a measurement is a nicety; the declared size still budgets the member
-            log.exception("measuring the GPU footprint of %s failed", model)
-
-    async def _measure(self, model: str, config: StacksConfig) -> None:
-        """Remember what the ready member holds on the card (NVML per process through its PIDs)."""
-        if self._journal is None:
-            return
-        spec = config.models[model]
-        pids: tuple[int, ...] = ()
-        if spec.process is not None:
-            info = next((p for p in self.manager.processes.processes() if p.model == model), None)
-            pids = info.pids if info is not None else ()
-        elif spec.docker is not None and self._container_pids is not None:
-            try:
-                pids = await self._container_pids(model, spec)
-            except StackdError:
-                return  # a measurement is a nicety: the declared size still budgets it
-        device = (await self.manager.read_hardware()).gpu(config.gpu.device)
-        if device is None or not pids:
-            return
-        used = {p.pid: p.used_mib for p in device.processes}
-        mib = sum(used[pid] for pid in pids if pid in used)
-        if mib > 0:
-            await asyncio.to_thread(self._journal.record_footprint, model, footprint_digest(spec), mib)
+        self._grants.measure_later(model)
 
     # ---------------------------------------------------------------- live leases
 
@@ -515,9 +367,7 @@ class LeaseCoordinator:
 
     async def aclose(self) -> None:
         """Stop the pump; waiters still queued are cancelled."""
-        for measuring in list(self._measuring):
-            measuring.cancel()
-        await asyncio.gather(*self._measuring, return_exceptions=True)
+        await self._grants.aclose()
         task, self._pump_task = self._pump_task, None
         for waiter in self._queue:
             waiter.future.cancel()
