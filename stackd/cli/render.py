@@ -11,6 +11,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from stackd.cli.cluster_view import cluster_ledger_table, cluster_status_table
 from stackd.cli.kv_view import kv_table
 from stackd.planner.members import gib as planner_gib
 from stackd.planner.plan import describe_step
@@ -81,6 +82,8 @@ def plan_renderable(plan: dict[str, Any]) -> Group:
         items += [ledger, vram_bar(vram)]
     if kv := kv_table(plan.get("kv") or []):
         items.append(kv)
+    if nodes := cluster_ledger_table(plan.get("cluster")):
+        items.append(nodes)
     ram = plan.get("ram")
     if ram:
         items.append(
@@ -156,6 +159,8 @@ def status_renderable(status: dict[str, Any], wide: bool = False) -> Group:
         items.append(vram_bar(gpu["vram"]))
     if kv := kv_table(gpu.get("kv") or []):
         items.append(kv)
+    if nodes := cluster_status_table(status.get("cluster")):
+        items.append(nodes)
     if not status.get("active_stack"):
         items.append(
             Text("no stack is active: run 'stackd switch NAME' (see 'stackd stacks')", style="yellow")

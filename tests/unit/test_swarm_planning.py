@@ -3,12 +3,16 @@ handover order, all pure (issue 18; the real swarm is tests/integration/test_swa
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from rich.console import Console
 
+from stackd.cli.cluster_view import cluster_status_table
+from stackd.cli.render import plan_renderable
 from stackd.config.cluster import ClusterConfig
 from stackd.config.loader import load_config
 from stackd.config.models import StacksConfig
@@ -20,6 +24,7 @@ from stackd.planner import plan_switch
 from stackd.planner.cluster import satisfies
 from stackd.planner.cluster_state import ClusterNode, ClusterObservation
 from stackd.planner.plan import ObservedState, StartContainer, StopContainer
+from stackd.planner.views import plan_json
 from tests.unit.conftest_planner import snapshot
 
 GPU_NODE = ClusterNode("box2", "10.0.0.2", True, {"gpu": "rtx5090"}, ("GPU-0",), 24 * 1024)
@@ -213,3 +218,35 @@ def test_a_member_says_why_it_does_not_serve() -> None:
 def test_a_cluster_section_names_the_manager() -> None:
     with pytest.raises(ValueError, match="docker_host"):
         ClusterConfig.model_validate({})
+
+
+def rendered(renderable: object) -> str:
+    console = Console(width=160, record=True, file=io.StringIO())
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_stackd_plan_prints_each_nodes_gpus_and_the_members_on_them(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    now = observed(
+        {"orch", "vis-a"}, {"orch": "box1", "vis-a": "box2"}, {"orchestrator": "orch", "vision": "vis-a"}
+    )
+    text = rendered(plan_renderable(plan_json(plan_switch(cfg, now, "b", NO_GPU_HERE))))
+    assert "cluster nodes" in text
+    row = next(line for line in text.splitlines() if "box2" in line)
+    assert "up" in row and "24 GiB" in row and "vis-b (1) new" in row and row.rstrip(" │").endswith("0"), row
+
+
+def test_stackd_status_prints_where_each_member_runs() -> None:
+    cluster = {
+        "nodes": [
+            {"hostname": "box1", "address": "10.0.0.1", "up": True, "labels": {"role": "cpu"}, "gpus": []},
+            {"hostname": "box2", "address": "10.0.0.2", "up": False, "labels": {}, "gpus": ["GPU-0"]},
+        ],
+        "placed": {"orch": "box1"},
+        "error": None,
+    }
+    text = rendered(cluster_status_table(cluster))
+    assert "box1" in text and "role=cpu" in text and "orch" in text
+    assert "down" in next(line for line in text.splitlines() if "box2" in line)
+    assert "manager gone" in rendered(cluster_status_table({"error": "manager gone"}))
