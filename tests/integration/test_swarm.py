@@ -28,6 +28,8 @@ import asyncio
 import itertools
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,6 +76,33 @@ def world(cluster: SwarmCluster, tmp_path: Path) -> Iterator[SwarmWorld]:
     built = write_config(cluster, tmp_path / "swarm-stacks.yaml")
     yield built
     built.remove_services()
+
+
+def test_the_leftover_check_sees_a_namespace_a_process_a_mount_and_the_directory() -> None:
+    missing = _missing_tools()
+    if missing:
+        if in_ci():
+            pytest.fail(f"CI=true requires the test swarm: {missing}")
+        pytest.skip(missing)
+    probe = SwarmCluster()
+    ns = probe.ns(1)
+    mount = probe.dir / "n1" / "mnt"
+    mount.mkdir(parents=True)
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mount)], check=True)
+    # A "dockerd" left behind: a process whose command line names the directory.
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(probe.dir)])
+    try:
+        left = probe.leftovers()
+        assert f"namespace {ns}" in left and f"mount {mount}" in left and f"directory {probe.dir}" in left, (
+            left
+        )
+        assert any(item.startswith(f"process {sleeper.pid}:") for item in left), left
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        probe.stop()
+    assert probe.leftovers() == []
 
 
 def test_the_tour_covers_every_ordered_pair_once() -> None:
