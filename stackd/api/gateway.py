@@ -70,6 +70,7 @@ def a_number(value: Any) -> Any:
 # An integer as JSON Schema has it: 100 or 100.0, never "100", 100.5 or true. The bounds sit before
 # the validator, where the JSON Schema shows them as minimum/maximum, in an Optional too.
 TokenCount = Annotated[int, Strict(False), Field(ge=1, le=MAX_TOKENS), BeforeValidator(a_number)]
+ChunkCount = Annotated[int, Strict(False), Field(ge=0, le=10_000), BeforeValidator(a_number)]
 
 
 class RequestRejected(StackdError):
@@ -224,9 +225,7 @@ class ChatCompletionBody(BaseModel):
     tool_choice: str | dict[str, Any] | None = None
     user: str | None = Field(None, max_length=256, description="The caller; routing may pin it to a slice.")
     reasoning_effort: Literal["low", "medium", "high"] | None = None
-    retrieved_chunks: int | None = Field(
-        None, ge=0, le=10_000, description="Chunks retrieved into the prompt."
-    )
+    retrieved_chunks: ChunkCount | None = Field(None, description="Chunks retrieved into the prompt.")
 
     def slice_request(self) -> SliceRequest:
         effort = REASONING_EFFORT[self.reasoning_effort] if self.reasoning_effort else None

@@ -26,6 +26,7 @@ from starlette.types import Message, Receive, Scope, Send
 from stackd.api.gateway import (
     SSE_DONE,
     Auth,
+    ChunkCount,
     RawEndpoint,
     TokenCount,
     a_number,
@@ -91,9 +92,7 @@ class InvokeOptions(BaseModel):
     # Read when the preset has routing (docs/router.md, "Elastic slices"):
     caller: str | None = Field(None, max_length=256, description="Who calls; routing may pin it to a slice.")
     effort: Effort | None = Field(None, description="1-10: how hard the task is (a routing signal).")
-    retrieved_chunks: int | None = Field(
-        None, ge=0, le=10_000, description="Chunks retrieved into the prompt."
-    )
+    retrieved_chunks: ChunkCount | None = Field(None, description="Chunks retrieved into the prompt.")
     response_format: dict[str, Any] | None = Field(
         None, description="OpenAI's response_format; a json_schema answer is validated, promoted if invalid."
     )

@@ -203,3 +203,15 @@ async def test_the_mcp_invoke_model_tool_is_routed_too(tmp_path: Path) -> None:
         assert not result.is_error
         record = result.structured_content or {}
         assert record["slices"]["slice"] == "9b" and record["backend"] == "elastic-9b"
+
+
+async def test_retrieved_chunks_is_a_json_schema_integer(app: App) -> None:
+    """100.0 is an integer to JSON Schema (schemathesis sends it); "3" and 2.5 are not."""
+    r = await app.client.post("/v1/chat/completions", json=chat(retrieved_chunks=6.0))
+    assert r.status_code == 200 and r.json()["stackd"]["slices"]["slice"] == "12b"  # 6 chunks
+    for bad in ("3", 2.5, True, -1):
+        assert (
+            await app.client.post("/v1/chat/completions", json=chat(retrieved_chunks=bad))
+        ).status_code == 422
+    args = {"preset": "elastic", "prompt": "Who?", "options": {"retrieved_chunks": 3.0}}
+    assert (await app.client.post("/tools/invoke_model", json=args)).json()["slices"]["slice"] == "9b"
