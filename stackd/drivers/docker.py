@@ -254,6 +254,12 @@ class DockerContainerDriver:
 def _runtime(name: str, model: Model) -> DockerRuntime:
     if model.docker is None:
         raise DriverFailed(f"model '{name}' has no docker section; the Docker driver cannot run it")
+    if model.docker.swarm is not None:  # a reload added docker.swarm: never run it here instead
+        raise DriverFailed(
+            f"model '{name}' is a swarm member but the daemon started without a cluster: section; "
+            "restart the daemon to run it on the cluster (docs/scale-out.md)",
+            model=name,
+        )
     return model.docker
 
 

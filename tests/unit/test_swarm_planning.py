@@ -16,9 +16,10 @@ from stackd.cli.render import plan_renderable
 from stackd.config.cluster import ClusterConfig
 from stackd.config.loader import load_config
 from stackd.config.models import StacksConfig
+from stackd.drivers.docker import DockerContainerDriver
 from stackd.drivers.swarm_spec import TaskView, member_endpoint, service_options
 from stackd.drivers.swarm_views import MemberView, NodeView
-from stackd.errors import ConfigError
+from stackd.errors import ConfigError, DriverFailed
 from stackd.hardware.types import GpuDevice
 from stackd.planner import plan_switch
 from stackd.planner.cluster import satisfies
@@ -250,3 +251,12 @@ def test_stackd_status_prints_where_each_member_runs() -> None:
     assert "box1" in text and "role=cpu" in text and "orch" in text
     assert "down" in next(line for line in text.splitlines() if "box2" in line)
     assert "manager gone" in rendered(cluster_status_table({"error": "manager gone"}))
+
+
+async def test_the_local_engine_never_runs_a_swarm_member(tmp_path: Path) -> None:
+    """A reload that adds docker.swarm to a daemon started without a cluster must not start the
+    member as a local container."""
+    cfg = config(tmp_path)
+    driver = DockerContainerDriver(client_factory=lambda: pytest.fail("the engine was called"))
+    with pytest.raises(DriverFailed, match="is a swarm member but the daemon started without a cluster"):
+        await driver.ensure_running("vis-a", cfg.models["vis-a"])
