@@ -87,5 +87,7 @@ async def test_a_shape_the_document_does_not_describe_is_refused(daemon: Daemon)
 def test_the_client_checks_an_answer_with_the_routes_model() -> None:
     good = {"reloaded": "/etc/stackd.yaml", "stacks": ["a"], "later": True}
     assert check_answer(good, answers.ReloadAnswer, "POST /config/reload") is good
-    with pytest.raises(DaemonError, match=r"POST /config/reload: the daemon's answer .*\(stacks: Field required\)"):
+    with pytest.raises(
+        DaemonError, match=r"POST /config/reload: the daemon's answer .*\(stacks: Field required\)"
+    ):
         check_answer({"reloaded": "/etc/stackd.yaml"}, answers.ReloadAnswer, "POST /config/reload")
