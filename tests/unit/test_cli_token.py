@@ -212,7 +212,7 @@ def services(tmp_path: Path, host: str) -> Services:
         ),
         config=bundled_config(),
         roles=LiveRoles(),
-        manager=None,
+        manager=None,  # type: ignore[arg-type]  # /healthz, all this test asks, never reaches it
         read_hardware=rtx5090_32g_workstation,
         token="t",
         token_source=str(tmp_path / "s" / "token"),
