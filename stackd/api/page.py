@@ -1,6 +1,6 @@
 """The live status page: ``GET /`` and its two files, and ``GET /status/events`` that feeds it.
 
-The page is plain HTML, CSS and JavaScript shipped in the package (``stackd/api/page/``): no
+The page is plain HTML, CSS and JavaScript shipped in the package (``stackd/api/page_assets/``): no
 build step, no CDN, nothing fetched from elsewhere (its Content-Security-Policy allows only the
 daemon itself). The page and its files need no token: they hold no data. ``/status/events``
 has ``/status``'s rule (open on a loopback bind, the token everywhere else), and the page's
@@ -134,7 +134,7 @@ class StatusFeed:
 
 
 def page_file(name: str) -> bytes:
-    return (resources.files("stackd.api") / "page" / name).read_bytes()
+    return (resources.files("stackd.api") / "page_assets" / name).read_bytes()
 
 
 def status_snapshot(services: Services) -> Snapshot:

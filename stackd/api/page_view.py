@@ -1,6 +1,6 @@
 """What the status page shows, computed from the parts of ``/status``: pure, no I/O.
 
-The page (``stackd/api/page/``) draws what ``page_snapshot`` returns and computes nothing
+The page (``stackd/api/page_assets/``) draws what ``page_snapshot`` returns and computes nothing
 itself but widths and colours. The GPU ledger becomes a bar of six segments, in this order:
 
     always_on       the active stack's always-on GPU members (measured where running, else configured)

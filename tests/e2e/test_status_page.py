@@ -47,7 +47,7 @@ from PIL import Image  # noqa: E402 - after the skip: a test extra
 from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
 
 MIB_PER_GIB = 1024
-# The page's colours (stackd/api/page/style.css), in the bar's order.
+# The page's colours (stackd/api/page_assets/style.css), in the bar's order.
 COLOURS = {
     "always_on": (37, 99, 235),
     "leased": (22, 163, 74),

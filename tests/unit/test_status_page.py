@@ -248,7 +248,7 @@ async def test_the_router_records_each_call_once_with_its_outcome_and_no_prompt(
 def test_the_page_builds_its_dom_from_text_only() -> None:
     """Every string from the daemon goes through textContent or createTextNode: the script has no
     HTML sink at all, and the page loads nothing but its own two files."""
-    page = Path(__file__).resolve().parents[2] / "stackd" / "api" / "page"
+    page = Path(__file__).resolve().parents[2] / "stackd" / "api" / "page_assets"
     script = (page / "app.js").read_text()
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
         assert sink not in script, sink
