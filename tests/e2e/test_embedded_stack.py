@@ -60,7 +60,7 @@ def wait_for_active(
         try:
             status = httpx.get(f"{url}/status", timeout=5).json()
             if status.get("active_stack"):
-                return status  # type: ignore[no-any-return]
+                return status
         except (httpx.HTTPError, json.JSONDecodeError):
             pass
         time.sleep(0.3)

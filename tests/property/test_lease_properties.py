@@ -331,11 +331,11 @@ async def run_sequence(spec: Spec, steps: list[tuple[object, ...]], directory: P
                     for ask in asks:
                         ask.by_restart = ask.by_restart or not ask.task.done()
                     await leases.aclose()
-                    live = {le.id for le in leases.live()}
+                    held_ids = {le.id for le in leases.live()}
                     journal.close()
                     journal = GpuJournal(db)
                     leases = coordinator(journal)
-                    if {le.id for le in leases.live()} != live:
+                    if {le.id for le in leases.live()} != held_ids:
                         violations.append("a restart lost or invented a lease")
             await settle(lambda: all(a.task.done() for a in asks if time.now >= a.deadline))
             for ask in asks:

@@ -88,13 +88,13 @@ async def run(s: dict[str, Any]) -> list[tuple[str, list[str], list[str]]]:
         effort=s["effort"],
         caller=s["caller"],
     )
-    served = []
+    served: list[tuple[str, list[str], list[str]]] = []
     for _ in range(s["calls"]):
         try:
             sliced = await slices.complete("elastic", s["named"], request)
         except AllStrategiesFailed:
             continue
-        served.append((sliced.slice, [t.slice for t in sliced.tries], [t.outcome for t in sliced.tries]))
+        served.append((sliced.slice, [t.slice for t in sliced.tries], [str(t.outcome) for t in sliced.tries]))
     return served
 
 

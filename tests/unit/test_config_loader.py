@@ -81,7 +81,10 @@ def test_unknown_keys_top_level_and_nested_name_the_allowed_keys() -> None:
     assert "allowed: auth, cluster, default_stack, fallback_stacks, gpu, models" in top.fix
     assert (nested.line, nested.path) == (15, "models.orchestrator-8b.memroy_gb")
     assert "did you mean 'memory_gb'?" in nested.fix
-    assert "remove it or check the spelling (allowed: always_stream, api, architecture, description, docker," in nested.fix
+    assert (
+        "remove it or check the spelling (allowed: always_stream, api, architecture, description, docker,"
+        in nested.fix
+    )
 
 
 def test_missing_required_field_is_reported_at_its_parent_key() -> None:

@@ -102,7 +102,9 @@ def test_nemotron_h_8b_hybrid_by_hand(tmp_path: Path) -> None:
 def test_sliding_window_layers_hold_the_window(tmp_path: Path) -> None:
     # Gemma 3's text_config style: 5 sliding layers per global one, window 1024 (google/gemma-3-4b-it).
     types = (["sliding_attention"] * 5 + ["full_attention"]) * 2
-    config = {"text_config": {"num_hidden_layers": 12, "num_attention_heads": 8, "num_key_value_heads": 4}}
+    config: dict[str, dict[str, Any]] = {
+        "text_config": {"num_hidden_layers": 12, "num_attention_heads": 8, "num_key_value_heads": 4}
+    }
     config["text_config"] |= {"head_dim": 256, "sliding_window": 1024, "layer_types": types}
     shape = kv_shape(from_hf(tmp_path, config))
     assert (shape.full_layers, shape.window_layers, shape.window) == (2, 10, 1024)
@@ -122,7 +124,7 @@ def seed_config(elastic_on_gpu: bool, **orchestrator: Any) -> StacksConfig:
     # Nemotron-Orchestrator-8B is a Qwen3-8B fine-tune (Qwen/Qwen3-8B config.json: 36 layers,
     # 8 KV heads, head_dim 128); fp8 KV. Weights: 8.19 B parameters in FP8 with the 1.24 B of
     # embeddings and LM head in bf16 = 9.44 GB = 8.79 GiB, plus 0.6 GiB of activations.
-    arch = {"layers": 36, "kv_heads": 8, "head_dim": 128, "kv_dtype_bytes": 1}
+    arch: dict[str, Any] = {"layers": 36, "kv_heads": 8, "head_dim": 128, "kv_dtype_bytes": 1}
     arch |= {"weights_gb": 8.79, "overhead_gb": 0.6, "context_tokens": 40960, **orchestrator}
     models: dict[str, Any] = {
         "orchestrator-8b": gpu_model(

@@ -5,7 +5,7 @@ The router is real; its backends are scripted per model (6b answers prose)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from stackd.api.metrics import register_slice_metrics
 from stackd.roles import LiveRoles, RoleTable
 from stackd.router import ReasonRouter
 from stackd.router.slices import SliceRouter
-from stackd.router.types import ChatRequest, Completion, StreamEvent, TextDelta, Usage
+from stackd.router.types import ChatRequest, Completion, StreamEvent, StreamFinish, TextDelta, Usage
 from stackd.services import Services
 from stackd.settings import Settings
 from stackd.state.slice_audit import SliceAudit
@@ -41,8 +41,9 @@ class SliceBackend:
     async def complete(self, request: ChatRequest) -> Completion:
         return Completion(self.text, "stop", Usage(12, 8))
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         yield TextDelta(self.text)
+        yield StreamFinish("stop", Usage(12, 8))
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from stackd.router.slices.estimator import Signals, estimate, prompt_tokens, signals_of, tool_depth
@@ -47,7 +49,7 @@ def test_thresholds_come_from_config() -> None:
 
 
 def test_prompt_tokens_count_every_message_and_text_parts() -> None:
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "system", "content": "a" * 40},
         {"role": "user", "content": [{"type": "text", "text": "b" * 41}, {"type": "image_url"}]},
     ]
@@ -55,7 +57,7 @@ def test_prompt_tokens_count_every_message_and_text_parts() -> None:
 
 
 def test_tool_depth_counts_the_tools_offered_and_earlier_tool_turns() -> None:
-    history = [
+    history: list[dict[str, Any]] = [
         {"role": "user", "content": "weather?"},
         {"role": "assistant", "tool_calls": [{"id": "1"}, {"id": "2"}]},
         {"role": "tool", "content": "sunny"},

@@ -134,9 +134,9 @@ async def test_one_producer_serves_every_follower_and_stops_when_the_last_one_le
 
     feed = StatusFeed(snapshot, interval_s=0.01, keepalive_s=5)
     first, second = feed.follow(), feed.follow()
-    assert json.loads(await anext(first) or "") == {"n": 0}
-    assert json.loads(await anext(second) or "") == {"n": 0}  # the latest, at once
-    assert json.loads(await anext(first) or "") == {"n": 1}  # only a changed snapshot is sent
+    assert json.loads(await first.__anext__() or "") == {"n": 0}
+    assert json.loads(await second.__anext__() or "") == {"n": 0}  # the latest, at once
+    assert json.loads(await first.__anext__() or "") == {"n": 1}  # only a changed snapshot is sent
     assert feed.followers == 2
     await first.aclose()
     await second.aclose()

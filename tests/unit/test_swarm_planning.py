@@ -84,6 +84,8 @@ def observed(running: set[str], placed: dict[str, str], bindings: dict[str, str]
 class NoGpu:
     """This host has no GPU at all (no NVIDIA driver)."""
 
+    source = "none"
+
     def read(self) -> tuple[tuple[GpuDevice, ...], str]:
         return (), "no NVIDIA driver"
 
