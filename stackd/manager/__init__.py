@@ -1,13 +1,14 @@
 """Applying stacks: ``ModelStackManager`` and the values it hands out.
 
-Modules: ``core`` (observation, planning, the one switch slot and the worker task),
-``executor`` (one plan: steps, role swaps, undo), ``model_stack_manager`` (switch lifecycle,
-recovery, periodic hooks), ``recovery`` (the decision at start), ``observe``, ``status``,
-``switch`` (the record of one switch and its handle).
+Modules: ``model_stack_manager`` (the manager, composed of the parts below), ``worker`` (the one
+worker task, the switch slot, the switches kept), ``executor`` (one plan: steps, role swaps,
+undo), ``journalled`` (a switch journalled around its execution), ``startup`` (recovery at start,
+applied) and ``recovery`` (its decision), ``probes`` (probes, degradations, jobs, last use),
+``observe``, ``status`` (``GET /status`` from a snapshot), ``switch`` (one switch and its handle).
 """
 
-from stackd.manager.core import JobResult, Planner, ProbeResult
-from stackd.manager.model_stack_manager import ModelStackManager
+from stackd.manager.model_stack_manager import ModelStackManager, Planner
+from stackd.manager.probes import JobResult, ProbeResult
 from stackd.manager.recovery import RecoveryReport
 from stackd.manager.switch import SwitchHandle, SwitchState
 

@@ -1,4 +1,5 @@
-"""The body of ``GET /status``: built from one observation, so every part of it agrees.
+"""The body of ``GET /status``: built from one observation and one ``StatusSnapshot`` of the
+manager (a frozen value taken at once), so every part of it agrees.
 
 A member's ``state`` is one word a person scans for (running, stopped, loaded, pulled, missing,
 ready, degraded, unhealthy, unknown) and ``detail`` says why when it is not the healthy one.
@@ -8,58 +9,120 @@ does not have) is listed under ``drift``: never a half state silently.
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
-from stackd.config.models import Lifecycle, Model, Runtime
+from stackd.config.models import Lifecycle, Model, Runtime, StacksConfig
 from stackd.hardware.types import HardwareSnapshot
 from stackd.manager.observe import Observation, drift, extra_members
+from stackd.manager.probes import JobResult, MemberHealth, ProbeResult
+from stackd.manager.recovery import RecoveryReport
+from stackd.manager.worker import SwitchWorker
 from stackd.planner.footprints import measured_of
 from stackd.planner.plan import Plan
 from stackd.planner.views import plan_json
+from stackd.roles import RoleTable
 
-if TYPE_CHECKING:
-    from stackd.manager.model_stack_manager import ModelStackManager
+
+@dataclass(frozen=True)
+class StatusSnapshot:
+    """What the manager knows, copied at one instant: the status view reads only this.
+
+    ``log_tails``: the last lines of the engine processes whose state calls for them (see
+    ``log_tail_wanted``), read by the manager after the snapshot was taken."""
+
+    config: StacksConfig
+    active: str | None
+    roles: RoleTable
+    probes: Mapping[str, ProbeResult]
+    degraded: Mapping[str, str]
+    jobs: Mapping[str, JobResult]
+    switch_in_progress: Mapping[str, Any] | None
+    last_switch: Mapping[str, Any] | None
+    recovery: RecoveryReport | None
+    log_tails: Mapping[str, list[str]] = field(default_factory=dict)
+
+
+def snapshot_of(
+    config: StacksConfig,
+    active: str | None,
+    roles: RoleTable,
+    members: MemberHealth,
+    worker: SwitchWorker,
+    recovery: RecoveryReport | None,
+) -> StatusSnapshot:
+    """A snapshot of the manager's parts, copied now."""
+    current = worker.current
+    return StatusSnapshot(
+        config=config,
+        active=active,
+        roles=roles,
+        probes=dict(members.probes),
+        degraded=dict(members.degraded),
+        jobs=dict(members.jobs),
+        switch_in_progress={"switch_id": current.id, "stack": current.target, "state": current.state}
+        if current
+        else None,
+        last_switch=worker.last_summary(),
+        recovery=recovery,
+    )
+
+
+def shown_members(snapshot: StatusSnapshot, observation: Observation) -> list[tuple[str, bool]]:
+    """(name, in the active stack) for each member status lists: the stack's, then extras running."""
+    config, active = snapshot.config, snapshot.active
+    if active not in config.stacks:
+        return []
+    assert active is not None
+    return [(name, True) for name in config.stacks[active].member_names] + [
+        (name, False) for name in extra_members(config, active, observation)
+    ]
+
+
+def log_tail_wanted(snapshot: StatusSnapshot, observation: Observation) -> list[str]:
+    """The engine processes shown whose state is dead, restarting or unhealthy."""
+    models = snapshot.config.models
+    return [
+        name
+        for name, _ in shown_members(snapshot, observation)
+        if models[name].runtime == Runtime.process
+        and observation.process(name) is not None
+        and member_state(snapshot, name, models[name], observation)[0] in ("dead", "restarting", "unhealthy")
+    ]
 
 
 def build_status(
-    manager: ModelStackManager, observation: Observation, hardware: HardwareSnapshot, ledger_plan: Plan | None
+    snapshot: StatusSnapshot, observation: Observation, hardware: HardwareSnapshot, ledger_plan: Plan | None
 ) -> dict[str, Any]:
-    config, active = manager.config, manager.active_stack
-    roles = manager.live_roles.current
+    config, active, roles = snapshot.config, snapshot.active, snapshot.roles
     members, differences = [], [f"{engine}: {why}" for engine, why in observation.problems.items()]
     if active in config.stacks:
         assert active is not None
         members = [
-            member_json(manager, name, config.models[name], observation, in_stack=True)
-            for name in config.stacks[active].member_names
+            member_json(snapshot, name, config.models[name], observation, in_stack=in_stack)
+            for name, in_stack in shown_members(snapshot, observation)
         ]
-        members += [
-            member_json(manager, name, config.models[name], observation, in_stack=False)
-            for name in extra_members(config, active, observation)
-        ]
-        involved = manager.recovery.involved if manager.recovery else ()
+        involved = snapshot.recovery.involved if snapshot.recovery else ()
         differences = drift(config, active, observation, involved)
     ledger = plan_json(ledger_plan) if ledger_plan is not None else {}
-    current = manager.current_switch
+    recovery = snapshot.recovery
     return {
         "active_stack": active,
         "members": members,
         "roles": dict(sorted(roles.bindings.items())),
         "roles_version": roles.version,
         "roles_stack": roles.stack,
-        "degraded": [{"model": m, "error": e} for m, e in sorted(manager.degraded.items())],
+        "degraded": [{"model": m, "error": e} for m, e in sorted(snapshot.degraded.items())],
         "drift": differences,
         "engines": {engine: observation.problems.get(engine, "ok") for engine in ("docker", "ollama")},
         "cluster": asdict(observation.state.cluster) if observation.state.cluster is not None else None,
-        "switch_in_progress": {"switch_id": current.id, "stack": current.target, "state": current.state}
-        if current
-        else None,
-        "last_switch": manager.last_switch_summary(),
-        "recovery": manager.recovery.message if manager.recovery else None,
-        "recovery_detail": manager.recovery.to_dict() if manager.recovery else None,
+        "switch_in_progress": dict(snapshot.switch_in_progress) if snapshot.switch_in_progress else None,
+        "last_switch": dict(snapshot.last_switch) if snapshot.last_switch is not None else None,
+        "recovery": recovery.message if recovery else None,
+        "recovery_detail": recovery.to_dict() if recovery else None,
         "periodic": {
-            name: {"ok": r.ok, "at": r.at, "summary": r.summary} for name, r in manager.jobs.items()
+            name: {"ok": r.ok, "at": r.at, "summary": r.summary} for name, r in snapshot.jobs.items()
         },
         "gpu": {
             "state": hardware.gpu_state,
@@ -83,10 +146,10 @@ def build_status(
 
 
 def member_json(
-    manager: ModelStackManager, name: str, model: Model, observation: Observation, in_stack: bool
+    snapshot: StatusSnapshot, name: str, model: Model, observation: Observation, in_stack: bool
 ) -> dict[str, Any]:
-    state, detail = member_state(manager, name, model, observation)
-    probe = manager.probes.get(name)
+    state, detail = member_state(snapshot, name, model, observation)
+    probe = snapshot.probes.get(name)
     out: dict[str, Any] = {
         "name": name,
         "runtime": model.runtime.value,
@@ -113,14 +176,14 @@ def member_json(
                 "log_path": info.log_path,
             }
             if state in ("dead", "restarting", "unhealthy"):
-                out["log_tail"] = manager.processes.log_tail(name, 10)
+                out["log_tail"] = list(snapshot.log_tails.get(name, []))
     return out
 
 
 def member_state(
-    manager: ModelStackManager, name: str, model: Model, observation: Observation
+    snapshot: StatusSnapshot, name: str, model: Model, observation: Observation
 ) -> tuple[str, str | None]:
-    observed, probe = observation.state, manager.probes.get(name)
+    observed, probe, degraded = observation.state, snapshot.probes.get(name), snapshot.degraded
     on_demand = model.lifecycle == Lifecycle.on_demand
     match model.runtime:
         case Runtime.docker:
@@ -128,8 +191,8 @@ def member_state(
                 return "unknown", observation.problems["docker"]
             if name not in observed.running_containers:
                 return "stopped", "on demand: a lease starts it" if on_demand else "should be running"
-            if name in manager.degraded:  # a swarm member whose node is down or task does not run
-                return "degraded", manager.degraded[name]
+            if name in degraded:  # a swarm member whose node is down or task does not run
+                return "degraded", degraded[name]
             if probe is not None and not probe.ok:
                 return "unhealthy", probe.error
             return "running", None
@@ -152,8 +215,8 @@ def member_state(
                 return "pulled", "on demand: loaded on first use" if on_demand else "should be loaded"
             return "missing", f"Ollama tag {model.ollama.tag} is not pulled"
         case Runtime.remote:
-            if name in manager.degraded:
-                return "degraded", manager.degraded[name]
+            if name in degraded:
+                return "degraded", degraded[name]
             if probe is None:
                 return "unprobed", None
             return ("ready", None) if probe.ok else ("degraded", probe.error)

@@ -328,7 +328,7 @@ async def test_a_dry_run_plans_without_changing_anything(world: World) -> None:
 
 async def test_a_new_manager_on_the_same_file_knows_the_stack_and_the_switch(world: World) -> None:
     first = await started(world, "elastic-hybrid")
-    [switch_id] = [s for s in first._switches]
+    [switch_id] = list(first.worker.switches)
     second = world.manager()
     assert second.active_stack == "elastic-hybrid"
     old = second.get_switch(switch_id)
