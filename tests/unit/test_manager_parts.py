@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from stackd.config.models import StacksConfig
+from stackd.drivers.memory import MemoryProcesses
 from stackd.hardware.types import HardwareSnapshot
 from stackd.manager import ModelStackManager
 from stackd.manager.status import build_status
@@ -118,3 +120,29 @@ async def test_status_is_built_from_a_snapshot_that_later_changes_do_not_touch(w
     assert sonnet["state"] == "ready" and sonnet["last_probe"]["ok"] is True
     assert before["active_stack"] == now["active_stack"] == "cloud-offload"
     assert before["last_switch"]["switch_id"] == now["last_switch"]["switch_id"] == handle.id
+
+
+@dataclass
+class TailedProcesses(MemoryProcesses):
+    """Engine processes whose log the status view asks for, and says when."""
+
+    tails_read: list[tuple[str, int]] = field(default_factory=list)
+
+    def log_tail(self, name: str, lines: int = 20) -> list[str]:
+        self.tails_read.append((name, lines))
+        return [f"{name}: line {i}" for i in range(lines)]
+
+
+async def test_status_reads_a_process_members_log_only_when_its_state_calls_for_it(world: World) -> None:
+    processes = world.processes = TailedProcesses()
+    manager = world.manager()
+    handle = await manager.submit_switch("embedded")
+    assert await handle.wait() == "succeeded"
+    healthy = {m["name"]: m for m in (await manager.status())["members"]}["gemma-270m"]
+    assert healthy["state"] == "running" and "log_tail" not in healthy
+    assert processes.tails_read == []
+    manager.record_probe("gemma-270m", False, "HTTP 500 from /health")
+    sick = {m["name"]: m for m in (await manager.status())["members"]}["gemma-270m"]
+    assert sick["state"] == "unhealthy" and sick["detail"] == "HTTP 500 from /health"
+    assert sick["log_tail"] == [f"gemma-270m: line {i}" for i in range(10)]
+    assert processes.tails_read == [("gemma-270m", 10)]
