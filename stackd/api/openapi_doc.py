@@ -53,7 +53,8 @@ BEARER = {
 ERROR_TEXT = {
     401: "No token, or a wrong one: send `Authorization: Bearer TOKEN`.",
     404: "An unknown name or id; the message lists the valid ones.",
-    409: "A switch is in the way; the message names it.",
+    409: "A switch is in the way, or (`POST /leases`) the model cannot be leased in the active stack "
+    "(`LeaseRefused` with its `code`); the message says which.",
     413: "The request body is over the daemon's limit.",
     422: "The request is invalid; `problems` names each field.",
     502: "The backend answered with an error.",

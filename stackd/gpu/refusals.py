@@ -10,9 +10,10 @@ from stackd.gpu.decide import Lease, LeaseRefusal
 
 class LeaseRefused(StackdError):
     """The model cannot be leased in this stack (not a member, not on demand, not a GPU member,
-    larger than the card can ever give it)."""
+    larger than the card can ever give it). 409: the request is well formed, the model's place in
+    the stack is what conflicts with it (422 stays for a body that is not)."""
 
-    status = 422
+    status = 409
 
 
 class LeaseUnavailable(StackdError):
@@ -23,7 +24,7 @@ class LeaseUnavailable(StackdError):
 
 
 def refusal_error(refusal: LeaseRefusal) -> StackdError:
-    """The API's error for a refusal: 404 unknown model, 503 still waiting at the deadline, 422 otherwise."""
+    """The API's error for a refusal: 404 unknown model, 503 still waiting at the deadline, 409 otherwise."""
     match refusal.code:
         case "unknown_model":
             return NotFound(refusal.message)

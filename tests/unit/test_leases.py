@@ -228,7 +228,7 @@ async def test_refusals_change_nothing(world: World) -> None:
     world.containers.actions.clear()
     with pytest.raises(LeaseRefused, match="not a member of the active stack 'ollama-hybrid'") as refused:
         await leases.acquire(VISION)
-    assert refused.value.status == 422 and refused.value.detail == {"code": "not_member"}
+    assert refused.value.status == 409 and refused.value.detail == {"code": "not_member"}
     with pytest.raises(LeaseRefused, match="always_on"):
         await leases.acquire("orchestrator-8b")
     with pytest.raises(NotFound, match="unknown model"):
@@ -349,7 +349,7 @@ async def test_api_errors_404_503_422(daemon: Daemon) -> None:
     assert conflict.json()["holders"] == [{"lease_id": held["id"], "model": VISION, "expires_at": 1600.0}]
     assert f"lease {held['id']}" in conflict.json()["message"]
     refused = await c.post("/leases", json={"model": "orchestrator-8b"}, headers=AUTH)
-    assert refused.status_code == 422 and refused.json()["code"] == "not_on_demand"
+    assert refused.status_code == 409 and refused.json()["code"] == "not_on_demand"
     for bad in ({}, {"model": VISION, "ttl_s": 0}, {"model": VISION, "extra": 1}, {"model": ""}):
         answer = await c.post("/leases", json=bad, headers=AUTH)
         assert answer.status_code == 422 and answer.json()["error"] == "InvalidRequest", bad
@@ -375,7 +375,7 @@ async def test_delete_and_renew_a_lease(daemon: Daemon) -> None:
 
 
 @pytest.mark.parametrize(
-    ("model", "status", "error"), [("nope", 404, "NotFound"), ("orchestrator-8b", 422, "LeaseRefused")]
+    ("model", "status", "error"), [("nope", 404, "NotFound"), ("orchestrator-8b", 409, "LeaseRefused")]
 )
 async def test_what_the_config_refuses_is_refused_before_docker_is_asked(
     daemon: Daemon, model: str, status: int, error: str
