@@ -271,7 +271,7 @@ async def test_a_model_the_card_can_never_hold_is_refused_at_once(world: World, 
     world.hardware = replace(world.hardware, gpus=(replace(world.hardware.gpus[0], total_mib=24576),))
     with pytest.raises(Exception, match="can never hold it") as refused:
         await r.leases.acquire(FLUX, wait_s=300)
-    assert getattr(refused.value, "status", None) == 422
+    assert getattr(refused.value, "status", None) == 409
 
 
 # ---------------------------------------------------------------- NVML after a stop
