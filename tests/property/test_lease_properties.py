@@ -226,6 +226,7 @@ class Card:
 class Time:
     now: float = 1000.0
     moved: asyncio.Event = field(default_factory=asyncio.Event)
+    due: list[float] = field(default_factory=list)  # when each sleeper wakes
 
     def __call__(self) -> float:
         return self.now
@@ -237,8 +238,21 @@ class Time:
 
     async def sleep(self, seconds: float) -> None:
         until = self.now + seconds
-        while self.now < until:
-            await self.moved.wait()
+        self.due.append(until)
+        try:
+            while self.now < until:
+                await self.moved.wait()
+        finally:
+            self.due.remove(until)
+
+    async def pass_(self, seconds: float) -> None:
+        """Let ``seconds`` pass as they would: each sleeper wakes at its time (and what it does
+        then runs) before the clock moves on, instead of every one at the end of the jump."""
+        end = self.now + seconds
+        while (wake := min((d for d in self.due if self.now < d < end), default=None)) is not None:
+            self.advance(wake - self.now)
+            await settle()
+        self.advance(end - self.now)
 
 
 @dataclass
@@ -322,7 +336,7 @@ async def run_sequence(spec: Spec, steps: list[tuple[object, ...]], directory: P
                     if live:
                         await leases.release(live[k % len(live)].id)
                 case ("advance", float(seconds)):
-                    time.advance(seconds)
+                    await time.pass_(seconds)
                 case ("crash", int(i)):
                     containers.running_containers.discard(f"c-m{i % len(spec.names)}")
                 case ("foreign", int(mib)):
