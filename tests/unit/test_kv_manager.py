@@ -48,7 +48,9 @@ async def test_a_switch_fills_the_utilization_and_status_shows_the_table(world: 
     spec = world.containers.started["orchestrator-8b"].docker.spec  # type: ignore[union-attr]
     assert spec is not None and spec.command == ["--gpu-memory-utilization", "0.45"]
     # The config itself still says the macro: a later plan computes it again.
-    config_spec = manager.config.models["orchestrator-8b"].docker.spec
+    config_docker = manager.config.models["orchestrator-8b"].docker
+    assert config_docker is not None
+    config_spec = config_docker.spec
     assert config_spec is not None and config_spec.command == [
         "--gpu-memory-utilization",
         "${GPU_MEMORY_UTILIZATION}",
