@@ -15,12 +15,13 @@ the event loop run them through ``asyncio.to_thread``. The class is thread-safe.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from stackd.state.sqlite import open_writer
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (
@@ -54,15 +55,10 @@ class GpuJournal:
 
     def __init__(self, path: Path | str, now: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._now = now
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db = open_writer(self.path, _SCHEMA)
         with self._lock:
-            self._db.executescript(_SCHEMA)
             rows = self._db.execute("SELECT model, digest, measured_mib FROM footprints").fetchall()
         # Read on the event loop by every plan and status: served from memory, written through.
         self._footprints = {(str(r[0]), str(r[1])): int(r[2]) for r in rows}

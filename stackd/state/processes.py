@@ -9,10 +9,11 @@ PID *and* its start time (a PID alone may have been reused) and adopts or stops 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+from stackd.state.sqlite import open_writer
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS processes (
@@ -52,14 +53,8 @@ class ProcessTable:
     """The ``processes`` table. Synchronous and thread-safe; async callers use a worker thread."""
 
     def __init__(self, db_path: Path | str) -> None:
-        Path(db_path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        with self._lock:
-            self._db.executescript(_SCHEMA)
+        self._db = open_writer(db_path, _SCHEMA)
 
     def record(self, rec: ProcessRecord) -> None:
         with self._lock:

@@ -9,11 +9,12 @@ writes through ``asyncio.to_thread``; ``summary`` feeds ``/usage`` and ``stackd 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from stackd.state.sqlite import open_writer
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS slice_audit (
@@ -61,13 +62,8 @@ class AuditRecord:
 
 class SliceAudit:
     def __init__(self, db_path: Path) -> None:
-        db_path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        with self._lock:
-            self._db.executescript(_SCHEMA)
+        self._db = open_writer(db_path, _SCHEMA, durable=False)
 
     def write(self, record: AuditRecord) -> int:
         """Append one row; its id."""

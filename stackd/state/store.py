@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from stackd.errors import Conflict, NotFound
+from stackd.state.sqlite import open_reader, open_writer
 
 JournalState = Literal["intended", "committed", "rolled_back", "failed", "recovered"]
 
@@ -111,20 +112,11 @@ class StateStore:
 
     def __init__(self, path: Path | str, now: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._now = now
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        with self._lock:
-            self._db.executescript(_SCHEMA)
+        self._db = open_writer(self.path, _SCHEMA)
         self._read_lock = threading.Lock()
-        self._reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._reader.execute("PRAGMA query_only=ON")
-        # A WAL reader waits only in rare moments (another connection recovers or removes the WAL).
-        self._reader.execute("PRAGMA busy_timeout=1000")
+        self._reader = open_reader(self.path)
 
     def close(self) -> None:
         with self._read_lock:

@@ -8,12 +8,13 @@ so no request ever waits on SQLite. ``summary(since)`` feeds ``stackd usage`` an
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from stackd.state.sqlite import open_reader, open_writer
 
 # The router's failure kinds (stackd.router.types.FailureKind; a unit test keeps them equal).
 FAILURE_KINDS = ("refused", "timeout", "http_5xx", "http_4xx", "malformed", "stream_cut")
@@ -75,18 +76,10 @@ class UsageStore:
     ``GET /usage`` may call it on the event loop."""
 
     def __init__(self, db_path: Path) -> None:
-        db_path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        with self._lock:
-            self._db.executescript(_SCHEMA)
+        self._db = open_writer(db_path, _SCHEMA, durable=False)
         self._read_lock = threading.Lock()
-        self._reader = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
-        self._reader.execute("PRAGMA query_only=ON")
-        # A WAL reader waits only in rare moments (another connection recovers or removes the WAL).
-        self._reader.execute("PRAGMA busy_timeout=1000")
+        self._reader = open_reader(db_path)
 
     def write(self, ts: float, usage: Sequence[UsageRow]) -> None:
         """One transaction with one row per ``UsageRow``, stamped ``ts`` (epoch seconds)."""

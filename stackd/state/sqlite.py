@@ -1,0 +1,34 @@
+"""The one way stackd opens its SQLite database (``stackd.db`` in the state dir).
+
+Every table's owner opens its own connections through here, so that all of them agree on WAL,
+the busy timeout and, for the tables whose loss would be a lie after a crash (the journal, the
+process table, leases), ``synchronous=FULL``. Usage and the slice audit are tallies: a row lost
+to a power cut costs nothing, so they keep SQLite's faster default.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+
+def open_writer(path: Path | str, schema: str, *, durable: bool = True) -> sqlite3.Connection:
+    """A connection that writes (autocommit: each statement or ``BEGIN`` block is a transaction),
+    with ``schema`` applied. Creates the directory."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    if durable:
+        db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA busy_timeout=5000")
+    db.executescript(schema)
+    return db
+
+
+def open_reader(path: Path | str) -> sqlite3.Connection:
+    """A read-only connection beside the writer: WAL readers never wait for a writer."""
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA query_only=ON")
+    # A WAL reader waits only in rare moments (another connection recovers or removes the WAL).
+    db.execute("PRAGMA busy_timeout=1000")
+    return db
