@@ -222,7 +222,6 @@ class WorldDaemon:
     async def _serve(self) -> None:
         from stackd.api.app import create_app
         from stackd.gpu.leases import LeaseCoordinator
-        from stackd.services import Services
         from stackd.settings import Settings
         from tests.unit.test_manager_world import bundled_config, close_all, make_world
 
@@ -241,16 +240,7 @@ class WorldDaemon:
         # NVML sees stackd's members (14 + 8 + 12 GiB) and 1 GiB of other processes.
         world.hardware = card(used_mib=1024 + (14 + 8 + 12) * MIB_PER_GIB)
         manager.degraded["claude-sonnet"] = HOSTILE  # a remote's error text is shown as text, never as HTML
-        services = Services(
-            settings=Settings(state_dir=self.tmp / "state"),
-            config=config,
-            roles=manager.live_roles,
-            manager=manager,
-            read_hardware=lambda: world.hardware,
-            token=self.token,
-            token_source="test",
-            leases=leases,
-        )
+        services = world.services(manager, Settings(state_dir=self.tmp / "state"), self.token, leases=leases)
         app = create_app(services)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))

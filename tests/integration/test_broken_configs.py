@@ -22,7 +22,6 @@ import pytest
 
 from stackd.api.app import create_app
 from stackd.config.loader import load_config
-from stackd.services import Services
 from stackd.settings import Settings
 from tests.unit.test_api import AUTH, BUNDLED_TEXT, TOKEN
 from tests.unit.test_manager_world import close_all, make_world
@@ -71,15 +70,7 @@ async def test_a_hot_reload_of_it_is_refused_and_keeps_the_running_config(tmp_pa
     config_file.write_text(BUNDLED_TEXT)
     manager = world.manager()
     await manager.recover()
-    services = Services(
-        settings=Settings(state_dir=tmp_path / "state", config=config_file),
-        config=world.config,
-        roles=manager.live_roles,
-        manager=manager,
-        read_hardware=lambda: world.hardware,
-        token=TOKEN,
-        token_source="test",
-    )
+    services = world.services(manager, Settings(state_dir=tmp_path / "state", config=config_file), TOKEN)
     app = create_app(services, load_config=lambda: load_config(config_file, env={}))
     try:
         async with httpx.AsyncClient(

@@ -31,7 +31,6 @@ import uvicorn
 
 from stackd.api.app import create_app
 from stackd.router import ReasonRouter
-from stackd.services import Services
 from stackd.settings import Settings
 from stackd.sim.openai import OpenAISim
 from tests.integration.test_reason_tools import tools_config
@@ -67,16 +66,8 @@ class ThreadedDaemon:
             manager = world.manager()
             await manager.recover()
             router = ReasonRouter(config, manager.live_roles)
-            services = Services(
-                settings=Settings(host=self.host, state_dir=self.state_dir / "state"),
-                config=config,
-                roles=manager.live_roles,
-                manager=manager,
-                read_hardware=lambda: world.hardware,
-                token=TOKEN,
-                token_source="test",
-                router=router,
-            )
+            settings = Settings(host=self.host, state_dir=self.state_dir / "state")
+            services = world.services(manager, settings, TOKEN, router=router)
             app = create_app(services, load_config=lambda: config)
             sock = socket.socket()
             sock.bind(("127.0.0.1", 0))

@@ -14,7 +14,6 @@ import pytest
 from stackd.api.app import create_app
 from stackd.config.models import Model
 from stackd.drivers.memory import MemoryContainers
-from stackd.services import Services
 from stackd.settings import Settings
 from tests.unit.test_manager_world import World, make_world
 
@@ -45,15 +44,7 @@ class Daemon:
 async def start(world: World, tmp_path: Path) -> Daemon:
     manager = world.manager()
     await manager.recover()
-    services = Services(
-        settings=Settings(state_dir=tmp_path / "state"),
-        config=world.config,
-        roles=manager.live_roles,
-        manager=manager,
-        read_hardware=lambda: world.hardware,
-        token=TOKEN,
-        token_source="test",
-    )
+    services = world.services(manager, Settings(state_dir=tmp_path / "state"), TOKEN)
     app = create_app(services)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://stackd")
     return Daemon(world, client)
@@ -189,15 +180,7 @@ async def test_config_reload_refuses_a_bad_file_and_keeps_the_running_config(tmp
     path.write_text(bundled)
     manager = world.manager()
     await manager.recover()
-    services = Services(
-        settings=Settings(state_dir=tmp_path / "state", config=path),
-        config=world.config,
-        roles=manager.live_roles,
-        manager=manager,
-        read_hardware=lambda: world.hardware,
-        token=TOKEN,
-        token_source="test",
-    )
+    services = world.services(manager, Settings(state_dir=tmp_path / "state", config=path), TOKEN)
     app = create_app(services, load_config=lambda: load_config(path, env={}))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://stackd") as client:
         path.write_text(bundled.replace("orchestrator: orchestrator-8b", "orchestrator: orchestrator-9b"))

@@ -15,7 +15,6 @@ import pytest
 
 from stackd.api.app import create_app
 from stackd.router import ReasonRouter
-from stackd.services import Services
 from stackd.settings import Settings
 from tests.unit.test_api import AUTH, TOKEN
 from tests.unit.test_manager_world import close_all, make_world
@@ -34,15 +33,8 @@ async def client_for(tmp_path: Path, host: str) -> AsyncIterator[httpx.AsyncClie
     manager = world.manager()
     await manager.recover()
     router = ReasonRouter(world.config, manager.live_roles)
-    services = Services(
-        settings=Settings(host=host, state_dir=tmp_path / "state"),
-        config=world.config,
-        roles=manager.live_roles,
-        manager=manager,
-        read_hardware=lambda: world.hardware,
-        token=TOKEN,
-        token_source="test",
-        router=router,
+    services = world.services(
+        manager, Settings(host=host, state_dir=tmp_path / "state"), TOKEN, router=router
     )
     transport = httpx.ASGITransport(app=create_app(services))
     async with httpx.AsyncClient(transport=transport, base_url="http://stackd") as client:

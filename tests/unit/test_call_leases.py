@@ -19,7 +19,6 @@ import pytest
 from stackd.api.app import create_app
 from stackd.router import ReasonRouter
 from stackd.router.types import ChatRequest, Completion, StreamEvent, StreamFinish, TextDelta, Usage
-from stackd.services import Services
 from stackd.settings import Settings
 from tests.unit.test_gpu_coordinator import FLUX, VISION, VISION_C, Rig, rig, settle
 from tests.unit.test_manager_world import World, close_all, make_world
@@ -64,17 +63,8 @@ async def client_for(r: Rig, tmp_path: Path) -> tuple[httpx.AsyncClient, dict[st
     router = ReasonRouter(
         r.world.config, r.manager.live_roles, backend_factory=lambda name, session: backends[name]
     )
-    services = Services(
-        settings=Settings(state_dir=tmp_path / "state"),
-        config=r.world.config,
-        roles=r.manager.live_roles,
-        manager=r.manager,
-        read_hardware=lambda: r.world.hardware,
-        token=TOKEN,
-        token_source="test",
-        router=router,
-        leases=r.leases,
-    )
+    settings = Settings(state_dir=tmp_path / "state")
+    services = r.world.services(r.manager, settings, TOKEN, router=router, leases=r.leases)
     transport = httpx.ASGITransport(app=create_app(services))
     return httpx.AsyncClient(transport=transport, base_url="http://stackd", headers=AUTH), backends
 

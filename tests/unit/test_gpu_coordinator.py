@@ -27,7 +27,6 @@ from stackd.manager import ModelStackManager
 from stackd.planner import plan_switch
 from stackd.planner.footprints import footprint_digest, remembered_footprints
 from stackd.planner.plan import ObservedState
-from stackd.services import Services
 from stackd.settings import Settings
 from stackd.state.gpu import GpuJournal
 from tests.unit.test_manager_world import World, close_all, make_world
@@ -405,16 +404,7 @@ async def test_get_leases_shows_the_queue_and_post_answers_503_with_retry_after(
     world: World, tmp_path: Path
 ) -> None:
     r = await rig(world, tmp_path)
-    services = Services(
-        settings=Settings(state_dir=tmp_path / "state"),
-        config=world.config,
-        roles=r.manager.live_roles,
-        manager=r.manager,
-        read_hardware=lambda: world.hardware,
-        token=TOKEN,
-        token_source="test",
-        leases=r.leases,
-    )
+    services = world.services(r.manager, Settings(state_dir=tmp_path / "state"), TOKEN, leases=r.leases)
     auth = {"Authorization": f"Bearer {TOKEN}"}
     transport = httpx.ASGITransport(app=create_app(services))
     async with httpx.AsyncClient(transport=transport, base_url="http://stackd", headers=auth) as c:

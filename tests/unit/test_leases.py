@@ -29,7 +29,6 @@ from stackd.manager import ModelStackManager
 from stackd.manager.periodic import PeriodicJobs
 from stackd.planner import plan_switch
 from stackd.planner.plan import ObservedState, StartContainer, StopContainer
-from stackd.services import Services
 from stackd.settings import Settings
 from tests.unit.test_manager_world import (
     World,
@@ -307,16 +306,7 @@ class Daemon:
 async def daemon(world: World, tmp_path: Path) -> AsyncIterator[Daemon]:
     manager = await manager_on(world)
     leases = coordinator(world, manager)
-    services = Services(
-        settings=Settings(state_dir=tmp_path / "state"),
-        config=world.config,
-        roles=manager.live_roles,
-        manager=manager,
-        read_hardware=lambda: world.hardware,
-        token=TOKEN,
-        token_source="test",
-        leases=leases,
-    )
+    services = world.services(manager, Settings(state_dir=tmp_path / "state"), TOKEN, leases=leases)
     client = httpx.AsyncClient(
         transport=httpx.ASGITransport(app=create_app(services)), base_url="http://stackd"
     )

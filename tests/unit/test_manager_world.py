@@ -18,6 +18,8 @@ from stackd.errors import DriverFailed, DriverUnavailable
 from stackd.hardware.types import GpuDevice, HardwareSnapshot
 from stackd.manager import ModelStackManager
 from stackd.roles import LiveRoles
+from stackd.services import Services
+from stackd.settings import Settings
 from stackd.state.store import StateStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,6 +72,20 @@ class World:
         )
         self.managers.append(m)
         return m
+
+    def services(self, manager: ModelStackManager, settings: Settings, token: str, **extra: Any) -> Services:
+        """The daemon's services over this world and ``manager`` (what ``stackd serve`` wires),
+        with ``extra`` parts (router, leases, ...) where a test needs them."""
+        return Services(
+            settings=settings,
+            config=self.config,
+            roles=manager.live_roles,
+            manager=manager,
+            read_hardware=lambda: self.hardware,
+            token=token,
+            token_source="test",
+            **extra,
+        )
 
     def running_stack(self, stack: str) -> bool:
         """Exactly the always-on members of ``stack`` run, and nothing of other stacks."""

@@ -21,7 +21,6 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextContent
 
 from stackd.api.app import create_app
-from stackd.services import Services
 from stackd.settings import Settings
 from tests.unit.test_manager_world import World, close_all, make_world
 
@@ -35,15 +34,7 @@ async def app(tmp_path: Path) -> AsyncIterator[Any]:
     world: World = make_world(tmp_path)
     manager = world.manager()
     await manager.recover()
-    services = Services(
-        settings=Settings(state_dir=tmp_path / "state"),
-        config=world.config,
-        roles=manager.live_roles,
-        manager=manager,
-        read_hardware=lambda: world.hardware,
-        token=TOKEN,
-        token_source="test",
-    )
+    services = world.services(manager, Settings(state_dir=tmp_path / "state"), TOKEN)
     app = create_app(services)
     async with in_one_task(app):
         yield app

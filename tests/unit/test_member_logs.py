@@ -13,7 +13,6 @@ import pytest
 
 from stackd.api.app import create_app
 from stackd.api.member_logs import Followers, follow_file, tail_lines
-from stackd.services import Services
 from stackd.settings import Settings
 from tests.unit.test_manager_world import World, close_all, make_world
 
@@ -37,15 +36,7 @@ async def http(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     world: World = make_world(tmp_path)
     manager = world.manager()
     await manager.recover()
-    services = Services(
-        settings=Settings(state_dir=tmp_path / "state"),
-        config=world.config,
-        roles=manager.live_roles,
-        manager=manager,
-        read_hardware=lambda: world.hardware,
-        token=TOKEN,
-        token_source="test",
-    )
+    services = world.services(manager, Settings(state_dir=tmp_path / "state"), TOKEN)
     services.processes = EngineLogs(tmp_path / "logs")  # type: ignore[assignment]
     (tmp_path / "logs").mkdir()
     lines = ["---- stackd: start 2026-12-01T10:00:00 llama_cpp.server", "loading model", "", "listening"]

@@ -19,7 +19,6 @@ from stackd.api.page import StatusFeed
 from stackd.api.page_view import SEGMENTS, gpu_bar, switch_steps
 from stackd.router.recent import RecentCalls
 from stackd.router.types import Attempt
-from stackd.services import Services
 from stackd.settings import Settings
 from tests.unit.test_manager_world import close_all, make_world
 
@@ -162,15 +161,7 @@ async def served(tmp_path: Path, host: str) -> tuple[Any, httpx.AsyncClient, Any
     world = make_world(tmp_path)
     manager = world.manager()
     await manager.recover()
-    services = Services(
-        settings=Settings(host=host, state_dir=tmp_path / "state"),
-        config=world.config,
-        roles=manager.live_roles,
-        manager=manager,
-        read_hardware=lambda: world.hardware,
-        token=TOKEN,
-        token_source="test",
-    )
+    services = world.services(manager, Settings(host=host, state_dir=tmp_path / "state"), TOKEN)
     app = create_app(services)
     return world, httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://stackd"), app
 
