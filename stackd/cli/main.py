@@ -13,13 +13,25 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console, Group
-from rich.text import Text
+from rich.console import Group
 
 from stackd import __version__
 from stackd.api import answers
 from stackd.cli import render, slices_view
-from stackd.cli.client import DaemonClient, check_answer
+from stackd.cli.lease_commands import lease_app
+from stackd.cli.options import (
+    ConfigOpt,
+    JsonOpt,
+    StateDirOpt,
+    TokenOpt,
+    UrlOpt,
+    WideOpt,
+    client,
+    emit,
+    err,
+    out,
+)
+from stackd.cli.slice_commands import slices_app
 from stackd.errors import StackdError
 
 app = typer.Typer(
@@ -27,39 +39,6 @@ app = typer.Typer(
 )
 config_app = typer.Typer(no_args_is_help=True, help="Check the config file or print its JSON Schema.")
 app.add_typer(config_app, name="config")
-
-out = Console()
-err = Console(stderr=True, soft_wrap=True)
-
-UrlOpt = Annotated[
-    str | None,
-    typer.Option("--url", envvar="STACKD_URL", help="The daemon's URL (default: http://127.0.0.1:8001)."),
-]
-# No envvar= for these two: the client applies "a flag beats its variable" across both of them.
-TokenOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--token",
-        help="The daemon's bearer token (default: $STACKD_TOKEN, else the token file of its state dir).",
-    ),
-]
-StateDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--state-dir",
-        help="The daemon's state dir, whose 'token' file holds its token "
-        "(default: $STACKD_STATE_DIR, else the one the daemon names in /healthz).",
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
-WideOpt = Annotated[bool, typer.Option("--wide", help="All columns and details (wider than 80 columns).")]
-ConfigOpt = Annotated[
-    Path, typer.Option("--config", envvar="STACKD_CONFIG", help="The model-stacks.yaml to run or plan.")
-]
-
-
-def client(url: str | None, token: str | None, state_dir: Path | None, timeout: float = 30.0) -> DaemonClient:
-    return DaemonClient.connect(url, token, state_dir, timeout=timeout)
 
 
 def stackd_version() -> str:
@@ -83,13 +62,6 @@ def cli(
     ] = False,
 ) -> None:
     """Run a hybrid GPU / CPU / cloud model stack."""
-
-
-def emit(data: Any, as_json: bool, renderable: Any = None) -> None:
-    if as_json:
-        out.print_json(data=data)
-    else:
-        out.print(renderable if renderable is not None else data)
 
 
 @app.command()
@@ -409,102 +381,5 @@ def main() -> None:
         sys.exit(1)
 
 
-# ---------------------------------------------------------------- leases of on-demand GPU models
-
-slices_app = typer.Typer(
-    no_args_is_help=True, help="Elastic slice routing: kill switch, budgets, per-slice tallies."
-)
 app.add_typer(slices_app, name="slices")
-
-
-@slices_app.command("show")
-def slices_show(
-    url: UrlOpt = None, token: TokenOpt = None, state_dir: StateDirOpt = None, as_json: JsonOpt = False
-) -> None:
-    """The kill switch, the budgets spent today, acceptance/latency/promotions per slice."""
-    with client(url, token, state_dir) as c:
-        data = c.get("/slices")
-    emit(data, as_json, slices_view.slices_renderable(data))
-
-
-@slices_app.command("kill-switch")
-def slices_kill_switch(
-    state: Annotated[str, typer.Argument(help="on: every routed call goes to the largest slice; off.")],
-    reason: Annotated[str | None, typer.Option("--reason", help="Why (logged, shown by 'show').")] = None,
-    url: UrlOpt = None,
-    token: TokenOpt = None,
-    state_dir: StateDirOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Turn the kill switch on or off."""
-    if state not in {"on", "off"}:
-        raise typer.BadParameter("say 'on' or 'off'", param_hint="STATE")
-    with client(url, token, state_dir) as c:
-        data = c.post("/slices/kill-switch", {"on": state == "on", "reason": reason})
-    emit(data, as_json, f"kill switch {'ON' if data['kill_switch'] else 'off'}")
-
-
-lease_app = typer.Typer(no_args_is_help=True, help="Lease on-demand GPU models (vision, diffusion).")
 app.add_typer(lease_app, name="lease")
-
-
-def _lease_table(leases: list[dict[str, Any]]) -> Any:
-    from rich.table import Table
-
-    table = Table("id", "model", "expires in", "endpoint")
-    for lease in leases:
-        table.add_row(lease["id"], lease["model"], f"{lease['expires_in_s']:.0f} s", lease["endpoint"] or "")
-    return table
-
-
-@lease_app.command("acquire")
-def lease_acquire(
-    model: Annotated[str, typer.Argument(help="An on-demand GPU member of the active stack.")],
-    ttl: Annotated[
-        float | None, typer.Option("--ttl", help="Seconds (default: the model's idle_ttl_s).")
-    ] = None,
-    wait: Annotated[
-        float,
-        typer.Option(
-            "--wait", help="Seconds to wait in the queue while a lease or another process holds the memory."
-        ),
-    ] = 0.0,
-    url: UrlOpt = None,
-    token: TokenOpt = None,
-    state_dir: StateDirOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Start MODEL (evicting the idle members that make it fit) and lease it; waits until ready."""
-    with client(
-        url, token, state_dir, timeout=900.0 + wait
-    ) as c:  # a start waits for the model's health, up to its start timeout
-        data = c.post("/leases", {"model": model, "ttl_s": ttl, "wait_s": wait}, answers.LeaseAnswer)
-    emit(data, as_json, _lease_table([data]))
-
-
-@lease_app.command("release")
-def lease_release(
-    lease_id: Annotated[str, typer.Argument(help="The lease's id (see 'stackd lease list').")],
-    url: UrlOpt = None,
-    token: TokenOpt = None,
-    state_dir: StateDirOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """End LEASE_ID; the model keeps running until its idle TTL."""
-    with client(url, token, state_dir) as c:
-        data = check_answer(c.request("DELETE", f"/leases/{lease_id}"), answers.LeaseAnswer, "DELETE /leases")
-    emit(data, as_json, f"released lease {data['id']} ({data['model']})")
-
-
-@lease_app.command("list")
-def lease_list(
-    url: UrlOpt = None, token: TokenOpt = None, state_dir: StateDirOpt = None, as_json: JsonOpt = False
-) -> None:
-    """The live leases, and the requests waiting for one (with why)."""
-    with client(url, token, state_dir) as c:
-        data = c.get("/leases", answers.LeasesAnswer)
-    waiting = [
-        Text(f"waiting: {w['model']} ({w['deadline_in_s']:.0f} s left): {w['reason']}")
-        for w in data.get("queue", [])
-    ]
-    emit(data, as_json, Group(_lease_table(data["leases"]), *waiting))
