@@ -326,6 +326,18 @@ async def test_the_control_apis_401_closes_the_connection_so_the_body_is_not_upl
     assert answer.status == 401 and answer.headers[b"connection"] == b"close"
 
 
+async def test_the_control_apis_401_to_a_small_body_keeps_the_connection_open_and_the_body_unread(
+    daemon: Daemon,
+) -> None:
+    """Closing under a body still in flight resets the connection, and the client can lose the
+    401 itself: a body within the limit is left to the server to drop, on an open connection."""
+    answer = await call(daemon.app, "POST", "/model-stacks/switch", b'{"stack": "x"}' + b" " * 8000)
+    assert answer.status == 401 and b"connection" not in answer.headers
+    assert answer.body_bytes_read == 0
+    chunked = await call(daemon.app, "POST", "/model-stacks/switch", iter([b"{}"]))  # length unknown
+    assert chunked.status == 401 and chunked.headers[b"connection"] == b"close"
+
+
 # ---------------------------------------------------------------- bounded bodies
 async def test_a_control_body_past_its_limit_is_413_before_it_is_read(daemon: Daemon) -> None:
     body = b"x" * (64 * 1024)
