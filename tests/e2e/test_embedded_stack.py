@@ -83,12 +83,17 @@ def bare_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         daemon.status = wait_for_active(url, proc, log)  # type: ignore[attr-defined]
         yield daemon
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_daemon(proc)
+
+
+def stop_daemon(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, as systemd stops it; SIGKILL only if it has not stopped within 30 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 def engine_pid(daemon: Daemon) -> int:

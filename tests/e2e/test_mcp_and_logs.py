@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -34,7 +33,7 @@ if not os.environ.get("CI") and not all(
 ):
     pytest.skip("the local engines are not installed: pip install -e '.[local]'", allow_module_level=True)
 
-from tests.e2e.test_embedded_stack import bare_machine_env, wait_for_active  # noqa: E402
+from tests.e2e.test_embedded_stack import bare_machine_env, stop_daemon, wait_for_active  # noqa: E402
 
 TOKEN = "stackd-e2e-token-canary-6d1f0b3a9e"
 KEY = "AIza-canary-gemini-4c7e21d9b8"  # a cloud member's key: in the daemon's environment only
@@ -67,12 +66,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         wait_for_active(url, proc, log)
         yield made
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_daemon(proc)
 
 
 def log_lines(daemon: Daemon) -> list[dict[str, Any]]:
