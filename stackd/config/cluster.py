@@ -39,9 +39,12 @@ class SwarmPlacement(_Frozen):
         description="GPUs reserved as generic resources (cluster.gpu_resource); "
         "default 1 for placement gpu, 0 otherwise.",
     )
+    # An hour pending is a placement that will not happen (and a switch held that long); the
+    # bound also refuses 1e300, with which a start would wait forever (models.py says why).
     pending_s: float = Field(
         3.0,
         gt=0,
+        le=3_600,
         description="Seconds a task may stay pending with Swarm's reason (no suitable node …) "
         "before the start fails with that reason.",
     )

@@ -33,7 +33,7 @@ from stackd.config.models import StacksConfig
 from stackd.config.problems import Problem, dotted, problems_from_errors, split_fix
 from stackd.config.references import check_references
 from stackd.config.schema import json_schema
-from stackd.config.yaml_source import TooLarge, YamlDocument, parse_yaml
+from stackd.config.yaml_source import TooLarge, UnreadableValue, YamlDocument, parse_yaml
 from stackd.errors import ConfigError
 
 __all__ = ["Problem", "check_file", "json_schema", "load_config"]
@@ -188,7 +188,9 @@ def _parse(text: str, file: str) -> YamlDocument | Problem:
             started = exc.context_mark.line + 1 if exc.context_mark else line
             what += f" ({exc.context}" + (f" that starts at line {started})" if started != line else ")")
         fix = next((f for key, f in _SYNTAX_FIXES.items() if key in what), _SYNTAX_FIX)
-        return Problem(file, line, "", f"YAML syntax error: {what}", fix)
+        # A tag's value has a place in the data: name its key, as every other problem does.
+        path = dotted(exc.path) if isinstance(exc, UnreadableValue) else ""
+        return Problem(file, line, path, f"YAML syntax error: {what}", fix)
     except (yaml.YAMLError, ValueError, TypeError, RecursionError) as exc:
         # A scalar the constructor rejects (an impossible date) has no mark.
         return Problem(file, 1, "", f"YAML could not be read: {exc}", "check the values' syntax")

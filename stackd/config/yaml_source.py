@@ -68,11 +68,13 @@ class YamlDocument:
 def parse_yaml(text: str) -> YamlDocument:
     """Parse one YAML document with ``yaml.SafeLoader``.
 
-    Raises ``yaml.YAMLError`` (syntax, several documents, unknown tags; a ``MarkedYAMLError``
-    carries the line) and may raise ``ValueError`` for a scalar the constructor rejects (an
-    impossible date); the caller turns both into problems.
+    Raises ``yaml.YAMLError`` (syntax, several documents; a ``MarkedYAMLError`` carries the
+    line), ``UnreadableValue`` for a value no safe constructor builds (an unknown ``!tag``), and
+    may raise ``ValueError`` for a scalar the constructor rejects (an impossible date); the
+    caller turns them all into problems.
     """
     loader = _BoundedLoader(text)
+    starts: dict[int, FieldPath] = {}
     try:
         root = loader.get_single_node()
         if root is None:
@@ -81,8 +83,14 @@ def parse_yaml(text: str) -> YamlDocument:
         duplicates: list[DuplicateKey] = []
         # The walk runs before construction: constructing flattens '<<' merges into the node,
         # and a merged key that the mapping overrides is not a duplicate.
-        _walk(loader, root, (), lines, duplicates, active=set())
+        _walk(loader, root, (), lines, duplicates, active=set(), starts=starts)
         data = loader.construct_document(root)
+    except yaml.constructor.ConstructorError as exc:
+        # The constructor names the node's mark, not its place in the data: the walk recorded
+        # where each value starts, so the problem can name the key (models.x.memory_gb).
+        mark = exc.problem_mark
+        path = starts.get(mark.index, ()) if mark is not None else ()
+        raise UnreadableValue(str(exc.problem), mark, path) from exc
     finally:
         loader.dispose()
     return YamlDocument(data=data, lines=lines, duplicates=duplicates)
@@ -94,6 +102,14 @@ class TooLarge(yaml.MarkedYAMLError):
     def __init__(self, problem: str, mark: yaml.Mark | None, fix: str) -> None:
         super().__init__(problem=problem, problem_mark=mark)
         self.fix = fix
+
+
+class UnreadableValue(yaml.MarkedYAMLError):
+    """A value that no safe constructor builds (``memory_gb: !mytag 3``), at ``path``."""
+
+    def __init__(self, problem: str, mark: yaml.Mark | None, path: FieldPath) -> None:
+        super().__init__(problem=problem, problem_mark=mark)
+        self.path = path
 
 
 class _BoundedLoader(yaml.SafeLoader):
@@ -161,9 +177,13 @@ def _walk(
     lines: dict[FieldPath, int],
     duplicates: list[DuplicateKey],
     active: set[int],
+    starts: dict[int, FieldPath],
 ) -> None:
     # ``active`` holds the nodes on the current branch: an alias that points back at an
     # ancestor makes data that contains itself, which no config needs and no walk finishes.
+    # ``starts`` maps where each node starts in the text to its path (the first path wins for
+    # an alias's node, which is where it is written).
+    starts.setdefault(node.start_mark.index, path)
     if id(node) in active:
         raise yaml.MarkedYAMLError(
             problem="an alias refers to a node that contains it (a recursive structure)",
@@ -175,6 +195,7 @@ def _walk(
         for key_node, value_node in node.value:
             if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
                 continue
+            starts.setdefault(key_node.start_mark.index, path)  # a key's tag: its mapping's place
             key = loader.construct_object(key_node)
             line = key_node.start_mark.line + 1
             if key in first_seen:
@@ -183,7 +204,7 @@ def _walk(
                 first_seen[key] = line
             # YAML keeps the last value, so the lines of the last occurrence describe the data.
             lines[(*path, key)] = line
-            _walk(loader, value_node, (*path, key), lines, duplicates, active)
+            _walk(loader, value_node, (*path, key), lines, duplicates, active, starts)
         # A key that '<<: *base' brings in is written where the anchor is: a problem of
         # stacks.b.roles.x points at that line, not at 'b:'. The mapping's own keys win.
         for key_node, value_node in _merged_pairs(node, active):
@@ -191,11 +212,11 @@ def _walk(
             if key not in first_seen:
                 first_seen[key] = lines[(*path, key)] = key_node.start_mark.line + 1
                 # A duplicate inside the anchor is reported once, at the anchor's own path.
-                _walk(loader, value_node, (*path, key), lines, [], active)
+                _walk(loader, value_node, (*path, key), lines, [], active, starts)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             lines[(*path, index)] = item.start_mark.line + 1
-            _walk(loader, item, (*path, index), lines, duplicates, active)
+            _walk(loader, item, (*path, index), lines, duplicates, active, starts)
     active.discard(id(node))
 
 
