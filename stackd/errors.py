@@ -17,6 +17,7 @@ NVML, HTTP clients) are translated at the driver boundary with ``raise ... from 
     ├── DriverFailed               an engine answered but refused the action (image missing, unhealthy)
     ├── BackendFailed              a model backend failed a request (reason() attempts)
     │   └── AllStrategiesFailed    every strategy of the chain failed or was skipped
+    │       └── OutputUnsupported  every target was skipped: none can honour response_format/tools (400)
     ├── Unauthorized               a request without the daemon's token (stackd.api.auth, 401)
     ├── BodyTooLarge               a request body past the route's limit (stackd.api.dispatch, 413)
     ├── RequestRejected            a gateway body that fails validation (stackd.api.gateway, 422)
@@ -93,3 +94,11 @@ class BackendFailed(StackdError):
 
 class AllStrategiesFailed(BackendFailed):
     status = 503
+
+
+class OutputUnsupported(AllStrategiesFailed):
+    """Every target of the route was skipped because none can honour the request's
+    ``response_format`` or ``tools``: the request asks for what this route cannot give (400, as
+    OpenAI answers an unsupported parameter; retrying cannot help, unlike a 503)."""
+
+    status = 400

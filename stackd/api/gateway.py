@@ -23,6 +23,7 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter
@@ -37,7 +38,15 @@ from stackd.gpu.calls import CallLeases
 from stackd.router import ReasonRouter
 from stackd.router.routes import Route as ChainRoute
 from stackd.router.slices import SlicedAnswer, SliceRequest, SliceRouter
-from stackd.router.types import Answer, ChatRequest, RouterStreamItem, StreamBroken, StreamDone, TextDelta
+from stackd.router.types import (
+    Answer,
+    ChatRequest,
+    RouterStreamItem,
+    StreamBroken,
+    StreamDone,
+    TextDelta,
+    ToolCalls,
+)
 
 Auth = Callable[..., Any]
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -219,7 +228,7 @@ class ChatCompletionBody(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     stop: str | list[str] | None = None
-    # Read by slice routing (a preset with routing: docs/router.md); other models ignore them.
+    # The answer's contract: forwarded to the engine (docs/router.md), and read by slice routing.
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
@@ -242,7 +251,14 @@ class ChatCompletionBody(BaseModel):
     def to_request(self) -> ChatRequest:
         stop = [self.stop] if isinstance(self.stop, str) else self.stop
         return ChatRequest(
-            self.messages, self.max_completion_tokens or self.max_tokens, self.temperature, self.top_p, stop
+            self.messages,
+            self.max_completion_tokens or self.max_tokens,
+            self.temperature,
+            self.top_p,
+            stop,
+            self.response_format,
+            self.tools,
+            self.tool_choice,
         )
 
 
@@ -251,7 +267,7 @@ def openai_error(exc: StackdError) -> tuple[int, bytes]:
         "message": exc.message,
         "type": OPENAI_ERROR_TYPES.get(exc.status, "server_error"),
         "param": None,
-        "code": OPENAI_ERROR_CODES.get(exc.status),
+        "code": exc.detail.get("code") or OPENAI_ERROR_CODES.get(exc.status),
     }
     if "attempts" in exc.detail:
         error["attempts"] = exc.detail["attempts"]
@@ -264,8 +280,18 @@ def openai_finish_reason(reason: str) -> str:
     return reason if reason in OPENAI_FINISH_REASONS else "stop"
 
 
+def indexed(calls: ToolCalls) -> list[dict[str, Any]]:
+    """``tool_calls`` as a stream's delta carries them: each with its ``index``."""
+    return [{"index": i, **call} for i, call in enumerate(calls)]
+
+
 def completion_body(answer: Answer, model: str, completion_id: str, created: int) -> dict[str, Any]:
     usage = answer.usage
+    message: dict[str, Any] = {"role": "assistant", "content": answer.text, "refusal": None}
+    finish = openai_finish_reason(answer.finish_reason)
+    if answer.tool_calls:
+        message = {**message, "content": answer.text or None, "tool_calls": list(answer.tool_calls)}
+        finish = "tool_calls"
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -275,7 +301,7 @@ def completion_body(answer: Answer, model: str, completion_id: str, created: int
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": answer.text, "refusal": None},
-                "finish_reason": openai_finish_reason(answer.finish_reason),
+                "finish_reason": finish,
                 "logprobs": None,
             }
         ],
@@ -295,9 +321,14 @@ def completion_body(answer: Answer, model: str, completion_id: str, created: int
 
 
 async def chat_chunks(
-    first: RouterStreamItem, items: AsyncIterator[RouterStreamItem], model: str, include_usage: bool
+    first: RouterStreamItem,
+    items: AsyncIterator[RouterStreamItem],
+    model: str,
+    include_usage: bool,
+    trailer: dict[str, Any] | None = None,
 ) -> AsyncIterator[bytes]:
-    """OpenAI ``chat.completion.chunk`` events for the router's stream, ending with ``[DONE]``."""
+    """OpenAI ``chat.completion.chunk`` events for the router's stream, ending with ``[DONE]``;
+    ``trailer`` goes in the finish chunk as its ``stackd`` object (clients ignore the field)."""
     base = {
         "id": f"chatcmpl-{secrets.token_hex(12)}",
         "object": "chat.completion.chunk",
@@ -316,7 +347,20 @@ async def chat_chunks(
         if isinstance(item, TextDelta):
             yield head + dumps(item.text) + tail
         elif isinstance(item, StreamDone):
-            yield chunk({}, openai_finish_reason(item.answer.finish_reason))
+            finish = openai_finish_reason(item.answer.finish_reason)
+            if item.answer.tool_calls:
+                yield chunk({"tool_calls": indexed(item.answer.tool_calls)})
+                finish = "tool_calls"
+            if trailer is None:
+                yield chunk({}, finish)
+            else:
+                yield sse(
+                    {
+                        **base,
+                        "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
+                        "stackd": trailer,
+                    }
+                )
             if include_usage:
                 u = item.answer.usage
                 usage = {
@@ -340,29 +384,38 @@ async def chat_chunks(
                 }
             )
             break
-        item = await anext(items, None)
+        try:
+            item = await anext(items, None)
+        except StackdError as exc:  # every strategy failed after a wait was announced: a 200 now
+            yield b"data: " + openai_error(exc)[1] + b"\n\n"
+            break
     yield SSE_DONE
 
 
+def routed_answer(sliced: SlicedAnswer) -> Answer:
+    """The answer of a routed call as the caller gets it: a valid tool call (checked against its
+    tool's parameters) is OpenAI's ``tool_calls``, its text no longer the content."""
+    if sliced.tool_call is None:
+        return sliced.answer
+    call = {
+        "id": f"call_{secrets.token_hex(8)}",
+        "type": "function",
+        "function": {"name": sliced.tool_call.name, "arguments": json.dumps(sliced.tool_call.arguments)},
+    }
+    return replace(sliced.answer, text="", finish_reason="tool_calls", tool_calls=(call,))
+
+
 def sliced_body(sliced: SlicedAnswer, model: str) -> dict[str, Any]:
-    """The completion of a routed call: a valid tool call is OpenAI's ``tool_calls``; ``stackd.slices``
-    says which slice served, with which weights and policy, and why each slice tried was left."""
-    payload = completion_body(sliced.answer, model, f"chatcmpl-{secrets.token_hex(12)}", int(time.time()))
-    if sliced.tool_call is not None:
-        call = {
-            "id": f"call_{secrets.token_hex(8)}",
-            "type": "function",
-            "function": {"name": sliced.tool_call.name, "arguments": json.dumps(sliced.tool_call.arguments)},
-        }
-        choice = payload["choices"][0]
-        choice["message"] = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [call]}
-        choice["finish_reason"] = "tool_calls"
+    """The completion of a routed call; ``stackd.slices`` says which slice served, with which
+    weights and policy, and why each slice tried was left."""
+    answer = routed_answer(sliced)
+    payload = completion_body(answer, model, f"chatcmpl-{secrets.token_hex(12)}", int(time.time()))
     payload["stackd"]["slices"] = sliced.to_dict()
     return payload
 
 
-async def sliced_items(sliced: SlicedAnswer) -> AsyncIterator[RouterStreamItem]:
-    yield StreamDone(sliced.answer)
+async def sliced_items(answer: Answer) -> AsyncIterator[RouterStreamItem]:
+    yield StreamDone(answer)
 
 
 class ChatCompletions:
@@ -377,15 +430,17 @@ class ChatCompletions:
         body: ChatCompletionBody = validate(ChatCompletionBody, await read_body(receive))
         routed = self._slices.routed(body.model) if self._slices is not None else None
         if routed is not None and self._slices is not None:
-            # Validated before a byte is sent: a routed stream is the whole answer in one chunk.
+            # Buffer-then-stream: validated before a byte is sent, then the whole answer in one
+            # chunk, and the finish chunk carries the routing record a non-streamed answer has.
             sliced = await self._slices.complete(routed[0], routed[1], body.slice_request())
             if not body.stream:
                 await send_bytes(send, 200, dumps(sliced_body(sliced, body.model)))
                 return
-            text = sliced.answer.text
-            first: RouterStreamItem = TextDelta(text) if text else StreamDone(sliced.answer)
+            answer = routed_answer(sliced)
+            first: RouterStreamItem = TextDelta(answer.text) if answer.text else StreamDone(answer)
             usage = bool(body.stream_options and body.stream_options.get("include_usage"))
-            await send_sse(send, chat_chunks(first, sliced_items(sliced), body.model, usage))
+            record = {"slices": sliced.to_dict()}
+            await send_sse(send, chat_chunks(first, sliced_items(answer), body.model, usage, record))
             return
         route: ChainRoute = self._router.gateway_route(body.model)
         request = body.to_request()

@@ -94,7 +94,9 @@ class InvokeOptions(BaseModel):
     effort: Effort | None = Field(None, description="1-10: how hard the task is (a routing signal).")
     retrieved_chunks: ChunkCount | None = Field(None, description="Chunks retrieved into the prompt.")
     response_format: dict[str, Any] | None = Field(
-        None, description="OpenAI's response_format; a json_schema answer is validated, promoted if invalid."
+        None,
+        description="OpenAI's response_format, forwarded to the engine; on a routed preset a "
+        "json_schema answer is also validated, promoted if invalid.",
     )
 
 
@@ -237,7 +239,9 @@ def tool_calls(
         opts = args.options
         route = router.preset_route(args.preset, opts.slice)
         messages = args.messages or [{"role": "user", "content": args.prompt}]
-        request = ChatRequest(messages, opts.max_tokens, opts.temperature, opts.top_p, opts.stop)
+        request = ChatRequest(
+            messages, opts.max_tokens, opts.temperature, opts.top_p, opts.stop, opts.response_format
+        )
         name = args.preset if opts.slice is None else f"{args.preset.split(':', 1)[0]}:{opts.slice}"
         routed = slices.routed(name) if slices is not None else None
         if routed is not None and slices is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from stackd.config.models import StacksConfig
-from stackd.errors import AllStrategiesFailed
+from stackd.errors import AllStrategiesFailed, OutputUnsupported
 from stackd.router.accounting import Accounting
 from stackd.router.recent import RecentCalls
 from stackd.router.routes import Route, Target
@@ -17,7 +17,7 @@ from stackd.router.types import Answer, Attempt, BackendError, Usage
 
 
 class AttemptLog:
-    __slots__ = ("_accounting", "_config", "_recent", "attempts", "route")
+    __slots__ = ("_accounting", "_config", "_recent", "attempts", "route", "unsupported")
 
     def __init__(
         self, route: Route, config: StacksConfig, accounting: Accounting, recent: RecentCalls | None = None
@@ -28,8 +28,11 @@ class AttemptLog:
         self._accounting = accounting
         self._recent = recent
         self.attempts: list[Attempt] = []
+        self.unsupported = 0  # the skips for a contract the backend cannot honour
 
-    def skipped(self, target: Target, reason: str) -> None:
+    def skipped(self, target: Target, reason: str, unsupported: bool = False) -> None:
+        """``unsupported``: the backend cannot honour the request's response_format or tools."""
+        self.unsupported += unsupported
         self.attempts.append(Attempt(target.strategy, target.model, "skipped", reason))
         self._accounting.record(target.strategy, target.model, "skipped")
 
@@ -79,6 +82,13 @@ class AttemptLog:
         listing = "; ".join(
             f"{a.strategy} ({a.backend or '-'}) {a.status}: {a.reason}" for a in self.attempts
         )
+        if self.attempts and self.unsupported == len(self.attempts):
+            return OutputUnsupported(
+                f"{self.route.label}: no backend of this route can honour the request's "
+                f"response_format or tools: {listing}",
+                attempts=[a.to_dict() for a in self.attempts],
+                code="unsupported_parameter",
+            )
         return AllStrategiesFailed(
             f"{self.route.label}: every strategy failed or was skipped: {listing or 'the route is empty'}",
             attempts=[a.to_dict() for a in self.attempts],

@@ -19,6 +19,7 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import AsyncExitStack, aclosing
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -181,7 +182,7 @@ class ReasonRouter:
         timeouts = self.config.reason.timeouts
         limit_s = min(timeouts.first_token_s, timeouts.total_s)
         for target in route.targets:
-            admitted = self._admit(target, log)
+            admitted = self._admit(target, log, request)
             if admitted is None:
                 continue
             backend, circuit = admitted
@@ -217,6 +218,8 @@ class ReasonRouter:
                 ms,
                 ms,
             )
+            if completion.tool_calls:
+                answer = replace(answer, tool_calls=completion.tool_calls)
             content.exchange(request.messages, answer.backend, answer.text)
             return answer
         raise log.all_failed()
@@ -242,7 +245,7 @@ class ReasonRouter:
         log = AttemptLog(route, self.config, self.accounting, self.recent)
         self._ensure_flusher()
         for target in route.targets:
-            admitted = self._admit(target, log)
+            admitted = self._admit(target, log, request)
             if admitted is None:
                 continue
             # aclosing: a caller that stops reading closes the target's stream (and its circuit
@@ -310,6 +313,8 @@ class ReasonRouter:
                             first_token_ms or total_ms,
                             total_ms,
                         )
+                        if event.tool_calls:
+                            answer = replace(answer, tool_calls=event.tool_calls)
                         content.exchange(request.messages, answer.backend, answer.text)
                         yield StreamDone(answer)
                         return
@@ -324,7 +329,9 @@ class ReasonRouter:
                 if not verdict:
                     circuit.abandon()
 
-    def _admit(self, target: routes.Target, log: AttemptLog) -> tuple[Backend, CircuitBreaker] | None:
+    def _admit(
+        self, target: routes.Target, log: AttemptLog, request: ChatRequest
+    ) -> tuple[Backend, CircuitBreaker] | None:
         """The backend and its circuit when the target may be tried now; else records the skip."""
         if target.skip is not None or target.model is None:
             log.skipped(target, target.skip or skips.NO_MODEL)
@@ -336,6 +343,10 @@ class ReasonRouter:
             return None
         if backend is None:
             log.skipped(target, skips.no_chat_protocol(target.model))
+            return None
+        cannot = backend.unsupported(request)
+        if cannot is not None:  # a property of the request, not of the backend's health: no circuit
+            log.skipped(target, skips.output_unsupported(cannot), unsupported=True)
             return None
         why = backend.not_ready() or skips.unavailable(self._unavailable(target.model))
         if why is None:

@@ -7,9 +7,12 @@ A skip is decided at one of three moments; the reason is always spelled here, an
   model that speaks plain HTTP, a role that is not bound, none of a strategy's models present,
   a model an earlier strategy already tried;
 - admitting the target (``ReasonRouter._admit``, per call): no model, a backend that cannot be
-  built, a model without a chat protocol, a backend that is not ready (``Backend.not_ready``
-  states its own reason, e.g. no API key), a circuit that is not closed (``circuit_open`` /
+  built, a model without a chat protocol, a backend that cannot honour the request's
+  ``response_format`` or ``tools`` (``Backend.unsupported`` states what), a backend that is not
+  ready (``Backend.not_ready`` states its own reason, e.g. no API key), a circuit that is not closed (``circuit_open`` /
   ``circuit_half_open``, asked of the breaker);
+- asking a process member's engine (``EngineReadiness``, after waiting while it restarts): it is
+  down, still restarting after ``process.restart_wait_s``, or was never started;
 - waiting for the local queue (``local_queue.py``): the queue is full, or no slot came in time.
 
 Each function returns the text a person reads in ``attempts[].reason``, in ``stackd status`` and
@@ -55,6 +58,10 @@ def unavailable(why: str | None) -> str | None:
 
 def no_chat_protocol(model: str) -> str:
     return f"model '{model}' has no chat protocol"
+
+
+def output_unsupported(why: str) -> str:
+    return f"cannot honour the answer's contract: {why}"
 
 
 def circuit_open(open_until: float, failures: int, last_failure: str) -> str:

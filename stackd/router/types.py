@@ -45,6 +45,9 @@ class ChatRequest:
     """One chat request in OpenAI's vocabulary; backends translate it to their protocol.
 
     ``messages`` are OpenAI chat messages (role, content as text or a list of parts).
+    ``response_format``, ``tools`` and ``tool_choice`` are the answer's contract, as OpenAI spells
+    them: a backend forwards them in its protocol's words (an engine that constrains decoding
+    then produces what was asked), or says through ``Backend.unsupported`` that it cannot.
     """
 
     messages: list[dict[str, Any]]
@@ -52,6 +55,14 @@ class ChatRequest:
     temperature: float | None = None
     top_p: float | None = None
     stop: list[str] | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+
+
+ToolCalls = tuple[dict[str, Any], ...]
+"""OpenAI ``tool_calls``: ``{"id", "type": "function", "function": {"name", "arguments"}}``, with
+``arguments`` a JSON string as OpenAI sends it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +72,7 @@ class Completion:
     text: str
     finish_reason: str
     usage: Usage
+    tool_calls: ToolCalls = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +84,12 @@ class TextDelta:
 
 @dataclass(frozen=True, slots=True)
 class StreamFinish:
-    """The last event of a backend stream that ended properly."""
+    """The last event of a backend stream that ended properly; ``tool_calls`` are whole (a
+    backend assembles the stream's pieces of each call)."""
 
     finish_reason: str
     usage: Usage
+    tool_calls: ToolCalls = ()
 
 
 StreamEvent = TextDelta | StreamFinish
@@ -116,6 +130,7 @@ class Answer:
     usage: Usage
     attempts: tuple[Attempt, ...] = field(default_factory=tuple)
     cost_usd: float = 0.0
+    tool_calls: ToolCalls = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -43,6 +43,9 @@ class SimControl:
     chunk_interval_ms: float = 0.0  # pause between stream chunks
     require_api_key: str | None = None  # when set, requests without this key get the protocol's 401
     cut_after_chunks: int = 2  # die_mid_stream: chunks sent before the connection is cut
+    # OpenAI tool calls ({"id", "type", "function": {"name", "arguments"}}) answered to a request
+    # that offers tools (the OpenAI simulator; a stream sends each call's arguments in two pieces)
+    tool_calls: list[dict[str, Any]] | None = None
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply ``changes`` (as sent to ``POST /_sim/fault``); unknown keys raise ``KeyError``."""

@@ -128,6 +128,8 @@ class OpenAIChatRoutes:
         tokens = max(1, control.tokens)
         head, chunks = _chat_parts(model, control.answer, tokens, self.created, chat)
         prompt = count_prompt_tokens(prompt_text(body))
+        if chat and control.tool_calls and body.get("tools"):
+            return await self._tool_calls(request, body, control.tool_calls, prompt, tokens)
         if not body.get("stream"):
             payload = head + _USAGE % (prompt, tokens, prompt + tokens) + b"}"
             return await self.server.send_body(request, payload)
@@ -136,6 +138,43 @@ class OpenAIChatRoutes:
         if isinstance(options, dict) and options.get("include_usage"):
             chunks = [*chunks, _usage_chunk(model, self.created, chat, prompt, tokens)]
         await stream.send_all([*chunks, _DONE])
+        return stream.response
+
+    async def _tool_calls(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        calls: list[dict[str, Any]],
+        prompt: int,
+        tokens: int,
+    ) -> web.StreamResponse:
+        """An answer that calls tools (as vLLM or llama.cpp's server sends one for a named tool)."""
+        base = {"id": "chatcmpl-sim", "created": self.created, "model": body["model"]}
+        usage = {"prompt_tokens": prompt, "completion_tokens": tokens, "total_tokens": prompt + tokens}
+        if not body.get("stream"):
+            message = {"role": "assistant", "content": None, "tool_calls": calls}
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "tool_calls"}
+            answer = {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
+            return await self.server.send_body(request, _dumps(answer))
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            return (
+                b"data: " + _dumps({**base, "object": "chat.completion.chunk", "choices": [choice]}) + b"\n\n"
+            )
+
+        pieces = [chunk({"role": "assistant", "content": None})]
+        for index, call in enumerate(calls):
+            arguments = str(call["function"]["arguments"])
+            half = len(arguments) // 2
+            first = {**call, "function": {"name": call["function"]["name"], "arguments": arguments[:half]}}
+            pieces.append(chunk({"tool_calls": [{"index": index, **first}]}))
+            pieces.append(
+                chunk({"tool_calls": [{"index": index, "function": {"arguments": arguments[half:]}}]})
+            )
+        pieces.append(chunk({}, "tool_calls"))
+        stream = await self.server.open_stream(request, "text/event-stream")
+        await stream.send_all([*pieces, _DONE])
         return stream.response
 
 

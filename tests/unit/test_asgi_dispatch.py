@@ -86,6 +86,9 @@ class ScriptedBackend:
     def not_ready(self) -> str | None:
         return None
 
+    def unsupported(self, request: ChatRequest) -> str | None:
+        return None
+
     async def complete(self, request: ChatRequest) -> Completion:
         if self.gate is not None:
             try:

@@ -39,6 +39,9 @@ class WatchingBackend:
     def not_ready(self) -> str | None:
         return None
 
+    def unsupported(self, request: ChatRequest) -> str | None:
+        return None
+
     async def complete(self, request: ChatRequest) -> Completion:
         self.seen.append(self.rig.leases.holds(VISION))
         return Completion("a cat on a mat", "stop", Usage(10, 4))

@@ -93,6 +93,9 @@ class ScriptedBackend:
     def not_ready(self) -> str | None:
         return None
 
+    def unsupported(self, request: ChatRequest) -> str | None:
+        return None
+
     async def _misbehave(self) -> None:
         if self.behaviour == "refused":
             raise BackendError(FailureKind.refused, f"cannot connect to {self.name}")

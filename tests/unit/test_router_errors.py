@@ -154,6 +154,9 @@ class Answering:
     def not_ready(self) -> str | None:
         return None
 
+    def unsupported(self, request: ChatRequest) -> str | None:
+        return None
+
     async def complete(self, request: ChatRequest) -> Completion:
         return Completion("answer from m2", "stop", Usage(1, 2))
 
@@ -456,6 +459,9 @@ class Raising:
     request_model = "m1"
 
     def not_ready(self) -> str | None:
+        return None
+
+    def unsupported(self, request: ChatRequest) -> str | None:
         return None
 
     async def complete(self, request: ChatRequest) -> Completion:

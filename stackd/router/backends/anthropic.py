@@ -3,6 +3,10 @@
 System messages move to the top-level ``system`` field; ``max_tokens`` is mandatory in this
 protocol (1024 when the caller sets none). Usage comes from ``usage.input_tokens`` and
 ``usage.output_tokens`` (``message_start`` and ``message_delta`` when streaming).
+
+The Messages API has no ``response_format``, and stackd does not translate ``tools`` to its tool
+use: a request that asks for either skips this backend with that reason (never unconstrained
+text for a constrained request).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from stackd.router.backends.base import (
     sse_data,
     text_of,
 )
+from stackd.router.backends.contract import format_kind, tools_wanted
 from stackd.router.redaction import Redactor
 from stackd.router.types import (
     BackendError,
@@ -58,6 +63,16 @@ class AnthropicBackend:
 
     def not_ready(self) -> str | None:
         return missing_key_reason(self.model)
+
+    def unsupported(self, request: ChatRequest) -> str | None:
+        kind = format_kind(request)
+        if kind is not None:
+            return (
+                f"Anthropic's Messages API has no response_format: it cannot constrain the answer to {kind}"
+            )
+        if tools_wanted(request):
+            return "stackd does not translate tools to Anthropic's tool use"
+        return None
 
     def _payload(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
         system = [text_of(m.get("content")) for m in request.messages if m.get("role") == "system"]

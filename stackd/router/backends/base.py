@@ -55,6 +55,11 @@ class Backend(Protocol):
         """A reason this backend cannot be called now (a missing API key), else None. No I/O."""
         ...
 
+    def unsupported(self, request: ChatRequest) -> str | None:
+        """What of the request's contract (``response_format``, ``tools``, ``tool_choice``) this
+        backend cannot honour, else None; the router then skips it with this reason. No I/O."""
+        ...
+
     async def complete(self, request: ChatRequest) -> Completion:
         """One non-streaming call. Raises ``BackendError``; never retries."""
         ...

@@ -5,6 +5,11 @@ the ``x-goog-api-key`` header (never in the URL, where it would reach logs). Usa
 ``usageMetadata.promptTokenCount`` / ``candidatesTokenCount`` (cumulative when streaming: the
 last one counts). The stream has no end marker: it is complete when a chunk carried a
 ``finishReason``.
+
+The answer's contract: ``json_object`` becomes ``responseMimeType: application/json``,
+``json_schema`` adds the schema as ``responseJsonSchema`` (Gemini's field that takes JSON Schema
+as it is; ``responseSchema`` wants its OpenAPI subset). ``tools`` are not translated to Gemini's
+function declarations: a request that offers tools skips this backend, saying so.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from stackd.router.backends.base import (
     sse_data,
     text_of,
 )
+from stackd.router.backends.contract import schema_of, tools_wanted
 from stackd.router.redaction import Redactor
 from stackd.router.types import (
     BackendError,
@@ -73,6 +79,11 @@ class GeminiBackend:
     def not_ready(self) -> str | None:
         return missing_key_reason(self.model)
 
+    def unsupported(self, request: ChatRequest) -> str | None:
+        if tools_wanted(request):
+            return "stackd does not translate tools to Gemini's function declarations"
+        return None
+
     def _payload(self, request: ChatRequest) -> dict[str, Any]:
         system = [text_of(m.get("content")) for m in request.messages if m.get("role") == "system"]
         contents = [
@@ -92,6 +103,11 @@ class GeminiBackend:
             config["topP"] = request.top_p
         if request.stop:
             config["stopSequences"] = request.stop
+        if (request.response_format or {}).get("type", "text") != "text":
+            config["responseMimeType"] = "application/json"
+            schema = schema_of(request.response_format)
+            if schema is not None:
+                config["responseJsonSchema"] = schema
         body: dict[str, Any] = {"contents": contents}
         if system:
             body["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}

@@ -6,6 +6,13 @@ Every call carries the model's configured ``options`` (``num_gpu: 0``, ``num_ctx
 ``done`` object. The data path uses the shared aiohttp session rather than the ``ollama``
 package's httpx client, which collapses under concurrency here (docs/benchmarks.md); the
 ``ollama`` package stays on the control path (pull, load, unload).
+
+The answer's contract: ``response_format`` becomes Ollama's ``format`` (``"json"`` for
+``json_object``, the JSON Schema itself for ``json_schema``: Ollama constrains decoding to it, as
+the official client's ``format=`` does), ``tools`` go as they are (Ollama reads OpenAI's function
+shape) and its ``tool_calls`` come back in OpenAI's shape. Ollama has no ``tool_choice``: ``none``
+sends no tools, ``auto`` is its behaviour, and a required or named tool is refused (the router
+skips this backend, saying why).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from stackd.router.backends.base import (
     read_json,
     text_of,
 )
+from stackd.router.backends.contract import ollama_format, ollama_tool_calls, tools_wanted
 from stackd.router.redaction import Redactor
 from stackd.router.types import (
     BackendError,
@@ -63,6 +71,12 @@ class OllamaBackend:
     def not_ready(self) -> str | None:
         return None
 
+    def unsupported(self, request: ChatRequest) -> str | None:
+        choice = request.tool_choice
+        if request.tools and (choice == "required" or isinstance(choice, dict)):
+            return "Ollama's /api/chat has no tool_choice: it cannot be made to call a tool"
+        return None
+
     def _payload(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
         options: dict[str, Any] = dict(self.model.ollama.options) if self.model.ollama else {}
         if request.max_tokens is not None:
@@ -84,6 +98,11 @@ class OllamaBackend:
         }
         if self.model.ollama is not None:
             body["keep_alive"] = self.model.ollama.keep_alive
+        constraint = ollama_format(request.response_format)
+        if constraint is not None:
+            body["format"] = constraint
+        if tools_wanted(request):
+            body["tools"] = request.tools
         return body
 
     async def complete(self, request: ChatRequest) -> Completion:
@@ -96,10 +115,13 @@ class OllamaBackend:
                 text = text_of(data["message"].get("content"))
             except (KeyError, TypeError, AttributeError):
                 raise malformed(f"chat answer without message: {wire.shown(data)}") from None
-            return Completion(text, str(data.get("done_reason") or "stop"), usage_of(data))
+            calls = ollama_tool_calls(data["message"])
+            finish = "tool_calls" if calls else str(data.get("done_reason") or "stop")
+            return Completion(text, finish, usage_of(data), calls)
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         wire = self._wire
+        calls: list[dict[str, Any]] = []
         async with post(self._session, wire, self._payload(request, True), HEADERS) as resp:
             async for raw in lines(resp, wire):
                 line = raw.strip()
@@ -110,12 +132,14 @@ class OllamaBackend:
                     raise malformed(f"stream line is not an object: {wire.text(line)!r}")
                 if "error" in chunk:
                     raise error_event(wire, chunk["error"])
+                calls += ollama_tool_calls(chunk.get("message"))
                 text = (chunk.get("message") or {}).get("content")
                 if text:
                     if not isinstance(text, str):
                         raise malformed(f"stream line with a non-text message: {wire.text(line)!r}")
                     yield TextDelta(text)
                 if chunk.get("done"):
-                    yield StreamFinish(str(chunk.get("done_reason") or "stop"), usage_of(chunk))
+                    finish = "tool_calls" if calls else str(chunk.get("done_reason") or "stop")
+                    yield StreamFinish(finish, usage_of(chunk), tuple(calls))
                     return
         raise BackendError(FailureKind.stream_cut, f"{self.name} stream ended before done")

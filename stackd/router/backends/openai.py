@@ -4,6 +4,12 @@ Tolerates what real servers do differently (research/real-engines.md): llama.cpp
 chunk for ``stream_options.include_usage`` (usage is then 0/0 unless a chunk carries it), no
 ``created``, and accepts any model name; vLLM reasoning models add ``reasoning_content``
 (not part of the answer text).
+
+The answer's contract is forwarded: ``response_format`` as given (vLLM's guided decoding,
+llama.cpp's ``llama-server``), or as ``{"type": "json_object", "schema": ...}`` for a process
+member running llama-cpp-python's server, which turns that into a grammar and refuses OpenAI's
+``json_schema`` type; ``tools`` and ``tool_choice`` as given, and the answer's ``tool_calls``
+come back whole (a stream's pieces are joined).
 """
 
 from __future__ import annotations
@@ -27,6 +33,12 @@ from stackd.router.backends.base import (
     read_json,
     sse_data,
     text_of,
+)
+from stackd.router.backends.contract import (
+    ToolCallPieces,
+    openai_response_format,
+    openai_tool_calls,
+    runs_llama_cpp_python,
 )
 from stackd.router.redaction import Redactor
 from stackd.router.types import (
@@ -57,9 +69,13 @@ class OpenAIBackend:
         self.request_model = model.request_model or name
         self._wire = Wire.to(f"{(model.endpoint or '').rstrip('/')}/chat/completions", redact or Redactor())
         self._session = session
+        self._llama_cpp_python = runs_llama_cpp_python(model)
 
     def not_ready(self) -> str | None:
         return missing_key_reason(self.model) or authorization_conflict(self.model, self._wire)
+
+    def unsupported(self, request: ChatRequest) -> str | None:
+        return None  # every field of the contract is OpenAI's own
 
     def _payload(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.request_model, "messages": request.messages}
@@ -71,6 +87,12 @@ class OpenAIBackend:
             body["top_p"] = request.top_p
         if request.stop:
             body["stop"] = request.stop
+        if request.response_format is not None:
+            body["response_format"] = openai_response_format(request.response_format, self._llama_cpp_python)
+        if request.tools:
+            body["tools"] = request.tools
+        if request.tool_choice is not None:
+            body["tool_choice"] = request.tool_choice
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -96,7 +118,8 @@ class OpenAIBackend:
                 raise malformed(
                     f"chat completion without choices[0].message: {self._wire.shown(data)}"
                 ) from None
-            return Completion(text, finish, usage_of(data) or Usage())
+            calls = openai_tool_calls(choice["message"])
+            return Completion(text, finish, usage_of(data) or Usage(), calls)
 
     async def _complete_streamed(self, request: ChatRequest) -> Completion:
         """The whole answer read from a stream: a caller that goes away closes the connection,
@@ -110,18 +133,19 @@ class OpenAIBackend:
                 usage = event.usage
                 if usage.total_tokens == 0:  # llama.cpp sends no usage chunk: one chunk is one token
                     usage = Usage(0, len(pieces))
-                return Completion("".join(pieces), event.finish_reason, usage)
+                return Completion("".join(pieces), event.finish_reason, usage, event.tool_calls)
         raise BackendError(FailureKind.stream_cut, f"{self.name} stream ended before its finish")
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         finish: str | None = None
         usage: Usage | None = None
+        calls = ToolCallPieces()
         wire = self._wire
         headers = self._headers(api_key(self.model))
         async with post(self._session, wire, self._payload(request, True), headers) as resp:
             async for data in sse_data(resp, wire):
                 if data == b"[DONE]":
-                    yield StreamFinish(finish or "stop", usage or Usage())
+                    yield StreamFinish(finish or "stop", usage or Usage(), calls.calls())
                     return
                 chunk = decode_json(data, "stream chunk", wire)
                 if not isinstance(chunk, dict):
@@ -130,6 +154,7 @@ class OpenAIBackend:
                     raise error_event(wire, chunk["error"])
                 usage = usage_of(chunk) or usage
                 for choice in chunk.get("choices") or ():
+                    calls.add((choice.get("delta") or {}).get("tool_calls"))
                     text = (choice.get("delta") or {}).get("content")
                     if text:
                         if not isinstance(text, str):
@@ -140,4 +165,4 @@ class OpenAIBackend:
         if finish is None:
             raise BackendError(FailureKind.stream_cut, f"{self.name} stream ended before [DONE]")
         # A server that sends a finish_reason but no [DONE] has still answered completely.
-        yield StreamFinish(finish, usage or Usage())
+        yield StreamFinish(finish, usage or Usage(), calls.calls())

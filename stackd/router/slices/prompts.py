@@ -1,7 +1,7 @@
 """A slice's request: its template first, its sampling defaults, the tools spelled out.
 
-The slices answer in text (the backends send no ``tools``), so the tools a request offers are
-described in the system prompt with the shape of a call. A pinned caller's temperature wins over
+The tools a request offers are described in the system prompt with the shape of a call, for a
+model that answers them in text; the request's ``tools`` also reach the engine (docs/router.md). A pinned caller's temperature wins over
 the request's, the request's over the slice's default.
 """
 

@@ -5,6 +5,10 @@ request (template, sampling) through the ReasonRouter's preset route -> validate
 a failed tool call on the same slice (``tool_retries``), or promote to ``next_slice``. A slice the
 router cannot serve (not in the stack, every attempt failed) is left for the next one too. Then
 the answer is recorded: tallies, the day's tokens of the slice, the audit row, a regret replay.
+
+Each slice's request carries the call's ``response_format`` and ``tools``, so an engine that
+constrains decoding produces what the validator then checks (an engine's ``tool_calls`` are
+checked as the call they are).
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
 from stackd.config.models import Preset, StacksConfig
 from stackd.config.slices import SliceRouting
 from stackd.errors import AllStrategiesFailed
+from stackd.router.backends.contract import tool_call_text
 from stackd.router.routes import Route
 from stackd.router.slices.controls import SliceControls
 from stackd.router.slices.digests import DigestSource, ModelDigests
@@ -34,6 +40,11 @@ from stackd.router.types import Answer, ChatRequest
 from stackd.state.slice_audit import AuditRecord, SliceAudit
 
 log = logging.getLogger("stackd.router.slices")
+
+
+def checked_text(answer: Answer) -> str:
+    """What the validators read: the engine's first tool call, as a call in text, or the text."""
+    return tool_call_text(answer.tool_calls) if answer.tool_calls else answer.text
 
 
 class ChatRouter(Protocol):
@@ -87,6 +98,9 @@ class SliceRouter:
         preset = self._router.config.presets[preset_name]
         routing = preset.routing
         assert routing is not None, "complete() is for presets with routing (see routed())"
+        contract = (request.response_format, request.tools, request.tool_choice)
+        chat = replace(request.chat, response_format=contract[0], tools=contract[1], tool_choice=contract[2])
+        request = replace(request, chat=chat)
         validator = AnswerValidator(request.response_format, request.tools, request.tool_choice)
         signals = signals_of(request.chat.messages, request.tools, request.retrieved_chunks, request.effort)
 
@@ -161,7 +175,7 @@ class SliceRouter:
                 continue
             ms = (time.perf_counter() - began) * 1000
             self.controls.spend(preset, current, answer.usage.total_tokens)
-            verdict = validator.check(answer.text)
+            verdict = validator.check(checked_text(answer))
             last = (answer, verdict)
             if verdict.ok:
                 tries.append(SliceTry(current, answer.backend, "accepted", verdict.reason, ms, template))
@@ -202,8 +216,6 @@ class SliceRouter:
         return following, [SliceTry(s, None, "unavailable", f"passed over: {why}") for s, why in passed]
 
     async def _audited(self, sliced: SlicedAnswer, latency_ms: float) -> SlicedAnswer:
-        from dataclasses import replace
-
         assert self.audit is not None
         usage = sliced.answer.usage
         record = AuditRecord(
@@ -248,7 +260,7 @@ class SliceRouter:
                 routing, left, request.chat, validator.schema, request.tools, start.temperature
             )
             answer = await self._router.complete(self._router.preset_route(preset, left), chat)
-            return validator.check(answer.text).ok, answer.usage.total_tokens
+            return validator.check(checked_text(answer)).ok, answer.usage.total_tokens
 
         self.regret.offer(RegretJob(preset, left, replay), settings.sample_rate, settings.tokens_per_day)
 
