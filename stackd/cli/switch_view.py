@@ -74,3 +74,5 @@ def _show(
         state = event.get("state", "")
         colour = "green" if state == "succeeded" else "red"
         console.print(f"[{colour}]{state}[/] {event.get('error') or ''}")
+        if event.get("note"):
+            console.print(f"  [yellow]{event['note']}[/]")

@@ -15,6 +15,11 @@ Invariants this module keeps (the unit tests in ``tests/unit/test_manager*.py`` 
   (start ↔ stop for containers and processes, load ↔ unload, role swap → the previous table; a pull is kept, it costs
   nothing to keep and a lot to redo). Compensations are the drivers' idempotent ``ensure_*``
   calls, so undoing a step that half happened is safe.
+* A switch answers with what is true when it answers (``standing.py``): before it commits, the
+  Swarm members of the stack are probed (their task on a live node, their endpoint answering);
+  one this switch started that no longer answers fails the switch as its start would have, one it
+  kept is reported degraded. After an undo the previous stack's members are probed, and the
+  words say which answer and which do not instead of "running as before" on trust.
 * Only ``Exception`` is a step failure. A ``BaseException`` (task cancellation, a simulated
   SIGKILL in tests) goes through untouched: the journal then still holds the intent and the
   steps recorded so far, and ``recover`` sorts it out at the next start.
@@ -28,10 +33,12 @@ from dataclasses import dataclass, field
 from typing import Any, assert_never
 
 from stackd.config.models import DEFAULT_PROCESS_START_TIMEOUT_S, Model, OllamaRuntime, StacksConfig
-from stackd.drivers.base import ContainerDriver, OllamaDriver, ProcessDriver, RemoteProber
+from stackd.drivers.base import ContainerDriver, HealthChecker, OllamaDriver, ProcessDriver, RemoteProber
 from stackd.errors import DriverUnavailable, StackdError
 from stackd.manager.events import EventLog, PullThrottle, bindings_dict, step_dict
+from stackd.manager.standing import degraded_words, read_standing, rollback_words
 from stackd.planner.kv import fill_utilization
+from stackd.planner.members import is_clustered
 from stackd.planner.plan import (
     BindRole,
     LoadModel,
@@ -82,6 +89,9 @@ class Execution:
     undone: list[Undo] = field(default_factory=list)
     degraded: dict[str, str] = field(default_factory=dict)
     probed: dict[str, str | None] = field(default_factory=dict)  # remote -> error, None when it answered
+    # member -> None when it answered, else why not: read just before the answer (``standing.py``);
+    # None when nothing was probed (no health checker given).
+    standing: dict[str, str | None] | None = None
 
     @property
     def ok(self) -> bool:
@@ -100,10 +110,17 @@ class Execution:
         text = f"{describe_step(step_dict(self.failed_step))} failed: {self.error}"
         undone = [describe_step(u.step) + ("" if u.ok else f" (undo failed: {u.error})") for u in self.undone]
         text += f"; undone: {', '.join(undone)}" if undone else "; nothing to undo"
-        if self.fully_undone:
-            text += f"; '{previous}' is running as before" if previous else "; nothing was left changed"
+        if self.fully_undone and previous:
+            text += "; " + (
+                rollback_words(previous, self.standing)
+                if self.standing is not None
+                else f"'{previous}' is running as before"
+            )
+        elif self.fully_undone:
+            text += "; nothing was left changed"
         else:
             text += "; some steps could not be undone, see /status for the drift"
+            text += degraded_words(self.standing or {})
         return text
 
     def result_json(
@@ -148,11 +165,14 @@ class PlanExecutor:
         drain_s: float = 0.0,
         sleep: Sleep = asyncio.sleep,
         before_step: Callable[[Step], Awaitable[None]] | None = None,
+        health: HealthChecker | None = None,
     ) -> None:
         """``before_step`` runs before each step, as part of it: if it raises, the step failed
         and is undone with the rest (a lease waits there until NVML shows the memory of what it
-        stopped back before it starts the next model)."""
+        stopped back before it starts the next model). ``health`` probes members before the
+        answer (placement before a commit, the previous stack after an undo); None: no probes."""
         self._before_step = before_step
+        self._health = health
         self._config = config
         self._drain_s = drain_s
         self._sleep = sleep
@@ -170,7 +190,8 @@ class PlanExecutor:
         result = result if result is not None else Execution()
         self._config = fill_utilization(self._config, plan.kv, plan.vram)  # ${GPU_MEMORY_UTILIZATION}
         members = frozenset(self._config.stacks[plan.stack].member_names)
-        pending = dict(self._live.current.bindings)
+        previous = self._live.current
+        pending = dict(previous.bindings)
         for step in plan.steps:
             if isinstance(step, StopStep) and await self._swap_if_changed(
                 plan.stack, pending, members, result
@@ -189,12 +210,46 @@ class PlanExecutor:
                 self._log.emit("step_failed", step=step_dict(step), error=result.error)
                 # An engine that could not be reached did nothing: only what was done is undone.
                 await self._undo(None if isinstance(exc, DriverUnavailable) else step, result)
+                await self._read_standing(previous.members, result)
                 return result
             result.done.append(step)
             await self._journal(step_dict(step))
             self._log.emit("step_done", step=step_dict(step))
+        unplaced = await self._check_placement(members, result)
+        if unplaced is not None:
+            self._log.emit("step_failed", step=step_dict(unplaced), error=result.error)
+            await self._undo(None, result)  # the start is done: the undo stops it with the rest
+            await self._read_standing(previous.members, result)
+            return result
         await self._swap_if_changed(plan.stack, pending, members, result)
         return result
+
+    async def _check_placement(self, members: frozenset[str], result: Execution) -> Step | None:
+        """Probe the stack's Swarm members before the commit. A node can die between a member's
+        start and the commit: a member this switch started that does not answer now fails the
+        switch (its start did not hold; the step is returned), one it kept is degraded."""
+        models = self._config.models
+        clustered = [name for name in members if is_clustered(models[name])]
+        if self._health is None or not clustered:
+            return None
+        standing = await read_standing(self._health, models, clustered)
+        started = {s.model: s for s in result.done if isinstance(s, StartContainer)}
+        for name, why in standing.items():
+            if why is not None and name in started:
+                result.failed_step = started[name]
+                result.error = f"it no longer answered when the switch was to commit: {why}"
+                return started[name]
+        result.standing = dict(standing)
+        for name, why in standing.items():
+            if why is not None:
+                result.degraded[name] = why
+                self._log.emit("degraded", model=name, error=why)
+        return None
+
+    async def _read_standing(self, members: frozenset[str], result: Execution) -> None:
+        """After an undo: probe what the previous stack runs, for the words of the answer."""
+        if self._health is not None:
+            result.standing = dict(await read_standing(self._health, self._config.models, members))
 
     async def _timed(self, step: Step, pending: dict[str, str], result: Execution) -> None:
         if isinstance(step, PullModel):

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from stackd.manager.executor import Execution
+from stackd.manager.standing import commit_words
 from stackd.manager.switch import Switch, undo_json
 from stackd.planner.plan import Plan
 from stackd.planner.views import plan_json
@@ -40,6 +41,8 @@ async def run_journalled(
                 execution.result_json(switch.id, switch.target, switch.from_stack),
             )
             succeeded(execution)
+            # Committed with a Swarm member that does not answer: the answer says so.
+            switch.note = commit_words(switch.target, execution.standing or {}) or switch.note
             switch.finish("succeeded", None, wall_clock())
         else:
             error = execution.failure_sentence(switch.from_stack)

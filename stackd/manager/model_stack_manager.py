@@ -272,6 +272,11 @@ class ModelStackManager:
         try:
             execute = functools.partial(self.execute, switch, plan, switch.id)
             await run_journalled(self.store, switch, plan, execute, succeeded, self.wall_clock)
+            execution = switch.execution
+            if execution is not None and not execution.ok:
+                # What the rollback's words say is what status shows: the probes it just made.
+                for name, why in (execution.standing or {}).items():
+                    self.record_probe(name, why is None, why)
         finally:
             self.worker.release(switch)
 
@@ -298,6 +303,7 @@ class ModelStackManager:
             journal,
             self._step_timeout_s,
             self._drain_s,
+            health=self.health,
         )
         return await executor.run(plan, switch.execution)
 
@@ -329,7 +335,7 @@ class ModelStackManager:
         self.members.restarted(started)
         for model in started:
             self.on_started(model)
-        for name, error in execution.probed.items():
+        for name, error in {**execution.probed, **(execution.standing or {})}.items():
             self.record_probe(name, error is None, error)
 
     def unavailable(self, model: str) -> str | None:

@@ -53,7 +53,7 @@ class Switch:
         self.finished_at = at
         self.error = error
         if not self.log.closed:
-            self.log.emit("finished", state=state, error=error)
+            self.log.emit("finished", state=state, error=error, **({"note": self.note} if self.note else {}))
             self.log.close()
         self.finished.set()
 
