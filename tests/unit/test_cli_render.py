@@ -47,7 +47,7 @@ STATUS: dict[str, Any] = {
             "remote model 'deepseek-r1-cloud' has no API key: set VAST_API_KEY",
         ),
         member("mirothinker-cloud", "remote", "cloud", 0, "ready"),
-        member("gemma-270m", "process", "cpu", 600, "running"),
+        member("smollm2-135m", "process", "cpu", 600, "running"),
     ],
     "roles": {"orchestrator": "orchestrator-8b", "deep_reasoning": "deepseek-r1-cloud"},
     "gpu": {

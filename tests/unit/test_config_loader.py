@@ -41,7 +41,7 @@ def test_bundled_config_loads_with_the_seed_stacks_and_the_embedded_ones() -> No
     ]
     assert config.fallback_stacks[-1] == "embedded"
     # ${PORT} & co. in a process section are the process runtime's, not environment variables.
-    assert "${PORT}" in config.models["gemma-270m"].process.command  # type: ignore[union-attr]
+    assert "${PORT}" in config.models["smollm2-135m"].process.command  # type: ignore[union-attr]
     assert config.default_stack == "cloud-offload"
     # ${OLLAMA_HOST:-http://127.0.0.1:11434} falls back to its default when the variable is unset.
     assert config.ollama.url == "http://127.0.0.1:11434"

@@ -447,7 +447,7 @@ async def test_a_process_member_is_leased_and_measured_through_its_process_tree(
     """vision as a ``runtime: process`` engine on the GPU: the lease evicts the idle FLUX container,
     spawns the engine and reads NVML's memory of the engine's PIDs (``ProcessInfo.pids``)."""
     models = dict(world.config.models)
-    engine = models["gemma-270m"].process
+    engine = models["smollm2-135m"].process
     models[VISION] = models[VISION].model_copy(
         update={"runtime": Runtime.process, "docker": None, "process": engine}
     )

@@ -138,11 +138,11 @@ async def test_status_reads_a_process_members_log_only_when_its_state_calls_for_
     manager = world.manager()
     handle = await manager.submit_switch("embedded")
     assert await handle.wait() == "succeeded"
-    healthy = {m["name"]: m for m in (await manager.status())["members"]}["gemma-270m"]
+    healthy = {m["name"]: m for m in (await manager.status())["members"]}["smollm2-135m"]
     assert healthy["state"] == "running" and "log_tail" not in healthy
     assert processes.tails_read == []
-    manager.record_probe("gemma-270m", False, "HTTP 500 from /health")
-    sick = {m["name"]: m for m in (await manager.status())["members"]}["gemma-270m"]
+    manager.record_probe("smollm2-135m", False, "HTTP 500 from /health")
+    sick = {m["name"]: m for m in (await manager.status())["members"]}["smollm2-135m"]
     assert sick["state"] == "unhealthy" and sick["detail"] == "HTTP 500 from /health"
-    assert sick["log_tail"] == [f"gemma-270m: line {i}" for i in range(10)]
-    assert processes.tails_read == [("gemma-270m", 10)]
+    assert sick["log_tail"] == [f"smollm2-135m: line {i}" for i in range(10)]
+    assert processes.tails_read == [("smollm2-135m", 10)]

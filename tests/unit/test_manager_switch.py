@@ -391,42 +391,42 @@ async def test_a_switch_between_process_stacks_starts_the_new_engine_before_it_s
     world: World,
 ) -> None:
     manager = await started(world, "embedded")
-    first_pid = world.processes.pids["gemma-270m"]
+    first_pid = world.processes.pids["smollm2-135m"]
     result = await switch(manager, "embedded-long")
     assert result["state"] == "succeeded", result["error"]
     done = [(s["kind"], s.get("model") or s.get("role")) for s in result["steps_done"]]
-    start, stop = done.index(("start_process", "gemma-270m-long")), done.index(("stop_process", "gemma-270m"))
+    start, stop = done.index(("start_process", "smollm2-135m-long")), done.index(("stop_process", "smollm2-135m"))
     swap = done.index(("roles_swapped", None))
     assert start < swap < stop  # make-before-break: the orchestrator is never without an engine
-    assert world.processes.running_processes == {"gemma-270m-long"}
-    assert world.processes.pids["gemma-270m-long"] != first_pid
-    assert manager.live_roles.current.bindings["orchestrator"] == "gemma-270m-long"
+    assert world.processes.running_processes == {"smollm2-135m-long"}
+    assert world.processes.pids["smollm2-135m-long"] != first_pid
+    assert manager.live_roles.current.bindings["orchestrator"] == "smollm2-135m-long"
 
 
 async def test_a_process_member_that_fails_to_start_rolls_back_and_the_old_engine_keeps_running(
     world: World,
 ) -> None:
     manager = await started(world, "embedded")
-    world.processes.fail_start.add("gemma-270m-long")
+    world.processes.fail_start.add("smollm2-135m-long")
     result = await switch(manager, "embedded-long")
     assert result["state"] == "rolled_back"
-    assert "start_process gemma-270m-long failed" in result["error"]
+    assert "start_process smollm2-135m-long failed" in result["error"]
     assert "exited with code 1 before it was ready" in result["error"]
-    assert world.processes.running_processes == {"gemma-270m"}
-    assert world.processes.actions == [("start", "gemma-270m")]  # the old engine was never touched
+    assert world.processes.running_processes == {"smollm2-135m"}
+    assert world.processes.actions == [("start", "smollm2-135m")]  # the old engine was never touched
     assert manager.active_stack == "embedded"
-    assert manager.live_roles.current.bindings["orchestrator"] == "gemma-270m"
+    assert manager.live_roles.current.bindings["orchestrator"] == "smollm2-135m"
 
 
 async def test_status_shows_a_process_member_with_its_pid_and_measured_memory(world: World) -> None:
     manager = await started(world, "embedded")
-    world.processes.rss_mib["gemma-270m"] = 570
+    world.processes.rss_mib["smollm2-135m"] = 300
     status = await manager.status()
-    [gemma] = [m for m in status["members"] if m["name"] == "gemma-270m"]
-    assert gemma["state"] == "running" and gemma["process"]["pid"] == world.processes.pids["gemma-270m"]
-    assert (gemma["memory_mib"], gemma["measured_mib"]) == (614, 570)
-    [item] = [i for i in status["ram"]["items"] if i["model"] == "gemma-270m"]
-    assert (item["mib"], item["measured_mib"]) == (614, 570)  # the ledger shows both, side by side
+    [engine] = [m for m in status["members"] if m["name"] == "smollm2-135m"]
+    assert engine["state"] == "running" and engine["process"]["pid"] == world.processes.pids["smollm2-135m"]
+    assert (engine["memory_mib"], engine["measured_mib"]) == (410, 300)  # memory_gb 0.4
+    [item] = [i for i in status["ram"]["items"] if i["model"] == "smollm2-135m"]
+    assert (item["mib"], item["measured_mib"]) == (410, 300)  # the ledger shows both, side by side
 
 
 def test_a_gpu_process_member_is_measured_through_nvml_per_process(world: World) -> None:
@@ -439,12 +439,12 @@ def test_a_gpu_process_member_is_measured_through_nvml_per_process(world: World)
         update={
             "models": {
                 **world.config.models,
-                "gemma-270m": world.config.models["gemma-270m"].model_copy(update={"placement": "gpu"}),
+                "smollm2-135m": world.config.models["smollm2-135m"].model_copy(update={"placement": "gpu"}),
             }
         }
     )
     info = ProcessInfo(
-        model="gemma-270m",
+        model="smollm2-135m",
         state="ready",
         pid=100,
         port=1,
@@ -470,6 +470,6 @@ def test_a_gpu_process_member_is_measured_through_nvml_per_process(world: World)
         ),
     )
     hardware = HardwareSnapshot((gpu,), 131072, 120000, 32, "scenario:test")
-    observed = Observation(ObservedState(running_processes=frozenset({"gemma-270m"})), processes=(info,))
+    observed = Observation(ObservedState(running_processes=frozenset({"smollm2-135m"})), processes=(info,))
     measured = with_measurements(observed, config, hardware).state.measured_mib
-    assert measured == {"gemma-270m": 1500}  # its two processes on the card, not Xorg, not its RSS
+    assert measured == {"smollm2-135m": 1500}  # its two processes on the card, not Xorg, not its RSS

@@ -18,7 +18,7 @@ from tests.unit.test_manager_world import World, close_all, make_world
 
 TOKEN = "logs-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-ENGINE = "gemma-270m"  # a process member of the bundled config
+ENGINE = "smollm2-135m"  # a process member of the bundled config
 
 
 class EngineLogs:

@@ -139,13 +139,13 @@ async def test_a_process_member_is_probed_and_a_passing_probe_is_announced(world
     healthy: list[str] = []
     jobs = PeriodicJobs(manager, on_healthy=healthy.append)
     assert await jobs.probe_health() == (True, "probed 1")
-    assert healthy == ["gemma-270m"]  # the router half-opens the model's circuit on this
+    assert healthy == ["smollm2-135m"]  # the router half-opens the model's circuit on this
     world.now[0] += 10
-    world.health.unhealthy.add("gemma-270m")
+    world.health.unhealthy.add("smollm2-135m")
     ok, summary = await jobs.probe_health()
-    assert not ok and "gemma-270m" in summary
-    assert member(await manager.status(), "gemma-270m")["state"] == "unhealthy"
-    assert healthy == ["gemma-270m"]
+    assert not ok and "smollm2-135m" in summary
+    assert member(await manager.status(), "smollm2-135m")["state"] == "unhealthy"
+    assert healthy == ["smollm2-135m"]
 
 
 async def test_a_probe_that_times_out_while_stackd_has_a_request_on_the_engine_is_not_unhealthy(
@@ -153,14 +153,14 @@ async def test_a_probe_that_times_out_while_stackd_has_a_request_on_the_engine_i
 ) -> None:
     manager = await running(world, "embedded")
     jobs = PeriodicJobs(manager)
-    world.health.timing_out.add("gemma-270m")
-    with manager.live_roles.in_flight.using("gemma-270m"):  # a single-slot engine busy generating
+    world.health.timing_out.add("smollm2-135m")
+    with manager.live_roles.in_flight.using("smollm2-135m"):  # a single-slot engine busy generating
         assert await jobs.probe_health() == (True, "probed 1")
-    assert member(await manager.status(), "gemma-270m")["state"] == "running"
+    assert member(await manager.status(), "smollm2-135m")["state"] == "running"
     world.now[0] += 10
     ok, _ = await jobs.probe_health()  # no request of ours on it: a timeout is a real failure
     assert not ok
-    assert member(await manager.status(), "gemma-270m")["state"] == "unhealthy"
+    assert member(await manager.status(), "smollm2-135m")["state"] == "unhealthy"
 
 
 async def test_a_failed_probe_of_an_engine_says_nothing_of_the_engine_a_later_switch_starts(
@@ -170,15 +170,15 @@ async def test_a_failed_probe_of_an_engine_says_nothing_of_the_engine_a_later_sw
     had failed (it was being stopped), and that verdict stuck to the new engine."""
     manager = await running(world, "embedded")
     jobs = PeriodicJobs(manager)
-    world.health.unhealthy.add("gemma-270m")
+    world.health.unhealthy.add("smollm2-135m")
     assert not (await jobs.probe_health())[0]
     sent_before_the_restart = manager.wall_clock()
     for stack in ("embedded-long", "embedded"):
         assert await (await manager.submit_switch(stack)).wait() == "succeeded"
-    assert member(await manager.status(), "gemma-270m")["state"] == "running"
+    assert member(await manager.status(), "smollm2-135m")["state"] == "running"
     # A probe sent to the old engine that answers only now is dropped too.
-    manager.record_probe("gemma-270m", False, "connection refused", started_at=sent_before_the_restart)
-    assert member(await manager.status(), "gemma-270m")["state"] == "running"
+    manager.record_probe("smollm2-135m", False, "connection refused", started_at=sent_before_the_restart)
+    assert member(await manager.status(), "smollm2-135m")["state"] == "running"
     world.now[0] += 10
     assert not (await jobs.probe_health())[0]  # the new engine's own probe still counts
-    assert member(await manager.status(), "gemma-270m")["state"] == "unhealthy"
+    assert member(await manager.status(), "smollm2-135m")["state"] == "unhealthy"

@@ -85,8 +85,8 @@ def test_foreign_processes_past_the_reserve_leave_no_reserve_segment_and_an_over
 
 
 def test_a_switchs_steps_follow_its_events_and_an_earlier_runs_come_from_the_journal() -> None:
-    start = {"kind": "start_process", "model": "gemma-270m-long"}
-    bind = {"kind": "bind_role", "role": "orchestrator", "model": "gemma-270m-long"}
+    start = {"kind": "start_process", "model": "smollm2-135m-long"}
+    bind = {"kind": "bind_role", "role": "orchestrator", "model": "smollm2-135m-long"}
     events = [
         {"type": "step_started", "step": start},
         {"type": "step_done", "step": start},
@@ -96,11 +96,11 @@ def test_a_switchs_steps_follow_its_events_and_an_earlier_runs_come_from_the_jou
         {"type": "finished", "state": "rolled_back"},
     ]
     assert switch_steps({"events": events}) == [
-        {"step": "start_process gemma-270m-long", "state": "undone", "error": None},
-        {"step": "bind_role orchestrator -> gemma-270m-long", "state": "failed", "error": "boom"},
+        {"step": "start_process smollm2-135m-long", "state": "undone", "error": None},
+        {"step": "bind_role orchestrator -> smollm2-135m-long", "state": "failed", "error": "boom"},
     ]
     assert switch_steps({"events": [], "steps_done": [start]}) == [
-        {"step": "start_process gemma-270m-long", "state": "done", "error": None}
+        {"step": "start_process smollm2-135m-long", "state": "done", "error": None}
     ]
 
 

@@ -10,6 +10,7 @@ from stackd.router.backends.base import Backend
 from stackd.router.backends.gemini import GeminiBackend
 from stackd.router.backends.ollama import OllamaBackend
 from stackd.router.backends.openai import OpenAIBackend
+from stackd.router.backends.sampling import SampledBackend
 from stackd.router.redaction import Redactor
 
 __all__ = ["Backend", "build_backend"]
@@ -25,14 +26,16 @@ def build_backend(
     if endpoint is not None:
         model = model.model_copy(update={"endpoint": endpoint})
     redact = Redactor.for_config(config)
+    backend: Backend
     match model.api:
         case Api.openai:
-            return OpenAIBackend(name, model, session, redact)
+            backend = OpenAIBackend(name, model, session, redact)
         case Api.anthropic:
-            return AnthropicBackend(name, model, session, redact)
+            backend = AnthropicBackend(name, model, session, redact)
         case Api.gemini:
-            return GeminiBackend(name, model, session, redact)
+            backend = GeminiBackend(name, model, session, redact)
         case Api.ollama:
-            return OllamaBackend(name, model, session, config.ollama.url, redact)
+            backend = OllamaBackend(name, model, session, config.ollama.url, redact)
         case Api.http:
             return None
+    return backend if model.sampling is None else SampledBackend(backend, model.sampling)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from typing import Protocol
 import ollama
 
 from stackd.config.models import Runtime, StacksConfig
+from stackd.drivers.model_packages import ModelPackageMissing, model_file_path
 
 log = logging.getLogger("stackd.router.slices")
 UNKNOWN = "unknown"
@@ -40,12 +40,11 @@ def file_sha256(path: Path) -> str:
 
 
 def package_file(state_dir: Path, package: str) -> Path | None:
-    """Where the process driver assembles ``package``'s GGUF (drivers/process.py ``_model_file``)."""
+    """Where the process driver finds ``package``'s GGUF (stackd/drivers/model_packages.py)."""
     try:
-        module = importlib.import_module(package)
-    except ImportError:
+        return model_file_path(state_dir, package)
+    except (ModelPackageMissing, ImportError):
         return None
-    return state_dir / "models" / package / str(getattr(module, "MODEL_NAME", f"{package}.gguf"))
 
 
 class DigestSource(Protocol):
