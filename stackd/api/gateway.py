@@ -286,7 +286,6 @@ def indexed(calls: ToolCalls) -> list[dict[str, Any]]:
 
 
 def completion_body(answer: Answer, model: str, completion_id: str, created: int) -> dict[str, Any]:
-    usage = answer.usage
     message: dict[str, Any] = {"role": "assistant", "content": answer.text, "refusal": None}
     finish = openai_finish_reason(answer.finish_reason)
     if answer.tool_calls:
@@ -305,11 +304,7 @@ def completion_body(answer: Answer, model: str, completion_id: str, created: int
                 "logprobs": None,
             }
         ],
-        "usage": {
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens,
-        },
+        "usage": answer.usage.to_dict(),
         "stackd": {
             "strategy": answer.strategy,
             "backend": answer.backend,
@@ -344,13 +339,7 @@ async def chat_chunks(
         elif isinstance(item, StreamDone):
             yield chunk({}, openai_finish_reason(item.answer.finish_reason))
             if include_usage:
-                u = item.answer.usage
-                usage = {
-                    "prompt_tokens": u.prompt_tokens,
-                    "completion_tokens": u.completion_tokens,
-                    "total_tokens": u.total_tokens,
-                }
-                yield sse({**base, "choices": [], "usage": usage})
+                yield sse({**base, "choices": [], "usage": item.answer.usage.to_dict()})
             break
         elif isinstance(item, StreamBroken):
             yield sse(

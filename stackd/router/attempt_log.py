@@ -10,14 +10,16 @@ import time
 
 from stackd.config.models import StacksConfig
 from stackd.errors import AllStrategiesFailed, OutputUnsupported
-from stackd.router.accounting import Accounting
+from stackd.logs.request_id import REQUEST_ID
+from stackd.router.accounting import Accounting, Tally, usage_rows
 from stackd.router.recent import RecentCalls
 from stackd.router.routes import Route, Target
 from stackd.router.types import Answer, Attempt, BackendError, Usage
+from stackd.state.usage import UsageRow
 
 
 class AttemptLog:
-    __slots__ = ("_accounting", "_config", "_recent", "attempts", "route", "unsupported")
+    __slots__ = ("_accounting", "_call", "_config", "_recent", "attempts", "route", "unsupported")
 
     def __init__(
         self, route: Route, config: StacksConfig, accounting: Accounting, recent: RecentCalls | None = None
@@ -29,12 +31,18 @@ class AttemptLog:
         self._recent = recent
         self.attempts: list[Attempt] = []
         self.unsupported = 0  # the skips for a contract the backend cannot honour
+        self._call: dict[tuple[str, str], Tally] = {}  # this call's tallies: its ledger rows
+
+    def rows(self) -> list[UsageRow]:
+        """The call's ledger rows, stamped with its request id; each attempt is handed out once."""
+        call, self._call = self._call, {}
+        return usage_rows(call, REQUEST_ID.get())
 
     def skipped(self, target: Target, reason: str, unsupported: bool = False) -> None:
         """``unsupported``: the backend cannot honour the request's response_format or tools."""
         self.unsupported += unsupported
         self.attempts.append(Attempt(target.strategy, target.model, "skipped", reason))
-        self._accounting.record(target.strategy, target.model, "skipped")
+        self._accounting.record(target.strategy, target.model, "skipped", call=self._call)
 
     def failed(
         self,
@@ -48,7 +56,7 @@ class AttemptLog:
             Attempt(target.strategy, target.model, "failed", str(error), elapsed_ms, error.kind)
         )
         self._accounting.record(
-            target.strategy, target.model, "failed", error.kind, first_token_ms, elapsed_ms
+            target.strategy, target.model, "failed", error.kind, first_token_ms, elapsed_ms, call=self._call
         )
         if first_token_ms is not None and self._recent is not None:  # a stream broke: the call ends
             self._recent.record(self.route.label, "broken", self.attempts)
@@ -67,7 +75,7 @@ class AttemptLog:
         cost = self.cost(backend, usage)
         self.attempts.append(Attempt(target.strategy, backend, "answered", "answered", total_ms))
         self._accounting.record(
-            target.strategy, backend, "answered", None, first_token_ms, total_ms, usage, cost
+            target.strategy, backend, "answered", None, first_token_ms, total_ms, usage, cost, self._call
         )
         if self._recent is not None:
             self._recent.record(self.route.label, "answered", self.attempts)
@@ -95,11 +103,13 @@ class AttemptLog:
         )
 
     def cost(self, model: str, usage: Usage) -> float:
-        """USD for ``usage`` at the model's configured price (0 without one)."""
+        """USD for ``usage`` at the model's configured price (0 without one); an unknown count
+        costs nothing here (the usage table counts such answers in ``tokens_unknown``)."""
         spec = self._config.models.get(model)
         if spec is None or spec.price is None:
             return 0.0
         price = spec.price
         return (
-            usage.prompt_tokens * price.input_per_mtok + usage.completion_tokens * price.output_per_mtok
+            (usage.prompt_tokens or 0) * price.input_per_mtok
+            + (usage.completion_tokens or 0) * price.output_per_mtok
         ) / 1e6

@@ -28,10 +28,11 @@ from stackd.config.models import StacksConfig
 from stackd.logs import content
 from stackd.roles import LiveEndpoints, LiveRoles, RoleTable
 from stackd.router import routes, skips
-from stackd.router.accounting import Accounting, UsageFlusher
+from stackd.router.accounting import Accounting
 from stackd.router.attempt_log import AttemptLog
 from stackd.router.backends import Backend, build_backend
 from stackd.router.circuit import CircuitBreaker, CircuitState, Clock
+from stackd.router.ledger import UsageLedger
 from stackd.router.local_queue import LocalQueue, LocalQueueFull
 from stackd.router.recent import RecentCalls
 from stackd.router.types import (
@@ -49,7 +50,6 @@ from stackd.router.types import (
 from stackd.state.usage import UsageStore
 
 BackendFactory = Callable[[str, aiohttp.ClientSession], Backend | None]
-FLUSH_INTERVAL_S = 1.0
 
 
 class ReasonRouter:
@@ -62,11 +62,11 @@ class ReasonRouter:
         *,
         on_use: Callable[[str], None] | None = None,
         backend_factory: BackendFactory | None = None,
-        flush_interval_s: float = FLUSH_INTERVAL_S,
         endpoints: LiveEndpoints | None = None,
         unavailable: Callable[[str], str | None] | None = None,
     ) -> None:
-        """``usage`` receives the accounting about once a second when given; ``on_use(model)`` is
+        """``usage`` receives each call's rows before the call is answered (``UsageLedger``: group
+        commit); ``on_use(model)`` is
         called as each attempt starts (the manager keeps on-demand models alive with it);
         ``backend_factory`` replaces the protocol backends (tests); ``endpoints`` says where
         process members answer now (a backend is rebuilt when its member's port changes)."""
@@ -89,7 +89,7 @@ class ReasonRouter:
         self._session_models: set[str] = set()  # models given a backend on the session since the last reload
         self.accounting = Accounting()
         self.recent = RecentCalls()  # the last calls and their attempts (the status page)
-        self._flusher = UsageFlusher(self.accounting, usage, clock, flush_interval_s) if usage else None
+        self._ledger = UsageLedger(usage, clock) if usage else None
 
     def replace_config(self, config: StacksConfig) -> None:
         """Adopt a reloaded config, and rebuild what it changes, cutting no call in flight.
@@ -178,7 +178,6 @@ class ReasonRouter:
     async def complete(self, route: routes.Route, request: ChatRequest) -> Answer:
         """Try the route's targets in order; the first answer wins. Raises ``AllStrategiesFailed``."""
         log = AttemptLog(route, self.config, self.accounting, self.recent)
-        self._ensure_flusher()
         timeouts = self.config.reason.timeouts
         limit_s = min(timeouts.first_token_s, timeouts.total_s)
         for target in route.targets:
@@ -206,6 +205,8 @@ class ReasonRouter:
                 continue
             except BaseException:
                 circuit.abandon()
+                if self._ledger is not None:  # a caller that left: what was tried is still counted
+                    self._ledger.submit(log.rows())
                 raise
             circuit.record_success()
             ms = (time.perf_counter() - start) * 1000
@@ -221,7 +222,9 @@ class ReasonRouter:
             if completion.tool_calls:
                 answer = replace(answer, tool_calls=completion.tool_calls)
             content.exchange(request.messages, answer.backend, answer.text)
+            await self._commit(log)
             return answer
+        await self._commit(log)
         raise log.all_failed()
 
     async def _complete_one(
@@ -243,19 +246,25 @@ class ReasonRouter:
         """Text deltas, then ``StreamDone`` or ``StreamBroken``. Raises ``AllStrategiesFailed``
         before yielding anything when no target produced a first token."""
         log = AttemptLog(route, self.config, self.accounting, self.recent)
-        self._ensure_flusher()
-        for target in route.targets:
-            admitted = self._admit(target, log, request)
-            if admitted is None:
-                continue
-            # aclosing: a caller that stops reading closes the target's stream (and its circuit
-            # trial, queue slot and connection) at once, not whenever the GC finalises it.
-            async with aclosing(self._stream_target(target, *admitted, request, log)) as items:
-                async for item in items:
-                    yield item
-                    if not isinstance(item, TextDelta):
-                        return
-        raise log.all_failed()
+        try:
+            for target in route.targets:
+                admitted = self._admit(target, log, request)
+                if admitted is None:
+                    continue
+                # aclosing: a caller that stops reading closes the target's stream (and its circuit
+                # trial, queue slot and connection) at once, not whenever the GC finalises it.
+                async with aclosing(self._stream_target(target, *admitted, request, log)) as items:
+                    async for item in items:
+                        if not isinstance(item, TextDelta):  # the end: in the ledger before it is sent
+                            await self._commit(log)
+                        yield item
+                        if not isinstance(item, TextDelta):
+                            return
+            await self._commit(log)
+            raise log.all_failed()
+        finally:
+            if self._ledger is not None:  # a caller that left: what was tried is still counted
+                self._ledger.submit(log.rows())
 
     async def _stream_target(
         self,
@@ -401,12 +410,13 @@ class ReasonRouter:
         return self._session
 
     async def start(self) -> None:
-        """Start the usage flusher (the first call starts it too)."""
-        self._ensure_flusher()
+        """Nothing to start: the ledger's writer starts with the first call."""
 
-    def _ensure_flusher(self) -> None:
-        if self._flusher is not None:
-            self._flusher.start()
+    async def _commit(self, log: AttemptLog) -> None:
+        """The call's rows into the usage ledger, committed (grouped with other calls') before
+        the caller is answered: an answer the caller got is in ``usage`` after any crash."""
+        if self._ledger is not None:
+            await self._ledger.commit(log.rows())
 
     def probe_succeeded(self, model: str) -> None:
         """A periodic health probe of ``model`` passed (see ``CircuitBreaker.probe_succeeded``)."""
@@ -427,9 +437,9 @@ class ReasonRouter:
         }
 
     async def aclose(self) -> None:
-        """Stop the flusher, write the last usage, close the HTTP pools. Idempotent."""
-        if self._flusher is not None:
-            await self._flusher.aclose()
+        """Write the ledger's waiting rows, close the HTTP pools. Idempotent."""
+        if self._ledger is not None:
+            await self._ledger.aclose()
         for task, session in list(self._retiring.items()):
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

@@ -32,12 +32,40 @@ class BackendError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    """The tokens of one answer. ``None`` is a count nobody could make (the engine reported none
+    and has no tokenizer stackd can ask): unknown, never a made-up 0. ``estimated``: a figure
+    here is stackd's count (the engine's tokenizer on the messages' text, one token per streamed
+    chunk), not the engine's own report."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    estimated: bool = False
 
     @property
-    def total_tokens(self) -> int:
+    def total_tokens(self) -> int | None:
+        if self.prompt_tokens is None or self.completion_tokens is None:
+            return None
         return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def counted_tokens(self) -> int:
+        """The tokens known to have been spent (budgets, cost): the unknown parts count 0."""
+        return (self.prompt_tokens or 0) + (self.completion_tokens or 0)
+
+    @property
+    def unknown(self) -> bool:
+        return self.prompt_tokens is None or self.completion_tokens is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """OpenAI's usage object; ``estimated`` added only when a figure is stackd's count."""
+        out: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+        if self.estimated:
+            out["estimated"] = True
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,11 +167,7 @@ class Answer:
             "strategy": self.strategy,
             "backend": self.backend,
             "model": self.model,
-            "usage": {
-                "prompt_tokens": self.usage.prompt_tokens,
-                "completion_tokens": self.usage.completion_tokens,
-                "total_tokens": self.usage.total_tokens,
-            },
+            "usage": self.usage.to_dict(),
             "cost_usd": self.cost_usd,
             "attempts": [a.to_dict() for a in self.attempts],
         }

@@ -1,9 +1,11 @@
 """OpenAI chat completions: vLLM, Ollama's /v1, llama.cpp's server, any cloud GPU box.
 
-Tolerates what real servers do differently (research/real-engines.md): llama.cpp sends no usage
-chunk for ``stream_options.include_usage`` (usage is then 0/0 unless a chunk carries it), no
+Tolerates what real servers do differently (research/real-engines.md): llama-cpp-python's
+server (0.3.x) ignores ``stream_options.include_usage`` and sends no usage in a stream, no
 ``created``, and accepts any model name; vLLM reasoning models add ``reasoning_content``
-(not part of the answer text).
+(not part of the answer text). A stream that ends without usage is counted by stackd and marked
+``estimated``: the prompt by the engine's own tokenizer (``PromptCounter``), the completion one
+token per content chunk; where the engine has no tokenizer to ask, the prompt count is unknown.
 
 The answer's contract is forwarded: ``response_format`` as given (vLLM's guided decoding,
 llama.cpp's ``llama-server``), or as ``{"type": "json_object", "schema": ...}`` for a process
@@ -33,6 +35,7 @@ from stackd.router.backends.base import (
     read_json,
     sse_data,
     text_of,
+    token_count,
 )
 from stackd.router.backends.contract import (
     ToolCallPieces,
@@ -40,6 +43,7 @@ from stackd.router.backends.contract import (
     openai_tool_calls,
     runs_llama_cpp_python,
 )
+from stackd.router.backends.tokens import PromptCounter
 from stackd.router.redaction import Redactor
 from stackd.router.types import (
     BackendError,
@@ -57,7 +61,7 @@ def usage_of(data: dict[str, Any]) -> Usage | None:
     usage = data.get("usage")
     if not isinstance(usage, dict):
         return None
-    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+    return Usage(token_count(usage.get("prompt_tokens")), token_count(usage.get("completion_tokens")))
 
 
 class OpenAIBackend:
@@ -69,6 +73,7 @@ class OpenAIBackend:
         self.request_model = model.request_model or name
         self._wire = Wire.to(f"{(model.endpoint or '').rstrip('/')}/chat/completions", redact or Redactor())
         self._session = session
+        self._counter = PromptCounter(model.endpoint or "", self.request_model, session, redact or Redactor())
         self._llama_cpp_python = runs_llama_cpp_python(model)
 
     def not_ready(self) -> str | None:
@@ -130,22 +135,21 @@ class OpenAIBackend:
                 if isinstance(event, TextDelta):
                     pieces.append(event.text)
                     continue
-                usage = event.usage
-                if usage.total_tokens == 0:  # llama.cpp sends no usage chunk: one chunk is one token
-                    usage = Usage(0, len(pieces))
-                return Completion("".join(pieces), event.finish_reason, usage, event.tool_calls)
+                return Completion("".join(pieces), event.finish_reason, event.usage, event.tool_calls)
         raise BackendError(FailureKind.stream_cut, f"{self.name} stream ended before its finish")
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         finish: str | None = None
         usage: Usage | None = None
+        chunks = 0  # content chunks: the completion's count when the engine reports none
         calls = ToolCallPieces()
         wire = self._wire
         headers = self._headers(api_key(self.model))
         async with post(self._session, wire, self._payload(request, True), headers) as resp:
             async for data in sse_data(resp, wire):
                 if data == b"[DONE]":
-                    yield StreamFinish(finish or "stop", usage or Usage(), calls.calls())
+                    usage = await self._completed(request, usage, chunks)
+                    yield StreamFinish(finish or "stop", usage, calls.calls())
                     return
                 chunk = decode_json(data, "stream chunk", wire)
                 if not isinstance(chunk, dict):
@@ -159,10 +163,23 @@ class OpenAIBackend:
                     if text:
                         if not isinstance(text, str):
                             raise malformed(f"stream chunk with a non-text delta: {wire.text(data)!r}")
+                        chunks += 1
                         yield TextDelta(text)
                     if choice.get("finish_reason"):
                         finish = str(choice["finish_reason"])
         if finish is None:
             raise BackendError(FailureKind.stream_cut, f"{self.name} stream ended before [DONE]")
         # A server that sends a finish_reason but no [DONE] has still answered completely.
-        yield StreamFinish(finish, usage or Usage(), calls.calls())
+        yield StreamFinish(finish, await self._completed(request, usage, chunks), calls.calls())
+
+    async def _completed(self, request: ChatRequest, usage: Usage | None, chunks: int) -> Usage:
+        """The stream's usage: the engine's report, with the figures it left out counted here."""
+        if usage is not None and not usage.unknown:
+            return usage
+        prompt = usage.prompt_tokens if usage is not None else None
+        completion = usage.completion_tokens if usage is not None else None
+        if prompt is None:
+            prompt = await self._counter.count(request.messages, self._headers(api_key(self.model)))
+        if completion is None:
+            completion = chunks  # llama.cpp's servers send one token per content chunk
+        return Usage(prompt, completion, estimated=True)

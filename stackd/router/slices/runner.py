@@ -27,7 +27,7 @@ from stackd.config.slices import SliceRouting
 from stackd.errors import AllStrategiesFailed
 from stackd.router.backends.contract import tool_call_text
 from stackd.router.routes import Route
-from stackd.router.slices.controls import SliceControls
+from stackd.router.slices.controls import SliceControls, day_start
 from stackd.router.slices.digests import DigestSource, ModelDigests
 from stackd.router.slices.estimator import estimate, signals_of
 from stackd.router.slices.policy import Start, active_pin, next_slice, plan_start
@@ -38,6 +38,7 @@ from stackd.router.slices.types import SlicedAnswer, SliceRequest, SliceTry
 from stackd.router.slices.validators import AnswerValidator, Verdict
 from stackd.router.types import Answer, ChatRequest
 from stackd.state.slice_audit import AuditRecord, SliceAudit
+from stackd.state.usage import UsageStore
 
 log = logging.getLogger("stackd.router.slices")
 
@@ -66,6 +67,17 @@ def routed_preset(config: StacksConfig, model: str) -> tuple[str, str | None, Pr
     return name, slice_name or None, preset
 
 
+def slice_spending(by_strategy: dict[str, int]) -> dict[tuple[str, str], int]:
+    """(preset, slice) -> tokens, from the ledger's strategies: a slice's calls are
+    ``preset:<preset>:<slice>`` (``routes.preset_route``); a preset's own route has no slice."""
+    spent: dict[tuple[str, str], int] = {}
+    for strategy, tokens in by_strategy.items():
+        _, preset, slice_name = [*strategy.split(":", 2), "", ""][:3]
+        if preset and slice_name:
+            spent[(preset, slice_name)] = spent.get((preset, slice_name), 0) + tokens
+    return spent
+
+
 class SliceRouter:
     def __init__(
         self,
@@ -82,11 +94,18 @@ class SliceRouter:
         self.regret = RegretReplayer(self.stats.regret, clock, rng)
 
     def attach(
-        self, audit: SliceAudit | None, state_dir: Path | None, digests: DigestSource | None = None
+        self,
+        audit: SliceAudit | None,
+        state_dir: Path | None,
+        digests: DigestSource | None = None,
+        usage: UsageStore | None = None,
     ) -> None:
-        """The daemon's audit table and state dir (where process members' model files are)."""
+        """The daemon's audit table, state dir (where process members' model files are) and usage
+        ledger (today's spending of each slice is read back from it)."""
         self.audit = audit
         self.digests = digests or ModelDigests(lambda: self._router.config, state_dir)
+        if usage is not None:
+            self.controls.restore(slice_spending(usage.strategy_tokens("preset:", day_start(self._clock()))))
 
     def routed(self, model: str) -> tuple[str, str | None, Preset] | None:
         return routed_preset(self._router.config, model)
@@ -174,7 +193,7 @@ class SliceRouter:
                 tries += passed
                 continue
             ms = (time.perf_counter() - began) * 1000
-            self.controls.spend(preset, current, answer.usage.total_tokens)
+            self.controls.spend(preset, current, answer.usage.counted_tokens)
             verdict = validator.check(checked_text(answer))
             last = (answer, verdict)
             if verdict.ok:
@@ -233,6 +252,7 @@ class SliceRouter:
             usage.prompt_tokens,
             usage.completion_tokens,
             latency_ms,
+            "unknown" if usage.unknown else "estimated" if usage.estimated else "reported",
         )
         try:
             audit_id = await asyncio.to_thread(self.audit.write, record)
@@ -260,7 +280,7 @@ class SliceRouter:
                 routing, left, request.chat, validator.schema, request.tools, start.temperature
             )
             answer = await self._router.complete(self._router.preset_route(preset, left), chat)
-            return validator.check(checked_text(answer)).ok, answer.usage.total_tokens
+            return validator.check(checked_text(answer)).ok, answer.usage.counted_tokens
 
         self.regret.offer(RegretJob(preset, left, replay), settings.sample_rate, settings.tokens_per_day)
 
