@@ -50,15 +50,31 @@ class AttemptLog:
         error: BackendError,
         start: float,
         first_token_ms: float | None,
+        *,
+        broken: bool | None = None,
+        usage: Usage | None = None,
     ) -> None:
+        """``broken``: text had reached the caller, so the call ends here (default: a first token
+        came); ``usage``: what a failed answer still cost (an empty one), counted and priced."""
         elapsed_ms = (time.perf_counter() - start) * 1000
         self.attempts.append(
             Attempt(target.strategy, target.model, "failed", str(error), elapsed_ms, error.kind)
         )
+        cost = self.cost(target.model, usage) if usage is not None and target.model else 0.0
         self._accounting.record(
-            target.strategy, target.model, "failed", error.kind, first_token_ms, elapsed_ms, call=self._call
+            target.strategy,
+            target.model,
+            "failed",
+            error.kind,
+            first_token_ms,
+            elapsed_ms,
+            usage,
+            cost,
+            self._call,
         )
-        if first_token_ms is not None and self._recent is not None:  # a stream broke: the call ends
+        if broken is None:
+            broken = first_token_ms is not None
+        if broken and self._recent is not None:  # a stream broke: the call ends
             self._recent.record(self.route.label, "broken", self.attempts)
 
     def answered(

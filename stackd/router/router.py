@@ -5,6 +5,8 @@ ready (no API key), when its circuit is open, or when the local queue is full; o
 it under the connect / first-token / total limits. A failure moves on to the next target only
 while nothing has reached the caller; once a streamed token has been handed out, a failure
 ends the stream with ``StreamBroken`` naming the backend. Every target leaves one ``Attempt``.
+An answer without text (blank or whitespace only) is a failure of kind ``empty`` that moves on
+like any other, unless the strategy or preset sets ``allow_empty``.
 
 One ``RoleTable`` snapshot is taken per call, so a stack switch never changes a call midway.
 Timing: a non-streaming call's answer is its first token, so it is bounded by
@@ -46,6 +48,7 @@ from stackd.router.types import (
     StreamDone,
     StreamFinish,
     TextDelta,
+    Usage,
 )
 from stackd.state.usage import UsageStore
 
@@ -208,6 +211,11 @@ class ReasonRouter:
                 if self._ledger is not None:  # a caller that left: what was tried is still counted
                     self._ledger.submit(log.rows())
                 raise
+            # a tool call is an answer without text
+            if not target.allow_empty and blank(completion.text) and not completion.tool_calls:
+                empty = empty_answer(backend, completion.finish_reason)
+                self._empty(target, circuit, empty, start, None, log, completion.usage)
+                continue
             circuit.record_success()
             ms = (time.perf_counter() - start) * 1000
             answer = log.answered(
@@ -274,13 +282,17 @@ class ReasonRouter:
         request: ChatRequest,
         log: AttemptLog,
     ) -> AsyncGenerator[RouterStreamItem, None]:
-        """One target's stream. Ends silently (no item) when it failed before its first token."""
+        """One target's stream. Ends silently (no item) when it failed before any text reached
+        the caller. Unless the target allows an empty answer, leading whitespace is held back
+        until a visible character comes: a stream that ends blank is then ``empty`` and falls
+        through like any failure, having sent nothing."""
         timeouts = self.config.reason.timeouts
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
         deadline = loop.time() + min(timeouts.first_token_s, timeouts.total_s)
         first_token_ms: float | None = None
         pieces: list[str] = []
+        sent = 0  # how many of ``pieces`` reached the caller
         verdict = False
         events = backend.stream(request)
         async with AsyncExitStack() as resources:
@@ -307,9 +319,15 @@ class ReasonRouter:
                             first_token_ms = (time.perf_counter() - start) * 1000
                             deadline = loop.time() - first_token_ms / 1000 + timeouts.total_s
                         pieces.append(event.text)
-                        yield event
+                        if sent or target.allow_empty or not blank(event.text):
+                            held, sent = pieces[sent:], len(pieces)
+                            yield event if len(held) == 1 else TextDelta("".join(held))
                     elif isinstance(event, StreamFinish):
                         verdict = True
+                        if not sent and not target.allow_empty and not event.tool_calls:
+                            error = empty_answer(backend, event.finish_reason)
+                            self._empty(target, circuit, error, start, first_token_ms, log, event.usage)
+                            return
                         circuit.record_success()
                         total_ms = (time.perf_counter() - start) * 1000
                         text = "".join(pieces)
@@ -331,8 +349,8 @@ class ReasonRouter:
                 log.skipped(target, str(exc))
             except BackendError as error:
                 verdict = True
-                self._failed(target, circuit, error, start, first_token_ms, log)
-                if first_token_ms is not None:
+                self._failed(target, circuit, error, start, first_token_ms, log, broken=bool(sent))
+                if sent:
                     yield StreamBroken(target.strategy, backend.name, str(error), tuple(log.attempts))
             finally:
                 if not verdict:
@@ -376,12 +394,30 @@ class ReasonRouter:
         start: float,
         first_token_ms: float | None,
         log: AttemptLog,
+        *,
+        broken: bool = False,
     ) -> None:
         """The router's verdict on a failed attempt: the breaker counts it, and a timeout trips it
         at once (every further try would cost a caller the whole timeout again, while a refusal
         or a 500 costs a millisecond); then the log records the attempt."""
         circuit.record_failure(str(error), trip=error.kind is FailureKind.timeout)
-        log.failed(target, error, start, first_token_ms)
+        log.failed(target, error, start, first_token_ms, broken=broken)
+
+    def _empty(
+        self,
+        target: routes.Target,
+        circuit: CircuitBreaker,
+        error: BackendError,
+        start: float,
+        first_token_ms: float | None,
+        log: AttemptLog,
+        usage: Usage,
+    ) -> None:
+        """An answer without text fails the attempt, but gives the breaker no verdict: the backend
+        answered properly, and the request itself (a stop sequence, ``max_tokens: 1``) often
+        asked for it; a caller must not be able to open a backend's circuit for everyone."""
+        circuit.abandon()
+        log.failed(target, error, start, first_token_ms, broken=False, usage=usage)
 
     # ---------------------------------------------------------------- resources
     def circuit(self, model: str) -> CircuitBreaker:
@@ -447,6 +483,19 @@ class ReasonRouter:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def blank(text: str) -> bool:
+    """An answer with nothing to read: no text, or whitespace only."""
+    return not text or text.isspace()
+
+
+def empty_answer(backend: Backend, finish_reason: str) -> BackendError:
+    return BackendError(
+        FailureKind.empty,
+        f"{backend.name} answered no text (finish_reason {finish_reason}); "
+        "allow_empty: true on the strategy or preset accepts that",
+    )
 
 
 def escaped(exc: Exception, backend: Backend) -> BackendError:

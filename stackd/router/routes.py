@@ -13,7 +13,7 @@ executes a route; tests check resolution without a network.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from stackd.config.models import Api, StacksConfig
 from stackd.errors import NotFound
@@ -28,12 +28,14 @@ _REASON_NAME = re.compile(r"^reason(?::effort=(\d+))?$")
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One step of a route: try ``model`` for ``strategy``, unless ``skip`` says why not."""
+    """One step of a route: try ``model`` for ``strategy``, unless ``skip`` says why not.
+    ``allow_empty``: an answer without text is this target's answer, not a failure."""
 
     strategy: str
     model: str | None
     skip: str | None = None
     queued: bool = False
+    allow_empty: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +86,8 @@ def resolve_chain(config: StacksConfig, table: RoleTable, chain: list[str], labe
                 expanded = usable  # members only; absent alternatives are not worth an attempt line
             elif len(expanded) > 1:
                 expanded = [Target(name, None, skips.none_present(list(strategy.models), table.stack))]
+        if strategy.allow_empty:
+            expanded = [replace(t, allow_empty=True) for t in expanded]
         for target in expanded:
             if target.skip is None and target.model in tried:
                 target = Target(name, target.model, skips.already_tried(tried[target.model]))
@@ -128,7 +132,7 @@ def preset_route(
         target = _model_target(config, table, label, preset.model or "", False)
     if table.stack is None:
         target = Target(label, target.model, skips.NO_ACTIVE_STACK)
-    return Route(label, (target,))
+    return Route(label, (replace(target, allow_empty=preset.allow_empty),))
 
 
 def role_route(config: StacksConfig, table: RoleTable, role: str) -> Route:

@@ -20,6 +20,7 @@ class FailureKind(StrEnum):
     http_4xx = "http_4xx"
     malformed = "malformed"  # an answer that is not the protocol's shape
     stream_cut = "stream_cut"  # the stream ended before the protocol's end marker
+    empty = "empty"  # a proper answer with no text in it (blank, or whitespace only)
 
 
 class BackendError(Exception):
