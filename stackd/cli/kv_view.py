@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from stackd.planner.kv import SESSION_CONTEXTS
 
 
 def kv_table(rows: list[dict[str, Any]]) -> Table | None:
-    """One line per member with an architecture; None when no member has one."""
+    """One line per member with an architecture (and under its name, the engine rule that sized
+    its cache); None when no member has one."""
     if not rows:
         return None
     table = Table(title="KV cache (docs/kv-planner.md)")
@@ -22,6 +24,8 @@ def kv_table(rows: list[dict[str, Any]]) -> Table | None:
         sessions = dict((int(ctx), n) for ctx, n in row.get("sessions") or [])
         util = row.get("gpu_memory_utilization")
         name = row["model"] + (" [red](refused)[/]" if row.get("refused") else "")
+        if row.get("kv_rule"):  # whose rule sized the sliding-window layers: under the name
+            name += f"\n[dim]{escape(row['kv_rule'])}[/]"
         table.add_row(
             name,
             _kib(row["kv_bytes_per_token"])

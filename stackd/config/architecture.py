@@ -12,6 +12,8 @@ section leaves unset, so the planner only ever sees numbers. Layer indices count
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Nemotron-H's ``hybrid_override_pattern``: one letter per layer.
@@ -74,10 +76,16 @@ class Architecture(Frozen):
         None,
         description="Attention layers that use the window; default: all of them when sliding_window is set.",
     )
-    full_swa_cache: bool = Field(
-        False,
-        description="The engine allocates sliding-window layers at full context (llama-cpp-python's server "
-        "does: 'using full-size SWA cache'); false: they hold the window only (vLLM).",
+    kv_engine: Literal["llama.cpp", "vllm"] | None = Field(
+        None,
+        description="Whose rules size the cache: llama.cpp (sliding-window layers at full size, or "
+        "window + one micro-batch with swa_full false) or vllm (the window). Default: read from the "
+        "member's command (llama_cpp.server, llama-server, vllm); otherwise vllm's rule.",
+    )
+    swa_full: bool | None = Field(
+        None,
+        description="llama.cpp only: sliding-window layers at full context (--swa-full). Default: "
+        "the command's, else the engine's (llama-cpp-python: true; llama-server: false).",
     )
     kv_dtype_bytes: float = Field(
         2.0, gt=0, description="Bytes per KV element: 2 (f16/bf16), 1 (fp8), 0.5625 (q4_0)."

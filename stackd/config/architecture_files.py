@@ -2,7 +2,9 @@
 
 ``fill_architectures`` runs once at load: for every model whose ``architecture:`` names a file,
 the fields the section leaves unset are filled from the file (explicit fields win). A file that
-is missing or unreadable is a config problem at the section's line, like any other.
+is missing or unreadable is a config problem at the section's line, like any other. The context
+the member's command allocates (``--n_ctx``, ``-c``, ``--max-model-len``: ``kv_engine``) comes
+before the file's trained context, after an explicit ``context_tokens``.
 
 Where llama.cpp decides something the header does not say, this module says what llama.cpp
 does (``_SWA_PATTERNS``: which layers of a Gemma 2/3 or Command R7B use the sliding window, as
@@ -19,6 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from stackd.config.architecture import Architecture, MambaState
+from stackd.config.kv_engine import kv_engine
 from stackd.config.models import StacksConfig
 
 # llama.cpp's ``hparams.set_swa_pattern(n)``: layer il is sliding unless il % n == n - 1.
@@ -37,10 +40,17 @@ def fill_architectures(
     models = dict(config.models)
     for name, model in config.models.items():
         arch = model.architecture
-        if arch is None or not (arch.gguf or arch.hf_config):
+        if arch is None:
+            continue
+        context = kv_engine(model).context_tokens
+        if not (arch.gguf or arch.hf_config):
+            if context is not None and "context_tokens" not in arch.model_fields_set:
+                models[name] = model.model_copy(
+                    update={"architecture": arch.model_copy(update={"context_tokens": context})}
+                )
             continue
         try:
-            filled = fill_architecture(arch, base_dir)
+            filled = fill_architecture(arch, base_dir, context)
         except ValueError as exc:
             problems.append((("models", name, "architecture"), str(exc)))
             continue
@@ -48,8 +58,9 @@ def fill_architectures(
     return config.model_copy(update={"models": models}), problems
 
 
-def fill_architecture(arch: Architecture, base_dir: Path) -> Architecture:
-    """``arch`` with its unset fields read from its ``gguf`` or ``hf_config`` file; raises ValueError."""
+def fill_architecture(arch: Architecture, base_dir: Path, command_context: int | None = None) -> Architecture:
+    """``arch`` with its unset fields read from its ``gguf`` or ``hf_config`` file (the context
+    from ``command_context`` when there is one); raises ValueError."""
     source = arch.gguf or arch.hf_config
     assert source is not None
     path = Path(source) if Path(source).is_absolute() else base_dir / source
@@ -59,7 +70,8 @@ def fill_architecture(arch: Architecture, base_dir: Path) -> Architecture:
     from_file = read_gguf(path) if arch.gguf else read_hf_config(path)
     explicit = {f: getattr(arch, f) for f in arch.model_fields_set}
     try:
-        filled = Architecture.model_validate({**from_file, **explicit})
+        from_command = {"context_tokens": command_context} if command_context else {}
+        filled = Architecture.model_validate({**from_file, **from_command, **explicit})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

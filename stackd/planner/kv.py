@@ -5,8 +5,9 @@ GGUF or ``config.json``. The formula, with its sources, is in docs/kv-planner.md
 
 * one token costs ``kv_heads x (head_dim + value_head_dim) x kv_dtype_bytes`` in each layer that
   holds KV: the attention layers only (a hybrid's Mamba layers hold a fixed state per sequence
-  instead), and a sliding-window layer holds at most the window (unless the engine allocates it
-  at full size, as llama-cpp-python's server does);
+  instead), and a sliding-window layer holds what the member's engine gives it
+  (``stackd.config.kv_engine``: vLLM the window; llama.cpp the full context, or the window plus one
+  micro-batch, in 256-cell pads);
 * a member whose command takes ``${GPU_MEMORY_UTILIZATION}`` (vLLM) may grow into the ledger's
   headroom (shared with the other such members): ``util = floor((slot + headroom) / total, 0.01)``;
   its KV room is ``util x total - weights - overhead``, as vLLM sizes it;
@@ -18,11 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from stackd.config.architecture import Architecture
+from stackd.config.kv_engine import UTILIZATION_MACRO, KvEngine, kv_engine
 from stackd.config.models import MIB_PER_GIB, Model, Placement, StacksConfig
 from stackd.planner.kv_row import KvRow
 from stackd.planner.plan import Refusal, VramLedger
 
-UTILIZATION_MACRO = "${GPU_MEMORY_UTILIZATION}"
 SESSION_CONTEXTS = (2048, 4096, 8192, 40960)
 _MIB = 1 << 20
 
@@ -33,10 +34,11 @@ class KvShape:
 
     layer_token_bytes: float  # one token in one KV layer (K and V)
     full_layers: int  # attention layers that keep every token
-    window_layers: int  # sliding-window layers that keep at most ``window`` tokens
-    window: int
+    window_layers: int  # sliding-window layers that keep at most ``window`` cells
+    window: int  # what the engine keeps in a sliding layer (vLLM: the window; llama.cpp: padded)
     mamba_layers: int
     mamba_layer_bytes: int  # one sequence's state in one Mamba layer
+    pad: int = 1  # the engine allocates cells in multiples of this (llama.cpp: 256)
 
     @property
     def bytes_per_token(self) -> int:
@@ -48,12 +50,18 @@ class KvShape:
         return self.mamba_layers * self.mamba_layer_bytes
 
     def sequence_bytes(self, tokens: int) -> int:
-        """One session of ``tokens`` tokens: its KV plus its fixed Mamba state."""
-        kept = self.full_layers * tokens + self.window_layers * min(tokens, self.window)
+        """One session of ``tokens`` tokens (what the engine allocates for them): its KV plus its
+        fixed Mamba state."""
+        cells = -(-tokens // self.pad) * self.pad
+        kept = self.full_layers * cells + self.window_layers * min(cells, self.window)
         return round(kept * self.layer_token_bytes) + self.mamba_bytes
 
     def tokens_in(self, room_bytes: int) -> int:
         """The longest single session ``room_bytes`` holds (0 when not even its Mamba state fits)."""
+        tokens = self._tokens_in(room_bytes)
+        return tokens if tokens == 2**31 - 1 else tokens // self.pad * self.pad
+
+    def _tokens_in(self, room_bytes: int) -> int:
         room = room_bytes - self.mamba_bytes
         if room <= 0:
             return 0
@@ -65,8 +73,13 @@ class KvShape:
         return int(room // ((self.full_layers + self.window_layers) * self.layer_token_bytes))
 
 
-def kv_shape(arch: Architecture) -> KvShape:
-    """The cache shape of a filled architecture (``layers``, ``kv_heads``, ``head_dim`` are set)."""
+# No command to read: the window rule, as vLLM keeps it.
+WINDOW_ONLY = KvEngine("vllm", "vllm")
+
+
+def kv_shape(arch: Architecture, engine: KvEngine = WINDOW_ONLY) -> KvShape:
+    """The cache shape of a filled architecture (``layers``, ``kv_heads``, ``head_dim`` are set)
+    in ``engine``'s hands."""
     assert arch.layers is not None and arch.kv_heads is not None and arch.head_dim is not None
     value_dim = arch.value_head_dim or arch.head_dim
     if arch.hybrid_pattern:
@@ -77,18 +90,20 @@ def kv_shape(arch: Architecture) -> KvShape:
         mamba = arch.layers - len(attention) if arch.mamba else 0
     else:
         attention, mamba = list(range(arch.layers)), 0
-    if arch.sliding_window and not arch.full_swa_cache:
+    cells = engine.window_cells(arch.sliding_window) if arch.sliding_window else None
+    if cells is not None:
         sliding = set(attention if arch.sliding_window_layers is None else arch.sliding_window_layers)
         window_layers = len([i for i in attention if i in sliding])
     else:
-        window_layers = 0
+        window_layers = 0  # no window, or the engine keeps the full context in it
     return KvShape(
         layer_token_bytes=arch.kv_heads * (arch.head_dim + value_dim) * arch.kv_dtype_bytes,
         full_layers=len(attention) - window_layers,
         window_layers=window_layers,
-        window=arch.sliding_window or 0,
+        window=cells or 0,
         mamba_layers=mamba,
         mamba_layer_bytes=arch.mamba.bytes_per_sequence if arch.mamba else 0,
+        pad=engine.pad,
     )
 
 
@@ -124,13 +139,15 @@ def kv_rows(
 def _row(config: StacksConfig, name: str, model: Model, vram: VramLedger | None, sharers: int) -> KvRow:
     arch = model.architecture
     assert arch is not None
-    shape = kv_shape(arch)
+    engine = kv_engine(model)
+    shape = kv_shape(arch, engine)
     context = arch.context_tokens
     weights = round((arch.weights_gb or 0.0) * MIB_PER_GIB)
     overhead = round(arch.overhead_gb * MIB_PER_GIB)
     base = KvRow(
         model=name,
         source=arch.source,
+        kv_rule=engine.describe(arch.sliding_window),
         kv_bytes_per_token=shape.bytes_per_token,
         mamba_state_bytes=shape.mamba_bytes,
         context_tokens=context,

@@ -17,6 +17,7 @@ class KvRow:
 
     model: str
     source: str
+    kv_rule: str  # whose rule sized the sliding-window layers (stackd.config.kv_engine)
     kv_bytes_per_token: int
     mamba_state_bytes: int
     context_tokens: int | None

@@ -4,7 +4,7 @@ stackd reads the architecture from the real GGUF's header (``architecture: {gguf
 computes KV bytes per token; times ``n_ctx`` that must match the ``llama_kv_cache: size = … MiB``
 lines llama-cpp-python's server prints at start, within 2%. Gemma 3 interleaves 15 sliding-window
 layers with 3 global ones, and this server allocates the sliding-window layers at full size
-("using full-size SWA cache"): the config says so with ``full_swa_cache: true``.
+("using full-size SWA cache"): the planner reads that from the member's command (``llama_cpp.server``).
 
 Skips only when CI is unset and the engine is not installed; under CI=true it fails instead.
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from stackd.config.kv_engine import kv_engine
 from stackd.config.loader import load_config
 from stackd.planner.kv import kv_shape
 
@@ -76,16 +77,17 @@ models:
     api: openai
     memory_gb: 1
     process: {command: ["${PYTHON}", "-m", "llama_cpp.server", "--model", "${MODEL_PATH}"]}
-    architecture: {gguf: GGUF_FILE, full_swa_cache: true}
+    architecture: {gguf: GGUF_FILE}
 stacks:
   embedded: {roles: {orchestrator: gemma}}
 """.replace("GGUF_FILE", str(model))
     )
-    arch = load_config(config_file).models["gemma"].architecture
+    member = load_config(config_file).models["gemma"]
+    arch = member.architecture
     assert arch is not None
     # What the header says (research/real-engines.md): 18 blocks, 1 KV head of 256 + 256, window 512.
     assert (arch.layers, arch.kv_heads, arch.head_dim, arch.sliding_window) == (18, 1, 256, 512)
-    shape = kv_shape(arch)
+    shape = kv_shape(arch, kv_engine(member))
     assert shape.bytes_per_token == 18 * 1 * (256 + 256) * 2  # 18 KiB: every layer, f16 K and V
 
     n_ctx = 1024
@@ -97,7 +99,7 @@ stacks:
     ours_mib = shape.bytes_per_token * n_ctx / 2**20
     assert ours_mib == pytest.approx(reported_mib, rel=0.02), (ours_mib, lines)
     # Without full-size SWA the same arithmetic keeps only the window in 15 of the 18 layers.
-    windowed = kv_shape(arch.model_copy(update={"full_swa_cache": False}))
+    windowed = kv_shape(arch)  # the window rule (vLLM's)
     assert windowed.sequence_bytes(n_ctx) == (3 * n_ctx + 15 * 512) * 1024
 
 
