@@ -70,6 +70,7 @@ def stackd_app(primary: str, backup: str, threshold: int, first_token_s: float) 
     from stackd.services import Services
     from stackd.settings import Settings
     from stackd.state.store import StateStore
+    from stackd.state.usage import UsageStore
 
     def model(url: str, name: str) -> dict[str, Any]:
         return {
@@ -97,8 +98,9 @@ def stackd_app(primary: str, backup: str, threshold: int, first_token_s: float) 
     )
     stack = config.stacks["bench"]
     roles = LiveRoles(RoleTable("bench", dict(stack.roles), frozenset(stack.member_names)))
-    router = ReasonRouter(config, roles)
     state_dir = Path(tempfile.mkdtemp(prefix="stackd-bench-"))
+    # the usage ledger as the daemon has it: its SQLite writes are part of a call's cost
+    router = ReasonRouter(config, roles, usage=UsageStore(state_dir / "stackd.db"))
     hardware = HardwareSnapshot(
         gpus=(), ram_total_mib=8192, ram_available_mib=4096, cpu_count=2, gpu_source="none"
     )

@@ -156,7 +156,7 @@ def build_services(settings: Settings) -> Services:
         config, roles, usage=usage, on_use=manager.touch, endpoints=endpoints, unavailable=manager.unavailable
     )
     slices = SliceRouter(router)
-    slices.attach(SliceAudit(settings.db_path), settings.state_dir)
+    slices.attach(SliceAudit(settings.db_path), settings.state_dir, usage=usage)
     return Services(
         settings=settings,
         config=config,

@@ -41,9 +41,12 @@ class OpenAIError(BaseModel):
 
 
 class TokenUsage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
+    """``null``: the engine reported no count and none could be made (unknown, never a made-up 0)."""
+
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+    estimated: bool = Field(False, description="A figure is stackd's count, not the engine's report.")
 
 
 class Attempt(BaseModel):

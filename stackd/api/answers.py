@@ -187,6 +187,8 @@ class UsageRow(Open):
     mean_total_ms: float | None
     prompt_tokens: int
     completion_tokens: int
+    tokens_estimated: int = Field(0, description="Answers whose token figures are stackd's count.")
+    tokens_unknown: int = Field(0, description="Answers with a token figure nobody could count.")
     cost_usd: float
 
 

@@ -66,6 +66,11 @@ class RouterCollector(Collector):
             "stackd_router_failures", "Failed attempts by kind.", labels=[*LABELS, "kind"]
         )
         tokens = CounterMetricFamily("stackd_router_tokens", "Tokens of answers.", labels=[*LABELS, "type"])
+        inexact = CounterMetricFamily(
+            "stackd_router_answers_tokens_inexact",
+            "Answers whose token counts are stackd's estimate, or unknown (then not in stackd_router_tokens).",
+            labels=[*LABELS, "kind"],
+        )
         cost = CounterMetricFamily(
             "stackd_router_cost_usd", "Cost of answers at the configured price.", labels=LABELS
         )
@@ -78,8 +83,10 @@ class RouterCollector(Collector):
                 failures.add_metric([*labels, str(kind)], count)
             tokens.add_metric([*labels, "prompt"], tally.prompt_tokens)
             tokens.add_metric([*labels, "completion"], tally.completion_tokens)
+            inexact.add_metric([*labels, "estimated"], tally.tokens_estimated)
+            inexact.add_metric([*labels, "unknown"], tally.tokens_unknown)
             cost.add_metric(labels, tally.cost_usd)
-        yield from (requests, answered, skipped, failures, tokens, cost)
+        yield from (requests, answered, skipped, failures, tokens, inexact, cost)
         yield _histogram(
             "stackd_router_first_token_seconds",
             "Time to the first token.",

@@ -48,8 +48,18 @@ def run_reason(
         usage = final.get("usage") or {}
         console.print(
             f"answered by {final['backend']} ({final.get('model')}) via {final.get('strategy')}; "
-            f"tokens {usage.get('prompt_tokens', 0)} in / {usage.get('completion_tokens', 0)} out"
+            f"tokens {token_figures(usage)}"
         )
+
+
+def token_figures(usage: dict[str, Any]) -> str:
+    """``12 in / 5 out``; ``?`` for a count nobody could make, ``~`` before stackd's estimates."""
+    mark = "~" if usage.get("estimated") else ""
+
+    def shown(value: Any) -> str:
+        return "?" if value is None else f"{mark}{value}"
+
+    return f"{shown(usage.get('prompt_tokens'))} in / {shown(usage.get('completion_tokens'))} out"
 
 
 def _stream(client: DaemonClient, console: Console, body: dict[str, Any], as_json: bool) -> dict[str, Any]:

@@ -354,10 +354,19 @@ def usage_table(rows: list[dict[str, Any]], wide: bool = False) -> Table:
             cells.append(str(sum(failures.values())))
         cells.append(_seconds(row.get("mean_total_ms")))
         if wide:
-            cells.append(f"{row.get('prompt_tokens', 0)}/{row.get('completion_tokens', 0)}")
+            cells.append(usage_tokens(row))
         cells.append(f"{row.get('cost_usd', 0):.4f}")
         table.add_row(*cells)
     return table
+
+
+def usage_tokens(row: dict[str, Any]) -> str:
+    """``in/out``, then how many answers' figures were stackd's estimate (``~n``) or unknown
+    (``?n``, left out of the sums)."""
+    cell = f"{row.get('prompt_tokens', 0)}/{row.get('completion_tokens', 0)}"
+    notes = [f"~{n}" for n in [row.get("tokens_estimated") or 0] if n]
+    notes += [f"?{n}" for n in [row.get("tokens_unknown") or 0] if n]
+    return f"{cell} ({' '.join(notes)})" if notes else cell
 
 
 def _seconds(ms: float | None) -> str:

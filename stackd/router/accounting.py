@@ -1,20 +1,19 @@
 """Per (strategy, backend) accounting of the router: counts, failures by kind, latency, tokens, cost.
 
-Recording is a few integer additions on the hot path. ``stats()`` serves ``/status``, the
-Prometheus collector reads the same cells at scrape time, and ``drain()`` hands the usage
-store what accumulated since its last flush (so SQLite writes happen off the hot path).
+Recording is a few integer additions on the hot path. ``stats()`` serves ``/status`` and the
+Prometheus collector reads the same cells at scrape time. Each call also keeps its own tallies
+(``AttemptLog``); ``usage_rows`` makes them the call's rows of the usage ledger, which the router
+commits before it answers (``stackd.router.ledger``).
 """
 
 from __future__ import annotations
 
-import asyncio
 from bisect import bisect_left
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from stackd.router.types import AttemptStatus, FailureKind, Usage
-from stackd.state.usage import UsageRow, UsageStore
+from stackd.state.usage import UsageRow
 
 # Upper bounds in ms; the last bucket is +Inf. Shared with the Prometheus histograms.
 LATENCY_BUCKETS_MS: tuple[float, ...] = (
@@ -65,8 +64,10 @@ class Tally:
     failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FailureKind, 0))
     first_token: LatencyTally = field(default_factory=LatencyTally)
     total: LatencyTally = field(default_factory=LatencyTally)
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # the known figures (reported or estimated)
     completion_tokens: int = 0
+    tokens_estimated: int = 0  # answers whose usage holds stackd's own count
+    tokens_unknown: int = 0  # answers with a figure nobody could count (not in the sums)
     cost_usd: float = 0.0
 
     def add(
@@ -90,8 +91,10 @@ class Tally:
             self.first_token.add(first_token_ms)
         self.total.add(total_ms)
         if usage is not None:
-            self.prompt_tokens += usage.prompt_tokens
-            self.completion_tokens += usage.completion_tokens
+            self.prompt_tokens += usage.prompt_tokens or 0
+            self.completion_tokens += usage.completion_tokens or 0
+            self.tokens_estimated += usage.estimated
+            self.tokens_unknown += usage.unknown
         self.cost_usd += cost_usd
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,14 +107,18 @@ class Tally:
             "latency_total": self.total.to_dict(),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "tokens_estimated": self.tokens_estimated,
+            "tokens_unknown": self.tokens_unknown,
             "cost_usd": round(self.cost_usd, 6),
         }
 
 
 class Accounting:
+    """The tallies since the daemon started, per (strategy, backend): ``/status`` and ``/metrics``.
+    The durable figures are the usage ledger's (``stackd.router.ledger``), one row set per call."""
+
     def __init__(self) -> None:
         self.tallies: dict[tuple[str, str], Tally] = {}
-        self._pending: dict[tuple[str, str], Tally] = {}
 
     def record(
         self,
@@ -123,35 +130,15 @@ class Accounting:
         total_ms: float = 0.0,
         usage: Usage | None = None,
         cost_usd: float = 0.0,
+        call: dict[tuple[str, str], Tally] | None = None,
     ) -> None:
+        """Count one attempt; ``call`` is the call's own tallies (its rows in the ledger)."""
         key = (strategy, backend or NO_BACKEND)
-        for cells in (self.tallies, self._pending):
+        for cells in (self.tallies, call) if call is not None else (self.tallies,):
             tally = cells.get(key)
             if tally is None:
                 tally = cells[key] = Tally()
             tally.add(status, kind, first_token_ms, total_ms, usage, cost_usd)
-
-    def drain(self) -> list[UsageRow]:
-        """What accumulated since the last drain, one row per (strategy, backend); resets it."""
-        pending, self._pending = self._pending, {}
-        return [
-            UsageRow(
-                strategy=strategy,
-                backend=backend,
-                requests=t.requests,
-                answered=t.answered,
-                skipped=t.skipped,
-                failures={str(k): v for k, v in t.failures.items() if v},
-                first_token_ms_sum=t.first_token.sum_ms,
-                first_token_count=t.first_token.count,
-                total_ms_sum=t.total.sum_ms,
-                total_count=t.total.count,
-                prompt_tokens=t.prompt_tokens,
-                completion_tokens=t.completion_tokens,
-                cost_usd=t.cost_usd,
-            )
-            for (strategy, backend), t in pending.items()
-        ]
 
     def stats(self) -> list[dict[str, Any]]:
         return [
@@ -160,37 +147,26 @@ class Accounting:
         ]
 
 
-class UsageFlusher:
-    """Drains the accounting into the ``UsageStore`` every ``interval_s``, in a worker thread."""
-
-    def __init__(
-        self, accounting: Accounting, store: UsageStore, clock: Callable[[], float], interval_s: float
-    ) -> None:
-        self._accounting = accounting
-        self._store = store
-        self._clock = clock
-        self._interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        """Idempotent; needs a running loop."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
-            await self.flush()
-
-    async def flush(self) -> None:
-        rows = self._accounting.drain()
-        if rows:
-            await asyncio.to_thread(self._store.write, self._clock(), rows)
-
-    async def aclose(self) -> None:
-        """Stop the task and write what is left."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        await self.flush()
+def usage_rows(tallies: dict[tuple[str, str], Tally], request_id: str | None) -> list[UsageRow]:
+    """The ledger's rows of one call: one per (strategy, backend) it tried."""
+    return [
+        UsageRow(
+            strategy=strategy,
+            backend=backend,
+            requests=t.requests,
+            answered=t.answered,
+            skipped=t.skipped,
+            failures={str(k): v for k, v in t.failures.items() if v},
+            first_token_ms_sum=t.first_token.sum_ms,
+            first_token_count=t.first_token.count,
+            total_ms_sum=t.total.sum_ms,
+            total_count=t.total.count,
+            prompt_tokens=t.prompt_tokens,
+            completion_tokens=t.completion_tokens,
+            tokens_estimated=t.tokens_estimated,
+            tokens_unknown=t.tokens_unknown,
+            cost_usd=t.cost_usd,
+            request_id=request_id,
+        )
+        for (strategy, backend), t in tallies.items()
+    ]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stackd.state.sqlite import open_writer
+from stackd.state.sqlite import add_missing_columns, open_writer
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS slice_audit (
@@ -32,13 +32,15 @@ CREATE TABLE IF NOT EXISTS slice_audit (
     tries_json TEXT NOT NULL,
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
-    latency_ms REAL NOT NULL
+    latency_ms REAL NOT NULL,
+    tokens_source TEXT NOT NULL DEFAULT 'reported'
 );
 CREATE INDEX IF NOT EXISTS slice_audit_ts ON slice_audit (ts);
 """
+_ADDED_COLUMNS = {"tokens_source": "TEXT NOT NULL DEFAULT 'reported'"}
 _FIELDS = (
     "ts, preset, slice, backend, model_digest, policy_version, decided_by, validated, check_kind, "
-    "promotions, tries_json, prompt_tokens, completion_tokens, latency_ms"
+    "promotions, tries_json, prompt_tokens, completion_tokens, latency_ms, tokens_source"
 )
 
 
@@ -55,15 +57,17 @@ class AuditRecord:
     check_kind: str
     promotions: int
     tries: list[dict[str, Any]]
-    prompt_tokens: int
-    completion_tokens: int
+    prompt_tokens: int | None  # None: unknown (stored as 0 with tokens_source 'unknown')
+    completion_tokens: int | None
     latency_ms: float
+    tokens_source: str = "reported"  # the engine's report, stackd's 'estimated' count, or 'unknown'
 
 
 class SliceAudit:
     def __init__(self, db_path: Path) -> None:
         self._lock = threading.Lock()
         self._db = open_writer(db_path, _SCHEMA, durable=False)
+        add_missing_columns(self._db, "slice_audit", _ADDED_COLUMNS)
 
     def write(self, record: AuditRecord) -> int:
         """Append one row; its id."""
@@ -79,13 +83,14 @@ class SliceAudit:
             record.check_kind,
             record.promotions,
             json.dumps(record.tries, separators=(",", ":")),
-            record.prompt_tokens,
-            record.completion_tokens,
+            record.prompt_tokens or 0,
+            record.completion_tokens or 0,
             record.latency_ms,
+            record.tokens_source,
         )
         with self._lock:
             cursor = self._db.execute(
-                f"INSERT INTO slice_audit ({_FIELDS}) VALUES ({', '.join('?' * 14)})", row
+                f"INSERT INTO slice_audit ({_FIELDS}) VALUES ({', '.join('?' * 15)})", row
             )
         return int(cursor.lastrowid or 0)
 

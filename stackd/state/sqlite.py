@@ -25,6 +25,15 @@ def open_writer(path: Path | str, schema: str, *, durable: bool = True) -> sqlit
     return db
 
 
+def add_missing_columns(db: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+    """Add to ``table`` each of ``columns`` (name -> declaration) it lacks: a ``stackd.db``
+    written by an older stackd keeps its rows and gains the new columns' defaults."""
+    present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    for name, declaration in columns.items():
+        if name not in present:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+
+
 def open_reader(path: Path | str) -> sqlite3.Connection:
     """A read-only connection beside the writer: WAL readers never wait for a writer."""
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)

@@ -1,8 +1,10 @@
 """The router's usage ledger in SQLite (table ``usage`` of the state dir's ``stackd.db``).
 
-One row per (flush interval, strategy, backend) with activity: the router's accounting
-aggregates in memory and a background task flushes it about once a second, in a worker thread,
-so no request ever waits on SQLite. ``summary(since)`` feeds ``stackd usage`` and ``/usage``.
+One row per call and (strategy, backend) it tried, stamped with the call's request id: the
+router commits a call's rows before it answers it (group commit, ``stackd.router.ledger``), so
+an answered call is in the ledger even if the daemon is SIGKILLed the next moment. Rows written
+by an older stackd (one per second and pair) have no request id. ``summary(since)`` feeds
+``stackd usage`` and ``/usage``; ``slice_tokens(since)`` the slices' daily budgets.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stackd.state.sqlite import open_reader, open_writer
+from stackd.state.sqlite import add_missing_columns, open_reader, open_writer
 
 # The router's failure kinds (stackd.router.types.FailureKind; a unit test keeps them equal).
 FAILURE_KINDS = ("refused", "timeout", "http_5xx", "http_4xx", "malformed", "stream_cut")
@@ -38,6 +40,9 @@ class UsageRow:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float
+    tokens_estimated: int = 0  # answers whose figures are partly stackd's count
+    tokens_unknown: int = 0  # answers with a figure nobody could count (left out of the sums)
+    request_id: str | None = None  # the call's (X-Request-ID)
 
 
 _SCHEMA = f"""
@@ -55,17 +60,28 @@ CREATE TABLE IF NOT EXISTS usage (
     total_count INTEGER NOT NULL,
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
-    cost_usd REAL NOT NULL
+    cost_usd REAL NOT NULL,
+    tokens_estimated INTEGER NOT NULL DEFAULT 0,
+    tokens_unknown INTEGER NOT NULL DEFAULT 0,
+    request_id TEXT
 );
 CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
 """
+# Columns added since the table's first form, added to an older stackd.db on open (a failure
+# kind added later is one of them).
+_ADDED_COLUMNS = {
+    **dict.fromkeys(FAILURE_COLUMNS, "INTEGER NOT NULL DEFAULT 0"),
+    "tokens_estimated": "INTEGER NOT NULL DEFAULT 0",
+    "tokens_unknown": "INTEGER NOT NULL DEFAULT 0",
+    "request_id": "TEXT",
+}
 
 _COLUMNS = ", ".join(
     (
         "ts, strategy, backend, requests, answered, skipped",
         *FAILURE_COLUMNS,
         "first_token_ms_sum, first_token_count, total_ms_sum, total_count",
-        "prompt_tokens, completion_tokens, cost_usd",
+        "prompt_tokens, completion_tokens, cost_usd, tokens_estimated, tokens_unknown, request_id",
     )
 )
 
@@ -78,6 +94,7 @@ class UsageStore:
     def __init__(self, db_path: Path) -> None:
         self._lock = threading.Lock()
         self._db = open_writer(db_path, _SCHEMA, durable=False)
+        add_missing_columns(self._db, "usage", _ADDED_COLUMNS)
         self._read_lock = threading.Lock()
         self._reader = open_reader(db_path)
 
@@ -99,6 +116,9 @@ class UsageStore:
                 r.prompt_tokens,
                 r.completion_tokens,
                 r.cost_usd,
+                r.tokens_estimated,
+                r.tokens_unknown,
+                r.request_id,
             )
             for r in usage
         ]
@@ -114,13 +134,25 @@ class UsageStore:
                 raise
             self._db.execute("COMMIT")
 
+    def strategy_tokens(self, prefix: str, since: float) -> dict[str, int]:
+        """Tokens counted per strategy whose name starts with ``prefix`` since ``since``: the
+        slices' spending of the day (their strategies are ``preset:<preset>:<slice>``)."""
+        query = (
+            "SELECT strategy, SUM(prompt_tokens + completion_tokens) FROM usage "
+            "WHERE ts >= ? AND substr(strategy, 1, ?) = ? GROUP BY strategy"
+        )
+        with self._read_lock:
+            rows = self._reader.execute(query, (since, len(prefix), prefix)).fetchall()
+        return {strategy: int(tokens or 0) for strategy, tokens in rows}
+
     def summary(self, since: float | None = None) -> list[dict[str, Any]]:
         """Totals per (strategy, backend) since ``since`` (epoch seconds; None = all time)."""
         failure_sums = ", ".join(f"SUM({c})" for c in FAILURE_COLUMNS)
         query = (
             "SELECT strategy, backend, SUM(requests), SUM(answered), SUM(skipped), "
             f"{failure_sums}, SUM(first_token_ms_sum), SUM(first_token_count), SUM(total_ms_sum), "
-            "SUM(total_count), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_usd), MIN(ts), MAX(ts) "
+            "SUM(total_count), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_usd), "
+            "SUM(tokens_estimated), SUM(tokens_unknown), MIN(ts), MAX(ts) "
             "FROM usage WHERE ts >= ? GROUP BY strategy, backend ORDER BY strategy, backend"
         )
         with self._read_lock:
@@ -130,7 +162,19 @@ class UsageStore:
             strategy, backend, requests, answered, skipped, *rest = row
             n = len(FAILURE_KINDS)
             failures = dict(zip(FAILURE_KINDS, rest[:n], strict=True))
-            ft_sum, ft_count, total_sum, total_count, prompt, completion, cost, first, last = rest[n:]
+            (
+                ft_sum,
+                ft_count,
+                total_sum,
+                total_count,
+                prompt,
+                completion,
+                cost,
+                estimated,
+                unknown,
+                first,
+                last,
+            ) = rest[n:]
             out.append(
                 {
                     "strategy": strategy,
@@ -143,6 +187,9 @@ class UsageStore:
                     "mean_total_ms": round(total_sum / total_count, 3) if total_count else None,
                     "prompt_tokens": prompt,
                     "completion_tokens": completion,
+                    # answers whose figures are partly stackd's count / partly unknown (not summed)
+                    "tokens_estimated": estimated,
+                    "tokens_unknown": unknown,
                     "cost_usd": round(cost, 6),
                     "first_ts": first,
                     "last_ts": last,

@@ -1,39 +1,44 @@
-"""Accounting persisted in SQLite (batched off the hot path) and exposed to Prometheus."""
+"""Accounting persisted in SQLite (each call's rows, group-committed before it is answered) and
+exposed to Prometheus."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
 from stackd.api.metrics import register_router_metrics
-from stackd.router.accounting import Accounting, UsageFlusher
+from stackd.router.accounting import Accounting, Tally, usage_rows
 from stackd.router.circuit import CircuitState
+from stackd.router.ledger import UsageLedger
 from stackd.router.types import FailureKind, Usage
 from stackd.state.usage import FAILURE_KINDS, UsageStore
 from tests.fake_clock import FakeClock
 
 
-def record_some(accounting: Accounting) -> None:
-    accounting.record("cloud_gpu", "r1", "failed", FailureKind.refused, None, 1.5)
-    accounting.record("cloud_gpu", "r1", "skipped")
-    accounting.record("local_elastic", "e12", "answered", None, 40.0, 120.0, Usage(100, 50), 0.25)
+def record_some(accounting: Accounting, call: dict[tuple[str, str], Tally] | None = None) -> None:
+    accounting.record("cloud_gpu", "r1", "failed", FailureKind.refused, None, 1.5, call=call)
+    accounting.record("cloud_gpu", "r1", "skipped", call=call)
+    accounting.record("local_elastic", "e12", "answered", None, 40.0, 120.0, Usage(100, 50), 0.25, call)
 
 
 def test_the_store_knows_every_failure_kind() -> None:
     assert tuple(k.value for k in FailureKind) == FAILURE_KINDS
 
 
-async def test_flushes_land_in_sqlite_and_summary_adds_them_up(tmp_path: Path) -> None:
+async def test_calls_land_in_sqlite_with_their_request_ids_and_summary_adds_them_up(tmp_path: Path) -> None:
     clock = FakeClock(1_700_000_000.0)
     store = UsageStore(tmp_path / "stackd.db")
     accounting = Accounting()
-    flusher = UsageFlusher(accounting, store, clock, interval_s=3600)
-    record_some(accounting)
-    await flusher.flush()
-    clock.now += 10
-    record_some(accounting)
-    await flusher.aclose()
+    ledger = UsageLedger(store, clock)
+    for request_id in ("call-1", "call-2"):
+        call: dict[tuple[str, str], Tally] = {}
+        record_some(accounting, call)
+        await ledger.commit(usage_rows(call, request_id))
+        assert {r[0] for r in read_ids(tmp_path)} >= {request_id}  # committed when commit returns
+        clock.now += 10
+    await ledger.aclose()
     rows = {(r["strategy"], r["backend"]): r for r in store.summary()}
     assert rows[("cloud_gpu", "r1")]["requests"] == 2
     assert rows[("cloud_gpu", "r1")]["skipped"] == 2
@@ -43,16 +48,41 @@ async def test_flushes_land_in_sqlite_and_summary_adds_them_up(tmp_path: Path) -
     assert elastic["cost_usd"] == 0.5
     assert elastic["mean_first_token_ms"] == 40.0
     assert elastic["mean_total_ms"] == 120.0
-    recent = store.summary(since=clock.now - 1)
+    recent = store.summary(since=clock.now - 11)
     assert [r["requests"] for r in recent if r["backend"] == "r1"] == [1]
     await store.aclose()
 
 
-async def test_a_flush_with_nothing_new_writes_nothing(tmp_path: Path) -> None:
+def read_ids(tmp_path: Path) -> list[tuple[str, str]]:
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "stackd.db") as db:
+        return db.execute("SELECT request_id, strategy FROM usage").fetchall()
+
+
+async def test_concurrent_calls_share_commits_and_each_returns_only_once_written(tmp_path: Path) -> None:
     store = UsageStore(tmp_path / "stackd.db")
-    flusher = UsageFlusher(Accounting(), store, FakeClock(1_700_000_000.0), interval_s=3600)
-    await flusher.flush()
-    assert store.summary() == []
+    transactions = 0
+
+    def clock() -> float:  # read once per transaction, to stamp its rows
+        nonlocal transactions
+        transactions += 1
+        return 1_700_000_000.0
+
+    ledger = UsageLedger(store, clock)
+    accounting = Accounting()
+
+    async def call(n: int) -> None:
+        tallies: dict[tuple[str, str], Tally] = {}
+        accounting.record("local", "m", "answered", None, 1.0, 2.0, Usage(1, 1), call=tallies)
+        await ledger.commit(usage_rows(tallies, f"call-{n}"))
+        assert (f"call-{n}", "local") in read_ids(tmp_path)
+
+    await asyncio.gather(*(call(n) for n in range(50)))
+    await ledger.commit([])  # nothing to write: returns at once
+    await ledger.aclose()
+    assert 1 <= transactions < 50  # grouped: fewer transactions than calls
+    assert store.summary()[0]["answered"] == 50
     await store.aclose()
 
 
@@ -78,3 +108,38 @@ def test_prometheus_reads_the_tallies_at_scrape_time() -> None:
     )
     assert 'stackd_router_total_seconds_count{backend="e12",strategy="local_elastic"} 1.0' in text
     assert 'stackd_router_circuit_open{backend="r1"} 1.0' in text
+
+
+async def test_a_slice_budget_spent_before_a_restart_stays_spent(tmp_path: Path) -> None:
+    """The day's tokens of each slice come back from the ledger: a restart (or a SIGKILL, since
+    a call's rows are committed before it is answered) gives no slice its budget again."""
+    from stackd.router.slices.controls import SliceControls, day_start
+    from stackd.router.slices.runner import slice_spending
+
+    clock = FakeClock(1_700_000_000.0)
+    store = UsageStore(tmp_path / "stackd.db")
+    ledger = UsageLedger(store, clock)
+    accounting = Accounting()
+    for strategy, usage in (
+        ("preset:elastic:small", Usage(100, 20)),
+        ("preset:elastic:small", Usage(None, 5, estimated=True)),
+        ("preset:elastic:large", Usage(7, 3)),
+        ("preset:plain", Usage(50, 50)),  # a preset without slices
+        ("local", Usage(900, 100)),
+    ):
+        call: dict[tuple[str, str], Tally] = {}
+        accounting.record(strategy, "m", "answered", None, 1.0, 1.0, usage, call=call)
+        await ledger.commit(usage_rows(call, None))
+    await ledger.aclose()
+    clock.now += 86400  # the next day: yesterday's rows are not today's spending
+    call = {}
+    accounting.record("preset:elastic:small", "m", "answered", None, 1.0, 1.0, Usage(1, 1), call=call)
+    store.write(clock.now, usage_rows(call, None))
+
+    restarted = SliceControls(clock)
+    restarted.restore(slice_spending(store.strategy_tokens("preset:", day_start(clock.now))))
+    assert restarted.spent("elastic", "small") == 2
+    restarted.restore(slice_spending(store.strategy_tokens("preset:", day_start(clock.now - 86400))))
+    assert restarted.spent("elastic", "small") == 2 + 127
+    assert restarted.spent("elastic", "large") == 10
+    await store.aclose()

@@ -28,6 +28,7 @@ from stackd.router.backends.base import (
     read_json,
     sse_data,
     text_of,
+    token_count,
 )
 from stackd.router.backends.contract import format_kind, tools_wanted
 from stackd.router.redaction import Redactor
@@ -117,13 +118,14 @@ class AnthropicBackend:
                 return Completion(
                     text,
                     FINISH.get(str(data.get("stop_reason") or "end_turn"), "stop"),
-                    Usage(int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)),
+                    Usage(token_count(usage.get("input_tokens")), token_count(usage.get("output_tokens"))),
                 )
             except (KeyError, TypeError, AttributeError):
                 raise malformed(f"message without content blocks: {self._wire.shown(data)}") from None
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
-        prompt_tokens = completion_tokens = 0
+        prompt_tokens: int | None = None
+        completion_tokens: int | None = None
         finish = "stop"
         wire = self._wire
         headers = self._headers(api_key(self.model))
@@ -139,11 +141,11 @@ class AnthropicBackend:
                         yield TextDelta(text)
                 elif kind == "message_start":
                     usage = (event.get("message") or {}).get("usage") or {}
-                    prompt_tokens = int(usage.get("input_tokens") or 0)
+                    prompt_tokens = token_count(usage.get("input_tokens"))
                 elif kind == "message_delta":
                     stop = (event.get("delta") or {}).get("stop_reason") or "end_turn"
                     finish = FINISH.get(str(stop), "stop")
-                    completion_tokens = int((event.get("usage") or {}).get("output_tokens") or 0)
+                    completion_tokens = token_count((event.get("usage") or {}).get("output_tokens"))
                 elif kind == "message_stop":
                     yield StreamFinish(finish, Usage(prompt_tokens, completion_tokens))
                     return

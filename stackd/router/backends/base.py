@@ -136,6 +136,15 @@ def text_of(content: Any) -> str:
     return str(content)
 
 
+def token_count(value: Any) -> int | None:
+    """A token count as an upstream reported it; None when it reported none (unknown, not 0).
+    A value that is not a number raises ``ValueError`` / ``TypeError``: inside ``post`` the
+    answer is then ``malformed``."""
+    if value is None:
+        return None
+    return int(value)
+
+
 def decode_json(raw: bytes, what: str, wire: Wire) -> Any:
     try:
         return json.loads(raw)

@@ -31,6 +31,7 @@ from stackd.router.backends.base import (
     read_json,
     sse_data,
     text_of,
+    token_count,
 )
 from stackd.router.backends.contract import schema_of, tools_wanted
 from stackd.router.redaction import Redactor
@@ -52,7 +53,7 @@ def usage_of(data: dict[str, Any]) -> Usage | None:
     meta = data.get("usageMetadata")
     if not isinstance(meta, dict):
         return None
-    return Usage(int(meta.get("promptTokenCount") or 0), int(meta.get("candidatesTokenCount") or 0))
+    return Usage(token_count(meta.get("promptTokenCount")), token_count(meta.get("candidatesTokenCount")))
 
 
 def candidate_text(data: dict[str, Any]) -> tuple[str, str | None]:

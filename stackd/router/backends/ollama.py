@@ -32,6 +32,7 @@ from stackd.router.backends.base import (
     post,
     read_json,
     text_of,
+    token_count,
 )
 from stackd.router.backends.contract import ollama_format, ollama_tool_calls, tools_wanted
 from stackd.router.redaction import Redactor
@@ -50,7 +51,8 @@ HEADERS = {"Content-Type": "application/json"}
 
 
 def usage_of(data: dict[str, Any]) -> Usage:
-    return Usage(int(data.get("prompt_eval_count") or 0), int(data.get("eval_count") or 0))
+    # Ollama leaves prompt_eval_count out when the whole prompt came from its cache: unknown
+    return Usage(token_count(data.get("prompt_eval_count")), token_count(data.get("eval_count")))
 
 
 class OllamaBackend:

@@ -1,8 +1,10 @@
 """The operator's controls and the slices' spending: the kill switch, daily token budgets, rate limits.
 
-In memory, one instance per daemon (the router holds it): the kill switch is reset by a restart,
-as the day's spending is (the usage table keeps the tokens for ``stackd usage``). Time comes from
-the injected clock, so budgets and windows are tested without sleeping.
+In memory, one instance per daemon (the router holds it): the kill switch is reset by a restart.
+The day's spending is not: at start it is read back from the usage ledger (``restore``), where
+every answered call's tokens were committed before the call was answered, so a crash or restart
+never hands a slice its day's budget again. Time comes from the injected clock, so budgets and
+windows are tested without sleeping.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ MINUTE_S = 60.0
 
 def utc_day(now: float) -> str:
     return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
+
+
+def day_start(now: float) -> float:
+    """The epoch second at which ``now``'s UTC day began."""
+    return float(int(now // 86400) * 86400)
 
 
 class SliceControls:
@@ -51,6 +58,12 @@ class SliceControls:
         day = utc_day(self._clock())
         if day != self._day:
             self._day, self._tokens = day, {}
+
+    def restore(self, spent: dict[tuple[str, str], int]) -> None:
+        """Today's tokens per (preset, slice) as the usage ledger has them (at start)."""
+        self._roll()
+        for key, tokens in spent.items():
+            self._tokens[key] = self._tokens.get(key, 0) + tokens
 
     def spent(self, preset: str, slice_name: str) -> int:
         self._roll()

@@ -83,8 +83,8 @@ class SliceStats:
             self.tally(sliced.preset, origin).budget_falls += 1
         served = self.tally(sliced.preset, sliced.slice)
         served.served += 1
-        served.prompt_tokens += sliced.answer.usage.prompt_tokens
-        served.completion_tokens += sliced.answer.usage.completion_tokens
+        served.prompt_tokens += sliced.answer.usage.prompt_tokens or 0  # an unknown count adds none
+        served.completion_tokens += sliced.answer.usage.completion_tokens or 0
         served.cost_usd += sliced.answer.cost_usd
         served.latency.add(latency_ms)
 

@@ -1,0 +1,96 @@
+"""Group commit of the calls' usage rows: a call is answered only once its rows are in SQLite.
+
+Each call hands its rows (one per strategy and backend it tried, stamped with its request id)
+to ``commit`` and waits. One writer task takes every row waiting, writes them in one
+transaction in a worker thread, then releases all their calls at once; the calls that arrive
+meanwhile form the next batch. So under load a commit costs each call a share of one
+transaction, at rest one small transaction, and the event loop never waits on SQLite.
+
+Durability: the usage table is written with ``synchronous=NORMAL`` in WAL mode, so a committed
+row is in the WAL file (the OS holds it) before the call is answered: it survives the daemon's
+SIGKILL, OOM kill or crash. A power cut may lose the last transactions (``synchronous=FULL``
+would fsync each batch; the usage ledger is a tally, see ``stackd.state.sqlite``).
+
+A write that fails (disk full, a locked database past the busy timeout) is logged and the
+calls are released anyway: the ledger records the product's work, it is not the product.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+
+from stackd.state.usage import UsageRow, UsageStore
+
+log = logging.getLogger("stackd.router")
+
+
+class UsageLedger:
+    def __init__(self, store: UsageStore, clock: Callable[[], float]) -> None:
+        self._store = store
+        self._clock = clock
+        self._waiting: list[tuple[Sequence[UsageRow], asyncio.Future[None] | None]] = []
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def commit(self, rows: Sequence[UsageRow]) -> None:
+        """Return once ``rows`` are committed (with whatever other calls handed in meanwhile)."""
+        if not rows:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._hand_in(rows, future)
+        # a caller that goes away (cancelled) leaves its rows in the batch: they are written
+        await future
+
+    def submit(self, rows: Sequence[UsageRow]) -> None:
+        """Hand rows in without waiting (a stream its caller closed: nothing more is answered)."""
+        if rows:
+            self._hand_in(rows, None)
+
+    def _hand_in(self, rows: Sequence[UsageRow], future: asyncio.Future[None] | None) -> None:
+        if self._closed:  # after aclose (a call that outlived the shutdown): write it now
+            self._write(list(rows))
+            if future is not None:
+                future.set_result(None)
+            return
+        self._waiting.append((rows, future))
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(self._wake))
+        self._wake.set()
+
+    async def _run(self, wake: asyncio.Event) -> None:
+        while True:
+            await wake.wait()
+            wake.clear()
+            await self._write_waiting()
+
+    async def _write_waiting(self) -> None:
+        batch, self._waiting = self._waiting, []
+        if not batch:
+            return
+        rows = [row for rows, _ in batch for row in rows]
+        try:
+            await asyncio.to_thread(self._write, rows)
+        finally:
+            for _, future in batch:
+                if future is not None and not future.done():  # done: its caller was cancelled
+                    future.set_result(None)
+
+    def _write(self, rows: list[UsageRow]) -> None:
+        try:
+            self._store.write(self._clock(), rows)
+        except Exception as exc:
+            log.error("usage ledger: %d rows not written: %s", len(rows), exc)
+
+    async def aclose(self) -> None:
+        """Write what is waiting and stop the writer. Idempotent."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self._write_waiting()
+        self._closed = True
