@@ -7,6 +7,7 @@ systemd only warns, exit 0, about an unknown key or a value it cannot parse.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -91,3 +92,57 @@ def test_the_unit_is_hardened_and_keeps_the_state_dir_writable() -> None:
     assert STATE_DIR in writable + state_directories
     assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]  # systemctl reload = re-read the config
     assert unit["KillMode"] == ["process"]  # engines outlive a crashed daemon and are adopted
+
+
+EXPOSURE_LIMIT = 3.0  # systemd-analyze's "OK" band ends here
+
+
+def exposure(tmp_path: Path, text: str) -> float:
+    """The overall exposure ``systemd-analyze security --offline=true`` gives the unit: it reads
+    the file alone, no running systemd needed."""
+    unit = tmp_path / "stackd.service"
+    unit.write_text(text, encoding="utf-8")
+    done = subprocess.run(
+        [systemd_analyze(), "security", "--offline=true", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    found = re.search(r"Overall exposure level for stackd\.service: (\d+\.\d+)", done.stdout)
+    assert found, done.stdout + done.stderr
+    return float(found.group(1))
+
+
+def test_the_units_security_exposure_is_ok(tmp_path: Path) -> None:
+    score = exposure(tmp_path, local_copy(UNIT.read_text(encoding="utf-8")))
+    assert score <= EXPOSURE_LIMIT, f"systemd-analyze security rates the unit {score}"
+
+
+def test_the_exposure_check_can_fail(tmp_path: Path) -> None:
+    """Without its sandboxing lines the same unit is rated far above the limit (8.8 before)."""
+    kept = ("User=", "ExecStart=", "NoNewPrivileges=", "ProtectSystem=", "Type=", "[")
+    text = local_copy(UNIT.read_text(encoding="utf-8"))
+    service = text.split("[Service]")[1].split("[Install]")[0]
+    bare = "\n".join(line for line in service.splitlines() if line.startswith(kept))
+    assert exposure(tmp_path, "[Service]\n" + bare + "\n") > EXPOSURE_LIMIT
+
+
+def test_the_sandbox_leaves_what_stackd_needs() -> None:
+    """Hardening that would break stackd stays out: the Docker socket (the group, AF_UNIX), the
+    NVIDIA device nodes for NVML and the engines (no PrivateDevices, the nvidia groups allowed),
+    engines as children that outlive a crash (KillMode=process), the state dir, /proc/meminfo
+    for the RAM ledger and other users' processes for the GPU ledger."""
+    unit = directives(UNIT.read_text(encoding="utf-8"))
+    assert unit["SupplementaryGroups"] == ["docker"]
+    assert "PrivateUsers" not in unit  # would unmap the docker group
+    families = unit["RestrictAddressFamilies"][-1].split()
+    assert {"AF_UNIX", "AF_INET", "AF_INET6"} <= set(families)
+    assert unit.get("PrivateDevices", ["false"]) == ["false"]
+    allowed = " ".join(unit["DeviceAllow"])
+    assert "char-nvidia-frontend rw" in allowed and "char-nvidia-uvm rw" in allowed
+    assert "ProcSubset" not in unit and unit.get("ProtectProc", ["default"]) == ["default"]
+    assert "MemoryDenyWriteExecute" not in unit  # CUDA's JIT maps writable code
+    assert "/var/lib/stackd" in unit["ReadWritePaths"]
+    assert unit["KillMode"] == ["process"]
+    assert unit["CapabilityBoundingSet"] == [""]  # a non-root user needs none
