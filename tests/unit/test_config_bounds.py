@@ -56,7 +56,9 @@ def test_deep_nesting_is_refused_where_it_goes_too_deep(tmp_path: Path, depth: i
     path.write_text("version: 1\nx: " + "[" * depth + "]" * depth + "\n")
     message, elapsed = refusal(path)
     assert message.startswith(f"{path}:2: the values are nested more than {MAX_DEPTH} levels deep"), message
-    assert "RecursionError" not in message and elapsed < 0.5
+    # Refused while reading, not after building 100,000 levels: seconds would mean the bound is
+    # checked too late (a loose bound: these machines are shared and noisy; bench/ has the speed).
+    assert "RecursionError" not in message and elapsed < 5
 
 
 def test_nesting_at_the_bound_is_accepted_by_the_parser(tmp_path: Path) -> None:
