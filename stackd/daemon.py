@@ -153,7 +153,13 @@ def build_services(settings: Settings) -> Services:
     leases = LeaseCoordinator(manager, journal=gpu_journal, container_pids=DockerPids())
     manager.on_started = leases.measure_later  # a member a switch started gets its footprint measured
     router = ReasonRouter(
-        config, roles, usage=usage, on_use=manager.touch, endpoints=endpoints, unavailable=manager.unavailable
+        config,
+        roles,
+        usage=usage,
+        on_use=manager.touch,
+        endpoints=endpoints,
+        unavailable=manager.unavailable,
+        engines=processes,  # a call waits while a process member's engine restarts
     )
     slices = SliceRouter(router)
     slices.attach(SliceAudit(settings.db_path), settings.state_dir, usage=usage)

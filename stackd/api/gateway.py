@@ -12,7 +12,11 @@ from the body bytes and writes bytes with ``send``. The same plumbing serves ``/
 
 Streaming: nothing is sent before the router has a first token, so a call whose every
 strategy fails still gets a proper HTTP 503; after the first token a failure ends the stream
-with ``data: {"error": {...}}`` naming the backend, then ``data: [DONE]``.
+with ``data: {"error": {...}}`` naming the backend, then ``data: [DONE]``. One exception: a
+call that waits for a restarting engine opens the stream at once with SSE comments every few
+seconds (``: stackd: waiting up to 30 s for smollm2-135m: engine smollm2-135m killed by SIGKILL,
+restart 1/3 in progress``), which clients skip; if it fails after that, the 503's error object
+comes as ``data: {"error": {...}}``, then ``data: [DONE]``.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from stackd.router.slices import SlicedAnswer, SliceRequest, SliceRouter
 from stackd.router.types import (
     Answer,
     ChatRequest,
+    EngineWaiting,
     RouterStreamItem,
     StreamBroken,
     StreamDone,
@@ -121,6 +126,14 @@ async def send_sse(send: Send, events: AsyncIterator[bytes]) -> None:
 
 def sse(value: Any) -> bytes:
     return b"data: " + dumps(value) + b"\n\n"
+
+
+def waiting_comment(item: EngineWaiting) -> bytes:
+    """A wait for a restarting engine as an SSE comment: every SSE client skips a comment
+    (OpenAI's SDK among them), a person reading the stream sees what is happening, and the
+    connection does not look idle to a proxy."""
+    text = f"stackd: waiting up to {item.wait_s:.0f} s for {item.backend}: {item.reason}"
+    return b": " + " ".join(text.splitlines()).encode() + b"\n\n"
 
 
 def validate(model: type[BaseModel], body: bytes) -> Any:
@@ -331,9 +344,14 @@ async def chat_chunks(
 
     # A content chunk is the hot part of a stream: its bytes around the text are rendered once.
     head, tail = chunk({"content": "\x00"}).split(dumps("\x00"))
-    yield chunk({"role": "assistant", "content": ""})
+    role: bytes | None = chunk({"role": "assistant", "content": ""})  # after a wait's comments
     item: RouterStreamItem | None = first
     while item is not None:
+        if isinstance(item, EngineWaiting):
+            yield waiting_comment(item)
+        elif role is not None:
+            yield role
+            role = None
         if isinstance(item, TextDelta):
             yield head + dumps(item.text) + tail
         elif isinstance(item, StreamDone):
@@ -355,7 +373,11 @@ async def chat_chunks(
                 }
             )
             break
-        item = await anext(items, None)
+        try:
+            item = await anext(items, None)
+        except StackdError as exc:  # every strategy failed after a wait was announced: a 200 now
+            yield b"data: " + openai_error(exc)[1] + b"\n\n"
+            break
     yield SSE_DONE
 
 

@@ -5,7 +5,8 @@ same pydantic models that validate the calls, so what the orchestrator registers
 what the endpoints accept. Answers are ``Answer.to_dict()``: the text plus strategy, backend,
 model, usage, cost and the attempts. With ``"stream": true`` the answer comes as SSE:
 ``data: {"delta": "..."}`` events, then ``data: {"done": true, ...}`` (the answer without its
-text) or ``data: {"error": {...}}`` naming the backend, then ``data: [DONE]``.
+text) or ``data: {"error": {...}}`` naming the backend, then ``data: [DONE]``. While a call waits
+for a restarting engine, SSE comments (``: stackd: waiting …``) say so, as on the gateway.
 
 Errors have stackd's shape (``{"error": NAME, "message", ...}``), like the daemon's other
 endpoints; a 503 lists every strategy's reason under ``attempts``.
@@ -37,13 +38,22 @@ from stackd.api.gateway import (
     send_sse,
     sse,
     validate,
+    waiting_comment,
 )
 from stackd.errors import StackdError
 from stackd.gpu.calls import CallLeases
 from stackd.router import ReasonRouter
 from stackd.router.routes import DEFAULT_EFFORT, MAX_EFFORT
 from stackd.router.slices import SlicedAnswer, SliceRequest, SliceRouter
-from stackd.router.types import Answer, ChatRequest, RouterStreamItem, StreamBroken, StreamDone, TextDelta
+from stackd.router.types import (
+    Answer,
+    ChatRequest,
+    EngineWaiting,
+    RouterStreamItem,
+    StreamBroken,
+    StreamDone,
+    TextDelta,
+)
 
 Effort = Annotated[int, Strict(False), Field(ge=1, le=MAX_EFFORT), BeforeValidator(a_number)]
 
@@ -155,7 +165,9 @@ async def answer_events(
 ) -> AsyncIterator[bytes]:
     item: RouterStreamItem | None = first
     while item is not None:
-        if isinstance(item, TextDelta):
+        if isinstance(item, EngineWaiting):
+            yield waiting_comment(item)
+        elif isinstance(item, TextDelta):
             yield sse({"delta": item.text})
         elif isinstance(item, StreamDone):
             done = item.answer.to_dict()
@@ -167,7 +179,11 @@ async def answer_events(
             attempts = [a.to_dict() for a in item.attempts]
             yield sse({"error": {"message": message, "backend": item.backend, "attempts": attempts}})
             break
-        item = await anext(items, None)
+        try:
+            item = await anext(items, None)
+        except StackdError as exc:  # every strategy failed after a wait was announced: a 200 now
+            yield sse({"error": exc.to_dict()})
+            break
     yield SSE_DONE
 
 

@@ -76,6 +76,41 @@ class ProcessInfo:
     log_tail: tuple[str, ...] = ()
     pids: tuple[int, ...] = ()
     rss_mib: int | None = None
+    ready_at: float | None = None  # when the current engine first answered its health path (epoch s)
+
+
+EnginePhase = Literal["serving", "waiting", "down"]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStatus:
+    """Whether a process member's engine can take a call now, as the router asks it.
+
+    ``serving``: it answers. ``waiting``: it is starting or restarting (a crash and the restart
+    policy) and will answer unless that fails. ``down``: it will not answer until a switch starts
+    it (stopped, restart policy never, or the restart limit reached). ``reason`` says what is
+    happening in words a caller can act on ("engine smollm2-135m killed by SIGKILL, restart 1/3
+    in progress"); ``generation`` is a new number for each engine started, so a caller can tell
+    a restarted engine from the one it saw fail."""
+
+    phase: EnginePhase
+    reason: str
+    generation: int
+
+
+class EngineReadiness(Protocol):
+    """The one owner of each engine's readiness (the process driver), asked by the router."""
+
+    def engine_status(self, model: str) -> EngineStatus | None:
+        """The engine of ``model`` now; None when no engine of that name was ever started or
+        adopted. No I/O, never blocks, never raises."""
+        ...
+
+    async def wait_serving(self, model: str, timeout_s: float) -> EngineStatus | None:
+        """Return as soon as the engine serves or is down, or after ``timeout_s``: its status
+        then. An engine that says it serves but has just died (its exit not handled yet) is
+        waited for like a restarting one. Never raises."""
+        ...
 
 
 class ProcessDriver(Protocol):

@@ -48,7 +48,7 @@ from stackd.config.models import (
     RestartPolicy,
 )
 from stackd.drivers import process_group as pg
-from stackd.drivers.base import ProcessInfo
+from stackd.drivers.base import EngineStatus, ProcessInfo
 from stackd.errors import DriverFailed
 from stackd.roles import LiveEndpoints
 from stackd.state.processes import ProcessRecord
@@ -102,7 +102,10 @@ class _Member:
     name: str
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     engine: _Engine | None = None
-    state: MemberState = "stopped"
+    _state: MemberState = "stopped"
+    changed: asyncio.Event = field(default_factory=asyncio.Event)  # set (and replaced) at each change
+    generation: int = 0  # engines spawned or adopted so far: a new number is a new engine
+    ready_at: float | None = None  # when the current engine first answered its health path
     wanted: bool = False
     restarts: int = 0
     exits: int = 0
@@ -111,6 +114,18 @@ class _Member:
     restart_task: asyncio.Task[None] | None = None
     watch_task: asyncio.Task[None] | None = None
     model: Model | None = None  # the config it last ran with (an adopted engine learns it later)
+
+    @property
+    def state(self) -> MemberState:
+        return self._state
+
+    @state.setter
+    def state(self, state: MemberState) -> None:
+        """Every change wakes the callers waiting for this engine (``wait_serving``)."""
+        if state != self._state:
+            self._state = state
+            self.changed.set()
+            self.changed = asyncio.Event()
 
 
 def runtime_digest(runtime: ProcessRuntime) -> str:
@@ -220,9 +235,34 @@ class LocalProcessDriver:
                     else (),
                     pids=pg.tree_pids(pid) if pid else (),
                     rss_mib=pg.tree_rss_mib(pid) if pid else None,
+                    ready_at=m.ready_at if m.state == "ready" else None,
                 )
             )
         return out
+
+    # ---------------------------------------------------------------- readiness, for the router
+
+    def engine_status(self, model: str) -> EngineStatus | None:
+        member = self._members.get(model)
+        return None if member is None else _status(member)
+
+    async def wait_serving(self, model: str, timeout_s: float) -> EngineStatus | None:
+        member = self._members.get(model)
+        if member is None:
+            return None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            status = _status(member)
+            dead = status.phase == "serving" and _died_unseen(member)
+            left = deadline - loop.time()
+            if status.phase == "down" or (status.phase == "serving" and not dead) or left <= 0:
+                return status
+            changed = member.changed
+            # A dead engine's exit is handled within milliseconds; look again soon all the same.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(left, 0.1) if dead else left):
+                    await changed.wait()
 
     def log_tail(self, name: str, lines: int = LOG_TAIL_LINES) -> list[str]:
         return pg.log_tail(self.log_file(name), lines, START_MARKER)
@@ -308,6 +348,7 @@ class LocalProcessDriver:
         )
         engine = _Engine(record, proc)
         member.engine = engine
+        member.generation += 1
         await asyncio.to_thread(self._journal.record, record)
         member.watch_task = asyncio.create_task(
             self._watch(member, engine), name=f"stackd-watch-{member.name}"
@@ -357,8 +398,11 @@ class LocalProcessDriver:
             # overhead); a refused connect costs microseconds, a slow engine is polled less.
             waited = loop.time() - (deadline - timeout_s)
             await self._sleep(0.01 if waited < 5 else 0.05 if waited < 30 else 0.25)
-        member.state = "ready"
+        if member.state != "ready":
+            member.ready_at = time.time()
+            log.info("process member %s (pid %d) is ready", member.name, engine.pid)
         self._endpoints.set(member.name, engine.record.endpoint)
+        member.state = "ready"  # after the endpoint: a caller woken by the change finds it
 
     async def _stop(self, member: _Member, grace_s: float) -> None:
         engine = member.engine
@@ -392,6 +436,18 @@ class LocalProcessDriver:
             return
         why = describe_exit(code) if engine.proc is not None else "exited (adopted: exit status unknown)"
         member.engine, member.exits, member.last_exit = None, member.exits + 1, why
+        if time.time() - engine.record.started_at > STABLE_AFTER_S:
+            member.restarts = 0
+        model = member.model  # None: adopted and never observed since, so no policy known
+        restart = (
+            member.wanted
+            and model is not None
+            and model.process is not None
+            and model.process.restart != RestartPolicy.never
+        )
+        # Said at once, before the clean-up below awaits: a call that comes now waits for the
+        # restart (or is told the engine is down) instead of meeting an endpoint that is gone.
+        member.state = "restarting" if restart else "exited"
         self._endpoints.clear(member.name)
         # A dead leader may leave children in its group: they would hold the port and memory.
         await pg.stop_group(engine.pid, 1.0, self._sleep, engine.exited)
@@ -406,18 +462,8 @@ class LocalProcessDriver:
         )
         if self._on_exit is not None:
             self._on_exit(member.name, why)
-        if time.time() - engine.record.started_at > STABLE_AFTER_S:
-            member.restarts = 0
-        model = member.model  # None: adopted and never observed since, so no policy known
-        if (
-            not member.wanted
-            or model is None
-            or model.process is None
-            or model.process.restart == RestartPolicy.never
-        ):
-            member.state = "exited"
-            return
-        member.state = "restarting"
+        if not restart or model is None or model.process is None or member.state != "restarting":
+            return  # no policy to apply, or stopped during the clean-up
         member.restart_task = asyncio.create_task(
             self._restart(member, model, model.process), name=f"stackd-restart-{member.name}"
         )
@@ -433,6 +479,8 @@ class LocalProcessDriver:
                     await self._start(member, model, runtime)
                 except DriverFailed as exc:
                     log.warning("restart %d of %s failed: %s", member.restarts, member.name, exc.message)
+                    if member.restarts < runtime.restart_limit:
+                        member.state = "restarting"  # the next try comes after its backoff
                     continue
                 log.info("process member %s restarted (restart %d)", member.name, member.restarts)
                 return
@@ -460,6 +508,7 @@ class LocalProcessDriver:
             member = self._member(rec.model)
             engine = _Engine(rec, None)
             member.engine, member.state, member.wanted = engine, "ready", True
+            member.generation, member.ready_at = member.generation + 1, time.time()
             member.log_path = Path(rec.log_path)
             self._endpoints.set(rec.model, rec.endpoint)
             log.info(
@@ -524,6 +573,38 @@ class LocalProcessDriver:
         module.assemble(partial, overwrite=True)
         os.replace(partial, target)
         return target
+
+
+def _status(member: _Member) -> EngineStatus:
+    """What a caller is told of the member's engine (``EngineReadiness.engine_status``)."""
+    name, state, why = f"engine {member.name}", member.state, member.last_exit
+    runtime = member.model.process if member.model is not None else None
+    limit = runtime.restart_limit if runtime is not None else 0
+    task = member.restart_task
+    # A restart goes through starting, and stopping and failed when a try fails: all of it is
+    # one restart in progress until the policy gives up.
+    restarting = state == "restarting" or (task is not None and not task.done() and member.wanted)
+    match state:
+        case "ready":
+            return EngineStatus("serving", f"{name} is ready", member.generation)
+        case _ if restarting:  # the counter moves as a try starts: before it, the next one is due
+            n = member.restarts + (state in ("restarting", "failed"))
+            reason = f"{name} {why}, restart {n}/{limit} in progress"
+            return EngineStatus("waiting", reason, member.generation)
+        case "starting":
+            return EngineStatus("waiting", f"{name} is starting", member.generation)
+        case "failed":
+            return EngineStatus("down", f"{name} {why or 'failed to start'}", member.generation)
+        case "exited":
+            return EngineStatus("down", f"{name} {why} and was not restarted", member.generation)
+        case _:
+            return EngineStatus("down", f"{name} is {state}", member.generation)
+
+
+def _died_unseen(member: _Member) -> bool:
+    """The engine looks ready but has died: its exit is not handled yet (a moment after a kill)."""
+    engine = member.engine
+    return engine is None or engine.exited() or pg.has_exited(engine.pid)
 
 
 def _runtime(name: str, model: Model) -> ProcessRuntime:

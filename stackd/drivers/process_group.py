@@ -89,6 +89,16 @@ def is_alive(pid: int, started: float) -> bool:
     return now is not None and abs(now - started) < 1.0
 
 
+def has_exited(pid: int) -> bool:
+    """True when ``pid`` is gone or a zombie (dead, not reaped yet)."""
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes of process group ``pgid``."""
     out = []

@@ -173,6 +173,7 @@ def member_json(
                 "restarts": info.restarts,
                 "exits": info.exits,
                 "last_exit": info.last_exit,
+                "ready_at": info.ready_at,
                 "log_path": info.log_path,
             }
             if state in ("dead", "restarting", "unhealthy"):

@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 
 from stackd.config.models import StacksConfig
+from stackd.drivers.base import EngineReadiness
 from stackd.logs import content
 from stackd.roles import LiveEndpoints, LiveRoles, RoleTable
 from stackd.router import routes, skips
@@ -34,6 +35,7 @@ from stackd.router.accounting import Accounting
 from stackd.router.attempt_log import AttemptLog
 from stackd.router.backends import Backend, build_backend
 from stackd.router.circuit import CircuitBreaker, CircuitState, Clock
+from stackd.router.engines import EngineGate, Tries
 from stackd.router.ledger import UsageLedger
 from stackd.router.local_queue import LocalQueue, LocalQueueFull
 from stackd.router.recent import RecentCalls
@@ -67,6 +69,7 @@ class ReasonRouter:
         backend_factory: BackendFactory | None = None,
         endpoints: LiveEndpoints | None = None,
         unavailable: Callable[[str], str | None] | None = None,
+        engines: EngineReadiness | None = None,
     ) -> None:
         """``usage`` receives each call's rows before the call is answered (``UsageLedger``: group
         commit); ``on_use(model)`` is
@@ -78,6 +81,8 @@ class ReasonRouter:
         self._endpoints = endpoints or LiveEndpoints()
         # Why a model must be skipped now (a swarm member whose node is down), else None.
         self._unavailable = unavailable or (lambda model: None)
+        # Process members' engines: a call waits while one restarts (stackd/router/engines.py).
+        self._gate = EngineGate(engines)
         self._usage = usage
         self._on_use = on_use
         self._clock = clock
@@ -183,7 +188,11 @@ class ReasonRouter:
         log = AttemptLog(route, self.config, self.accounting, self.recent)
         timeouts = self.config.reason.timeouts
         limit_s = min(timeouts.first_token_s, timeouts.total_s)
-        for target in route.targets:
+        tries = Tries(route.targets)
+        for target in tries:
+            async for _ in self._gate.settled(self.config, target):
+                pass
+            generation = self._gate.generation(target.model) if target.model else None
             admitted = self._admit(target, log, request)
             if admitted is None:
                 continue
@@ -202,6 +211,10 @@ class ReasonRouter:
                 continue
             except BackendError as error:
                 self._failed(target, circuit, error, start, None, log)
+                if self._gate.may_have_died(target.model, error.kind):
+                    async for _ in self._gate.settled(self.config, target, after=generation):
+                        pass
+                    self._again_on_a_new_engine(tries, target, generation)
                 continue
             except Exception as exc:
                 self._failed(target, circuit, escaped(exc, backend), start, None, log)
@@ -252,10 +265,15 @@ class ReasonRouter:
         self, route: routes.Route, request: ChatRequest
     ) -> AsyncGenerator[RouterStreamItem, None]:
         """Text deltas, then ``StreamDone`` or ``StreamBroken``. Raises ``AllStrategiesFailed``
-        before yielding anything when no target produced a first token."""
+        when no target produced a first token, having yielded nothing but ``EngineWaiting``
+        items (the call waited for a restarting engine)."""
         log = AttemptLog(route, self.config, self.accounting, self.recent)
         try:
-            for target in route.targets:
+            tries = Tries(route.targets)
+            for target in tries:
+                async for waiting in self._gate.settled(self.config, target):
+                    yield waiting
+                generation = self._gate.generation(target.model) if target.model else None
                 admitted = self._admit(target, log, request)
                 if admitted is None:
                     continue
@@ -268,6 +286,11 @@ class ReasonRouter:
                         yield item
                         if not isinstance(item, TextDelta):
                             return
+                last = log.attempts[-1] if log.attempts else None  # nothing reached the caller
+                if last and last.status == "failed" and self._gate.may_have_died(target.model, last.kind):
+                    async for waiting in self._gate.settled(self.config, target, after=generation):
+                        yield waiting
+                    self._again_on_a_new_engine(tries, target, generation)
             await self._commit(log)
             raise log.all_failed()
         finally:
@@ -363,6 +386,12 @@ class ReasonRouter:
         if target.skip is not None or target.model is None:
             log.skipped(target, target.skip or skips.NO_MODEL)
             return None
+        engine_down = self._gate.refusal(self.config, target.model)
+        if engine_down is not None:  # before the backend: a dead engine has no endpoint
+            log.skipped(target, engine_down)
+            return None
+        if self._gate.renewed(target.model):  # the failures that opened it were the dead engine's
+            self._circuits.pop(target.model, None)
         try:
             backend = self._backend(target.model)
         except Exception as exc:  # a backend that cannot be built is this target's skip, not a 500
@@ -418,6 +447,15 @@ class ReasonRouter:
         asked for it; a caller must not be able to open a backend's circuit for everyone."""
         circuit.abandon()
         log.failed(target, error, start, first_token_ms, broken=False, usage=usage)
+
+    def _again_on_a_new_engine(self, tries: Tries, target: routes.Target, generation: int | None) -> None:
+        """After a failure the death of the target's engine explains: the same target once more
+        when a new engine serves now (the caller never saw the first one fail)."""
+        if target.model is None or generation is None:
+            return
+        status = self._gate.status(target.model)
+        if status is not None and status.phase == "serving" and status.generation != generation:
+            tries.again(target)
 
     # ---------------------------------------------------------------- resources
     def circuit(self, model: str) -> CircuitBreaker:

@@ -56,6 +56,20 @@ def unavailable(why: str | None) -> str | None:
     return f"not available: {why}" if why else None
 
 
+def engine_down(reason: str) -> str:
+    """A process member's engine that will not answer without a switch (its restart gave up)."""
+    return f"not available: {reason}"
+
+
+def engine_not_ready(reason: str, waited_s: float) -> str:
+    """A process member's engine still restarting after the wait its member allows."""
+    return f"{reason}; not ready within {waited_s:g} s (process.restart_wait_s)"
+
+
+def engine_not_started(model: str) -> str:
+    return f"not available: engine {model} is not running"
+
+
 def no_chat_protocol(model: str) -> str:
     return f"model '{model}' has no chat protocol"
 

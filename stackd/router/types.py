@@ -191,4 +191,16 @@ class StreamDone:
     answer: Answer
 
 
-RouterStreamItem = TextDelta | StreamDone | StreamBroken
+@dataclass(frozen=True, slots=True)
+class EngineWaiting:
+    """The call waits for its target's engine, which is restarting (never a stream's last item).
+    A loading indication for the client: the gateway and the tools send it as an SSE comment,
+    which every SSE client (OpenAI's among them) skips."""
+
+    strategy: str
+    backend: str
+    reason: str  # what is happening: "engine smollm2-135m killed by SIGKILL, restart 1/3 in progress"
+    wait_s: float  # the most it will wait from now
+
+
+RouterStreamItem = TextDelta | StreamDone | StreamBroken | EngineWaiting

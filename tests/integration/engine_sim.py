@@ -9,6 +9,7 @@ real engines have that a supervisor must survive:
 --ignore-sigterm   SIGTERM does nothing (llama.cpp's server while it streams): only SIGKILL stops it
 --grandchild       fork a child that sleeps forever in the same process group (a wrapper script)
 --hog-mib N        touch N MiB of memory (for RSS measurements)
+--answer-after S   POST /v1/chat/completions answers "engine <pid>" after S seconds (a generation)
 
 Run as ``python engine_sim.py --port N``. Prints one line per event to stdout (the member's log).
 """
@@ -36,6 +37,7 @@ def main() -> None:
     p.add_argument("--ignore-sigterm", action="store_true")
     p.add_argument("--grandchild", action="store_true")
     p.add_argument("--hog-mib", type=int, default=0)
+    p.add_argument("--answer-after", type=float, default=0.0)
     args = p.parse_args()
     print(f"engine_sim pid {os.getpid()} port {args.port}", flush=True)
     if args.exit_now:
@@ -62,6 +64,26 @@ def main() -> None:
             else:
                 self._send(404, {"error": "not found"})
 
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)) or b"{}")
+            if self.path != "/v1/chat/completions":
+                self._send(404, {"error": "not found"})
+                return
+            time.sleep(args.answer_after)
+            if body.get("stream"):
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.end_headers()
+                for delta, finish in (({"content": f"engine {os.getpid()}"}, None), ({}, "stop")):
+                    chunk = {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                    self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                self.wfile.write(b"data: [DONE]\n\n")
+                return
+            message = {"role": "assistant", "content": f"engine {os.getpid()}"}
+            usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+            choice = {"index": 0, "message": message, "finish_reason": "stop"}
+            self._send(200, {"object": "chat.completion", "choices": [choice], "usage": usage})
+
         def _send(self, status: int, body: object) -> None:
             data = json.dumps(body).encode()
             self.send_response(status)
@@ -73,6 +95,7 @@ def main() -> None:
         def log_message(self, *a: object) -> None:
             pass
 
+    ThreadingHTTPServer.request_queue_size = 128  # callers that come at once (the default is 5)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     if args.exit_after is not None:
 
