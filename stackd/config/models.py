@@ -28,6 +28,7 @@ from pydantic import (
 
 from stackd.config.architecture import Architecture
 from stackd.config.cluster import ClusterConfig, SwarmPlacement
+from stackd.config.schedules import IdleRule, Schedules
 from stackd.config.slices import SliceRouting
 
 MIB_PER_GIB = 1024
@@ -435,6 +436,11 @@ class Stack(Frozen):
     reason_chain: list[Name] | None = Field(
         None, description="Order of reason() strategies in this stack; defaults to reason.default_chain."
     )
+    idle: IdleRule | None = Field(
+        None,
+        description="Switch down to a lower stack after a time without calls; a call for a role only "
+        "this stack has wakes it back (stackd/schedule/).",
+    )
 
     @property
     def member_names(self) -> tuple[str, ...]:
@@ -573,6 +579,9 @@ class StacksConfig(Frozen):
     stacks: dict[Name, Stack]
     reason: ReasonConfig = ReasonConfig()
     presets: dict[Name, Preset] = Field(default_factory=dict)
+    schedules: Schedules | None = Field(
+        None, description="Windows by weekday and time (or cron) -> the stack that runs (stackd/schedule/)."
+    )
     cluster: ClusterConfig | None = Field(
         None, description="A Docker Swarm whose services run the members that have docker.swarm."
     )

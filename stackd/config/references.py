@@ -71,7 +71,7 @@ def check_references(data: Any, hidden: Collection[FieldPath] = frozenset()) -> 
         check.known(name, ("fallback_stacks", i), "stack", stack_names)
     _check_fallbacks(check, data.get("default_stack"), data.get("fallback_stacks"))
     for sname, stack in _mappings(stacks):
-        _check_stack(check, sname, stack, models, roles, strategies)
+        _check_stack(check, sname, stack, models, roles, strategies, stacks)
     for sname, strategy in _mappings(strategies):
         check.known(strategy.get("role"), ("reason", "strategies", sname, "role"), "role", roles)
         for i, model in _items(strategy.get("models")):
@@ -86,6 +86,9 @@ def check_references(data: Any, hidden: Collection[FieldPath] = frozenset()) -> 
         check.known(preset.get("model"), ("presets", pname, "model"), "model", models)
         for slice_name, model in _mappings(preset.get("slices"), values=object):
             check.known(model, ("presets", pname, "slices", slice_name), "model", models)
+    for i, window in _items((_section(data, "schedules", StacksConfig) or {}).get("windows")):
+        if isinstance(window, dict):
+            check.known(window.get("stack"), ("schedules", "windows", i, "stack"), "stack", stack_names)
     _check_containers(check, models)
     check.out.extend(cluster_problems(data))
     gpu = _valid(GpuBudget, _section(data, "gpu", StacksConfig))
@@ -153,6 +156,7 @@ def _check_stack(
     models: dict[str, Any] | None,
     roles: dict[str, Any] | None,
     strategies: dict[str, Any] | None,
+    stacks: dict[str, Any] | None = None,
 ) -> None:
     at = ("stacks", sname)
     bound = _section(stack, "roles", Stack)
@@ -173,6 +177,13 @@ def _check_stack(
                 )
     for i, strat in _items(stack.get("reason_chain")):
         check.known(strat, (*at, "reason_chain", i), "strategy", strategies)
+    idle = stack.get("idle")
+    if isinstance(idle, dict):
+        check.known(idle.get("to"), (*at, "idle", "to"), "stack", stacks)
+        if idle.get("to") == sname:
+            check.out.append(((*at, "idle", "to"), "a stack cannot idle down to itself; name a lower stack"))
+        for role in _mappings(idle.get("wake_wait_role_s"), values=object):
+            check.known(role[0], (*at, "idle", "wake_wait_role_s", role[0]), "role", roles, is_key=True)
 
 
 def _check_containers(check: _Check, models: dict[str, Any] | None) -> None:

@@ -17,7 +17,7 @@ import stackd
 ROOT = Path(stackd.__file__).parent
 EVERYTHING_BELOW_API = frozenset(
     {"config", "drivers", "errors", "gpu", "hardware", "logs", "manager", "planner", "roles"}
-    | {"router", "services", "settings", "state"}
+    | {"router", "schedule", "services", "settings", "state"}
 )
 
 # part -> the parts it may import (its own modules always). Dependencies point downward:
@@ -33,7 +33,10 @@ ALLOWED: dict[str, frozenset[str]] = {
     "planner": frozenset({"config", "errors", "hardware"}),
     "drivers": frozenset({"config", "errors", "roles", "state"}),
     "router": frozenset({"config", "drivers", "errors", "logs", "roles", "state"}),
-    "manager": frozenset({"config", "drivers", "errors", "hardware", "planner", "roles", "state"}),
+    "schedule": frozenset({"config", "errors"}),  # the day policy: pure, like the planner, but reads zones
+    "manager": frozenset(
+        {"config", "drivers", "errors", "hardware", "planner", "roles", "schedule", "state"}
+    ),
     # gpu sits above both: a call's lease (gpu/calls.py) wraps the router's route; neither imports gpu
     "gpu": frozenset(
         {"config", "drivers", "errors", "hardware", "manager", "planner", "roles", "router", "state"}
@@ -98,6 +101,8 @@ def broken_rules(sources: list[tuple[Path, str]]) -> list[str]:
                     broken.append(f"{edge} ('{source}' may import only {sorted(allowed)})")
             elif source == "planner" and top in IMPURE:
                 broken.append(f"{edge} (the planner is pure)")
+            elif source == "schedule" and top in IMPURE - {"datetime"}:  # dates in a zone, never now()
+                broken.append(f"{edge} (the day policy is pure)")
     return broken
 
 
@@ -143,7 +148,7 @@ def test_the_managers_parts_never_reach_back_into_the_manager() -> None:
     probes, status): none of them imports the manager, not even for a type (startup acts through
     its ``RecoveryHost`` protocol, status reads a ``StatusSnapshot``)."""
     whole = {"stackd.manager", "stackd.manager.model_stack_manager"}
-    users = {"__init__", "model_stack_manager", "periodic"}  # periodic drives the manager: not a part
+    users = {"__init__", "model_stack_manager", "periodic", "day"}  # these drive the manager: not parts
     parts = [(p, t) for p, t in modules() if p.parent == ROOT / "manager" and p.stem not in users]
     assert {p.stem for p, _ in parts} >= {"worker", "executor", "journalled", "startup", "probes", "status"}
     reaching = [str(edge) for path, text in parts for edge in imports(path, text) if edge.module in whole]

@@ -1,0 +1,284 @@
+"""The day's policy, pure: (config, remembered state, what runs now) -> the stack meant to run and why.
+
+No I/O and no clock: ``decide`` is given ``World.now`` and returns a ``Decision`` with the state to
+remember next. The daemon's driver (``stackd.manager.day``) persists that state and applies the
+action on the manager's worker; ``bench/day.py`` replays a day through the same function.
+
+The stack meant to run is found in three layers, each overriding the one below:
+
+1. the **upper** stack: a live hold (a manual switch holds until the next window begins, or for
+   the ``--hold`` it was given), else the window current now, else the stack that runs;
+2. **idle**: the upper stack, running without a call to a member for its ``idle.after_s``
+   (leases and streams count as calls), is replaced by its ``idle.to`` until a call wakes it
+   (``wake_target``) or the upper stack changes (a new window, a hold);
+3. **never interrupt**: a change waits while a switch runs or a live lease holds a member the new
+   stack lacks, and says so; after ``defer_max_s`` it gives up until the upper stack changes.
+
+Missed windows (the daemon was stopped): every start missed is coalesced into the window current
+now. Missed by at most ``misfire_grace_s`` it fires as late; missed by more it is reported as
+missed, and the window current now applies just the same (it is the schedule's answer for now).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from stackd.config.models import StacksConfig
+from stackd.schedule.windows import WindowStart, current_window, local_time, next_window
+
+Action = Literal["none", "switch", "wait", "give_up"]
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Keep ``stack`` until ``until`` (Unix s; None: until a window begins, with no schedule: for good)."""
+
+    stack: str
+    until: float | None
+    set_at: float
+    source: str  # "manual switch", "--hold 2h" ...
+
+
+@dataclass(frozen=True, slots=True)
+class Downshift:
+    """``upper`` went idle and ``lower`` runs instead, since ``at``."""
+
+    upper: str
+    lower: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyState:
+    """What the driver persists between evaluations (and across restarts)."""
+
+    hold: Hold | None = None
+    downshift: Downshift | None = None
+    seen_window: float | None = None  # the start of the last window the policy has taken up
+    waiting_since: float | None = None  # when the pending change first had to wait
+    gave_up: str | None = None  # the change abandoned after defer_max_s (its key)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseView:
+    model: str
+    expires_at: float
+    lease_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class World:
+    """What runs now, as the driver observed it."""
+
+    now: float
+    active: str | None
+    active_since: float | None  # when the active stack's last switch ended (or the daemon started)
+    last_use: float | None  # the last call to a member of the active stack (a live lease or stream: now)
+    switching: str | None = None  # why a switch holds the slot now, else None
+    leases: tuple[LeaseView, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    upper: str | None
+    upper_why: str
+    intended: str | None
+    why: str
+    action: Action
+    window: WindowStart | None
+    next_change: WindowStart | None
+    state: PolicyState
+    notes: tuple[str, ...] = ()  # events of this evaluation for the log (a hold ended, a window missed)
+
+
+def hold_until_next(config: StacksConfig, stack: str, now: float, source: str = "manual switch") -> Hold:
+    """The hold a manual switch takes: until the next window begins (for good without a schedule)."""
+    nxt = next_window(config.schedules, now) if config.schedules is not None else None
+    return Hold(stack, nxt.at if nxt is not None else None, now, source)
+
+
+def _take_up_window(
+    config: StacksConfig, state: PolicyState, window: WindowStart | None, now: float
+) -> tuple[PolicyState, list[str]]:
+    """A window that began since the last evaluation ends a hold from before it and an idle
+    downshift of the stack before it; a start missed while stopped is reported."""
+    schedules = config.schedules
+    if (
+        window is None
+        or schedules is None
+        or (state.seen_window is not None and window.at <= state.seen_window)
+    ):
+        return state, []
+    notes: list[str] = []
+    late = now - window.at
+    begun = f"window {window.index} ('{window.stack}') began at {local_time(schedules, window.at)}"
+    if state.seen_window is None or late <= schedules.tick_s * 2:
+        notes.append(begun)
+    elif late <= schedules.misfire_grace_s:
+        notes.append(f"{begun}: fired {late:.0f} s late (within misfire_grace_s)")
+    else:
+        notes.append(
+            f"{begun} while stackd was stopped (missed by {late:.0f} s, beyond misfire_grace_s "
+            f"{schedules.misfire_grace_s:g} s): the window current now applies"
+        )
+    hold = state.hold
+    if hold is not None and hold.until is None and hold.set_at < window.at:
+        notes.append(f"the hold on '{hold.stack}' ended: a window began")
+        hold = None
+    return replace(state, hold=hold, downshift=None, seen_window=window.at, gave_up=None), notes
+
+
+def decide(config: StacksConfig, state: PolicyState, world: World) -> Decision:
+    """The stack meant to run now, why, and what to do about it (see the module's docstring)."""
+    now, active = world.now, world.active
+    schedules = config.schedules
+    window = current_window(schedules, now) if schedules is not None else None
+    nxt = next_window(schedules, now) if schedules is not None else None
+    state, notes = _take_up_window(config, state, window, now)
+
+    hold = state.hold
+    if hold is not None and (
+        hold.stack not in config.stacks or (hold.until is not None and now >= hold.until)
+    ):
+        notes.append(f"the hold on '{hold.stack}' ended")
+        state = replace(state, hold=None, gave_up=None)
+        hold = None
+
+    if hold is not None:
+        upper: str | None = hold.stack
+        until = "for good" if hold.until is None else _until(config, hold.until)
+        upper_why = f"held by {hold.source} {until}"
+    elif window is not None and window.stack in config.stacks:
+        upper = window.stack
+        assert schedules is not None
+        upper_why = f"window {window.index} since {local_time(schedules, window.at)}"
+    elif state.downshift is not None:
+        upper, upper_why = state.downshift.upper, "the stack that ran before it went idle"
+    else:
+        upper, upper_why = active, "no schedule and no hold: the stack that runs"
+
+    downshift = state.downshift
+    if downshift is not None and downshift.upper != upper:
+        downshift = None
+    intended, why = upper, upper_why
+    rule = config.stacks[upper].idle if upper is not None and upper in config.stacks else None
+    if downshift is not None:
+        intended = downshift.lower
+        why = f"'{downshift.upper}' went idle at {_at(config, downshift.at)}; a call for its roles wakes it"
+    elif (
+        rule is not None
+        and upper is not None
+        and upper == active
+        and world.switching is None
+        and world.active_since is not None
+    ):
+        quiet_since = max(world.active_since, world.last_use or world.active_since)
+        if now - quiet_since >= rule.after_s and rule.to in config.stacks:
+            downshift = Downshift(upper, rule.to, now)
+            intended = rule.to
+            why = f"'{upper}' had no call for {now - quiet_since:.0f} s (idle.after_s {rule.after_s:g})"
+            notes.append(f"idle: '{upper}' -> '{rule.to}'")
+    state = replace(state, downshift=downshift)
+
+    if intended is None or intended == active:
+        return Decision(
+            upper,
+            upper_why,
+            intended,
+            why,
+            "none",
+            window,
+            nxt,
+            replace(state, waiting_since=None),
+            tuple(notes),
+        )
+    key = f"{intended}@{(hold.set_at if hold else None) or (window.at if window else None) or (downshift.at if downshift else 0):.0f}"
+    if state.gave_up == key:
+        why = f"{why}; gave up waiting: '{active}' stays until the next window or hold"
+        return Decision(upper, upper_why, intended, why, "none", window, nxt, state, tuple(notes))
+    blocker = world.switching or _blocking_lease(config, intended, world)
+    if blocker is None:
+        return Decision(
+            upper,
+            upper_why,
+            intended,
+            why,
+            "switch",
+            window,
+            nxt,
+            replace(state, waiting_since=None),
+            tuple(notes),
+        )
+    since = state.waiting_since if state.waiting_since is not None else now
+    bound = schedules.defer_max_s if schedules is not None else DEFAULT_DEFER_MAX_S
+    if now - since >= bound:
+        notes.append(f"gave up switching to '{intended}' after {now - since:.0f} s: {blocker}")
+        state = replace(state, waiting_since=None, gave_up=key)
+        return Decision(
+            upper,
+            upper_why,
+            intended,
+            f"{why}; gave up: {blocker}",
+            "give_up",
+            window,
+            nxt,
+            state,
+            tuple(notes),
+        )
+    waiting = f"{why}; waits ({now - since:.0f} of {bound:g} s): {blocker}"
+    return Decision(
+        upper,
+        upper_why,
+        intended,
+        waiting,
+        "wait",
+        window,
+        nxt,
+        replace(state, waiting_since=since),
+        tuple(notes),
+    )
+
+
+DEFAULT_DEFER_MAX_S = 1800.0
+
+
+def _blocking_lease(config: StacksConfig, target: str, world: World) -> str | None:
+    """A live lease on a member that ``target`` does not keep: the switch would stop it."""
+    keeps = set(config.stacks[target].member_names) if target in config.stacks else set()
+    for lease in world.leases:
+        if lease.model not in keeps and lease.expires_at > world.now:
+            return (
+                f"lease {lease.lease_id} holds {lease.model} until {_at(config, lease.expires_at)} "
+                f"and '{target}' does not run it"
+            )
+    return None
+
+
+def wake_target(
+    config: StacksConfig, decision: Decision, active: str | None, role: str | None, model: str | None
+) -> str | None:
+    """The stack a call wakes: the upper stack, when it serves the ``role`` (or has the ``model``)
+    and the active stack does not; else None (the call is answered, or refused, as it is)."""
+    upper = decision.upper
+    if upper is None or upper == active or upper not in config.stacks:
+        return None
+
+    def serves(stack: str | None) -> bool:
+        if stack not in config.stacks:
+            return False
+        assert stack is not None
+        s = config.stacks[stack]
+        return (role is not None and role in s.roles) or (model is not None and model in s.member_names)
+
+    return upper if serves(upper) and not serves(active) else None
+
+
+def _at(config: StacksConfig, at: float) -> str:
+    if config.schedules is None:
+        return f"t={at:.0f}"
+    return local_time(config.schedules, at)
+
+
+def _until(config: StacksConfig, at: float) -> str:
+    return f"until {_at(config, at)}"

@@ -1,0 +1,49 @@
+"""The wake seam: what a gateway or tool call asks before it routes, and what it is told.
+
+``Waker.wake(name)`` is given the name a caller used (a gateway ``model``: a role, a preset, or
+``reason``) and, when the active stack lacks what it names but the stack the day policy holds or
+schedules has it, returns after that stack is up (``Woken``: which stack, how long the call
+waited). It returns None when nothing needed waking: the call then routes as it always did.
+The daemon's implementation is ``stackd.manager.day.DayDriver``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from stackd.config.models import StacksConfig
+
+
+@dataclass(frozen=True)
+class Woken:
+    """A call waited ``waited_s`` for ``stack`` to wake (switch ``switch_id``; None: it was already
+    up when the call's wait ended, woken by the same switch as another call)."""
+
+    stack: str
+    waited_s: float
+    switch_id: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"woke": self.stack, "waited_s": round(self.waited_s, 3), "switch_id": self.switch_id}
+
+
+class Waker(Protocol):
+    async def wake(self, name: str) -> Woken | None:
+        """Wake the stack that serves ``name`` if the active one lacks it; blocks (bounded) while
+        the switch runs. Raises a ``StackdError`` when the bound passes or the switch fails."""
+        ...
+
+
+def call_needs(config: StacksConfig, name: str) -> tuple[str | None, str | None]:
+    """(role, model) that a gateway model name needs: a role's name, a preset's role or model or
+    slice model; (None, None) for ``reason`` and unknown names (its chain falls back instead)."""
+    if name in config.roles:
+        return name, None
+    preset_name, _, slice_name = name.partition(":")
+    preset = config.presets.get(preset_name)
+    if preset is None:
+        return None, None
+    if preset.slices:
+        return None, preset.slices.get(slice_name or preset.default_slice or "")
+    return preset.role, preset.model
