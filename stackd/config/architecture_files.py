@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from stackd.config.architecture import Architecture, MambaState
+from stackd.config.gguf_header import GGUF_HEADERS, HeaderCache, read_header
 from stackd.config.kv_engine import kv_engine
 from stackd.config.models import StacksConfig
 
@@ -82,20 +83,22 @@ def fill_architecture(arch: Architecture, base_dir: Path, command_context: int |
     return filled
 
 
-def read_gguf(path: Path) -> Fields:
-    """The architecture fields a GGUF header gives (``gguf.GGUFReader``; the tensors are not read)."""
-    from gguf import GGUFReader
+def read_gguf(path: Path, cache: HeaderCache = GGUF_HEADERS) -> Fields:
+    """The architecture fields a GGUF header gives: its small keys only (``gguf_header``: the
+    vocabulary is skipped, not parsed), once per file version (``cache``)."""
+    return cache.get(path, _read_gguf)
 
+
+def _read_gguf(path: Path) -> Fields:
     try:
-        reader = GGUFReader(path)
+        header = read_header(path, _planner_key)
     except (ValueError, OSError) as exc:
         raise ValueError(
             f"{path} is not a readable GGUF file ({exc}); point gguf: at a .gguf model"
         ) from None
 
     def value(key: str) -> Any:
-        field = reader.fields.get(key)
-        return None if field is None else field.contents()
+        return header.get(key)
 
     arch = value("general.architecture")
     if not isinstance(arch, str):
@@ -148,6 +151,12 @@ def read_gguf(path: Path) -> Fields:
             dtype_bytes=_LLAMA_CPP_STATE_BYTES,
         )
     return {k: v for k, v in out.items() if v is not None}
+
+
+def _planner_key(key: str) -> bool:
+    """The keys ``_read_gguf`` reads: the architecture's own (``{arch}.*``) and its name; not the
+    tokenizer's nor the other ``general.*`` metadata."""
+    return key == "general.architecture" or not key.startswith(("tokenizer.", "general."))
 
 
 def read_hf_config(path: Path) -> Fields:
