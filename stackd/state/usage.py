@@ -19,7 +19,7 @@ from typing import Any
 from stackd.state.sqlite import add_missing_columns, open_reader, open_writer
 
 # The router's failure kinds (stackd.router.types.FailureKind; a unit test keeps them equal).
-FAILURE_KINDS = ("refused", "timeout", "http_5xx", "http_4xx", "malformed", "stream_cut")
+FAILURE_KINDS = ("refused", "timeout", "http_5xx", "http_4xx", "malformed", "stream_cut", "empty")
 FAILURE_COLUMNS = tuple(f"fail_{k}" for k in FAILURE_KINDS)
 
 
