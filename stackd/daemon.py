@@ -95,10 +95,12 @@ def build_services(settings: Settings) -> Services:
     from stackd.drivers.remote import HttpRemoteProber
     from stackd.gpu.leases import LeaseCoordinator
     from stackd.manager import ModelStackManager
+    from stackd.manager.day import DayDriver, lease_views
     from stackd.planner.footprints import remembered_footprints
     from stackd.router import ReasonRouter
     from stackd.router.slices import SliceRouter
     from stackd.state.gpu import GpuJournal
+    from stackd.state.day_policy import DayPolicyStore
     from stackd.state.processes import ProcessTable
     from stackd.state.slice_audit import SliceAudit
     from stackd.state.store import StateStore
@@ -152,6 +154,7 @@ def build_services(settings: Settings) -> Services:
     usage = UsageStore(settings.db_path)
     leases = LeaseCoordinator(manager, journal=gpu_journal, container_pids=DockerPids())
     manager.on_started = leases.measure_later  # a member a switch started gets its footprint measured
+    day = DayDriver(manager, DayPolicyStore(settings.db_path), leases=lambda: lease_views(leases))
     router = ReasonRouter(
         config,
         roles,
@@ -177,6 +180,7 @@ def build_services(settings: Settings) -> Services:
         leases=leases,
         endpoints=endpoints,
         processes=processes,
+        day=day,
     )
 
 
@@ -228,7 +232,10 @@ def build_app(settings: Settings) -> FastAPI:
                 from stackd.manager.periodic import start_periodic
 
                 services.periodic = start_periodic(
-                    services.manager, leased=leases.holds, on_healthy=router.probe_succeeded
+                    services.manager,
+                    leased=leases.holds,
+                    on_healthy=router.probe_succeeded,
+                    extra_jobs=services.day.jobs() if services.day is not None else None,
                 )
             await router.start()
             watch_sighup(services, settings)

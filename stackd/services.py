@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # the parts import much of stackd; only their types are neede
     from stackd.drivers.process import LocalProcessDriver
     from stackd.gpu.leases import LeaseCoordinator
     from stackd.manager import ModelStackManager
+    from stackd.manager.day import DayDriver
     from stackd.manager.periodic import PeriodicJobs
     from stackd.router import ReasonRouter
     from stackd.router.slices import SliceRouter
@@ -37,3 +38,4 @@ class Services:
     leases: LeaseCoordinator | None = None
     endpoints: LiveEndpoints = field(default_factory=LiveEndpoints)
     processes: LocalProcessDriver | None = None  # closed at shutdown
+    day: DayDriver | None = None  # schedules, holds, idle downshift and wakes (stackd/schedule/)

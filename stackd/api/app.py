@@ -73,7 +73,7 @@ def create_app(
         )  # set by the leases router
         for data_path in (
             build_tools_router(services.router, write, services.slices, holds),
-            build_gateway_router(services.router, gateway_auth, services.slices, holds),
+            build_gateway_router(services.router, gateway_auth, services.slices, holds, services.day),
         ):
             app.include_router(data_path)
             hot += data_path.routes

@@ -52,6 +52,7 @@ from stackd.router.types import (
     TextDelta,
     ToolCalls,
 )
+from stackd.schedule.wake import Waker
 
 Auth = Callable[..., Any]
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -409,11 +410,16 @@ async def sliced_items(sliced: SlicedAnswer) -> AsyncIterator[RouterStreamItem]:
 
 class ChatCompletions:
     def __init__(
-        self, router: ReasonRouter, slices: SliceRouter | None = None, holds: CallLeases | None = None
+        self,
+        router: ReasonRouter,
+        slices: SliceRouter | None = None,
+        holds: CallLeases | None = None,
+        waker: Waker | None = None,
     ) -> None:
         self._router = router
         self._slices = slices
         self._holds = holds  # a model on an on-demand GPU member is called under a lease
+        self._waker = waker  # a model only the held or scheduled stack has wakes that stack first
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         body: ChatCompletionBody = validate(ChatCompletionBody, await read_body(receive))
@@ -430,6 +436,8 @@ class ChatCompletions:
             record = {"slices": sliced.to_dict()}
             await send_sse(send, chat_chunks(first, sliced_items(answer), body.model, usage, record))
             return
+        # Before the route is resolved: it is resolved against the stack the wake brought up.
+        woken = await self._waker.wake(body.model) if self._waker is not None else None
         route: ChainRoute = self._router.gateway_route(body.model)
         request = body.to_request()
         if not body.stream:
@@ -440,6 +448,8 @@ class ChatCompletions:
             payload = completion_body(
                 answer, body.model, f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
             )
+            if woken is not None:  # the answer says it waited for a stack to wake, and how long
+                payload["stackd"] = {**payload.get("stackd", {}), "wake": woken.to_dict()}
             await send_bytes(send, 200, dumps(payload))
             return
         items: AsyncIterator[RouterStreamItem] = (
@@ -449,11 +459,16 @@ class ChatCompletions:
         )
         first = await first_item(items)
         include_usage = bool(body.stream_options and body.stream_options.get("include_usage"))
-        await send_sse(send, chat_chunks(first, items, body.model, include_usage))
+        trailer = {"wake": woken.to_dict()} if woken is not None else None
+        await send_sse(send, chat_chunks(first, items, body.model, include_usage, trailer))
 
 
 def build_gateway_router(
-    router: ReasonRouter, auth: Auth, slices: SliceRouter | None = None, holds: CallLeases | None = None
+    router: ReasonRouter,
+    auth: Auth,
+    slices: SliceRouter | None = None,
+    holds: CallLeases | None = None,
+    waker: Waker | None = None,
 ) -> APIRouter:
     """``GET /v1/models`` and ``POST /v1/chat/completions`` as raw ASGI routes (OpenAI error shape,
     auth errors included); ``auth`` is the app's dependency, called with the ``Request``."""
@@ -469,6 +484,6 @@ def build_gateway_router(
 
     models = RawEndpoint(auth, list_models, openai_error)
     api.routes.append(Route("/v1/models", models, methods=["GET"], name="list_models"))
-    endpoint = RawEndpoint(auth, ChatCompletions(router, slices, holds), openai_error)
+    endpoint = RawEndpoint(auth, ChatCompletions(router, slices, holds, waker), openai_error)
     api.routes.append(Route("/v1/chat/completions", endpoint, methods=["POST"], name="chat_completions"))
     return api

@@ -8,10 +8,11 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from stackd.api.answers import DryRunAnswer, StackAnswer, StacksAnswer, SwitchAnswer, documented
 from stackd.api.json_route import JsonBodyRoute
+from stackd.config.schedules import hold_seconds
 from stackd.planner.views import model_json, plan_json, stack_json
 from stackd.services import Services
 
@@ -36,6 +37,18 @@ class SwitchRequest(BaseModel):
     stack: str = Field(min_length=1, description="Name of the target stack.")
     dry_run: bool = Field(False, description="Plan only; change nothing.")
     wait: bool = Field(True, description="Answer when the switch has finished (false: answer 202 at once).")
+    hold: str | None = Field(
+        None,
+        description="How long the day policy keeps this stack: a duration (2h, 90m, 3600) or "
+        "'until-next' (the default for a manual switch: until the next schedule window begins).",
+    )
+
+    @field_validator("hold")
+    @classmethod
+    def _hold(cls, value: str | None) -> str | None:
+        if value is not None:
+            hold_seconds(value)  # raises with the fix
+        return value
 
 
 def known_stack(services: Services, name: str) -> None:
@@ -51,6 +64,8 @@ async def switch_stack(services: Services, request: SwitchRequest) -> dict[str, 
     if request.dry_run:
         return {"stack": request.stack, "dry_run": True, "plan": plan_json(await manager.plan(request.stack))}
     handle = await manager.submit_switch(request.stack)
+    if services.day is not None:  # a manual switch holds its stack against the schedule and idleness
+        services.day.hold(request.stack, hold_seconds(request.hold) if request.hold else None)
     if request.wait:
         await handle.wait()
     return manager.get_switch(handle.id)

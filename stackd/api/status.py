@@ -60,6 +60,7 @@ async def daemon_status(services: Services) -> dict[str, Any]:
         body["slices"] = services.slices.status()
     leases = services.leases
     body["leases"] = [leases.to_json(lease) for lease in leases.live()] if leases is not None else []
+    body["schedule"] = services.day.view() if services.day is not None else None
     return body
 
 
@@ -119,6 +120,14 @@ def build_status_router(services: Services, read: Callable[..., None], registry:
     )
     async def status() -> dict[str, Any]:
         return await daemon_status(services)
+
+    @router.get("/schedule", dependencies=[Depends(read)], response_model=None)
+    async def schedule() -> dict[str, Any]:
+        """The day policy: the window current now, the next change, a hold, an idle downshift, and
+        what it means to do and why (null parts when the config has no schedules: or idle:)."""
+        if services.day is None:
+            return {"configured": False}
+        return {"configured": True, **services.day.view()}
 
     @router.get(
         "/usage", dependencies=[Depends(read)], response_model=None, responses=documented(UsageAnswer)

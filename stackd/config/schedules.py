@@ -183,3 +183,21 @@ class IdleRule(_Frozen):
 
     def wait_for(self, role: str | None) -> float:
         return self.wake_wait_role_s.get(role or "", self.wake_wait_s)
+
+
+_HOLD = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)?$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+UNTIL_NEXT = "until-next"
+
+
+def hold_seconds(text: str) -> float | None:
+    """``--hold``'s value: ``2h``, ``90m``, ``3600`` (seconds) -> seconds; ``until-next`` -> None."""
+    if text == UNTIL_NEXT:
+        return None
+    match = _HOLD.match(text.strip())
+    if match is None or float(match.group(1)) <= 0:
+        raise ValueError(f"write a duration such as 2h, 90m or 3600 (seconds), or '{UNTIL_NEXT}'")
+    seconds = float(match.group(1)) * _UNIT_S[match.group(2) or "s"]
+    if seconds > 7 * SECONDS_PER_DAY:
+        raise ValueError("a hold is at most 7 days; switch again to hold longer")
+    return seconds

@@ -45,6 +45,7 @@ class PeriodicJobs:
         repair_drift: bool = False,
         leased: Callable[[str], bool] | None = None,
         on_healthy: Callable[[str], None] | None = None,
+        extra_jobs: dict[str, tuple[float, Callable[[], Awaitable[Outcome]]]] | None = None,
     ) -> None:
         """``on_healthy(model)`` hears every passing probe (the router half-opens the model's
         open circuit at once rather than refusing a healthy engine until its cool-down ends)."""
@@ -56,6 +57,7 @@ class PeriodicJobs:
         self.drift_interval_s = drift_interval_s
         self.idle_interval_s = idle_interval_s
         self.repair_drift = repair_drift
+        self.extra_jobs = extra_jobs or {}  # the day policy's tick, the power sampler
         self._last_probe: dict[str, float] = {}
         self._seen_up: dict[str, float] = {}
         self._scheduler: AsyncIOScheduler | None = None
@@ -189,6 +191,7 @@ class PeriodicJobs:
             "remotes": (self.remote_interval_s, self.probe_remotes),
             "drift": (self.drift_interval_s, self.check_drift),
             "idle": (self.idle_interval_s, self.release_idle),
+            **self.extra_jobs,
         }
 
     def start(self, scheduler: AsyncIOScheduler | None = None) -> AsyncIOScheduler:

@@ -6,6 +6,7 @@ N seconds, which stack a call wakes, and missed windows after a restart. No cloc
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -27,16 +28,16 @@ def at(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%d %H:%M").replace(tzinfo=PARIS).timestamp()
 
 
-def day_config(idle_after_s: float | None = None, **schedule: object) -> StacksConfig:
+def day_config(idle_after_s: float | None = None, **schedule: Any) -> StacksConfig:
     """The bundled config with weekdays 09:00 -> cloud-offload, every day 18:00 -> ollama-only."""
     config = bundled_config()
     schedules = Schedules(
         timezone="Europe/Paris",
         windows=[
-            ScheduleWindow(stack=DAY, days=["mon", "tue", "wed", "thu", "fri"], at="09:00"),  # type: ignore[list-item]
+            ScheduleWindow(stack=DAY, days=["mon", "tue", "wed", "thu", "fri"], at="09:00"),
             ScheduleWindow(stack=NIGHT, at="18:00"),
         ],
-        **schedule,  # type: ignore[arg-type]
+        **schedule,
     )
     stacks = dict(config.stacks)
     if idle_after_s is not None:
@@ -44,8 +45,11 @@ def day_config(idle_after_s: float | None = None, **schedule: object) -> StacksC
     return config.model_copy(update={"schedules": schedules, "stacks": stacks})
 
 
-def world(now: float, active: str | None, **kw: object) -> World:
-    return World(now=now, active=active, active_since=kw.pop("active_since", now - 3600), last_use=None, **kw)  # type: ignore[arg-type]
+def world(
+    now: float, active: str | None, switching: str | None = None, leases: tuple[LeaseView, ...] = ()
+) -> World:
+    """The active stack has run for an hour without a call."""
+    return World(now, active, active_since=now - 3600, last_use=None, switching=switching, leases=leases)
 
 
 # ---------------------------------------------------------------- windows in local time
