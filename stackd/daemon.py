@@ -99,12 +99,13 @@ def build_services(settings: Settings) -> Services:
     from stackd.planner.footprints import remembered_footprints
     from stackd.router import ReasonRouter
     from stackd.router.slices import SliceRouter
-    from stackd.state.gpu import GpuJournal
+    from stackd.state.audit import AuditLog
     from stackd.state.day_policy import DayPolicyStore
+    from stackd.state.gpu import GpuJournal
+    from stackd.state.keys import KeyedUsageStore, KeyStore
     from stackd.state.processes import ProcessTable
     from stackd.state.slice_audit import SliceAudit
     from stackd.state.store import StateStore
-    from stackd.state.usage import UsageStore
 
     config = load_daemon_config(settings)
     refuse_unsafe_bind(settings)
@@ -151,7 +152,8 @@ def build_services(settings: Settings) -> Services:
         drain_s=settings.role_drain_s,
         footprints=lambda config: remembered_footprints(config, gpu_journal.footprints()),
     )
-    usage = UsageStore(settings.db_path)
+    keys = KeyStore(settings.db_path)
+    usage = KeyedUsageStore(settings.db_path, keys)  # the ledger's store; also each key's calls
     leases = LeaseCoordinator(manager, journal=gpu_journal, container_pids=DockerPids())
     manager.on_started = leases.measure_later  # a member a switch started gets its footprint measured
     day = DayDriver(manager, DayPolicyStore(settings.db_path), leases=lambda: lease_views(leases))
@@ -181,6 +183,8 @@ def build_services(settings: Settings) -> Services:
         endpoints=endpoints,
         processes=processes,
         day=day,
+        keys=keys,
+        audit=AuditLog(settings.db_path),
     )
 
 
@@ -252,6 +256,10 @@ def build_app(settings: Settings) -> FastAPI:
                 await router.aclose()
                 await leases.aclose()
                 await usage.aclose()
+                if services.keys is not None:
+                    services.keys.close()
+                if services.audit is not None:
+                    services.audit.close()
                 await services.manager.aclose()
             finally:
                 if services.processes is not None:

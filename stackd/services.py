@@ -19,6 +19,8 @@ if TYPE_CHECKING:  # the parts import much of stackd; only their types are neede
     from stackd.manager.periodic import PeriodicJobs
     from stackd.router import ReasonRouter
     from stackd.router.slices import SliceRouter
+    from stackd.state.audit import AuditLog
+    from stackd.state.keys import KeyStore
     from stackd.state.usage import UsageStore
 
 
@@ -39,3 +41,5 @@ class Services:
     endpoints: LiveEndpoints = field(default_factory=LiveEndpoints)
     processes: LocalProcessDriver | None = None  # closed at shutdown
     day: DayDriver | None = None  # schedules, holds, idle downshift and wakes (stackd/schedule/)
+    keys: KeyStore | None = None  # API keys (stackd.api.keyring); None: the bootstrap token only
+    audit: AuditLog | None = None  # control actions by key (stackd.api.gate)

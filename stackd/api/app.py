@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -11,11 +13,15 @@ from prometheus_client import CollectorRegistry
 from starlette.routing import BaseRoute
 
 from stackd import __version__
-from stackd.api.auth import bearer_guard, open_guard
+from stackd.api.auth import admitted_guard, open_guard
 from stackd.api.config_routes import build_config_router
 from stackd.api.dispatch import BodyLimits, FrontDoor, StackdApp, hot_routes
 from stackd.api.errors import install_error_handlers
+from stackd.api.gate import Gate
+from stackd.api.keyring import Keyring
+from stackd.api.keys_routes import build_keys_router
 from stackd.api.leases import build_leases_router
+from stackd.api.limits import KeyMeter
 from stackd.api.mcp_server import MCP_PATH, McpServer
 from stackd.api.member_logs import ContainerLogs, build_member_logs_router
 from stackd.api.openapi_doc import install_openapi
@@ -25,6 +31,7 @@ from stackd.api.status import build_status_router
 from stackd.config.loader import load_config as load
 from stackd.config.models import StacksConfig
 from stackd.services import Services
+from stackd.state.keys import KeyedUsageStore
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
@@ -41,12 +48,16 @@ def create_app(
     (default: the settings' file, as is); ``container_logs`` reads docker members' logs for
     ``GET /members/{name}/logs`` (the daemon's: ``DockerLogs``). A ``FrontDoor`` sees every request first: it bounds
     bodies, checks the token before any body is read and serves the hot paths itself."""
-    write = bearer_guard(services.token)
     settings = services.settings
-    mcp = McpServer(services, write, settings.max_gateway_body_bytes)
+    gate = build_gate(services)
+    write = admitted_guard  # the gate decided by the scope table; the routes only check it did
+    mcp = McpServer(services, write, settings.max_gateway_body_bytes, gate)
     app = StackdApp(title="stackd", version=__version__, lifespan=_serving(mcp, lifespan or _no_lifespan))
     install_error_handlers(app)
     read = open_guard if services.settings.loopback else write
+    app.include_router(
+        build_keys_router(gate.keyring, gate.meter, services.keys, services.audit, write, read)
+    )
     app.include_router(build_status_router(services, read, registry or _default_registry()))
     app.include_router(build_stacks_router(services, write, read))
     app.include_router(build_leases_router(services, write, read))
@@ -67,13 +78,12 @@ def create_app(
 
         app.include_router(build_slices_router(services, write, read))
 
-        gateway_auth = _gateway_guard(services) or write
         holds = (
             CallLeases(services.leases) if services.leases is not None else None
         )  # set by the leases router
         for data_path in (
             build_tools_router(services.router, write, services.slices, holds),
-            build_gateway_router(services.router, gateway_auth, services.slices, holds, services.day),
+            build_gateway_router(services.router, write, services.slices, holds, services.day),
         ):
             app.include_router(data_path)
             hot += data_path.routes
@@ -85,17 +95,29 @@ def create_app(
         write,
         BodyLimits(control=settings.max_body_bytes, data=settings.max_gateway_body_bytes),
         access_log=settings.log_requests,
+        gate=gate,
     )
+    app.state.gate = gate
+    if registry is not None and gate.meter is not None:  # the default registry is shared: not there
+        from stackd.api.key_metrics import KeyCollector
+
+        registry.register(KeyCollector(gate.keyring, gate.meter))
     return app
 
 
-def _gateway_guard(services: Services) -> Callable[..., None] | None:
-    import os
-
+def build_gate(services: Services) -> Gate:
+    """The keyring (bootstrap token, the config's gateway token, the key table), the per-key
+    limits seeded from what the keys spent today, and the audit trail."""
     env = services.config.auth.gateway_token_env
-    if env and os.environ.get(env):
-        return bearer_guard(os.environ[env])
-    return None
+    keyring = Keyring(services.keys, services.token, time.time, os.environ.get(env) if env else None)
+    seed = services.keys.spend_since(*KeyMeter.seed_window(time.time())) if services.keys else None
+    meter = KeyMeter(time.time, seed)
+    usage = services.usage
+    claim = None
+    if isinstance(usage, KeyedUsageStore):
+        usage.on_call(meter.add)
+        claim = usage.claim
+    return Gate(keyring, services.settings.loopback, meter, services.audit, claim)
 
 
 def _default_registry() -> Any:

@@ -20,6 +20,7 @@ from stackd.errors import StackdError
 
 TOKEN_ENV = "STACKD_TOKEN"
 TOKEN_FILE = "token"
+CALLER_KEY = "stackd.caller"  # the ASGI scope's entry for the caller the front door admitted
 
 
 class Unauthorized(StackdError):
@@ -72,3 +73,11 @@ def bearer_guard(token: str) -> Callable[[Request], None]:
 
 def open_guard(request: Request) -> None:
     """Read endpoints on a loopback bind need no token."""
+
+
+def admitted_guard(request: Request, _scheme: Annotated[Any, Depends(BEARER_SCHEME)] = None) -> None:
+    """The routes' own check behind the front door's gate (``stackd.api.gate``), which decides
+    every request by the scope table: a request that did not pass the gate (an app served
+    without its front door) is refused. As a dependency it marks the route with the bearer scheme."""
+    if CALLER_KEY not in request.scope:
+        raise Unauthorized("missing or wrong bearer token; send 'Authorization: Bearer TOKEN'")

@@ -39,6 +39,8 @@ from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from stackd.api.auth import CALLER_KEY
+from stackd.api.gate import Gate, peer_of, target_of
 from stackd.errors import StackdError
 from stackd.logs.request_id import HEADER_KEY as REQUEST_ID_KEY
 from stackd.logs.request_id import REQUEST_ID, SCOPE_KEY, accepted
@@ -149,17 +151,45 @@ async def refuse_before_body(scope: Scope, send: Send, exc: StackdError, limit: 
     is left to the server, which drops it while the connection stays open; only a larger one, or
     one of unknown length, gets the connection closed so that it is never uploaded."""
     declared = declared_length(scope)
-    close = declared is None or declared > limit
-    await send_json(send, exc.status, exc.to_dict(), close=close)
+    close = (declared is None and scope["method"] not in BODYLESS_METHODS) or (declared or 0) > limit
+    retry = exc.detail.get("retry_after_s")
+    await send_json(
+        send,
+        exc.status,
+        refusal_body(scope["path"], exc),
+        close=close,
+        retry_after_s=retry if isinstance(retry, int) else None,
+    )
 
 
-async def send_json(send: Send, status: int, value: Any, close: bool = False) -> None:
+# OpenAI's error types for the front door's refusals under /v1, where its clients read them.
+OPENAI_REFUSAL_TYPES = {
+    401: ("authentication_error", "invalid_api_key"),
+    403: ("permission_error", "insufficient_scope"),
+    413: ("invalid_request_error", "request_too_large"),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+}
+
+
+def refusal_body(path: str, exc: StackdError) -> dict[str, Any]:
+    """``exc`` in stackd's shape, or OpenAI's under ``/v1/``."""
+    if not path.startswith("/v1/"):
+        return exc.to_dict()
+    kind, code = OPENAI_REFUSAL_TYPES.get(exc.status, ("server_error", None))
+    return {"error": {"message": exc.message, "type": kind, "param": None, "code": code}}
+
+
+async def send_json(
+    send: Send, status: int, value: Any, close: bool = False, retry_after_s: int | None = None
+) -> None:
     body = json.dumps(value).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if close:
         headers.append((b"connection", b"close"))
     if status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
+    if retry_after_s is not None:
+        headers.append((b"retry-after", str(retry_after_s).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -232,12 +262,14 @@ class FrontDoor:
         write: Guard,
         limits: BodyLimits,
         access_log: bool = False,
+        gate: Gate | None = None,
     ) -> None:
         self._app = app
         self._hot = dict(hot)
         self._write = write
         self._limits = limits
         self._access_log = access_log
+        self._gate = gate  # keys and scopes (stackd.api.gate); without it, ``write`` guards every body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -256,6 +288,9 @@ class FrontDoor:
             REQUEST_ID.reset(token)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._gate is not None:
+            await self._serve_gated(self._gate, scope, receive, send)
+            return
         method = scope["method"]
         hot = self._hot.get((method, scope["path"]))
         if hot is not None:
@@ -284,6 +319,64 @@ class FrontDoor:
             await refuse(send, too_large(limit))
             return
         await self._app(scope, Replay(body, receive), send)
+
+    async def _serve_gated(self, gate: Gate, scope: Scope, receive: Receive, send: Send) -> None:
+        """Every request through the gate first (a body is never read before it admits it)."""
+        method, path = scope["method"], scope["path"]
+        try:
+            caller, rule = gate.admit(scope)
+        except StackdError as exc:
+            await refuse_before_body(scope, send, exc, self._limits.control)
+            await gate.refused(scope, exc)
+            return
+        scope[CALLER_KEY] = caller
+        hot = self._hot.get((method, path))
+        if hot is not None:
+            declared = declared_length(scope)
+            hot_receive: Receive = LimitedReceive(receive, self._limits.data, declared)
+            if caller.models and method not in BODYLESS_METHODS:
+                # A key limited to some models: its body's model is read here, before the endpoint.
+                limit = self._limits.data
+                body = (
+                    None if declared is not None and declared > limit else await read_limited(receive, limit)
+                )
+                if body is None:
+                    await refuse(send, too_large(limit))
+                    return
+                try:
+                    gate.allowed_model(caller, path, body)
+                except StackdError as exc:
+                    await send_json(send, exc.status, refusal_body(path, exc))
+                    return
+                hot_receive = Replay(body, receive)
+            try:
+                await hot(scope, hot_receive, send)
+            except Exception:
+                log.exception("%s %s failed", method, path)
+                await internal_error(send, path)
+            return
+        limit = self._limits.control
+        declared = declared_length(scope)
+        if method in BODYLESS_METHODS:
+            if declared is not None and declared > limit:
+                await refuse(send, too_large(limit))
+                return
+            await self._app(scope, receive, send)
+            return
+        body = None if declared is not None and declared > limit else await read_limited(receive, limit)
+        if body is None:
+            await refuse(send, too_large(limit))
+            return
+        await self._app(scope, Replay(body, receive), send)
+        if gate.is_control(rule, method):
+            status = str(getattr(send, "status", 0))
+            await gate.audit(
+                caller,
+                f"{method} {rule.path if rule else path}",
+                target_of(rule, path, body),
+                peer_of(scope),
+                status,
+            )
 
 
 def hot_routes(routes: Iterable[BaseRoute]) -> dict[tuple[str, str], ASGIApp]:

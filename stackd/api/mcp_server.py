@@ -43,9 +43,14 @@ from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from stackd import __version__
+from stackd.api.auth import CALLER_KEY
 from stackd.api.dispatch import Guard, refuse
+from stackd.api.gate import CONTROL, Gate, needs_scope, peer_of, target_of
 from stackd.api.gateway import dumps, validate
+from stackd.api.keyring import Caller
 from stackd.api.leases import LeaseRequest
+from stackd.api.scopes import MCP_TOOLS
+from stackd.api.scopes import Scope as KeyScope
 from stackd.api.stacks import SwitchRequest, switch_stack
 from stackd.api.status import daemon_status
 from stackd.api.tools import CallTimedOut, tool_calls, tool_schema, tool_schemas
@@ -98,8 +103,11 @@ class McpServer:
     """The MCP endpoint of one app: its tools, the SDK's server and, while ``running``, its
     session manager. ``__call__`` is the ASGI endpoint the front door routes ``/mcp`` to."""
 
-    def __init__(self, services: Services, guard: Guard, max_body_bytes: int) -> None:
+    def __init__(
+        self, services: Services, guard: Guard, max_body_bytes: int, gate: Gate | None = None
+    ) -> None:
         self._guard = guard
+        self._gate = gate  # each tool's scope (stackd.api.scopes.MCP_TOOLS), models, the audit
         self._max_body_bytes = max_body_bytes
         self._tools = self._build_tools(services)
         self._server: Server[Any] = Server(
@@ -157,28 +165,51 @@ class McpServer:
             add(tool_schema(name, model), model, call)
         return tools
 
-    async def _list_tools(self, _ctx: Any, _params: PaginatedRequestParams | None) -> ListToolsResult:
-        return ListToolsResult(tools=[tool for tool, _, _ in self._tools.values()])
+    def _may_call(self, caller: Caller | None) -> dict[str, tuple[McpTool, type[BaseModel], ToolCall]]:
+        """The tools ``caller``'s scopes allow: a key sees only those it may call."""
+        if self._gate is None:
+            return self._tools
+        scopes = caller.scopes if caller is not None else frozenset()
+        return {name: entry for name, entry in self._tools.items() if MCP_TOOLS[name] in scopes}
+
+    async def _list_tools(self, ctx: Any, _params: PaginatedRequestParams | None) -> ListToolsResult:
+        allowed = self._may_call(_caller(ctx))
+        return ListToolsResult(tools=[tool for tool, _, _ in allowed.values()])
 
     async def _call_tool(self, ctx: Any, params: CallToolRequestParams) -> CallToolResult:
         # The SDK runs this in its own task group: the call's request id comes with its scope.
         scope = getattr(ctx.request, "scope", None) or {}
         token = REQUEST_ID.set(scope.get(SCOPE_KEY))
         try:
-            return await self._call(params)
+            caller = _caller(ctx)
+            result = await self._call(params, caller)
+            if self._gate is not None and caller is not None and MCP_TOOLS.get(params.name) in CONTROL:
+                outcome = (
+                    "ok"
+                    if not result.is_error
+                    else f"error: {(result.structured_content or {}).get('error')}"
+                )
+                target = target_of(None, "", dumps(params.arguments or {}))
+                await self._gate.audit(caller, f"mcp {params.name}", target, peer_of(scope), outcome)
+            return result
         finally:
             REQUEST_ID.reset(token)
 
-    async def _call(self, params: CallToolRequestParams) -> CallToolResult:
+    async def _call(self, params: CallToolRequestParams, caller: Caller | None) -> CallToolResult:
         try:
             entry = self._tools.get(params.name)
             if entry is None:
                 raise UnknownTool(
-                    f"unknown tool '{params.name}'; stackd's tools: {', '.join(self._tools)}",
-                    valid=list(self._tools),
+                    f"unknown tool '{params.name}'; stackd's tools: {', '.join(self._may_call(caller))}",
+                    valid=list(self._may_call(caller)),
                 )
+            if params.name not in self._may_call(caller):
+                raise needs_scope(MCP_TOOLS[params.name])
             _, model, call = entry
-            text, value = await call(validate(model, dumps(params.arguments or {})))
+            args = dumps(params.arguments or {})
+            if self._gate is not None and caller is not None and MCP_TOOLS[params.name] is KeyScope.GATEWAY:
+                self._gate.allowed_model(caller, MCP_MODEL_PATHS.get(params.name, ""), args)
+            text, value = await call(validate(model, args))
         except StackdError as exc:
             error = exc.to_dict()
             return CallToolResult(
@@ -219,6 +250,20 @@ class McpServer:
 
 class UnknownTool(StackdError):
     status = 404
+
+
+# The HTTP path whose body names the model, for a key limited to some (``Gate.allowed_model``).
+MCP_MODEL_PATHS = {
+    "reason": "/tools/reason",
+    "invoke_model": "/tools/invoke_model",
+    "deep_reasoning": "/tools/deep_reasoning",
+}
+
+
+def _caller(ctx: Any) -> Caller | None:
+    scope = getattr(getattr(ctx, "request", None), "scope", None) or {}
+    caller = scope.get(CALLER_KEY)
+    return caller if isinstance(caller, Caller) else None
 
 
 def _answering(call: Any) -> ToolCall:

@@ -18,6 +18,8 @@ from rich.console import Group
 from stackd import __version__
 from stackd.api import answers
 from stackd.cli import render, slices_view
+from stackd.cli.key_commands import audit as key_audit
+from stackd.cli.key_commands import keys_app
 from stackd.cli.lease_commands import lease_app
 from stackd.cli.options import (
     ConfigOpt,
@@ -338,8 +340,18 @@ def usage(
     state_dir: StateDirOpt = None,
     as_json: JsonOpt = False,
     wide: WideOpt = False,
+    by: Annotated[str | None, typer.Option("--by", help="'key': calls, tokens and cost per API key.")] = None,
 ) -> None:
-    """Requests, failures, latency, tokens and cost per backend and strategy."""
+    """Requests, failures, latency, tokens and cost per backend and strategy (or per key: --by key)."""
+    if by is not None:
+        from stackd.cli.key_commands import usage_by_key
+
+        if by != "key":
+            raise typer.BadParameter(f"--by '{by}': only 'key' is known")
+        with client(url, token, state_dir) as c:
+            keyed = c.get("/usage/keys")
+        emit(keyed, as_json, usage_by_key(keyed))
+        return
     with client(url, token, state_dir) as c:
         data = c.get("/usage", answers.UsageAnswer)
     emit(data, as_json, Group(render.usage_renderable(data, wide=wide), slices_view.usage_slices(data)))
@@ -383,3 +395,5 @@ def main() -> None:
 
 app.add_typer(slices_app, name="slices")
 app.add_typer(lease_app, name="lease")
+app.add_typer(keys_app, name="keys")
+app.command("audit")(key_audit)

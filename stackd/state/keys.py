@@ -1,0 +1,223 @@
+"""API keys and what each key spent (tables ``api_keys`` and ``key_usage`` of ``stackd.db``).
+
+A key is stored as the SHA-256 of its text, never the text. A plain hash (no salt, no slow KDF)
+is enough because every key is 32 random bytes from ``secrets``: nobody can guess one, so there
+is no dictionary for a salt or a work factor to defeat, and a fast digest lets the daemon find a
+key by its digest in an in-memory dict on every request (``stackd.api.keyring``) instead of
+trying a slow hash against each row. A leaked database therefore gives no usable key.
+
+``key_usage`` has one row per answered call of a key (its tokens and cloud cost), written in the
+same batches as the usage ledger's rows (``KeyedUsageStore``): the per-key limits are counted
+from it again after a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stackd.state.sqlite import open_reader, open_writer
+from stackd.state.usage import UsageRow, UsageStore
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    name TEXT PRIMARY KEY,
+    digest TEXT NOT NULL UNIQUE,
+    scopes TEXT NOT NULL,
+    models TEXT NOT NULL,
+    rpm INTEGER,
+    daily_tokens INTEGER,
+    daily_cost_usd REAL,
+    created REAL NOT NULL,
+    expires REAL,
+    revoked REAL
+);
+CREATE TABLE IF NOT EXISTS key_usage (
+    ts REAL NOT NULL,
+    key TEXT NOT NULL,
+    request_id TEXT,
+    tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS key_usage_ts ON key_usage (ts);
+"""
+# Keyed calls whose key is remembered until the ledger writes them; far more than are ever in flight.
+MAX_CLAIMS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """One key as stored: its digest, never its text."""
+
+    name: str
+    digest: str
+    scopes: tuple[str, ...]
+    models: tuple[str, ...] = ()  # empty: every model and role
+    rpm: int | None = None
+    daily_tokens: int | None = None
+    daily_cost_usd: float | None = None
+    created: float = 0.0
+    expires: float | None = None
+    revoked: float | None = None
+
+    def to_public(self) -> dict[str, object]:
+        """The key's description for ``GET /keys`` and ``stackd keys list``: no digest."""
+        return {
+            "name": self.name,
+            "scopes": list(self.scopes),
+            "models": list(self.models),
+            "rpm": self.rpm,
+            "daily_tokens": self.daily_tokens,
+            "daily_cost_usd": self.daily_cost_usd,
+            "created": self.created,
+            "expires": self.expires,
+            "revoked": self.revoked,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpend:
+    """What one key used, for its limits and ``stackd usage --by key``."""
+
+    calls: int = 0
+    tokens: int = 0
+    cost_usd: float = 0.0
+    recent: tuple[float, ...] = field(default=())  # call times of the last minute
+
+
+class KeyStore:
+    """Synchronous and thread-safe; key changes are rare (the control API calls it directly)."""
+
+    def __init__(self, db_path: Path) -> None:
+        self._lock = threading.Lock()
+        # A key revoked and then back after a power cut would be a lie: FULL for this table.
+        self._db = open_writer(db_path, _SCHEMA, durable=True)
+        self._reader = open_reader(db_path)
+
+    def all(self) -> list[KeyRecord]:
+        with self._lock:
+            rows = self._reader.execute(
+                "SELECT name, digest, scopes, models, rpm, daily_tokens, daily_cost_usd, created, "
+                "expires, revoked FROM api_keys ORDER BY name"
+            ).fetchall()
+        return [
+            KeyRecord(n, d, tuple(json.loads(s)), tuple(json.loads(m)), r, t, c, cr, e, rv)
+            for n, d, s, m, r, t, c, cr, e, rv in rows
+        ]
+
+    def put(self, key: KeyRecord) -> None:
+        """Insert or replace the key of this name (a rotation replaces its digest)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO api_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key.name,
+                    key.digest,
+                    json.dumps(list(key.scopes)),
+                    json.dumps(list(key.models)),
+                    key.rpm,
+                    key.daily_tokens,
+                    key.daily_cost_usd,
+                    key.created,
+                    key.expires,
+                    key.revoked,
+                ),
+            )
+
+    def record_calls(self, ts: float, calls: Sequence[tuple[str, str | None, int, float]]) -> None:
+        """One ``key_usage`` row per (key, request id, tokens, cost)."""
+        if not calls:
+            return
+        with self._lock:
+            self._db.executemany(
+                "INSERT INTO key_usage (ts, key, request_id, tokens, cost_usd) VALUES (?, ?, ?, ?, ?)",
+                [(ts, *call) for call in calls],
+            )
+
+    def spend_since(self, since: float, recent_since: float) -> dict[str, KeySpend]:
+        """Per key: calls, tokens and cost since ``since``, and its call times after ``recent_since``."""
+        with self._lock:
+            totals = self._reader.execute(
+                "SELECT key, COUNT(*), SUM(tokens), SUM(cost_usd) FROM key_usage WHERE ts >= ? GROUP BY key",
+                (since,),
+            ).fetchall()
+            recent = self._reader.execute(
+                "SELECT key, ts FROM key_usage WHERE ts >= ? ORDER BY ts", (recent_since,)
+            ).fetchall()
+        times: dict[str, list[float]] = {}
+        for key, ts in recent:
+            times.setdefault(key, []).append(ts)
+        return {
+            key: KeySpend(calls, int(tokens or 0), float(cost or 0.0), tuple(times.get(key, ())))
+            for key, calls, tokens, cost in totals
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            self._reader.close()
+            self._db.close()
+
+
+class KeyedUsageStore(UsageStore):
+    """The usage ledger's store, which also writes each call's tokens and cost against the key
+    that made it: the front door ``claim``s each keyed call's request id for its key (bounded,
+    the oldest claims dropped), and ``write`` finds the key of each call's rows.
+
+    A subclass and not a listener parameter of ``UsageStore``: the ledger's owner is changing
+    that module while keys land; the ledger stays the one writer of both, in one batch."""
+
+    def __init__(self, db_path: Path, keys: KeyStore) -> None:
+        super().__init__(db_path)
+        self.keys = keys
+        self._claims: OrderedDict[str, str] = OrderedDict()
+        self._claims_lock = threading.Lock()
+        self._listeners: list[Callable[[str, int, float], None]] = []
+
+    def claim(self, request_id: str, key: str) -> None:
+        """The call ``request_id`` is ``key``'s."""
+        with self._claims_lock:
+            self._claims[request_id] = key
+            if len(self._claims) > MAX_CLAIMS:
+                self._claims.popitem(last=False)
+
+    def _key_of(self, request_id: str) -> str | None:
+        with self._claims_lock:
+            # kept, not popped: one call may reach the ledger in more than one batch (slices)
+            return self._claims.get(request_id)
+
+    def on_call(self, listener: Callable[[str, int, float], None]) -> None:
+        """Call ``listener(key, tokens, cost_usd)`` for each keyed call written (from a worker thread)."""
+        self._listeners.append(listener)
+
+    def write(self, ts: float, usage: Sequence[UsageRow]) -> None:
+        super().write(ts, usage)
+        per_call: dict[str, list[UsageRow]] = {}
+        for row in usage:
+            # getattr: rows of a usage ledger older than its request ids carry none (nothing keyed)
+            request_id: str | None = getattr(row, "request_id", None)
+            if request_id is not None:
+                per_call.setdefault(request_id, []).append(row)
+        calls = []
+        for request_id, rows in per_call.items():
+            key = self._key_of(request_id)
+            if key is None:
+                continue
+            tokens = sum(r.prompt_tokens + r.completion_tokens for r in rows)
+            cost = sum(r.cost_usd for r in rows)
+            calls.append((key, request_id, tokens, cost))
+        self.keys.record_calls(ts, calls)
+        for key, _, tokens, cost in calls:
+            for listener in self._listeners:
+                listener(key, tokens, cost)
+
+
+def spend_by_key(spend: Mapping[str, KeySpend]) -> list[dict[str, object]]:
+    """``stackd usage --by key``'s rows."""
+    return [
+        {"key": key, "calls": s.calls, "tokens": s.tokens, "cost_usd": round(s.cost_usd, 6)}
+        for key, s in sorted(spend.items())
+    ]
