@@ -28,17 +28,23 @@ from tests.unit.test_api import AUTH, TOKEN
 from tests.unit.test_manager_world import close_all, make_world
 
 VALID = '{"name": "Ada", "age": 36}'
+NOON = 1_764_590_400.0  # 2025-12-01 12:00 UTC
 
 
 class SliceBackend:
     def __init__(self, name: str, text: str) -> None:
         self.name = self.request_model = name
         self.text = text
+        self.asked: list[ChatRequest] = []
 
     def not_ready(self) -> str | None:
         return None
 
+    def unsupported(self, request: ChatRequest) -> str | None:
+        return None
+
     async def complete(self, request: ChatRequest) -> Completion:
+        self.asked.append(request)
         return Completion(self.text, "stop", Usage(12, 8))
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
@@ -73,7 +79,7 @@ async def build(
         name: SliceBackend(name, "prose" if name == "elastic-6b" else VALID) for name in world.config.models
     }
     router = ReasonRouter(world.config, roles, backend_factory=lambda name, session: backends[name])
-    slices = SliceRouter(router)
+    slices = SliceRouter(router, clock=lambda: NOON)  # outside the bundled 01:00-05:00 UTC time pin
     slices.attach(SliceAudit(tmp_path / "stackd.db"), tmp_path, FixedDigests())
     services = Services(
         settings=Settings(state_dir=tmp_path / "state"), config=world.config, roles=roles, manager=manager,
@@ -159,6 +165,62 @@ async def test_a_routed_stream_sends_the_validated_answer(app: App) -> None:
         if json.loads(e)["choices"]
     )
     assert json.loads(text) == {"name": "Ada", "age": 36}
+
+
+def sse_events(text: str) -> list[dict[str, Any]]:
+    data = [line.removeprefix("data: ") for line in text.splitlines() if line.startswith("data: ")]
+    assert data[-1] == "[DONE]"
+    return [json.loads(d) for d in data[:-1]]
+
+
+RECORD = ("preset", "slice", "decided_by", "policy_version", "model_digest", "validated", "check")
+
+
+async def test_a_routed_stream_carries_the_same_slice_record_as_an_answer(app: App) -> None:
+    answer = (await app.client.post("/v1/chat/completions", json=chat(response_format=PERSON_FORMAT))).json()
+    r = await app.client.post("/v1/chat/completions", json=chat(stream=True, response_format=PERSON_FORMAT))
+    events = sse_events(r.text)
+    [finish] = [e for e in events if e["choices"] and e["choices"][0]["finish_reason"]]
+    streamed, answered = finish["stackd"]["slices"], answer["stackd"]["slices"]
+    assert {k: streamed[k] for k in RECORD} == {k: answered[k] for k in RECORD}
+    assert (streamed["slice"], streamed["validated"], streamed["model_digest"]) == (
+        "9b",
+        True,
+        "sha256:digest-of-elastic-9b",
+    )
+    assert [t["outcome"] for t in streamed["tries"]] == ["promoted", "accepted"]
+    assert streamed["audit_id"] == answered["audit_id"] + 1  # each call has its own audit row
+    # buffer-then-stream: the validated text arrives whole, before the finish
+    [content] = [
+        e["choices"][0]["delta"]["content"] for e in events if e["choices"][0]["delta"].get("content")
+    ]
+    assert json.loads(content) == {"name": "Ada", "age": 36}
+
+
+async def test_a_routed_stream_whose_answer_is_invalid_says_so(app: App) -> None:
+    app.backends["elastic-9b"].text = app.backends["elastic-12b"].text = "still prose"
+    r = await app.client.post("/v1/chat/completions", json=chat(stream=True, response_format=PERSON_FORMAT))
+    [finish] = [e for e in sse_events(r.text) if e["choices"] and e["choices"][0]["finish_reason"]]
+    assert finish["stackd"]["slices"]["validated"] is False and finish["stackd"]["slices"]["slice"] == "12b"
+
+
+async def test_a_routed_stream_sends_a_valid_tool_call_as_tool_calls(app: App) -> None:
+    app.backends["elastic-6b"].text = json.dumps({"name": "get_weather", "arguments": {"city": "Oslo"}})
+    r = await app.client.post("/v1/chat/completions", json=chat(stream=True, tools=[WEATHER_TOOL]))
+    events = sse_events(r.text)
+    [calls] = [
+        e["choices"][0]["delta"]["tool_calls"] for e in events if e["choices"][0]["delta"].get("tool_calls")
+    ]
+    assert calls[0]["index"] == 0 and json.loads(calls[0]["function"]["arguments"]) == {"city": "Oslo"}
+    [finish] = [e for e in events if e["choices"][0]["finish_reason"]]
+    assert finish["choices"][0]["finish_reason"] == "tool_calls"
+    assert finish["stackd"]["slices"]["tool_call"]["name"] == "get_weather"
+
+
+async def test_each_slice_is_asked_for_the_calls_response_format(app: App) -> None:
+    await app.client.post("/v1/chat/completions", json=chat(response_format=PERSON_FORMAT))
+    assert app.backends["elastic-6b"].asked[-1].response_format == PERSON_FORMAT
+    assert app.backends["elastic-9b"].asked[-1].response_format == PERSON_FORMAT
 
 
 async def test_invoke_model_routes_the_bare_preset(app: App) -> None:
