@@ -11,21 +11,22 @@ from stackd.planner.kv import SESSION_CONTEXTS
 
 
 def kv_table(rows: list[dict[str, Any]]) -> Table | None:
-    """One line per member with an architecture (and under its name, the engine rule that sized
-    its cache); None when no member has one."""
+    """One line per member with an architecture, and in the caption the engine rule that sized
+    each one's cache; None when no member has one."""
     if not rows:
         return None
     table = Table(title="KV cache (docs/kv-planner.md)")
-    for column in ("model", "KV/token", "context", "util", "KV room", "KV tokens"):
-        table.add_column(column, justify="left" if column == "model" else "right")
+    for column in ("model", "KV/token", "context", "util", "KV room", "tokens"):
+        table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
     for ctx in SESSION_CONTEXTS:
-        table.add_column(f"@{ctx // 1024}K", justify="right")
+        table.add_column(f"@{ctx // 1024}K", justify="right", no_wrap=True)
+    rules = [f"{row['model']}: {row['kv_rule']}" for row in rows if row.get("kv_rule")]
+    if rules:  # a line under the table: a column of them would squeeze the numbers at 100 columns
+        table.caption = escape("engine rule: " + "; ".join(rules))
     for row in rows:
         sessions = dict((int(ctx), n) for ctx, n in row.get("sessions") or [])
         util = row.get("gpu_memory_utilization")
         name = row["model"] + (" [red](refused)[/]" if row.get("refused") else "")
-        if row.get("kv_rule"):  # whose rule sized the sliding-window layers: under the name
-            name += f"\n[dim]{escape(row['kv_rule'])}[/]"
         table.add_row(
             name,
             _kib(row["kv_bytes_per_token"])

@@ -126,19 +126,19 @@ def test_a_model_without_a_window_names_its_engine_only(tmp_path: Path) -> None:
     assert row["kv_rule"] == "llama.cpp (llama-cpp-python)" and row["context_mib"] == 36.0
 
 
-def test_the_plan_table_shows_the_rule_under_the_model(tmp_path: Path) -> None:
+def test_the_plan_table_names_each_rule_in_its_caption(tmp_path: Path) -> None:
     from rich.console import Console
 
     from stackd.cli.render import plan_renderable
 
     file = tmp_path / "stacks.yaml"
     plan_row(tmp_path, process(*LLAMA_CPP_PYTHON, "--n_ctx", "8192"))  # writes the file
-    console = Console(width=160, record=True)
+    console = Console(width=100, record=True)
     console.print(plan_renderable(offline_plan(file, "s")))
-    text = console.export_text()
-    lines = text.splitlines()
+    lines = console.export_text().splitlines()
     (at,) = [i for i, line in enumerate(lines) if line.lstrip("│ ").startswith("m ")]
-    assert "llama.cpp (llama-cpp-python): full-size SWA" in lines[at + 1]
+    caption = next(line for line in lines[at:] if "engine rule:" in line)
+    assert "m: llama.cpp (llama-cpp-python): full-size SWA" in caption
 
 
 @pytest.mark.parametrize("bad", ["--n_ctx", "--n_ctx=auto"])
