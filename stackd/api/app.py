@@ -23,6 +23,7 @@ from stackd.api.keys_routes import build_keys_router
 from stackd.api.leases import build_leases_router
 from stackd.api.limits import KeyMeter
 from stackd.api.mcp_server import MCP_PATH, McpServer
+from stackd.api.member_actions import build_member_actions_router
 from stackd.api.member_logs import ContainerLogs, build_member_logs_router
 from stackd.api.openapi_doc import install_openapi
 from stackd.api.page import build_page_router
@@ -64,6 +65,7 @@ def create_app(
     # The followers are closed by the daemon before uvicorn waits for open answers.
     member_logs, app.state.log_followers = build_member_logs_router(services, write, container_logs)
     app.include_router(member_logs)
+    app.include_router(build_member_actions_router(services, write))
     page, app.state.status_feed = build_page_router(services, read)  # closed by the daemon at shutdown
     app.include_router(page)
     app.include_router(

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from importlib import resources
 from typing import Any
@@ -38,6 +39,7 @@ BUSY_INTERVAL_S = 0.25
 KEEPALIVE_S = 15.0
 SWITCHES_SHOWN = 8
 CALLS_SHOWN = 12
+LOG_LINES_READ = 60
 FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -146,8 +148,8 @@ def status_snapshot(services: Services) -> Snapshot:
         leases = services.leases
         status["leases"] = [leases.to_json(lease) for lease in leases.live()] if leases is not None else []
         config, active = services.config, manager.active_stack
-        tails = {
-            name: manager.processes.log_tail(name, 3)
+        tails = {  # enough lines that a few remain once the health probes are dropped
+            name: manager.processes.log_tail(name, LOG_LINES_READ)
             for name in (m["name"] for m in status.get("members", ()) if m.get("runtime") == "process")
         }
         router = services.router
@@ -157,6 +159,7 @@ def status_snapshot(services: Services) -> Snapshot:
             manager.recent_switches(SWITCHES_SHOWN),
             router.recent.newest(CALLS_SHOWN) if router is not None else [],
             tails,
+            time.time(),
         )
 
     return snapshot

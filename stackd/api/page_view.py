@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from stackd.api.page_members import counts, member_card, ram_bar
+from stackd.api.page_notices import drift_held, notices
 from stackd.manager.events import describe_step
 
 SEGMENTS: tuple[tuple[str, str], ...] = (
@@ -31,7 +33,6 @@ SEGMENTS: tuple[tuple[str, str], ...] = (
     ("free", "free"),
 )
 RESIDENT_STATES = frozenset({"running", "loaded", "unhealthy", "restarting"})
-LOG_LINES = 3
 
 
 def gpu_bar(
@@ -68,6 +69,9 @@ def gpu_bar(
             "label": label,
             "mib": sizes[kind],
             "measured": bool(parts[kind]) and all(r["measured_mib"] is not None for r in parts[kind]),
+            "declared_mib": sum(int(r["mib"]) for r in parts[kind])
+            if kind not in ("reserve", "free")
+            else None,
             "models": parts[kind],
         }
         for kind, label in SEGMENTS
@@ -125,30 +129,19 @@ def page_snapshot(
     switches: Sequence[Mapping[str, Any]],
     calls: Sequence[Mapping[str, Any]],
     log_tails: Mapping[str, list[str]],
+    now: float,
 ) -> dict[str, Any]:
     """Everything the page shows, from ``/status``'s body, the stacks (``stack_json``), the
-    recent switches (``recent_switches``), the recent calls and each member's last log lines."""
-    members = [
-        {
-            "name": m["name"],
-            "runtime": m.get("runtime"),
-            "placement": m.get("placement"),
-            "lifecycle": m.get("lifecycle"),
-            "in_stack": m.get("in_stack"),
-            "state": m.get("state"),
-            "detail": m.get("detail"),
-            "health": _health(m.get("last_probe")),
-            "memory_mib": m.get("memory_mib"),
-            "measured_mib": m.get("measured_mib"),
-            "log_tail": (log_tails.get(m["name"]) or m.get("log_tail") or [])[-LOG_LINES:],
-        }
-        for m in status.get("members", ())
-    ]
+    recent switches (``recent_switches``), the recent calls and each member's last log lines
+    (health probes are dropped from them here); ``now`` (epoch seconds) holds drift back around
+    a switch (``page_notices``)."""
+    members = [member_card(m, log_tails.get(m["name"]) or []) for m in status.get("members", ())]
     leases = list(status.get("leases") or ())
     gpu = status.get("gpu") or {}
     return {
         "active_stack": status.get("active_stack"),
         "switch_in_progress": status.get("switch_in_progress"),
+        "counts": counts(members),
         "stacks": [
             {"name": s["name"], "description": s.get("description"), "active": bool(s.get("active"))}
             for s in stacks
@@ -157,20 +150,15 @@ def page_snapshot(
             "state": gpu.get("state"),
             "source": gpu.get("source"),
             "simulated": bool(gpu.get("simulated")),
+            "devices": len(gpu.get("devices") or ()),
             "bar": gpu_bar(gpu.get("vram"), members, (lease["model"] for lease in leases)),
         },
+        "ram": ram_bar(status.get("ram"), members),
         "members": members,
         "roles": [{"role": r, "model": m} for r, m in (status.get("roles") or {}).items()],
         "leases": [{k: lease.get(k) for k in ("id", "model", "expires_in_s", "ttl_s")} for lease in leases],
         "switches": [switch_row(s) for s in switches],
         "calls": list(calls),
-        "drift": list(status.get("drift") or ()),
-        "degraded": list(status.get("degraded") or ()),
-        "recovery": status.get("recovery"),
+        "notices": notices(status, now),
+        "drift_held": drift_held(status, now),
     }
-
-
-def _health(probe: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    if not probe:
-        return None
-    return {"ok": bool(probe.get("ok")), "at": probe.get("at"), "error": probe.get("error")}

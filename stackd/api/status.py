@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
@@ -17,6 +18,7 @@ from stackd.drivers.health import health_url
 from stackd.errors import NotFound
 from stackd.planner.views import redact_url
 from stackd.services import Services
+from stackd.state.usage_series import usage_series
 
 
 class Health(BaseModel):
@@ -138,6 +140,17 @@ def build_status_router(services: Services, read: Callable[..., None], registry:
         audit = slices.audit.summary() if slices is not None and slices.audit is not None else []
         tallies = slices.stats.to_dict() if slices is not None else {}
         return {"rows": rows, "slices": {"served": audit, "since_start": tallies}}
+
+    @router.get("/usage/series", dependencies=[Depends(read)], response_model=None)
+    async def usage_series_route(
+        window_s: Annotated[float, Query(gt=0, le=7 * 86400)] = 3600,
+        bucket_s: Annotated[float, Query(ge=1, le=86400)] = 60,
+    ) -> dict[str, Any]:
+        """Calls, failures, tokens/s and p50/p95 latency per backend, in buckets of ``bucket_s``
+        over the last ``window_s`` seconds, from the usage ledger (``stackd.state.usage_series``)."""
+        now = time.time()
+        samples = services.usage.samples(now - window_s) if services.usage is not None else []
+        return usage_series(samples, now, window_s, bucket_s)
 
     @router.get("/metrics", dependencies=[Depends(read)], response_class=PlainTextResponse)
     async def metrics() -> Response:

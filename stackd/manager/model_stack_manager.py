@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from stackd.config.models import Runtime, StacksConfig
+from stackd.config.models import Lifecycle, Runtime, StacksConfig
 from stackd.drivers.base import ContainerDriver, HealthChecker, OllamaDriver, ProcessDriver, RemoteProber
 from stackd.errors import Conflict, NotFound, PlanRefused
 from stackd.hardware.types import HardwareSnapshot
@@ -375,6 +375,33 @@ class ModelStackManager:
         if stopped:
             self.members.last_use.pop(model, None)
         return stopped
+
+    async def restart(self, model: str) -> None:
+        """Stop and start again an engine of the active stack (a process or a container), on the
+        worker: ``NotFound`` for a name the active stack lacks, ``Conflict`` during a switch or
+        for a member with no engine of stackd's (Ollama, remote) or one on demand and stopped
+        (a lease starts it)."""
+        stack = self.config.stacks.get(self._active or "")
+        if stack is None or model not in stack.member_names:
+            raise NotFound(f"{model} is not a member of the active stack ({self._active or 'none'})")
+        current = self.worker.current
+        if current is not None:
+            raise Conflict(f"switch {current.id} is in progress; restart {model} after it")
+        spec = self.config.models[model]
+        if spec.runtime not in (Runtime.docker, Runtime.process):
+            raise Conflict(f"{model} runs on {spec.runtime.value}: stackd has no engine of its own to restart")
+
+        async def again() -> None:
+            observed = await self.observe()
+            running = observed.running_containers | observed.running_processes
+            if model not in running and spec.lifecycle == Lifecycle.on_demand:
+                raise Conflict(f"{model} is on demand and stopped: a lease starts it")
+            engine = self.containers if spec.runtime == Runtime.docker else self.processes
+            await engine.ensure_stopped(model, spec)
+            await engine.ensure_running(model, spec)
+
+        log.info("restarting %s on request", model, extra={"member": model})
+        await self.run_exclusive(again)
 
     # ---------------------------------------------------------------- status
 

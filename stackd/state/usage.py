@@ -145,6 +145,18 @@ class UsageStore:
             rows = self._reader.execute(query, (since, len(prefix), prefix)).fetchall()
         return {strategy: int(tokens or 0) for strategy, tokens in rows}
 
+    def samples(self, since: float) -> list[tuple[float, str, int, int, float, int, int]]:
+        """Each row since ``since`` as ``(ts, backend, requests, failures, total_ms_sum,
+        total_count, completion_tokens)``, oldest first: what ``usage_series`` buckets (one row
+        is one call's attempts at one backend, so its mean time is that call's latency there)."""
+        failures = " + ".join(FAILURE_COLUMNS)
+        query = (
+            f"SELECT ts, backend, requests, {failures}, total_ms_sum, total_count, completion_tokens "
+            "FROM usage WHERE ts >= ? ORDER BY ts"
+        )
+        with self._read_lock:
+            return [tuple(row) for row in self._reader.execute(query, (since,)).fetchall()]
+
     def summary(self, since: float | None = None) -> list[dict[str, Any]]:
         """Totals per (strategy, backend) since ``since`` (epoch seconds; None = all time)."""
         failure_sums = ", ".join(f"SUM({c})" for c in FAILURE_COLUMNS)

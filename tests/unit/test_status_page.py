@@ -189,7 +189,11 @@ async def test_on_a_public_bind_the_page_needs_no_token_and_its_stream_does(tmp_
         for asset, kind in (("app.js", "text/javascript"), ("style.css", "text/css")):
             answer = await client.get(f"/page/{asset}")
             assert answer.status_code == 200 and answer.headers["content-type"].startswith(kind)
-        assert (await client.get("/page/secret.py")).status_code == 404
+        # only the page's own files are open: anything else asks for the key first (scopes.py)
+        assert (await client.get("/page/secret.py")).status_code == 401
+        assert (
+            await client.get("/page/secret.py", headers={"Authorization": f"Bearer {TOKEN}"})
+        ).status_code == 404
         assert (await client.get("/status/events")).status_code == 401
         answer = await stream_text(client, app, {"Authorization": f"Bearer {TOKEN}"})
         assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/event-stream")

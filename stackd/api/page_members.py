@@ -1,0 +1,152 @@
+"""The status page's member cards, its RAM bar and the header's counts: pure, no I/O.
+
+A card holds in one place what ``/status`` spreads over a member: its state and why, its last
+probe (only where it says more than the state), the engine's PID, port, uptime and restarts, its
+memory measured against its budget (RAM for a CPU member, VRAM for a GPU one), and its last log
+lines without the health probe's requests (an engine logs every ``GET /v1/models`` stackd sends:
+they are most of a quiet engine's log and say nothing).
+
+The RAM bar, like the GPU bar (``page_view.gpu_bar``), has fixed segments in this order:
+
+    measured   what stackd's resident CPU members hold now (their budget where not measured)
+    declared   the rest of their budgets: declared in the config, not in use now
+    foreign    what the rest of the machine holds (total - available - measured)
+    free       the rest
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+RAM_SEGMENTS: tuple[tuple[str, str], ...] = (
+    ("measured", "stackd members (measured)"),
+    ("declared", "declared, not in use"),
+    ("foreign", "other processes"),
+    ("free", "free"),
+)
+RESIDENT_STATES = frozenset({"running", "loaded", "unhealthy", "restarting"})
+HEALTHY_STATES = frozenset({"running", "loaded", "ready"})
+# States that are what an on-demand or cloud member is when nobody needs it: neither healthy nor degraded.
+IDLE_STATES = frozenset({"stopped", "pulled", "unprobed"})
+LOG_LINES = 4
+# A health probe's request as engines log it: uvicorn ("GET /v1/models HTTP/1.1" 200 OK),
+# llama.cpp's server (GET /v1/models 127.0.0.1 200), Ollama's gin (| 200 | … | GET "/api/tags").
+PROBE_PATHS = r'"?(?:/v1/models|/models|/health\w*|/api/tags|/api/ps|/api/version)\b'
+PROBE_LINE = re.compile(rf"GET\s+{PROBE_PATHS}.*\b200\b|\b200\b.*GET\s+{PROBE_PATHS}")
+MISSING_KEY = re.compile(r"has no API key: set (\w+)")
+
+
+def without_probes(lines: Iterable[str], keep: int = LOG_LINES) -> list[str]:
+    """The last ``keep`` lines that are not a successful health probe's request."""
+    return [line for line in lines if line.strip() and not PROBE_LINE.search(line)][-keep:]
+
+
+def missing_key(detail: str | None) -> str | None:
+    """The variable a remote member's 'no API key' detail names, else None."""
+    found = MISSING_KEY.search(detail or "")
+    return found.group(1) if found else None
+
+
+def member_card(member: Mapping[str, Any], log_lines: Sequence[str]) -> dict[str, Any]:
+    """One member's card (see the module's docstring)."""
+    state, detail = member.get("state"), member.get("detail")
+    key = missing_key(detail)
+    if key is not None:  # said once, short: the notices name every missing variable together
+        state, detail = "no key", f"set {key}"
+    probe = member.get("last_probe") or None
+    health = None
+    if probe:
+        error = probe.get("error")
+        health = {
+            "ok": bool(probe.get("ok")),
+            "at": probe.get("at"),
+            "error": None if error == member.get("detail") else error,  # the state already says it
+        }
+    process = member.get("process") or {}
+    ready_at = process.get("ready_at")
+    placement = member.get("placement")
+    return {
+        "name": member["name"],
+        "runtime": member.get("runtime"),
+        "placement": placement,
+        "lifecycle": member.get("lifecycle"),
+        "in_stack": member.get("in_stack"),
+        "state": state,
+        "detail": detail,
+        "health": health,
+        "memory_kind": {"gpu": "VRAM", "cpu": "RAM"}.get(str(placement)),
+        "memory_mib": member.get("memory_mib"),
+        "measured_mib": member.get("measured_mib"),
+        "pid": process.get("pid"),
+        "port": process.get("port"),
+        # the page counts the uptime from here (a snapshot that changed every second would be sent every second)
+        "ready_at": ready_at if ready_at and member.get("state") == "running" else None,
+        "restarts": process.get("restarts"),
+        "exits": process.get("exits"),
+        "log_tail": without_probes(log_lines or member.get("log_tail") or []),
+        "actions": actions(member),
+    }
+
+
+def actions(member: Mapping[str, Any]) -> list[str]:
+    """What the card offers (each behind the token): ``restart`` an engine of stackd's,
+    ``stop`` an on-demand one that runs, ``log`` where stackd keeps the engine's log."""
+    runtime, state = member.get("runtime"), member.get("state")
+    out = []
+    engine = runtime in ("process", "docker")
+    if engine and member.get("in_stack") and (state != "stopped" or member.get("lifecycle") != "on_demand"):
+        out.append("restart")
+    if member.get("lifecycle") == "on_demand" and member.get("in_stack") and state in RESIDENT_STATES:
+        out.append("stop")
+    if engine:
+        out.append("log")
+    return out
+
+
+def counts(cards: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """The header's counts over the active stack's members: healthy, degraded (any other trouble),
+    without a key (remote members whose API key variable is unset) and idle (on demand, stopped)."""
+    shown = [c for c in cards if c.get("in_stack")]
+    healthy = sum(1 for c in shown if c.get("state") in HEALTHY_STATES)
+    idle = sum(1 for c in shown if c.get("state") in IDLE_STATES)
+    no_key = sum(1 for c in shown if c.get("state") == "no key")
+    return {
+        "members": len(shown),
+        "healthy": healthy,
+        "idle": idle,
+        "no_key": no_key,
+        "degraded": len(shown) - healthy - idle - no_key,
+    }
+
+
+def ram_bar(ram: Mapping[str, Any] | None, members: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The RAM ledger as the bar's segments (see the module's docstring); None without one."""
+    if not ram or not ram.get("total_mib"):
+        return None
+    resident = {m["name"] for m in members if m.get("state") in RESIDENT_STATES}
+    rows = [
+        {"name": i["model"], "mib": int(i["mib"]), "measured_mib": i.get("measured_mib")}
+        for i in ram.get("items", ())
+        if i["model"] in resident
+    ]
+    measured = sum(int(r["measured_mib"] if r["measured_mib"] is not None else r["mib"]) for r in rows)
+    declared = sum(max(r["mib"] - int(r["measured_mib"] or r["mib"]), 0) for r in rows)
+    total, available = int(ram["total_mib"]), int(ram.get("available_mib") or 0)
+    foreign = max(total - available - measured, 0)
+    sizes = {"measured": measured, "declared": min(declared, available), "foreign": foreign}
+    sizes["free"] = max(total - sum(sizes.values()), 0)
+    return {
+        "total_mib": total,
+        "headroom_mib": ram.get("headroom_mib"),
+        "segments": [
+            {
+                "kind": kind,
+                "label": label,
+                "mib": sizes[kind],
+                "models": rows if kind in ("measured", "declared") else [],
+            }
+            for kind, label in RAM_SEGMENTS
+        ],
+    }
