@@ -96,11 +96,13 @@ def build_services(settings: Settings) -> Services:
     from stackd.gpu.leases import LeaseCoordinator
     from stackd.manager import ModelStackManager
     from stackd.manager.day import DayDriver, lease_views
+    from stackd.manager.energy import PowerSampler
     from stackd.planner.footprints import remembered_footprints
     from stackd.router import ReasonRouter
     from stackd.router.slices import SliceRouter
     from stackd.state.audit import AuditLog
     from stackd.state.day_policy import DayPolicyStore
+    from stackd.state.energy import EnergyStore
     from stackd.state.gpu import GpuJournal
     from stackd.state.keys import KeyedUsageStore, KeyStore
     from stackd.state.processes import ProcessTable
@@ -157,6 +159,7 @@ def build_services(settings: Settings) -> Services:
     leases = LeaseCoordinator(manager, journal=gpu_journal, container_pids=DockerPids())
     manager.on_started = leases.measure_later  # a member a switch started gets its footprint measured
     day = DayDriver(manager, DayPolicyStore(settings.db_path), leases=lambda: lease_views(leases))
+    power = PowerSampler(manager, EnergyStore(settings.db_path))
     router = ReasonRouter(
         config,
         roles,
@@ -183,6 +186,7 @@ def build_services(settings: Settings) -> Services:
         endpoints=endpoints,
         processes=processes,
         day=day,
+        power=power,
         keys=keys,
         audit=AuditLog(settings.db_path),
     )
@@ -239,7 +243,10 @@ def build_app(settings: Settings) -> FastAPI:
                     services.manager,
                     leased=leases.holds,
                     on_healthy=router.probe_succeeded,
-                    extra_jobs=services.day.jobs() if services.day is not None else None,
+                    extra_jobs={
+                        **(services.day.jobs() if services.day is not None else {}),
+                        **(services.power.jobs() if services.power is not None else {}),
+                    },
                 )
             await router.start()
             watch_sighup(services, settings)

@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # the parts import much of stackd; only their types are neede
     from stackd.gpu.leases import LeaseCoordinator
     from stackd.manager import ModelStackManager
     from stackd.manager.day import DayDriver
+    from stackd.manager.energy import PowerSampler
     from stackd.manager.periodic import PeriodicJobs
     from stackd.router import ReasonRouter
     from stackd.router.slices import SliceRouter
@@ -41,5 +42,6 @@ class Services:
     endpoints: LiveEndpoints = field(default_factory=LiveEndpoints)
     processes: LocalProcessDriver | None = None  # closed at shutdown
     day: DayDriver | None = None  # schedules, holds, idle downshift and wakes (stackd/schedule/)
+    power: PowerSampler | None = None  # GPU power sampled into energy per stack
     keys: KeyStore | None = None  # API keys (stackd.api.keyring); None: the bootstrap token only
     audit: AuditLog | None = None  # control actions by key (stackd.api.gate)

@@ -22,6 +22,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from stackd.drivers.base import ProcessInfo
+from stackd.hardware.types import GpuDevice
 from stackd.router.accounting import LATENCY_BUCKETS_MS, Accounting, LatencyTally
 from stackd.router.circuit import CircuitState
 from stackd.router.slices import SliceRouter
@@ -216,12 +217,49 @@ class StackCollector(Collector):
             used.add_metric([str(gpu.index), gpu.name], gpu.used_mib * MIB)
         yield total
         yield used
+        yield from power_metrics(hardware.gpus, services)
         yield GaugeMetricFamily(
             "stackd_host_memory_available_bytes",
             "Host RAM available.",
             value=hardware.ram_available_mib * MIB,
         )
         yield from process_metrics(services.manager.processes.processes())
+
+
+def power_metrics(gpus: tuple[GpuDevice, ...], services: Services) -> Iterator[Metric]:
+    """Power draw, enforced limit and utilisation as read now; energy drawn since start (a counter
+    integrated from the power sampler's readings, stackd.hardware.energy)."""
+    labels = ["gpu", "name"]
+    power = GaugeMetricFamily("stackd_gpu_power_watts", "Power draw of each device (NVML).", labels=labels)
+    limit = GaugeMetricFamily(
+        "stackd_gpu_power_limit_watts", "Enforced power limit of each device.", labels=labels
+    )
+    util = GaugeMetricFamily(
+        "stackd_gpu_utilization_ratio", "GPU utilisation over NVML's last sample period, 0..1.", labels=labels
+    )
+    for gpu in gpus:
+        if gpu.power_w is not None:
+            power.add_metric([str(gpu.index), gpu.name], gpu.power_w)
+        if gpu.power_limit_w is not None:
+            limit.add_metric([str(gpu.index), gpu.name], gpu.power_limit_w)
+        if gpu.util_pct is not None:
+            util.add_metric([str(gpu.index), gpu.name], gpu.util_pct / 100)
+    yield from (power, limit, util)
+    energy = CounterMetricFamily(
+        "stackd_gpu_energy_joules", "Energy each device drew since stackd started.", labels=labels
+    )
+    meter = services.power.meter if services.power is not None else None
+    if meter is not None:
+        for index, joules in sorted(meter.joules_by_gpu.items()):
+            energy.add_metric([str(index), meter.names.get(index, "")], joules)
+    yield energy
+    by_stack = CounterMetricFamily(
+        "stackd_stack_energy_joules", "GPU energy drawn while each stack was active.", labels=["stack"]
+    )
+    if meter is not None:
+        for stack, joules in sorted(meter.joules_by_stack.items()):
+            by_stack.add_metric([stack], joules)
+    yield by_stack
 
 
 def process_metrics(infos: list[ProcessInfo]) -> Iterator[Metric]:

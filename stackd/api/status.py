@@ -139,7 +139,8 @@ def build_status_router(services: Services, read: Callable[..., None], registry:
         slices = services.slices
         audit = slices.audit.summary() if slices is not None and slices.audit is not None else []
         tallies = slices.stats.to_dict() if slices is not None else {}
-        return {"rows": rows, "slices": {"served": audit, "since_start": tallies}}
+        energy = services.power.store.by_stack() if services.power and services.power.store else []
+        return {"rows": rows, "slices": {"served": audit, "since_start": tallies}, "energy": energy}
 
     @router.get("/usage/series", dependencies=[Depends(read)], response_model=None)
     async def usage_series_route(

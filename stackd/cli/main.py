@@ -17,7 +17,7 @@ from rich.console import Group
 
 from stackd import __version__
 from stackd.api import answers
-from stackd.cli import render, slices_view
+from stackd.cli import render, schedule_commands, slices_view
 from stackd.cli.key_commands import audit as key_audit
 from stackd.cli.key_commands import keys_app
 from stackd.cli.lease_commands import lease_app
@@ -201,6 +201,12 @@ def roles(
 def switch(
     stack: Annotated[str, typer.Argument(help="The stack to switch to (see 'stackd stacks').")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; change nothing.")] = False,
+    hold: Annotated[
+        str | None,
+        typer.Option(
+            "--hold", help="Keep STACK against the schedule and idleness: 2h, 90m, or until-next (default)."
+        ),
+    ] = None,
     url: UrlOpt = None,
     token: TokenOpt = None,
     state_dir: StateDirOpt = None,
@@ -214,7 +220,8 @@ def switch(
             data = c.post("/model-stacks/switch", {"stack": stack, "dry_run": True}, answers.DryRunAnswer)
             emit(data, as_json, render.plan_renderable(data["plan"]))
             return
-        started = c.post("/model-stacks/switch", {"stack": stack, "wait": False}, answers.SwitchAnswer)
+        body: dict[str, Any] = {"stack": stack, "wait": False, **({"hold": hold} if hold else {})}
+        started = c.post("/model-stacks/switch", body, answers.SwitchAnswer)
         if not as_json:  # which daemon (and so which engines) this switch changes
             out.print(render.daemon_line({**c.health(), "url": c.url}), style="dim")
         result = follow_switch(c, started, out if not as_json else None)
@@ -354,7 +361,10 @@ def usage(
         return
     with client(url, token, state_dir) as c:
         data = c.get("/usage", answers.UsageAnswer)
-    emit(data, as_json, Group(render.usage_renderable(data, wide=wide), slices_view.usage_slices(data)))
+    energy = schedule_commands.energy_renderable(data)
+    emit(
+        data, as_json, Group(render.usage_renderable(data, wide=wide), slices_view.usage_slices(data), energy)
+    )
 
 
 @app.command()
@@ -395,5 +405,6 @@ def main() -> None:
 
 app.add_typer(slices_app, name="slices")
 app.add_typer(lease_app, name="lease")
+app.command("schedule")(schedule_commands.schedule)
 app.add_typer(keys_app, name="keys")
 app.command("audit")(key_audit)

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from stackd.cli.cluster_view import cluster_ledger_table, cluster_status_table
 from stackd.cli.kv_view import kv_table
+from stackd.cli.schedule_commands import status_lines
 from stackd.planner.members import gib as planner_gib
 from stackd.planner.plan import describe_step
 
@@ -155,6 +156,7 @@ def status_renderable(status: dict[str, Any], wide: bool = False) -> Group:
         )
     if not gpu.get("devices"):
         items.append(Text(f"GPU: {gpu.get('state') or 'none'}"))
+    items += status_lines(status)  # power; the day policy's window, hold and why
     if gpu.get("vram"):  # the plan's ledger of the card: what the active stack reserves
         items.append(vram_bar(gpu["vram"]))
     if kv := kv_table(gpu.get("kv") or []):

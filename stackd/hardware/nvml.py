@@ -105,6 +105,9 @@ class NvmlReader:
             used_mib=int(memory.used) // MIB,
             free_mib=int(memory.free) // MIB,
             processes=self._processes(nvml, handle),
+            power_w=_optional(nvml, lambda: nvml.nvmlDeviceGetPowerUsage(handle) / 1000),
+            power_limit_w=_optional(nvml, lambda: nvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000),
+            util_pct=_optional(nvml, lambda: nvml.nvmlDeviceGetUtilizationRates(handle).gpu),
         )
 
     def _processes(self, nvml: Any, handle: Any) -> tuple[GpuProcess, ...]:
@@ -124,6 +127,15 @@ class NvmlReader:
             GpuProcess(pid=pid, name=self._name_of(pid), used_mib=mib)
             for pid, mib in sorted(used_by_pid.items())
         )
+
+
+def _optional(nvml: Any, read: Callable[[], Any]) -> float | None:
+    """A figure some devices do not report (NVML_ERROR_NOT_SUPPORTED on many consumer cards and
+    in some containers): None then, never a failed reading of the whole device."""
+    try:
+        return float(read())
+    except nvml.NVMLError:
+        return None
 
 
 def _describe(exc: BaseException) -> str:

@@ -8,6 +8,9 @@ it plans for. A scenario file describes devices and the foreign processes that h
         total_mib: 32607
         processes:
           - {pid: 1840, name: dwm.exe, used_mib: 1536}
+        power_w: 85            # optional: draw, enforced limit (W) and utilisation (%), as NVML
+        power_limit_w: 575
+        util_pct: 3
 
 ``used`` is the sum of the processes and ``free`` is ``total - used``. The file is read and
 checked once, when the reader is built, so a bad file stops the daemon at start with
@@ -43,6 +46,9 @@ class ScenarioDevice(_Strict):
     name: str = Field(min_length=1)
     total_mib: int = Field(gt=0, description="Total memory of the device in MiB, as NVML reports it.")
     processes: list[ScenarioProcess] = Field(default_factory=list)
+    power_w: float | None = Field(None, ge=0, le=5000, description="Power draw in watts, as NVML reports it.")
+    power_limit_w: float | None = Field(None, gt=0, le=5000, description="Enforced power limit in watts.")
+    util_pct: float | None = Field(None, ge=0, le=100, description="GPU utilisation in percent.")
 
 
 class ScenarioFile(_Strict):
@@ -80,7 +86,10 @@ class FixedReader:
         return (self._device,), "ok"
 
 
-_SHAPE = "a device has name, total_mib and processes; a process has pid, name and used_mib"
+_SHAPE = (
+    "a device has name, total_mib, processes and optionally power_w, power_limit_w, util_pct; "
+    "a process has pid, name and used_mib"
+)
 
 
 def _problem_text(err: ErrorDetails) -> str:
@@ -132,6 +141,9 @@ def _load_devices(path: Path) -> tuple[GpuDevice, ...]:
                 used_mib=used,
                 free_mib=device.total_mib - used,
                 processes=tuple(GpuProcess(p.pid, p.name, p.used_mib) for p in device.processes),
+                power_w=device.power_w,
+                power_limit_w=device.power_limit_w,
+                util_pct=device.util_pct,
             )
         )
     return tuple(devices)

@@ -21,6 +21,11 @@ class GpuDevice:
     used_mib: int
     free_mib: int
     processes: tuple[GpuProcess, ...] = ()
+    # NVML's power draw and enforced limit (watts) and GPU utilisation (percent of the last
+    # sample period); None where the device or the scenario does not report them.
+    power_w: float | None = None
+    power_limit_w: float | None = None
+    util_pct: float | None = None
 
 
 @dataclass(frozen=True)

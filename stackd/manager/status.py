@@ -135,6 +135,9 @@ def build_status(
                     "total_mib": g.total_mib,
                     "used_mib": g.used_mib,
                     "free_mib": g.free_mib,
+                    "power_w": g.power_w,
+                    "power_limit_w": g.power_limit_w,
+                    "util_pct": g.util_pct,
                 }
                 for g in hardware.gpus
             ],

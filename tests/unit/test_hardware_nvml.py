@@ -50,6 +50,21 @@ class FakeGpu:
     compute: list[Proc] | Exception = field(default_factory=list)
     graphics: list[Proc] | Exception = field(default_factory=list)
     lost: bool = False
+    power_mw: int | Exception = NOT_SUPPORTED  # many consumer cards and containers do not say
+    limit_mw: int | Exception = NOT_SUPPORTED
+    util_pct: int | Exception = NOT_SUPPORTED
+
+
+@dataclass
+class Utilization:
+    gpu: int  # pynvml's field names
+    memory: int
+
+
+def _or_raise(value: int | Exception) -> int:
+    if isinstance(value, Exception):
+        raise value
+    return value
 
 
 class FakeNvml:
@@ -85,6 +100,15 @@ class FakeNvml:
 
     def nvmlDeviceGetMemoryInfo(self, gpu: FakeGpu) -> Memory:
         return Memory(gpu.total_mib * MIB, gpu.used_mib * MIB, (gpu.total_mib - gpu.used_mib) * MIB)
+
+    def nvmlDeviceGetPowerUsage(self, gpu: FakeGpu) -> int:
+        return _or_raise(gpu.power_mw)
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, gpu: FakeGpu) -> int:
+        return _or_raise(gpu.limit_mw)
+
+    def nvmlDeviceGetUtilizationRates(self, gpu: FakeGpu) -> Utilization:
+        return Utilization(_or_raise(gpu.util_pct), 0)
 
     def nvmlDeviceGetComputeRunningProcesses(self, gpu: FakeGpu) -> list[Proc]:
         if isinstance(gpu.compute, Exception):
@@ -220,3 +244,12 @@ def test_fake_matches_the_real_module_surface() -> None:
     assert called and all(callable(getattr(pynvml, n, None)) for n in called)
     assert issubclass(pynvml.NVMLError_LibraryNotFound, pynvml.NVMLError)
     assert LIBRARY_NOT_FOUND.value == pynvml.NVML_ERROR_LIBRARY_NOT_FOUND
+
+
+def test_power_limit_and_utilisation_are_read_in_watts_and_absent_where_not_supported() -> None:
+    busy = FakeGpu("NVIDIA GeForce RTX 5090", 32607, 20000, power_mw=412_345, limit_mw=575_000, util_pct=87)
+    quiet = FakeGpu("NVIDIA T4", 15360, 0)  # NOT_SUPPORTED for all three
+    devices, state = NvmlReader(FakeNvml([busy, quiet]), name_of=names).read()
+    assert state == "ok"
+    assert (devices[0].power_w, devices[0].power_limit_w, devices[0].util_pct) == (412.345, 575.0, 87.0)
+    assert (devices[1].power_w, devices[1].power_limit_w, devices[1].util_pct) == (None, None, None)
