@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-DEFAULT_PORT = 8001
+from stackd import DEFAULT_PORT as DEFAULT_PORT  # re-exported: its readers import it here
+from stackd import default_state_dir as default_state_dir
+
 MIB = 1 << 20
-
-
-def default_state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "stackd"
 
 
 class Settings(BaseModel):

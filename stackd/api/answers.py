@@ -21,7 +21,9 @@ from stackd.planner.plan import Plan
 
 
 class Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # defer_build: a model's validator is built when it first validates (or its schema is asked
+    # for), not at import; the CLI validates one answer per command and starts in ~0.3 s.
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
 
 # ---------------------------------------------------------------- stacks

@@ -23,8 +23,8 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from stackd import DEFAULT_PORT, default_state_dir
 from stackd.errors import StackdError
-from stackd.settings import DEFAULT_PORT, default_state_dir
 
 URL_ENV = "STACKD_URL"
 TOKEN_ENV = "STACKD_TOKEN"

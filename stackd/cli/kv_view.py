@@ -7,14 +7,14 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from stackd.planner.kv import SESSION_CONTEXTS
-
 
 def kv_table(rows: list[dict[str, Any]]) -> Table | None:
     """One line per member with an architecture, and in the caption the engine rule that sized
     each one's cache; None when no member has one."""
     if not rows:
         return None
+    from stackd.planner.kv import SESSION_CONTEXTS  # the config models: only when there are rows
+
     table = Table(title="KV cache (docs/kv-planner.md)")
     for column in ("model", "KV/token", "context", "util", "KV room", "tokens"):
         table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)

@@ -5,11 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.console import Group
-from rich.text import Text
 
-from stackd.api import answers
-from stackd.cli.client import check_answer
 from stackd.cli.options import JsonOpt, StateDirOpt, TokenOpt, UrlOpt, client, emit
 
 lease_app = typer.Typer(no_args_is_help=True, help="Lease on-demand GPU models (vision, diffusion).")
@@ -42,6 +38,8 @@ def lease_acquire(
     as_json: JsonOpt = False,
 ) -> None:
     """Start MODEL (evicting the idle members that make it fit) and lease it; waits until ready."""
+    from stackd.api import answers
+
     with client(
         url, token, state_dir, timeout=900.0 + wait
     ) as c:  # a start waits for the model's health, up to its start timeout
@@ -58,6 +56,9 @@ def lease_release(
     as_json: JsonOpt = False,
 ) -> None:
     """End LEASE_ID; the model keeps running until its idle TTL."""
+    from stackd.api import answers
+    from stackd.cli.client import check_answer
+
     with client(url, token, state_dir) as c:
         data = check_answer(c.request("DELETE", f"/leases/{lease_id}"), answers.LeaseAnswer, "DELETE /leases")
     emit(data, as_json, f"released lease {data['id']} ({data['model']})")
@@ -68,6 +69,11 @@ def lease_list(
     url: UrlOpt = None, token: TokenOpt = None, state_dir: StateDirOpt = None, as_json: JsonOpt = False
 ) -> None:
     """The live leases, and the requests waiting for one (with why)."""
+    from rich.console import Group
+    from rich.text import Text
+
+    from stackd.api import answers
+
     with client(url, token, state_dir) as c:
         data = c.get("/leases", answers.LeasesAnswer)
     waiting = [

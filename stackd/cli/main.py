@@ -8,16 +8,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Group
 
 from stackd import __version__
-from stackd.api import answers
-from stackd.cli import render, schedule_commands, slices_view
+from stackd.cli import schedule_commands
 from stackd.cli.key_commands import audit as key_audit
 from stackd.cli.key_commands import keys_app
 from stackd.cli.lease_commands import lease_app
@@ -43,16 +40,11 @@ config_app = typer.Typer(no_args_is_help=True, help="Check the config file or pr
 app.add_typer(config_app, name="config")
 
 
-def stackd_version() -> str:
-    try:
-        return version("stackd")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return __version__
-
-
 def show_version(value: bool) -> None:
+    # stackd.__version__ is pyproject's version (tests/unit/test_cli_startup.py): reading the
+    # installed metadata instead cost importlib.metadata's import on every `--version`.
     if value:
-        out.print(f"stackd {stackd_version()}", markup=False, highlight=False)
+        sys.stdout.write(f"stackd {__version__}\n")
         raise typer.Exit()
 
 
@@ -137,9 +129,20 @@ def serve(
         from stackd.cli.lifecycle import serve_detached
 
         url = f"http://{settings.host}:{settings.port}"
+        # A bare `stackd stop` looks at the default state dir and port: the hint names the ones given.
+        port_given = (settings.host, settings.port) != ("127.0.0.1", 8001)
         argv = [arg for arg in sys.argv[1:] if arg != "--detach"]
         pid, log_path = serve_detached(argv, settings.state_dir, url)
-        out.print(f"stackd is serving {url} (pid {pid}); log: {log_path}; stop it with: stackd stop")
+        again = [
+            *([f"--state-dir {state_dir}"] if state_dir is not None else []),
+            *([f"--url {url}"] if port_given else []),
+        ]
+        out.print(
+            f"stackd is serving {url} (pid {pid}); log: {log_path}; stop it with: {' '.join(['stackd stop', *again])}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         return
     run(settings)
 
@@ -150,8 +153,8 @@ def stop(
     state_dir: StateDirOpt = None,
 ) -> None:
     """Stop the daemon of the state dir (SIGTERM) and wait until it and its engines are gone."""
+    from stackd import default_state_dir
     from stackd.cli.lifecycle import stop_daemon
-    from stackd.settings import default_state_dir
 
     state = state_dir or Path(os.environ.get("STACKD_STATE_DIR") or default_state_dir())
     pid = stop_daemon(state, url or os.environ.get("STACKD_URL"))
@@ -163,6 +166,9 @@ def stacks(
     url: UrlOpt = None, token: TokenOpt = None, state_dir: StateDirOpt = None, as_json: JsonOpt = False
 ) -> None:
     """List the stacks and which one is active."""
+    from stackd.api import answers
+    from stackd.cli import render
+
     with client(url, token, state_dir) as c:
         data = c.get("/model-stacks", answers.StacksAnswer)
     emit(data, as_json, render.stacks_table(data))
@@ -177,6 +183,9 @@ def status(
     wide: WideOpt = False,
 ) -> None:
     """The daemon reached, the active stack, GPU bar, members and role bindings."""
+    from stackd.api import answers
+    from stackd.cli import render
+
     with client(url, token, state_dir) as c:
         data = c.get("/status", answers.StatusAnswer)
         daemon = {**c.health(), "url": c.url}  # the URL this CLI reached
@@ -188,10 +197,36 @@ def status(
 
 
 @app.command()
+def ps(
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    state_dir: StateDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The members as processes: PID, port, uptime, restarts, memory used / budget, state."""
+    import time
+
+    from stackd.api import answers
+    from stackd.cli.ps_view import ps_rows, ps_table
+
+    with client(url, token, state_dir) as c:
+        data = c.get("/status", answers.StatusAnswer)
+    rows = ps_rows(data, time.time())
+    emit(
+        {"active_stack": data.get("active_stack"), "members": rows},
+        as_json,
+        ps_table(rows, data.get("active_stack")),
+    )
+
+
+@app.command()
 def roles(
     url: UrlOpt = None, token: TokenOpt = None, state_dir: StateDirOpt = None, as_json: JsonOpt = False
 ) -> None:
     """The live role table."""
+    from stackd.api import answers
+    from stackd.cli import render
+
     with client(url, token, state_dir) as c:
         data = c.get("/roles", answers.RolesAnswer)
     emit(data, as_json, render.roles_table(data))
@@ -213,6 +248,8 @@ def switch(
     as_json: JsonOpt = False,
 ) -> None:
     """Switch to STACK, showing steps and pull progress live."""
+    from stackd.api import answers
+    from stackd.cli import render
     from stackd.cli.switch_view import follow_switch
 
     with client(url, token, state_dir, timeout=60.0) as c:
@@ -240,6 +277,7 @@ def plan(
     as_json: JsonOpt = False,
 ) -> None:
     """Plan a switch offline (no daemon): from nothing running to STACK on this hardware."""
+    from stackd.cli import render
     from stackd.cli.offline import offline_plan
 
     data = offline_plan(config, stack, gpu_total_gb=gpu_total_gb, gpu_scenario=gpu_scenario)
@@ -350,6 +388,11 @@ def usage(
     by: Annotated[str | None, typer.Option("--by", help="'key': calls, tokens and cost per API key.")] = None,
 ) -> None:
     """Requests, failures, latency, tokens and cost per backend and strategy (or per key: --by key)."""
+    from rich.console import Group
+
+    from stackd.api import answers
+    from stackd.cli import render, slices_view
+
     if by is not None:
         from stackd.cli.key_commands import usage_by_key
 
@@ -369,7 +412,12 @@ def usage(
 
 @app.command()
 def logs(
-    member: Annotated[str, typer.Argument(help="A member of the config (a process or docker engine).")],
+    member: Annotated[
+        str | None,
+        typer.Argument(
+            help="A member of the config (a process or docker engine); none: the daemon's own log."
+        ),
+    ] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
     lines: Annotated[
         int, typer.Option("--lines", "-n", min=1, max=10000, help="How many of the last lines.")
@@ -378,7 +426,11 @@ def logs(
     token: TokenOpt = None,
     state_dir: StateDirOpt = None,
 ) -> None:
-    """An engine's own log: a process member's log file, a docker member's container log."""
+    """An engine's own log (a process member's log file, a docker member's container log), or
+    with no MEMBER the daemon's log (STATE_DIR/stackd.log of a detached daemon)."""
+    if member is None:
+        _daemon_logs(follow, lines, url, state_dir)
+        return
     path = f"/members/{member}/logs"
     with client(url, token, state_dir) as c:
         if not follow:
@@ -387,6 +439,32 @@ def logs(
             return
         for event in c.stream_events(f"{path}?follow=true&lines={lines}"):
             out.print(event["line"], markup=False, highlight=False, soft_wrap=True)
+
+
+def _daemon_logs(follow: bool, lines: int, url: str | None, state_dir: Path | None) -> None:
+    from stackd import default_state_dir
+    from stackd.cli import daemon_log
+    from stackd.cli.client import DaemonClient, default_url
+
+    state = state_dir or (
+        Path(os.environ["STACKD_STATE_DIR"]) if os.environ.get("STACKD_STATE_DIR") else None
+    )
+    if state is None:  # the state dir the daemon names, else the default one
+        try:
+            with DaemonClient(url or default_url(), None, timeout=5.0) as c:
+                named = c.health().get("state_dir")
+        except StackdError:
+            named = None
+        state = Path(named) if named else default_state_dir()
+    path = daemon_log.daemon_log(state)
+    last, offset = daemon_log.last_lines(path, lines)
+    for line in last:
+        sys.stdout.write(line + "\n")
+    if follow:
+        sys.stdout.flush()
+        for line in daemon_log.follow(path, offset):
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
 
 
 def main() -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
-from stackd.cli.client import DaemonClient
+if TYPE_CHECKING:  # httpx and pydantic load when a command talks to a daemon, not at start-up
+    from stackd.cli.client import DaemonClient
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -41,6 +42,8 @@ ConfigOpt = Annotated[
 
 
 def client(url: str | None, token: str | None, state_dir: Path | None, timeout: float = 30.0) -> DaemonClient:
+    from stackd.cli.client import DaemonClient
+
     return DaemonClient.connect(url, token, state_dir, timeout=timeout)
 
 

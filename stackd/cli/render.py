@@ -14,8 +14,8 @@ from rich.text import Text
 from stackd.cli.cluster_view import cluster_ledger_table, cluster_status_table
 from stackd.cli.kv_view import kv_table
 from stackd.cli.schedule_commands import status_lines
-from stackd.planner.members import gib as planner_gib
 from stackd.planner.plan import describe_step
+from stackd.planner.units import gib as planner_gib
 
 
 def gib(mib: int | float | None) -> str:
@@ -320,9 +320,13 @@ def usage_renderable(data: dict[str, Any], wide: bool = False) -> Group:
         items.append(grid)
     only_skipped = [r for r in rows if not r.get("requests")]
     if only_skipped and not wide:
-        listing = ", ".join(f"{skipped_name(r)} ({r.get('skipped', 0)} times)" for r in only_skipped)
+        listing = ", ".join(f"{skipped_name(r)} ({_skips(r.get('skipped', 0))})" for r in only_skipped)
         items.append(Text(f"skipped without a request: {listing}", style="yellow"))
     return Group(*items)
+
+
+def _skips(n: int) -> str:
+    return "skipped once" if n == 1 else f"skipped {n} times"
 
 
 def skipped_name(row: dict[str, Any]) -> str:
@@ -339,8 +343,8 @@ def usage_table(rows: list[dict[str, Any]], wide: bool = False) -> Table:
     table = Table(title="usage per strategy and backend", box=box.SIMPLE_HEAD, show_edge=False)
     table.add_column("strategy", overflow="fold")
     table.add_column("backend", overflow="fold")
-    numbers = ["requests", *(["answered", "skipped", "failures"] if wide else ["failed"])]
-    numbers += ["first token s", "mean s", "tokens in/out", "USD"] if wide else ["mean s", "USD"]
+    numbers = [*(["requests", "answered", "skipped", "failures"] if wide else ["calls", "failed"])]
+    numbers += ["first token s", "mean s", "tokens in/out", "USD"] if wide else ["mean s", "tokens", "USD"]
     for col in numbers:
         table.add_column(
             col, justify="left" if col == "failures" else "right", no_wrap=not wide, overflow="fold"
@@ -355,20 +359,31 @@ def usage_table(rows: list[dict[str, Any]], wide: bool = False) -> Table:
         else:
             cells.append(str(sum(failures.values())))
         cells.append(_seconds(row.get("mean_total_ms")))
-        if wide:
-            cells.append(usage_tokens(row))
-        cells.append(f"{row.get('cost_usd', 0):.4f}")
+        cells.append(usage_tokens(row) if wide else usage_tokens(row, short=True))
+        cost = row.get("cost_usd", 0)
+        cells.append(f"{cost:.4f}" if wide or cost < 1 else f"{cost:.2f}")  # cents once it is dollars
         table.add_row(*cells)
     return table
 
 
-def usage_tokens(row: dict[str, Any]) -> str:
+def usage_tokens(row: dict[str, Any], short: bool = False) -> str:
     """``in/out``, then how many answers' figures were stackd's estimate (``~n``) or unknown
-    (``?n``, left out of the sums)."""
-    cell = f"{row.get('prompt_tokens', 0)}/{row.get('completion_tokens', 0)}"
+    (``?n``, left out of the sums). ``short``: counts as ``12.3M`` and no notes (80 columns)."""
+    count = _count if short else str
+    cell = f"{count(row.get('prompt_tokens', 0))}/{count(row.get('completion_tokens', 0))}"
+    if short:
+        return cell
     notes = [f"~{n}" for n in [row.get("tokens_estimated") or 0] if n]
     notes += [f"?{n}" for n in [row.get("tokens_unknown") or 0] if n]
     return f"{cell} ({' '.join(notes)})" if notes else cell
+
+
+def _count(n: int) -> str:
+    """A count as a person scans it: ``987``, ``45.6k``, ``12.3M``."""
+    for size, unit in ((1_000_000_000, "G"), (1_000_000, "M"), (10_000, "k")):
+        if n >= size:
+            return f"{n / (size if unit != 'k' else 1000):.1f}{unit}"
+    return str(n)
 
 
 def _seconds(ms: float | None) -> str:

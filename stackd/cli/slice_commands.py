@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 
-from stackd.cli import slices_view
 from stackd.cli.options import JsonOpt, StateDirOpt, TokenOpt, UrlOpt, client, emit
 
 slices_app = typer.Typer(
@@ -19,6 +18,8 @@ def slices_show(
     url: UrlOpt = None, token: TokenOpt = None, state_dir: StateDirOpt = None, as_json: JsonOpt = False
 ) -> None:
     """The kill switch, the budgets spent today, acceptance/latency/promotions per slice."""
+    from stackd.cli import slices_view
+
     with client(url, token, state_dir) as c:
         data = c.get("/slices")
     emit(data, as_json, slices_view.slices_renderable(data))

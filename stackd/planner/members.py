@@ -18,17 +18,10 @@ from stackd.planner.plan import (
     StopStep,
     UnloadModel,
 )
+from stackd.planner.units import MIB_PER_GIB as MIB_PER_GIB  # re-exported: the planner's callers read it here
+from stackd.planner.units import gib as gib
 
 ORCHESTRATOR = "orchestrator"
-MIB_PER_GIB = 1024
-
-
-def gib(mib: float, places: int | None = None) -> str:
-    """MiB as a person reads it: ``13312 -> '13 GiB'``, ``32607 -> '31.8 GiB'``; ``places`` fixes
-    the decimals (``places=1``: ``'13.0 GiB'``, for tables whose columns align)."""
-    if places is not None:
-        return f"{mib / MIB_PER_GIB:.{places}f} GiB"
-    return f"{round(mib / MIB_PER_GIB, 1):g} GiB"
 
 
 def is_clustered(model: Model) -> bool:

@@ -1,4 +1,4 @@
-"""The planner: ``plan_switch(config, observed, target, hardware) -> Plan``.
+"""``plan_switch(config, observed, target, hardware) -> Plan``: the planner's entry point.
 
 Pure: no I/O, no clock, no logging, no globals. Given the same inputs it returns the same plan,
 so hypothesis can check its invariants without Docker (tests/property/test_planner_properties.py).

@@ -166,9 +166,10 @@ def test_usage_fits_80_columns(wide: bool) -> None:
 def test_usage_lists_a_strategy_that_sent_nothing_under_the_table_not_as_a_row() -> None:
     lines = text_at_80(usage_renderable(USAGE)).splitlines()
     assert not any(line.split()[:1] == ["reflex"] for line in lines)
-    assert lines[-1] == "skipped without a request: reflex (5 times)"
+    assert lines[-1] == "skipped without a request: reflex (skipped 5 times)"
     row = next(line for line in lines if line.split()[:1] == ["cloud_api"])
-    assert row.split() == ["cloud_api", "claude-sonnet", "12345", "36", "15.23", "123.4568"]
+    assert row.split() == ["cloud_api", "claude-sonnet", "12345", "36", "15.23", "12.3M/9.9M", "123.46"]
+    assert "tokens" in text_at_80(usage_renderable(USAGE))  # in/out
 
 
 def test_usage_at_80_columns_says_why_requests_failed_under_the_table() -> None:
