@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterable
@@ -25,6 +26,10 @@ from stackd.logs.request_id import REQUEST_ID
 
 REDACTED = "[redacted]"
 MIN_SECRET_LENGTH = 8  # shorter values would mask ordinary words, and are no key anyway
+# uvicorn colours its messages and puts the coloured copy in ``color_message``: a JSON line carries
+# neither the copy nor any escape code.
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_DROPPED = frozenset({"color_message"})
 # The attributes every LogRecord has: anything else on a record came from ``extra=``.
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -56,14 +61,14 @@ class JsonLines(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": _ANSI.sub("", record.getMessage()),
         }
         request_id = getattr(record, "request_id", None)
         if request_id is not None:
             line["request_id"] = request_id
         for key, value in record.__dict__.items():
-            if key not in _STANDARD and key != "request_id":
-                line[key] = value
+            if key not in _STANDARD and key != "request_id" and key not in _DROPPED:
+                line[key] = _ANSI.sub("", value) if isinstance(value, str) else value
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return self._mask(json.dumps(line, default=str, ensure_ascii=False))

@@ -21,6 +21,7 @@ Every event also carries ``switch_id``, ``seq`` (0, 1, 2 … per switch) and ``a
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import asdict
@@ -28,6 +29,8 @@ from typing import Any, Literal, NotRequired, TypedDict
 
 # re-exported: readers of events phrase their steps with it
 from stackd.planner.plan import describe_step as describe_step
+
+log = logging.getLogger("stackd.switch")
 
 EventType = Literal[
     "step_started",
@@ -71,12 +74,19 @@ class EventLog:
     slow followers (each follower keeps its own position in the list).
     """
 
-    def __init__(self, switch_id: str, wall_clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, switch_id: str, wall_clock: Callable[[], float] = time.time, subject: str | None = None
+    ) -> None:
+        """``subject``: what the switch does (``'to stack X from Y (kind)'``), for its first log line."""
         self.switch_id = switch_id
         self._wall_clock = wall_clock
         self._events: list[SwitchEvent] = []
         self._closed = False
         self._changed = asyncio.Event()
+        self._began = wall_clock()
+        self._step_began: dict[str, float] = {}
+        if subject is not None:
+            log.info("switch %s started: %s", switch_id, subject, extra={"switch_id": switch_id})
 
     @property
     def events(self) -> list[SwitchEvent]:
@@ -97,8 +107,44 @@ class EventLog:
         }
         event.update(fields)  # type: ignore[typeddict-item]
         self._events.append(event)
+        self._log(event)
         self._wake()
         return event
+
+    def _log(self, event: SwitchEvent) -> None:
+        """The switch's story in the daemon's log: one line per step as it ends, with its
+        duration, and one at the outcome; each carries ``switch_id``."""
+        kind, at, extra = event["type"], event["at"], {"switch_id": self.switch_id}
+        step = event.get("step")
+        said = describe_step(step) if step else ""
+        if kind == "step_started":
+            self._step_began[said] = at
+        elif kind in ("step_done", "step_failed"):
+            took = at - self._step_began.pop(said, at)
+            if kind == "step_done":
+                log.info("switch %s: %s (%.2f s)", self.switch_id, said, took, extra=extra)
+            else:
+                error = event.get("error")
+                log.warning(
+                    "switch %s: %s failed (%.2f s): %s", self.switch_id, said, took, error, extra=extra
+                )
+        elif kind == "undo_step":
+            log.info("switch %s: undo %s (ok=%s)", self.switch_id, said, event.get("ok"), extra=extra)
+        elif kind == "degraded":
+            log.warning(
+                "switch %s: %s degraded: %s",
+                self.switch_id,
+                event.get("model"),
+                event.get("error"),
+                extra=extra,
+            )
+        elif kind == "finished":
+            state, error = event.get("state"), event.get("error")
+            level = logging.INFO if state == "succeeded" else logging.WARNING
+            tail = f": {error}" if error else ""
+            log.log(
+                level, "switch %s %s in %.2f s%s", self.switch_id, state, at - self._began, tail, extra=extra
+            )
 
     def close(self) -> None:
         self._closed = True

@@ -74,7 +74,9 @@ class SwitchWorker:
             id=switch_id,
             target=target,
             from_stack=from_stack,
-            log=EventLog(switch_id, self.wall_clock),
+            log=EventLog(
+                switch_id, self.wall_clock, f"to '{target}' from '{from_stack or '(none)'}' ({kind})"
+            ),
             kind=kind,
             started_at=self.wall_clock(),
         )
