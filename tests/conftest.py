@@ -29,6 +29,10 @@ from stackd.drivers.process_group import MEMBER_ENV
 # developer's own daemon — are never this session's business, and never killed by it.
 SESSION_ENV = "PYTEST_STACKD_SESSION"
 SESSION = os.environ.setdefault(SESSION_ENV, uuid.uuid4().hex)
+# Under pytest-xdist each worker is a session of its own: an engine of the other worker's test is
+# alive and owned, not left behind by this one.
+if (_worker := os.environ.get("PYTEST_XDIST_WORKER")) and not SESSION.endswith(f"-{_worker}"):
+    SESSION = os.environ[SESSION_ENV] = f"{SESSION}-{_worker}"
 
 
 def engine_processes(since: float) -> list[tuple[int, str]]:

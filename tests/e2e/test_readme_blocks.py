@@ -32,7 +32,8 @@ README = ROOT / "README.md"
 DEMO = ROOT / "config" / "examples" / "demo.yaml"
 PORTS = (8001, 11434, 8300, 8301, 8302, 8303)
 
-pytestmark = [pytest.mark.docker, pytest.mark.llm]
+# serial: the README's own ports (8001, 11434, 8300-8303) and its clean-up of every demo container
+pytestmark = [pytest.mark.docker, pytest.mark.llm, pytest.mark.serial]
 
 
 def bash_blocks(markdown: str) -> list[str]:

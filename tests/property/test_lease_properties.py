@@ -34,9 +34,10 @@ from stackd.planner.plan import ObservedState, StopContainer
 from stackd.roles import LiveRoles
 from stackd.state.gpu import GpuJournal
 from stackd.state.store import StateStore
+from tests.budget import examples
 
-PURE = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-SEQUENCES = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PURE = settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SEQUENCES = settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 # ---------------------------------------------------------------- worlds
@@ -290,18 +291,8 @@ async def run_sequence(spec: Spec, steps: list[tuple[object, ...]], directory: P
 
     containers.after_action = on_action
     store = StateStore(db)
-    manager = ModelStackManager(
-        config=config,
-        store=store,
-        containers=containers,
-        processes=MemoryProcesses(),
-        ollama=MemoryOllama(),
-        remotes=MemoryRemotes(),
-        health=MemoryHealth(),
-        live_roles=LiveRoles(),
-        read_hardware=card.read,
-        clock=time,
-    )
+    drivers = Drivers(containers, MemoryProcesses(), MemoryOllama(), MemoryRemotes(), MemoryHealth())
+    manager = ModelStackManager(config, store, drivers, LiveRoles(), card.read, ManagerOptions(clock=time))
     handle = await manager.submit_switch("s")
     assert await handle.wait() == "succeeded", spec
     ids = (f"lease-{i}" for i in itertools.count(1))

@@ -34,10 +34,11 @@ from stackd.planner.plan import (
     UnbindRole,
     UnloadModel,
 )
+from tests.budget import examples
 
 GIB = 1024
 ROLES = ["orchestrator", "embeddings", "vision", "reasoning", "reflex"]
-PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from stackd.errors import AllStrategiesFailed
 from stackd.router.slices import SliceRequest
 from stackd.router.types import ChatRequest
+from tests.budget import examples
 from tests.unit.slice_world import PERSON_FORMAT, WEATHER_TOOL, world
 
 ORDER = ["6b", "9b", "12b"]
@@ -98,7 +99,7 @@ async def run(s: dict[str, Any]) -> list[tuple[str, list[str], list[str]]]:
     return served
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_never_below_the_pin_and_promotions_only_go_up(s: dict[str, Any]) -> None:
     floor = ORDER.index(floor_of(s))

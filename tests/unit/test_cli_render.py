@@ -189,3 +189,12 @@ def test_usage_wide_shows_skips_and_failures_by_kind() -> None:
 
 def test_usage_with_no_rows_says_so() -> None:
     assert text_at_80(usage_renderable({"rows": []})).startswith("no usage recorded yet")
+
+
+def test_a_measure_that_one_decimal_of_gib_would_hide_is_shown_in_mib() -> None:
+    from stackd.cli.render import _memory_text
+
+    # 652 MiB measured against 614 budgeted: "0.6 GiB (0.6 GiB)" would hide the overrun
+    assert _memory_text({"memory_mib": 614, "measured_mib": 652}) == "614 MiB (652 MiB)"
+    assert _memory_text({"memory_mib": 13312, "measured_mib": 9000}) == "13.0 GiB (8.8 GiB)"
+    assert _memory_text({"memory_mib": 614, "measured_mib": 900}) == "0.6 GiB (0.9 GiB !)"
