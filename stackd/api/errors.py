@@ -53,7 +53,8 @@ def http_error_text(exc: StarletteHTTPException, method: str, path: str) -> tupl
     if exc.status_code == 404:
         return "NotFound", f"no endpoint {path}; the endpoints are listed in /openapi.json"
     if exc.status_code == 405:
-        allowed = (exc.headers or {}).get("allow", "")
+        headers = {k.lower(): v for k, v in (exc.headers or {}).items()}  # Starlette sends "Allow"
+        allowed = headers.get("allow", "")
         return "MethodNotAllowed", f"{method} is not allowed on {path}; allowed: {allowed}"
     return "HTTPError", str(exc.detail)
 

@@ -73,6 +73,12 @@ async def test_starlettes_own_errors_have_stackds_shape(
     assert "detail" not in answer.json()
 
 
+async def test_a_method_the_path_does_not_take_names_the_ones_it_does(loopback: httpx.AsyncClient) -> None:
+    answer = await loopback.request("GET", "/config/reload", headers=AUTH)
+    assert answer.json()["message"] == "GET is not allowed on /config/reload; allowed: POST"
+    assert answer.headers["allow"] == "POST"
+
+
 @pytest.mark.parametrize(
     ("method", "path", "status"), [("GET", "/v1/chat/completions", 405), ("GET", "/v1/nope", 404)]
 )
