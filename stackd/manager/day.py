@@ -166,9 +166,13 @@ class DayDriver:
     def jobs(self) -> dict[str, tuple[float, Callable[[], Awaitable[tuple[bool, str]]]]]:
         """The periodic job of the policy, when there is anything to follow (a schedule or an idle rule)."""
         config = self.config
-        if config.schedules is None and not any(s.idle for s in config.stacks.values()):
+        idle = [s.idle.after_s for s in config.stacks.values() if s.idle is not None]
+        if config.schedules is None and not idle:
             return {}
         interval = config.schedules.tick_s if config.schedules is not None else DEFAULT_TICK_S
+        # An idle rule is kept to a fifth of its time (at least a second): after_s 5 downshifts
+        # within 6 s, not 15.
+        interval = min([interval, *(max(1.0, after / 5) for after in idle)])
         return {"day": (interval, self.tick_job)}
 
     def hold(self, stack: str, hold_s: float | None, until_next: bool = True) -> Hold:
