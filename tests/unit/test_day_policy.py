@@ -215,3 +215,29 @@ def test_a_window_missed_while_stopped_fires_late_within_grace_and_is_reported_b
     missed = decide(config, stopped, world(at("2026-03-30 11:00"), NIGHT))
     assert missed.action == "switch" and missed.intended == DAY
     assert "while stackd was stopped (missed by 7200 s" in missed.notes[0]
+
+
+def test_the_bundled_config_s_commented_schedules_example_is_valid() -> None:
+    """Uncommented, the example in config/model-stacks.yaml is a schedule of the bundled stacks."""
+    import yaml
+
+    from tests.unit.test_manager_world import ROOT
+
+    lines = (ROOT / "config" / "model-stacks.yaml").read_text().splitlines()
+    start = lines.index("# schedules:")
+    block = []
+    for line in lines[start:]:
+        if line.strip() == "#":
+            break
+        block.append(line[2:])
+    example = yaml.safe_load("\n".join(block))
+    config = bundled_config()
+    data = config.model_dump(mode="json")
+    data["schedules"] = example["schedules"]
+    checked = StacksConfig.model_validate(data)
+    assert checked.schedules is not None and [w.stack for w in checked.schedules.windows] == [
+        DAY,
+        "ollama-hybrid",
+    ]
+    idle_line = next(line for line in lines if line.startswith("#   idle: {"))
+    IdleRule.model_validate(yaml.safe_load(idle_line[2:])["idle"])
