@@ -71,7 +71,9 @@ def lease_views(leases: LiveLeases) -> list[LeaseView]:
 
 
 class WakeTimedOut(StackdError):
-    """A call waited its bound for its stack to wake; the switch goes on."""
+    """A call waited its bound for its stack to wake; the switch goes on (503, Retry-After)."""
+
+    status = 503
 
 
 class DayDriver:
@@ -217,6 +219,7 @@ class DayDriver:
             raise WakeTimedOut(
                 f"waited {limit:g} s for stack '{target}' to wake (its switch goes on); try again shortly",
                 stack=target,
+                retry_after_s=10,
             ) from None
         return Woken(target, self.clock() - started, switch_id)
 
@@ -290,7 +293,9 @@ class DayDriver:
 
 
 class WakeFailed(StackdError):
-    """The switch a call woke did not succeed."""
+    """The switch a call woke did not succeed (502: the stack it needs could not start)."""
+
+    status = 502
 
 
 def _with_why(decision: Decision, why: str) -> Decision:

@@ -191,3 +191,46 @@ async def test_a_lease_defers_the_evening_window_and_status_says_why(world: Worl
         assert schedule["next_change"]["when"] == "Tue 2026-03-31 09:00 CEST"
         refused = await c.post("/model-stacks/switch", json={"stack": NIGHT, "hold": "soon"})
         assert refused.status_code == 422 and "2h, 90m" in refused.text
+
+
+async def test_a_wake_past_its_bound_answers_503_with_retry_after_and_the_switch_goes_on(
+    world: World, tmp_path: Path
+) -> None:
+    config = world.config
+    rule = config.stacks[DAY].idle
+    assert rule is not None
+    bounded = rule.model_copy(update={"wake_wait_role_s": {"vision": 0.2}})
+    world.config = config.model_copy(
+        update={"stacks": {**config.stacks, DAY: config.stacks[DAY].model_copy(update={"idle": bounded})}}
+    )
+    world.now[0] = at("2026-03-30 09:00")
+    manager = await started(world, DAY)
+    day = driver(world, manager)
+    await day.tick()
+    world.now[0] += 600
+    await day.tick()
+    await settled(manager)
+    assert manager.active_stack == NIGHT
+    # A job queued on the manager's worker before the wake's switch (a lease's grant, a reload):
+    # the switch waits behind it, and the call waits no longer than its role's bound.
+    gate = asyncio.Event()
+    blocker = asyncio.create_task(manager.run_exclusive(gate.wait))
+    backends = {name: Answering(name) for name in world.config.models}
+    router = ReasonRouter(
+        world.config, manager.live_roles, backend_factory=lambda name, session: backends[name]
+    )
+    services = world.services(manager, Settings(state_dir=tmp_path / "state"), TOKEN, router=router, day=day)
+    transport = httpx.ASGITransport(app=create_app(services))
+    async with httpx.AsyncClient(transport=transport, base_url="http://stackd", headers=AUTH) as c:
+        body = {"model": "vision", "messages": [{"role": "user", "content": "describe"}]}
+        answer = await c.post("/v1/chat/completions", json=body)
+        assert answer.status_code == 503, answer.text
+        assert "waited 0.2 s for stack 'cloud-offload' to wake (its switch goes on)" in answer.text
+        gate.set()
+        await blocker
+        await settled(manager)  # the one switch the timed-out call started
+        again = await asyncio.wait_for(c.post("/v1/chat/completions", json=body), 10)
+        assert again.status_code == 200, again.text
+        assert again.json()["choices"][0]["message"]["content"] == "answered by vision-qwen25vl"
+        assert "wake" not in again.json()["stackd"]  # it was up: nothing to wait for
+    assert day.wakes == 1 and manager.active_stack == DAY
