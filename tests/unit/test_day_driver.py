@@ -234,3 +234,25 @@ async def test_a_wake_past_its_bound_answers_503_with_retry_after_and_the_switch
         assert again.json()["choices"][0]["message"]["content"] == "answered by vision-qwen25vl"
         assert "wake" not in again.json()["stackd"]  # it was up: nothing to wait for
     assert day.wakes == 1 and manager.active_stack == DAY
+
+
+async def test_a_restart_over_the_dst_night_fires_the_next_window_at_its_local_time(world: World) -> None:
+    """Stopped on Friday evening (CET) with the day stack held by hand, started again on Monday
+    09:00:20 CEST: the hold ended at Friday's 18:00 window, Monday's 09:00 window is the current
+    one and its start is 09:00 local time on the far side of the clock change."""
+    world.now[0] = at("2026-03-27 17:00")
+    manager = await started(world, DAY)
+    day = driver(world, manager)
+    await day.tick()
+    day.hold(DAY, None)  # a manual switch: held until the next window begins (18:00 CET)
+    world.now[0] = at("2026-03-30 09:00") + 20
+    restarted = world.manager()
+    await restarted.recover()
+    again = driver(world, restarted)
+    assert again.state.hold is not None and again.state.hold.until == at("2026-03-27 18:00")
+    decision = await again.tick()
+    assert decision.action == "none" and decision.intended == DAY  # the day stack runs: its window
+    assert decision.window is not None and decision.window.at == at("2026-03-30 09:00")
+    assert "window 0 ('cloud-offload') began at Mon 2026-03-30 09:00 CEST" in decision.notes[0]
+    assert again.state.hold is None and decision.next_change is not None
+    assert decision.next_change.at == at("2026-03-30 18:00")
