@@ -237,6 +237,12 @@ class ProcessRuntime(Frozen):
         description="Seconds a call waits for this engine while it restarts (after a crash) before "
         "the chain moves on; a streaming client gets SSE comments meanwhile. 0: never wait.",
     )
+    warmup: bool = Field(
+        False,
+        description="Once the health path answers, send one 1-token chat completion before the "
+        "member counts as ready (api: openai): llama-cpp-python's first answer pays for page-in "
+        "and buffers (seconds), which a caller would otherwise wait for; llama-server warms itself.",
+    )
 
 
 _KEEP_ALIVE_FIX = "write a duration such as 5m, 1h30m or 300s, a number of seconds, -1 (forever) or 0"

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import importlib
 import logging
 import os
 import signal
@@ -42,6 +41,7 @@ import httpx
 from stackd.config.models import (
     DEFAULT_PROCESS_HEALTH_PATH,
     DEFAULT_PROCESS_START_TIMEOUT_S,
+    Api,
     Model,
     Placement,
     ProcessRuntime,
@@ -49,6 +49,7 @@ from stackd.config.models import (
 )
 from stackd.drivers import process_group as pg
 from stackd.drivers.base import EngineStatus, ProcessInfo
+from stackd.drivers.model_packages import ModelPackageMissing, ensure_model_file
 from stackd.errors import DriverFailed
 from stackd.roles import LiveEndpoints
 from stackd.state.processes import ProcessRecord
@@ -398,11 +399,36 @@ class LocalProcessDriver:
             # overhead); a refused connect costs microseconds, a slow engine is polled less.
             waited = loop.time() - (deadline - timeout_s)
             await self._sleep(0.01 if waited < 5 else 0.05 if waited < 30 else 0.25)
+        if runtime.warmup and model.api is Api.openai:
+            await self._warm(member, model, engine, deadline - loop.time())
         if member.state != "ready":
             member.ready_at = time.time()
             log.info("process member %s (pid %d) is ready", member.name, engine.pid)
         self._endpoints.set(member.name, engine.record.endpoint)
         member.state = "ready"  # after the endpoint: a caller woken by the change finds it
+
+    async def _warm(self, member: _Member, model: Model, engine: _Engine, left_s: float) -> None:
+        """One 1-token answer before the engine counts as ready: its first is slow (10.8 s, then
+        0.05 s, for SmolLM2 on llama-cpp-python at load 8), and no caller should be that one."""
+        url = f"{engine.record.endpoint.rstrip('/')}/chat/completions"
+        body = {
+            "model": model.request_model or member.name,
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 1,
+        }
+        try:
+            resp = await self._client().post(url, json=body, timeout=max(left_s, 0.1))
+            resp.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise DriverFailed(
+                self._failure(
+                    member.name,
+                    f"answered its health path but not a 1-token warm-up chat at {url} "
+                    f"({type(exc).__name__}: {exc}); raise health.start_timeout_s, or set "
+                    "process.warmup: false",
+                ),
+                model=member.name,
+            ) from exc
 
     async def _stop(self, member: _Member, grace_s: float) -> None:
         engine = member.engine
@@ -551,28 +577,16 @@ class LocalProcessDriver:
         return self._http
 
     def _model_file(self, name: str, runtime: ProcessRuntime) -> Path:
-        """The GGUF that ``model_package`` ships, assembled once into STATE_DIR/models (atomically:
-        a crash mid-way leaves no half file under the final name)."""
         package = runtime.model_package
         assert package is not None
         try:
-            module = importlib.import_module(package)
-        except ImportError as exc:
+            return ensure_model_file(self._state_dir, package)
+        except ModelPackageMissing as exc:
             raise DriverFailed(
                 f"process member '{name}' needs the Python package {package}, which is not "
                 "installed; install stackd with its local engines: pip install -e '.[local]'",
                 model=name,
             ) from exc
-        file_name = str(getattr(module, "MODEL_NAME", f"{package}.gguf"))
-        target = self._state_dir / "models" / package / file_name
-        if target.exists():
-            return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".partial")
-        log.info("assembling %s into %s (once)", package, target)
-        module.assemble(partial, overwrite=True)
-        os.replace(partial, target)
-        return target
 
 
 def _status(member: _Member) -> EngineStatus:

@@ -324,3 +324,30 @@ async def test_an_engine_is_not_given_stackd_s_tokens_or_cloud_keys(
         assert env["HF_HOME"] == "/models" and env["STACKD_MEMBER"] == "eng"
     finally:
         await d.aclose()
+
+
+async def test_a_warmup_answer_comes_before_ready(driver: LocalProcessDriver) -> None:
+    """With process.warmup the member is ready only once a 1-token chat was answered: the engine's
+    slow first answer is paid at start, not by the first caller."""
+    cold = engine_model("--answer-after", "1.0")
+    began = time.monotonic()
+    await driver.ensure_running("cold", cold)
+    assert time.monotonic() - began < 1.0  # the health path alone
+    warm = engine_model("--answer-after", "1.0", warmup=True)
+    began = time.monotonic()
+    await driver.ensure_running("warm", warm)
+    assert time.monotonic() - began >= 1.0
+    assert {p.model: p.state for p in driver.processes()} == {"cold": "ready", "warm": "ready"}
+    await driver.ensure_stopped("cold", cold)
+    await driver.ensure_stopped("warm", warm)
+
+
+async def test_an_engine_that_cannot_answer_its_warmup_fails_the_start_naming_it(
+    driver: LocalProcessDriver,
+) -> None:
+    model = engine_model("--answer-after", "30", start_timeout_s=1.5, warmup=True)
+    with pytest.raises(DriverFailed) as failed:
+        await driver.ensure_running("eng", model)
+    assert "not a 1-token warm-up chat" in failed.value.message
+    assert "process.warmup: false" in failed.value.message
+    assert driver.processes()[0].state == "failed"
