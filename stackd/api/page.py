@@ -29,6 +29,7 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.responses import StreamingResponse
 
 from stackd.api.page_view import page_snapshot
+from stackd.api.status import daemon_status
 from stackd.planner.views import stack_json
 from stackd.services import Services
 
@@ -140,13 +141,12 @@ def page_file(name: str) -> bytes:
 
 
 def status_snapshot(services: Services) -> Snapshot:
-    """The page's snapshot: ``/status``'s body with the stacks, switches, calls and log lines."""
+    """The page's snapshot: ``/status``'s body (``daemon_status``: the schedule and the leases
+    too) with the stacks, switches, calls and log lines."""
 
     async def snapshot() -> dict[str, Any]:
         manager = services.manager
-        status = await manager.status()
-        leases = services.leases
-        status["leases"] = [leases.to_json(lease) for lease in leases.live()] if leases is not None else []
+        status = await daemon_status(services)  # what /status says, with what others add to it
         config, active = services.config, manager.active_stack
         tails = {  # enough lines that a few remain once the health probes are dropped
             name: manager.processes.log_tail(name, LOG_LINES_READ)

@@ -152,7 +152,13 @@ def page_snapshot(
             "simulated": bool(gpu.get("simulated")),
             "devices": len(gpu.get("devices") or ()),
             "bar": gpu_bar(gpu.get("vram"), members, (lease["model"] for lease in leases)),
+            "power": [  # NVML's board power and load where the card reports them (issue 27)
+                {k: d.get(k) for k in ("index", "name", "power_w", "power_limit_w", "util_pct")}
+                for d in gpu.get("devices") or ()
+                if d.get("power_w") is not None
+            ],
         },
+        "schedule": schedule_line(status.get("schedule")),
         "ram": ram_bar(status.get("ram"), members),
         "members": members,
         "roles": [{"role": r, "model": m} for r, m in (status.get("roles") or {}).items()],
@@ -162,3 +168,19 @@ def page_snapshot(
         "notices": notices(status, now),
         "drift_held": drift_held(status, now),
     }
+
+
+def schedule_line(schedule: Mapping[str, Any] | None) -> str | None:
+    """The day policy (``/status``'s ``schedule``) in one line: why this stack, the window, the
+    next change and a hold; None without a day policy."""
+    if not schedule:
+        return None
+    parts = [str(schedule.get("why") or schedule.get("action") or "")]
+    window, upcoming, hold = schedule.get("window"), schedule.get("next_change"), schedule.get("hold")
+    if window:
+        parts.append(f"window '{window.get('stack')}' since {window.get('began')}")
+    if upcoming:
+        parts.append(f"next '{upcoming.get('stack')}' at {upcoming.get('when')}")
+    if hold and hold.get("until_local"):  # a hold for good is what ``why`` says already
+        parts.append(f"held on '{hold.get('stack')}' until {hold['until_local']}")
+    return " · ".join(p for p in parts if p)

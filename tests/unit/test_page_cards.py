@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from stackd.api.page_members import counts, member_card, ram_bar, without_probes
+from stackd.api.page_members import counts, member_card, ram_bar
 from stackd.api.page_notices import DRIFT_GRACE_S, notices
 from stackd.state.usage import UsageRow, UsageStore
 from stackd.state.usage_series import SeriesRefused, percentile, usage_series
@@ -47,7 +47,7 @@ def remote(name: str, error: str) -> dict[str, Any]:
     }
 
 
-def test_health_probe_requests_are_dropped_from_a_log_tail_and_everything_else_kept() -> None:
+def test_a_cards_log_tail_drops_answered_health_probes_and_keeps_the_last_four_other_lines() -> None:
     lines = [
         'INFO:     127.0.0.1:40486 - "GET /v1/models HTTP/1.1" 200 OK',  # uvicorn (llama-cpp-python)
         "srv  log_server_r: request: GET /health 127.0.0.1 200",  # llama.cpp's server
@@ -57,8 +57,9 @@ def test_health_probe_requests_are_dropped_from_a_log_tail_and_everything_else_k
         "llama_perf_context_print:        eval time =  425.43 ms /  7 runs",
         "",
     ]
-    assert without_probes(lines) == [lines[3], lines[4], lines[5]]
-    assert without_probes(lines, keep=1) == [lines[5]]
+    assert member_card(engine(), lines)["log_tail"] == [lines[3], lines[4], lines[5]]
+    many = [f"line {i}" for i in range(10)] + lines[:3]
+    assert member_card(engine(), many)["log_tail"] == ["line 6", "line 7", "line 8", "line 9"]
 
 
 def test_a_card_holds_pid_port_restarts_memory_and_the_log_without_probes() -> None:
@@ -241,3 +242,29 @@ def test_the_store_hands_the_series_one_sample_per_row_since_a_time(tmp_path: Pa
     store.write(20.0, [row, UsageRow("local", "-", 0, 0, 1, {}, 0.0, 0, 0.0, 0, 0, 0, 0.0)])
     assert store.samples(15.0) == [(20.0, "smollm2", 1, 1, 250.0, 1, 7), (20.0, "-", 0, 0, 0.0, 0, 0)]
     store.close()
+
+
+def test_the_day_policy_and_gpu_power_reach_the_page_as_one_line_and_a_row_per_card() -> None:
+    from stackd.api.page_view import page_snapshot, schedule_line
+
+    schedule = {
+        "why": "the evening window runs the upper stack",
+        "window": {"stack": "elastic-hybrid", "began": "18:00"},
+        "next_change": {"stack": "embedded", "when": "01:00"},
+        "hold": {"stack": "elastic-hybrid", "until_local": "02:00"},
+    }
+    assert schedule_line(schedule) == (
+        "the evening window runs the upper stack · window 'elastic-hybrid' since 18:00 · "
+        "next 'embedded' at 01:00 · held on 'elastic-hybrid' until 02:00"
+    )
+    assert schedule_line(
+        {"why": "held by manual switch for good", "hold": {"stack": "x", "until_local": None}}
+    ) == ("held by manual switch for good")
+    assert schedule_line(None) is None
+    devices = [
+        {"index": 0, "name": "card", "power_w": 121.5, "power_limit_w": 575.0, "util_pct": 31.0},
+        {"index": 1, "name": "old card", "power_w": None},  # no reading: no row
+    ]
+    snapshot = page_snapshot({"gpu": {"devices": devices}, "schedule": schedule}, [], [], [], {}, now=0.0)
+    assert snapshot["gpu"]["power"] == [devices[0]]
+    assert snapshot["schedule"].startswith("the evening window")

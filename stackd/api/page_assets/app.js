@@ -207,6 +207,8 @@ function renderHeader(s) {
   if (c.idle) parts.push(el("span", { className: "muted", dataset: { count: "idle" } }, c.idle + " idle"));
   $("counts").replaceChildren(...parts);
   $("switching").textContent = moving ? "switching to " + moving.stack + " (" + moving.state + ")" : "";
+  $("schedule").hidden = !s.schedule;
+  $("schedule").textContent = s.schedule ? "schedule: " + s.schedule : "";
 }
 
 function renderStacks(stacks, active) {
@@ -304,7 +306,10 @@ function renderGpu(gpu) {
   }
   $("gpu-name").textContent = (ledger.gpu_name || "GPU") + ", " + gib(ledger.total_mib) + (ledger.simulated ? " (scripted)" : "");
   drawBar(bar, $("ledger-legend"), ledger.segments, ledger.total_mib);
-  $("gpu-note").textContent = "headroom of the budget " + mib(ledger.headroom_mib) + " · source " + (gpu.source || "?");
+  const power = (gpu.power || []).map(
+    (d) => "GPU " + d.index + " " + Math.round(d.power_w) + " W" + (d.power_limit_w ? " of " + Math.round(d.power_limit_w) + " W" : "") + (d.util_pct !== null && d.util_pct !== undefined ? ", " + Math.round(d.util_pct) + "% busy" : ""),
+  );
+  $("gpu-note").textContent = ["headroom of the budget " + mib(ledger.headroom_mib), ...power, "source " + (gpu.source || "?")].join(" · ");
 }
 
 function renderRam(ram) {
@@ -433,7 +438,7 @@ function renderSwitches(switches) {
         !(sw.steps || []).length ? null : el(
           "details",
           index === 0 || !TERMINAL.has(sw.state) ? { open: "" } : null,
-          el("summary", { className: "muted" }, (sw.steps || []).length + " steps"),
+          el("summary", { className: "muted" }, sw.steps.length + (sw.steps.length === 1 ? " step" : " steps")),
           el(
             "ol",
             null,
@@ -559,6 +564,7 @@ function renderCharts(series) {
         el("h3", null, name),
         el("div", { className: "totals muted" }, calls + " calls · " + tokens + " tokens · " + failures + " failures"),
         ...CHARTS.map((spec) => chartOf(spec, data, series.start, series.bucket_s)),
+        el("div", { className: "axis muted" }, el("span", null, Math.round((series.buckets * series.bucket_s) / 60) + " min ago"), el("span", null, "now")),
       );
     }),
   );
