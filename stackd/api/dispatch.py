@@ -20,6 +20,12 @@ Every HTTP request passes through ``FrontDoor`` before anything else sees it:
    The control API's body (at most its limit) is read here and replayed to FastAPI, which would
    otherwise read it all and turn any error while reading into a 400.
 
+4. **A line for every failed answer.** Each answer of 500 or more gets one WARNING line
+   (``stackd.access``: method, path, status, milliseconds and the answer's message) with its
+   request id, with or without ``Settings.log_requests`` (which logs every answer so): a 504 or
+   a 503 has a line an operator can find by the id the caller got. A request whose handler
+   raised keeps its id set, so that the server's own traceback line after it carries it too.
+
 Nothing here allocates more than a small object per request, and nothing creates a reference
 cycle: the hot path's garbage is freed by reference counting, not by the cyclic collector.
 """
@@ -51,6 +57,7 @@ access = logging.getLogger("stackd.access")
 Guard = Callable[[Request], Any]  # raises ``Unauthorized``; the app's ``bearer_guard``
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # TRACE: 405, never a body read
 INTERNAL_ERROR = "internal error; the daemon's log has the details"
+ERROR_BODY_BYTES = 4096  # of a failed answer's body, for its message in the log line
 
 
 class BodyTooLarge(StackdError):
@@ -216,34 +223,59 @@ def header(scope: Scope, name: bytes) -> bytes | None:
 
 
 class RequestIdSend:
-    """``send`` that adds ``X-Request-ID`` to the response head and remembers its status."""
+    """``send`` that adds ``X-Request-ID`` to the response head and remembers its status (and,
+    of an answer of 500 or more, the start of its body: its message goes in the log line)."""
 
-    __slots__ = ("_header", "_send", "status")
+    __slots__ = ("_header", "_send", "error_body", "status")
 
     def __init__(self, send: Send, request_id: bytes) -> None:
         self._send = send
         self._header = (REQUEST_ID_KEY, request_id)
         self.status = 0
+        self.error_body = b""
 
     def __call__(self, message: Message) -> Awaitable[None]:
         # Not a coroutine of its own: the inner send's awaitable is handed back (2 µs less a request).
         if message["type"] == "http.response.start":
             self.status = message["status"]
             message = {**message, "headers": [*message.get("headers", ()), self._header]}
+        elif self.status >= 500 and not self.error_body:
+            self.error_body = bytes(message.get("body", b""))[:ERROR_BODY_BYTES]
         return self._send(message)
 
 
-def access_line(scope: Scope, status: int, started: float) -> None:
-    """One line per request (``Settings.log_requests``): method, path, status, milliseconds. The
-    query string is left out: a caller may have put a credential in it."""
+def answer_message(body: bytes) -> str | None:
+    """The message of a JSON error answer, stackd's (``{"message"}``) or OpenAI's
+    (``{"error": {"message"}}``); None for anything else."""
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    error = value.get("error")
+    message = error.get("message") if isinstance(error, dict) else value.get("message")
+    return message[:500] if isinstance(message, str) else None
+
+
+def access_line(scope: Scope, status: int, started: float, error: str | None = None) -> None:
+    """One line for a request: method, path, status, milliseconds, and ``error``, the failed
+    answer's message (WARNING from 500 on). The query string is left out: a caller may have put a
+    credential in it."""
     ms = round((time.perf_counter() - started) * 1000, 2)
-    access.info(
-        "%s %s %d %.2f ms",
+    fields: dict[str, Any] = {"method": scope["method"], "path": scope["path"], "status": status}
+    fields["duration_ms"] = ms
+    if error is not None:
+        fields["error"] = error
+    access.log(
+        logging.WARNING if status >= 500 else logging.INFO,
+        "%s %s %d %.2f ms%s",
         scope["method"],
         scope["path"],
         status,
         ms,
-        extra={"method": scope["method"], "path": scope["path"], "status": status, "duration_ms": ms},
+        f": {error}" if error else "",
+        extra=fields,
     )
 
 
@@ -279,13 +311,18 @@ class FrontDoor:
         scope[SCOPE_KEY] = request_id  # for handlers that run outside this task (the MCP SDK's)
         token = REQUEST_ID.set(request_id)
         tagged = RequestIdSend(send, request_id.encode())
-        started = time.perf_counter() if self._access_log else 0.0
+        started = time.perf_counter()
         try:
             await self._serve(scope, receive, tagged)
-        finally:
-            if self._access_log:
-                access_line(scope, tagged.status, started)
-            REQUEST_ID.reset(token)
+        except Exception as exc:
+            # uvicorn logs the traceback once this returns, in this task (a context of its own
+            # per request): the id stays set so that its line carries it.
+            why = answer_message(tagged.error_body) or f"unhandled {type(exc).__name__}"
+            access_line(scope, tagged.status or 500, started, why)
+            raise
+        if self._access_log or tagged.status >= 500:
+            access_line(scope, tagged.status, started, answer_message(tagged.error_body))
+        REQUEST_ID.reset(token)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._gate is not None:

@@ -4,7 +4,8 @@ A ``process`` member's log is its file, ``STATE_DIR/logs/NAME.log`` (every run, 
 ``---- stackd: start`` line); a ``docker`` member's, its container's log as the Docker engine
 keeps it. Ollama and remote members have no engine of stackd's: the answer says where to look.
 
-``?lines=N`` (default 100) is the tail; ``?follow=true`` answers SSE, ``data: {"line": "..."}``
+``?lines=N`` (default 100) is the tail, without the health probes' requests the engine logged
+(``stackd.drivers.probe_lines``; ``?probes=true`` keeps them); ``?follow=true`` answers SSE, ``data: {"line": "..."}``
 per line, the tail first, then each new line as the engine writes it, until the client leaves or
 the daemon stops (``Followers.close``: uvicorn waits for open answers before it shuts down). A
 file is polled (every 0.25 s; a log cut by ``cap_log`` is read again from its start); a container
@@ -25,6 +26,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
 from stackd.config.models import Runtime
+from stackd.drivers.probe_lines import is_probe_line
 from stackd.errors import NotFound, StackdError
 from stackd.services import Services
 
@@ -32,6 +34,9 @@ POLL_S = 0.25
 MAX_LINES = 10_000
 READ_BYTES = 1 << 20  # at most this much of a file per poll
 TAIL_MAX_BYTES = 8 << 20  # a tail reads back at most this far (10,000 lines of 800 bytes)
+# A container's tail is asked of the Docker engine by line count: this many more, so that some
+# remain once the probes are dropped (a quiet engine logs little else).
+PROBE_OVERREAD = 10
 
 
 class NoEngineLog(StackdError):
@@ -86,11 +91,16 @@ class Followers:
 
 
 async def follow_file(
-    path: Path, lines: int, poll_s: float = POLL_S, sleep: Callable[[float], Any] = asyncio.sleep
+    path: Path,
+    lines: int,
+    poll_s: float = POLL_S,
+    sleep: Callable[[float], Any] = asyncio.sleep,
+    drop: Drop | None = None,
 ) -> AsyncIterator[str]:
-    """The file's last ``lines`` lines, then every line appended to it, polled."""
+    """The file's last ``lines`` lines, then every line appended to it, polled; without those
+    ``drop`` says."""
     position = _size(path)
-    for line in await asyncio.to_thread(tail_lines, path, lines):
+    for line in await asyncio.to_thread(tail_lines, path, lines, TAIL_MAX_BYTES, drop):
         yield line
     partial = b""
     while True:
@@ -110,28 +120,36 @@ async def follow_file(
         *complete, partial = (partial + chunk).split(b"\n")
         for raw in complete:
             line = raw.decode("utf-8", "replace").rstrip("\r")
-            if line.strip():
+            if line.strip() and not (drop and drop(line)):
                 yield line
 
 
-def tail_lines(path: Path, lines: int, max_bytes: int = TAIL_MAX_BYTES) -> list[str]:
-    """The last ``lines`` non-blank lines of ``path``, read backwards in blocks (at most
-    ``max_bytes``); [] when it does not exist."""
+def tail_lines(
+    path: Path, lines: int, max_bytes: int = TAIL_MAX_BYTES, drop: Drop | None = None
+) -> list[str]:
+    """The last ``lines`` non-blank lines of ``path`` that ``drop`` does not say, read backwards
+    in blocks (at most ``max_bytes``); [] when it does not exist."""
     try:
         with path.open("rb") as f:
             end = f.seek(0, 2)
             start, data = end, b""
-            while start > 0 and data.count(b"\n") <= lines and end - start < max_bytes:
+            kept: list[str] = []
+            while start > 0 and len(kept) <= lines and end - start < max_bytes:
                 step = min(READ_BYTES, start, max_bytes - (end - start))
                 start -= step
                 f.seek(start)
                 data = f.read(step) + data
+                kept = _kept(data, start, drop)
     except OSError:
         return []
+    return kept[-lines:]
+
+
+def _kept(data: bytes, start: int, drop: Drop | None) -> list[str]:
     text = data.decode("utf-8", "replace").splitlines()
     if start > 0:
         text = text[1:]  # the first line read may be the end of a longer one
-    return [line for line in text if line.strip()][-lines:]
+    return [line for line in text if line.strip() and not (drop and drop(line))]
 
 
 def _size(path: Path) -> int:
@@ -143,11 +161,14 @@ def _size(path: Path) -> int:
 
 Tail = Callable[[int], Awaitable[list[str]]]
 Follow = Callable[[int], Awaitable[AsyncIterator[str]]]
+Drop = Callable[[str], bool]
 
 
-def member_log(services: Services, containers: ContainerLogs | None, name: str) -> tuple[Tail, Follow]:
-    """How to read member ``name``'s engine log: (its tail, its follow). Raises ``NotFound`` or
-    ``NoEngineLog`` saying where that member's log is instead."""
+def member_log(
+    services: Services, containers: ContainerLogs | None, name: str, drop: Drop | None = None
+) -> tuple[Tail, Follow]:
+    """How to read member ``name``'s engine log: (its tail, its follow), without the lines
+    ``drop`` says. Raises ``NotFound`` or ``NoEngineLog`` saying where that member's log is instead."""
     model = services.config.models.get(name)
     if model is None:
         raise NotFound(
@@ -160,10 +181,10 @@ def member_log(services: Services, containers: ContainerLogs | None, name: str) 
         path = services.processes.log_file(name)
 
         async def file_tail(lines: int) -> list[str]:
-            return await asyncio.to_thread(tail_lines, path, lines)  # up to TAIL_MAX_BYTES
+            return await asyncio.to_thread(tail_lines, path, lines, TAIL_MAX_BYTES, drop)
 
         async def file_follow(lines: int) -> AsyncIterator[str]:
-            return follow_file(path, lines)
+            return follow_file(path, lines, drop=drop)
 
         return file_tail, file_follow
     if model.runtime is Runtime.docker and model.docker is not None:
@@ -171,10 +192,21 @@ def member_log(services: Services, containers: ContainerLogs | None, name: str) 
             raise NoEngineLog(f"'{name}' is a docker member, but this daemon reads no container logs")
         logs = containers
         container = model.docker.container
-        return (
-            lambda lines: logs.log_lines(container, lines),
-            lambda lines: logs.follow_log(container, lines),
-        )
+        if drop is None:
+            return (
+                lambda lines: logs.log_lines(container, lines),
+                lambda lines: logs.follow_log(container, lines),
+            )
+
+        async def container_tail(lines: int) -> list[str]:
+            read = await logs.log_lines(container, min(lines * PROBE_OVERREAD, MAX_LINES))
+            return [line for line in read if not drop(line)][-lines:]
+
+        async def container_follow(lines: int) -> AsyncIterator[str]:
+            # The tail and the new lines come as one stream: its tail may show fewer lines.
+            return _without(await logs.follow_log(container, lines), drop)
+
+        return container_tail, container_follow
     where = (
         "Ollama's own log (journalctl -u ollama, or the ollama container's)"
         if model.runtime is Runtime.ollama
@@ -183,6 +215,18 @@ def member_log(services: Services, containers: ContainerLogs | None, name: str) 
     raise NoEngineLog(
         f"'{name}' is a {model.runtime.value} member: stackd runs no engine for it; see {where}"
     )
+
+
+async def _without(lines: AsyncIterator[str], drop: Drop) -> AsyncIterator[str]:
+    """``lines`` without those ``drop`` says (closing ``lines`` when closed)."""
+    try:
+        async for line in lines:
+            if not drop(line):
+                yield line
+    finally:
+        aclose = getattr(lines, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def build_member_logs_router(
@@ -203,8 +247,11 @@ def build_member_logs_router(
         name: str,
         lines: Annotated[int, Query(ge=1, le=MAX_LINES, description="How many of the last lines.")] = 100,
         follow: Annotated[bool, Query(description="Keep streaming new lines (SSE).")] = False,
+        probes: Annotated[
+            bool, Query(description="Keep the health probes' requests (left out by default).")
+        ] = False,
     ) -> Any:
-        tail, follow_lines = member_log(services, containers, name)
+        tail, follow_lines = member_log(services, containers, name, None if probes else is_probe_line)
         if not follow:
             return {"member": name, "lines": await tail(lines)}
         stream = await follow_lines(lines)  # a log that cannot be read is refused before the answer

@@ -17,8 +17,10 @@ The RAM bar, like the GPU bar (``page_view.gpu_bar``), has fixed segments in thi
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from stackd.drivers.probe_lines import without_probes
 
 RAM_SEGMENTS: tuple[tuple[str, str], ...] = (
     ("measured", "stackd members (measured)"),
@@ -31,16 +33,7 @@ HEALTHY_STATES = frozenset({"running", "loaded", "ready"})
 # States that are what an on-demand or cloud member is when nobody needs it: neither healthy nor degraded.
 IDLE_STATES = frozenset({"stopped", "pulled", "unprobed"})
 LOG_LINES = 4
-# A health probe's request as engines log it: uvicorn ("GET /v1/models HTTP/1.1" 200 OK),
-# llama.cpp's server (GET /v1/models 127.0.0.1 200), Ollama's gin (| 200 | … | GET "/api/tags").
-PROBE_PATHS = r'"?(?:/v1/models|/models|/health\w*|/api/tags|/api/ps|/api/version)\b'
-PROBE_LINE = re.compile(rf"GET\s+{PROBE_PATHS}.*\b200\b|\b200\b.*GET\s+{PROBE_PATHS}")
 MISSING_KEY = re.compile(r"has no API key: set (\w+)")
-
-
-def without_probes(lines: Iterable[str], keep: int = LOG_LINES) -> list[str]:
-    """The last ``keep`` lines that are not a successful health probe's request."""
-    return [line for line in lines if line.strip() and not PROBE_LINE.search(line)][-keep:]
 
 
 def missing_key(detail: str | None) -> str | None:
@@ -85,7 +78,7 @@ def member_card(member: Mapping[str, Any], log_lines: Sequence[str]) -> dict[str
         "ready_at": ready_at if ready_at and member.get("state") == "running" else None,
         "restarts": process.get("restarts"),
         "exits": process.get("exits"),
-        "log_tail": without_probes(log_lines or member.get("log_tail") or []),
+        "log_tail": without_probes(log_lines or member.get("log_tail") or [], LOG_LINES),
         "actions": actions(member),
     }
 

@@ -422,6 +422,9 @@ def logs(
     lines: Annotated[
         int, typer.Option("--lines", "-n", min=1, max=10000, help="How many of the last lines.")
     ] = 100,
+    probes: Annotated[
+        bool, typer.Option("--probes", help="Keep the health probes' requests (left out by default).")
+    ] = False,
     url: UrlOpt = None,
     token: TokenOpt = None,
     state_dir: StateDirOpt = None,
@@ -432,12 +435,13 @@ def logs(
         _daemon_logs(follow, lines, url, state_dir)
         return
     path = f"/members/{member}/logs"
+    keep = "true" if probes else "false"
     with client(url, token, state_dir) as c:
         if not follow:
-            for line in c.get(path, params={"lines": lines})["lines"]:
+            for line in c.get(path, params={"lines": lines, "probes": keep})["lines"]:
                 out.print(line, markup=False, highlight=False, soft_wrap=True)
             return
-        for event in c.stream_events(f"{path}?follow=true&lines={lines}"):
+        for event in c.stream_events(f"{path}?follow=true&lines={lines}&probes={keep}"):
             out.print(event["line"], markup=False, highlight=False, soft_wrap=True)
 
 

@@ -50,6 +50,7 @@ from stackd.config.models import (
 from stackd.drivers import process_group as pg
 from stackd.drivers.base import EngineStatus, ProcessInfo
 from stackd.drivers.model_packages import ModelPackageMissing, ensure_model_file
+from stackd.drivers.probe_lines import is_probe_line
 from stackd.errors import DriverFailed
 from stackd.roles import LiveEndpoints
 from stackd.state.processes import ProcessRecord
@@ -266,7 +267,8 @@ class LocalProcessDriver:
                     await changed.wait()
 
     def log_tail(self, name: str, lines: int = LOG_TAIL_LINES) -> list[str]:
-        return pg.log_tail(self.log_file(name), lines, START_MARKER)
+        # Without the health probes' requests: they would be most of a quiet engine's tail.
+        return pg.log_tail(self.log_file(name), lines, START_MARKER, drop=is_probe_line)
 
     def log_file(self, name: str) -> Path:
         """The engine's log: its stdout and stderr, run after run, each run after a

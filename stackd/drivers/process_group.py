@@ -30,7 +30,8 @@ import psutil
 
 OWNER_ENV = "STACKD_OWNER"
 MEMBER_ENV = "STACKD_MEMBER"
-TAIL_BYTES = 16_384
+# A tail reads back this far: the health probes' lines it drops may be most of it (~10 KiB an hour).
+TAIL_BYTES = 65_536
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -167,20 +168,25 @@ def owned_processes(owner: str) -> list[tuple[int, str]]:
     return out
 
 
-def log_tail(path: Path, lines: int = 20, since_marker: str | None = None) -> list[str]:
-    """The last ``lines`` lines of ``path`` (after the last ``since_marker`` line, when given)."""
+def log_tail(
+    path: Path, lines: int = 20, since_marker: str | None = None, drop: Callable[[str], bool] | None = None
+) -> list[str]:
+    """The last ``lines`` lines of ``path`` (after the last ``since_marker`` line, when given),
+    leaving out those ``drop`` says (before counting: ``lines`` are kept ones)."""
     try:
         with path.open("rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
-            f.seek(max(0, size - TAIL_BYTES))
+            start = f.seek(max(0, size - TAIL_BYTES))
             text = f.read().decode("utf-8", "replace")
     except OSError:
         return []
+    if start > 0:  # the first line read is likely the end of a longer one
+        text = text.split("\n", 1)[1] if "\n" in text else ""
     if since_marker is not None and since_marker in text:
         text = text[text.rindex(since_marker) :]
         text = text.split("\n", 1)[1] if "\n" in text else ""
-    return [line for line in text.splitlines() if line.strip()][-lines:]
+    return [line for line in text.splitlines() if line.strip() and not (drop and drop(line))][-lines:]
 
 
 def cap_log(path: Path, max_bytes: int) -> bool:

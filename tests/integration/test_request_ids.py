@@ -5,6 +5,8 @@ only with ``log_content``; secrets never."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+import uvicorn
 from fastapi import FastAPI
 
 from stackd.api.auth import bearer_guard
@@ -21,6 +24,7 @@ from stackd.api.tools import build_tools_router
 from stackd.logs import content, records
 from stackd.roles import LiveRoles, RoleTable
 from stackd.router import ReasonRouter
+from stackd.sim.control import Fault
 from stackd.sim.openai import OpenAISim
 from tests.integration.test_reason_tools import TOKEN, tools_config
 
@@ -53,8 +57,8 @@ def log_stream() -> Iterator[io.StringIO]:
     content.enable(False)
 
 
-@pytest.fixture
-async def gateway(log_stream: io.StringIO) -> AsyncIterator[Gateway]:
+@contextlib.asynccontextmanager
+async def open_gateway(log_stream: io.StringIO, log_requests: bool) -> AsyncIterator[Gateway]:
     async with OpenAISim() as sim:
         config = tools_config(sim.url)
         stack = config.stacks["s"]
@@ -65,7 +69,7 @@ async def gateway(log_stream: io.StringIO) -> AsyncIterator[Gateway]:
         tools = build_tools_router(router, bearer_guard(TOKEN))
         app.include_router(tools)
         door = FrontDoor(
-            app, hot_routes(tools.routes), bearer_guard(TOKEN), BodyLimits(1 << 20, 1 << 20), True
+            app, hot_routes(tools.routes), bearer_guard(TOKEN), BodyLimits(1 << 20, 1 << 20), log_requests
         )
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=door),
@@ -74,6 +78,19 @@ async def gateway(log_stream: io.StringIO) -> AsyncIterator[Gateway]:
         ) as http:
             yield Gateway(http, sim, log_stream)
         await router.aclose()
+
+
+@pytest.fixture
+async def gateway(log_stream: io.StringIO) -> AsyncIterator[Gateway]:
+    async with open_gateway(log_stream, log_requests=True) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def quiet_gateway(log_stream: io.StringIO) -> AsyncIterator[Gateway]:
+    """The daemon's default: no line per request (no ``--log-requests``)."""
+    async with open_gateway(log_stream, log_requests=False) as opened:
+        yield opened
 
 
 async def reason(gateway: Gateway, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -125,3 +142,59 @@ async def test_prompts_reach_the_log_only_with_log_content_and_secrets_never(gat
     assert exchange["answer"]
     logging.getLogger("stackd.test").warning("a careless line with %s", f"Bearer {TOKEN}")
     assert TOKEN not in gateway.log.getvalue() and records.REDACTED in gateway.log.getvalue()
+
+
+async def test_a_504_without_log_requests_has_a_line_with_its_id_and_why(quiet_gateway: Gateway) -> None:
+    await reason(quiet_gateway, {"X-Request-ID": "fine-call"})
+    assert quiet_gateway.log_lines() == []  # a call answered 200: no line without --log-requests
+    await quiet_gateway.sim.set_fault(Fault.hang)
+    answer = await quiet_gateway.http.post(
+        "/tools/reason",
+        json={"problem": PROMPT, "effort": 2, "timeout_s": 1},
+        headers={"X-Request-ID": "late"},
+    )
+    assert answer.status_code == 504, answer.text
+    [line] = quiet_gateway.log_lines()
+    assert (line["level"], line["logger"], line["request_id"]) == ("WARNING", "stackd.access", "late")
+    assert (line["method"], line["path"], line["status"]) == ("POST", "/tools/reason", 504)
+    assert line["error"] == answer.json()["message"]
+    assert "no complete answer within timeout_s=1 s" in str(line["msg"])
+
+
+async def test_every_error_line_of_a_failed_handler_carries_the_id_also_the_server_s(
+    log_stream: io.StringIO,
+) -> None:
+    app = FastAPI()
+
+    @app.get("/boom")
+    async def boom() -> None:
+        logging.getLogger("stackd.test").error("about to fail")
+        raise RuntimeError("a bug")
+
+    door = FrontDoor(app, {}, bearer_guard(TOKEN), BodyLimits(1 << 20, 1 << 20), False)
+    server = uvicorn.Server(
+        uvicorn.Config(door, host="127.0.0.1", port=0, log_config=None, lifespan="off", ws="none")
+    )
+    serving = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:  # noqa: ASYNC110 (uvicorn offers a flag, not an event)
+                await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        async with httpx.AsyncClient() as http:
+            answer = await http.get(f"http://127.0.0.1:{port}/boom", headers={"X-Request-ID": "the-bug"})
+            assert answer.status_code == 500
+            assert (await http.get(f"http://127.0.0.1:{port}/nope")).status_code == 404
+    finally:
+        server.should_exit = True
+        await serving
+    lines = [json.loads(line) for line in log_stream.getvalue().splitlines()]
+    errors = [line for line in lines if line["level"] in ("WARNING", "ERROR")]
+    # The handler's own line, the front door's 500 line and uvicorn's traceback line.
+    assert [(e["logger"], e["request_id"]) for e in errors] == [
+        ("stackd.test", "the-bug"),
+        ("stackd.access", "the-bug"),
+        ("uvicorn.error", "the-bug"),
+    ], errors
+    assert "RuntimeError: a bug" in str(errors[2]["exc"])
+    assert errors[1]["error"] == "unhandled RuntimeError"

@@ -56,6 +56,18 @@ async def test_a_process_member_s_tail_is_its_log_file_s_last_lines(http: httpx.
     assert whole[0].startswith("---- stackd: start")  # every run is there, not only the last
 
 
+async def test_the_tail_leaves_out_answered_health_probes_unless_asked(
+    http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    probe = 'INFO:     127.0.0.1:40490 - "GET /v1/models HTTP/1.1" 200 OK'
+    with (tmp_path / "logs" / f"{ENGINE}.log").open("a") as log:
+        log.write("\n".join([probe] * 50 + ["a chat answered"] + [probe] * 50) + "\n")
+    quiet = await http.get(f"/members/{ENGINE}/logs", params={"lines": 2}, headers=AUTH)
+    assert quiet.json()["lines"] == ["listening", "a chat answered"]
+    raw = await http.get(f"/members/{ENGINE}/logs", params={"lines": 2, "probes": True}, headers=AUTH)
+    assert raw.json()["lines"] == [probe, probe]
+
+
 async def test_engine_logs_need_the_token_even_on_loopback(http: httpx.AsyncClient) -> None:
     for headers in ({}, {"Authorization": "Bearer wrong"}):
         answer = await http.get(f"/members/{ENGINE}/logs", headers=headers)
