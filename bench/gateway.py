@@ -63,8 +63,10 @@ def stackd_app(primary: str, backup: str, threshold: int, first_token_s: float) 
         MemoryProcesses,
         MemoryRemotes,
     )
+    from stackd.gpu.leases import LeaseCoordinator
     from stackd.hardware.types import HardwareSnapshot
     from stackd.manager import ModelStackManager
+    from stackd.manager.seams import Drivers
     from stackd.roles import LiveRoles, RoleTable
     from stackd.router import ReasonRouter
     from stackd.services import Services
@@ -104,17 +106,8 @@ def stackd_app(primary: str, backup: str, threshold: int, first_token_s: float) 
     hardware = HardwareSnapshot(
         gpus=(), ram_total_mib=8192, ram_available_mib=4096, cpu_count=2, gpu_source="none"
     )
-    manager = ModelStackManager(
-        config=config,
-        store=StateStore(state_dir / "stackd.db"),
-        containers=MemoryContainers(),
-        processes=MemoryProcesses(),
-        ollama=MemoryOllama(),
-        remotes=MemoryRemotes(),
-        health=MemoryHealth(),
-        live_roles=roles,
-        read_hardware=lambda: hardware,
-    )
+    drivers = Drivers(MemoryContainers(), MemoryProcesses(), MemoryOllama(), MemoryRemotes(), MemoryHealth())
+    manager = ModelStackManager(config, StateStore(state_dir / "stackd.db"), drivers, roles, lambda: hardware)
     services = Services(
         settings=Settings(state_dir=state_dir),
         config=config,
@@ -123,6 +116,7 @@ def stackd_app(primary: str, backup: str, threshold: int, first_token_s: float) 
         read_hardware=lambda: hardware,
         token=TOKEN,
         token_source="bench",
+        leases=LeaseCoordinator(manager),
         router=router,
     )
 

@@ -93,10 +93,12 @@ def build_services(settings: Settings) -> Services:
     from stackd.drivers.ollama import OllamaHttpDriver
     from stackd.drivers.process import LocalProcessDriver
     from stackd.drivers.remote import HttpRemoteProber
+    from stackd.gpu.grant import FootprintMeter
     from stackd.gpu.leases import LeaseCoordinator
     from stackd.manager import ModelStackManager
     from stackd.manager.day import DayDriver, lease_views
     from stackd.manager.energy import PowerSampler
+    from stackd.manager.seams import Drivers, ManagerOptions
     from stackd.planner.footprints import remembered_footprints
     from stackd.router import ReasonRouter
     from stackd.router.slices import SliceRouter
@@ -141,23 +143,18 @@ def build_services(settings: Settings) -> Services:
 
         swarm = SwarmServiceDriver(config.cluster, endpoints, health)
         containers, checker = ClusterContainers(containers, swarm), ClusterHealth(swarm, health)
-    manager = ModelStackManager(
-        config=config,
-        store=store,
-        containers=containers,
-        processes=processes,
-        ollama=OllamaHttpDriver(config.ollama.url),
-        remotes=HttpRemoteProber(),
-        health=checker,
-        live_roles=roles,
-        read_hardware=hardware,
+    # a member a switch or a lease started gets its footprint measured
+    meter = FootprintMeter(gpu_journal, processes, hardware, container_pids=DockerPids())
+    drivers = Drivers(containers, processes, OllamaHttpDriver(config.ollama.url), HttpRemoteProber(), checker)
+    options = ManagerOptions(
         drain_s=settings.role_drain_s,
         footprints=lambda config: remembered_footprints(config, gpu_journal.footprints()),
+        on_started=meter.measure_later,
     )
+    manager = ModelStackManager(config, store, drivers, roles, hardware, options)
     keys = KeyStore(settings.db_path)
     usage = KeyedUsageStore(settings.db_path, keys)  # the ledger's store; also each key's calls
-    leases = LeaseCoordinator(manager, journal=gpu_journal, container_pids=DockerPids())
-    manager.on_started = leases.measure_later  # a member a switch started gets its footprint measured
+    leases = LeaseCoordinator(manager, journal=gpu_journal, meter=meter)
     day = DayDriver(manager, DayPolicyStore(settings.db_path), leases=lambda: lease_views(leases))
     power = PowerSampler(manager, EnergyStore(settings.db_path))
     router = ReasonRouter(
@@ -179,10 +176,10 @@ def build_services(settings: Settings) -> Services:
         read_hardware=hardware,
         token=token,
         token_source=source,
+        leases=leases,
         router=router,
         slices=slices,
         usage=usage,
-        leases=leases,
         endpoints=endpoints,
         processes=processes,
         day=day,
@@ -229,7 +226,7 @@ def settle_heap(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:
 def build_app(settings: Settings) -> FastAPI:
     services = build_services(settings)
     router, usage, leases = services.router, services.usage, services.leases
-    assert router is not None and usage is not None and leases is not None  # build_services sets them
+    assert router is not None and usage is not None  # build_services sets them
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -34,11 +34,11 @@ class Services:
     read_hardware: Callable[[], HardwareSnapshot]
     token: str
     token_source: str
+    leases: LeaseCoordinator  # the one set of leases /leases, /status, the gateway and MCP share
     router: ReasonRouter | None = None
     slices: SliceRouter | None = None  # elastic slice routing over the router (api/slices.py)
     periodic: PeriodicJobs | None = None
     usage: UsageStore | None = None
-    leases: LeaseCoordinator | None = None
     endpoints: LiveEndpoints = field(default_factory=LiveEndpoints)
     processes: LocalProcessDriver | None = None  # closed at shutdown
     day: DayDriver | None = None  # schedules, holds, idle downshift and wakes (stackd/schedule/)

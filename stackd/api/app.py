@@ -80,9 +80,7 @@ def create_app(
 
         app.include_router(build_slices_router(services, write, read))
 
-        holds = (
-            CallLeases(services.leases) if services.leases is not None else None
-        )  # set by the leases router
+        holds = CallLeases(services.leases)
         for data_path in (
             build_tools_router(services.router, write, services.slices, holds),
             build_gateway_router(services.router, write, services.slices, holds, services.day),

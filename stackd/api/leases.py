@@ -47,10 +47,7 @@ class RenewRequest(BaseModel):
 def build_leases_router(
     services: Services, write: Callable[..., None], read: Callable[..., None]
 ) -> APIRouter:
-    """Routes over ``services.leases``. An app built without a coordinator (API tests) gets one of
-    its manager here, so ``/leases`` and ``/status`` always agree on one set of leases."""
-    if services.leases is None:
-        services.leases = LeaseCoordinator(services.manager)
+    """Routes over ``services.leases``, the one set of leases ``/status`` shows too."""
     leases: LeaseCoordinator = services.leases
     router = APIRouter(route_class=JsonBodyRoute)
 

@@ -146,13 +146,11 @@ class McpServer:
             return json.dumps(body), body
 
         async def acquire(args: AcquireLeaseArgs) -> tuple[str, Any]:
-            assert services.leases is not None  # build_leases_router sets it, before this
             lease = await services.leases.acquire(args.model, args.ttl_s, args.wait_s)
             body = services.leases.to_json(lease)
             return json.dumps(body), body
 
         async def release(args: ReleaseLeaseArgs) -> tuple[str, Any]:
-            assert services.leases is not None
             body = {**services.leases.to_json(await services.leases.release(args.lease_id)), "released": True}
             return json.dumps(body), body
 

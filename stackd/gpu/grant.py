@@ -1,8 +1,8 @@
-"""Applying a lease's grant: its stops and its start as one plan through the manager's
-``PlanExecutor`` (whose undo puts back what was evicted when the start fails), the bounded wait
-for NVML to show a stopped member's memory back before the next start, and the footprint of the
-member once it is ready (NVML's memory of its PIDs: the process tree, or the container's host
-PIDs), remembered in the state store.
+"""Applying a lease's grant: its stops and its start as one run of the manager's one
+``PlanExecutor`` (``Effects.run_steps``: its undo puts back what was evicted when the start
+fails), the bounded wait for NVML to show a stopped member's memory back before the next start;
+and ``FootprintMeter``, the footprint of a member once it is ready (NVML's memory of its PIDs:
+the process tree, or the container's host PIDs), remembered in the state store.
 """
 
 from __future__ import annotations
@@ -10,21 +10,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
 
 from stackd.config.models import Model, Placement, StacksConfig
+from stackd.drivers.base import ProcessDriver
 from stackd.errors import DriverFailed, StackdError
 from stackd.gpu.decide import LeaseDecision
 from stackd.gpu.refusals import LeaseUnavailable
+from stackd.hardware.types import HardwareSnapshot
 from stackd.manager.events import EventLog
-from stackd.manager.executor import PlanExecutor
+from stackd.manager.seams import Effects
 from stackd.planner.footprints import footprint_digest
 from stackd.planner.members import gib
-from stackd.planner.plan import Plan, RamLedger, StartContainer, StartProcess
+from stackd.planner.plan import StartContainer, StartProcess, Step
 from stackd.state.gpu import GpuJournal
-
-if TYPE_CHECKING:
-    from stackd.manager import ModelStackManager
 
 log = logging.getLogger("stackd.gpu")
 
@@ -32,43 +30,33 @@ ContainerPids = Callable[[str, Model], Awaitable[tuple[int, ...]]]
 Sleep = Callable[[float], Awaitable[None]]
 
 
-async def _no_journal(step: Any) -> None:
-    """Leases are journalled as leases (``GpuJournal``), not as switches."""
-
-
 class Grants:
-    """Runs grants for the ``LeaseCoordinator`` (on the manager's worker) and measures members.
+    """Runs grants for the ``LeaseCoordinator`` (on the manager's worker).
 
     ``release_wait_s`` bounds the wait for NVML after a stop (polled every 0.5 s of ``sleep``);
     ``retry_after_s`` is what a refusal then tells the caller."""
 
     def __init__(
         self,
-        manager: ModelStackManager,
+        manager: Effects,
         clock: Callable[[], float],
         sleep: Sleep,
-        journal: GpuJournal | None,
-        container_pids: ContainerPids | None,
         release_wait_s: float,
         retry_after_s: float,
     ) -> None:
         self.manager = manager
         self.clock = clock
         self._sleep = sleep
-        self._journal = journal
-        self._container_pids = container_pids
         self.release_wait_s = release_wait_s
         self.poll_s = retry_after_s
-        self._measuring: set[asyncio.Task[None]] = set()
 
     async def apply(self, decision: LeaseDecision, config: StacksConfig, need_mib: int) -> None:
-        """The stops and the start as one plan through the executor: a failed start undoes the
-        evictions. After a stop the start waits until NVML shows the room back."""
-        manager = self.manager
+        """The stops and the start as one run of the manager's executor: a failed start undoes
+        the evictions. After a stop the start waits until NVML shows the room back."""
         stopped = bool(decision.evicted)
         hook_error: list[StackdError] = []
 
-        async def before(step: Any) -> None:
+        async def before(step: Step) -> None:
             if stopped and isinstance(step, StartContainer | StartProcess):
                 try:
                     await self._await_memory_back(step.model, need_mib, decision.evicted)
@@ -76,26 +64,8 @@ class Grants:
                     hook_error.append(exc)
                     raise
 
-        assert manager.active_stack is not None
-        plan = Plan(
-            stack=manager.active_stack,
-            steps=decision.steps,
-            vram=None,
-            ram=RamLedger(0, 0, 0, 0, 0),
-            feasible=True,
-        )
-        executor = PlanExecutor(
-            config,
-            manager.containers,
-            manager.processes,
-            manager.ollama,
-            manager.remotes,
-            manager.live_roles,
-            EventLog(f"lease-{decision.model}", manager.wall_clock),
-            _no_journal,
-            before_step=before,
-        )
-        execution = await executor.run(plan)
+        log = EventLog(f"lease-{decision.model}", self.manager.wall_clock)
+        execution = await self.manager.run_steps(decision.steps, config, log, before_step=before)
         if not execution.ok:
             if hook_error:
                 raise hook_error[0]
@@ -122,36 +92,54 @@ class Grants:
                 )
             await self._sleep(min(0.5, self.release_wait_s))
 
-    def measure_later(self, model: str) -> None:
+
+class FootprintMeter:
+    """Measures what a ready GPU member holds on the card (NVML's memory of its PIDs: the process
+    tree, or the container's host PIDs) and remembers it in the state store. Built before the
+    manager: its ``measure_later`` is the manager's ``on_started``; leases measure through it too.
+    """
+
+    def __init__(
+        self,
+        journal: GpuJournal,
+        processes: ProcessDriver,
+        read_hardware: Callable[[], HardwareSnapshot],
+        container_pids: ContainerPids | None = None,
+    ) -> None:
+        self._journal = journal
+        self._processes = processes
+        self._read_hardware = read_hardware
+        self._container_pids = container_pids
+        self._measuring: set[asyncio.Task[None]] = set()
+
+    def measure_later(self, model: str, config: StacksConfig) -> None:
         """Measure a member that a switch started (the manager's ``on_started``), in the background."""
-        spec = self.manager.config.models.get(model)
-        if self._journal is None or spec is None or spec.placement != Placement.gpu:
+        spec = config.models.get(model)
+        if spec is None or spec.placement != Placement.gpu:
             return
-        task = asyncio.create_task(self._measure_quietly(model), name=f"stackd-measure-{model}")
+        task = asyncio.create_task(self._measure_quietly(model, config), name=f"stackd-measure-{model}")
         self._measuring.add(task)
         task.add_done_callback(self._measuring.discard)
 
-    async def _measure_quietly(self, model: str) -> None:
+    async def _measure_quietly(self, model: str, config: StacksConfig) -> None:
         try:
-            await self.measure(model, self.manager.config)
+            await self.measure(model, config)
         except Exception:  # a measurement is a nicety; the declared size still budgets the member
             log.exception("measuring the GPU footprint of %s failed", model)
 
     async def measure(self, model: str, config: StacksConfig) -> None:
         """Remember what the ready member holds on the card (NVML per process through its PIDs)."""
-        if self._journal is None:
-            return
         spec = config.models[model]
         pids: tuple[int, ...] = ()
         if spec.process is not None:
-            info = next((p for p in self.manager.processes.processes() if p.model == model), None)
+            info = next((p for p in self._processes.processes() if p.model == model), None)
             pids = info.pids if info is not None else ()
         elif spec.docker is not None and self._container_pids is not None:
             try:
                 pids = await self._container_pids(model, spec)
             except StackdError:
                 return  # a measurement is a nicety: the declared size still budgets it
-        device = (await self.manager.read_hardware()).gpu(config.gpu.device)
+        device = (await asyncio.to_thread(self._read_hardware)).gpu(config.gpu.device)
         if device is None or not pids:
             return
         used = {p.pid: p.used_mib for p in device.processes}

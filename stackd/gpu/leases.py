@@ -38,7 +38,7 @@ from stackd.gpu.decide import (
     swap_group,
     waiting_reason,
 )
-from stackd.gpu.grant import ContainerPids, Grants, Sleep
+from stackd.gpu.grant import FootprintMeter, Grants, Sleep
 from stackd.gpu.refusals import LeaseRefused, LeaseUnavailable, refusal_error
 from stackd.manager.observe import with_measurements
 from stackd.planner.footprints import budget_mib
@@ -46,7 +46,7 @@ from stackd.planner.views import redact_url
 from stackd.state.gpu import GpuJournal, LeaseRow
 
 if TYPE_CHECKING:
-    from stackd.manager import ModelStackManager
+    from stackd.manager.seams import Effects
 
 __all__ = [
     "Lease",
@@ -80,19 +80,19 @@ class LeaseCoordinator:
 
     ``clock`` (Unix seconds: a lease's expiry is shown to people and journalled) times expiry and
     deadlines; ``sleep`` is how the pump waits (tests inject one that moves a fake clock);
-    ``journal`` keeps leases and footprints across restarts; ``container_pids`` maps a docker
-    member to its host PIDs (``stackd.drivers.docker_pids``); ``poll_s`` is how often a waiting
+    ``journal`` keeps leases across restarts; ``meter`` measures a granted member's footprint
+    (None: nothing is measured); ``poll_s`` is how often a waiting
     head is tried again when nothing wakes it; ``release_wait_s`` bounds the wait for NVML to
     show a stopped member's memory back.
     """
 
     def __init__(
         self,
-        manager: ModelStackManager,
+        manager: Effects,
         clock: Callable[[], float] = time.time,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:12],
         journal: GpuJournal | None = None,
-        container_pids: ContainerPids | None = None,
+        meter: FootprintMeter | None = None,
         sleep: Sleep = asyncio.sleep,
         poll_s: float = 2.0,
         release_wait_s: float = 30.0,
@@ -101,7 +101,7 @@ class LeaseCoordinator:
         self.clock = clock
         self._new_id = new_id
         self._journal = journal
-        self._container_pids = container_pids
+        self._meter = meter
         self._sleep = sleep
         self.poll_s = poll_s
         self.release_wait_s = release_wait_s
@@ -110,7 +110,7 @@ class LeaseCoordinator:
         self._waiter_ids = itertools.count(1)
         self._wake = asyncio.Event()
         self._pump_task: asyncio.Task[None] | None = None
-        self._grants = Grants(manager, clock, sleep, journal, container_pids, release_wait_s, poll_s)
+        self._grants = Grants(manager, clock, sleep, release_wait_s, poll_s)
         if journal is not None:
             self._restore(journal)
 
@@ -268,7 +268,8 @@ class LeaseCoordinator:
                 return decision.refusal
             raise refusal_error(decision.refusal)
         await self._grants.apply(decision, config, budget_mib(model, config.models[model], observed))
-        await self._grants.measure(model, config)
+        if self._meter is not None:
+            await self._meter.measure(model, config)
         now = self.clock()
         ttl = waiter.ttl_s if waiter.ttl_s is not None else self.default_ttl_s(model)
         lease = Lease(self._new_id(), model, acquired_at=now, expires_at=now + ttl, ttl_s=ttl)
@@ -276,10 +277,6 @@ class LeaseCoordinator:
         await self._save(lease)
         manager.touch(model)
         return lease
-
-    def measure_later(self, model: str) -> None:
-        """Measure a member that a switch started (the manager's ``on_started``), in the background."""
-        self._grants.measure_later(model)
 
     # ---------------------------------------------------------------- live leases
 
@@ -367,7 +364,8 @@ class LeaseCoordinator:
 
     async def aclose(self) -> None:
         """Stop the pump; waiters still queued are cancelled."""
-        await self._grants.aclose()
+        if self._meter is not None:
+            await self._meter.aclose()
         task, self._pump_task = self._pump_task, None
         for waiter in self._queue:
             waiter.future.cancel()

@@ -4,7 +4,8 @@ Modules: ``model_stack_manager`` (the manager, composed of the parts below), ``w
 worker task, the switch slot, the switches kept), ``executor`` (one plan: steps, role swaps,
 undo), ``journalled`` (a switch journalled around its execution), ``startup`` (recovery at start,
 applied) and ``recovery`` (its decision), ``probes`` (probes, degradations, jobs, last use),
-``observe``, ``status`` (``GET /status`` from a snapshot), ``switch`` (one switch and its handle).
+``observe``, ``status`` (``GET /status`` from a snapshot), ``switch`` (one switch and its handle),
+``seams`` (``Drivers``, ``ManagerOptions``, and ``Effects``: what the rest may ask of the manager).
 """
 
 from stackd.manager.model_stack_manager import ModelStackManager, Planner

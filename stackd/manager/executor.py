@@ -33,9 +33,10 @@ from dataclasses import dataclass, field
 from typing import Any, assert_never
 
 from stackd.config.models import DEFAULT_PROCESS_START_TIMEOUT_S, Model, OllamaRuntime, StacksConfig
-from stackd.drivers.base import ContainerDriver, HealthChecker, OllamaDriver, ProcessDriver, RemoteProber
+from stackd.drivers.base import HealthChecker
 from stackd.errors import DriverUnavailable, StackdError
 from stackd.manager.events import EventLog, PullThrottle, bindings_dict, step_dict
+from stackd.manager.seams import Drivers
 from stackd.manager.standing import degraded_words, read_standing, rollback_words
 from stackd.planner.kv import fill_utilization
 from stackd.planner.members import is_clustered
@@ -149,53 +150,92 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 class PlanExecutor:
-    """Runs one plan through the drivers; one instance per switch."""
+    """Runs plans through the drivers: the manager's one instance, for a switch's plan and for a
+    lease's steps alike. What belongs to one run (its config, log, journal) is given to ``run``."""
 
     def __init__(
         self,
-        config: StacksConfig,
-        containers: ContainerDriver,
-        processes: ProcessDriver,
-        ollama: OllamaDriver,
-        remotes: RemoteProber,
+        drivers: Drivers,
         live_roles: LiveRoles,
-        log: EventLog,
-        journal: Journal,
         step_timeout_s: float = 300.0,
         drain_s: float = 0.0,
         sleep: Sleep = asyncio.sleep,
-        before_step: Callable[[Step], Awaitable[None]] | None = None,
-        health: HealthChecker | None = None,
     ) -> None:
-        """``before_step`` runs before each step, as part of it: if it raises, the step failed
-        and is undone with the rest (a lease waits there until NVML shows the memory of what it
-        stopped back before it starts the next model). ``health`` probes members before the
-        answer (placement before a commit, the previous stack after an undo); None: no probes."""
+        self.drivers = drivers
+        self.live_roles = live_roles
+        self.step_timeout_s = step_timeout_s
+        self.drain_s = drain_s
+        self.sleep = sleep
+
+    async def run(
+        self,
+        plan: Plan,
+        config: StacksConfig,
+        log: EventLog,
+        journal: Journal,
+        result: Execution | None = None,
+    ) -> Execution:
+        """Apply a switch's ``plan``, filling ``result`` (pass one in to let readers see progress).
+        Members are probed before the answer (placement before a commit, the previous stack
+        after an undo)."""
+        config = fill_utilization(config, plan.kv, plan.vram)  # ${GPU_MEMORY_UTILIZATION}
+        run = _PlanRun(self, config, log, journal, None, self.drivers.health)
+        return await run.run(plan.stack, plan.steps, result if result is not None else Execution())
+
+    async def run_steps(
+        self,
+        stack: str,
+        steps: tuple[Step, ...],
+        config: StacksConfig,
+        log: EventLog,
+        before_step: Callable[[Step], Awaitable[None]] | None = None,
+    ) -> Execution:
+        """Apply ``steps`` of ``stack`` outside a switch (a lease's grant): journalled by their
+        owner, nothing probed. ``before_step`` runs before each step, as part of it: if it
+        raises, the step failed and is undone with the rest (a lease waits there until NVML
+        shows the memory of what it stopped back before it starts the next model)."""
+        run = _PlanRun(self, config, log, _no_journal, before_step, None)
+        return await run.run(stack, steps, Execution())
+
+
+async def _no_journal(step: dict[str, Any]) -> None:
+    """Steps outside a switch are journalled by their owner (a lease as a lease)."""
+
+
+class _PlanRun:
+    """One run of steps: the pending role table, the log, the undo."""
+
+    def __init__(
+        self,
+        executor: PlanExecutor,
+        config: StacksConfig,
+        log: EventLog,
+        journal: Journal,
+        before_step: Callable[[Step], Awaitable[None]] | None,
+        health: HealthChecker | None,
+    ) -> None:
+        """``health`` probes members before the answer; None: no probes."""
+        drivers = executor.drivers
         self._before_step = before_step
         self._health = health
         self._config = config
-        self._drain_s = drain_s
-        self._sleep = sleep
-        self._containers = containers
-        self._processes = processes
-        self._ollama = ollama
-        self._remotes = remotes
-        self._live = live_roles
+        self._drain_s = executor.drain_s
+        self._sleep = executor.sleep
+        self._containers = drivers.containers
+        self._processes = drivers.processes
+        self._ollama = drivers.ollama
+        self._remotes = drivers.remotes
+        self._live = executor.live_roles
         self._log = log
         self._journal = journal
-        self._step_timeout_s = step_timeout_s
+        self._step_timeout_s = executor.step_timeout_s
 
-    async def run(self, plan: Plan, result: Execution | None = None) -> Execution:
-        """Apply ``plan``, filling ``result`` (pass one in to let readers see progress)."""
-        result = result if result is not None else Execution()
-        self._config = fill_utilization(self._config, plan.kv, plan.vram)  # ${GPU_MEMORY_UTILIZATION}
-        members = frozenset(self._config.stacks[plan.stack].member_names)
+    async def run(self, stack: str, steps: tuple[Step, ...], result: Execution) -> Execution:
+        members = frozenset(self._config.stacks[stack].member_names)
         previous = self._live.current
         pending = dict(previous.bindings)
-        for step in plan.steps:
-            if isinstance(step, StopStep) and await self._swap_if_changed(
-                plan.stack, pending, members, result
-            ):
+        for step in steps:
+            if isinstance(step, StopStep) and await self._swap_if_changed(stack, pending, members, result):
                 await self._drain()
             if isinstance(step, StopStep):
                 await self._wait_requests_done(step.model)
@@ -221,7 +261,7 @@ class PlanExecutor:
             await self._undo(None, result)  # the start is done: the undo stops it with the rest
             await self._read_standing(previous.members, result)
             return result
-        await self._swap_if_changed(plan.stack, pending, members, result)
+        await self._swap_if_changed(stack, pending, members, result)
         return result
 
     async def _check_placement(self, members: frozenset[str], result: Execution) -> Step | None:

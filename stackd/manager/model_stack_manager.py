@@ -14,93 +14,78 @@ import asyncio
 import dataclasses
 import functools
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from stackd.config.models import Lifecycle, Runtime, StacksConfig
-from stackd.drivers.base import ContainerDriver, HealthChecker, OllamaDriver, ProcessDriver, RemoteProber
 from stackd.errors import Conflict, NotFound, PlanRefused
 from stackd.hardware.types import HardwareSnapshot
-from stackd.manager.events import SwitchEvent
+from stackd.manager.events import EventLog, SwitchEvent
 from stackd.manager.executor import Execution, PlanExecutor
 from stackd.manager.journalled import run_journalled
 from stackd.manager.observe import Observation, observe_engines, with_measurements
 from stackd.manager.probes import JobResult, MemberHealth, ProbeResult
 from stackd.manager.recovery import RecoveryReport
+from stackd.manager.seams import Drivers, ManagerOptions, Planner
 from stackd.manager.startup import StartupRecovery
 from stackd.manager.status import StatusSnapshot, build_status, log_tail_wanted, snapshot_of
 from stackd.manager.switch import Switch, SwitchHandle
 from stackd.manager.worker import SwitchWorker
-from stackd.planner import plan_switch
-from stackd.planner.plan import ObservedState, Plan, StartContainer, StartProcess
+from stackd.planner.plan import ObservedState, Plan, StartContainer, StartProcess, Step
 from stackd.planner.views import plan_json
 from stackd.roles import LiveRoles
 from stackd.state.store import StateStore
 
 log = logging.getLogger("stackd.manager")
 
-Planner = Callable[[StacksConfig, ObservedState, str, HardwareSnapshot], Plan]
+__all__ = ["ModelStackManager", "Planner"]
+
 T = TypeVar("T")
 
 
 class ModelStackManager:
     """Applies stacks through the drivers. Build once in the app factory; call ``recover`` at start.
 
-    ``clock`` (monotonic) times idle TTLs and probe intervals; ``wall_clock`` stamps what is
-    shown and persisted. ``repair_on_start``: at a start with no interrupted switch, re-apply
-    the persisted stack (an idempotent switch that restarts dead members and binds the role
-    table); when False, only bind the roles of members found up and report the rest as drift.
-    ``drain_s``: seconds between a role swap and the first stop or unload of a backend it
-    replaced, so that a request that looked up the old binding just before still finishes on it
-    (the daemon sets it; 0 suits in-memory tests). ``footprints``: the remembered measured
-    sizes of the config's members (``stackd.state.gpu``), budgeted when larger than declared.
+    Everything it uses is given here (``ManagerOptions`` says how it is tuned); nothing is
+    assigned onto it afterwards. The rest of the daemon asks of it through ``Effects``.
     """
 
     def __init__(
         self,
         config: StacksConfig,
         store: StateStore,
-        containers: ContainerDriver,
-        processes: ProcessDriver,
-        ollama: OllamaDriver,
-        remotes: RemoteProber,
-        health: HealthChecker,
+        drivers: Drivers,
         live_roles: LiveRoles,
         read_hardware: Callable[[], HardwareSnapshot],
-        planner: Planner = plan_switch,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
-        step_timeout_s: float = 300.0,
-        keep_switches: int = 50,
-        repair_on_start: bool = True,
-        drain_s: float = 0.0,
-        footprints: Callable[[StacksConfig], Mapping[str, int]] | None = None,
+        options: ManagerOptions | None = None,
     ) -> None:
+        options = options if options is not None else ManagerOptions()
         self.config = config
-        # model -> the largest MiB it was measured to hold under its current config (state store)
-        self.footprints: Callable[[StacksConfig], Mapping[str, int]] = footprints or (lambda config: {})
-        # Told the name of each member a switch started, once ready (the daemon measures its footprint).
-        self.on_started: Callable[[str], None] = lambda model: None
+        self.options = options
         self.store = store
-        self.containers = containers
-        self.processes = processes
-        self.ollama = ollama
-        self.remotes = remotes
-        self.health = health
+        self.drivers = drivers
+        self.containers = drivers.containers
+        self.processes = drivers.processes
+        self.ollama = drivers.ollama
+        self.remotes = drivers.remotes
+        self.health = drivers.health
         self.live_roles = live_roles
-        self.clock = clock
-        self.wall_clock = wall_clock
-        self.repair_on_start = repair_on_start
+        self.clock = options.clock
+        self.wall_clock = options.wall_clock
+        self.repair_on_start = options.repair_on_start
         self._read_hardware = read_hardware
-        self._planner = planner
-        self._step_timeout_s = step_timeout_s
-        self._drain_s = drain_s
+        self._planner = options.planner
         self._active: str | None = store.active_stack()
         self._recovery: RecoveryReport | None = None
-        self.worker = SwitchWorker(store, wall_clock, keep_switches)
-        self.members = MemberHealth(clock, wall_clock)
+        # The one executor: a switch's plan and a lease's steps run through it.
+        self.executor = PlanExecutor(drivers, live_roles, options.step_timeout_s, options.drain_s)
+        self.worker = SwitchWorker(store, options.wall_clock, options.keep_switches)
+        self.members = MemberHealth(options.clock, options.wall_clock)
         self._startup = StartupRecovery(self)
+
+    def footprints(self, config: StacksConfig) -> Mapping[str, int]:
+        """The remembered measured sizes of ``config``'s members (``ManagerOptions.footprints``)."""
+        return self.options.footprints(config)
 
     # ---------------------------------------------------------------- reading
 
@@ -285,27 +270,26 @@ class ModelStackManager:
         return PlanRefused(f"stack '{plan.stack}' cannot be applied: {reasons}", plan=plan_json(plan))
 
     async def execute(self, switch: Switch, plan: Plan, journal_id: str) -> Execution:
-        """Apply ``plan`` through a ``PlanExecutor``, journalling each done step under ``journal_id``."""
+        """Apply ``plan`` through the executor, journalling each done step under ``journal_id``."""
         switch.plan = plan
         switch.execution = Execution()
 
         async def journal(step: Mapping[str, Any]) -> None:
             await asyncio.to_thread(self.store.record_step, journal_id, dict(step))
 
-        executor = PlanExecutor(
-            self.config,
-            self.containers,
-            self.processes,
-            self.ollama,
-            self.remotes,
-            self.live_roles,
-            switch.log,
-            journal,
-            self._step_timeout_s,
-            self._drain_s,
-            health=self.health,
-        )
-        return await executor.run(plan, switch.execution)
+        return await self.executor.run(plan, self.config, switch.log, journal, switch.execution)
+
+    async def run_steps(
+        self,
+        steps: tuple[Step, ...],
+        config: StacksConfig,
+        log: EventLog,
+        before_step: Callable[[Step], Awaitable[None]] | None = None,
+    ) -> Execution:
+        """Apply ``steps`` to the active stack outside a switch (a lease's grant, on the worker),
+        through the one executor: a failed step undoes the others; the caller journals them."""
+        assert self._active is not None, "steps outside a switch need an active stack"
+        return await self.executor.run_steps(self._active, steps, config, log, before_step)
 
     async def recover(self) -> RecoveryReport:
         """Reconcile the journal with what really runs; call once at start, before serving."""
@@ -334,7 +318,7 @@ class ModelStackManager:
         started = [s.model for s in execution.done if isinstance(s, StartContainer | StartProcess)]
         self.members.restarted(started)
         for model in started:
-            self.on_started(model)
+            self.options.on_started(model, self.config)
         for name, error in {**execution.probed, **(execution.standing or {})}.items():
             self.record_probe(name, error is None, error)
 
@@ -389,7 +373,9 @@ class ModelStackManager:
             raise Conflict(f"switch {current.id} is in progress; restart {model} after it")
         spec = self.config.models[model]
         if spec.runtime not in (Runtime.docker, Runtime.process):
-            raise Conflict(f"{model} runs on {spec.runtime.value}: stackd has no engine of its own to restart")
+            raise Conflict(
+                f"{model} runs on {spec.runtime.value}: stackd has no engine of its own to restart"
+            )
 
         async def again() -> None:
             observed = await self.observe()

@@ -30,6 +30,7 @@ from stackd.gpu.eviction import Candidate, cheapest_eviction
 from stackd.gpu.leases import LeaseCoordinator
 from stackd.hardware.types import GpuDevice, GpuProcess, HardwareSnapshot
 from stackd.manager import ModelStackManager
+from stackd.manager.seams import Drivers, ManagerOptions
 from stackd.planner.plan import ObservedState, StopContainer
 from stackd.roles import LiveRoles
 from stackd.state.gpu import GpuJournal

@@ -21,8 +21,10 @@ from stackd.api.app import create_app
 from stackd.api.dispatch import BodyLimits, FrontDoor
 from stackd.config.models import StacksConfig
 from stackd.drivers.memory import MemoryContainers, MemoryHealth, MemoryOllama, MemoryProcesses, MemoryRemotes
+from stackd.gpu.leases import LeaseCoordinator
 from stackd.hardware.types import HardwareSnapshot
 from stackd.manager import ModelStackManager
+from stackd.manager.seams import Drivers
 from stackd.roles import LiveRoles, RoleTable
 from stackd.router import ReasonRouter
 from stackd.router.types import (
@@ -126,14 +128,12 @@ def build_daemon(
     backends = {name: ScriptedBackend(name) for name in config.models}
     router = ReasonRouter(config, roles, backend_factory=lambda name, session: backends[name])
     store = StateStore(tmp_path / "stackd.db")
-    manager = ModelStackManager(
-        config=config, store=store, containers=MemoryContainers(), processes=MemoryProcesses(),
-        ollama=MemoryOllama(), remotes=MemoryRemotes(), health=MemoryHealth(), live_roles=roles,
-        read_hardware=lambda: HARDWARE,
-    )  # fmt: skip
+    drivers = Drivers(MemoryContainers(), MemoryProcesses(), MemoryOllama(), MemoryRemotes(), MemoryHealth())
+    manager = ModelStackManager(config, store, drivers, roles, lambda: HARDWARE)
     services = Services(
         settings=Settings(state_dir=tmp_path / "state", **settings), config=config, roles=roles, manager=manager,
-        read_hardware=lambda: HARDWARE, token=TOKEN, token_source="test", router=router,
+        read_hardware=lambda: HARDWARE, token=TOKEN, token_source="test", leases=LeaseCoordinator(manager),
+        router=router,
     )  # fmt: skip
     return Daemon(create_app(services, load_config=load_config), router, store, backends)
 

@@ -216,6 +216,7 @@ def services(tmp_path: Path, host: str) -> Services:
         read_hardware=rtx5090_32g_workstation,
         token="t",
         token_source=str(tmp_path / "s" / "token"),
+        leases=None,  # type: ignore[arg-type]  # as the manager
     )
 
 

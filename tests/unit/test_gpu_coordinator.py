@@ -21,6 +21,7 @@ import pytest
 from stackd.api.app import create_app
 from stackd.config.models import Runtime, StacksConfig
 from stackd.drivers.docker_pids import host_pids
+from stackd.gpu.grant import FootprintMeter
 from stackd.gpu.leases import LeaseCoordinator, LeaseUnavailable
 from stackd.hardware.types import GpuDevice, GpuProcess, HardwareSnapshot
 from stackd.manager import ModelStackManager
@@ -83,26 +84,33 @@ class Rig:
     pids: dict[str, tuple[int, ...]]
 
 
-async def rig(world: World, tmp_path: Path, config: StacksConfig | None = None) -> Rig:
+async def rig(
+    world: World, tmp_path: Path, config: StacksConfig | None = None, measure_switches: bool = False
+) -> Rig:
+    """``measure_switches``: the manager tells the meter what a switch started, as the daemon wires it."""
     journal = GpuJournal(tmp_path / "state" / "stackd.db")
     if config is not None:
         world.config = config
-    manager = world.manager(footprints=lambda c: remembered_footprints(c, journal.footprints()))
-    handle = await manager.submit_switch("cloud-offload")
-    assert await handle.wait() == "succeeded"
-    time = FakeTime(world)
     pids: dict[str, tuple[int, ...]] = {}
 
     async def container_pids(name: str, model: object) -> tuple[int, ...]:
         return pids.get(name, ())
 
+    meter = FootprintMeter(journal, world.processes, lambda: world.hardware, container_pids)
+    manager = world.manager(
+        footprints=lambda c: remembered_footprints(c, journal.footprints()),
+        **({"on_started": meter.measure_later} if measure_switches else {}),
+    )
+    handle = await manager.submit_switch("cloud-offload")
+    assert await handle.wait() == "succeeded"
+    time = FakeTime(world)
     ids = (f"lease-{i}" for i in itertools.count(1))
     leases = LeaseCoordinator(
         manager,
         clock=time,
         new_id=lambda: next(ids),
         journal=journal,
-        container_pids=container_pids,
+        meter=meter,
         sleep=time.sleep,
         poll_s=3600.0,  # nothing but a release or the clock wakes a waiter here
         release_wait_s=5.0,
@@ -428,8 +436,7 @@ async def test_get_leases_shows_the_queue_and_post_answers_503_with_retry_after(
 
 async def test_an_always_on_member_a_switch_starts_is_measured_too(world: World, tmp_path: Path) -> None:
     world.hardware = card(32607, 3072, (GpuProcess(5151, "vllm", 14848),))
-    r = await rig(world, tmp_path)
-    r.manager.on_started = r.leases.measure_later  # as the daemon wires it
+    r = await rig(world, tmp_path, measure_switches=True)
     r.pids["orchestrator-8b"] = (5151,)
     world.containers.running_containers.discard("aether-orchestrator")  # it died: the next switch restarts it
     handle = await r.manager.submit_switch("cloud-offload")

@@ -33,9 +33,9 @@ async def switch(manager: ModelStackManager, stack: str) -> dict[str, Any]:
     return manager.get_switch(handle.id)
 
 
-async def started(world: World, stack: str) -> ModelStackManager:
+async def started(world: World, stack: str, **options: Any) -> ModelStackManager:
     """A manager whose ``stack`` is up and committed, with the drivers' logs cleared."""
-    manager = world.manager()
+    manager = world.manager(**options)
     result = await switch(manager, stack)
     assert result["state"] == "succeeded", result["error"]
     world.containers.actions.clear()
@@ -287,7 +287,6 @@ async def test_events_replay_then_follow_and_end_with_finished(world: World) -> 
 
 
 async def test_a_refused_plan_changes_nothing_and_holds_no_slot(world: World) -> None:
-    manager = await started(world, "cloud-offload")
     real = plan_switch
 
     def refusing(config: Any, observed: Any, target: str, hardware: Any) -> Any:
@@ -297,7 +296,7 @@ async def test_a_refused_plan_changes_nothing_and_holds_no_slot(world: World) ->
         refusal = Refusal("vram", "elastic-12b needs 24 GiB, 15 GiB free")
         return replace(plan, feasible=False, refusals=(refusal,))
 
-    manager._planner = refusing
+    manager = await started(world, "cloud-offload", planner=refusing)
     with pytest.raises(PlanRefused) as err:
         await manager.submit_switch("elastic-hybrid")
     assert "24 GiB" in err.value.message and err.value.detail["plan"]["feasible"] is False
@@ -395,7 +394,10 @@ async def test_a_switch_between_process_stacks_starts_the_new_engine_before_it_s
     result = await switch(manager, "embedded-long")
     assert result["state"] == "succeeded", result["error"]
     done = [(s["kind"], s.get("model") or s.get("role")) for s in result["steps_done"]]
-    start, stop = done.index(("start_process", "smollm2-135m-long")), done.index(("stop_process", "smollm2-135m"))
+    start, stop = (
+        done.index(("start_process", "smollm2-135m-long")),
+        done.index(("stop_process", "smollm2-135m")),
+    )
     swap = done.index(("roles_swapped", None))
     assert start < swap < stop  # make-before-break: the orchestrator is never without an engine
     assert world.processes.running_processes == {"smollm2-135m-long"}

@@ -15,8 +15,10 @@ from stackd.config.loader import load_config
 from stackd.config.models import Lifecycle, StacksConfig
 from stackd.drivers.memory import MemoryContainers, MemoryHealth, MemoryOllama, MemoryProcesses, MemoryRemotes
 from stackd.errors import DriverFailed, DriverUnavailable
+from stackd.gpu.leases import LeaseCoordinator
 from stackd.hardware.types import GpuDevice, HardwareSnapshot
 from stackd.manager import ModelStackManager
+from stackd.manager.seams import Drivers, ManagerOptions
 from stackd.roles import LiveRoles
 from stackd.services import Services
 from stackd.settings import Settings
@@ -55,20 +57,19 @@ class World:
     now: list[float] = field(default_factory=lambda: [1000.0])
     managers: list[ModelStackManager] = field(default_factory=list)
 
-    def manager(self, **kwargs: Any) -> ModelStackManager:
-        """A manager as a fresh daemon process builds it: new store handle, new role table."""
+    def drivers(self) -> Drivers:
+        return Drivers(self.containers, self.processes, self.ollama, self.remotes, self.health)
+
+    def manager(self, **options: Any) -> ModelStackManager:
+        """A manager as a fresh daemon process builds it: new store handle, new role table;
+        ``options`` are ``ManagerOptions`` fields (the clock is the world's)."""
         m = ModelStackManager(
             config=self.config,
             store=StateStore(self.db),
-            containers=self.containers,
-            processes=self.processes,
-            ollama=self.ollama,
-            remotes=self.remotes,
-            health=self.health,
+            drivers=self.drivers(),
             live_roles=LiveRoles(),
             read_hardware=lambda: self.hardware,
-            clock=lambda: self.now[0],
-            **kwargs,
+            options=ManagerOptions(clock=lambda: self.now[0], **options),
         )
         self.managers.append(m)
         return m
@@ -76,6 +77,7 @@ class World:
     def services(self, manager: ModelStackManager, settings: Settings, token: str, **extra: Any) -> Services:
         """The daemon's services over this world and ``manager`` (what ``stackd serve`` wires),
         with ``extra`` parts (router, leases, ...) where a test needs them."""
+        extra.setdefault("leases", LeaseCoordinator(manager))
         return Services(
             settings=settings,
             config=self.config,

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from stackd.api.app import create_app
 from stackd.api.metrics import register_slice_metrics
+from stackd.gpu.leases import LeaseCoordinator
 from stackd.roles import LiveRoles, RoleTable
 from stackd.router import ReasonRouter
 from stackd.router.slices import SliceRouter
@@ -83,7 +84,8 @@ async def build(
     slices.attach(SliceAudit(tmp_path / "stackd.db"), tmp_path, FixedDigests())
     services = Services(
         settings=Settings(state_dir=tmp_path / "state"), config=world.config, roles=roles, manager=manager,
-        read_hardware=lambda: world.hardware, token=token, token_source="test", router=router, slices=slices,
+        read_hardware=lambda: world.hardware, token=token, token_source="test", leases=LeaseCoordinator(manager), router=router,
+        slices=slices,
     )  # fmt: skip
     registry = CollectorRegistry()
     register_slice_metrics(registry, slices)
