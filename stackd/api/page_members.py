@@ -10,7 +10,7 @@ The RAM bar, like the GPU bar (``page_view.gpu_bar``), has fixed segments in thi
 
     measured   what stackd's resident CPU members hold now (their budget where not measured)
     declared   the rest of their budgets: declared in the config, not in use now
-    foreign    what the rest of the machine holds (total - available - measured)
+    foreign    what the rest of the machine holds (total - available - measured), in steps of 256 MiB
     free       the rest
 """
 
@@ -33,6 +33,7 @@ HEALTHY_STATES = frozenset({"running", "loaded", "ready"})
 # States that are what an on-demand or cloud member is when nobody needs it: neither healthy nor degraded.
 IDLE_STATES = frozenset({"stopped", "pulled", "unprobed"})
 LOG_LINES = 4
+RAM_STEP_MIB = 256
 MISSING_KEY = re.compile(r"has no API key: set (\w+)")
 
 
@@ -127,12 +128,15 @@ def ram_bar(ram: Mapping[str, Any] | None, members: Sequence[Mapping[str, Any]])
     measured = sum(int(r["measured_mib"] if r["measured_mib"] is not None else r["mib"]) for r in rows)
     declared = sum(max(r["mib"] - int(r["measured_mib"] or r["mib"]), 0) for r in rows)
     total, available = int(ram["total_mib"]), int(ram.get("available_mib") or 0)
-    foreign = max(total - available - measured, 0)
+    # The rest of the machine moves by some MiB every second: drawn in steps, so that the snapshot
+    # (and every open page) changes when the picture does, not on every reading.
+    foreign = max(_step(total - available - measured), 0)
+    available = total - measured - foreign
     sizes = {"measured": measured, "declared": min(declared, available), "foreign": foreign}
     sizes["free"] = max(total - sum(sizes.values()), 0)
     return {
         "total_mib": total,
-        "headroom_mib": ram.get("headroom_mib"),
+        "headroom_mib": _step(ram["headroom_mib"]) if ram.get("headroom_mib") is not None else None,
         "segments": [
             {
                 "kind": kind,
@@ -143,3 +147,7 @@ def ram_bar(ram: Mapping[str, Any] | None, members: Sequence[Mapping[str, Any]])
             for kind, label in RAM_SEGMENTS
         ],
     }
+
+
+def _step(mib: int) -> int:
+    return int(round(mib / RAM_STEP_MIB) * RAM_STEP_MIB)

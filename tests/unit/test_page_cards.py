@@ -118,12 +118,14 @@ def test_the_ram_bar_shows_measured_declared_foreign_and_free_adding_up_to_the_m
     )
     assert bar is not None
     sizes = {s["kind"]: s["mib"] for s in bar["segments"]}
+    foreign = 2304  # 24105 - 21523 - 236 = 2346 MiB, drawn in steps of 256 MiB
     assert sizes == {
         "measured": 236,
         "declared": 410 - 236,
-        "foreign": 24105 - 21523 - 236,
-        "free": 21523 - 174,
+        "foreign": foreign,
+        "free": 24105 - 236 - 174 - foreign,
     }
+    assert bar["headroom_mib"] == 20992  # 21000 in steps of 256
     assert sum(sizes.values()) == 24105
     assert [m["name"] for m in bar["segments"][0]["models"]] == [
         "smollm2-135m"
