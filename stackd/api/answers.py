@@ -111,6 +111,7 @@ class RoleRow(Open):
     health_url: str | None
     api: str
     placement: str
+    health: str = Field(description="ok, unprobed, degraded or unhealthy: the verdict /status shows too.")
 
 
 class RolesAnswer(Open):

@@ -14,7 +14,9 @@ from pydantic import BaseModel, Field
 
 from stackd import __version__
 from stackd.api.answers import RoleAnswer, RolesAnswer, StatusAnswer, UsageAnswer, documented
+from stackd.config.models import Runtime
 from stackd.drivers.health import health_url
+from stackd.drivers.remote import probe_request
 from stackd.errors import NotFound
 from stackd.planner.views import redact_url
 from stackd.services import Services
@@ -75,9 +77,9 @@ def build_status_router(services: Services, read: Callable[..., None], registry:
         m = config.models[model]
         live = services.endpoints.get(model)  # a process member's port is picked at its start
         endpoint = live or m.endpoint or (config.ollama.url if m.ollama else None)
-        if m.remote is not None and m.health is None and endpoint:
-            # a remote's cheap readiness check is its model list (no token spent)
-            probe = f"{endpoint.rstrip('/')}/models"
+        if m.runtime == Runtime.remote and m.endpoint:
+            # what the remote prober requests: its model list in the API's own flavour (no token spent)
+            probe = probe_request(m, None)[0]
         else:  # the URL the daemon's own health probes request
             probe = health_url(m, config.ollama.url, live)
         return {
@@ -87,6 +89,7 @@ def build_status_router(services: Services, read: Callable[..., None], registry:
             "health_url": redact_url(probe),
             "api": m.api.value,
             "placement": m.placement.value,
+            "health": services.manager.verdict(model).health,  # the verdict status shows too
         }
 
     @router.get("/healthz")

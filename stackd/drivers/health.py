@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from stackd.config.models import DEFAULT_PROCESS_HEALTH_PATH, HealthCheck, Model
-from stackd.errors import DriverUnavailable
+from stackd.errors import DriverUnavailable, ProbeTimedOut
 from stackd.roles import LiveEndpoints
 
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
@@ -77,7 +77,7 @@ class HttpHealthChecker:
             ):
                 status = resp.status
         except TimeoutError as exc:
-            raise DriverUnavailable(
+            raise ProbeTimedOut(
                 f"health probe of '{name}' at {url} got no answer within {timeout_s:g} s", model=name, url=url
             ) from exc
         except aiohttp.ClientError as exc:

@@ -34,7 +34,7 @@ from stackd.drivers.base import (
     PullProgress,
     RemoteProber,
 )
-from stackd.errors import DriverFailed, DriverUnavailable
+from stackd.errors import DriverFailed, DriverUnavailable, ProbeTimedOut
 
 AfterAction = Callable[[str, str], None]
 
@@ -281,7 +281,7 @@ class MemoryHealth:
     async def check(self, name: str, model: Model) -> None:
         self.checks[name] = self.checks.get(name, 0) + 1
         if name in self.timing_out:
-            raise DriverUnavailable(f"health probe of '{name}' got no answer within 2 s (injected)")
+            raise ProbeTimedOut(f"health probe of '{name}' got no answer within 2 s (injected)")
         if name in self.unhealthy:
             raise DriverUnavailable(f"{name}: health endpoint answered 503 (injected failure)")
 

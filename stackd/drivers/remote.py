@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 
 from stackd.config.models import Api, Model
-from stackd.errors import DriverUnavailable
+from stackd.errors import DriverUnavailable, ProbeTimedOut
 
 ANTHROPIC_VERSION = "2023-06-01"  # the API version both the prober and the router's backend send
 _MAX_MESSAGE = 200
@@ -149,7 +149,7 @@ class HttpRemoteProber:
                     except ValueError:
                         body = None
         except TimeoutError as exc:
-            raise DriverUnavailable(
+            raise ProbeTimedOut(
                 f"remote model {name!r}: {shown} did not answer within {self._timeout.total:g} s"
             ) from exc
         except aiohttp.ClientConnectorError as exc:

@@ -24,7 +24,7 @@ from stackd.manager.events import EventLog, SwitchEvent
 from stackd.manager.executor import Execution, PlanExecutor
 from stackd.manager.journalled import run_journalled
 from stackd.manager.observe import Observation, observe_engines, with_measurements
-from stackd.manager.probes import JobResult, MemberHealth, ProbeResult
+from stackd.manager.probes import JobResult, MemberHealth, ProbeResult, Verdict
 from stackd.manager.recovery import RecoveryReport
 from stackd.manager.seams import Drivers, ManagerOptions, Planner
 from stackd.manager.startup import StartupRecovery
@@ -321,6 +321,11 @@ class ModelStackManager:
             self.options.on_started(model, self.config)
         for name, error in {**execution.probed, **(execution.standing or {})}.items():
             self.record_probe(name, error is None, error)
+
+    def verdict(self, model: str) -> Verdict:
+        """The one health verdict of ``model`` (``MemberHealth.verdict``): status, ``/roles`` and
+        the router read it; none decides health itself."""
+        return self.members.verdict(self.config, model)
 
     def unavailable(self, model: str) -> str | None:
         """Why reason() must skip ``model`` now: a swarm member whose node is down or whose task

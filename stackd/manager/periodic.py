@@ -19,7 +19,7 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from stackd.config.models import HealthCheck, Lifecycle, Model, Runtime
-from stackd.errors import Conflict, StackdError
+from stackd.errors import Conflict, ProbeTimedOut, StackdError
 from stackd.manager import ModelStackManager
 from stackd.manager.observe import drift
 from stackd.planner.members import is_up
@@ -105,11 +105,14 @@ class PeriodicJobs:
         """One probe; returns "" when healthy, else "name: why"."""
         limit = (model.health.timeout_s if model.health else 5.0) + PROBE_GRACE_S
         sent = self.manager.wall_clock()
+        timed_out = False  # no answer within a bound (ours or the probe's own): typed, not read from words
         try:
             async with asyncio.timeout(limit):
                 await probe(name, model)
         except TimeoutError:
-            error = f"no answer within {limit:g} s"
+            error, timed_out = f"no answer within {limit:g} s", True
+        except ProbeTimedOut as exc:
+            error, timed_out = exc.message, True
         except StackdError as exc:
             error = exc.message
         except Exception as exc:
@@ -118,8 +121,7 @@ class PeriodicJobs:
             self.manager.record_probe(name, True, started_at=sent)
             self.on_healthy(name)
             return ""
-        busy = self.manager.live_roles.in_flight.count(name)
-        if busy and "within" in error:
+        if timed_out and self.manager.live_roles.in_flight.count(name):
             # A single-slot engine answers nothing else while it generates for stackd's own
             # request: a probe that times out then says "busy", not "unhealthy".
             return ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 from stackd.config.models import Runtime, StacksConfig
 from stackd.planner.members import is_clustered
@@ -22,6 +23,22 @@ class ProbeResult:
     ok: bool
     at: float  # wall clock
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What stackd holds of one member's health, decided once (``MemberHealth.verdict``) and read
+    by status, the status page, ``/roles`` and the router alike.
+
+    ``health``: ``ok`` (its last probe answered), ``unprobed``, ``degraded`` (a remote or Swarm
+    member that does not answer: the rest of the stack serves), ``unhealthy`` (a local engine that
+    runs but does not answer its probe). ``why``: the probe's words. ``skip``: the router must not
+    try it now (a Swarm member whose node is down or whose task does not run: its endpoint is gone;
+    any other member is tried, and its failure moves the chain on)."""
+
+    health: Literal["ok", "unprobed", "degraded", "unhealthy"]
+    why: str | None = None
+    skip: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,10 +91,24 @@ class MemberHealth:
             self.probes.pop(model, None)
             self.started_at[model] = now
 
+    def verdict(self, config: StacksConfig, model: str) -> Verdict:
+        """The one answer to "is ``model`` healthy?" (see ``Verdict``)."""
+        spec = config.models.get(model)
+        if spec is None:
+            return Verdict("unprobed")
+        if model in self.degraded:
+            return Verdict("degraded", self.degraded[model], skip=is_clustered(spec))
+        probe = self.probes.get(model)
+        if probe is None:
+            return Verdict("unprobed")
+        if probe.ok:
+            return Verdict("ok")
+        return Verdict("degraded" if spec.runtime == Runtime.remote else "unhealthy", probe.error)
+
     def unavailable(self, config: StacksConfig, model: str) -> str | None:
-        if model in config.models and is_clustered(config.models[model]):
-            return self.degraded.get(model)
-        return None
+        """Why the router must skip ``model`` now (its verdict's ``skip``), else None."""
+        verdict = self.verdict(config, model)
+        return verdict.why if verdict.skip else None
 
     def record_job(self, name: str, ok: bool, summary: str) -> None:
         self.jobs[name] = JobResult(ok, self.wall_clock(), summary)

@@ -16,7 +16,7 @@ from typing import Any
 from stackd.config.models import Lifecycle, Model, Runtime, StacksConfig
 from stackd.hardware.types import HardwareSnapshot
 from stackd.manager.observe import Observation, drift, extra_members
-from stackd.manager.probes import JobResult, MemberHealth, ProbeResult
+from stackd.manager.probes import JobResult, MemberHealth, ProbeResult, Verdict
 from stackd.manager.recovery import RecoveryReport
 from stackd.manager.worker import SwitchWorker
 from stackd.planner.footprints import measured_of
@@ -37,6 +37,7 @@ class StatusSnapshot:
     roles: RoleTable
     probes: Mapping[str, ProbeResult]
     degraded: Mapping[str, str]
+    verdicts: Mapping[str, Verdict]  # every member's health, as ``MemberHealth.verdict`` decides it
     jobs: Mapping[str, JobResult]
     switch_in_progress: Mapping[str, Any] | None
     last_switch: Mapping[str, Any] | None
@@ -60,6 +61,7 @@ def snapshot_of(
         roles=roles,
         probes=dict(members.probes),
         degraded=dict(members.degraded),
+        verdicts={name: members.verdict(config, name) for name in config.models},
         jobs=dict(members.jobs),
         switch_in_progress={"switch_id": current.id, "stack": current.target, "state": current.state}
         if current
@@ -187,18 +189,19 @@ def member_json(
 def member_state(
     snapshot: StatusSnapshot, name: str, model: Model, observation: Observation
 ) -> tuple[str, str | None]:
-    observed, probe, degraded = observation.state, snapshot.probes.get(name), snapshot.degraded
+    """The member's state from what runs (the observation) and its health verdict (never decided
+    here: ``MemberHealth.verdict``, which the router and ``/roles`` read too)."""
+    observed, verdict = observation.state, snapshot.verdicts.get(name, Verdict("unprobed"))
     on_demand = model.lifecycle == Lifecycle.on_demand
+    troubled = verdict.health in ("degraded", "unhealthy")
     match model.runtime:
         case Runtime.docker:
             if "docker" in observation.problems:
                 return "unknown", observation.problems["docker"]
             if name not in observed.running_containers:
                 return "stopped", "on demand: a lease starts it" if on_demand else "should be running"
-            if name in degraded:  # a swarm member whose node is down or task does not run
-                return "degraded", degraded[name]
-            if probe is not None and not probe.ok:
-                return "unhealthy", probe.error
+            if troubled:  # degraded: a swarm member whose node is down or task does not run
+                return verdict.health, verdict.why
             return "running", None
         case Runtime.process:
             info = observation.process(name)
@@ -206,8 +209,8 @@ def member_state(
                 if info is not None and info.state in ("exited", "failed", "restarting"):
                     return ("restarting" if info.state == "restarting" else "dead"), info.last_exit
                 return "stopped", "on demand: a lease starts it" if on_demand else "should be running"
-            if probe is not None and not probe.ok:
-                return "unhealthy", probe.error
+            if troubled:
+                return "unhealthy", verdict.why
             return "running", None
         case Runtime.ollama:
             if "ollama" in observation.problems:
@@ -219,8 +222,6 @@ def member_state(
                 return "pulled", "on demand: loaded on first use" if on_demand else "should be loaded"
             return "missing", f"Ollama tag {model.ollama.tag} is not pulled"
         case Runtime.remote:
-            if name in degraded:
-                return "degraded", degraded[name]
-            if probe is None:
+            if verdict.health == "unprobed":
                 return "unprobed", None
-            return ("ready", None) if probe.ok else ("degraded", probe.error)
+            return ("ready", None) if verdict.health == "ok" else ("degraded", verdict.why)

@@ -202,3 +202,31 @@ async def test_config_reload_refuses_a_bad_file_and_keeps_the_running_config(tmp
         assert stacks[0]["description"].startswith("Reloaded description")
     await manager.aclose()
     manager.store.close()
+
+
+async def test_roles_advertise_what_the_prober_requests_and_the_verdict_status_shows(tmp_path: Path) -> None:
+    """/roles names the URL the remote prober really requests (Anthropic's /v1/models, Gemini's
+    /v1beta/models, not endpoint + /models) and the health verdict /status shows for the member."""
+    world = make_world(tmp_path)
+    stack = world.config.stacks["cloud-offload"]
+    roles = {**stack.roles, "research": "claude-sonnet", "reasoning": "gemini-flash"}
+    stacks = {**world.config.stacks, "cloud-offload": stack.model_copy(update={"roles": roles})}
+    world.config = world.config.model_copy(update={"stacks": stacks})
+    d = await start(world, tmp_path)
+    try:
+        rows = {r["role"]: r for r in (await d.client.get("/roles", headers=AUTH)).json()["roles"]}
+        assert rows["research"]["health_url"] == "https://api.anthropic.com/v1/models"
+        assert rows["reasoning"]["health_url"] == "https://generativelanguage.googleapis.com/v1beta/models"
+        assert rows["research"]["health"] == "ok"  # the switch's own probe answered
+        manager = world.managers[0]
+        manager.record_probe("claude-sonnet", False, "HTTP 529 overloaded")
+        rows = {r["role"]: r for r in (await d.client.get("/roles", headers=AUTH)).json()["roles"]}
+        members = {m["name"]: m for m in (await d.client.get("/status", headers=AUTH)).json()["members"]}
+        assert rows["research"]["health"] == "degraded" == members["claude-sonnet"]["state"]
+        assert members["claude-sonnet"]["detail"] == "HTTP 529 overloaded"
+        assert manager.unavailable("claude-sonnet") is None  # a remote is still tried: the chain moves on
+    finally:
+        await d.client.aclose()
+        for m in world.managers:
+            await m.aclose()
+            m.store.close()

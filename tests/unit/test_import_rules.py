@@ -153,3 +153,76 @@ def test_the_managers_parts_never_reach_back_into_the_manager() -> None:
     assert {p.stem for p, _ in parts} >= {"worker", "executor", "journalled", "startup", "probes", "status"}
     reaching = [str(edge) for path, text in parts for edge in imports(path, text) if edge.module in whole]
     assert reaching == []
+
+
+# Member health is decided once (``MemberHealth.verdict``, stackd/manager/probes.py); these read it.
+HEALTH_READERS = (
+    "manager/status.py",
+    "api/status.py",
+    "api/page.py",
+    "api/page_members.py",
+    "api/page_view.py",
+)
+HEALTH_WORDS = frozenset({"ok", "degraded", "probes", "probe"})  # a probe's result, the degraded table
+
+
+def health_decisions(path: Path, text: str) -> list[str]:
+    """Each branch of ``text`` that tests a probe's result or the degraded table itself, and each
+    call of ``is_clustered`` (whether a member may be skipped is the verdict's ``skip``)."""
+    found: list[str] = []
+    where = path.relative_to(ROOT.parent)
+    for node in ast.walk(ast.parse(text, str(path))):
+        tests: list[ast.expr] = []
+        if isinstance(node, ast.If | ast.IfExp | ast.While):
+            tests.append(node.test)
+        elif isinstance(node, ast.comprehension):
+            tests += node.ifs
+        elif isinstance(node, ast.match_case) and node.guard is not None:
+            tests.append(node.guard)
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "id", getattr(node.func, "attr", "")) == "is_clustered"
+        ):
+            found.append(f"{where}:{node.lineno}: calls is_clustered")
+        for test in tests:
+            for sub in ast.walk(test):
+                word = (
+                    sub.attr
+                    if isinstance(sub, ast.Attribute)
+                    else sub.id
+                    if isinstance(sub, ast.Name)
+                    else ""
+                )
+                if word in HEALTH_WORDS and not (isinstance(test, ast.Name) and test.id == "probe"):
+                    found.append(f"{where}:{sub.lineno}: branches on {word}")
+    return found
+
+
+def test_status_router_and_roles_read_one_health_verdict() -> None:
+    readers = [
+        p for p, _ in modules() if str(p.relative_to(ROOT)) in HEALTH_READERS or p.parent.name == "router"
+    ]
+    assert len(readers) > len(HEALTH_READERS)
+    deciding = [d for path in readers for d in health_decisions(path, path.read_text())]
+    assert deciding == []
+
+
+def test_a_reader_that_decides_health_itself_is_named() -> None:
+    text = "def state(probe, degraded, name):\n    if name in degraded:\n        return 1\n    return probe.ok and 2\n"
+    text += "def skip(model):\n    return 3 if not probe.ok else is_clustered(model)\n"
+    found = health_decisions(ROOT / "manager" / "status.py", text)
+    assert sorted(found) == [
+        "stackd/manager/status.py:2: branches on degraded",
+        "stackd/manager/status.py:6: branches on ok",
+        "stackd/manager/status.py:6: branches on probe",
+        "stackd/manager/status.py:6: calls is_clustered",
+    ], found
+
+
+def test_the_parts_beside_the_manager_ask_it_through_effects() -> None:
+    """``stackd.gpu`` types against ``Effects`` (stackd/manager/seams.py), never the manager."""
+    whole = {"stackd.manager", "stackd.manager.model_stack_manager", "stackd.manager.executor"}
+    reaching = [
+        str(e) for p, t in modules() if p.parent.name == "gpu" for e in imports(p, t) if e.module in whole
+    ]
+    assert reaching == []

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from stackd.config.models import Model
+from stackd.drivers.memory import MemoryHealth
+from stackd.errors import DriverUnavailable
 from stackd.manager import ModelStackManager
 from stackd.manager.periodic import PeriodicJobs
 from tests.unit.test_manager_world import World, close_all, make_world
@@ -160,6 +163,23 @@ async def test_a_probe_that_times_out_while_stackd_has_a_request_on_the_engine_i
     world.now[0] += 10
     ok, _ = await jobs.probe_health()  # no request of ours on it: a timeout is a real failure
     assert not ok
+    assert member(await manager.status(), "smollm2-135m")["state"] == "unhealthy"
+
+
+class WordyHealth(MemoryHealth):
+    """An engine that answers, with an error whose words say "within": not a timeout."""
+
+    async def check(self, name: str, model: Model) -> None:
+        raise DriverUnavailable(f"{name}: health endpoint answered 503: model not loaded within its warm-up")
+
+
+async def test_busy_is_a_timed_out_probe_not_an_error_that_says_within(world: World) -> None:
+    world.health = WordyHealth()
+    manager = await running(world, "embedded")
+    jobs = PeriodicJobs(manager)
+    with manager.live_roles.in_flight.using("smollm2-135m"):  # busy, but the engine did answer
+        ok, summary = await jobs.probe_health()
+    assert not ok and "answered 503" in summary
     assert member(await manager.status(), "smollm2-135m")["state"] == "unhealthy"
 
 
