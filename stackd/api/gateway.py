@@ -16,7 +16,19 @@ with ``data: {"error": {...}}`` naming the backend, then ``data: [DONE]``. One e
 call that waits for a restarting engine opens the stream at once with SSE comments every few
 seconds (``: stackd: waiting up to 30 s for smollm2-135m: engine smollm2-135m killed by SIGKILL,
 restart 1/3 in progress``), which clients skip; if it fails after that, the 503's error object
-comes as ``data: {"error": {...}}``, then ``data: [DONE]``.
+comes as ``data: {"error": {...}}``, then ``data: [DONE]``. A call that waits for its stack to
+wake (``stackd.schedule.wake``) is told the same way (``: stackd: waiting up to 120 s for vision:
+stack 'cloud-offload' is waking (switch 3f2a…)``), and its finish chunk says how long it waited
+(``stackd.wake``); a wake past its bound ends the stream with the 503's error object.
+
+The answer's contract (``response_format``, ``tools``, ``tool_choice``) goes to the backend,
+which forwards it to its engine or is skipped saying it cannot (a route where no backend can is
+a 400 ``unsupported_parameter``). An engine's ``tool_calls`` come back as OpenAI's.
+
+A routed stream (a preset with ``routing``) is buffer-then-stream: the slices' answers are
+validated before the first byte, then the validated text goes out as one content chunk (a valid
+tool call as one ``tool_calls`` delta), and the finish chunk carries ``stackd.slices``, the same
+record as a non-streamed answer's (slice, model digest, policy version, validated, tries).
 """
 
 from __future__ import annotations
@@ -40,6 +52,7 @@ from stackd.api.errors import invalid_request_message, problem
 from stackd.errors import StackdError
 from stackd.gpu.calls import CallLeases
 from stackd.router import ReasonRouter
+from stackd.router.engines import WAITING_EVERY_S
 from stackd.router.routes import Route as ChainRoute
 from stackd.router.slices import SlicedAnswer, SliceRequest, SliceRouter
 from stackd.router.types import (
@@ -52,7 +65,7 @@ from stackd.router.types import (
     TextDelta,
     ToolCalls,
 )
-from stackd.schedule.wake import Waker
+from stackd.schedule.wake import Waker, Waking
 
 Auth = Callable[..., Any]
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -135,6 +148,39 @@ def waiting_comment(item: EngineWaiting) -> bytes:
     connection does not look idle to a proxy."""
     text = f"stackd: waiting up to {item.wait_s:.0f} s for {item.backend}: {item.reason}"
     return b": " + " ".join(text.splitlines()).encode() + b"\n\n"
+
+
+class WakeStream:
+    """A call's stream behind a wake: an ``EngineWaiting`` at once and every ``WAITING_EVERY_S``
+    while its stack wakes (the loading indication an engine restart gives, so the writers turn it
+    into the same SSE comment), then the items of ``stream()``, which resolves the call's route
+    against the stack that woke. ``trailer["wake"]`` says how long it waited once it is up; a
+    wake past its bound, or failed, raises its ``StackdError`` from ``__anext__``, which the
+    writers send as the stream's error event."""
+
+    def __init__(
+        self, waking: Waking, name: str, stream: Callable[[], AsyncIterator[RouterStreamItem]]
+    ) -> None:
+        self.trailer: dict[str, Any] = {}
+        self._items = self._run(waking, name, stream)
+
+    def __aiter__(self) -> WakeStream:
+        return self
+
+    async def __anext__(self) -> RouterStreamItem:
+        return await anext(self._items)
+
+    async def _run(
+        self, waking: Waking, name: str, stream: Callable[[], AsyncIterator[RouterStreamItem]]
+    ) -> AsyncIterator[RouterStreamItem]:
+        while True:
+            yield EngineWaiting("wake", name, waking.doing(), waking.left_s())
+            woken = await waking.wait(WAITING_EVERY_S)
+            if woken is not None:
+                break
+        self.trailer["wake"] = woken.to_dict()
+        async for item in stream():
+            yield item
 
 
 def validate(model: type[BaseModel], body: bytes) -> Any:
@@ -313,7 +359,7 @@ def completion_body(answer: Answer, model: str, completion_id: str, created: int
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": answer.text, "refusal": None},
+                "message": message,
                 "finish_reason": finish,
                 "logprobs": None,
             }
@@ -330,9 +376,14 @@ def completion_body(answer: Answer, model: str, completion_id: str, created: int
 
 
 async def chat_chunks(
-    first: RouterStreamItem, items: AsyncIterator[RouterStreamItem], model: str, include_usage: bool
+    first: RouterStreamItem,
+    items: AsyncIterator[RouterStreamItem],
+    model: str,
+    include_usage: bool,
+    trailer: dict[str, Any] | None = None,
 ) -> AsyncIterator[bytes]:
-    """OpenAI ``chat.completion.chunk`` events for the router's stream, ending with ``[DONE]``."""
+    """OpenAI ``chat.completion.chunk`` events for the router's stream, ending with ``[DONE]``;
+    ``trailer`` goes in the finish chunk as its ``stackd`` object (clients ignore the field)."""
     base = {
         "id": f"chatcmpl-{secrets.token_hex(12)}",
         "object": "chat.completion.chunk",
@@ -356,7 +407,20 @@ async def chat_chunks(
         if isinstance(item, TextDelta):
             yield head + dumps(item.text) + tail
         elif isinstance(item, StreamDone):
-            yield chunk({}, openai_finish_reason(item.answer.finish_reason))
+            finish = openai_finish_reason(item.answer.finish_reason)
+            if item.answer.tool_calls:
+                yield chunk({"tool_calls": indexed(item.answer.tool_calls)})
+                finish = "tool_calls"
+            if trailer is None:
+                yield chunk({}, finish)
+            else:
+                yield sse(
+                    {
+                        **base,
+                        "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
+                        "stackd": trailer,
+                    }
+                )
             if include_usage:
                 yield sse({**base, "choices": [], "usage": item.answer.usage.to_dict()})
             break
@@ -404,8 +468,8 @@ def sliced_body(sliced: SlicedAnswer, model: str) -> dict[str, Any]:
     return payload
 
 
-async def sliced_items(sliced: SlicedAnswer) -> AsyncIterator[RouterStreamItem]:
-    yield StreamDone(sliced.answer)
+async def sliced_items(answer: Answer) -> AsyncIterator[RouterStreamItem]:
+    yield StreamDone(answer)
 
 
 class ChatCompletions:
@@ -425,7 +489,8 @@ class ChatCompletions:
         body: ChatCompletionBody = validate(ChatCompletionBody, await read_body(receive))
         routed = self._slices.routed(body.model) if self._slices is not None else None
         if routed is not None and self._slices is not None:
-            # Validated before a byte is sent: a routed stream is the whole answer in one chunk.
+            # Buffer-then-stream: validated before a byte is sent, then the whole answer in one
+            # chunk, and the finish chunk carries the routing record a non-streamed answer has.
             sliced = await self._slices.complete(routed[0], routed[1], body.slice_request())
             if not body.stream:
                 await send_bytes(send, 200, dumps(sliced_body(sliced, body.model)))
@@ -437,30 +502,39 @@ class ChatCompletions:
             await send_sse(send, chat_chunks(first, sliced_items(answer), body.model, usage, record))
             return
         # Before the route is resolved: it is resolved against the stack the wake brought up.
-        woken = await self._waker.wake(body.model) if self._waker is not None else None
+        waking = self._waker.begin(body.model) if self._waker is not None else None
+        include_usage = bool(body.stream_options and body.stream_options.get("include_usage"))
+        if waking is not None and body.stream:
+            # The stream opens at once and says the call waits, as an engine restart's wait does.
+            woken_items = WakeStream(waking, body.model, lambda: self._stream(body))
+            first = await first_item(woken_items)
+            trailer = woken_items.trailer  # filled in when the stack is up, before the finish chunk
+            await send_sse(send, chat_chunks(first, woken_items, body.model, include_usage, trailer))
+            return
+        woken = await waking.wait() if waking is not None else None
+        if body.stream:
+            items = self._stream(body)
+            first = await first_item(items)
+            await send_sse(send, chat_chunks(first, items, body.model, include_usage))
+            return
         route: ChainRoute = self._router.gateway_route(body.model)
         request = body.to_request()
-        if not body.stream:
-            if self._holds is not None:
-                answer = await self._holds.complete(route, lambda: self._router.complete(route, request))
-            else:
-                answer = await self._router.complete(route, request)
-            payload = completion_body(
-                answer, body.model, f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
-            )
-            if woken is not None:  # the answer says it waited for a stack to wake, and how long
-                payload["stackd"] = {**payload.get("stackd", {}), "wake": woken.to_dict()}
-            await send_bytes(send, 200, dumps(payload))
-            return
-        items: AsyncIterator[RouterStreamItem] = (
-            self._holds.stream(route, lambda: self._router.stream(route, request))
-            if self._holds is not None
-            else self._router.stream(route, request)
-        )
-        first = await first_item(items)
-        include_usage = bool(body.stream_options and body.stream_options.get("include_usage"))
-        trailer = {"wake": woken.to_dict()} if woken is not None else None
-        await send_sse(send, chat_chunks(first, items, body.model, include_usage, trailer))
+        if self._holds is not None:
+            answer = await self._holds.complete(route, lambda: self._router.complete(route, request))
+        else:
+            answer = await self._router.complete(route, request)
+        payload = completion_body(answer, body.model, f"chatcmpl-{secrets.token_hex(12)}", int(time.time()))
+        if woken is not None:  # the answer says it waited for a stack to wake, and how long
+            payload["stackd"] = {**payload.get("stackd", {}), "wake": woken.to_dict()}
+        await send_bytes(send, 200, dumps(payload))
+
+    def _stream(self, body: ChatCompletionBody) -> AsyncIterator[RouterStreamItem]:
+        """The router's stream for ``body``, its route resolved now (after any wake)."""
+        route = self._router.gateway_route(body.model)
+        request = body.to_request()
+        if self._holds is not None:
+            return self._holds.stream(route, lambda: self._router.stream(route, request))
+        return self._router.stream(route, request)
 
 
 def build_gateway_router(

@@ -195,33 +195,30 @@ class DayDriver:
 
     # ---------------------------------------------------------------- waking
 
-    async def wake(self, name: str) -> Woken | None:
-        """``Waker.wake``: wake the upper stack for a call that names a role or model the active
-        stack lacks and the upper one has; wait for it (bounded per role); None when nothing
-        needs waking. ``WakeTimedOut`` when the bound passes first (the switch goes on)."""
+    def begin(self, name: str) -> PendingWake | None:
+        """``Waker.begin``: start waking the upper stack for a call that names a role or model
+        the active stack lacks and the upper one has; None when nothing needs waking. Does not
+        wait."""
+        decision = self.last or decide(self.config, self.state, self.world())
         role, model = call_needs(self.config, name)
         if role is None and model is None:
             return None
-        decision = self.last or decide(self.config, self.state, self.world())
         target = wake_target(self.config, decision, self.manager.active_stack, role, model)
         if target is None:
             return None
-        started = self.clock()
         task = self._wakes.get(target)
         if task is None or task.done():
             task = asyncio.ensure_future(self._switch_up(target))
             self._wakes[target] = task
         rule = self.config.stacks[target].idle
         limit = rule.wait_for(role) if rule is not None else DEFAULT_WAKE_WAIT_S
-        try:
-            switch_id = await asyncio.wait_for(asyncio.shield(task), limit)
-        except TimeoutError:
-            raise WakeTimedOut(
-                f"waited {limit:g} s for stack '{target}' to wake (its switch goes on); try again shortly",
-                stack=target,
-                retry_after_s=10,
-            ) from None
-        return Woken(target, self.clock() - started, switch_id)
+        return PendingWake(self, target, task, limit)
+
+    async def wake(self, name: str) -> Woken | None:
+        """``Waker.wake``: ``begin``, then wait for the stack (bounded per role). ``WakeTimedOut``
+        when the bound passes first (the switch goes on)."""
+        pending = self.begin(name)
+        return None if pending is None else await pending.wait()
 
     async def _switch_up(self, target: str) -> str | None:
         """One switch to ``target`` for every call waiting on it; waits behind a running switch."""
@@ -290,6 +287,46 @@ class DayDriver:
             "idle": None if down is None else {"upper": down.upper, "lower": down.lower, "since": down.at},
             "wakes": self.wakes,
         }
+
+
+class PendingWake:
+    """One call's wait for the shared switch to ``stack`` (``Waking``): bounded by ``limit_s``
+    of the event loop's time from its start; ``waited_s`` is read on the driver's clock."""
+
+    def __init__(self, driver: DayDriver, stack: str, task: asyncio.Task[str | None], limit_s: float) -> None:
+        self.stack = stack
+        self.limit_s = limit_s
+        self._driver = driver
+        self._task = task
+        self._started = driver.clock()
+        self._deadline = asyncio.get_running_loop().time() + limit_s
+
+    def left_s(self) -> float:
+        return max(0.0, self._deadline - asyncio.get_running_loop().time())
+
+    def doing(self) -> str:
+        running = self._driver.manager.current_switch
+        if running is None:
+            return f"stack '{self.stack}' is waking"
+        if running.target == self.stack:
+            return f"stack '{self.stack}' is waking (switch {running.id})"
+        return f"stack '{self.stack}' wakes after switch {running.id} to '{running.target}'"
+
+    async def wait(self, at_most_s: float | None = None) -> Woken | None:
+        left = self.left_s()
+        step = left if at_most_s is None else min(left, at_most_s)
+        try:
+            switch_id = await asyncio.wait_for(asyncio.shield(self._task), step)
+        except TimeoutError:
+            if step < left:
+                return None
+            raise WakeTimedOut(
+                f"waited {self.limit_s:g} s for stack '{self.stack}' to wake (its switch goes on); "
+                "try again shortly",
+                stack=self.stack,
+                retry_after_s=10,
+            ) from None
+        return Woken(self.stack, self._driver.clock() - self._started, switch_id)
 
 
 class WakeFailed(StackdError):

@@ -3,7 +3,8 @@
 ``Waker.wake(name)`` is given the name a caller used (a gateway ``model``: a role, a preset, or
 ``reason``) and, when the active stack lacks what it names but the stack the day policy holds or
 schedules has it, returns after that stack is up (``Woken``: which stack, how long the call
-waited). It returns None when nothing needed waking: the call then routes as it always did.
+waited). It returns None when nothing needed waking: the call then routes as it always did. ``Waker.begin(name)`` starts the same wake without waiting for it and hands back a
+``Waking``, so that a streaming caller can be told it waits (SSE comments) while the switch runs.
 The daemon's implementation is ``stackd.manager.day.DayDriver``.
 """
 
@@ -28,10 +29,38 @@ class Woken:
         return {"woke": self.stack, "waited_s": round(self.waited_s, 3), "switch_id": self.switch_id}
 
 
+class Waking(Protocol):
+    """One call's wait for a wake that ``Waker.begin`` started (the switch is shared by every
+    call waiting for the same stack)."""
+
+    @property
+    def stack(self) -> str: ...
+
+    def left_s(self) -> float:
+        """How much longer this call may wait (its role's bound, less what it waited)."""
+        ...
+
+    def doing(self) -> str:
+        """What the wake is doing now, in one line (a stream's loading indication)."""
+        ...
+
+    async def wait(self, at_most_s: float | None = None) -> Woken | None:
+        """Wait for the stack, at most ``at_most_s`` (None: the rest of the call's bound). The
+        ``Woken`` once it is up; None when ``at_most_s`` passed first and the call may wait on.
+        Raises a ``StackdError`` when the call's bound passes or the switch fails; the switch
+        goes on either way (another call, or the next, may be served by it)."""
+        ...
+
+
 class Waker(Protocol):
+    def begin(self, name: str) -> Waking | None:
+        """Start waking the stack that serves ``name`` if the active one lacks it, without
+        waiting; None when nothing needs waking."""
+        ...
+
     async def wake(self, name: str) -> Woken | None:
-        """Wake the stack that serves ``name`` if the active one lacks it; blocks (bounded) while
-        the switch runs. Raises a ``StackdError`` when the bound passes or the switch fails."""
+        """``begin`` and wait: blocks (bounded) while the switch runs. Raises a ``StackdError``
+        when the bound passes or the switch fails."""
         ...
 
 
