@@ -82,7 +82,7 @@ def create_app(
 
         holds = CallLeases(services.leases)
         for data_path in (
-            build_tools_router(services.router, write, services.slices, holds),
+            build_tools_router(services.router, write, services.slices, holds, services.day),
             build_gateway_router(services.router, write, services.slices, holds, services.day),
         ):
             app.include_router(data_path)

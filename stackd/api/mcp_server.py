@@ -134,7 +134,7 @@ class McpServer:
         router = services.router
         if router is not None:
             schemas = {s["function"]["name"]: s for s in tool_schemas(router)}
-            for name, (model, answer_call) in tool_calls(router, services.slices).items():
+            for name, (model, answer_call) in tool_calls(router, services.slices, waker=services.day).items():
                 add(schemas[name], model, _answering(answer_call))
 
         async def status(_: StatusArgs) -> tuple[str, Any]:

@@ -8,6 +8,11 @@ model, usage, cost and the attempts. With ``"stream": true`` the answer comes as
 text) or ``data: {"error": {...}}`` naming the backend, then ``data: [DONE]``. While a call waits
 for a restarting engine, SSE comments (``: stackd: waiting …``) say so, as on the gateway.
 
+A call whose model, preset or reason chain needs a role the active stack lacks and the stack the
+day policy wants has (``stackd.schedule.wake``) wakes that stack first, as the gateway does; the
+answer (or the stream's ``done`` event) then carries ``wake``: ``{woke, waited_s, switch_id}``,
+the object the gateway's ``stackd.wake`` holds. A stream says it waits with the same comments.
+
 Errors have stackd's shape (``{"error": NAME, "message", ...}``), like the daemon's other
 endpoints; a 503 lists every strategy's reason under ``attempts``.
 """
@@ -30,6 +35,7 @@ from stackd.api.gateway import (
     ChunkCount,
     RawEndpoint,
     TokenCount,
+    WakeStream,
     a_number,
     dumps,
     first_item,
@@ -54,6 +60,7 @@ from stackd.router.types import (
     StreamDone,
     TextDelta,
 )
+from stackd.schedule.wake import Waker, Woken
 
 Effort = Annotated[int, Strict(False), Field(ge=1, le=MAX_EFFORT), BeforeValidator(a_number)]
 
@@ -161,8 +168,9 @@ def stackd_error(exc: StackdError) -> tuple[int, bytes]:
 
 
 async def answer_events(
-    first: RouterStreamItem, items: AsyncIterator[RouterStreamItem]
+    first: RouterStreamItem, items: AsyncIterator[RouterStreamItem], trailer: dict[str, Any] | None = None
 ) -> AsyncIterator[bytes]:
+    """The SSE events of a tool's stream; ``trailer`` (a wake's record) joins the ``done`` event."""
     item: RouterStreamItem | None = first
     while item is not None:
         if isinstance(item, EngineWaiting):
@@ -172,7 +180,7 @@ async def answer_events(
         elif isinstance(item, StreamDone):
             done = item.answer.to_dict()
             done.pop("answer")
-            yield sse({"done": True, **done})
+            yield sse({"done": True, **done, **(trailer or {})})
             break
         elif isinstance(item, StreamBroken):
             message = f"backend '{item.backend}' failed mid-stream: {item.reason}"
@@ -211,7 +219,8 @@ def tool_endpoint(model: type[BaseModel], call: Call) -> Callable[[Scope, Receiv
                     return
                 items = stream()
                 first = await first_item(items)
-                await send_sse(send_tracked, answer_events(first, items))
+                trailer = items.trailer if isinstance(items, WakeStream) else None
+                await send_sse(send_tracked, answer_events(first, items, trailer))
         except TimeoutError:
             message = f"no complete answer within timeout_s={timeout_s:g} s; the backend call was cancelled"
             if not started:
@@ -236,10 +245,14 @@ def tool_schemas(router: ReasonRouter) -> list[dict[str, Any]]:
 
 
 def tool_calls(
-    router: ReasonRouter, slices: SliceRouter | None = None, holds: CallLeases | None = None
+    router: ReasonRouter,
+    slices: SliceRouter | None = None,
+    holds: CallLeases | None = None,
+    waker: Waker | None = None,
 ) -> dict[str, tuple[type[BaseModel], Call]]:
     """Each tool's name → (its arguments' model, the call that gives (complete, stream)): the one
-    place a tool call becomes a router call, for ``/tools/*`` and the MCP server alike."""
+    place a tool call becomes a router call, for ``/tools/*`` and the MCP server alike. With a
+    ``waker``, each call first wakes the stack it needs (``woken``)."""
 
     def reason(args: ReasonArgs) -> Any:
         route = router.reason_route(args.effort)
@@ -282,11 +295,61 @@ def tool_calls(
             )
         return (lambda: router.complete(route, request)), (lambda: router.stream(route, request))
 
+    def invoke_name(args: InvokeModelArgs) -> str:
+        return (
+            args.preset
+            if args.options.slice is None
+            else f"{args.preset.split(':', 1)[0]}:{args.options.slice}"
+        )
+
     return {
-        "reason": (ReasonArgs, reason),
-        "invoke_model": (InvokeModelArgs, invoke_model),
-        "deep_reasoning": (DeepReasoningArgs, deep_reasoning),
+        "reason": (ReasonArgs, woken(waker, lambda a: f"reason:effort={a.effort}", reason)),
+        "invoke_model": (InvokeModelArgs, woken(waker, invoke_name, invoke_model)),
+        "deep_reasoning": (
+            DeepReasoningArgs,
+            woken(waker, lambda a: f"reason:effort={MAX_EFFORT}", deep_reasoning),
+        ),
     }
+
+
+def woken(waker: Waker | None, name_of: Callable[[Any], str], make: Call) -> Call:
+    """``make`` behind a wake: the call's route is resolved only once the stack its wake name
+    (a gateway model name: ``reason:effort=N``, a preset) needs is up. Without a waker, ``make``."""
+    if waker is None:
+        return make
+
+    def call(args: Any) -> tuple[Callable[[], Awaitable[Any]], Callable[[], AsyncIterator[RouterStreamItem]]]:
+        name = name_of(args)
+
+        async def complete() -> Any:
+            woke = await waker.wake(name)
+            answer = await make(args)[0]()
+            return answer if woke is None else WokenAnswer(answer, woke)
+
+        def stream() -> AsyncIterator[RouterStreamItem]:
+            waking = waker.begin(name)
+            if waking is None:
+                return make(args)[1]()
+            return WakeStream(waking, name, lambda: make(args)[1]())
+
+        return complete, stream
+
+    return call
+
+
+@dataclass(frozen=True, slots=True)
+class WokenAnswer:
+    """An answer that waited for its stack to wake: the answer's record plus ``wake``."""
+
+    answer: Answer | RoutedAnswer
+    woken: Woken
+
+    @property
+    def text(self) -> str:
+        return self.answer.text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.answer.to_dict(), "wake": self.woken.to_dict()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,7 +375,11 @@ async def routed_items(answer: Awaitable[RoutedAnswer]) -> AsyncIterator[RouterS
 
 
 def build_tools_router(
-    router: ReasonRouter, auth: Auth, slices: SliceRouter | None = None, holds: CallLeases | None = None
+    router: ReasonRouter,
+    auth: Auth,
+    slices: SliceRouter | None = None,
+    holds: CallLeases | None = None,
+    waker: Waker | None = None,
 ) -> APIRouter:
     """``GET /tools`` (a FastAPI route) and the three POSTs (raw ASGI routes, see gateway.py)."""
     api = APIRouter()
@@ -321,7 +388,7 @@ def build_tools_router(
     async def list_tools() -> list[dict[str, Any]]:
         return tool_schemas(router)
 
-    for name, (model, call) in tool_calls(router, slices, holds).items():
+    for name, (model, call) in tool_calls(router, slices, holds, waker).items():
         endpoint = RawEndpoint(auth, tool_endpoint(model, call), stackd_error)
         api.routes.append(Route(f"/tools/{name}", endpoint, methods=["POST"], name=name))
     return api

@@ -197,10 +197,10 @@ class DayDriver:
 
     def begin(self, name: str) -> PendingWake | None:
         """``Waker.begin``: start waking the upper stack for a call that names a role or model
-        the active stack lacks and the upper one has; None when nothing needs waking. Does not
-        wait."""
+        (or a ``reason`` whose best strategy there needs one) the active stack lacks and the
+        upper one has; None when nothing needs waking. Does not wait."""
         decision = self.last or decide(self.config, self.state, self.world())
-        role, model = call_needs(self.config, name)
+        role, model = call_needs(self.config, name, decision.upper)
         if role is None and model is None:
             return None
         target = wake_target(self.config, decision, self.manager.active_stack, role, model)

@@ -1,15 +1,17 @@
 """The wake seam: what a gateway or tool call asks before it routes, and what it is told.
 
 ``Waker.wake(name)`` is given the name a caller used (a gateway ``model``: a role, a preset, or
-``reason``) and, when the active stack lacks what it names but the stack the day policy holds or
-schedules has it, returns after that stack is up (``Woken``: which stack, how long the call
-waited). It returns None when nothing needed waking: the call then routes as it always did. ``Waker.begin(name)`` starts the same wake without waiting for it and hands back a
+``reason`` / ``reason:effort=N``) and, when the active stack lacks what it names but the stack
+the day policy holds or schedules has it, returns after that stack is up (``Woken``: which stack,
+how long the call waited). It returns None when nothing needed waking: the call then routes as it
+always did. ``Waker.begin(name)`` starts the same wake without waiting for it and hands back a
 ``Waking``, so that a streaming caller can be told it waits (SSE comments) while the switch runs.
 The daemon's implementation is ``stackd.manager.day.DayDriver``.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -64,11 +66,51 @@ class Waker(Protocol):
         ...
 
 
-def call_needs(config: StacksConfig, name: str) -> tuple[str | None, str | None]:
+_REASON_NAME = re.compile(r"^reason(?::effort=(\d+))?$")
+DEFAULT_EFFORT = 5  # as stackd.router.routes reads a bare ``reason`` (schedule may not import router)
+MAX_EFFORT = 10
+
+
+def reason_chain(config: StacksConfig, stack: str, effort: int) -> list[str]:
+    """The strategies a ``reason`` call of ``effort`` tries on ``stack``, picked as
+    ``stackd.router.routes.chain_for_effort`` picks them (the first effort rule with
+    ``effort <= up_to``; ``chain: null`` is the stack's); a test holds the two together."""
+    for rule in config.reason.effort:
+        if effort <= rule.up_to:
+            return list(rule.chain) if rule.chain is not None else config.chain_for(stack)
+    return config.chain_for(stack)
+
+
+def reason_needs(config: StacksConfig, stack: str, effort: int) -> tuple[str | None, str | None]:
+    """(role, model) of the first strategy of the effort's chain that ``stack`` serves: what
+    answers a ``reason`` call there."""
+    s = config.stacks[stack]
+    for name in reason_chain(config, stack, effort):
+        strategy = config.reason.strategies.get(name)
+        if strategy is None:
+            continue
+        if strategy.role and strategy.role in s.roles:
+            return strategy.role, None
+        for model in strategy.models:
+            if model in s.member_names:
+                return None, model
+    return None, None
+
+
+def call_needs(config: StacksConfig, name: str, upper: str | None = None) -> tuple[str | None, str | None]:
     """(role, model) that a gateway model name needs: a role's name, a preset's role or model or
-    slice model; (None, None) for ``reason`` and unknown names (its chain falls back instead)."""
+    slice model; for ``reason`` / ``reason:effort=N``, what would answer it on ``upper`` (the
+    stack the day policy wants: ``reason_needs``), so that a reason call wakes it when the
+    active stack lacks that role; (None, None) for unknown names."""
     if name in config.roles:
         return name, None
+    reason = _REASON_NAME.match(name)
+    if reason is not None:
+        effort = int(reason.group(1)) if reason.group(1) else DEFAULT_EFFORT
+        if upper not in config.stacks or not 1 <= effort <= MAX_EFFORT:
+            return None, None  # a bad effort is the route's 404 to give
+        assert upper is not None
+        return reason_needs(config, upper, effort)
     preset_name, _, slice_name = name.partition(":")
     preset = config.presets.get(preset_name)
     if preset is None:

@@ -14,8 +14,9 @@ import pytest
 from stackd.config.models import StacksConfig
 from stackd.config.schedules import IdleRule, Schedules, ScheduleWindow
 from stackd.errors import ConfigError
+from stackd.router.routes import MAX_EFFORT, chain_for_effort
 from stackd.schedule.policy import Hold, LeaseView, PolicyState, World, decide, hold_until_next, wake_target
-from stackd.schedule.wake import call_needs
+from stackd.schedule.wake import call_needs, reason_chain
 from stackd.schedule.windows import current_window, next_window, starts_between
 from tests.unit.test_manager_world import bundled_config
 
@@ -205,6 +206,20 @@ def test_call_needs_reads_roles_and_presets() -> None:
     assert call_needs(config, "vision") == ("vision", None)
     assert call_needs(config, "reason") == (None, None)
     assert call_needs(config, "elastic:9b")[1] == "elastic-9b"
+
+
+def test_a_reason_call_needs_what_answers_it_on_the_upper_stack() -> None:
+    config = bundled_config()
+    assert call_needs(config, "reason:effort=9", DAY) == ("deep_reasoning", None)  # cloud_gpu first
+    # Effort 2: reflex first; the day stack has no reflex role nor elastic-12b, so cloud_api answers.
+    assert call_needs(config, "reason:effort=2", DAY) == (None, "gemini-flash")
+    assert call_needs(config, "reason:effort=2", NIGHT) == ("reflex", None)
+    assert call_needs(config, "reason:effort=11", DAY) == (None, None)  # the route's 404 to give
+    assert call_needs(config, "reason", None) == (None, None)  # no upper stack: nothing to wake
+    # The chain is the one the router picks, for every stack and effort.
+    for stack in config.stacks:
+        for effort in range(1, MAX_EFFORT + 1):
+            assert reason_chain(config, stack, effort) == chain_for_effort(config, stack, effort)
 
 
 def test_a_window_missed_while_stopped_fires_late_within_grace_and_is_reported_beyond() -> None:

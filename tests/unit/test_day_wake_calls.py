@@ -1,7 +1,9 @@
-"""Calls that wake the day's stack (stackd/manager/day.py, stackd/api/gateway.py) over the
-in-memory world on a fake clock: a streaming caller gets its SSE stream at once, with
-``: stackd: waiting ...`` comments while the stack wakes, then the answer and ``stackd.wake``; a
-stream whose wake passes its bound ends with the 503's error event.
+"""Calls that wake the day's stack (stackd/manager/day.py, stackd/api/gateway.py, tools.py,
+mcp_server.py) over the in-memory world on a fake clock: a streaming caller gets its SSE stream
+at once, with ``: stackd: waiting ...`` comments while the stack wakes, then the answer and
+``stackd.wake``; a stream whose wake passes its bound ends with the 503's error event;
+``/tools/invoke_model``, ``/tools/reason`` (a reason chain whose first role the dozing stack
+lacks) and MCP's tools wake the stack and say how long they waited.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
 from starlette.types import Message
 
 from stackd.api.app import create_app
@@ -25,6 +29,7 @@ from stackd.settings import Settings
 from tests.unit.test_day_driver import AUTH, TOKEN, Answering, driver, settled, started
 from tests.unit.test_day_policy import DAY, NIGHT, at, day_config
 from tests.unit.test_manager_world import World, close_all, make_world
+from tests.unit.test_mcp_server import URL, http, in_one_task
 
 VISION_MODEL = "vision-qwen25vl"
 
@@ -164,3 +169,70 @@ async def test_a_stream_whose_wake_passes_its_bound_ends_with_the_503_error_even
     assert "waited 0.2 s for stack 'cloud-offload' to wake (its switch goes on)" in error["message"], error
     assert error["code"] == "all_strategies_failed" or error["type"] == "server_error"
     assert answer.text.endswith("data: [DONE]\n\n") and manager.active_stack == DAY  # the switch went on
+
+
+async def test_invoke_model_and_a_stream_of_it_wake_the_stack_and_say_how_long_they_waited(
+    world: World, tmp_path: Path
+) -> None:
+    manager, day = await dozing(world)
+    app, backends = app_of(world, manager, day, tmp_path)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://stackd", headers=AUTH
+    ) as c:
+        called = c.post("/tools/invoke_model", json={"preset": "vision", "prompt": "describe"})
+        streamed = c.post(
+            "/tools/invoke_model", json={"preset": "vision", "prompt": "describe", "stream": True}
+        )
+        answer, stream = await asyncio.wait_for(asyncio.gather(called, streamed), 10)
+    assert answer.status_code == 200, answer.text
+    record = answer.json()
+    assert record["answer"] == f"answered by {VISION_MODEL}" and record["backend"] == VISION_MODEL
+    assert record["wake"]["woke"] == DAY and record["wake"]["waited_s"] >= 0 and record["wake"]["switch_id"]
+    assert stream.text.startswith(": stackd: waiting up to 120 s for vision: stack 'cloud-offload'"), (
+        stream.text
+    )
+    done = sse_data(stream.text)[-1]
+    assert done["done"] is True and done["wake"]["woke"] == DAY
+    assert day.wakes == 1 and backends[VISION_MODEL].calls == 2 and manager.active_stack == DAY
+
+
+async def test_reason_wakes_the_stack_when_its_chain_needs_a_role_the_dozing_stack_lacks(
+    world: World, tmp_path: Path
+) -> None:
+    # The night stack without deep_reasoning: effort 9's chain starts with cloud_gpu (that role).
+    roles = {r: m for r, m in world.config.stacks[NIGHT].roles.items() if r != "deep_reasoning"}
+    world.config = with_stack(world.config, NIGHT, roles=roles)
+    manager, day = await dozing(world)
+    app, backends = app_of(world, manager, day, tmp_path)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://stackd", headers=AUTH
+    ) as c:
+        # Effort 2's chain is answered by cloud_api's gemini-flash, which both stacks have: no wake.
+        low = await c.post("/tools/reason", json={"problem": "2+3?", "effort": 2})
+        assert low.status_code == 200 and "wake" not in low.json() and manager.active_stack == NIGHT
+        high = await asyncio.wait_for(c.post("/tools/reason", json={"problem": "2+3?", "effort": 9}), 10)
+    assert high.status_code == 200, high.text
+    record = high.json()
+    assert record["strategy"] == "cloud_gpu" and record["backend"] == "deepseek-r1-cloud"
+    assert record["wake"]["woke"] == DAY and manager.active_stack == DAY and day.wakes == 1
+    assert backends["deepseek-r1-cloud"].calls == 1
+
+
+async def test_mcp_tools_wake_the_stack_and_their_record_says_so(world: World, tmp_path: Path) -> None:
+    manager, day = await dozing(world)
+    app, backends = app_of(world, manager, day, tmp_path)
+    async with (
+        in_one_task(app),
+        http(app, TOKEN) as client,
+        streamable_http_client(URL, http_client=client) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        result = await asyncio.wait_for(
+            session.call_tool("invoke_model", {"preset": "vision", "prompt": "describe"}), 10
+        )
+    assert not result.is_error, result
+    structured = result.structured_content
+    assert structured is not None and structured["answer"] == f"answered by {VISION_MODEL}"
+    assert structured["wake"]["woke"] == DAY and structured["wake"]["waited_s"] >= 0
+    assert manager.active_stack == DAY and day.wakes == 1 and backends[VISION_MODEL].calls == 1
