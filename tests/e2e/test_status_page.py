@@ -453,3 +453,26 @@ def test_strings_from_the_daemon_are_shown_as_text_never_parsed_as_html(
     assert page.locator("#injected").count() == 0 and page.locator("main b, section b").count() == 0
     assert page.evaluate("window.injected") is None
     page.close()
+
+
+def test_an_idle_on_demand_member_is_stopped_and_an_engine_restarted_from_its_card(
+    browser: Browser, world_daemon: WorldDaemon
+) -> None:
+    page = new_page(browser)
+    page.goto(f"{world_daemon.url}/")
+    flux = page.locator("#members [data-member=comfyui-flux]")
+    expect(flux.locator(".chip")).to_have_text("running")  # resident without a lease: idle
+    page.fill("#token-input", world_daemon.token)
+    page.click("#token-save")
+    flux.locator("button[data-action=stop]").click()
+    expect(page.locator("#action-result")).to_have_text("comfyui-flux stopped")
+    expect(flux.locator(".chip")).to_have_text("stopped")
+    expect(flux.locator("button[data-action=stop]")).to_have_count(0)
+    expect(page.locator("#ledger-bar .segment[data-kind=idle_on_demand]")).not_to_have_attribute(
+        "data-label", re.compile("comfyui-flux")
+    )
+    orchestrator = page.locator("#members [data-member=orchestrator-8b]")
+    orchestrator.locator("button[data-action=restart]").click()
+    expect(page.locator("#action-result")).to_have_text("orchestrator-8b restarted")
+    expect(orchestrator.locator(".chip")).to_have_text("running")
+    page.close()
