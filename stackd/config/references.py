@@ -72,6 +72,7 @@ def check_references(data: Any, hidden: Collection[FieldPath] = frozenset()) -> 
     _check_fallbacks(check, data.get("default_stack"), data.get("fallback_stacks"))
     for sname, stack in _mappings(stacks):
         _check_stack(check, sname, stack, models, roles, strategies, stacks)
+    _check_idle_chains(check, stacks)
     for sname, strategy in _mappings(strategies):
         check.known(strategy.get("role"), ("reason", "strategies", sname, "role"), "role", roles)
         for i, model in _items(strategy.get("models")):
@@ -184,6 +185,39 @@ def _check_stack(
             check.out.append(((*at, "idle", "to"), "a stack cannot idle down to itself; name a lower stack"))
         for role in _mappings(idle.get("wake_wait_role_s"), values=object):
             check.known(role[0], (*at, "idle", "wake_wait_role_s", role[0]), "role", roles, is_key=True)
+
+
+def _check_idle_chains(check: _Check, stacks: dict[str, Any] | None) -> None:
+    """``idle.to`` chains end: a stack idles down to a lower one, whose own ``idle:`` is followed
+    in turn (stackd.schedule.policy), so a chain that comes back to a stack on it would switch
+    round it for ever. Reported once per cycle, at the ``idle.to`` that closes it (a stack that
+    idles to itself is ``_check_stack``'s)."""
+    to: dict[str, str] = {}
+    for sname, stack in _mappings(stacks):
+        idle = stack.get("idle")
+        target = idle.get("to") if isinstance(idle, dict) else None
+        if isinstance(target, str) and target != sname and target in (stacks or {}):
+            to[sname] = target
+    reported: set[str] = set()
+    for start in to:
+        chain = [start]
+        while chain[-1] in to and to[chain[-1]] not in chain:
+            chain.append(to[chain[-1]])
+        if chain[-1] not in to:
+            continue  # the chain ends at a stack without idle:
+        cycle = chain[chain.index(to[chain[-1]]) :]
+        if reported & set(cycle):
+            continue
+        reported.update(cycle)
+        closing = cycle[-1]
+        loop = " -> ".join([*cycle, cycle[0]])
+        check.out.append(
+            (
+                ("stacks", closing, "idle", "to"),
+                f"idle.to chain {loop} never ends (each idle: is followed in turn); "
+                f"remove idle: from one of them, or point '{closing}' at a stack outside the cycle",
+            )
+        )
 
 
 def _check_containers(check: _Check, models: dict[str, Any] | None) -> None:

@@ -162,7 +162,10 @@ class IdleRule(_Frozen):
         description="Seconds without a call to a member (leases and streams count as use) before the "
         "switch down.",
     )
-    to: Name = Field(description="The lower stack to switch to.")
+    to: Name = Field(
+        description="The lower stack to switch to; its own idle: is followed in turn (a chain "
+        "must end: a cycle is refused)."
+    )
     wake_wait_s: float = Field(
         120.0,
         gt=0,

@@ -284,7 +284,9 @@ class DayDriver:
                 "until_local": when(hold.until),
                 "source": hold.source,
             },
-            "idle": None if down is None else {"upper": down.upper, "lower": down.lower, "since": down.at},
+            "idle": None
+            if down is None
+            else {"upper": down.upper, "lower": down.lower, "since": down.at, "depth": down.depth},
             "wakes": self.wakes,
         }
 

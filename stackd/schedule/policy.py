@@ -10,7 +10,10 @@ The stack meant to run is found in three layers, each overriding the one below:
    the ``--hold`` it was given), else the window current now, else the stack that runs;
 2. **idle**: the upper stack, running without a call to a member for its ``idle.after_s``
    (leases and streams count as calls), is replaced by its ``idle.to`` until a call wakes it
-   (``wake_target``) or the upper stack changes (a new window, a hold);
+   (``wake_target``) or the upper stack changes (a new window, a hold). The lower stack's own
+   ``idle:`` is followed in turn (A idles to B, B to C), one step per quiet ``after_s``, at most
+   as many steps as there are stacks and never back onto the chain (the config refuses a cycle);
+   a call still wakes the upper stack;
 3. **never interrupt**: a change waits while a switch runs or a live lease holds a member the new
    stack lacks, and says so; after ``defer_max_s`` it gives up until the upper stack changes.
 
@@ -25,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from stackd.config.models import StacksConfig
+from stackd.config.schedules import IdleRule
 from stackd.schedule.windows import WindowStart, current_window, local_time, next_window
 
 Action = Literal["none", "switch", "wait", "give_up"]
@@ -42,11 +46,13 @@ class Hold:
 
 @dataclass(frozen=True, slots=True)
 class Downshift:
-    """``upper`` went idle and ``lower`` runs instead, since ``at``."""
+    """``upper`` went idle and ``lower`` runs instead, since ``at``; ``depth`` steps down the
+    idle chain (1: ``upper``'s own ``idle.to``)."""
 
     upper: str
     lower: str
     at: float
+    depth: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,8 +170,25 @@ def decide(config: StacksConfig, state: PolicyState, world: World) -> Decision:
     intended, why = upper, upper_why
     rule = config.stacks[upper].idle if upper is not None and upper in config.stacks else None
     if downshift is not None:
+        deeper = _idle_further(config, downshift, world)
+        if deeper is not None:
+            quiet_s, rule = deeper
+            notes.append(f"idle: '{downshift.lower}' -> '{rule.to}' (idle chain of '{downshift.upper}')")
+            why = (
+                f"'{downshift.lower}' had no call for {quiet_s:.0f} s (its idle.after_s {rule.after_s:g}); "
+                f"a call for the roles of '{downshift.upper}' wakes it"
+            )
+            downshift = Downshift(downshift.upper, rule.to, now, downshift.depth + 1)
+        elif downshift.depth > 1:
+            why = (
+                f"'{downshift.upper}' went idle, and its idle chain reached '{downshift.lower}' at "
+                f"{_at(config, downshift.at)}; a call for its roles wakes it"
+            )
+        else:
+            why = (
+                f"'{downshift.upper}' went idle at {_at(config, downshift.at)}; a call for its roles wakes it"
+            )
         intended = downshift.lower
-        why = f"'{downshift.upper}' went idle at {_at(config, downshift.at)}; a call for its roles wakes it"
     elif (
         rule is not None
         and upper is not None
@@ -241,6 +264,27 @@ def decide(config: StacksConfig, state: PolicyState, world: World) -> Decision:
 
 
 DEFAULT_DEFER_MAX_S = 1800.0
+
+
+def _idle_further(config: StacksConfig, downshift: Downshift, world: World) -> tuple[float, IdleRule] | None:
+    """(quiet seconds, the rule) when the lower stack of ``downshift`` runs, has its own ``idle:``
+    and has had no call for its ``after_s``: the chain goes one step further down. Never onto a
+    stack already on the chain (its upper or lower) and at most ``len(config.stacks)`` steps, so
+    a cycle the config loader would refuse still ends."""
+    lower = config.stacks.get(downshift.lower)
+    rule = lower.idle if lower is not None else None
+    if (
+        rule is None
+        or world.active != downshift.lower
+        or world.switching is not None
+        or world.active_since is None
+        or rule.to not in config.stacks
+        or rule.to in (downshift.upper, downshift.lower)
+        or downshift.depth >= len(config.stacks)
+    ):
+        return None
+    quiet_s = world.now - max(world.active_since, world.last_use or world.active_since)
+    return (quiet_s, rule) if quiet_s >= rule.after_s else None
 
 
 def _blocking_lease(config: StacksConfig, target: str, world: World) -> str | None:

@@ -23,7 +23,7 @@ from stackd.router.types import ChatRequest, Completion, StreamEvent, StreamFini
 from stackd.schedule.policy import LeaseView
 from stackd.settings import Settings
 from stackd.state.day_policy import DayPolicyStore
-from tests.unit.test_day_policy import DAY, NIGHT, at, day_config
+from tests.unit.test_day_policy import DAY, NIGHT, at, chained_config, day_config
 from tests.unit.test_manager_world import World, close_all, make_world
 
 TOKEN = "day-driver-test-token-0123456789abcdef"
@@ -256,3 +256,38 @@ async def test_a_restart_over_the_dst_night_fires_the_next_window_at_its_local_t
     assert "window 0 ('cloud-offload') began at Mon 2026-03-30 09:00 CEST" in decision.notes[0]
     assert again.state.hold is None and decision.next_change is not None
     assert decision.next_change.at == at("2026-03-30 18:00")
+
+
+async def test_an_idle_chain_steps_down_twice_and_one_call_wakes_the_day_stack(
+    world: World, tmp_path: Path
+) -> None:
+    world.config = chained_config()  # the day stack idles to the night stack, that one to embedded
+    world.now[0] = at("2026-03-30 09:00")
+    manager = await started(world, DAY)
+    day = driver(world, manager)
+    await day.tick()
+    world.now[0] += 600
+    assert (await day.tick()).intended == NIGHT
+    await settled(manager)
+    assert (await day.tick()).action == "none"  # the night stack is seen up now; its quiet starts
+    world.now[0] += 300
+    deeper = await day.tick()
+    assert deeper.action == "switch" and deeper.intended == "embedded", deeper.why
+    await settled(manager)
+    assert manager.active_stack == "embedded" and world.running_stack("embedded"), world.describe()
+    schedule = day.view()
+    assert schedule["idle"]["upper"] == DAY and schedule["idle"]["lower"] == "embedded"
+    assert schedule["idle"]["depth"] == 2 and "idle chain reached 'embedded'" in (await day.tick()).why
+    backends = {name: Answering(name) for name in world.config.models}
+    router = ReasonRouter(
+        world.config, manager.live_roles, backend_factory=lambda name, session: backends[name]
+    )
+    services = world.services(manager, Settings(state_dir=tmp_path / "state"), TOKEN, router=router, day=day)
+    transport = httpx.ASGITransport(app=create_app(services))
+    async with httpx.AsyncClient(transport=transport, base_url="http://stackd", headers=AUTH) as c:
+        body = {"model": "vision", "messages": [{"role": "user", "content": "describe"}]}
+        answer = await asyncio.wait_for(c.post("/v1/chat/completions", json=body), 10)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["stackd"]["wake"]["woke"] == DAY and day.wakes == 1
+    assert manager.active_stack == DAY and day.state.downshift is None, world.describe()
+    assert "processes=[]" in world.describe()  # embedded's engine stopped (vision runs: it was called)

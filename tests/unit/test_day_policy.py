@@ -6,11 +6,14 @@ N seconds, which stack a call wakes, and missed windows after a restart. No cloc
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+import yaml
 
+from stackd.config.loader import load_config
 from stackd.config.models import StacksConfig
 from stackd.config.schedules import IdleRule, Schedules, ScheduleWindow
 from stackd.errors import ConfigError
@@ -22,6 +25,7 @@ from tests.unit.test_manager_world import bundled_config
 
 PARIS = ZoneInfo("Europe/Paris")
 DAY, NIGHT = "cloud-offload", "ollama-only"
+BUNDLED = Path(__file__).resolve().parents[2] / "config" / "model-stacks.yaml"
 
 
 def at(text: str) -> float:
@@ -199,6 +203,74 @@ def test_idle_downshift_after_n_seconds_and_the_wake_target() -> None:
     # The next window ends the downshift: the night stack's own window.
     evening = decide(config, down.state, World(at("2026-03-30 18:00"), NIGHT, since + 1010, None))
     assert evening.state.downshift is None and evening.upper == NIGHT
+
+
+def chained_config() -> StacksConfig:
+    """The day stack idles to the night stack after 600 s, the night stack to embedded after 300 s."""
+    config = day_config(idle_after_s=600)
+    night = config.stacks[NIGHT].model_copy(update={"idle": IdleRule(after_s=300, to="embedded")})
+    return config.model_copy(update={"stacks": {**config.stacks, NIGHT: night}})
+
+
+def test_a_lower_stacks_own_idle_is_followed_and_a_call_still_wakes_the_upper_stack() -> None:
+    config = chained_config()
+    since = at("2026-03-30 09:01")
+    state = PolicyState(seen_window=at("2026-03-30 09:00"))
+    first = decide(config, state, World(since + 600, DAY, since, last_use=None))
+    assert (first.action, first.intended) == ("switch", NIGHT)
+    down = since + 610  # the night stack is up
+    used = decide(config, first.state, World(down + 400, NIGHT, down, last_use=down + 200))
+    assert used.action == "none" and used.intended == NIGHT  # a call at +200 s: quiet for 200 s only
+    second = decide(config, first.state, World(down + 300, NIGHT, down, last_use=None))
+    assert (second.action, second.intended) == ("switch", "embedded"), second.why
+    assert "'ollama-only' had no call for 300 s (its idle.after_s 300)" in second.why
+    assert second.state.downshift is not None and second.state.downshift.upper == DAY
+    assert second.state.downshift.depth == 2
+    settled = decide(config, second.state, World(down + 400, "embedded", down + 310, last_use=None))
+    assert (
+        settled.action == "none" and settled.upper == DAY and "idle chain reached 'embedded'" in settled.why
+    )
+    # vision is only in the day stack: a call wakes it from the bottom of the chain.
+    assert wake_target(config, settled, "embedded", "vision", None) == DAY
+    # The next window ends the whole chain: the night stack's own window.
+    evening = decide(config, settled.state, World(at("2026-03-30 18:00"), "embedded", down + 310, None))
+    assert evening.state.downshift is None and (evening.action, evening.intended) == ("switch", NIGHT)
+
+
+def test_an_idle_chain_never_steps_back_onto_itself() -> None:
+    # A cycle the loader refuses (ollama-only idles back to the day stack), given unvalidated.
+    config = day_config(idle_after_s=600)
+    night = config.stacks[NIGHT].model_copy(update={"idle": IdleRule(after_s=300, to=DAY)})
+    config = config.model_copy(update={"stacks": {**config.stacks, NIGHT: night}})
+    since = at("2026-03-30 09:01")
+    first = decide(
+        config, PolicyState(seen_window=at("2026-03-30 09:00")), World(since + 600, DAY, since, None)
+    )
+    later = decide(config, first.state, World(since + 7200, NIGHT, since + 610, last_use=None))
+    assert later.action == "none" and later.intended == NIGHT
+
+
+def test_an_idle_to_cycle_is_refused_at_load_with_file_line_and_a_fix(tmp_path: Path) -> None:
+    data = yaml.safe_load(BUNDLED.read_text())
+    data["stacks"][DAY]["idle"] = {"after_s": 600, "to": NIGHT}
+    data["stacks"][NIGHT]["idle"] = {"after_s": 300, "to": "embedded"}
+    data["stacks"]["embedded"]["idle"] = {"after_s": 300, "to": NIGHT}
+    path = tmp_path / "cycle.yaml"
+    text = yaml.safe_dump(data, sort_keys=False)
+    path.write_text(text)
+    lines = text.splitlines()
+    embedded = lines.index("  embedded:")
+    line = next(i for i in range(embedded, len(lines)) if lines[i].strip() == f"to: {NIGHT}") + 1
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    assert (
+        f"{path}:{line}: stacks.embedded.idle.to: idle.to chain {NIGHT} -> embedded -> {NIGHT} never ends "
+        "(each idle: is followed in turn); remove idle: from one of them, or point 'embedded' at a stack "
+        "outside the cycle"
+    ) in str(caught.value)
+    data["stacks"]["embedded"].pop("idle")  # a chain that ends loads
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert load_config(path, env={}).stacks[NIGHT].idle is not None
 
 
 def test_call_needs_reads_roles_and_presets() -> None:
