@@ -291,3 +291,29 @@ async def test_an_idle_chain_steps_down_twice_and_one_call_wakes_the_day_stack(
     assert answer.json()["stackd"]["wake"]["woke"] == DAY and day.wakes == 1
     assert manager.active_stack == DAY and day.state.downshift is None, world.describe()
     assert "processes=[]" in world.describe()  # embedded's engine stopped (vision runs: it was called)
+
+
+async def test_the_page_shows_the_window_the_next_change_a_hold_and_why_a_switch_waits(
+    world: World, tmp_path: Path
+) -> None:
+    """The status page's data (``status_snapshot``: /status through ``page_snapshot``), from the
+    real driver: the schedule line the page's header draws."""
+    from stackd.api.page import status_snapshot
+
+    world.now[0] = at("2026-03-30 17:00")
+    manager = await started(world, DAY)
+    lease = LeaseView("vision-qwen25vl", at("2026-03-30 18:30"), "lease-7")
+    day = driver(world, manager, [lease])
+    await day.tick()
+    world.now[0] = at("2026-03-30 18:00")
+    assert (await day.tick()).action == "wait"
+    services = world.services(manager, Settings(state_dir=tmp_path / "state"), TOKEN, day=day)
+    line = (await status_snapshot(services)())["schedule"]
+    assert "waits (0 of 1800 s): lease lease-7 holds vision-qwen25vl until Mon 2026-03-30 18:30 CEST" in line
+    assert "window 'ollama-only' since Mon 2026-03-30 18:00 CEST" in line, line
+    assert "next 'cloud-offload' at Tue 2026-03-31 09:00 CEST" in line, line
+    day.hold(DAY, 7200)
+    await day.tick()
+    held = (await status_snapshot(services)())["schedule"]
+    assert held.startswith("held by --hold 7200s until Mon 2026-03-30 20:00 CEST"), held
+    assert "held on 'cloud-offload' until Mon 2026-03-30 20:00 CEST" in held
