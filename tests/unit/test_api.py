@@ -230,3 +230,49 @@ async def test_roles_advertise_what_the_prober_requests_and_the_verdict_status_s
         for m in world.managers:
             await m.aclose()
             m.store.close()
+
+
+class StopGatedContainers(GatedContainers):
+    """Containers whose stop waits for the test: a switch holds between its two stacks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stop_gate = asyncio.Event()
+
+    async def ensure_stopped(self, name: str, model: Model) -> None:
+        await self.stop_gate.wait()
+        await super().ensure_stopped(name, model)
+
+
+async def test_no_drift_is_reported_while_a_switch_runs_between_its_stacks(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    world.containers = containers = StopGatedContainers()
+    daemon = await start(world, tmp_path)
+    try:
+        first = await daemon.client.post(
+            "/model-stacks/switch", json={"stack": "ollama-only", "wait": False}, headers=AUTH
+        )
+        switch_id = first.json()["switch_id"]
+        for _ in range(500):  # until the new stack's members run beside the old ones
+            status = (await daemon.client.get("/status")).json()
+            if world.ollama.loaded_tags and status["switch_in_progress"]:
+                break
+            await asyncio.sleep(0.01)
+        assert (
+            status["active_stack"] == "cloud-offload"
+            and status["switch_in_progress"]["stack"] == "ollama-only"
+        )
+        assert status["drift"] == []  # not "orchestrator-cpu: running but not a member of 'cloud-offload'"
+        containers.stop_gate.set()
+        for _ in range(500):
+            state = (await daemon.client.get(f"/model-stacks/switch/{switch_id}")).json()["state"]
+            if state not in ("pending", "running"):
+                break
+            await asyncio.sleep(0.01)
+        assert state == "succeeded"
+        assert (await daemon.client.get("/status")).json()["drift"] == []
+    finally:
+        await daemon.client.aclose()
+        for m in world.managers:
+            await m.aclose()
+            m.store.close()
