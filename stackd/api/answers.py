@@ -1,43 +1,30 @@
 """The shapes of the control API's answers, shared by the routes (the OpenAPI document) and the
 CLI's client (which checks every answer it reads against the same model).
 
-Each model describes the JSON a route returns today, key by key. They are *open*
-(``extra="allow"``): a part that adds a key to an answer (the router's stats in ``/status``, the
-slices) breaks no reader, and a key is never dropped on the way. The routes build their bodies as
-before and document them with ``responses=``, so the JSON keeps its keys in the order the code
-writes them; ``tests/integration/test_schemathesis.py`` checks every real answer against these
-schemas, and ``tests/unit/test_api_answers.py`` every answer of the in-memory daemon.
+Each model describes the JSON a route returns, key by key, frozen. The answers typed where they
+are made (a switch, a stack's summary, a member: ``stackd.planner.views``) are those very classes,
+served as the route's ``response_model``; the others are still assembled as dicts and documented
+with ``responses=``. None is ``extra="allow"``: unknown keys are ignored when the CLI parses an
+answer (pydantic's default), so a newer daemon's key breaks no older CLI, and the schema stays
+open for the keys other parts add to ``/status`` (the router's stats, the slices, the schedule).
+``tests/integration/test_schemathesis.py`` checks every real answer against these schemas, and
+``tests/unit/test_api_answers.py`` every answer of the in-memory daemon.
 
 Only pydantic and the planner's values are imported, so the CLI does not load FastAPI.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from stackd.planner.plan import Plan
+from stackd.planner.views import JsonObject, MemberView, StackSummary, SwitchAnswer, View
 
-
-class Open(BaseModel):
-    # defer_build: a model's validator is built when it first validates (or its schema is asked
-    # for), not at import; the CLI validates one answer per command and starts in ~0.3 s.
-    model_config = ConfigDict(extra="allow", defer_build=True)
+__all__ = ["MemberView", "StackSummary", "SwitchAnswer"]  # the views answered as they are made
 
 
 # ---------------------------------------------------------------- stacks
-class StackSummary(Open):
-    name: str
-    description: str | None
-    active: bool
-    default: bool
-    members: list[str]
-    roles: dict[str, str] = Field(description="role -> model in this stack.")
-    reason_chain: list[str] = Field(description="The strategies reason() tries, in order.")
-
-
-class StacksAnswer(Open):
+class StacksAnswer(View):
     """``GET /model-stacks``."""
 
     active: str | None
@@ -45,24 +32,7 @@ class StacksAnswer(Open):
     stacks: list[StackSummary]
 
 
-class MemberView(Open):
-    """A member as the API shows it: only the *name* of its key's variable, never the key."""
-
-    name: str
-    runtime: str
-    placement: str
-    api: str
-    endpoint: str | None
-    memory_mib: int
-    lifecycle: str
-    swap_group: str | None
-    container: str | None
-    ollama_tag: str | None
-    api_key_env: str | None
-    description: str | None
-
-
-class StackAnswer(Open):
+class StackAnswer(View):
     """``GET /model-stacks/{name}``: the stack, its members and the plan to switch to it now."""
 
     name: str
@@ -75,7 +45,7 @@ class StackAnswer(Open):
     plan: Plan
 
 
-class DryRunAnswer(Open):
+class DryRunAnswer(View):
     """``POST /model-stacks/switch`` with ``dry_run``: the plan, nothing changed."""
 
     stack: str
@@ -83,28 +53,8 @@ class DryRunAnswer(Open):
     plan: Plan
 
 
-class SwitchAnswer(Open):
-    """A switch: live (this daemon's run) or from the journal (``journal_state`` set, no events)."""
-
-    switch_id: str
-    kind: str
-    stack: str
-    from_stack: str | None
-    state: str = Field(description="queued, running, succeeded, rolled_back or failed.")
-    error: str | None
-    note: str | None
-    plan: dict[str, Any] | None = Field(description="The plan it applies (a Plan, as in dry runs).")
-    steps_done: list[dict[str, Any]]
-    failed_step: dict[str, Any] | None
-    undone: list[dict[str, Any]]
-    degraded: list[dict[str, Any]]
-    events: list[dict[str, Any]] = Field(description="Every event so far (GET .../events streams them).")
-    started_at: float | None
-    finished_at: float | None
-
-
 # ---------------------------------------------------------------- roles, status, usage
-class RoleRow(Open):
+class RoleRow(View):
     role: str
     model: str
     endpoint: str | None
@@ -114,7 +64,7 @@ class RoleRow(Open):
     health: str = Field(description="ok, unprobed, degraded or unhealthy: the verdict /status shows too.")
 
 
-class RolesAnswer(Open):
+class RolesAnswer(View):
     """``GET /roles``: the live role table."""
 
     stack: str | None
@@ -129,7 +79,7 @@ class RoleAnswer(RoleRow):
     version: int
 
 
-class MemberStatus(Open):
+class MemberStatus(View):
     name: str
     runtime: str
     placement: str
@@ -139,10 +89,10 @@ class MemberStatus(Open):
     in_stack: bool
     state: str
     detail: str | None
-    last_probe: dict[str, Any] | None
+    last_probe: JsonObject | None
 
 
-class GpuDevice(Open):
+class GpuDevice(View):
     index: int
     name: str
     total_mib: int
@@ -150,15 +100,15 @@ class GpuDevice(Open):
     free_mib: int
 
 
-class GpuStatus(Open):
+class GpuStatus(View):
     state: str
     source: str
     simulated: bool
     devices: list[GpuDevice]
-    vram: dict[str, Any] | None = Field(description="The active stack's VRAM ledger (as in a Plan).")
+    vram: JsonObject | None = Field(description="The active stack's VRAM ledger (as in a Plan).")
 
 
-class StatusAnswer(Open):
+class StatusAnswer(View):
     """``GET /status``: built from one observation, so every part agrees."""
 
     active_stack: str | None
@@ -166,20 +116,20 @@ class StatusAnswer(Open):
     roles: dict[str, str]
     roles_version: int
     roles_stack: str | None
-    degraded: list[dict[str, Any]]
-    drift: list[Any]
+    degraded: list[JsonObject]
+    drift: list[str]
     engines: dict[str, str] = Field(description="docker / ollama: 'ok' or why not.")
-    switch_in_progress: dict[str, Any] | None
-    last_switch: dict[str, Any] | None
+    switch_in_progress: JsonObject | None
+    last_switch: JsonObject | None
     recovery: str | None
-    recovery_detail: dict[str, Any] | None
-    periodic: dict[str, dict[str, Any]]
+    recovery_detail: JsonObject | None
+    periodic: dict[str, JsonObject]
     gpu: GpuStatus
-    ram: dict[str, Any] | None
-    leases: list[dict[str, Any]]
+    ram: JsonObject | None
+    leases: list[JsonObject]
 
 
-class UsageRow(Open):
+class UsageRow(View):
     strategy: str
     backend: str
     requests: int
@@ -195,14 +145,14 @@ class UsageRow(Open):
     cost_usd: float
 
 
-class UsageAnswer(Open):
+class UsageAnswer(View):
     """``GET /usage``: totals per (strategy, backend) from the usage ledger."""
 
     rows: list[UsageRow]
 
 
 # ---------------------------------------------------------------- leases, config
-class LeaseAnswer(Open):
+class LeaseAnswer(View):
     """A lease (``POST /leases``, ``.../renew``; ``DELETE`` adds ``released``)."""
 
     id: str
@@ -214,7 +164,7 @@ class LeaseAnswer(Open):
     endpoint: str | None
 
 
-class LeaseWaiter(Open):
+class LeaseWaiter(View):
     id: str
     model: str
     position: int
@@ -223,20 +173,20 @@ class LeaseWaiter(Open):
     reason: str
 
 
-class LeasesAnswer(Open):
+class LeasesAnswer(View):
     """``GET /leases``: the live leases and the queue of requests waiting for one."""
 
     leases: list[LeaseAnswer]
     queue: list[LeaseWaiter]
 
 
-class ReloadAnswer(Open):
+class ReloadAnswer(View):
     """``POST /config/reload``."""
 
     reloaded: str = Field(description="The config file read.")
     stacks: list[str]
 
 
-def documented(model: type[BaseModel], status: int = 200) -> dict[int | str, dict[str, Any]]:
+def documented(model: type[BaseModel], status: int = 200) -> dict[int | str, JsonObject]:
     """``responses=`` of a route whose answer ``model`` describes (the route returns its dict)."""
     return {status: {"model": model, "description": model.__doc__ or "OK"}}

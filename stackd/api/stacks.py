@@ -68,7 +68,7 @@ async def switch_stack(services: Services, request: SwitchRequest) -> dict[str, 
         services.day.hold(request.stack, hold_seconds(request.hold) if request.hold else None)
     if request.wait:
         await handle.wait()
-    return manager.get_switch(handle.id)
+    return manager.get_switch(handle.id).to_json()
 
 
 def build_stacks_router(
@@ -112,8 +112,13 @@ def build_stacks_router(
         body = await switch_stack(services, request)
         return body if request.dry_run or request.wait else JSONResponse(body, status_code=202)
 
-    @router.get("/model-stacks/switch/{switch_id}", response_model=None, responses=documented(SwitchAnswer))
-    async def get_switch(switch_id: str) -> dict[str, Any]:
+    @router.get(
+        "/model-stacks/switch/{switch_id}",
+        response_model=SwitchAnswer,
+        response_model_exclude_unset=True,  # a journal switch's journal_state only when set
+        responses=documented(SwitchAnswer),
+    )
+    async def get_switch(switch_id: str) -> SwitchAnswer:
         return manager.get_switch(switch_id)
 
     @router.get(

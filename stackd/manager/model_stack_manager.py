@@ -32,7 +32,7 @@ from stackd.manager.status import StatusSnapshot, build_status, log_tail_wanted,
 from stackd.manager.switch import Switch, SwitchHandle
 from stackd.manager.worker import SwitchWorker
 from stackd.planner.plan import ObservedState, Plan, StartContainer, StartProcess, Step
-from stackd.planner.views import plan_json
+from stackd.planner.views import JsonObject, SwitchAnswer, plan_json
 from stackd.roles import LiveRoles
 from stackd.state.store import StateStore
 
@@ -154,7 +154,7 @@ class ModelStackManager:
                 valid=list(self.config.stacks),
             )
 
-    def get_switch(self, switch_id: str) -> dict[str, Any]:
+    def get_switch(self, switch_id: str) -> SwitchAnswer:
         """A switch of this run (live state) or of an earlier one (from the journal)."""
         return self.worker.get_switch(switch_id)
 
@@ -162,11 +162,11 @@ class ModelStackManager:
         """Every past event of the switch, then live ones until it ends (``NotFound`` at once)."""
         return self.worker.events(switch_id)
 
-    def recent_switches(self, limit: int = 10) -> list[dict[str, Any]]:
+    def recent_switches(self, limit: int = 10) -> list[JsonObject]:
         """Up to ``limit`` switches, newest first: this run's, then the journal's of earlier runs."""
         return self.worker.recent(limit)
 
-    def last_switch_summary(self) -> dict[str, Any] | None:
+    def last_switch_summary(self) -> JsonObject | None:
         """The last switch of this run, or else the newest of the history (an earlier run)."""
         return self.worker.last_summary()
 

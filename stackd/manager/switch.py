@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from stackd.manager.events import EventLog, SwitchEvent, step_dict
 from stackd.manager.executor import Execution, Undo
 from stackd.planner.plan import Plan
-from stackd.planner.views import plan_json
+from stackd.planner.views import JsonObject, SwitchAnswer, plan_json
 from stackd.state.store import JournalEntry
 
 SwitchState = Literal["pending", "running", "succeeded", "failed", "rolled_back"]
@@ -28,7 +28,7 @@ _JOURNAL_TO_STATE: dict[str, SwitchState] = {
 
 @dataclass
 class Switch:
-    """Mutable record of one switch, owned by the manager's worker; readers get ``to_dict``."""
+    """Mutable record of one switch, owned by the manager's worker; readers get its ``view``."""
 
     id: str
     target: str
@@ -57,56 +57,52 @@ class Switch:
             self.log.close()
         self.finished.set()
 
-    def to_dict(self) -> dict[str, Any]:
+    def view(self) -> SwitchAnswer:
         ex = self.execution
         failed = ex.failed_step if ex else None
-        return {
-            "switch_id": self.id,
-            "kind": self.kind,
-            "stack": self.target,
-            "from_stack": self.from_stack,
-            "state": self.state,
-            "error": self.error,
-            "note": self.note,
-            "plan": plan_json(self.plan) if self.plan else None,
-            "steps_done": ex.steps_done_json() if ex else [],
-            "failed_step": plan_json_step(failed),
-            "undone": [undo_json(u) for u in ex.undone] if ex else [],
-            "degraded": [{"model": m, "error": e} for m, e in sorted(ex.degraded.items())] if ex else [],
-            "events": list(self.log.events),
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-        }
+        return SwitchAnswer(
+            switch_id=self.id,
+            kind=self.kind,
+            stack=self.target,
+            from_stack=self.from_stack,
+            state=self.state,
+            error=self.error,
+            note=self.note,
+            plan=plan_json(self.plan) if self.plan else None,
+            steps_done=ex.steps_done_json() if ex else [],
+            failed_step=step_dict(failed) if failed is not None else None,
+            undone=[undo_json(u) for u in ex.undone] if ex else [],
+            degraded=[{"model": m, "error": e} for m, e in sorted(ex.degraded.items())] if ex else [],
+            events=[dict(event) for event in self.log.events],
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+        )
 
 
-def plan_json_step(step: Any) -> dict[str, Any] | None:
-    return step_dict(step) if step is not None else None
-
-
-def undo_json(undo: Undo) -> dict[str, Any]:
+def undo_json(undo: Undo) -> JsonObject:
     return {"step": undo.step, "ok": undo.ok, "error": undo.error}
 
 
-def journal_dict(entry: JournalEntry) -> dict[str, Any]:
+def journal_view(entry: JournalEntry) -> SwitchAnswer:
     """A switch of an earlier daemon run, from the journal (no events: they were not persisted)."""
-    return {
-        "switch_id": entry.switch_id,
-        "kind": "switch",
-        "stack": entry.target_stack,
-        "from_stack": entry.from_stack,
-        "state": _JOURNAL_TO_STATE[entry.state],
-        "journal_state": entry.state,
-        "error": entry.error,
-        "note": None,
-        "plan": entry.plan,
-        "steps_done": entry.steps_done,
-        "failed_step": None,
-        "undone": entry.undone,
-        "degraded": [],
-        "events": [],
-        "started_at": entry.started_at,
-        "finished_at": entry.finished_at,
-    }
+    return SwitchAnswer(
+        switch_id=entry.switch_id,
+        kind="switch",
+        stack=entry.target_stack,
+        from_stack=entry.from_stack,
+        state=_JOURNAL_TO_STATE[entry.state],
+        journal_state=entry.state,
+        error=entry.error,
+        note=None,
+        plan=entry.plan,
+        steps_done=entry.steps_done,
+        failed_step=None,
+        undone=entry.undone,
+        degraded=[],
+        events=[],
+        started_at=entry.started_at,
+        finished_at=entry.finished_at,
+    )
 
 
 async def replay_finished(entry: JournalEntry) -> AsyncIterator[SwitchEvent]:

@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 
 from stackd.errors import Conflict, NotFound
 from stackd.manager.events import EventLog, SwitchEvent
-from stackd.manager.switch import Switch, SwitchKind, journal_dict, replay_finished
+from stackd.manager.switch import Switch, SwitchKind, journal_view, replay_finished
+from stackd.planner.views import JsonObject, SwitchAnswer
 from stackd.state.store import StateStore
 
 log = logging.getLogger("stackd.manager")
@@ -139,15 +140,15 @@ class SwitchWorker:
 
     # ---------------------------------------------------------------- switches, live or journalled
 
-    def get_switch(self, switch_id: str) -> dict[str, Any]:
+    def get_switch(self, switch_id: str) -> SwitchAnswer:
         """A switch of this run (live state) or of an earlier one (from the journal)."""
         switch = self.switches.get(switch_id)
         if switch is not None:
-            return switch.to_dict()
+            return switch.view()
         entry = self.store.get_switch(switch_id)  # the store's reader: microseconds, never waits on a write
         if entry is None:
             raise NotFound(f"no switch with id '{switch_id}'")
-        return journal_dict(entry)
+        return journal_view(entry)
 
     def events(self, switch_id: str) -> AsyncIterator[SwitchEvent]:
         """Async iterator of the switch's events: every past one, then live ones until it ends.
@@ -162,23 +163,23 @@ class SwitchWorker:
             raise NotFound(f"no switch with id '{switch_id}'")
         return replay_finished(entry)
 
-    def recent(self, limit: int = 10) -> list[dict[str, Any]]:
+    def recent(self, limit: int = 10) -> list[JsonObject]:
         """Up to ``limit`` switches, newest first: this run's (live, with their events), then
         the journal's of earlier runs (their steps done, no events: those were not persisted)."""
-        recent = [s.to_dict() for s in reversed(self.switches.values())][:limit]
+        recent = [s.view().to_json() for s in reversed(self.switches.values())][:limit]
         seen = {s["switch_id"] for s in recent}
         for entry in self.store.history(limit):  # the store's reader: microseconds
             if len(recent) >= limit:
                 break
             journal = self.store.get_switch(entry.switch_id) if entry.switch_id not in seen else None
             if journal is not None:
-                recent.append(journal_dict(journal))
+                recent.append(journal_view(journal).to_json())
         return recent
 
-    def last_summary(self) -> dict[str, Any] | None:
+    def last_summary(self) -> JsonObject | None:
         """The last switch of this run, or else the newest of the history (an earlier run)."""
         if self.last is not None:
-            d = self.last.to_dict()
+            d = self.last.view().to_json()
             return {k: d.get(k) for k in SUMMARY_KEYS}
         newest = self.store.history(1)  # a read: microseconds
         if not newest:

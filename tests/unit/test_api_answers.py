@@ -91,3 +91,19 @@ def test_the_client_checks_an_answer_with_the_routes_model() -> None:
         DaemonError, match=r"POST /config/reload: the daemon's answer .*\(stacks: Field required\)"
     ):
         check_answer({"reloaded": "/etc/stackd.yaml"}, answers.ReloadAnswer, "POST /config/reload")
+
+
+async def test_a_switch_is_answered_as_the_manager_made_it(daemon: Daemon) -> None:
+    """GET /model-stacks/switch/{id} serves the manager's SwitchAnswer: the same keys in the same
+    order (the JSON the dicts wrote before), a live switch without ``journal_state``."""
+    c = daemon.client
+    done = await c.post("/model-stacks/switch", json={"stack": "ollama-only"}, headers=AUTH)
+    switch_id = done.json()["switch_id"]
+    response = await c.get(f"/model-stacks/switch/{switch_id}", headers=AUTH)
+    answer = response.json()
+    assert list(answer) == [
+        "switch_id", "kind", "stack", "from_stack", "state", "error", "note", "plan", "steps_done",
+        "failed_step", "undone", "degraded", "events", "started_at", "finished_at",
+    ]  # fmt: skip
+    assert answer["state"] == "succeeded" and answer["stack"] == "ollama-only" and answer["events"]
+    assert answers.SwitchAnswer.model_validate(answer).to_json() == answer  # the CLI parses the same class

@@ -43,7 +43,7 @@ async def test_a_switch_fills_the_utilization_and_status_shows_the_table(world: 
     manager = world.manager()
     handle = await manager.submit_switch("s")
     await handle.wait()
-    assert manager.get_switch(handle.id)["state"] == "succeeded"
+    assert manager.get_switch(handle.id).state == "succeeded"
     assert isinstance(world.containers, RecordingContainers)
     spec = world.containers.started["orchestrator-8b"].docker.spec  # type: ignore[union-attr]
     assert spec is not None and spec.command == ["--gpu-memory-utilization", "0.45"]

@@ -46,9 +46,9 @@ async def test_the_old_orchestrator_stops_only_after_its_request_finished(tmp_pa
     await handle.wait()
     result = manager.get_switch(handle.id)
     await request
-    assert result["state"] == "succeeded"
+    assert result.state == "succeeded"
     assert stopped_while_running == [False]
     assert "aether-orchestrator" not in world.containers.running_containers
-    drained = [e for e in result["events"] if e["type"] == "draining"]
+    drained = [e for e in result.events if e["type"] == "draining"]
     assert drained and drained[0]["model"] == "orchestrator-8b" and drained[0]["in_flight"] == 1
     await close_all(world)

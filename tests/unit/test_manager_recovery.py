@@ -46,7 +46,8 @@ async def crashed_switch(world: World, previous: str, target: str, k: int) -> st
     kill_after_actions(world, k)
     handle = await manager.submit_switch(target)
     await handle.wait()
-    assert manager.get_switch(handle.id)["error"].startswith("interrupted")
+    error = manager.get_switch(handle.id).error
+    assert error is not None and error.startswith("interrupted")
     await manager.aclose()  # the worker died with the "process"
     return handle.id
 

@@ -30,7 +30,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
 async def switch(manager: ModelStackManager, stack: str) -> dict[str, Any]:
     handle = await manager.submit_switch(stack)
     await handle.wait()
-    return manager.get_switch(handle.id)
+    return manager.get_switch(handle.id).to_json()  # the JSON the API answers
 
 
 async def started(world: World, stack: str, **options: Any) -> ModelStackManager:
@@ -246,7 +246,7 @@ async def test_a_second_switch_while_one_runs_is_a_conflict_naming_the_first(wor
         await manager.submit_switch("ollama-only")
     assert handle.id in err.value.message and "cloud-offload" in err.value.message
     assert err.value.detail == {"switch_id": handle.id, "stack": "cloud-offload"}
-    assert manager.get_switch(handle.id)["state"] == "running"
+    assert manager.get_switch(handle.id).state == "running"
     assert (await manager.status())["switch_in_progress"]["switch_id"] == handle.id
     world.containers.gate.set()
     assert await handle.wait() == "succeeded"
@@ -331,7 +331,8 @@ async def test_a_new_manager_on_the_same_file_knows_the_stack_and_the_switch(wor
     second = world.manager()
     assert second.active_stack == "elastic-hybrid"
     old = second.get_switch(switch_id)
-    assert old["state"] == "succeeded" and old["stack"] == "elastic-hybrid" and old["steps_done"]
+    assert old.state == "succeeded" and old.stack == "elastic-hybrid" and old.steps_done
+    assert old.journal_state == "committed"  # a journal switch says its journal state
     assert [e["type"] async for e in second.events(switch_id)] == ["finished"]
     assert (await second.status())["last_switch"]["switch_id"] == switch_id
 

@@ -83,7 +83,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
 async def switch(manager: ModelStackManager, stack: str) -> dict[str, Any]:
     handle = await manager.submit_switch(stack)
     await handle.wait()
-    return manager.get_switch(handle.id)
+    return manager.get_switch(handle.id).to_json()  # the JSON the API answers
 
 
 async def on_gamma(world: World) -> ModelStackManager:
