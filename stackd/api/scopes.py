@@ -10,7 +10,7 @@ bootstrap token holds every scope.
   and lease tools).
 - ``admin``: keys and the audit trail.
 
-``open``: no key needed at all (health and the page's static files). ``loopback_open``: no key
+``any-key``: any valid key (MCP's endpoint: each tool has its own scope, ``MCP_TOOLS``). ``open``: no key needed at all (health and the page's static files). ``loopback_open``: no key
 needed when the daemon listens on loopback only, as ``ps`` needs none (members' logs and the audit
 trail are not: they may hold prompts and peers' addresses). A request of a method the table does
 not list for its path still needs a valid key when it may carry a body (the body is never read
@@ -41,8 +41,14 @@ ALL_SCOPES = frozenset(Scope)
 class Rule:
     method: str
     path: str  # a template: "{name}" stands for one path segment
-    scope: Scope | None  # None: open to everyone
+    scope: Scope | None  # None: open to everyone (unless any_key)
     loopback_open: bool = False
+    any_key: bool = False  # any valid key: MCP's endpoint, whose tools each have their scope
+
+    @property
+    def label(self) -> str:
+        """The scope as docs/security.md writes it."""
+        return "any-key" if self.any_key else str(self.scope or "open")
 
     @property
     def pattern(self) -> re.Pattern[str]:
@@ -62,9 +68,9 @@ ROUTES: tuple[Rule, ...] = (
     Rule("POST", "/tools/reason", G),
     Rule("POST", "/tools/invoke_model", G),
     Rule("POST", "/tools/deep_reasoning", G),
-    Rule("POST", "/mcp", G),  # the endpoint; each tool's own scope is in MCP_TOOLS
-    Rule("GET", "/mcp", G),
-    Rule("DELETE", "/mcp", G),
+    Rule("POST", "/mcp", None, any_key=True),  # the endpoint; each tool's own scope is in MCP_TOOLS
+    Rule("GET", "/mcp", None, any_key=True),
+    Rule("DELETE", "/mcp", None, any_key=True),
     Rule("GET", "/status", R, loopback_open=True),
     Rule("GET", "/status/events", R, loopback_open=True),
     Rule("GET", "/schedule", R, loopback_open=True),
