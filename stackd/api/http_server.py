@@ -35,6 +35,8 @@ from stackd.api.listener import BACKLOG
 REQUEST_READ_TIMEOUT_S = 15.0
 KEEP_ALIVE_S = 5
 WANTED_FDS = 65536
+PEER_SHARE = 4  # one client address holds at most a quarter of the connection cap ...
+PEER_MIN = 16  # ... and never fewer than this
 RESERVED_FDS = 256  # the database, engine pipes and logs, Docker's socket, the listening socket
 _BUSY = b"too many connections; try again shortly"
 OVER_CAPACITY = (
@@ -56,12 +58,20 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
         self._received = self._answered = 0
         super().connection_made(transport)
         cap = self.limit_concurrency
-        if cap is not None and len(self.connections) > cap:
-            # Past the cap the connection is answered and closed at once: its descriptor is back
-            # before it can be held idle, and the daemon's own (database, backends) stay free.
-            transport.write(OVER_CAPACITY)
-            transport.close()
-            return
+        self._peer: str | None = None
+        if cap is not None:
+            peer = self.client[0] if self.client else ""
+            peers: dict[str, int] = self.server_state.__dict__.setdefault("stackd_peers", {})
+            # One peer holds at most a share of the cap, so that a flood from one address leaves
+            # room for everyone else (a loopback /healthz included): issue 26, item 5.
+            if len(self.connections) > cap or peers.get(peer, 0) >= max(PEER_MIN, cap // PEER_SHARE):
+                # Answered and closed at once: the descriptor is back before it can be held idle,
+                # and the daemon's own (database, backends) stay free.
+                transport.write(OVER_CAPACITY)
+                transport.close()
+                return
+            peers[peer] = peers.get(peer, 0) + 1
+            self._peer = peer
         self._arm()
 
     def on_message_begin(self) -> None:
@@ -82,6 +92,14 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if getattr(self, "_peer", None) is not None:
+            peers: dict[str, int] = self.server_state.__dict__.get("stackd_peers", {})
+            left = peers.get(self._peer or "", 1) - 1
+            if left > 0:
+                peers[self._peer or ""] = left
+            else:
+                peers.pop(self._peer or "", None)
+            self._peer = None
         super().connection_lost(exc)
 
     def _arm(self) -> None:

@@ -156,3 +156,27 @@ def test_the_soft_descriptor_limit_is_raised_towards_the_hard_one() -> None:
 def test_the_systemd_unit_raises_the_descriptor_limit() -> None:
     unit = (ROOT / "deploy" / "stackd.service").read_text()
     assert "\nLimitNOFILE=65536\n" in unit
+
+
+def test_one_peer_flooding_1000_idle_sockets_leaves_healthz_to_another_within_1_s(
+    server: tuple[str, int],
+) -> None:
+    """Issue 26 item 5: 1,000 idle sockets from 127.0.0.2 (one peer) under a 1,024 descriptor
+    limit; /healthz from 127.0.0.1 answers 200 within 1 s (before: 503 until their deadline)."""
+    url, _ = server
+    socks = []
+    for _ in range(1000):
+        s = socket.socket()
+        s.setblocking(False)
+        s.bind(("127.0.0.2", 0))
+        with contextlib.suppress(BlockingIOError):
+            s.connect(("127.0.0.1", port_of(url)))
+        socks.append(s)
+    try:
+        time.sleep(0.3)
+        started = time.monotonic()
+        answer = httpx.get(f"{url}/healthz", timeout=1)
+        assert answer.status_code == 200 and time.monotonic() - started < 1.0
+    finally:
+        for s in socks:
+            s.close()
