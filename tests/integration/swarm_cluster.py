@@ -256,6 +256,18 @@ class SwarmCluster:
         self._kill_cgroup(node)
         self._kill_shims(node)
 
+    def restart_dockerd(self, node: SwarmNode) -> None:
+        """Start a killed node's dockerd again and wait until the manager lists it ready: its
+        data root keeps its swarm identity, so it rejoins as the same node (a test that kills a
+        node gives it back for the tests after it)."""
+        self.start_dockerd(node)
+        self._wait_ready(node)
+        manager = self.manager.client()
+        try:
+            self._wait_nodes_ready(manager, timeout_s=60)
+        finally:
+            manager.close()
+
     # ---- teardown
 
     def stop(self) -> None:

@@ -30,6 +30,9 @@ ROLES = {
     "greedy": {"orchestrator": "orch-1", "vision": "gpu-a", "diffusion": "gpu-b"},
     "ghostly": {"orchestrator": "orch-1", "embeddings": "ghost-3"},
     "roaming": {"orchestrator": "orch-1", "embeddings": "roam"},
+    # Both on the manager's node: a switch from it to gamma adds one member on node 3 and stops
+    # a CPU member last (a leaving GPU member stops first), the moment a node-loss test needs.
+    "homely": {"orchestrator": "orch-1", "embeddings": "emb-1"},
 }
 
 

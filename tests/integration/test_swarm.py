@@ -14,6 +14,9 @@ whose members are Swarm services spread over the nodes:
   cluster section agree with Swarm);
 - a ``stackd serve`` SIGKILLed mid-switch restarts into exactly one of the two stacks;
 - a member Swarm moves (its node drained) is probed and routed to at its new node;
+- a node killed mid-switch: the rollback's words name the previous stack's member on it as
+  degraded (not "running as before"); killed after its new member started and before the
+  commit, the switch fails and is undone (it does not answer succeeded);
 - a node whose dockerd is killed degrades its members (status, the metric, the log event) and
   the reason() chain skips them with that reason.
 
@@ -31,12 +34,13 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from stackd.manager.events import SwitchEvent
 from stackd.manager.periodic import PeriodicJobs
 from tests.e2e.conftest import start_daemon, stop_daemon
 from tests.e2e.daemon_process import follow_until, get, kill, submit_switch
@@ -48,6 +52,7 @@ from tests.integration.swarm_world import MISSING_IMAGE, ROLES, STACKS, SwarmWor
 pytestmark = pytest.mark.docker
 
 A, B, C, D = STACKS
+HOMELY = "homely"  # orch-1 and emb-1, both on node 1
 TOUR = (A, B, C, D, A, C, B, D, C, A, D, B, A)
 
 
@@ -250,6 +255,113 @@ async def test_a_member_swarm_moves_is_reached_at_its_new_node(world: SwarmWorld
             )
         finally:
             await asyncio.to_thread(world.set_availability, first.hostname, "active")
+
+
+SCENARIO_S = 180.0  # a node-loss scenario's bound: a start pends 2 s, a stop waits up to 18 s
+
+
+async def submit(daemon: InProcessDaemon, stack: str) -> str:
+    """``POST /model-stacks/switch`` with ``wait: false``; the switch's id."""
+    answer = await daemon.client.post("/model-stacks/switch", json={"stack": stack, "wait": False})
+    assert answer.status_code == 202, answer.text
+    switch_id: str = answer.json()["switch_id"]
+    return switch_id
+
+
+async def event_where(
+    daemon: InProcessDaemon, switch_id: str, wanted: Callable[[SwitchEvent], bool]
+) -> SwitchEvent:
+    """The first event of the switch that ``wanted`` accepts; fails if the switch ends first."""
+    seen: list[str] = []
+    async for event in daemon.services.manager.events(switch_id):
+        if wanted(event):
+            return event
+        seen.append(event["type"])
+        if event["type"] == "finished":
+            break
+    raise AssertionError(f"switch {switch_id} ended before the awaited event; events: {seen}")
+
+
+def finished(event: SwitchEvent) -> bool:
+    return event["type"] == "finished"
+
+
+async def test_a_node_killed_mid_switch_the_rollback_names_its_member_degraded(
+    world: SwarmWorld, cluster: SwarmCluster, tmp_path: Path
+) -> None:
+    """gamma (orch-1 on node 1, emb-3 on node 3) -> delta (orch-3 on node 3, emb-1 on node 1):
+    node 3's dockerd is SIGKILLed as the switch's first step starts. orch-3 cannot start there,
+    the switch is undone in full (its stops come last: nothing of gamma was stopped), and its
+    words say what is true: emb-3, left on the dead node, is degraded, orch-1 answers; not
+    "'gamma' is running as before" (issue 22: that sentence was said on trust)."""
+    node3 = cluster.nodes[2]
+    try:
+        async with serve_in_process(world.path, tmp_path / "state", role_drain_s=0) as daemon:
+            switch = await daemon.switch(C)
+            assert switch["state"] == "succeeded", switch["error"]
+            async with asyncio.timeout(SCENARIO_S):
+                switch_id = await submit(daemon, D)
+                await event_where(daemon, switch_id, lambda e: e["type"] == "step_started")
+                await asyncio.to_thread(cluster.kill_dockerd, node3)
+                await event_where(daemon, switch_id, finished)
+            answer = await daemon.get(f"/model-stacks/switch/{switch_id}")
+            error = answer["error"]
+            print(f"\nrollback words ({node3.hostname} killed mid-switch): {error}")
+            assert answer["state"] != "succeeded", answer
+            assert "orch-3" in error.split(" failed: ")[0], error  # the start on the dead node
+            assert "could not be undone" not in error, error
+            assert "running as before" not in error, error
+            assert f"'{C}' is back but degraded: emb-3 is degraded (" in error, error
+            assert error.endswith("; orch-1 answers"), error
+            # What the words say is what status shows at once, without a periodic probe.
+            status = await daemon.get("/status")
+            assert status["active_stack"] == C, status["active_stack"]
+            members = {m["name"]: m for m in status["members"]}
+            assert members["emb-3"]["state"] == "degraded", members["emb-3"]
+            assert members["orch-1"]["state"] == "running", members["orch-1"]
+            assert await daemon.bindings() == (C, ROLES[C])
+    finally:
+        await asyncio.to_thread(cluster.restart_dockerd, node3)
+
+
+async def test_a_new_members_node_killed_before_the_commit_fails_the_switch(
+    world: SwarmWorld, cluster: SwarmCluster, tmp_path: Path
+) -> None:
+    """homely (orch-1, emb-1, both on node 1) -> gamma starts emb-3 on node 3 and stops emb-1
+    last. A request still running on emb-1 (counted in flight, as the router counts its calls)
+    holds the switch before that stop, after emb-3's start succeeded; node 3's dockerd is
+    SIGKILLed there and the request let go. The switch must not answer succeeded (issue 22: it
+    did, with its new member's node already down): the probe before the commit finds emb-3
+    silent, and the undo puts homely back."""
+    node3 = cluster.nodes[2]
+    try:
+        async with serve_in_process(world.path, tmp_path / "state", role_drain_s=0) as daemon:
+            switch = await daemon.switch(HOMELY)
+            assert switch["state"] == "succeeded", switch["error"]
+            in_flight = daemon.services.manager.live_roles.in_flight
+            async with asyncio.timeout(SCENARIO_S):
+                with in_flight.using("emb-1"):
+                    switch_id = await submit(daemon, C)
+                    done = await event_where(
+                        daemon,
+                        switch_id,
+                        lambda e: e["type"] == "step_done" and e["step"]["kind"] == "start_container",
+                    )
+                    assert done["step"]["model"] == "emb-3", done
+                    await event_where(daemon, switch_id, lambda e: e["type"] == "draining")
+                    await asyncio.to_thread(cluster.kill_dockerd, node3)
+                await event_where(daemon, switch_id, finished)
+            answer = await daemon.get(f"/model-stacks/switch/{switch_id}")
+            error = answer["error"]
+            print(f"\nswitch words ({node3.hostname} killed before the commit): {error}")
+            assert answer["state"] != "succeeded", answer
+            assert error.startswith("start_container emb-3 (sw-emb-3) failed: it no longer answered"), error
+            assert error.endswith(f"'{HOMELY}' is running as before (emb-1, orch-1 answer)"), error
+            assert await daemon.bindings() == (HOMELY, ROLES[HOMELY])
+            replicas = await asyncio.to_thread(world.replicas)
+            assert {m for m, n in replicas.items() if n} == set(ROLES[HOMELY].values()), replicas
+    finally:
+        await asyncio.to_thread(cluster.restart_dockerd, node3)
 
 
 async def test_a_killed_node_degrades_its_members_and_the_chain_skips_them(
