@@ -30,6 +30,7 @@ NVML, HTTP clients) are translated at the driver boundary with ``raise ... from 
     ├── InvalidKey                 a key request with a bad name, scope or limit (stackd.api.keyring, 422)
     ├── RateLimited                a key over one of its limits, with ``retry_after_s`` (stackd.api.limits, 429)
     ├── BodyTooLarge               a request body past the route's limit (stackd.api.dispatch, 413)
+    ├── TooManyConnections         a connection past the server's cap (stackd.api.http_server, 503)
     ├── RequestRejected            a gateway body that fails validation (stackd.api.gateway, 422)
     ├── CallTimedOut               a tool call's ``timeout_s`` ran out (stackd.api.tools, 504)
     ├── UnknownTool                an MCP call of a tool that does not exist (stackd.api.mcp_server, 404)
@@ -45,7 +46,8 @@ NVML, HTTP clients) are translated at the driver boundary with ``raise ... from 
 Each class that lives beside its one raiser is defined there; the kinds several packages raise
 are defined here.
 
-The API maps each kind to one HTTP status in one place (``stackd.api.errors``); the CLI
+Each kind declares its HTTP status (``status``); the API turns it into an answer in one place,
+the error table of ``stackd.api.errors`` (headers, stackd's or OpenAI's shape); the CLI
 catches ``StackdError`` once and prints ``Name: message``.
 """
 

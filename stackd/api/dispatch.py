@@ -46,6 +46,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stackd.api.auth import CALLER_KEY
+from stackd.api.errors import ErrorAnswer, error_answer, shape_of
 from stackd.api.gate import Gate, peer_of, target_of
 from stackd.errors import StackdError
 from stackd.logs.request_id import HEADER_KEY as REQUEST_ID_KEY
@@ -56,7 +57,6 @@ access = logging.getLogger("stackd.access")
 
 Guard = Callable[[Request], Any]  # raises ``Unauthorized``; the app's ``bearer_guard``
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # TRACE: 405, never a body read
-INTERNAL_ERROR = "internal error; the daemon's log has the details"
 ERROR_BODY_BYTES = 4096  # of a failed answer's body, for its message in the log line
 
 
@@ -148,7 +148,7 @@ async def read_limited(receive: Receive, limit: int) -> bytes | None:
 
 async def refuse(send: Send, exc: StackdError) -> None:
     """Answer ``exc`` in stackd's shape and close the connection: the body is left unread."""
-    await send_json(send, exc.status, exc.to_dict(), close=True)
+    await send_error(send, error_answer(exc), close=True)
 
 
 async def refuse_before_body(scope: Scope, send: Send, exc: StackdError, limit: int) -> None:
@@ -159,59 +159,25 @@ async def refuse_before_body(scope: Scope, send: Send, exc: StackdError, limit: 
     one of unknown length, gets the connection closed so that it is never uploaded."""
     declared = declared_length(scope)
     close = (declared is None and scope["method"] not in BODYLESS_METHODS) or (declared or 0) > limit
-    retry = exc.detail.get("retry_after_s")
-    await send_json(
-        send,
-        exc.status,
-        refusal_body(scope["path"], exc),
-        close=close,
-        retry_after_s=retry if isinstance(retry, int) else None,
-    )
+    await send_error(send, error_answer(exc, shape_of(scope["path"])), close=close)
 
 
-# OpenAI's error types for the front door's refusals under /v1, where its clients read them.
-OPENAI_REFUSAL_TYPES = {
-    401: ("authentication_error", "invalid_api_key"),
-    403: ("permission_error", "insufficient_scope"),
-    413: ("invalid_request_error", "request_too_large"),
-    429: ("rate_limit_error", "rate_limit_exceeded"),
-}
-
-
-def refusal_body(path: str, exc: StackdError) -> dict[str, Any]:
-    """``exc`` in stackd's shape, or OpenAI's under ``/v1/``."""
-    if not path.startswith("/v1/"):
-        return exc.to_dict()
-    kind, code = OPENAI_REFUSAL_TYPES.get(exc.status, ("server_error", None))
-    return {"error": {"message": exc.message, "type": kind, "param": None, "code": code}}
-
-
-async def send_json(
-    send: Send, status: int, value: Any, close: bool = False, retry_after_s: int | None = None
-) -> None:
-    body = json.dumps(value).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+async def send_error(send: Send, answer: ErrorAnswer, close: bool = False) -> None:
+    """Send an answer of the error table (``stackd.api.errors``); ``close`` ends the connection."""
+    body = answer.json()
+    headers = [*answer.raw_headers(), (b"content-length", str(len(body)).encode())]
     if close:
         headers.append((b"connection", b"close"))
-    if status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
-    if retry_after_s is not None:
-        headers.append((b"retry-after", str(retry_after_s).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-async def internal_error(send: Send, path: str) -> None:
+async def internal_error(send: Send, exc: Exception, path: str) -> None:
     """A bug's answer, as FastAPI's handler gives it on the control API (OpenAI's shape under
     /v1): the exception's text may hold anything (a URL with credentials), so it is not repeated.
     When the answer had begun, uvicorn closes the connection instead."""
-    if path.startswith("/v1/"):
-        error = {"message": INTERNAL_ERROR, "type": "server_error", "param": None, "code": "internal_error"}
-        value: dict[str, Any] = {"error": error}
-    else:
-        value = {"error": "InternalError", "message": INTERNAL_ERROR}
     with contextlib.suppress(RuntimeError):  # uvicorn: the answer had already begun
-        await send_json(send, 500, value)
+        await send_error(send, error_answer(exc, shape_of(path)))
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
@@ -333,9 +299,9 @@ class FrontDoor:
         if hot is not None:
             try:
                 await hot(scope, LimitedReceive(receive, self._limits.data, declared_length(scope)), send)
-            except Exception:
+            except Exception as exc:
                 log.exception("%s %s failed", method, scope["path"])
-                await internal_error(send, scope["path"])
+                await internal_error(send, exc, scope["path"])
             return
         limit = self._limits.control
         if method in BODYLESS_METHODS:
@@ -383,14 +349,14 @@ class FrontDoor:
                 try:
                     gate.allowed_model(caller, path, body)
                 except StackdError as exc:
-                    await send_json(send, exc.status, refusal_body(path, exc))
+                    await send_error(send, error_answer(exc, shape_of(path)))
                     return
                 hot_receive = Replay(body, receive)
             try:
                 await hot(scope, hot_receive, send)
-            except Exception:
+            except Exception as exc:
                 log.exception("%s %s failed", method, path)
-                await internal_error(send, path)
+                await internal_error(send, exc, path)
             return
         limit = self._limits.control
         declared = declared_length(scope)

@@ -48,7 +48,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from stackd.api.errors import invalid_request_message, problem
+from stackd.api.errors import Shape, error_answer, invalid_request_message, problem
 from stackd.errors import StackdError
 from stackd.gpu.calls import CallLeases
 from stackd.router import ReasonRouter
@@ -71,16 +71,8 @@ Auth = Callable[..., Any]
 JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 SSE_DONE = b"data: [DONE]\n\n"
-OPENAI_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    404: "invalid_request_error",
-    413: "invalid_request_error",
-    422: "invalid_request_error",
-}
 OPENAI_FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 MAX_TOKENS = 2**31 - 1  # the largest max_tokens accepted; a backend refuses what its context cannot hold
-OPENAI_ERROR_CODES = {401: "invalid_api_key", 404: "model_not_found", 503: "all_strategies_failed"}
 REASONING_EFFORT = {"low": 3, "medium": 6, "high": 9}  # OpenAI's words on stackd's 1-10 effort scale
 
 
@@ -248,26 +240,22 @@ async def until_disconnect(
 
 class RawEndpoint:
     """An ASGI app for one POST route: ``handle(scope, receive, send)`` does the work; every
-    ``StackdError`` becomes ``render_error(exc)``."""
+    ``StackdError`` becomes the error table's answer in ``shape`` (``stackd.api.errors``)."""
 
     def __init__(
-        self,
-        auth: Auth,
-        handle: Callable[[Scope, Receive, Send], Awaitable[None]],
-        render_error: Callable[[StackdError], tuple[int, bytes]],
+        self, auth: Auth, handle: Callable[[Scope, Receive, Send], Awaitable[None]], shape: Shape
     ) -> None:
         self._auth = auth
         self._handle = handle
-        self._render_error = render_error
+        self._shape: Shape = shape
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await authorize(self._auth, scope, receive)
             await until_disconnect(self._handle, scope, receive, send)
         except StackdError as exc:
-            status, body = self._render_error(exc)
-            headers = [*JSON_HEADERS, (b"www-authenticate", b"Bearer")] if status == 401 else JSON_HEADERS
-            await send_bytes(send, status, body, headers)
+            answer = error_answer(exc, self._shape)
+            await send_bytes(send, answer.status, answer.json(), answer.raw_headers())
 
 
 # ---------------------------------------------------------------- the gateway
@@ -320,18 +308,6 @@ class ChatCompletionBody(BaseModel):
             self.tools,
             self.tool_choice,
         )
-
-
-def openai_error(exc: StackdError) -> tuple[int, bytes]:
-    error: dict[str, Any] = {
-        "message": exc.message,
-        "type": OPENAI_ERROR_TYPES.get(exc.status, "server_error"),
-        "param": None,
-        "code": exc.detail.get("code") or OPENAI_ERROR_CODES.get(exc.status),
-    }
-    if "attempts" in exc.detail:
-        error["attempts"] = exc.detail["attempts"]
-    return exc.status, dumps({"error": error})
 
 
 def openai_finish_reason(reason: str) -> str:
@@ -441,7 +417,7 @@ async def chat_chunks(
         try:
             item = await anext(items, None)
         except StackdError as exc:  # every strategy failed after a wait was announced: a 200 now
-            yield b"data: " + openai_error(exc)[1] + b"\n\n"
+            yield b"data: " + error_answer(exc, "openai").json() + b"\n\n"
             break
     yield SSE_DONE
 
@@ -556,8 +532,8 @@ def build_gateway_router(
         ]
         await send_bytes(send, 200, dumps({"object": "list", "data": data}))
 
-    models = RawEndpoint(auth, list_models, openai_error)
+    models = RawEndpoint(auth, list_models, "openai")
     api.routes.append(Route("/v1/models", models, methods=["GET"], name="list_models"))
-    endpoint = RawEndpoint(auth, ChatCompletions(router, slices, holds, waker), openai_error)
+    endpoint = RawEndpoint(auth, ChatCompletions(router, slices, holds, waker), "openai")
     api.routes.append(Route("/v1/chat/completions", endpoint, methods=["POST"], name="chat_completions"))
     return api

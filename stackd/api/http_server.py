@@ -30,7 +30,9 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from stackd.api.errors import raw_http_answer
 from stackd.api.listener import BACKLOG
+from stackd.errors import StackdError
 
 REQUEST_READ_TIMEOUT_S = 15.0
 KEEP_ALIVE_S = 5
@@ -38,13 +40,16 @@ WANTED_FDS = 65536
 PEER_SHARE = 4  # one client address holds at most a quarter of the connection cap ...
 PEER_MIN = 16  # ... and never fewer than this
 RESERVED_FDS = 256  # the database, engine pipes and logs, Docker's socket, the listening socket
-_BUSY = b"too many connections; try again shortly"
-OVER_CAPACITY = (
-    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
-    b"retry-after: 1\r\nconnection: close\r\ncontent-length: "
-    + str(len(_BUSY)).encode()
-    + b"\r\n\r\n"
-    + _BUSY
+
+
+class TooManyConnections(StackdError):
+    """A connection past the server's cap (503, ``Retry-After: 1``), answered as it is accepted."""
+
+    status = 503
+
+
+OVER_CAPACITY = raw_http_answer(
+    TooManyConnections("too many connections; try again shortly", retry_after_s=1)
 )
 
 

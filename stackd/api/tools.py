@@ -163,10 +163,6 @@ def tool_schema(name: str, model: type[BaseModel], presets: list[str] | None = N
     return {"type": "function", "function": {"name": name, "description": description, "parameters": schema}}
 
 
-def stackd_error(exc: StackdError) -> tuple[int, bytes]:
-    return exc.status, dumps(exc.to_dict())
-
-
 async def answer_events(
     first: RouterStreamItem, items: AsyncIterator[RouterStreamItem], trailer: dict[str, Any] | None = None
 ) -> AsyncIterator[bytes]:
@@ -389,6 +385,6 @@ def build_tools_router(
         return tool_schemas(router)
 
     for name, (model, call) in tool_calls(router, slices, holds, waker).items():
-        endpoint = RawEndpoint(auth, tool_endpoint(model, call), stackd_error)
+        endpoint = RawEndpoint(auth, tool_endpoint(model, call), "stackd")
         api.routes.append(Route(f"/tools/{name}", endpoint, methods=["POST"], name=name))
     return api

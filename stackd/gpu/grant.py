@@ -54,22 +54,18 @@ class Grants:
         """The stops and the start as one run of the manager's executor: a failed start undoes
         the evictions. After a stop the start waits until NVML shows the room back."""
         stopped = bool(decision.evicted)
-        hook_error: list[StackdError] = []
 
         async def before(step: Step) -> None:
             if stopped and isinstance(step, StartContainer | StartProcess):
-                try:
-                    await self._await_memory_back(step.model, need_mib, decision.evicted)
-                except StackdError as exc:
-                    hook_error.append(exc)
-                    raise
+                await self._await_memory_back(step.model, need_mib, decision.evicted)
 
         log = EventLog(f"lease-{decision.model}", self.manager.wall_clock)
         execution = await self.manager.run_steps(decision.steps, config, log, before_step=before)
-        if not execution.ok:
-            if hook_error:
-                raise hook_error[0]
-            raise DriverFailed(execution.failure_sentence(None))
+        if execution.ok:
+            return
+        if isinstance(execution.error, LeaseUnavailable):  # the memory never came back: the refusal as it is
+            raise execution.error
+        raise DriverFailed(execution.failure_sentence(None))
 
     async def _await_memory_back(self, model: str, need_mib: int, evicted: tuple[str, ...]) -> None:
         """Wait (bounded by ``release_wait_s``) until the card shows ``need_mib`` free; else refuse

@@ -34,7 +34,7 @@ from typing import Any, assert_never
 
 from stackd.config.models import DEFAULT_PROCESS_START_TIMEOUT_S, Model, OllamaRuntime, StacksConfig
 from stackd.drivers.base import HealthChecker
-from stackd.errors import DriverUnavailable, StackdError
+from stackd.errors import DriverFailed, DriverUnavailable, StackdError
 from stackd.manager.events import EventLog, PullThrottle, bindings_dict, step_dict
 from stackd.manager.seams import Drivers
 from stackd.manager.standing import degraded_words, read_standing, rollback_words
@@ -82,11 +82,12 @@ class Undo:
 
 @dataclass
 class Execution:
-    """What applying a plan did. ``failed_step`` is None when every step succeeded."""
+    """What applying a plan did. ``failed_step`` is None when every step succeeded; ``error``
+    is what it raised (a caller such as a lease's grant raises it on as it is)."""
 
     done: list[Done] = field(default_factory=list)
     failed_step: Step | None = None
-    error: str | None = None
+    error: BaseException | None = None
     undone: list[Undo] = field(default_factory=list)
     degraded: dict[str, str] = field(default_factory=dict)
     probed: dict[str, str | None] = field(default_factory=dict)  # remote -> error, None when it answered
@@ -102,13 +103,18 @@ class Execution:
     def fully_undone(self) -> bool:
         return all(u.ok for u in self.undone)
 
+    @property
+    def error_text(self) -> str | None:
+        """The failure's sentence: the driver's words, or a bug's type and text."""
+        return None if self.error is None else _describe(self.error)
+
     def steps_done_json(self) -> list[dict[str, Any]]:
         return [done_json(d) for d in self.done]
 
     def failure_sentence(self, previous: str | None) -> str:
         """'start_container vision (aether-vision) failed: …; undone: …; …' for people and the journal."""
         assert self.failed_step is not None
-        text = f"{describe_step(step_dict(self.failed_step))} failed: {self.error}"
+        text = f"{describe_step(step_dict(self.failed_step))} failed: {self.error_text}"
         undone = [describe_step(u.step) + ("" if u.ok else f" (undo failed: {u.error})") for u in self.undone]
         text += f"; undone: {', '.join(undone)}" if undone else "; nothing to undo"
         if self.fully_undone and previous:
@@ -246,8 +252,8 @@ class _PlanRun:
                 await self._timed(step, pending, result)
             except Exception as exc:
                 result.failed_step = step
-                result.error = _describe(exc)
-                self._log.emit("step_failed", step=step_dict(step), error=result.error)
+                result.error = exc
+                self._log.emit("step_failed", step=step_dict(step), error=result.error_text)
                 # An engine that could not be reached did nothing: only what was done is undone.
                 await self._undo(None if isinstance(exc, DriverUnavailable) else step, result)
                 await self._read_standing(previous.members, result)
@@ -257,7 +263,7 @@ class _PlanRun:
             self._log.emit("step_done", step=step_dict(step))
         unplaced = await self._check_placement(members, result)
         if unplaced is not None:
-            self._log.emit("step_failed", step=step_dict(unplaced), error=result.error)
+            self._log.emit("step_failed", step=step_dict(unplaced), error=result.error_text)
             await self._undo(None, result)  # the start is done: the undo stops it with the rest
             await self._read_standing(previous.members, result)
             return result
@@ -277,7 +283,7 @@ class _PlanRun:
         for name, why in standing.items():
             if why is not None and name in started:
                 result.failed_step = started[name]
-                result.error = f"it no longer answered when the switch was to commit: {why}"
+                result.error = DriverFailed(f"it no longer answered when the switch was to commit: {why}")
                 return started[name]
         result.standing = dict(standing)
         for name, why in standing.items():

@@ -28,6 +28,7 @@ from stackd.manager import ModelStackManager
 from stackd.planner import plan_switch
 from stackd.planner.footprints import footprint_digest, remembered_footprints
 from stackd.planner.plan import ObservedState
+from stackd.router import ReasonRouter
 from stackd.settings import Settings
 from stackd.state.gpu import GpuJournal
 from tests.unit.test_manager_world import World, close_all, make_world
@@ -432,6 +433,40 @@ async def test_get_leases_shows_the_queue_and_post_answers_503_with_retry_after(
         assert answer.json()["code"] == "held" and f"lease {flux['id']}" in answer.json()["message"]
         too_long = await c.post("/leases", json={"model": VISION, "wait_s": 3601})
         assert too_long.status_code == 422
+
+
+async def test_a_call_refused_its_lease_is_503_with_retry_after_on_the_gateway_and_the_tools(
+    world: World, tmp_path: Path
+) -> None:
+    """A call to vision while FLUX is leased waits its 60 s (``CallLeases``) for the room, then
+    gets the lease's refusal: 503 with ``Retry-After`` (when FLUX's lease ends), in OpenAI's
+    shape on the gateway and stackd's on the tools, as ``POST /leases`` answers it."""
+    r = await rig(world, tmp_path)
+    router = ReasonRouter(world.config, r.manager.live_roles)  # never called: the lease is refused first
+    settings = Settings(state_dir=tmp_path / "state")
+    services = world.services(r.manager, settings, TOKEN, leases=r.leases, router=router)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    transport = httpx.ASGITransport(app=create_app(services))
+    async with httpx.AsyncClient(transport=transport, base_url="http://stackd", headers=auth) as c:
+        flux = (await c.post("/leases", json={"model": FLUX, "ttl_s": 300})).json()
+        messages = [{"role": "user", "content": "what is in this picture?"}]
+        chat = asyncio.create_task(
+            c.post("/v1/chat/completions", json={"model": "vision", "messages": messages})
+        )
+        await settle()
+        r.time.advance(60)
+        gateway = await asyncio.wait_for(chat, 5)
+        tool = asyncio.create_task(c.post("/tools/invoke_model", json={"preset": "vision", "prompt": "hi"}))
+        await settle()
+        r.time.advance(60)
+        tools = await asyncio.wait_for(tool, 5)
+    assert gateway.status_code == 503 and gateway.headers["Retry-After"] == "240"
+    error = gateway.json()["error"]
+    assert error["type"] == "server_error" and error["code"] == "held"
+    assert f"lease {flux['id']}" in error["message"]
+    assert tools.status_code == 503 and tools.headers["Retry-After"] == "180"
+    assert tools.json()["error"] == "LeaseUnavailable" and tools.json()["retry_after_s"] == 180.0
+    assert VISION_C not in world.containers.running_containers
 
 
 async def test_an_always_on_member_a_switch_starts_is_measured_too(world: World, tmp_path: Path) -> None:

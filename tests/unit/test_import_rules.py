@@ -226,3 +226,96 @@ def test_the_parts_beside_the_manager_ask_it_through_effects() -> None:
         str(e) for p, t in modules() if p.parent.name == "gpu" for e in imports(p, t) if e.module in whole
     ]
     assert reaching == []
+
+
+# An error's answer (its status, its headers, stackd's or OpenAI's shape) is made in one place:
+# the error table of stackd/api/errors.py. The simulators stand in for foreign servers: not stackd's.
+ERROR_TABLE = "api/errors.py"
+ERROR_HEADERS = ("retry-after", "www-authenticate")
+ANSWER_CALLS = ("send", "Response", "HTTPException")  # a call whose name has one of these answers
+
+
+def error_status(node: ast.expr | None) -> int | None:
+    """The HTTP error status (400-599) ``node`` is written as, when it is a constant one."""
+    if isinstance(node, ast.Constant) and type(node.value) is int and 400 <= node.value <= 599:
+        return node.value
+    return None
+
+
+def error_header(node: ast.expr | None) -> str | None:
+    """The constant's text when it names ``Retry-After`` or ``WWW-Authenticate`` as a header, or
+    holds such a header's line; else None."""
+    if not isinstance(node, ast.Constant) or not isinstance(node.value, str | bytes):
+        return None
+    text = node.value.decode("latin-1") if isinstance(node.value, bytes) else node.value
+    named = any(text.lower() == name or f"{name}:" in text.lower() for name in ERROR_HEADERS)
+    return text if named else None
+
+
+def answers_outside_the_table(path: Path, text: str) -> list[str]:
+    """Each place of ``text`` that sets an HTTP error status or an error header itself: a
+    ``status``/``status_code`` keyword or dict entry of 400-599, such a number passed to a call
+    that sends or builds an answer, a raw ``HTTP/1.1 5xx`` line, ``Retry-After`` or
+    ``WWW-Authenticate`` as a header (a dict key, a tuple's name, a header line). A kind's own
+    ``status = N`` (a class attribute of its ``StackdError`` subclass) is its declaration, read
+    by the table: not an answer."""
+    found: list[str] = []
+    where = path.relative_to(ROOT.parent)
+    for node in ast.walk(ast.parse(text, str(path))):
+        if isinstance(node, ast.keyword) and node.arg in ("status", "status_code"):
+            if error_status(node.value) is not None:
+                found.append(f"{where}:{node.value.lineno}: sets status {error_status(node.value)}")
+        elif isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values, strict=True):
+                if isinstance(key, ast.Constant) and key.value == "status" and error_status(value):
+                    found.append(f"{where}:{value.lineno}: sets status {error_status(value)}")
+                if error_header(key) is not None:
+                    found.append(f"{where}:{node.lineno}: sets a {error_header(key)} header")
+        elif isinstance(node, ast.Call):
+            name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+            statuses = [error_status(arg) for arg in node.args if error_status(arg) is not None]
+            if statuses and any(word in name for word in ANSWER_CALLS):
+                found.append(f"{where}:{node.lineno}: {name} answers {statuses[0]}")
+        elif isinstance(node, ast.Tuple) and node.elts and error_header(node.elts[0]) is not None:
+            found.append(f"{where}:{node.lineno}: sets a {error_header(node.elts[0])} header")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str | bytes):
+            raw = node.value.decode("latin-1") if isinstance(node.value, bytes) else node.value
+            if raw.startswith("HTTP/1.") and raw[9:12].isdigit() and int(raw[9:12]) >= 400:
+                found.append(f"{where}:{node.lineno}: writes a raw {raw[9:12]} answer")
+            elif error_header(node) is not None and "\n" in raw:
+                found.append(f"{where}:{node.lineno}: writes an error header line")
+    return found
+
+
+def test_error_statuses_and_headers_are_set_only_in_the_error_table() -> None:
+    sources = [
+        (p, t) for p, t in modules() if str(p.relative_to(ROOT)) != ERROR_TABLE and p.parent.name != "sim"
+    ]
+    assert any(p.name == "gateway.py" for p, _ in sources) and any(
+        p.name == "dispatch.py" for p, _ in sources
+    )
+    outside = [found for path, text in sources for found in answers_outside_the_table(path, text)]
+    assert outside == []
+
+
+def test_an_answer_made_outside_the_error_table_is_named() -> None:
+    text = (
+        "async def refuse(send, exc):\n"
+        "    headers = [(b'retry-after', b'5'), (b'www-authenticate', b'Bearer')]\n"
+        "    await send({'type': 'http.response.start', 'status': 503, 'headers': headers})\n"
+        "    await send_bytes(send, 429, b'{}')\n"
+        "    return JSONResponse({}, status_code=401, headers={'Retry-After': '1'})\n"
+        "RAW = b'HTTP/1.1 503 Service Unavailable\\r\\nretry-after: 1\\r\\n'\n"
+        "class Gone(StackdError):\n    status = 410\n"
+        "ok = JSONResponse({}, status_code=202), send_bytes(send, 200, b''), headers.get('retry-after')\n"
+    )
+    found = answers_outside_the_table(ROOT / "api" / "new.py", text)
+    assert sorted(found) == [
+        "stackd/api/new.py:2: sets a retry-after header",
+        "stackd/api/new.py:2: sets a www-authenticate header",
+        "stackd/api/new.py:3: sets status 503",
+        "stackd/api/new.py:4: send_bytes answers 429",
+        "stackd/api/new.py:5: sets a Retry-After header",
+        "stackd/api/new.py:5: sets status 401",
+        "stackd/api/new.py:6: writes a raw 503 answer",
+    ], found
