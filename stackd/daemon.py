@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -29,6 +30,9 @@ from stackd.roles import LiveEndpoints, LiveRoles
 from stackd.services import Services
 from stackd.settings import Settings
 from stackd.state.permissions import private_database, private_state_dir
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger("stackd")
 
@@ -269,19 +273,23 @@ def build_app(settings: Settings) -> FastAPI:
                 if services.processes is not None:
                     await services.processes.aclose()
 
-    from prometheus_client import CollectorRegistry
+    def metrics_registry() -> CollectorRegistry:
+        """Made at the first scrape of /metrics: a daemon nobody scrapes never loads prometheus_client."""
+        from prometheus_client import CollectorRegistry
 
-    from stackd.api.metrics import register_router_metrics, register_slice_metrics, register_stack_metrics
+        from stackd.api.metrics import register_router_metrics, register_slice_metrics, register_stack_metrics
 
-    registry = CollectorRegistry()
-    register_router_metrics(registry, router)
-    register_stack_metrics(registry, services)
-    if services.slices is not None:
-        register_slice_metrics(registry, services.slices)
+        registry = CollectorRegistry()
+        register_router_metrics(registry, router)
+        register_stack_metrics(registry, services)
+        if services.slices is not None:
+            register_slice_metrics(registry, services.slices)
+        return registry
+
     return create_app(
         services,
         lifespan=lifespan,
-        registry=registry,
+        registry=metrics_registry,
         load_config=lambda: load_daemon_config(settings),
         container_logs=DockerLogs(),
     )

@@ -6,10 +6,9 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry
 from starlette.routing import BaseRoute
 
 from stackd import __version__
@@ -34,18 +33,22 @@ from stackd.config.models import StacksConfig
 from stackd.services import Services
 from stackd.state.keys import KeyedUsageStore
 
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
 def create_app(
     services: Services,
     lifespan: Lifespan | None = None,
-    registry: CollectorRegistry | None = None,
+    registry: CollectorRegistry | Callable[[], CollectorRegistry] | None = None,
     load_config: Callable[[], StacksConfig] | None = None,
     container_logs: ContainerLogs | None = None,
 ) -> FastAPI:
     """Build the app. Mutating endpoints need the bearer token; on a non-loopback bind every
-    endpoint but /healthz does. ``load_config`` re-reads the config for ``POST /config/reload``
+    endpoint but /healthz does. ``registry`` is what ``/metrics`` exposes, or a function that
+    makes it at the first scrape (the daemon's: prometheus_client is loaded only when scraped). ``load_config`` re-reads the config for ``POST /config/reload``
     (default: the settings' file, as is); ``container_logs`` reads docker members' logs for
     ``GET /members/{name}/logs`` (the daemon's: ``DockerLogs``). A ``FrontDoor`` sees every request first: it bounds
     bodies, checks the token before any body is read and serves the hot paths itself."""
@@ -59,7 +62,7 @@ def create_app(
     app.include_router(
         build_keys_router(gate.keyring, gate.meter, services.keys, services.audit, write, read)
     )
-    app.include_router(build_status_router(services, read, registry or _default_registry()))
+    app.include_router(build_status_router(services, read, _scraped(registry, gate)))
     app.include_router(build_stacks_router(services, write, read))
     app.include_router(build_leases_router(services, write, read))
     # The followers are closed by the daemon before uvicorn waits for open answers.
@@ -89,6 +92,7 @@ def create_app(
             hot += data_path.routes
     install_openapi(app, read, data_paths=services.router is not None)
     app.state.services = services
+    app.state.mcp = mcp  # started by the first /mcp request
     app.front_door = FrontDoor(
         app.behind_front_door,
         hot_routes(hot) | {(method, MCP_PATH): mcp for method in ("GET", "POST", "DELETE")},
@@ -98,11 +102,30 @@ def create_app(
         gate=gate,
     )
     app.state.gate = gate
-    if registry is not None and gate.meter is not None:  # the default registry is shared: not there
-        from stackd.api.key_metrics import KeyCollector
-
-        registry.register(KeyCollector(gate.keyring, gate.meter))
     return app
+
+
+def _scraped(
+    registry: CollectorRegistry | Callable[[], CollectorRegistry] | None, gate: Gate
+) -> Callable[[], CollectorRegistry]:
+    """The registry ``/metrics`` reads, with each key's metrics, made once: a given one at once,
+    one from a function at the first scrape, the process-wide default when none."""
+    made: list[CollectorRegistry] = []
+
+    def get() -> CollectorRegistry:
+        if not made:
+            if registry is None:
+                return _default_registry()  # shared by every app of the process: no key collector
+            made.append(registry() if callable(registry) else registry)
+            if gate.meter is not None:
+                from stackd.api.key_metrics import KeyCollector
+
+                made[0].register(KeyCollector(gate.keyring, gate.meter))
+        return made[0]
+
+    if registry is not None and not callable(registry):
+        get()  # a registry the caller holds has its collectors from the start
+    return get
 
 
 def build_gate(services: Services) -> Gate:
@@ -120,7 +143,7 @@ def build_gate(services: Services) -> Gate:
     return Gate(keyring, services.settings.loopback, meter, services.audit, claim)
 
 
-def _default_registry() -> Any:
+def _default_registry() -> CollectorRegistry:
     from prometheus_client import REGISTRY
 
     return REGISTRY

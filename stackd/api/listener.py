@@ -13,8 +13,6 @@ from __future__ import annotations
 import errno
 import socket
 
-import httpx
-
 from stackd.errors import Conflict, StackdError
 
 BACKLOG = 2048  # uvicorn's default
@@ -66,6 +64,8 @@ def holder_of(host: str, port: int, timeout_s: float = PROBE_TIMEOUT_S) -> str:
     """Who listens on ``host:port``, as the rest of a sentence: ``by stackd pid 12 (URL, state
     DIR)``, ``by a stackd`` (off loopback it does not say more), ``by another program``, or one
     that did not answer in time."""
+    import httpx  # only when the port is taken: the daemon itself does not load it
+
     probe = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
     try:
         answer = httpx.get(f"{listen_url(probe, port)}/healthz", timeout=timeout_s)

@@ -9,8 +9,10 @@ so the two surfaces cannot drift.
 
 The official SDK's low-level server does the protocol; its session manager runs **stateless**
 with JSON answers: every POST is a whole exchange, nothing is kept between calls, and a daemon
-restart loses no session. The manager's task group lives in the app's lifespan
-(``McpServer.running``). The endpoint is a hot path of the front door (``dispatch.FrontDoor``):
+restart loses no session. The SDK is ~25 MiB of the daemon's memory (docs/benchmarks.md,
+"Idle memory"), so it is loaded, in a worker thread, on the first ``/mcp`` request: a daemon
+nobody calls over MCP never holds it. The manager's task group then lives in a task of its own
+until the app's lifespan ends (``McpServer.running``). The endpoint is a hot path of the front door (``dispatch.FrontDoor``):
 it checks the write token first, for every method (GET and DELETE too, which the front door
 would pass on a loopback bind), so no MCP request is served without the token. The SDK's own
 DNS-rebinding check is off: a page rebound to 127.0.0.1 does not have the token either.
@@ -23,21 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mcp.server.lowlevel.server import Server
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from mcp.server.transport_security import TransportSecuritySettings
-from mcp_types import (
-    CallToolRequestParams,
-    CallToolResult,
-    ListToolsResult,
-    PaginatedRequestParams,
-    TextContent,
-)
-from mcp_types import Tool as McpTool
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
@@ -59,6 +51,13 @@ from stackd.logs.request_id import REQUEST_ID, SCOPE_KEY
 from stackd.router.types import Answer
 from stackd.services import Services
 
+if TYPE_CHECKING:  # the SDK itself is imported on the first request (_load_sdk)
+    from mcp.server.lowlevel.server import Server
+    from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+    from mcp_types import CallToolRequestParams, CallToolResult, ListToolsResult, PaginatedRequestParams
+    from mcp_types import Tool as McpTool
+
+log = logging.getLogger("stackd.mcp")
 MCP_PATH = "/mcp"
 INSTRUCTIONS = (
     "stackd runs this workstation's model stack. Call 'reason' to think harder about a problem "
@@ -101,25 +100,38 @@ class NotRunning(StackdError):
 
 class McpServer:
     """The MCP endpoint of one app: its tools, the SDK's server and, while ``running``, its
-    session manager. ``__call__`` is the ASGI endpoint the front door routes ``/mcp`` to."""
+    session manager. ``__call__`` is the ASGI endpoint the front door routes ``/mcp`` to.
+
+    The SDK, the tools and the session manager are made on the first request inside
+    ``running``; concurrent first requests wait for the same start."""
 
     def __init__(
         self, services: Services, guard: Guard, max_body_bytes: int, gate: Gate | None = None
     ) -> None:
+        self._services = services
         self._guard = guard
         self._gate = gate  # each tool's scope (stackd.api.scopes.MCP_TOOLS), models, the audit
         self._max_body_bytes = max_body_bytes
-        self._tools = self._build_tools(services)
-        self._server: Server[Any] = Server(
+        self._tools: dict[str, tuple[McpTool, type[BaseModel], ToolCall]] = {}
+        self._stop: asyncio.Event | None = None  # set while ``running``
+        self._started: asyncio.Future[StreamableHTTPSessionManager] | None = None
+        self._sessions: asyncio.Task[None] | None = None
+
+    def _build_server(self) -> Server[Any]:
+        from mcp.server.lowlevel.server import Server
+
+        self._tools = self._build_tools(self._services)
+        return Server(
             "stackd",
             version=__version__,
             instructions=INSTRUCTIONS,
             on_list_tools=self._list_tools,
             on_call_tool=self._call_tool,
         )
-        self._manager: StreamableHTTPSessionManager | None = None
 
     def _build_tools(self, services: Services) -> dict[str, tuple[McpTool, type[BaseModel], ToolCall]]:
+        from mcp_types import Tool as McpTool
+
         tools: dict[str, tuple[McpTool, type[BaseModel], ToolCall]] = {}
 
         def add(schema: dict[str, Any], model: type[BaseModel], call: ToolCall) -> None:
@@ -171,6 +183,8 @@ class McpServer:
         return {name: entry for name, entry in self._tools.items() if MCP_TOOLS[name] in scopes}
 
     async def _list_tools(self, ctx: Any, _params: PaginatedRequestParams | None) -> ListToolsResult:
+        from mcp_types import ListToolsResult
+
         allowed = self._may_call(_caller(ctx))
         return ListToolsResult(tools=[tool for tool, _, _ in allowed.values()])
 
@@ -194,6 +208,8 @@ class McpServer:
             REQUEST_ID.reset(token)
 
     async def _call(self, params: CallToolRequestParams, caller: Caller | None) -> CallToolResult:
+        from mcp_types import CallToolResult, TextContent
+
         try:
             entry = self._tools.get(params.name)
             if entry is None:
@@ -220,30 +236,73 @@ class McpServer:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Serve MCP requests while inside: enter it in the app's lifespan. A session manager
-        runs once, so each ``running`` makes its own."""
-        manager = StreamableHTTPSessionManager(
-            app=self._server,
-            json_response=True,
-            stateless=True,
-            security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
-            max_request_body_size=self._max_body_bytes,
-        )
-        async with manager.run():
-            self._manager = manager
-            try:
-                yield
-            finally:
-                self._manager = None
+        runs once, so each ``running`` makes its own (on its first request)."""
+        stop = self._stop = asyncio.Event()
+        try:
+            yield
+        finally:
+            sessions = self._sessions
+            self._stop = self._started = self._sessions = None
+            stop.set()
+            if sessions is not None:
+                await sessions
+
+    @property
+    def sessions(self) -> asyncio.Task[None] | None:
+        """The task that runs the SDK's session manager, once a request has started it."""
+        return self._sessions
+
+    async def _session_manager(self) -> StreamableHTTPSessionManager:
+        if self._stop is None:
+            raise NotRunning("the MCP server is not running (the daemon is starting or stopping)")
+        if self._started is None:
+            self._started = asyncio.get_running_loop().create_future()
+            self._sessions = asyncio.create_task(self._serve_sessions(self._stop, self._started))
+        # shielded: a first caller that goes away does not cancel the start the others wait for
+        return await asyncio.shield(self._started)
+
+    async def _serve_sessions(
+        self, stop: asyncio.Event, started: asyncio.Future[StreamableHTTPSessionManager]
+    ) -> None:
+        """The session manager's task group, entered and left in this one task (anyio's rule)."""
+        try:
+            # ~0.5 s of imports: in a thread, so that the gateway keeps answering meanwhile
+            await asyncio.to_thread(_load_sdk)
+            from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+            from mcp.server.transport_security import TransportSecuritySettings
+
+            manager = StreamableHTTPSessionManager(
+                app=self._build_server(),
+                json_response=True,
+                stateless=True,
+                security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+                max_request_body_size=self._max_body_bytes,
+            )
+            async with manager.run():
+                started.set_result(manager)
+                await stop.wait()
+        except Exception as exc:  # each waiting request answers it; the next request tries again
+            log.error("the MCP server could not start: %s", exc)
+            if not started.done():
+                started.set_exception(exc)
+            if self._started is started:
+                self._started = self._sessions = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             self._guard(Request(scope))
-            if self._manager is None:
-                raise NotRunning("the MCP server is not running (the daemon is starting or stopping)")
+            manager = await self._session_manager()
         except StackdError as exc:
             await refuse(send, exc)
             return
-        await self._manager.handle_request(scope, receive, send)
+        await manager.handle_request(scope, receive, send)
+
+
+def _load_sdk() -> None:
+    import importlib
+
+    for module in ("mcp.server.streamable_http_manager", "mcp.server.lowlevel.server", "mcp_types"):
+        importlib.import_module(module)
 
 
 class UnknownTool(StackdError):

@@ -9,7 +9,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from stackd import __version__
@@ -68,7 +67,10 @@ async def daemon_status(services: Services) -> dict[str, Any]:
     return body
 
 
-def build_status_router(services: Services, read: Callable[..., None], registry: Any) -> APIRouter:
+def build_status_router(
+    services: Services, read: Callable[..., None], registry: Callable[[], Any]
+) -> APIRouter:
+    """``registry()`` is what ``/metrics`` exposes; it is first called at the first scrape."""
     router = APIRouter()
     health = daemon_health(services)  # the settings are frozen: computed once
 
@@ -158,6 +160,8 @@ def build_status_router(services: Services, read: Callable[..., None], registry:
 
     @router.get("/metrics", dependencies=[Depends(read)], response_class=PlainTextResponse)
     async def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest  # loaded when scraped
+
+        return Response(generate_latest(registry()), media_type=CONTENT_TYPE_LATEST)
 
     return router

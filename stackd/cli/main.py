@@ -109,9 +109,6 @@ def serve(
     ] = False,
 ) -> None:
     """Run the daemon (FastAPI on uvicorn), in the foreground unless --detach."""
-    from stackd.daemon import run
-    from stackd.settings import Settings
-
     kwargs: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -124,6 +121,13 @@ def serve(
     }
     if state_dir is not None:
         kwargs["state_dir"] = state_dir
+    if not detach and os.name == "posix":
+        from stackd.cli.serve_process import exec_daemon
+
+        exec_daemon(kwargs, sys.argv[1:])  # the daemon keeps none of the CLI's modules
+    from stackd.daemon import run
+    from stackd.settings import Settings
+
     settings = Settings(**kwargs)
     if detach:
         from stackd.cli.lifecycle import serve_detached

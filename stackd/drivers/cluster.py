@@ -5,13 +5,15 @@ Swarm driver, the others to the local engine, behind the same ``ContainerDriver`
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from stackd.config.models import Model
 from stackd.drivers.base import ContainerDriver, HealthChecker
-from stackd.drivers.swarm import SwarmServiceDriver
 from stackd.drivers.swarm_views import MemberView, NodeView
 from stackd.errors import DriverUnavailable
+
+if TYPE_CHECKING:  # the Swarm driver (and the docker SDK) only where a config has a cluster
+    from stackd.drivers.swarm import SwarmServiceDriver
 
 
 @runtime_checkable

@@ -17,6 +17,8 @@ Seams and invariants:
   log lines; one that is not ready by the start timeout fails with the last reason and logs.
 - Errors: engine unreachable → ``DriverUnavailable`` naming DOCKER_HOST and its value; anything
   the engine refuses (image missing, port taken, no GPU runtime) → ``DriverFailed``.
+- The SDK is imported with the first client (``docker_engine.from_env``), after a plain check
+  that the engine's socket answers: a daemon on a machine without Docker never loads it.
 """
 
 from __future__ import annotations
@@ -26,18 +28,18 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
-
-import docker
-import requests
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
-from docker.models.containers import Container
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from stackd.config.models import DockerRuntime, HealthCheck, Model
 from stackd.drivers.base import HealthChecker
+from stackd.drivers.docker_engine import from_env, refused, unreachable
 from stackd.drivers.docker_spec import MANAGED_LABEL, SPEC_LABEL, create_options, spec_digest
 from stackd.drivers.health import HttpHealthChecker
 from stackd.errors import DriverFailed, DriverUnavailable, StackdError
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+    from docker.models.containers import Container
 
 DEFAULT_START_TIMEOUT_S = HealthCheck.model_validate({}).start_timeout_s
 FIRST_POLL_S = 0.1
@@ -46,7 +48,7 @@ LOG_TAIL_LINES = 20
 STOPPABLE = frozenset({"running", "restarting", "paused"})
 
 T = TypeVar("T")
-ClientFactory = Callable[[], docker.DockerClient]
+ClientFactory = Callable[[], "DockerClient"]
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -67,7 +69,7 @@ class DockerContainerDriver:
 
     def __init__(
         self,
-        client_factory: ClientFactory = docker.from_env,
+        client_factory: ClientFactory = from_env,
         gpu_device: int = 0,
         health: HealthChecker | None = None,
         *,
@@ -76,7 +78,7 @@ class DockerContainerDriver:
         default_start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
     ) -> None:
         self._client_factory = client_factory
-        self._client: docker.DockerClient | None = None
+        self._client: DockerClient | None = None
         self._gpu_device = gpu_device
         self._health: HealthChecker = health if health is not None else HttpHealthChecker()
         self._clock = clock
@@ -157,12 +159,14 @@ class DockerContainerDriver:
 
     # ---- synchronous engine calls (worker thread only)
 
-    def _docker(self) -> docker.DockerClient:
+    def _docker(self) -> DockerClient:
         if self._client is None:
             self._client = self._client_factory()
         return self._client
 
     def _find(self, container: str) -> Container | None:
+        from docker.errors import NotFound  # loaded with the client
+
         try:
             found = self._docker().containers.get(container)
         except NotFound:
@@ -196,6 +200,8 @@ class DockerContainerDriver:
                 container=runtime.container,
             )
         client = self._docker()
+        from docker.errors import ImageNotFound  # loaded with the client
+
         try:
             client.images.get(runtime.spec.image)
         except ImageNotFound as exc:
@@ -239,9 +245,13 @@ class DockerContainerDriver:
             return await asyncio.to_thread(fn, *args)
         except StackdError:
             raise
-        except APIError as exc:
-            raise DriverFailed(f"Docker refused to {action}: {exc.explanation or exc}") from exc
-        except (DockerException, requests.exceptions.RequestException) as exc:
+        except Exception as exc:
+            if refused(exc):
+                raise DriverFailed(
+                    f"Docker refused to {action}: {getattr(exc, 'explanation', None) or exc}"
+                ) from exc
+            if not unreachable(exc):
+                raise
             # The engine is down or was restarted: make a new client next time.
             self._client = None
             raise DriverUnavailable(

@@ -12,13 +12,13 @@ import contextlib
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import docker
-import requests
-from docker.errors import DockerException, NotFound
-
+from stackd.drivers.docker_engine import from_env, refused, unreachable
 from stackd.errors import DriverUnavailable, StackdError
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 
 class NoSuchContainer(StackdError):
@@ -29,9 +29,9 @@ class DockerLogs:
     """``ContainerLogs`` (stackd.api.member_logs) over a Docker engine; the client is made at
     the first read (in the worker thread), and again after the engine was unreachable."""
 
-    def __init__(self, client_factory: Callable[[], docker.DockerClient] = docker.from_env) -> None:
+    def __init__(self, client_factory: Callable[[], DockerClient] = from_env) -> None:
         self._client_factory = client_factory
-        self._client: docker.DockerClient | None = None
+        self._client: DockerClient | None = None
 
     async def log_lines(self, container: str, lines: int) -> list[str]:
         raw: bytes = await asyncio.to_thread(self._read, container, lambda c: c.logs(tail=lines))
@@ -73,12 +73,19 @@ class DockerLogs:
         try:
             if self._client is None:
                 self._client = self._client_factory()
-            return read(self._client.containers.get(container))
-        except NotFound:
-            raise NoSuchContainer(
-                f"container '{container}' does not exist: the member is not running and left no container"
-            ) from None
-        except (DockerException, requests.exceptions.RequestException) as exc:
+            from docker.errors import NotFound  # loaded with the client
+
+            try:
+                return read(self._client.containers.get(container))
+            except NotFound:
+                raise NoSuchContainer(
+                    f"container '{container}' does not exist: the member is not running and left no container"
+                ) from None
+        except StackdError:
+            raise
+        except Exception as exc:
+            if not (unreachable(exc) or refused(exc)):
+                raise
             self._client = None
             raise DriverUnavailable(
                 f"Docker engine not reachable at {os.environ.get('DOCKER_HOST') or 'its default socket'}: "

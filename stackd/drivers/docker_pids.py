@@ -12,18 +12,15 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-import docker
-import requests
-from docker.errors import APIError, DockerException, NotFound
-
 from stackd.config.models import Model
+from stackd.drivers.docker_engine import from_env, refused, unreachable
 from stackd.errors import DriverFailed, DriverUnavailable
 
 
 class DockerPids:
     """``await pids(name, model)``: the host PIDs in the member's container, ``()`` when it does not run."""
 
-    def __init__(self, client_factory: Callable[[], Any] = docker.from_env) -> None:
+    def __init__(self, client_factory: Callable[[], Any] = from_env) -> None:
         self._client_factory = client_factory
         self._client: Any | None = None
 
@@ -33,15 +30,19 @@ class DockerPids:
         container = model.docker.container
         try:
             return await asyncio.to_thread(self._top, container)
-        except APIError as exc:
-            raise DriverFailed(f"Docker refused to list the processes of '{container}': {exc}") from exc
-        except (DockerException, requests.exceptions.RequestException) as exc:
+        except Exception as exc:
+            if refused(exc):
+                raise DriverFailed(f"Docker refused to list the processes of '{container}': {exc}") from exc
+            if not unreachable(exc):
+                raise
             self._client = None
             raise DriverUnavailable(f"Docker engine not reachable to list '{container}': {exc}") from exc
 
     def _top(self, container: str) -> tuple[int, ...]:
         if self._client is None:
             self._client = self._client_factory()
+        from docker.errors import NotFound  # loaded with the client
+
         try:
             found = self._client.containers.get(container)
         except NotFound:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from docker.types import DeviceRequest
-
 from stackd.config.models import ContainerSpec, DockerRuntime, HealthCheck
 
 MANAGED_LABEL = "stackd.managed"
@@ -48,6 +46,8 @@ def create_options(
         "ports": {port: ("127.0.0.1", host_port) for port, host_port in spec.ports.items()},
     }
     if spec.gpu:
+        from docker.types import DeviceRequest  # the SDK: loaded by the client that creates it
+
         options["device_requests"] = [DeviceRequest(device_ids=[str(gpu_device)], capabilities=[["gpu"]])]
     if spec.healthcheck:
         check = health or HealthCheck.model_validate({})

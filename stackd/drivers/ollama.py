@@ -9,21 +9,29 @@ Errors are translated here and nowhere else: unreachable or silent server → ``
 naming the URL and how to fix it; an answer that refuses the action (404, an ``{"error"}`` line
 in a pull stream, a pull that stops before ``success``, an unreadable body) → ``DriverFailed``
 with Ollama's own message.
+
+The client (ollama, httpx: ~4-8 MiB of the daemon's memory, docs/benchmarks.md "Idle memory")
+is made at the first call, once a plain TCP connection to the URL's port succeeds: a daemon whose
+config names Ollama on a machine without it asks, is told "connection refused", and never loads
+the client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
-
-import httpx
-import ollama
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from stackd.config.models import OllamaRuntime
 from stackd.drivers.base import LoadedModel, PullProgress
-from stackd.errors import DriverFailed, DriverUnavailable
+from stackd.errors import DriverFailed, DriverUnavailable, StackdError
+
+if TYPE_CHECKING:
+    import ollama
 
 _FIX = "start `ollama serve` or set ollama.url / OLLAMA_HOST"
 
@@ -47,26 +55,59 @@ class OllamaHttpDriver:
         stall_timeout_s: float = 300.0,
     ) -> None:
         self.url = url.rstrip("/")
-        timeout = httpx.Timeout(stall_timeout_s, connect=connect_timeout_s)
-        self._client = client if client is not None else ollama.AsyncClient(host=self.url, timeout=timeout)
+        self._client = client
+        self._connect_timeout_s = connect_timeout_s
+        self._stall_timeout_s = stall_timeout_s
         self._request_timeout_s = request_timeout_s
         self._load_timeout_s = load_timeout_s
 
     async def close(self) -> None:
-        await self._client.close()  # type: ignore[no-untyped-call]  # ollama leaves close() unannotated
+        if self._client is not None:
+            await self._client.close()  # type: ignore[no-untyped-call]  # ollama leaves close() unannotated
+
+    async def _connected(self) -> ollama.AsyncClient:
+        """The client, made once a TCP connection to the server's port succeeds (raises
+        ``DriverUnavailable`` like the client's own connection error otherwise)."""
+        if self._client is None:
+            await self._check_listening()
+            import httpx
+            import ollama
+
+            timeout = httpx.Timeout(self._stall_timeout_s, connect=self._connect_timeout_s)
+            self._client = ollama.AsyncClient(host=self.url, timeout=timeout)
+        return self._client
+
+    async def _check_listening(self) -> None:
+        address = _host_port(self.url)
+        if address is None:  # a form only the client reads, or a proxy between: the client decides
+            return
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                _, writer = await asyncio.open_connection(*address)
+        except TimeoutError:
+            raise DriverUnavailable(
+                f"Ollama at {self.url} did not accept a connection within {self._connect_timeout_s:g} s; {_FIX}"
+            ) from None
+        except OSError as exc:
+            raise DriverUnavailable(
+                f"Ollama not reachable at {self.url}: connection refused; {_FIX}"
+            ) from exc
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
 
     async def list_tags(self) -> frozenset[str]:
         """Local tags; ``name:latest`` is also listed as ``name`` since configs may omit it."""
         with self._translated("list models"):
             async with asyncio.timeout(self._request_timeout_s):
-                listing = await self._client.list()
+                listing = await (await self._connected()).list()
         tags = {m.model for m in listing.models if m.model}
         return frozenset(tags | {t.removesuffix(":latest") for t in tags if t.endswith(":latest")})
 
     async def loaded(self) -> list[LoadedModel]:
         with self._translated("list loaded models"):
             async with asyncio.timeout(self._request_timeout_s):
-                running = await self._client.ps()
+                running = await (await self._connected()).ps()
         return [
             LoadedModel(
                 tag=m.model or m.name or "",
@@ -81,7 +122,7 @@ class OllamaHttpDriver:
         """Yield each progress line; raise ``DriverFailed`` unless the stream ends in ``success``."""
         succeeded = False
         with self._translated(f"pull {tag}"):
-            async for part in await self._client.pull(tag, stream=True):
+            async for part in await (await self._connected()).pull(tag, stream=True):
                 status = part.status or ""
                 succeeded = status == "success"
                 yield PullProgress(
@@ -97,7 +138,7 @@ class OllamaHttpDriver:
         """
         with self._translated(f"load {runtime.tag}"):
             async with asyncio.timeout(self._load_timeout_s):
-                await self._client.generate(
+                await (await self._connected()).generate(
                     runtime.tag, prompt="", options=runtime.options, keep_alive=runtime.keep_alive
                 )
 
@@ -106,9 +147,12 @@ class OllamaHttpDriver:
         try:
             with self._translated(f"unload {runtime.tag}"):
                 async with asyncio.timeout(self._request_timeout_s):
-                    await self._client.generate(runtime.tag, prompt="", options=runtime.options, keep_alive=0)
+                    await (await self._connected()).generate(
+                        runtime.tag, prompt="", options=runtime.options, keep_alive=0
+                    )
         except DriverFailed as exc:
-            if isinstance(exc.__cause__, ollama.ResponseError) and exc.__cause__.status_code == 404:
+            status = getattr(exc.__cause__, "status_code", None)  # ollama.ResponseError's
+            if status == 404:
                 return
             raise
 
@@ -116,22 +160,55 @@ class OllamaHttpDriver:
     def _translated(self, action: str) -> Iterator[None]:
         try:
             yield
-        except ollama.ResponseError as exc:
-            raise DriverFailed(f"Ollama at {self.url} could not {action}: {exc.error}") from exc
-        except (ConnectionError, httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise DriverUnavailable(
-                f"Ollama not reachable at {self.url}: connection refused; {_FIX}"
-            ) from exc
-        except (httpx.TimeoutException, TimeoutError) as exc:
-            raise DriverUnavailable(
-                f"Ollama at {self.url} did not answer in time to {action}; check that it is not stuck"
-            ) from exc
-        except httpx.TransportError as exc:
-            raise DriverUnavailable(
+        except StackdError:
+            raise
+        except Exception as exc:
+            translated = self._translation(exc, action)
+            if translated is None:
+                raise
+            raise translated from exc
+
+    def _translation(self, exc: Exception, action: str) -> StackdError | None:
+        """What a failed call means, or None when it is none of the client's errors."""
+        unreachable = DriverUnavailable(f"Ollama not reachable at {self.url}: connection refused; {_FIX}")
+        silent = DriverUnavailable(
+            f"Ollama at {self.url} did not answer in time to {action}; check that it is not stuck"
+        )
+        if isinstance(exc, ConnectionError):
+            return unreachable
+        if isinstance(exc, TimeoutError):
+            return silent
+        import httpx  # loaded already: the client, which raised ``exc``, imported them
+        import ollama
+
+        if isinstance(exc, ollama.ResponseError):
+            return DriverFailed(f"Ollama at {self.url} could not {action}: {exc.error}")
+        if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+            return unreachable
+        if isinstance(exc, httpx.TimeoutException):
+            return silent
+        if isinstance(exc, httpx.TransportError):
+            return DriverUnavailable(
                 f"connection to Ollama at {self.url} was lost while trying to {action}: {type(exc).__name__}"
-            ) from exc
-        except ValueError as exc:  # invalid JSON or a body that does not match Ollama's schema
-            raise DriverFailed(f"Ollama at {self.url} sent an unreadable answer to {action}") from exc
+            )
+        if isinstance(exc, ValueError):  # invalid JSON or a body that does not match Ollama's schema
+            return DriverFailed(f"Ollama at {self.url} sent an unreadable answer to {action}")
+        return None
+
+
+def _host_port(url: str) -> tuple[str, int] | None:
+    """Where a TCP connection to ``url`` goes: an ``http(s)://HOST:PORT`` URL reached directly
+    (no proxy variable set), else None."""
+    parts = urlsplit(url)
+    proxied = any(os.environ.get(name) for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"))
+    proxied = proxied or any(os.environ.get(name) for name in ("http_proxy", "https_proxy", "all_proxy"))
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port is None or proxied:
+        return None
+    return parts.hostname, port
 
 
 def _iso(value: datetime | str | None) -> str | None:

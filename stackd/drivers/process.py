@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
-import httpx
+import aiohttp
 
 from stackd.config.models import (
     DEFAULT_PROCESS_HEALTH_PATH,
@@ -177,7 +177,7 @@ class LocalProcessDriver:
         self._members: dict[str, _Member] = {}
         self._adopted = False
         self._adoption_lock = asyncio.Lock()
-        self._http: httpx.AsyncClient | None = None
+        self._http: aiohttp.ClientSession | None = None
         self.owner = hashlib.sha256(str(self._state_dir).encode()).hexdigest()[:16]
 
     # ---------------------------------------------------------------- the contract
@@ -290,7 +290,7 @@ class LocalProcessDriver:
             async with asyncio.timeout(deadline_s):
                 await asyncio.gather(*(stop(m) for m in self._members.values()))
         if self._http is not None:
-            await self._http.aclose()
+            await self._http.close()
             self._http = None
 
     # ---------------------------------------------------------------- start, wait, stop
@@ -382,11 +382,13 @@ class LocalProcessDriver:
                     model=member.name,
                 )
             try:
-                resp = await self._client().get(url, timeout=min(2.0, max(0.1, deadline - loop.time())))
-                if 200 <= resp.status_code < 300:
+                wait = aiohttp.ClientTimeout(total=min(2.0, max(0.1, deadline - loop.time())))
+                async with self._client().get(url, timeout=wait) as resp:
+                    status = resp.status
+                if 200 <= status < 300:
                     break
-                last = f"HTTP {resp.status_code} from {url}"
-            except httpx.HTTPError as exc:
+                last = f"HTTP {status} from {url}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 last = f"{type(exc).__name__} from {url}"
             if loop.time() >= deadline:
                 raise DriverFailed(
@@ -419,9 +421,11 @@ class LocalProcessDriver:
             "max_tokens": 1,
         }
         try:
-            resp = await self._client().post(url, json=body, timeout=max(left_s, 0.1))
-            resp.raise_for_status()
-        except httpx.HTTPError as exc:
+            wait = aiohttp.ClientTimeout(total=max(left_s, 0.1))
+            async with self._client().post(url, json=body, timeout=wait) as resp:
+                resp.raise_for_status()
+                await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise DriverFailed(
                 self._failure(
                     member.name,
@@ -573,9 +577,11 @@ class LocalProcessDriver:
         lines = "; last log lines: " + " | ".join(tail) if tail else "; it wrote nothing to its log"
         return f"process member '{name}' {what}{lines} (full log: {self._log_path(name)})"
 
-    def _client(self) -> httpx.AsyncClient:
-        if self._http is None:
-            self._http = httpx.AsyncClient(trust_env=False)
+    def _client(self) -> aiohttp.ClientSession:
+        # aiohttp, which the router and the health checks load anyway: httpx would add ~4 MiB
+        # to the daemon (docs/benchmarks.md, "Idle memory"). No proxy: engines are on loopback.
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(trust_env=False)
         return self._http
 
     def _model_file(self, name: str, runtime: ProcessRuntime) -> Path:

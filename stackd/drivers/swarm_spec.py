@@ -18,17 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from docker.types import (
-    ContainerSpec,
-    EndpointSpec,
-    Healthcheck,
-    Placement,
-    Resources,
-    RestartPolicy,
-    ServiceMode,
-    TaskTemplate,
-)
-
 from stackd.config.cluster import ClusterConfig, SwarmPlacement
 from stackd.config.models import HealthCheck, Model
 from stackd.config.models import Placement as ModelPlacement
@@ -86,6 +75,19 @@ def spec_digest(name: str, model: Model, cluster: ClusterConfig) -> str:
 
 def service_options(name: str, model: Model, cluster: ClusterConfig, replicas: int) -> dict[str, Any]:
     """Keyword arguments of ``api.create_service`` for member ``name`` (docker.spec and swarm set)."""
+    # The SDK's types, imported here: the views of this module are read at every observation,
+    # and a daemon without a cluster never loads the SDK (stackd/drivers/docker_engine.py).
+    from docker.types import (
+        ContainerSpec,
+        EndpointSpec,
+        Healthcheck,
+        Placement,
+        Resources,
+        RestartPolicy,
+        ServiceMode,
+        TaskTemplate,
+    )
+
     docker = model.docker
     assert docker is not None and docker.spec is not None and docker.swarm is not None
     spec, placement = docker.spec, docker.swarm

@@ -157,3 +157,20 @@ async def test_without_the_token_every_method_is_refused(app: Any, token: str | 
             assert answer.status_code == 401, (method, answer.text)
             assert answer.json()["error"] == "Unauthorized"
             assert TOKEN not in answer.text
+
+
+async def test_concurrent_first_requests_share_one_start_of_the_sdk(app: Any) -> None:
+    """The SDK's session manager is started by the first /mcp request (its import is ~25 MiB
+    the daemon otherwise never holds); requests that arrive meanwhile wait for the same start."""
+    endpoint = app.state.mcp
+    assert endpoint.sessions is None  # nothing started by the app's lifespan alone
+
+    async def tools() -> list[str]:
+        async with mcp_session(app) as session:
+            return sorted(t.name for t in (await session.list_tools()).tools)
+
+    listed = await asyncio.gather(*(tools() for _ in range(4)))
+    assert listed == [["acquire_lease", "release_lease", "status", "switch_stack"]] * 4
+    started = endpoint.sessions
+    assert started is not None and not started.done()  # one session manager, still serving
+    assert (await tools()) == listed[0] and endpoint.sessions is started

@@ -21,8 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-import ollama
-
 from stackd.config.models import Runtime, StacksConfig
 from stackd.drivers.model_packages import ModelPackageMissing, model_file_path
 
@@ -87,6 +85,8 @@ class ModelDigests:
             return UNKNOWN
         if spec.runtime is Runtime.ollama and spec.ollama is not None:
             tag = spec.ollama.tag
+            import ollama  # the client only where an Ollama member answers (docs/benchmarks.md)
+
             async with asyncio.timeout(5):
                 listed = await ollama.AsyncClient(host=config.ollama.url).list()
             for entry in listed.models:

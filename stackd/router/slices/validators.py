@@ -13,12 +13,12 @@ from __future__ import annotations
 import contextlib
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
-
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError, best_match
+from typing import TYPE_CHECKING, Any, Literal
 
 from stackd.errors import StackdError
+
+if TYPE_CHECKING:  # jsonschema itself is imported by the first request that carries a schema
+    from jsonschema import Draft202012Validator
 
 Check = Literal["none", "json_schema", "json_object", "tool_call"]
 MAX_REASON = 240
@@ -64,6 +64,9 @@ def unfenced(text: str) -> str:
 def _schema_validator(schema: Any, where: str) -> Draft202012Validator:
     if not isinstance(schema, dict):
         raise InvalidSliceRequest(f"{where} must be a JSON Schema object")
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
@@ -72,6 +75,8 @@ def _schema_validator(schema: Any, where: str) -> Draft202012Validator:
 
 
 def _problem(validator: Draft202012Validator, value: Any) -> str | None:
+    from jsonschema.exceptions import best_match
+
     error = best_match(validator.iter_errors(value))
     if error is None:
         return None
