@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -36,6 +37,11 @@ from stackd.roles import LiveRoles
 from stackd.state.gpu import GpuJournal
 from stackd.state.store import StateStore
 from tests.budget import examples
+
+# serial: a waiter's grant hops through threads that get a bounded slice of real time (settle);
+# beside a parallel worker and its engines at load 15 that bound was missed once ("answered 80 s
+# late" on the fake clock), so these run alone after the parallel part.
+pytestmark = pytest.mark.serial
 
 PURE = settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SEQUENCES = settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
