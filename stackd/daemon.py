@@ -20,6 +20,7 @@ from stackd.api.app import create_app
 from stackd.api.auth import TOKEN_ENV, load_or_create_token
 from stackd.config.loader import load_config
 from stackd.config.models import StacksConfig
+from stackd.config.secrets import Secrets
 from stackd.drivers.base import ContainerDriver, HealthChecker
 from stackd.drivers.docker_logs import DockerLogs
 from stackd.errors import StackdError
@@ -149,7 +150,9 @@ def build_services(settings: Settings) -> Services:
         containers, checker = ClusterContainers(containers, swarm), ClusterHealth(swarm, health)
     # a member a switch or a lease started gets its footprint measured
     meter = FootprintMeter(gpu_journal, processes, hardware, container_pids=DockerPids())
-    drivers = Drivers(containers, processes, OllamaHttpDriver(config.ollama.url), HttpRemoteProber(), checker)
+    secrets = Secrets.environment()  # the remote members' keys: the prober and the router read them here
+    prober = HttpRemoteProber(secrets=secrets)
+    drivers = Drivers(containers, processes, OllamaHttpDriver(config.ollama.url), prober, checker)
     options = ManagerOptions(
         drain_s=settings.role_drain_s,
         footprints=lambda config: remembered_footprints(config, gpu_journal.footprints()),
@@ -162,19 +165,19 @@ def build_services(settings: Settings) -> Services:
     day = DayDriver(manager, DayPolicyStore(settings.db_path), leases=lambda: lease_views(leases))
     power = PowerSampler(manager, EnergyStore(settings.db_path))
     router = ReasonRouter(
-        config,
+        manager.live_config,  # the daemon's one: the manager swaps it, the router follows
         roles,
         usage=usage,
         on_use=manager.touch,
         endpoints=endpoints,
         unavailable=manager.unavailable,
         engines=processes,  # a call waits while a process member's engine restarts
+        secrets=secrets,
     )
     slices = SliceRouter(router)
     slices.attach(SliceAudit(settings.db_path), settings.state_dir, usage=usage)
     return Services(
         settings=settings,
-        config=config,
         roles=roles,
         manager=manager,
         read_hardware=hardware,

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from stackd.config.live import LiveConfig
 from stackd.config.models import StacksConfig
 from stackd.hardware.types import HardwareSnapshot
 from stackd.roles import LiveEndpoints, LiveRoles
@@ -28,7 +29,6 @@ if TYPE_CHECKING:  # the parts import much of stackd; only their types are neede
 @dataclass
 class Services:
     settings: Settings
-    config: StacksConfig
     roles: LiveRoles
     manager: ModelStackManager
     read_hardware: Callable[[], HardwareSnapshot]
@@ -45,3 +45,13 @@ class Services:
     power: PowerSampler | None = None  # GPU power sampled into energy per stack
     keys: KeyStore | None = None  # API keys (stackd.api.keyring); None: the bootstrap token only
     audit: AuditLog | None = None  # control actions by key (stackd.api.gate)
+
+    @property
+    def live_config(self) -> LiveConfig:
+        """The daemon's one live config: the manager's, which the router follows."""
+        return self.manager.live_config
+
+    @property
+    def config(self) -> StacksConfig:
+        """The config the daemon runs now; read it once per request (a reload swaps it)."""
+        return self.manager.live_config.current

@@ -1,7 +1,7 @@
 """``POST /config/reload``: re-read the config file as a transaction.
 
 A file with problems is refused (422, every problem listed) and the daemon keeps the config it
-runs; a valid one is adopted between switches. Members added or removed take effect at the next
+runs; a valid one is adopted between switches, in one swap of the daemon's ``LiveConfig``. Members added or removed take effect at the next
 switch (switching to the active stack applies them).
 
 The file is read, parsed and validated in a worker thread: a 10 MB file kept the event loop (and
@@ -25,10 +25,9 @@ log = logging.getLogger("stackd.config")
 
 async def reload_config(services: Services, load: Callable[[], Any]) -> dict[str, Any]:
     config = await asyncio.to_thread(load)  # raises ConfigError: nothing below runs, nothing changes
+    # One swap of the daemon's live config, on the manager's worker: the router follows in the
+    # same step, and the API reads it, so no call sees two configs at once.
     await services.manager.replace_config(config)
-    if services.router is not None:
-        services.router.replace_config(config)
-    services.config = config
     log.info("config reloaded from %s", services.settings.config)
     return {"reloaded": str(services.settings.config), "stacks": list(config.stacks)}
 

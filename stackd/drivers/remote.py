@@ -4,34 +4,26 @@ A probe lists models, which costs no tokens: OpenAI-compatible ``GET {endpoint}/
 (Bearer), Anthropic ``GET {endpoint}/v1/models`` (``x-api-key`` + ``anthropic-version``), Gemini
 ``GET {endpoint}/models?pageSize=1`` (``x-goog-api-key``), Ollama ``GET {endpoint}/api/tags``.
 
-The key is read from the environment variable named by ``remote.api_key_env`` at call time and
-travels only in a header: never in a URL, an error or a log line. Messages copied from a remote's
+The key is the value of the variable named by ``remote.api_key_env`` in the daemon's ``Secrets``
+(``stackd.config.secrets``: the environment, read at call time; a dict in tests) and travels only
+in a header: never in a URL, an error or a log line. Messages copied from a remote's
 error body are scrubbed of the key before they reach an exception.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 
 from stackd.config.models import Api, Model
+from stackd.config.secrets import Secrets
 from stackd.errors import DriverUnavailable, ProbeTimedOut
 
 ANTHROPIC_VERSION = "2023-06-01"  # the API version both the prober and the router's backend send
 _MAX_MESSAGE = 200
-
-
-def api_key(model: Model, environ: Mapping[str, str] | None = None) -> str | None:
-    """The model's key, read from its environment variable at each call (never cached): None when
-    it names no variable, or the variable is unset or empty. ``environ`` replaces ``os.environ``."""
-    env_name = model.remote.api_key_env if model.remote else None
-    if env_name is None:
-        return None
-    return (os.environ if environ is None else environ).get(env_name) or None
 
 
 def _join(endpoint: str, versions: tuple[str, ...], default_version: str, path: str) -> str:
@@ -102,8 +94,8 @@ class HttpRemoteProber:
     """Satisfies ``stackd.drivers.base.RemoteProber`` over aiohttp.
 
     ``session_factory`` returns a new ``aiohttp.ClientSession`` that the prober closes after
-    each probe. ``environ`` is where key variables are looked up (default ``os.environ``, read
-    at call time). Each probe is bounded: ``connect_timeout_s`` to connect, ``total_timeout_s``
+    each probe. ``secrets`` is where key variables are looked up (the daemon's environment, read
+    at call time, when None). Each probe is bounded: ``connect_timeout_s`` to connect, ``total_timeout_s``
     in all.
     """
 
@@ -111,16 +103,16 @@ class HttpRemoteProber:
         self,
         session_factory: Callable[[], aiohttp.ClientSession] = aiohttp.ClientSession,
         *,
-        environ: Mapping[str, str] | None = None,
+        secrets: Secrets | None = None,
         connect_timeout_s: float = 2.0,
         total_timeout_s: float = 5.0,
     ) -> None:
         self._session_factory = session_factory
-        self._environ = environ
+        self._secrets = secrets or Secrets.environment()
         self._timeout = aiohttp.ClientTimeout(total=total_timeout_s, connect=connect_timeout_s)
 
     def _key(self, name: str, model: Model) -> str | None:
-        key = api_key(model, self._environ)
+        key = self._secrets.api_key(model)
         if key is None and model.remote is not None and model.remote.api_key_env is not None:
             raise DriverUnavailable(f"remote model {name!r} has no API key: set {model.remote.api_key_env}")
         return key

@@ -17,6 +17,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
+from stackd.config.live import LiveConfig, live
 from stackd.config.models import Lifecycle, Runtime, StacksConfig
 from stackd.errors import Conflict, NotFound, PlanRefused
 from stackd.hardware.types import HardwareSnapshot
@@ -52,7 +53,7 @@ class ModelStackManager:
 
     def __init__(
         self,
-        config: StacksConfig,
+        config: StacksConfig | LiveConfig,
         store: StateStore,
         drivers: Drivers,
         live_roles: LiveRoles,
@@ -60,7 +61,7 @@ class ModelStackManager:
         options: ManagerOptions | None = None,
     ) -> None:
         options = options if options is not None else ManagerOptions()
-        self.config = config
+        self.live_config = live(config)  # the daemon's one: the router and the API read it too
         self.options = options
         self.store = store
         self.drivers = drivers
@@ -82,6 +83,11 @@ class ModelStackManager:
         self.worker = SwitchWorker(store, options.wall_clock, options.keep_switches)
         self.members = MemberHealth(options.clock, options.wall_clock)
         self._startup = StartupRecovery(self)
+
+    @property
+    def config(self) -> StacksConfig:
+        """The config the manager runs now (``live_config.current``)."""
+        return self.live_config.current
 
     def footprints(self, config: StacksConfig) -> Mapping[str, int]:
         """The remembered measured sizes of ``config``'s members (``ManagerOptions.footprints``)."""
@@ -187,7 +193,7 @@ class ModelStackManager:
             raise NotFound(f"the new config drops the active stack '{active}'; switch to another stack first")
 
         async def adopt() -> None:
-            self.config = config
+            self.live_config.swap(config)  # once, here: the router follows in the same step
 
         await self.run_exclusive(adopt)
 

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
 from stackd.config.models import StacksConfig
+from stackd.config.secrets import Secrets
 
 REDACTED = "***"
 _BEARER = re.compile(r"(?i)\b(bearer)\s+[^\s\"',;}\]]+")
@@ -67,14 +67,16 @@ def userinfo_secrets(userinfo: str) -> list[str]:
 class Redactor:
     """Replaces the secrets it knows of, ``Bearer …`` and URL userinfo with ``***``.
 
-    ``key_envs`` are environment variables whose values are secrets (read at each call);
-    ``literals`` are secrets known from the config itself (URL credentials)."""
+    ``key_envs`` are variables whose values are secrets, looked up in ``keys`` (the daemon's
+    ``Secrets``) at each call; ``literals`` are secrets known from the config itself (URL
+    credentials). The backends read their own key through the same ``keys``."""
 
     key_envs: tuple[str, ...] = ()
     literals: tuple[str, ...] = ()
+    keys: Secrets = field(default_factory=Secrets.environment)
 
     @classmethod
-    def for_config(cls, config: StacksConfig) -> Redactor:
+    def for_config(cls, config: StacksConfig, keys: Secrets | None = None) -> Redactor:
         """Every key variable and every endpoint credential of ``config``, whichever model fails:
         an upstream may echo another model's key when two share a proxy."""
         envs: set[str] = set()
@@ -89,14 +91,14 @@ class Redactor:
             _, userinfo = split_userinfo(url)
             if userinfo:
                 literals.update(userinfo_secrets(userinfo))
-        return cls(tuple(sorted(envs)), tuple(sorted(literals)))
+        return cls(tuple(sorted(envs)), tuple(sorted(literals)), keys or Secrets.environment())
 
     def with_literals(self, extra: Iterable[str]) -> Redactor:
-        return Redactor(self.key_envs, tuple(sorted({*self.literals, *extra})))
+        return Redactor(self.key_envs, tuple(sorted({*self.literals, *extra})), self.keys)
 
     def secrets(self) -> list[str]:
         """The secrets' current forms, longest first (a key containing another is replaced whole)."""
-        values = {*self.literals, *(os.environ.get(env) or "" for env in self.key_envs)}
+        values = {*self.literals, *(self.keys.get(env) or "" for env in self.key_envs)}
         forms = {
             form
             for value in values

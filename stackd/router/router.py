@@ -26,7 +26,9 @@ from typing import Any
 
 import aiohttp
 
+from stackd.config.live import LiveConfig, live
 from stackd.config.models import StacksConfig
+from stackd.config.secrets import Secrets
 from stackd.drivers.base import EngineReadiness
 from stackd.logs import content
 from stackd.roles import LiveEndpoints, LiveRoles, RoleTable
@@ -60,7 +62,7 @@ BackendFactory = Callable[[str, aiohttp.ClientSession], Backend | None]
 class ReasonRouter:
     def __init__(
         self,
-        config: StacksConfig,
+        config: StacksConfig | LiveConfig,
         live_roles: LiveRoles,
         usage: UsageStore | None = None,
         clock: Clock = time.time,
@@ -70,14 +72,20 @@ class ReasonRouter:
         endpoints: LiveEndpoints | None = None,
         unavailable: Callable[[str], str | None] | None = None,
         engines: EngineReadiness | None = None,
+        secrets: Secrets | None = None,
     ) -> None:
         """``usage`` receives each call's rows before the call is answered (``UsageLedger``: group
         commit); ``on_use(model)`` is
         called as each attempt starts (the manager keeps on-demand models alive with it);
         ``backend_factory`` replaces the protocol backends (tests); ``endpoints`` says where
-        process members answer now (a backend is rebuilt when its member's port changes)."""
-        self.config = config
+        process members answer now (a backend is rebuilt when its member's port changes).
+        ``config``: the daemon's ``LiveConfig`` (the manager swaps it; the router follows each
+        swap), or a config of its own. ``secrets``: where the remote members' keys are read
+        (the daemon's environment when None)."""
+        self.live_config = live(config)
+        self.live_config.on_swap(self._adopt)
         self._roles = live_roles
+        self._secrets = secrets or Secrets.environment()
         self._endpoints = endpoints or LiveEndpoints()
         # Why a model must be skipped now (a swarm member whose node is down), else None.
         self._unavailable = unavailable or (lambda model: None)
@@ -87,20 +95,32 @@ class ReasonRouter:
         self._on_use = on_use
         self._clock = clock
         self._factory = backend_factory or (
-            lambda name, session: build_backend(self.config, name, session, self._endpoints.get(name))
+            lambda name, session: build_backend(
+                self.config, name, session, self._endpoints.get(name), self._secrets
+            )
         )
         self._session: aiohttp.ClientSession | None = None
         self._backends: dict[str, tuple[str | None, Backend | None]] = {}
         self._circuits: dict[str, CircuitBreaker] = {}
-        self._queue = LocalQueue(config.reason.local_queue.size, config.reason.local_queue.concurrency)
+        queue = self.config.reason.local_queue
+        self._queue = LocalQueue(queue.size, queue.concurrency)
         self._retiring: dict[asyncio.Task[None], aiohttp.ClientSession] = {}  # sessions a reload replaced
         self._session_models: set[str] = set()  # models given a backend on the session since the last reload
         self.accounting = Accounting()
         self.recent = RecentCalls()  # the last calls and their attempts (the status page)
         self._ledger = UsageLedger(usage, clock) if usage else None
 
+    @property
+    def config(self) -> StacksConfig:
+        """The config the router runs now (``live_config.current``)."""
+        return self.live_config.current
+
     def replace_config(self, config: StacksConfig) -> None:
-        """Adopt a reloaded config, and rebuild what it changes, cutting no call in flight.
+        """Swap the router's live config (in the daemon the manager's worker does, for both)."""
+        self.live_config.swap(config)
+
+    def _adopt(self, previous: StacksConfig, config: StacksConfig) -> None:
+        """Follow a swap of the live config, and rebuild what it changes, cutting no call in flight.
 
         Backends are rebuilt lazily from the new config (endpoints may change). A call in flight
         keeps what it took: its backend, its breaker, its queue slot, its connection.
@@ -114,7 +134,6 @@ class ReasonRouter:
           runs on a model that had a backend on it; at the latest after the longest a call on one
           backend may last (the old first-token and total limits), whatever runs then.
         """
-        previous, self.config = self.config, config
         self._session_models.update(self._backends)
         self._backends.clear()
         old, new = previous.reason, config.reason

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from stackd.config.models import Model, RemoteRuntime
+from stackd.config.secrets import Secrets
 from stackd.drivers.remote import HttpRemoteProber
 from stackd.errors import DriverUnavailable
 from stackd.sim import AnthropicSim, Fault, GeminiSim, OpenAISim, SimControl, SimServer
@@ -35,7 +36,7 @@ async def remote(request: pytest.FixtureRequest) -> AsyncIterator[tuple[SimServe
 
 
 def _prober(env: dict[str, str], total_timeout_s: float = 5.0) -> HttpRemoteProber:
-    return HttpRemoteProber(environ=env, total_timeout_s=total_timeout_s)
+    return HttpRemoteProber(secrets=Secrets(env), total_timeout_s=total_timeout_s)
 
 
 def _env(model: Model, value: str = SECRET) -> dict[str, str]:

@@ -16,6 +16,7 @@ import httpx
 import yaml
 
 from stackd.config.loader import load_config
+from stackd.config.secrets import Secrets
 from stackd.drivers.remote import HttpRemoteProber
 
 DEMO = Path(__file__).resolve().parents[2] / "config" / "examples" / "demo.yaml"
@@ -76,7 +77,7 @@ def test_sim_demo_serves_every_simulator_the_demo_config_points_at(tmp_path: Pat
         assert urls == {f"http://127.0.0.1:{p}" for p in [*ports.values(), ollama_port]}, lines
         assert any(line.startswith("stackd sim ollama listening on") for line in lines), lines
         config = load_config(config_path, env)
-        prober = HttpRemoteProber(environ=env, total_timeout_s=5)
+        prober = HttpRemoteProber(secrets=Secrets(env), total_timeout_s=5)
         for name in ports:  # raises DriverUnavailable for a member that would show degraded
             asyncio.run(prober.probe(name, config.models[name]))
         models = httpx.get(f"http://127.0.0.1:{ports['deepseek-r1-cloud']}/v1/models", timeout=5).json()

@@ -131,7 +131,7 @@ def build_daemon(
     drivers = Drivers(MemoryContainers(), MemoryProcesses(), MemoryOllama(), MemoryRemotes(), MemoryHealth())
     manager = ModelStackManager(config, store, drivers, roles, lambda: HARDWARE)
     services = Services(
-        settings=Settings(state_dir=tmp_path / "state", **settings), config=config, roles=roles, manager=manager,
+        settings=Settings(state_dir=tmp_path / "state", **settings), roles=roles, manager=manager,
         read_hardware=lambda: HARDWARE, token=TOKEN, token_source="test", leases=LeaseCoordinator(manager),
         router=router,
     )  # fmt: skip

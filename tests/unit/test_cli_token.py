@@ -25,7 +25,7 @@ from stackd.cli.render import daemon_header
 from stackd.roles import LiveRoles
 from stackd.services import Services
 from stackd.settings import Settings
-from tests.unit.test_manager_world import bundled_config, rtx5090_32g_workstation
+from tests.unit.test_manager_world import rtx5090_32g_workstation
 
 URL = "http://127.0.0.1:8001"
 
@@ -210,7 +210,6 @@ def services(tmp_path: Path, host: str) -> Services:
         settings=Settings(
             host=host, port=8123, config=tmp_path / "model-stacks.yaml", state_dir=tmp_path / "s"
         ),
-        config=bundled_config(),
         roles=LiveRoles(),
         manager=None,  # type: ignore[arg-type]  # /healthz, all this test asks, never reaches it
         read_hardware=rtx5090_32g_workstation,

@@ -80,7 +80,6 @@ class World:
         extra.setdefault("leases", LeaseCoordinator(manager))
         return Services(
             settings=settings,
-            config=self.config,
             roles=manager.live_roles,
             manager=manager,
             read_hardware=lambda: self.hardware,

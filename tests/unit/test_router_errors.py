@@ -21,6 +21,7 @@ import pytest
 from aiohttp import http_exceptions
 
 from stackd.config.models import StacksConfig
+from stackd.config.secrets import Secrets
 from stackd.roles import LiveRoles, RoleTable
 from stackd.router import ReasonRouter
 from stackd.router.backends.anthropic import AnthropicBackend
@@ -185,7 +186,8 @@ def router_over(config: StacksConfig, failing: Backend) -> ReasonRouter:
 
 def protocol_router(session: FakeSession, api: str = "openai", endpoint: str | None = None) -> ReasonRouter:
     config = make_config(api, endpoint or "http://m1.invalid/v1")
-    backend = PROTOCOLS[api](config.models[FAILING], session, Redactor.for_config(config))
+    secrets = Secrets({KEY_ENV: KEY})  # the daemon's Secrets, as a dict: no process-wide variable
+    backend = PROTOCOLS[api](config.models[FAILING], session, Redactor.for_config(config, secrets))
     return router_over(config, backend)
 
 
@@ -329,9 +331,8 @@ STREAM_KIND = {"an error event": FailureKind.http_5xx, "the end before [DONE]": 
 @pytest.mark.parametrize("streaming", [False, True], ids=["plain", "stream"])
 @pytest.mark.parametrize("family", list(BEFORE_HEAD))
 async def test_a_failure_before_the_head_is_recorded_and_the_next_strategy_answers(
-    family: str, streaming: bool, monkeypatch: pytest.MonkeyPatch
+    family: str, streaming: bool
 ) -> None:
-    monkeypatch.setenv(KEY_ENV, KEY)
     exc, kind = BEFORE_HEAD[family]
     router = protocol_router(FakeSession(before_head=exc))
     backend, attempts = await call(router, streaming)
@@ -341,9 +342,8 @@ async def test_a_failure_before_the_head_is_recorded_and_the_next_strategy_answe
 @pytest.mark.parametrize("streaming", [False, True], ids=["plain", "stream"])
 @pytest.mark.parametrize("family", list(AFTER_HEAD))
 async def test_a_failure_while_the_body_is_read_is_recorded_and_the_next_strategy_answers(
-    family: str, streaming: bool, monkeypatch: pytest.MonkeyPatch
+    family: str, streaming: bool
 ) -> None:
-    monkeypatch.setenv(KEY_ENV, KEY)
     body, kind = AFTER_HEAD[family]
     router = protocol_router(FakeSession(body=body))
     backend, attempts = await call(router, streaming)
@@ -351,18 +351,14 @@ async def test_a_failure_while_the_body_is_read_is_recorded_and_the_next_strateg
 
 
 @pytest.mark.parametrize("body", list(BAD_BODIES))
-async def test_an_answer_of_the_wrong_shape_is_malformed(body: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(KEY_ENV, KEY)
+async def test_an_answer_of_the_wrong_shape_is_malformed(body: str) -> None:
     router = protocol_router(FakeSession(body=BAD_BODIES[body]))
     backend, attempts = await call(router, streaming=False)
     assert_recorded(router, backend, attempts, FailureKind.malformed)
 
 
 @pytest.mark.parametrize("stream", list(BAD_STREAMS))
-async def test_a_stream_of_the_wrong_shape_fails_before_its_first_token(
-    stream: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(KEY_ENV, KEY)
+async def test_a_stream_of_the_wrong_shape_fails_before_its_first_token(stream: str) -> None:
     router = protocol_router(FakeSession(body=BAD_STREAMS[stream]))
     backend, attempts = await call(router, streaming=True)
     assert_recorded(router, backend, attempts, STREAM_KIND.get(stream, FailureKind.malformed))
@@ -387,13 +383,11 @@ async def test_every_protocol_reads_its_answer_inside_the_translation(
     body: bytes | BaseException,
     kind: FailureKind,
     streaming: bool,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if family == "a line over 1 MiB" and not streaming:
         body = b'{"a": "' + b"x" * 100 + b'"'  # a plain answer has no lines: cut JSON instead
     elif streaming and api != "ollama" and isinstance(body, bytes) and family != "a line over 1 MiB":
         body = b"data: " + body + b"\n\n"  # Ollama streams NDJSON, the others SSE
-    monkeypatch.setenv(KEY_ENV, KEY)
     router = protocol_router(FakeSession(body=body), api)
     backend, attempts = await call(router, streaming)
     assert_recorded(router, backend, attempts, kind)
@@ -405,9 +399,8 @@ async def test_every_protocol_reads_its_answer_inside_the_translation(
     [(302, FailureKind.malformed), (429, FailureKind.http_4xx), (503, FailureKind.http_5xx)],
 )
 async def test_a_status_is_classified_and_a_redirect_is_not_followed(
-    status: int, kind: FailureKind, streaming: bool, monkeypatch: pytest.MonkeyPatch
+    status: int, kind: FailureKind, streaming: bool
 ) -> None:
-    monkeypatch.setenv(KEY_ENV, KEY)
     session = FakeSession(status=status, body=b'{"error": {"message": "no"}}')
     router = protocol_router(session)
     backend, attempts = await call(router, streaming)
@@ -419,12 +412,9 @@ async def test_a_status_is_classified_and_a_redirect_is_not_followed(
 
 
 # ---------------------------------------------------------------- credentials in the endpoint URL
-async def test_url_credentials_beside_a_bearer_key_are_refused_with_the_fix(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_url_credentials_beside_a_bearer_key_are_refused_with_the_fix() -> None:
     """aiohttp cannot send Basic credentials and ``Authorization: Bearer`` together: OpenAI's
     backend says so before any I/O, as it says that a key variable is unset."""
-    monkeypatch.setenv(KEY_ENV, KEY)
     session = FakeSession(body=b"{}")
     router = protocol_router(session, endpoint="https://proxy-user:proxy-pass-c4n4ry@m1.invalid/v1")
     backend, attempts = await call(router, streaming=False)
@@ -435,10 +425,7 @@ async def test_url_credentials_beside_a_bearer_key_are_refused_with_the_fix(
 
 
 @pytest.mark.parametrize("api", ["anthropic", "gemini", "ollama"])
-async def test_url_credentials_travel_as_basic_auth_and_never_in_the_url(
-    api: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(KEY_ENV, KEY)
+async def test_url_credentials_travel_as_basic_auth_and_never_in_the_url(api: str) -> None:
     session = FakeSession(status=500, body=b'{"error": "down"}')
     router = protocol_router(session, api, "http://proxy-user:p%40ss-c4n4ry@m1.invalid/v1")
     backend, attempts = await call(router, streaming=False)

@@ -83,7 +83,7 @@ async def build(
     slices = SliceRouter(router, clock=lambda: NOON)  # outside the bundled 01:00-05:00 UTC time pin
     slices.attach(SliceAudit(tmp_path / "stackd.db"), tmp_path, FixedDigests())
     services = Services(
-        settings=Settings(state_dir=tmp_path / "state"), config=world.config, roles=roles, manager=manager,
+        settings=Settings(state_dir=tmp_path / "state"), roles=roles, manager=manager,
         read_hardware=lambda: world.hardware, token=token, token_source="test", leases=LeaseCoordinator(manager), router=router,
         slices=slices,
     )  # fmt: skip

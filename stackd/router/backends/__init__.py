@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from stackd.config.models import Api, StacksConfig
+from stackd.config.secrets import Secrets
 from stackd.router.backends.anthropic import AnthropicBackend
 from stackd.router.backends.base import Backend
 from stackd.router.backends.gemini import GeminiBackend
@@ -17,15 +18,20 @@ __all__ = ["Backend", "build_backend"]
 
 
 def build_backend(
-    config: StacksConfig, name: str, session: aiohttp.ClientSession, endpoint: str | None = None
+    config: StacksConfig,
+    name: str,
+    session: aiohttp.ClientSession,
+    endpoint: str | None = None,
+    secrets: Secrets | None = None,
 ) -> Backend | None:
     """The backend for config model ``name``, or None when its api is not a chat protocol (http).
     ``endpoint`` replaces the configured one (a process member's port is picked at its start).
-    Its failures redact every secret of ``config``, not only its own key."""
+    Its failures redact every secret of ``config``, not only its own key; its key is read from
+    ``secrets`` (the daemon's environment when None)."""
     model = config.models[name]
     if endpoint is not None:
         model = model.model_copy(update={"endpoint": endpoint})
-    redact = Redactor.for_config(config)
+    redact = Redactor.for_config(config, secrets)
     backend: Backend
     match model.api:
         case Api.openai:

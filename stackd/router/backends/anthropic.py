@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 
 from stackd.config.models import Model
-from stackd.drivers.remote import ANTHROPIC_VERSION, api_key
+from stackd.drivers.remote import ANTHROPIC_VERSION
 from stackd.router.backends.base import (
     Wire,
     decode_json,
@@ -63,7 +63,7 @@ class AnthropicBackend:
         self._session = session
 
     def not_ready(self) -> str | None:
-        return missing_key_reason(self.model)
+        return missing_key_reason(self.model, self._wire)
 
     def unsupported(self, request: ChatRequest) -> str | None:
         kind = format_kind(request)
@@ -109,7 +109,7 @@ class AnthropicBackend:
         return headers
 
     async def complete(self, request: ChatRequest) -> Completion:
-        headers = self._headers(api_key(self.model))
+        headers = self._headers(self._wire.api_key(self.model))
         async with post(self._session, self._wire, self._payload(request, False), headers) as resp:
             data = await read_json(resp, self._wire, "message")
             try:
@@ -128,7 +128,7 @@ class AnthropicBackend:
         completion_tokens: int | None = None
         finish = "stop"
         wire = self._wire
-        headers = self._headers(api_key(self.model))
+        headers = self._headers(self._wire.api_key(self.model))
         async with post(self._session, wire, self._payload(request, True), headers) as resp:
             async for data in sse_data(resp, wire):
                 event = decode_json(data, "stream event", wire)

@@ -32,7 +32,6 @@ import aiohttp
 from aiohttp import http_exceptions
 
 from stackd.config.models import Model
-from stackd.drivers.remote import api_key
 from stackd.logs.request_id import HEADER as REQUEST_ID_HEADER
 from stackd.logs.request_id import upstream_id
 from stackd.router.redaction import Redactor, split_userinfo
@@ -93,6 +92,10 @@ class Wire:
             basic = aiohttp.encode_basic_auth(user if ":" in login else login, unquote(password))
         return cls(bare, basic, redact)
 
+    def api_key(self, model: Model) -> str | None:
+        """``model``'s key, from the daemon's ``Secrets`` (the redactor's: it hides the same ones)."""
+        return self.redact.keys.api_key(model)
+
     def text(self, raw: bytes | str, limit: int = SNIPPET_CHARS) -> str:
         """Upstream text, fit to put in a message: redacted, then cut (the only way in)."""
         return self.redact.snippet(raw, limit)
@@ -106,8 +109,8 @@ class Wire:
         return self.text(raw, limit)
 
 
-def missing_key_reason(model: Model) -> str | None:
-    if model.remote is not None and model.remote.api_key_env and not api_key(model):
+def missing_key_reason(model: Model, wire: Wire) -> str | None:
+    if model.remote is not None and model.remote.api_key_env and not wire.api_key(model):
         return f"API key variable {model.remote.api_key_env} is not set"
     return None
 
@@ -115,7 +118,7 @@ def missing_key_reason(model: Model) -> str | None:
 def authorization_conflict(model: Model, wire: Wire) -> str | None:
     """Why a protocol that sends its key as ``Authorization`` cannot call an endpoint with
     credentials in its URL (Basic auth wants the same header); None when there is no clash."""
-    if wire.basic_auth is None or api_key(model) is None:
+    if wire.basic_auth is None or wire.api_key(model) is None:
         return None
     assert model.remote is not None and model.remote.api_key_env is not None
     return (

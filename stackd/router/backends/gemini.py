@@ -20,7 +20,6 @@ from typing import Any
 import aiohttp
 
 from stackd.config.models import Model
-from stackd.drivers.remote import api_key
 from stackd.router.backends.base import (
     Wire,
     decode_json,
@@ -78,7 +77,7 @@ class GeminiBackend:
         self._session = session
 
     def not_ready(self) -> str | None:
-        return missing_key_reason(self.model)
+        return missing_key_reason(self.model, self._wire)
 
     def unsupported(self, request: ChatRequest) -> str | None:
         if tools_wanted(request):
@@ -123,7 +122,7 @@ class GeminiBackend:
         return headers
 
     async def complete(self, request: ChatRequest) -> Completion:
-        headers = self._headers(api_key(self.model))
+        headers = self._headers(self._wire.api_key(self.model))
         async with post(self._session, self._wire, self._payload(request), headers) as resp:
             data = await read_json(resp, self._wire, "generateContent answer")
             try:
@@ -136,7 +135,7 @@ class GeminiBackend:
         finish: str | None = None
         usage: Usage | None = None
         wire = self._stream_wire
-        headers = self._headers(api_key(self.model))
+        headers = self._headers(self._wire.api_key(self.model))
         async with post(self._session, wire, self._payload(request), headers) as resp:
             async for data in sse_data(resp, wire):
                 chunk = decode_json(data, "stream chunk", wire)

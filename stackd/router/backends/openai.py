@@ -23,7 +23,6 @@ from typing import Any
 import aiohttp
 
 from stackd.config.models import Model
-from stackd.drivers.remote import api_key
 from stackd.router.backends.base import (
     Wire,
     authorization_conflict,
@@ -83,7 +82,7 @@ class OpenAIBackend:
         self._llama_cpp_python = runs_llama_cpp_python(model)
 
     def not_ready(self) -> str | None:
-        return missing_key_reason(self.model) or authorization_conflict(self.model, self._wire)
+        return missing_key_reason(self.model, self._wire) or authorization_conflict(self.model, self._wire)
 
     def unsupported(self, request: ChatRequest) -> str | None:
         return None  # every field of the contract is OpenAI's own
@@ -118,7 +117,7 @@ class OpenAIBackend:
     async def complete(self, request: ChatRequest) -> Completion:
         if self.model.always_stream:
             return await self._complete_streamed(request)
-        headers = self._headers(api_key(self.model))
+        headers = self._headers(self._wire.api_key(self.model))
         async with post(self._session, self._wire, self._payload(request, False), headers) as resp:
             data = await read_json(resp, self._wire, "chat completion")
             try:
@@ -150,7 +149,7 @@ class OpenAIBackend:
         chunks = 0  # content chunks: the completion's count when the engine reports none
         calls = ToolCallPieces()
         wire = self._wire
-        headers = self._headers(api_key(self.model))
+        headers = self._headers(self._wire.api_key(self.model))
         async with post(self._session, wire, self._payload(request, True), headers) as resp:
             async for data in sse_data(resp, wire):
                 if data == b"[DONE]":
@@ -185,7 +184,9 @@ class OpenAIBackend:
         prompt = usage.prompt_tokens if usage is not None else None
         completion = usage.completion_tokens if usage is not None else None
         if prompt is None:
-            prompt = await self._counter.count(request.messages, self._headers(api_key(self.model)))
+            prompt = await self._counter.count(
+                request.messages, self._headers(self._wire.api_key(self.model))
+            )
         if completion is None:
             completion = chunks  # llama.cpp's servers send one token per content chunk
         return Usage(prompt, completion, estimated=True)

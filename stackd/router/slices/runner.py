@@ -51,7 +51,8 @@ def checked_text(answer: Answer) -> str:
 class ChatRouter(Protocol):
     """What the slice router needs of the ReasonRouter."""
 
-    config: StacksConfig
+    @property
+    def config(self) -> StacksConfig: ...  # the live config, read per call
 
     def preset_route(self, preset: str, slice_name: str | None = None) -> Route: ...
 
