@@ -15,6 +15,9 @@ connections took every file descriptor of a daemon under the default limit of 1,
   limit, accepts fail and uvloop resets what waits in the backlog, ``/healthz`` included). Each
   request in flight may hold two descriptors (the client's, a backend's), and some are kept for
   the database, the engines and the logs.
+- a **fair share** of that cap: one client address holds at most a quarter of it, the last
+  ``HEALTH_RESERVE`` places are the host's own health checks', and past its room a newcomer takes
+  the place of an idle connection of the address that holds the most (``_admit``).
 - a **higher descriptor limit**: the soft ``RLIMIT_NOFILE`` is raised to the hard one (at most
   ``WANTED_FDS``), as Go's runtime and nginx do; the systemd unit sets ``LimitNOFILE=65536``.
 """
@@ -39,6 +42,8 @@ KEEP_ALIVE_S = 5
 WANTED_FDS = 65536
 PEER_SHARE = 4  # one client address holds at most a quarter of the connection cap ...
 PEER_MIN = 16  # ... and never fewer than this
+HEALTH_RESERVE = 16  # connections only the host's own health checks (127.0.0.1, ::1) may take
+HEALTH_PEERS = frozenset({"127.0.0.1", "::1"})
 RESERVED_FDS = 256  # the database, engine pipes and logs, Docker's socket, the listening socket
 
 
@@ -66,18 +71,41 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
         self._peer: str | None = None
         if cap is not None:
             peer = self.client[0] if self.client else ""
-            peers: dict[str, int] = self.server_state.__dict__.setdefault("stackd_peers", {})
-            # One peer holds at most a share of the cap, so that a flood from one address leaves
-            # room for everyone else (a loopback /healthz included): issue 26, item 5.
-            if len(self.connections) > cap or peers.get(peer, 0) >= max(PEER_MIN, cap // PEER_SHARE):
+            peers: dict[str, set[DeadlineHttpToolsProtocol]] = self.server_state.__dict__.setdefault(
+                "stackd_peers", {}
+            )
+            if not self._admit(peer, peers, cap):
                 # Answered and closed at once: the descriptor is back before it can be held idle,
                 # and the daemon's own (database, backends) stay free.
                 transport.write(OVER_CAPACITY)
                 transport.close()
                 return
-            peers[peer] = peers.get(peer, 0) + 1
+            peers.setdefault(peer, set()).add(self)
             self._peer = peer
         self._arm()
+
+    def _admit(self, peer: str, peers: dict[str, set[DeadlineHttpToolsProtocol]], cap: int) -> bool:
+        """Whether a new connection from ``peer`` may stay (issue 26, item 5): one peer holds at
+        most a share of the cap; the last ``HEALTH_RESERVE`` places are the host's own health
+        checks'; past its room, a newcomer takes the place of an idle connection of the peer that
+        holds the most, so a flood from a few addresses cannot shut out everyone else."""
+        if len(peers.get(peer, ())) >= max(PEER_MIN, cap // PEER_SHARE):
+            return False
+        room = cap if peer in HEALTH_PEERS else cap - HEALTH_RESERVE
+        if len(self.connections) <= room:
+            return True
+        heaviest = max(peers, key=lambda p: len(peers[p]), default=None)
+        if heaviest is None or len(peers[heaviest]) <= len(peers.get(peer, ())) + 1:
+            return False  # the newcomer's own address holds as many: no one to shed for it
+        idle = next((c for c in peers[heaviest] if c._idle()), None)
+        if idle is None:
+            return False
+        idle.transport.close()  # its connection_lost gives the place back
+        return True
+
+    def _idle(self) -> bool:
+        """No request of this connection is being served (it may be sending one, slowly)."""
+        return self._answered >= self._received and not self.transport.is_closing()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -98,11 +126,12 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         if getattr(self, "_peer", None) is not None:
-            peers: dict[str, int] = self.server_state.__dict__.get("stackd_peers", {})
-            left = peers.get(self._peer or "", 1) - 1
-            if left > 0:
-                peers[self._peer or ""] = left
-            else:
+            peers: dict[str, set[DeadlineHttpToolsProtocol]] = self.server_state.__dict__.get(
+                "stackd_peers", {}
+            )
+            held = peers.get(self._peer or "", set())
+            held.discard(self)
+            if not held:
                 peers.pop(self._peer or "", None)
             self._peer = None
         super().connection_lost(exc)

@@ -180,3 +180,34 @@ def test_one_peer_flooding_1000_idle_sockets_leaves_healthz_to_another_within_1_
     finally:
         for s in socks:
             s.close()
+
+
+def test_a_flood_from_a_few_peers_sheds_the_heaviest_and_keeps_a_place_for_health_checks(
+    server: tuple[str, int],
+) -> None:
+    """Issue 26 item 5: five peers hold idle sockets past the whole cap (each under its own share).
+    A sixth address still gets its answer (an idle socket of the heaviest peer gives its place up),
+    and the host's own /healthz (127.0.0.1) answers from the places kept for it."""
+    url, _ = server
+    cap = connection_cap(FD_LIMIT)
+    share = cap // 4 - 1
+    socks = []
+    for peer in range(2, 7):
+        for _ in range(share + (10 if peer == 2 else 0)):  # 127.0.0.2 tries the most
+            s = socket.socket()
+            s.setblocking(False)
+            s.bind((f"127.0.0.{peer}", 0))
+            with contextlib.suppress(BlockingIOError):
+                s.connect(("127.0.0.1", port_of(url)))
+            socks.append(s)
+    try:
+        time.sleep(0.5)
+        newcomer = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.7"), timeout=2)
+        with newcomer:
+            assert newcomer.get(f"{url}/healthz").status_code == 200  # 503 without the shedding
+        started = time.monotonic()
+        assert httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        assert time.monotonic() - started < 1.0
+    finally:
+        for s in socks:
+            s.close()
