@@ -10,7 +10,6 @@ Errors are ``{"type": "error", "error": {"type", "message"}}``.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from aiohttp import web
 
@@ -34,13 +33,13 @@ def anthropic_error(status: int, message: str) -> web.Response:
     return web.json_response({"type": "error", "error": error}, status=status)
 
 
-def _event(name: str, data: dict[str, Any]) -> bytes:
+def _event(name: str, data: dict[str, object]) -> bytes:
     return (
         b"event: " + name.encode() + b"\ndata: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
     )
 
 
-def _message_text(body: dict[str, Any]) -> str:
+def _message_text(body: dict[str, object]) -> str:
     """The system prompt (a string at the top level in Messages) and the messages' text."""
     system = body.get("system")
     return " ".join(p for p in (system if isinstance(system, str) else "", prompt_text(body)) if p)

@@ -6,9 +6,10 @@ which must close or reopen the listening socket) and the next request sees the n
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import NamedTuple, TypedDict
 
 
 class Fault(StrEnum):
@@ -30,6 +31,19 @@ class Fault(StrEnum):
     # straddling byte 300 (where a snippet cut before redaction would split it)
 
 
+class SimToolFunction(TypedDict):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class SimToolCall(TypedDict):
+    """One OpenAI tool call a simulator answers with."""
+
+    id: str
+    type: str
+    function: SimToolFunction
+
+
 @dataclass
 class SimControl:
     """Runtime knobs of a simulator. Mutable: the next request reads the current values."""
@@ -45,14 +59,14 @@ class SimControl:
     cut_after_chunks: int = 2  # die_mid_stream: chunks sent before the connection is cut
     # OpenAI tool calls ({"id", "type", "function": {"name", "arguments"}}) answered to a request
     # that offers tools (the OpenAI simulator; a stream sends each call's arguments in two pieces)
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[SimToolCall] | None = None
 
-    def update(self, changes: dict[str, Any]) -> None:
+    def update(self, changes: Mapping[str, object]) -> None:
         """Apply ``changes`` (as sent to ``POST /_sim/fault``); unknown keys raise ``KeyError``."""
         for key, value in changes.items():
             if key not in self.__dataclass_fields__:
                 raise KeyError(key)
-            setattr(self, key, Fault(value) if key == "fault" else value)
+            setattr(self, key, Fault(str(value)) if key == "fault" else value)
 
 
 class RecordedRequest(NamedTuple):
@@ -60,14 +74,14 @@ class RecordedRequest(NamedTuple):
 
     method: str
     path: str
-    body: Any  # parsed JSON, or None for an empty or non-JSON body
+    body: object  # parsed JSON, or None for an empty or non-JSON body
     headers: dict[str, str]
 
 
 SECRET_HEADERS = frozenset({"authorization", "x-api-key", "x-goog-api-key", "api-key", "cookie"})
 
 
-def redact_headers(headers: Any) -> dict[str, str]:
+def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """Lower-cased headers with the values of credential headers replaced."""
     return {
         key.lower(): "<redacted>" if key.lower() in SECRET_HEADERS else value
@@ -75,7 +89,7 @@ def redact_headers(headers: Any) -> dict[str, str]:
     }
 
 
-def echo_of(headers: Any, presented_key: str | None) -> str:
+def echo_of(headers: Mapping[str, str], presented_key: str | None) -> str:
     """What an echoing upstream quotes: the key as the protocol carries it, and the raw
     ``Authorization`` header (which holds a URL's user:password as Basic credentials)."""
     return f"rejected credentials {presented_key or '-'} (authorization: {headers.get('Authorization', '-')})"

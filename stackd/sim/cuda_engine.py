@@ -22,7 +22,6 @@ import json
 import os
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 MIB = 1024 * 1024
 LIBCUDA = "libcuda.so.1"
@@ -40,7 +39,7 @@ def hold_memory(mib: int, device: int = 0, library: str = LIBCUDA) -> ctypes.c_u
     except OSError as exc:
         raise CudaError(f"{library} not found: this engine needs an NVIDIA driver ({exc})") from exc
 
-    def call(name: str, *args: Any) -> None:
+    def call(name: str, *args: object) -> None:
         code = getattr(cuda, name)(*args)
         if code != 0:
             raise CudaError(f"{name} failed with CUDA error {code}")
@@ -75,7 +74,7 @@ def serve(port: int, name: str, mib: int) -> None:
             self.end_headers()
             self.wfile.write(data)
 
-        def log_message(self, format: str, *args: Any) -> None:
+        def log_message(self, format: str, *args: object) -> None:
             return  # stackd keeps the member's log: one line per probe would drown it
 
     ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()

@@ -11,7 +11,6 @@ API_KEY_INVALID. Errors are ``{"error": {"code", "message", "status"}}``.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from aiohttp import web
 
@@ -32,18 +31,20 @@ _NO_KEY = (
 )
 
 
-def gemini_error(status: int, message: str, details: list[dict[str, Any]] | None = None) -> web.Response:
-    error: dict[str, Any] = {"code": status, "message": message, "status": _STATUS.get(status, "INTERNAL")}
+def gemini_error(status: int, message: str, details: list[dict[str, str]] | None = None) -> web.Response:
+    error: dict[str, object] = {"code": status, "message": message, "status": _STATUS.get(status, "INTERNAL")}
     if details:
         error["details"] = details
     return web.json_response({"error": error}, status=status)
 
 
-def _contents_text(body: dict[str, Any]) -> str:
+def _contents_text(body: dict[str, object]) -> str:
     parts: list[str] = []
-    blocks = list(body.get("contents") or [])
-    if isinstance(body.get("systemInstruction"), dict):
-        blocks.append(body["systemInstruction"])
+    contents = body.get("contents")
+    blocks = list(contents) if isinstance(contents, list) else []
+    system = body.get("systemInstruction")
+    if isinstance(system, dict):
+        blocks.append(system)
     for block in blocks:
         for part in block.get("parts") or [] if isinstance(block, dict) else []:
             if isinstance(part, dict) and isinstance(part.get("text"), str):
@@ -81,7 +82,7 @@ class GeminiSim(SimServer):
         }
         return gemini_error(400, "API key not valid. Please pass a valid API key.", [reason])
 
-    def _describe(self, model: str) -> dict[str, Any]:
+    def _describe(self, model: str) -> dict[str, object]:
         return {
             "name": f"models/{model}",
             "version": "001",
@@ -97,7 +98,7 @@ class GeminiSim(SimServer):
         except ValueError:
             return gemini_error(400, "Invalid value for pageSize")
         models = [self._describe(m) for m in self.models[: max(1, page_size)]]
-        body: dict[str, Any] = {"models": models}
+        body: dict[str, object] = {"models": models}
         if page_size < len(self.models):
             body["nextPageToken"] = "sim-next-page"
         return await self.send_body(request, json.dumps(body).encode())
@@ -122,8 +123,11 @@ class GeminiSim(SimServer):
             "totalTokenCount": prompt + tokens,
         }
 
-        def reply(text: str, finish: bool, usage_metadata: dict[str, int]) -> dict[str, Any]:
-            candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
+        def reply(text: str, finish: bool, usage_metadata: dict[str, int]) -> dict[str, object]:
+            candidate: dict[str, object] = {
+                "content": {"parts": [{"text": text}], "role": "model"},
+                "index": 0,
+            }
             if finish:
                 candidate["finishReason"] = "STOP"
             return {

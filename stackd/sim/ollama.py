@@ -16,7 +16,6 @@ import json
 from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
 
 from aiohttp import web
 
@@ -34,7 +33,7 @@ def ollama_error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-def _line(value: dict[str, Any]) -> bytes:
+def _line(value: dict[str, object]) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode() + b"\n"
 
 
@@ -103,12 +102,12 @@ class OllamaSim(SimServer):
     def error(self, status: int, message: str) -> web.Response:
         return ollama_error(status, message)
 
-    async def _json(self, request: web.Request, value: Any) -> web.StreamResponse:
+    async def _json(self, request: web.Request, value: object) -> web.StreamResponse:
         return await self.send_body(request, json.dumps(value).encode())
 
-    def _request_model(self, request: web.Request) -> tuple[dict[str, Any], str | None]:
-        body = self.body_of(request)
-        body = body if isinstance(body, dict) else {}
+    def _request_model(self, request: web.Request) -> tuple[dict[str, object], str | None]:
+        parsed = self.body_of(request)
+        body: dict[str, object] = parsed if isinstance(parsed, dict) else {}
         name = body.get("model") or body.get("name")
         return body, normalize_tag(name) if isinstance(name, str) and name else None
 
@@ -154,7 +153,7 @@ class OllamaSim(SimServer):
                 "digest": r.model.digest,
                 "details": r.model.details,
                 "expires_at": r.expires_iso(),
-                "context_length": r.options["num_ctx"],
+                "context_length": r.num_ctx,
             }
             for r in runners
         ]
@@ -273,7 +272,7 @@ class OllamaSim(SimServer):
 
     async def _stream_answer(self, stream: SimStream, tag: str, chat: bool, counts: dict[str, int]) -> None:
         for piece in split_answer(self.control.answer, self.control.tokens):
-            line: dict[str, Any] = {"model": tag, "created_at": _now(), "done": False}
+            line: dict[str, object] = {"model": tag, "created_at": _now(), "done": False}
             if chat:
                 line["message"] = {"role": "assistant", "content": piece}
             else:
@@ -282,8 +281,8 @@ class OllamaSim(SimServer):
         await stream.send(_line({**self._final(tag, chat, "", "stop"), **counts}))
 
     @staticmethod
-    def _final(tag: str, chat: bool, text: str, reason: str) -> dict[str, Any]:
-        final: dict[str, Any] = {"model": tag, "created_at": _now()}
+    def _final(tag: str, chat: bool, text: str, reason: str) -> dict[str, object]:
+        final: dict[str, object] = {"model": tag, "created_at": _now()}
         if chat:
             final["message"] = {"role": "assistant", "content": text}
         else:

@@ -19,11 +19,10 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 DEFAULT_KEEP_ALIVE_S = 300.0
 # Options that shape the runner process; a difference forces a reload (Ollama's api.Runner).
-RUNNER_DEFAULTS: dict[str, Any] = {
+RUNNER_DEFAULTS: dict[str, object] = {
     "num_ctx": 4096,
     "num_batch": 512,
     "num_gpu": -1,
@@ -37,7 +36,7 @@ _DURATION = re.compile(r"(-?\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-def parse_keep_alive(value: Any) -> float | None:
+def parse_keep_alive(value: object) -> float | None:
     """Seconds a runner stays loaded after a request; ``None`` means forever (any negative value).
 
     Accepts what Ollama's ``api.Duration`` accepts: a number of seconds or a Go duration string.
@@ -58,6 +57,12 @@ def parse_keep_alive(value: Any) -> float | None:
                 raise ValueError(f'time: invalid duration "{text}"') from None
             seconds = sum(float(n) * _UNIT_S[u] for n, u in matches)
     return None if seconds < 0 else seconds
+
+
+def context_of(options: dict[str, object]) -> int:
+    """The runner's context length in ``options`` (a request may send it as a number or a string)."""
+    value = options["num_ctx"]
+    return value if isinstance(value, int) else int(str(value))
 
 
 def digest_of(name: str) -> str:
@@ -95,7 +100,7 @@ class ModelFile:
         return digest_of(f"{self.tag}#manifest")
 
     @property
-    def details(self) -> dict[str, Any]:
+    def details(self) -> dict[str, object]:
         billions = self.layers[0][1] / 0.6e9  # Q4_K_M holds about 0.6 bytes per parameter
         return {
             "parent_model": "",
@@ -112,9 +117,13 @@ class Runner:
     """A loaded model. ``expires_at`` is a clock time, or None for keep_alive forever."""
 
     model: ModelFile
-    options: dict[str, Any]
+    options: dict[str, object]
     expires_at: float | None
     size: int
+
+    @property
+    def num_ctx(self) -> int:
+        return context_of(self.options)
 
     @property
     def size_vram(self) -> int:
@@ -156,11 +165,11 @@ class OllamaState:
             return ModelFile.of(tag, self.registry[tag])
         return self.files.get(tag)
 
-    def runner_options(self, options: Any) -> dict[str, Any]:
+    def runner_options(self, options: object) -> dict[str, object]:
         given = options if isinstance(options, dict) else {}
         return {key: given.get(key, default) for key, default in RUNNER_DEFAULTS.items()}
 
-    def schedule(self, model: ModelFile, options: Any, keep_alive_s: float | None) -> tuple[Runner, bool]:
+    def schedule(self, model: ModelFile, options: object, keep_alive_s: float | None) -> tuple[Runner, bool]:
         """Load ``model`` or reuse its runner; returns (runner, whether it was (re)loaded now)."""
         wanted = self.runner_options(options)
         runner = self.running().get(model.tag)
@@ -169,7 +178,7 @@ class OllamaState:
             if runner is not None:
                 self.reloads[model.tag] += 1
             self.loads[model.tag] += 1
-            size = model.size + wanted["num_ctx"] * self.kv_bytes_per_token
+            size = model.size + context_of(wanted) * self.kv_bytes_per_token
             runner = Runner(model=model, options=wanted, expires_at=None, size=size)
             self.runners[model.tag] = runner
             loaded_now = True

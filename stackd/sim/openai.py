@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
 
 from aiohttp import web
 
-from stackd.sim.control import count_prompt_tokens, split_answer
+from stackd.sim.control import SimControl, SimToolCall, count_prompt_tokens, split_answer
 from stackd.sim.server import SimServer
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error"}
@@ -38,10 +38,11 @@ def openai_error(status: int, message: str, code: str | None = None) -> web.Resp
     return web.json_response({"error": error}, status=status)
 
 
-def prompt_text(body: dict[str, Any]) -> str:
+def prompt_text(body: dict[str, object]) -> str:
     """All text of the request's messages (string or content-part lists) or its ``prompt``."""
     parts: list[str] = []
-    for message in body.get("messages") or []:
+    messages = body.get("messages")
+    for message in messages if isinstance(messages, list) else []:
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, str):
             parts.append(content)
@@ -53,7 +54,7 @@ def prompt_text(body: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _dumps(value: Any) -> bytes:
+def _dumps(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
@@ -61,7 +62,7 @@ def _dumps(value: Any) -> bytes:
 def _chat_parts(model: str, answer: str, tokens: int, created: int, chat: bool) -> tuple[bytes, list[bytes]]:
     """(JSON body without its usage and closing brace, SSE content chunks) for one answer."""
     if chat:
-        choice: dict[str, Any] = {
+        choice: dict[str, object] = {
             "index": 0,
             "message": {"role": "assistant", "content": answer},
             "logprobs": None,
@@ -74,9 +75,9 @@ def _chat_parts(model: str, answer: str, tokens: int, created: int, chat: bool) 
     head = {"id": prefix, "object": kind, "created": created, "model": model, "choices": [choice]}
     body_head = _dumps(head)[:-1] + b","
 
-    def chunk(delta: dict[str, Any] | str, finish: str | None) -> bytes:
+    def chunk(delta: dict[str, object] | str, finish: str | None) -> bytes:
         if chat:
-            part: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            part: dict[str, object] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
             event_kind = "chat.completion.chunk"
         else:
             part = {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish}
@@ -143,8 +144,8 @@ class OpenAIChatRoutes:
     async def _tool_calls(
         self,
         request: web.Request,
-        body: dict[str, Any],
-        calls: list[dict[str, Any]],
+        body: dict[str, object],
+        calls: list[SimToolCall],
         prompt: int,
         tokens: int,
     ) -> web.StreamResponse:
@@ -157,7 +158,7 @@ class OpenAIChatRoutes:
             answer = {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
             return await self.server.send_body(request, _dumps(answer))
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        def chunk(delta: dict[str, object], finish: str | None = None) -> bytes:
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
             return (
                 b"data: " + _dumps({**base, "object": "chat.completion.chunk", "choices": [choice]}) + b"\n\n"
@@ -186,8 +187,16 @@ class OpenAISim(SimServer):
 
     default_models = ("sim-model",)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        control: SimControl | None = None,
+        *,
+        models: Sequence[str] | None = None,
+        record: bool = True,
+    ) -> None:
+        super().__init__(host, port, control, models=models, record=record)
         self._chat = OpenAIChatRoutes(self)
 
     def add_routes(self, router: web.UrlDispatcher) -> None:

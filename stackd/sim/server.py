@@ -246,7 +246,7 @@ class SimServer:
             return self.cut(request, web.StreamResponse())
 
     @staticmethod
-    def body_of(request: web.Request) -> Any:
+    def body_of(request: web.Request) -> object:
         """The request's JSON body as parsed once by the middleware (None if absent or invalid)."""
         return request.get(_BODY_KEY)
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Self, TypeVar
 
 if TYPE_CHECKING:
     from stackd.sim.control import Fault, RecordedRequest, SimControl
     from stackd.sim.server import SimServer
+
+_T = TypeVar("_T")
 
 
 class SimThread:
@@ -60,7 +62,7 @@ class SimThread:
     def requests(self) -> list[RecordedRequest]:
         return self.server.requests
 
-    def call(self, coro_factory: Callable[[], Any], timeout_s: float = 10.0) -> Any:
+    def call(self, coro_factory: Callable[[], Coroutine[object, object, _T]], timeout_s: float = 10.0) -> _T:
         """Run ``coro_factory()`` on the simulator's loop and return its result."""
         future = asyncio.run_coroutine_threadsafe(coro_factory(), self._loop)
         return future.result(timeout_s)

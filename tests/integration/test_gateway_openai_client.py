@@ -131,7 +131,8 @@ async def test_chat_completion_through_reason(gateway: Gateway) -> None:
     extra = reply.model_extra or {}
     assert extra["stackd"]["backend"] == "primary"
     assert [a["status"] for a in extra["stackd"]["attempts"]] == ["answered"]
-    assert gateway.primary.requests[-1].body["max_tokens"] == 16
+    sent = gateway.primary.requests[-1].body
+    assert isinstance(sent, dict) and sent["max_tokens"] == 16
 
 
 async def test_streaming_has_openai_chunks_and_usage(gateway: Gateway) -> None:

@@ -116,7 +116,9 @@ async def test_every_call_carries_the_same_options_so_ollama_never_reloads(
     await driver.unload(CPU_RUNTIME)
     await driver.load(CPU_RUNTIME)
     assert ollama_sim.reloads["llama3.2:3b"] == 0
-    calls = [body for method, path, body, _ in ollama_sim.requests if path == "/api/generate"]
+    calls = [
+        body for _, path, body, _ in ollama_sim.requests if path == "/api/generate" and isinstance(body, dict)
+    ]
     assert len(calls) == 4
     assert all(body["options"] == {"num_gpu": 0, "num_ctx": 4096} for body in calls)
     assert [body["keep_alive"] for body in calls] == [-1, -1, 0, -1]

@@ -209,7 +209,7 @@ async def test_the_answer_reports_backend_model_usage_and_cost(scenario: Scenari
     assert answer.usage.prompt_tokens is not None
     assert answer.cost_usd == pytest.approx((answer.usage.prompt_tokens * 1.0 + 8 * 4.0) / 1e6)
     sent = scenario.sims["r1"].requests[-1]
-    assert sent.body["model"] == "r1-served"
+    assert isinstance(sent.body, dict) and sent.body["model"] == "r1-served"
     assert sent.headers["authorization"] == "<redacted>"  # the key did travel, in its header
 
 

@@ -95,6 +95,7 @@ async def test_requests_are_recorded_with_secrets_redacted(openai_sim: OpenAISim
     async with _client(openai_sim, key="sk-very-secret") as client:
         await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
     method, path, body, headers = openai_sim.requests[-1]
+    assert isinstance(body, dict)
     assert (method, path, body["model"]) == ("POST", "/v1/chat/completions", "m")
     assert headers["authorization"] == "<redacted>"
     assert "sk-very-secret" not in repr(openai_sim.requests)
