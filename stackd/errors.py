@@ -53,7 +53,7 @@ catches ``StackdError`` once and prints ``Name: message``.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
 
 class StackdError(Exception):
@@ -61,12 +61,12 @@ class StackdError(Exception):
 
     status: int = 500
 
-    def __init__(self, message: str, **detail: Any) -> None:
+    def __init__(self, message: str, **detail: object) -> None:
         super().__init__(message)
         self.message = message
         self.detail = detail
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {"error": type(self).__name__, "message": self.message, **self.detail}
 
 
@@ -75,11 +75,11 @@ class ConfigError(StackdError):
 
     status = 422
 
-    def __init__(self, message: str, problems: list[Any] | None = None) -> None:
+    def __init__(self, message: str, problems: Sequence[object] | None = None) -> None:
         super().__init__(message)
         self.problems = list(problems or [])
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {
             "error": "ConfigError",
             "message": self.message,

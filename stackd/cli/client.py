@@ -18,13 +18,20 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
 from stackd import DEFAULT_PORT, default_state_dir
 from stackd.errors import StackdError
+
+if TYPE_CHECKING:
+    from stackd.cli.shapes import Health
+
+# A query's parameters, as httpx encodes them.
+Params = Mapping[str, str | int | float | bool]
+Body = TypeVar("Body")
 
 URL_ENV = "STACKD_URL"
 TOKEN_ENV = "STACKD_TOKEN"
@@ -58,7 +65,7 @@ class Token:
 NO_TOKEN = Token(None, "the client was given none")
 
 
-def check_answer(body: Any, answer: type[BaseModel], what: str) -> Any:
+def check_answer(body: Body, answer: type[BaseModel], what: str) -> Body:
     """``body`` itself when it has the shape of ``answer`` (the model its route documents,
     ``stackd.api.answers``); else ``DaemonError`` naming the route and the first field that
     differs: the daemon reached speaks another version of the API."""
@@ -131,7 +138,7 @@ class DaemonClient:
     ) -> None:
         self.url = (url or default_url()).rstrip("/")
         self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
-        self._health: dict[str, Any] | None = None
+        self._health: Health | None = None
         self.token = NO_TOKEN
         self.use_token(Token(token, "--token") if isinstance(token, str) else token)
 
@@ -161,17 +168,20 @@ class DaemonClient:
         if self.token.value:
             self._http.headers["Authorization"] = f"Bearer {self.token.value}"
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> Health:
         """``GET /healthz`` once: which daemon this is (its URL, config, state dir, PID, version).
         Empty when it does not answer (the next request then says why)."""
         if self._health is None:
-            try:
-                resp = self._http.get("/healthz", timeout=5.0)
-                body = resp.json() if resp.status_code == 200 else {}
-            except (httpx.HTTPError, ValueError):
-                body = {}
-            self._health = body if isinstance(body, dict) else {}
+            self._health = self._read_health()
         return self._health
+
+    def _read_health(self) -> Health:
+        try:
+            resp = self._http.get("/healthz", timeout=5.0)
+            body: Health = resp.json() if resp.status_code == 200 else {}
+        except (httpx.HTTPError, ValueError):
+            return {}
+        return body if isinstance(body, dict) else {}
 
     def __enter__(self) -> DaemonClient:
         return self
@@ -179,9 +189,11 @@ class DaemonClient:
     def __exit__(self, *exc: object) -> None:
         self._http.close()
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def request(
+        self, method: str, path: str, *, params: Params | None = None, json: object = None
+    ) -> Any:  # the decoded JSON: its shape is the route's (``get``/``post`` check it)
         try:
-            resp = self._http.request(method, path, **kwargs)
+            resp = self._http.request(method, path, params=params, json=json)
         except httpx.ConnectError as exc:
             raise DaemonUnreachable(
                 f"no stackd daemon at {self.url}; start it with 'stackd serve' or set {URL_ENV}"
@@ -190,26 +202,24 @@ class DaemonClient:
             raise DaemonUnreachable(f"stackd at {self.url} did not answer in time") from exc
         return self._decode(resp)
 
-    def get(self, path: str, answer: type[BaseModel] | None = None, **kwargs: Any) -> Any:
+    def get(self, path: str, answer: type[BaseModel] | None = None, params: Params | None = None) -> Any:
         """The JSON of ``GET path``, checked against ``answer`` (the route's model) when given."""
-        body = self.request("GET", path, **kwargs)
+        body = self.request("GET", path, params=params)
         return body if answer is None else check_answer(body, answer, f"GET {path}")
 
-    def post(
-        self, path: str, body: dict[str, Any], answer: type[BaseModel] | None = None, **kwargs: Any
-    ) -> Any:
+    def post(self, path: str, body: Mapping[str, object], answer: type[BaseModel] | None = None) -> Any:
         """The JSON of ``POST path``, checked against ``answer`` when given."""
-        data = self.request("POST", path, json=body, **kwargs)
+        data = self.request("POST", path, json=body)
         return data if answer is None else check_answer(data, answer, f"POST {path}")
 
     def stream_events(self, path: str) -> Iterator[dict[str, Any]]:
         """Yield the JSON payload of each SSE event of ``GET path``."""
         return self._stream("GET", path, None)
 
-    def stream_events_post(self, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def stream_events_post(self, path: str, body: Mapping[str, object]) -> Iterator[dict[str, Any]]:
         return self._stream("POST", path, body)
 
-    def _stream(self, method: str, path: str, body: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
+    def _stream(self, method: str, path: str, body: Mapping[str, object] | None) -> Iterator[dict[str, Any]]:
         try:
             with self._http.stream(method, path, json=body, timeout=None) as resp:
                 if resp.status_code >= 400:

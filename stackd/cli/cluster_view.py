@@ -3,12 +3,15 @@ observation: where each member runs) print them (docs/scale-out.md)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
+if TYPE_CHECKING:
+    from stackd.cli.shapes import ClusterLedger, ClusterStatus
 
-def cluster_ledger_table(ledger: dict[str, Any] | None) -> Table | None:
+
+def cluster_ledger_table(ledger: ClusterLedger | None) -> Table | None:
     """One line per node: its GPUs, their VRAM, and the members on them (running, or placed by
     this switch); None without a cluster view."""
     if not ledger or not ledger.get("nodes"):
@@ -25,14 +28,14 @@ def cluster_ledger_table(ledger: dict[str, Any] | None) -> Table | None:
             node["hostname"],
             "up" if node["up"] else "[red]down[/]",
             str(node["gpus"]),
-            f"{node['gpu_mib'] / 1024:g} GiB" if node.get("gpu_mib") else "-",
+            f"{gpu_mib / 1024:g} GiB" if (gpu_mib := node.get("gpu_mib")) else "-",
             members or "-",
             str(free) if free >= 0 else f"[red]{free}[/] (Swarm will refuse)",
         )
     return table
 
 
-def cluster_status_table(cluster: dict[str, Any] | None) -> Table | None:
+def cluster_status_table(cluster: ClusterStatus | None) -> Table | None:
     """One line per node: state, address, labels, GPUs, and the members that run there."""
     if not cluster:
         return None

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 from rich.table import Table
 
+if TYPE_CHECKING:
+    from stackd.cli.shapes import KvRow
 
-def kv_table(rows: list[dict[str, Any]]) -> Table | None:
+
+def kv_table(rows: list[KvRow]) -> Table | None:
     """One line per member with an architecture, and in the caption the engine rule that sized
     each one's cache; None when no member has one."""
     if not rows:
@@ -33,7 +36,7 @@ def kv_table(rows: list[dict[str, Any]]) -> Table | None:
             + (f" +{_mib(row['mamba_state_bytes'])}/seq" if row["mamba_state_bytes"] else ""),
             _count(row.get("context_tokens")),
             f"{util:.2f}" if util is not None else "-",
-            f"{row['kv_mib'] / 1024:.2f} GiB" if row.get("kv_mib") is not None else "-",
+            f"{kv_mib / 1024:.2f} GiB" if (kv_mib := row.get("kv_mib")) is not None else "-",
             _count(row.get("kv_tokens")),
             *(f"{sessions[ctx]:g}" if ctx in sessions else "-" for ctx in SESSION_CONTEXTS),
         )

@@ -9,7 +9,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -32,6 +32,9 @@ from stackd.cli.options import (
 )
 from stackd.cli.slice_commands import slices_app
 from stackd.errors import StackdError
+
+if TYPE_CHECKING:
+    from stackd.cli.shapes import Health
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Run a hybrid GPU / CPU / cloud model stack."
@@ -192,7 +195,7 @@ def status(
 
     with client(url, token, state_dir) as c:
         data = c.get("/status", answers.StatusAnswer)
-        daemon = {**c.health(), "url": c.url}  # the URL this CLI reached
+        daemon: Health = {**c.health(), "url": c.url}  # the URL this CLI reached
     if as_json:
         out.print_json(data={**data, "daemon": daemon})
         return

@@ -31,7 +31,8 @@ def run_reason(
     try:
         final = _stream(client, console, body, as_json) if stream else client.post("/tools/reason", body)
     except DaemonError as exc:
-        attempts = (exc.detail.get("body") or {}).get("attempts")
+        answer = exc.detail.get("body")
+        attempts = answer.get("attempts") if isinstance(answer, dict) else None
         if attempts and not as_json:
             console.print(attempts_table(attempts))
         raise

@@ -3,10 +3,11 @@ so the offline ``stackd plan`` and the daemon-backed commands print the same tab
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from rich import box
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -17,17 +18,33 @@ from stackd.cli.schedule_commands import status_lines
 from stackd.planner.plan import describe_step
 from stackd.planner.units import gib as planner_gib
 
+if TYPE_CHECKING:
+    from stackd.cli.shapes import (
+        Attempt,
+        Health,
+        LedgerItem,
+        Member,
+        PlanShape,
+        Probe,
+        RolesAnswer,
+        StacksList,
+        Status,
+        UsageAnswer,
+        UsageRow,
+        VramLedger,
+    )
+
 
 def gib(mib: int | float | None) -> str:
     """The CLI's tables keep one decimal place (``13.0 GiB``) so that columns align; None is ``-``."""
     return "-" if mib is None else planner_gib(mib, places=1)
 
 
-def step_text(step: dict[str, Any]) -> str:
+def step_text(step: Mapping[str, object]) -> str:
     return describe_step(step, spaced=True)
 
 
-def vram_bar(vram: dict[str, Any], width: int = 40) -> Text:
+def vram_bar(vram: VramLedger, width: int = 40) -> Text:
     """A bar of the card: reserve | always-on | swap budget | free."""
     total = max(vram["total_mib"], 1)
     parts = [
@@ -48,7 +65,7 @@ def vram_bar(vram: dict[str, Any], width: int = 40) -> Text:
     return bar
 
 
-def plan_renderable(plan: dict[str, Any]) -> Group:
+def plan_renderable(plan: PlanShape) -> Group:
     title = f"plan: {plan['stack']} — " + (
         "[green]feasible[/]" if plan["feasible"] else "[red]NOT feasible[/]"
     )
@@ -59,7 +76,7 @@ def plan_renderable(plan: dict[str, Any]) -> Group:
         steps.add_row(str(i), step_text(step))
     if not plan["steps"]:
         steps.add_row("", "nothing to do: the stack is already running as planned")
-    items: list[Any] = [Text.from_markup(title), steps]
+    items: list[RenderableType] = [Text.from_markup(title), steps]
     vram = plan.get("vram")
     if vram:
         ledger = Table(
@@ -99,7 +116,7 @@ def plan_renderable(plan: dict[str, Any]) -> Group:
     return Group(*items)
 
 
-def stacks_table(data: dict[str, Any]) -> Table:
+def stacks_table(data: StacksList) -> Table:
     table = Table(title="model stacks")
     table.add_column("")
     table.add_column("stack", style="bold")
@@ -114,7 +131,7 @@ def stacks_table(data: dict[str, Any]) -> Table:
     return table
 
 
-def daemon_header(daemon: dict[str, Any]) -> Text:
+def daemon_header(daemon: Health) -> Text:
     """Which daemon answered: its URL, PID and version, then its config file and state dir."""
     text = Text()
     text.append("daemon ", style="bold")
@@ -131,21 +148,23 @@ def daemon_header(daemon: dict[str, Any]) -> Text:
     return text
 
 
-def daemon_line(daemon: dict[str, Any]) -> Text:
+def daemon_line(daemon: Health) -> Text:
     """The daemon on one line (it wraps on a narrow terminal), for commands that change it."""
     parts = [f"daemon {daemon.get('url') or '-'}"]
     parts += [
-        f"{label} {daemon[key]}"
-        for key, label in (("config", "config"), ("state_dir", "state dir"))
-        if daemon.get(key)
+        f"{label} {value}"
+        for value, label in ((daemon.get("config"), "config"), (daemon.get("state_dir"), "state dir"))
+        if value
     ]
     return Text("  ".join(parts))
 
 
-def status_renderable(status: dict[str, Any], wide: bool = False) -> Group:
+def status_renderable(status: Status, wide: bool = False) -> Group:
     """Fits 80 columns: the members table has no detail column; a member's detail is a note under
     it. ``wide`` puts the details and last probes in the table."""
-    items: list[Any] = [Text.from_markup(f"[bold]active stack:[/] {status.get('active_stack') or '-'}")]
+    items: list[RenderableType] = [
+        Text.from_markup(f"[bold]active stack:[/] {status.get('active_stack') or '-'}")
+    ]
     gpu = status.get("gpu") or {}
     for dev in gpu.get("devices") or []:
         items.append(
@@ -157,8 +176,8 @@ def status_renderable(status: dict[str, Any], wide: bool = False) -> Group:
     if not gpu.get("devices"):
         items.append(Text(f"GPU: {gpu.get('state') or 'none'}"))
     items += status_lines(status)  # power; the day policy's window, hold and why
-    if gpu.get("vram"):  # the plan's ledger of the card: what the active stack reserves
-        items.append(vram_bar(gpu["vram"]))
+    if vram := gpu.get("vram"):  # the plan's ledger of the card: what the active stack reserves
+        items.append(vram_bar(vram))
     if kv := kv_table(gpu.get("kv") or []):
         items.append(kv)
     if nodes := cluster_status_table(status.get("cluster")):
@@ -204,7 +223,7 @@ STATE_STYLE = {
 }
 
 
-def members_table(members: list[dict[str, Any]], wide: bool) -> Table:
+def members_table(members: list[Member], wide: bool) -> Table:
     table = Table(title="members")
     for col in ("model", "runtime", "placement", "memory", "state"):
         # 80 columns hold these five unwrapped; --wide is for a wider terminal, where nothing wraps
@@ -216,7 +235,7 @@ def members_table(members: list[dict[str, Any]], wide: bool) -> Table:
             table.add_column(col, overflow="fold")
     for m in members:
         state = m.get("state", "")
-        row = [
+        row: list[RenderableType] = [
             m["name"] + ("" if m.get("in_stack", True) else " (extra)"),
             m.get("runtime", ""),
             m.get("placement", ""),
@@ -230,7 +249,7 @@ def members_table(members: list[dict[str, Any]], wide: bool) -> Table:
     return table
 
 
-def _measured_text(item: dict[str, Any]) -> str:
+def _measured_text(item: LedgerItem) -> str:
     """A ledger line's measurement ('' when none); '!' past 10% over its declaration (budgeted so)."""
     measured = item.get("measured_mib")
     if measured is None:
@@ -247,7 +266,7 @@ def _beside(configured: int | float | None, measured: int | float) -> tuple[str,
     return gib(configured or None), gib(measured)
 
 
-def _memory_text(member: dict[str, Any]) -> str:
+def _memory_text(member: Member) -> str:
     """Configured size, and beside it what the running member was measured to hold; a member
     that outgrows its configuration by more than 10% is marked with '!'."""
     declared = member.get("memory_mib") or None  # 0: a remote, which takes none here
@@ -259,7 +278,7 @@ def _memory_text(member: dict[str, Any]) -> str:
     return f"{configured} ({measured_text}{' !' if over else ''})"
 
 
-def member_notes(members: list[dict[str, Any]]) -> list[Table]:
+def member_notes(members: list[Member]) -> list[Table]:
     """The details left out of the 80-column members table (why a member is not healthy), as a
     borderless two-column grid: a long detail wraps under itself, beside its member's name."""
     noted = [m for m in members if m.get("detail")]
@@ -275,17 +294,17 @@ def member_notes(members: list[dict[str, Any]]) -> list[Table]:
     return [grid]
 
 
-def _probe_text(probe: dict[str, Any] | None) -> str:
+def _probe_text(probe: Probe | None) -> str:
     if not probe:
         return "-"
     return "ok" if probe.get("ok") else f"failed: {probe.get('error') or '?'}"
 
 
-def print_json(console: Console, data: Any) -> None:
+def print_json(console: Console, data: object) -> None:
     console.print_json(data=data)
 
 
-def roles_table(data: dict[str, Any]) -> Table:
+def roles_table(data: RolesAnswer) -> Table:
     table = Table(title=f"roles — stack {data.get('stack') or '-'} (version {data.get('version', 0)})")
     for col in ("role", "model", "endpoint", "health"):
         table.add_column(col, overflow="fold")  # a URL has no space to wrap at: fold it, never cut it
@@ -294,7 +313,7 @@ def roles_table(data: dict[str, Any]) -> Table:
     return table
 
 
-def attempts_table(attempts: list[dict[str, Any]]) -> Table:
+def attempts_table(attempts: list[Attempt]) -> Table:
     table = Table(title="attempts")
     for col in ("strategy", "backend", "status", "reason", "ms"):
         table.add_column(col)
@@ -311,14 +330,14 @@ def attempts_table(attempts: list[dict[str, Any]]) -> Table:
     return table
 
 
-def usage_renderable(data: dict[str, Any], wide: bool = False) -> Group:
+def usage_renderable(data: UsageAnswer, wide: bool = False) -> Group:
     """The usage table and, under it, the failures by kind and the strategies that were only
     skipped (no request sent: no backend bound, circuit open …). ``wide`` puts both in the table."""
     rows = data.get("rows", [])
     sent = rows if wide else [r for r in rows if r.get("requests")]
     if not rows:
         return Group(Text("no usage recorded yet: 'stackd reason' or the gateway's /v1 routes add to it"))
-    items: list[Any] = [usage_table(sent, wide)]
+    items: list[RenderableType] = [usage_table(sent, wide)]
     failed = [r for r in rows if r.get("failures")]
     if failed and not wide:  # why they failed, by kind, as the status notes say why a member is not up
         grid = Table.grid(padding=(0, 1))
@@ -339,14 +358,14 @@ def _skips(n: int) -> str:
     return "skipped once" if n == 1 else f"skipped {n} times"
 
 
-def skipped_name(row: dict[str, Any]) -> str:
+def skipped_name(row: UsageRow) -> str:
     """A strategy, and its backend when it had one ('-': none was bound)."""
     backend = row.get("backend")
     strategy: str = row["strategy"]
     return strategy + (f" {backend}" if backend not in (None, "-") else "")
 
 
-def usage_table(rows: list[dict[str, Any]], wide: bool = False) -> Table:
+def usage_table(rows: list[UsageRow], wide: bool = False) -> Table:
     """Fits 80 columns: strategy, backend, requests, failed (the rest were answered), mean
     seconds and cost, under a header rule. ``wide`` adds answers, skips, failures by kind, time
     to first token and tokens; on a narrow terminal its cells wrap, none is cut."""
@@ -376,7 +395,7 @@ def usage_table(rows: list[dict[str, Any]], wide: bool = False) -> Table:
     return table
 
 
-def usage_tokens(row: dict[str, Any], short: bool = False) -> str:
+def usage_tokens(row: UsageRow, short: bool = False) -> str:
     """``in/out``, then how many answers' figures were stackd's estimate (``~n``) or unknown
     (``?n``, left out of the sums). ``short``: counts as ``12.3M`` and no notes (80 columns)."""
     count = _count if short else str

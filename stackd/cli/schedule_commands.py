@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Group
 from rich.text import Text
 
 from stackd.cli.options import JsonOpt, StateDirOpt, TokenOpt, UrlOpt, client, emit
 
+if TYPE_CHECKING:
+    from stackd.cli.shapes import Schedule, Status, UsageAnswer
 
-def schedule_renderable(data: dict[str, Any]) -> Group:
+
+def schedule_renderable(data: Schedule) -> Group:
     if not data.get("configured", True):
         return Group(Text("no day policy (the daemon runs without it)"))
     lines = [
@@ -43,7 +46,7 @@ def schedule_renderable(data: dict[str, Any]) -> Group:
     return Group(*lines)
 
 
-def status_lines(status: dict[str, Any]) -> list[Text]:
+def status_lines(status: Status) -> list[Text]:
     """Power of each GPU and the schedule in one line each, for ``stackd status``."""
     lines = []
     for dev in (status.get("gpu") or {}).get("devices") or []:
@@ -59,7 +62,7 @@ def status_lines(status: dict[str, Any]) -> list[Text]:
     return lines
 
 
-def energy_renderable(data: dict[str, Any]) -> Group:
+def energy_renderable(data: UsageAnswer) -> Group:
     rows = data.get("energy") or []
     if not rows:
         return Group()

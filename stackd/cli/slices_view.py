@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from rich.console import Group
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from stackd.cli.shapes import SlicesAnswer, SliceTally, UsageAnswer
 
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.0f}%"
 
 
-def tallies_table(tallies: dict[str, dict[str, Any]]) -> Table:
+def tallies_table(tallies: dict[str, SliceTally]) -> Table:
     table = Table(
         "slice", "tried", "accepted 1st", "served", "promoted", "retried", "budget falls",
         "mean ms", "tokens", "$/1K", "regret",
@@ -37,11 +40,11 @@ def tallies_table(tallies: dict[str, dict[str, Any]]) -> Table:
     return table
 
 
-def slices_renderable(data: dict[str, Any]) -> Group:
+def slices_renderable(data: SlicesAnswer) -> Group:
     controls = data.get("controls", {})
     switch = "ON" if controls.get("kill_switch") else "off"
     why = f" ({controls['kill_switch_reason']})" if controls.get("kill_switch_reason") else ""
-    items: list[Any] = [Text(f"kill switch: {switch}{why}")]
+    items: list[RenderableType] = [Text(f"kill switch: {switch}{why}")]
     for name, preset in data.get("presets", {}).items():
         items.append(Text(f"{name}: policy {preset['policy_version']}, slices {' < '.join(preset['order'])}"))
     for name, budget in controls.get("budgets", {}).items():
@@ -56,7 +59,7 @@ def slices_renderable(data: dict[str, Any]) -> Group:
     return Group(*items)
 
 
-def usage_slices(data: dict[str, Any]) -> Group:
+def usage_slices(data: UsageAnswer) -> Group:
     """The audit log's totals per slice (every routed answer since the state dir was made)."""
     served = data.get("slices", {}).get("served", [])
     tallies = data.get("slices", {}).get("since_start", {})

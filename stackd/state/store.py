@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from stackd.errors import Conflict, NotFound
 from stackd.state.sqlite import open_reader, open_writer
@@ -71,6 +71,8 @@ CREATE TABLE IF NOT EXISTS history (
 """
 
 _ACTIVE_KEY = "active_stack"
+# A row of _JOURNAL_COLUMNS as SQLite gives it: the last three are JSON text.
+_JournalRow = tuple[str, str | None, str, JournalState, float, float | None, str | None, str, str, str]
 _JOURNAL_COLUMNS = (
     "switch_id, from_stack, target_stack, state, started_at, finished_at, error, plan, steps_done, undone"
 )
@@ -87,9 +89,9 @@ class JournalEntry:
     started_at: float
     finished_at: float | None
     error: str | None
-    plan: Any
-    steps_done: list[Any]
-    undone: list[Any]
+    plan: object
+    steps_done: list[object]
+    undone: list[object]
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ class HistoryEntry:
     state: str
     started_at: float
     finished_at: float
-    result: Any
+    result: object
 
 
 class StateStore:
@@ -171,7 +173,7 @@ class StateStore:
 
     # ---------------------------------------------------------------- writes (one transaction each)
 
-    def begin_switch(self, switch_id: str, from_stack: str | None, target: str, plan_json: Any) -> None:
+    def begin_switch(self, switch_id: str, from_stack: str | None, target: str, plan_json: object) -> None:
         """Journal the intent before the first step. Refuses while another switch is open."""
         with self._transaction() as db:
             row = db.execute(
@@ -189,7 +191,7 @@ class StateStore:
                 (switch_id, from_stack, target, self._now(), json.dumps(plan_json)),
             )
 
-    def record_step(self, switch_id: str, step_json: Any) -> None:
+    def record_step(self, switch_id: str, step_json: object) -> None:
         """Append one done step to the open switch's ``steps_done``."""
         with self._transaction() as db:
             steps = _open_steps(db, switch_id)
@@ -198,7 +200,7 @@ class StateStore:
                 "UPDATE journal SET steps_done = ? WHERE switch_id = ?", (json.dumps(steps), switch_id)
             )
 
-    def commit_switch(self, switch_id: str, result_json: Any) -> None:
+    def commit_switch(self, switch_id: str, result_json: object) -> None:
         """Finish a switch successfully: journal committed, active stack set, history row — atomically."""
         with self._transaction() as db:
             target = _open_target(db, switch_id)
@@ -209,10 +211,10 @@ class StateStore:
         self,
         switch_id: str,
         error: str,
-        undone_json: Any,
+        undone_json: object,
         *,
         fully_undone: bool = True,
-        result_json: Any = None,
+        result_json: object = None,
     ) -> None:
         """Finish a failed switch: ``rolled_back`` when every undo succeeded, else ``failed``.
 
@@ -224,7 +226,7 @@ class StateStore:
             result = result_json if result_json is not None else {"error": error, "undone": undone_json}
             self._finish(db, switch_id, state, error, undone_json, result)
 
-    def finish_recovery(self, switch_id: str, active: str | None, note: str, result_json: Any) -> None:
+    def finish_recovery(self, switch_id: str, active: str | None, note: str, result_json: object) -> None:
         """Close a switch found open at start as ``recovered``; ``active`` is the stack now running
         (the target when recovery finished it, the previous one when it rolled back)."""
         with self._transaction() as db:
@@ -241,8 +243,8 @@ class StateStore:
         switch_id: str,
         state: JournalState,
         error: str | None,
-        undone_json: Any,
-        result_json: Any,
+        undone_json: object,
+        result_json: object,
     ) -> None:
         finished = self._now()
         db.execute(
@@ -267,13 +269,13 @@ def _open_target(db: sqlite3.Connection, switch_id: str) -> str:
     return str(row[0])
 
 
-def _open_steps(db: sqlite3.Connection, switch_id: str) -> list[Any]:
+def _open_steps(db: sqlite3.Connection, switch_id: str) -> list[object]:
     _open_target(db, switch_id)
     row = db.execute("SELECT steps_done FROM journal WHERE switch_id = ?", (switch_id,)).fetchone()
     return list(json.loads(row[0]))
 
 
-def _entry(row: tuple[Any, ...]) -> JournalEntry:
+def _entry(row: _JournalRow) -> JournalEntry:
     (switch_id, from_stack, target, state, started, finished, error, plan, steps, undone) = row
     return JournalEntry(
         switch_id,
