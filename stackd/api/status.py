@@ -19,7 +19,7 @@ from stackd.drivers.remote import probe_request
 from stackd.errors import NotFound
 from stackd.planner.views import redact_url
 from stackd.services import Services
-from stackd.state.usage_series import usage_series
+from stackd.state.usage_series import UsageSeries, usage_series
 
 
 class Health(BaseModel):
@@ -151,7 +151,7 @@ def build_status_router(
     async def usage_series_route(
         window_s: Annotated[float, Query(gt=0, le=7 * 86400)] = 3600,
         bucket_s: Annotated[float, Query(ge=1, le=86400)] = 60,
-    ) -> dict[str, Any]:
+    ) -> UsageSeries:
         """Calls, failures, tokens/s and p50/p95 latency per backend, in buckets of ``bucket_s``
         over the last ``window_s`` seconds, from the usage ledger (``stackd.state.usage_series``)."""
         now = time.time()

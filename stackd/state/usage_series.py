@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TypedDict
 
 from stackd.errors import StackdError
 
@@ -31,32 +32,68 @@ class SeriesRefused(StackdError):
     status = 422
 
 
+class BackendSeries(TypedDict):
+    """One backend's columns, one value per bucket (None: no figure in that bucket, not a zero)."""
+
+    calls: list[int]
+    failures: list[int]
+    tokens: list[int]
+    tokens_per_s: list[float | None]
+    p50_ms: list[float | None]
+    p95_ms: list[float | None]
+
+
+class UsageSeries(TypedDict):
+    """``GET /usage/series``: buckets of ``bucket_s`` from ``start``, per backend that sent."""
+
+    start: float
+    bucket_s: float
+    buckets: int
+    backends: dict[str, BackendSeries]
+
+
+@dataclass
+class _Bucket:
+    """What one backend's samples add up to in one bucket."""
+
+    calls: int = 0
+    failures: int = 0
+    tokens: int = 0
+    ms: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+
+    def rate(self) -> float | None:
+        return round(self.tokens / (self.ms / 1000), 2) if self.ms > 0 and self.tokens else None
+
+    def rank(self, share: float) -> float | None:
+        return round(percentile(self.latencies, share), 1) if self.latencies else None
+
+
 def percentile(values: list[float], share: float) -> float:
     """Nearest rank: the smallest value with at least ``share`` of the values at or below it."""
     ordered = sorted(values)
     return ordered[max(math.ceil(share * len(ordered)) - 1, 0)]
 
 
-def usage_series(samples: Iterable[Sample], now: float, window_s: float, bucket_s: float) -> dict[str, Any]:
+def usage_series(samples: Iterable[Sample], now: float, window_s: float, bucket_s: float) -> UsageSeries:
     if bucket_s <= 0 or window_s <= 0:
         raise SeriesRefused(f"window_s and bucket_s must be positive (got {window_s} and {bucket_s})")
     count = math.ceil(window_s / bucket_s)
     if count > MAX_BUCKETS:
         raise SeriesRefused(f"{count} buckets asked ({window_s} s in {bucket_s} s); at most {MAX_BUCKETS}")
     start = now - count * bucket_s
-    cells: dict[str, list[dict[str, Any]]] = {}
+    cells: dict[str, list[_Bucket]] = {}
     for ts, backend, requests, failures, ms_sum, ms_count, tokens in samples:
         index = math.floor((ts - start) / bucket_s)
         if backend == NO_BACKEND or not 0 <= index < count:
             continue
-        rows = cells.setdefault(backend, [_empty() for _ in range(count)])
-        cell = rows[index]
-        cell["calls"] += requests
-        cell["failures"] += failures
-        cell["tokens"] += tokens
-        cell["ms"] += ms_sum
+        cell = cells.setdefault(backend, [_Bucket() for _ in range(count)])[index]
+        cell.calls += requests
+        cell.failures += failures
+        cell.tokens += tokens
+        cell.ms += ms_sum
         if ms_count:
-            cell["latencies"].append(ms_sum / ms_count)
+            cell.latencies.append(ms_sum / ms_count)
     return {
         "start": start,
         "bucket_s": bucket_s,
@@ -66,26 +103,16 @@ def usage_series(samples: Iterable[Sample], now: float, window_s: float, bucket_
     }
 
 
-def _sent(rows: list[dict[str, Any]]) -> bool:
-    return any(c["calls"] or c["failures"] for c in rows)
+def _sent(rows: list[_Bucket]) -> bool:
+    return any(c.calls or c.failures for c in rows)
 
 
-def _empty() -> dict[str, Any]:
-    return {"calls": 0, "failures": 0, "tokens": 0, "ms": 0.0, "latencies": []}
-
-
-def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    def rate(cell: dict[str, Any]) -> float | None:
-        return round(cell["tokens"] / (cell["ms"] / 1000), 2) if cell["ms"] > 0 and cell["tokens"] else None
-
-    def rank(cell: dict[str, Any], share: float) -> float | None:
-        return round(percentile(cell["latencies"], share), 1) if cell["latencies"] else None
-
+def _columns(rows: list[_Bucket]) -> BackendSeries:
     return {
-        "calls": [c["calls"] for c in rows],
-        "failures": [c["failures"] for c in rows],
-        "tokens": [c["tokens"] for c in rows],
-        "tokens_per_s": [rate(c) for c in rows],
-        "p50_ms": [rank(c, 0.5) for c in rows],
-        "p95_ms": [rank(c, 0.95) for c in rows],
+        "calls": [c.calls for c in rows],
+        "failures": [c.failures for c in rows],
+        "tokens": [c.tokens for c in rows],
+        "tokens_per_s": [c.rate() for c in rows],
+        "p50_ms": [c.rank(0.5) for c in rows],
+        "p95_ms": [c.rank(0.95) for c in rows],
     }
