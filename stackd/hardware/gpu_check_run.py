@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import httpx
 import yaml
@@ -130,7 +130,7 @@ def write_config(path: Path, overhead: int, used_now: int, device: int) -> dict[
     """The config of the check; returns each member's declared budget in MiB."""
     budgets = {name: budget_mib(mib, overhead) for name, mib in ALLOCATIONS.items()}
     room = budgets["resident"] + budgets["b"] + budgets["c"] + budgets["a"] // 2
-    models: dict[str, Any] = {}
+    models: dict[str, dict[str, object]] = {}
     for name, mib in ALLOCATIONS.items():
         models[name] = {
             "runtime": "process",
@@ -155,13 +155,46 @@ def write_config(path: Path, overhead: int, used_now: int, device: int) -> dict[
     return budgets
 
 
+class _Process(TypedDict, total=False):
+    pid: int | None
+    state: str
+
+
+class _Member(TypedDict, total=False):
+    name: str
+    measured_mib: int | None
+    process: _Process | None
+
+
+class _Device(TypedDict):
+    total_mib: int
+    free_mib: int
+
+
+class _Gpu(TypedDict):
+    devices: list[_Device]
+
+
+class _Status(TypedDict):
+    """What the check reads of ``GET /status``."""
+
+    members: list[_Member]
+    gpu: _Gpu
+
+
+class _Lease(TypedDict):
+    """What the check reads of a lease ``POST /leases`` granted."""
+
+    id: str
+
+
 class Daemon:
     def __init__(self, url: str, token: str) -> None:
         self.client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120)
         self.engines: set[int] = set()  # every engine PID seen: stopped at the end if still alive
 
-    def status(self) -> dict[str, Any]:
-        answer: dict[str, Any] = self.client.get("/status").raise_for_status().json()
+    def status(self) -> _Status:
+        answer: _Status = self.client.get("/status").raise_for_status().json()
         return answer
 
     def members(self) -> dict[str, tuple[int, int | None]]:
@@ -169,8 +202,9 @@ class Daemon:
         out = {}
         for member in self.status()["members"]:
             process = member.get("process") or {}
-            if process.get("pid") and process.get("state") == "ready":
-                out[member["name"]] = (int(process["pid"]), member.get("measured_mib"))
+            pid = process.get("pid")
+            if pid and process.get("state") == "ready":
+                out[member["name"]] = (int(pid), member.get("measured_mib"))
         self.engines.update(pid for pid, _ in out.values())
         return out
 
@@ -180,15 +214,15 @@ class Daemon:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGTERM)
 
-    def lease(self, model: str, wait_s: float = 60) -> dict[str, Any]:
-        answer: dict[str, Any] = (
+    def lease(self, model: str, wait_s: float = 60) -> _Lease:
+        answer: _Lease = (
             self.client.post("/leases", json={"model": model, "ttl_s": 600, "wait_s": wait_s})
             .raise_for_status()
             .json()
         )
         return answer
 
-    def release(self, lease: dict[str, Any]) -> None:
+    def release(self, lease: _Lease) -> None:
         self.client.delete(f"/leases/{lease['id']}").raise_for_status()
 
     def queued(self, model: str) -> bool:
@@ -259,15 +293,16 @@ def _daemon_checks(daemon: Daemon, device: int, overhead: int) -> list[Check]:
     return rows
 
 
-def _waiting_lease(daemon: Daemon, device: int, lease_c: dict[str, Any]) -> list[Check]:
+def _waiting_lease(daemon: Daemon, device: int, lease_c: _Lease) -> list[Check]:
     """B and C leased: A can evict nothing and must wait until C's lease is released."""
     daemon.lease("b")
-    answer: dict[str, Any] = {}
+    granted: list[_Lease] = []
+    answered_at: list[float] = []
 
     def ask() -> None:
         with contextlib.suppress(httpx.HTTPError):
-            answer.update(daemon.lease("a", wait_s=60))
-        answer["at"] = time.monotonic()
+            granted.append(daemon.lease("a", wait_s=60))
+        answered_at.append(time.monotonic())
 
     asker = threading.Thread(target=ask)
     asker.start()
@@ -282,7 +317,8 @@ def _waiting_lease(daemon: Daemon, device: int, lease_c: dict[str, Any]) -> list
     daemon.release(lease_c)
     asker.join(90)
     pid = daemon.members().get("a", (None, None))[0]
-    return check_wait("a", queued, "id" in answer, released_at, answer.get("at"), read_nvml(device), pid)
+    at = answered_at[0] if answered_at else None
+    return check_wait("a", queued, bool(granted), released_at, at, read_nvml(device), pid)
 
 
 def main(argv: list[str] | None = None) -> int:
