@@ -31,7 +31,7 @@ NVML, HTTP clients) are translated at the driver boundary with ``raise ... from 
     ├── RateLimited                a key over one of its limits, with ``retry_after_s`` (stackd.api.limits, 429)
     ├── BodyTooLarge               a request body past the route's limit (stackd.api.dispatch, 413)
     ├── TooManyConnections         a connection past the server's cap (stackd.api.http_server, 503)
-    ├── RequestRejected            a gateway body that fails validation (stackd.api.gateway, 422)
+    ├── RequestRejected            a gateway body that fails validation (stackd.api.raw_asgi, 422)
     ├── CallTimedOut               a tool call's ``timeout_s`` ran out (stackd.api.tools, 504)
     ├── UnknownTool                an MCP call of a tool that does not exist (stackd.api.mcp_server, 404)
     ├── NotRunning                 an MCP request outside the app's lifespan (stackd.api.mcp_server, 503)

@@ -385,7 +385,7 @@ class FrontDoor:
 def hot_routes(routes: Iterable[BaseRoute]) -> dict[tuple[str, str], ASGIApp]:
     """(method, path) → endpoint of the raw ASGI routes (``RawEndpoint``) on a fixed path among
     ``routes``. HEAD stays with FastAPI: a raw endpoint always sends a body."""
-    from stackd.api.gateway import RawEndpoint
+    from stackd.api.raw_asgi import RawEndpoint
 
     return {
         (method, route.path): route.endpoint

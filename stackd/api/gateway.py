@@ -8,7 +8,8 @@ attempts) that those clients ignore.
 The POST is a raw ASGI endpoint mounted as a Starlette route, not a FastAPI path operation:
 FastAPI's per-request dependency and response machinery costs about 40% of this hot path on
 2 cores (research/physical-floor.md, docs/benchmarks.md). It validates with pydantic straight
-from the body bytes and writes bytes with ``send``. The same plumbing serves ``/tools/*``.
+from the body bytes and writes bytes with ``send`` (``stackd.api.raw_asgi``, which ``/tools/*`` share);
+the answer's shapes, streamed or not, are ``stackd.api.chat_stream``'s.
 
 Streaming: nothing is sent before the router has a first token, so a call whose every
 strategy fails still gets a proper HTTP 503; after the first token a failure ends the stream
@@ -33,54 +34,38 @@ record as a non-streamed answer's (slice, model digest, policy version, validate
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
-from starlette.requests import Request
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 from starlette.routing import Route
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
-from stackd.api.errors import Shape, error_answer, invalid_request_message, problem
-from stackd.errors import StackdError
+from stackd.api.chat_stream import (
+    ChatCompletion,
+    WakeStream,
+    chat_chunks,
+    completion_body,
+    first_item,
+)
+from stackd.api.raw_asgi import Auth, RawEndpoint, dumps, read_body, send_bytes, send_sse, validate
 from stackd.gpu.calls import CallLeases
 from stackd.router import ReasonRouter
-from stackd.router.engines import WAITING_EVERY_S
 from stackd.router.routes import Route as ChainRoute
 from stackd.router.slices import SlicedAnswer, SliceRequest, SliceRouter
-from stackd.router.types import (
-    Answer,
-    ChatRequest,
-    EngineWaiting,
-    RouterStreamItem,
-    StreamBroken,
-    StreamDone,
-    TextDelta,
-    ToolCalls,
-)
-from stackd.schedule.wake import Waker, Waking
+from stackd.router.types import Answer, ChatRequest, RouterStreamItem, StreamDone, TextDelta
+from stackd.schedule.wake import Waker
 
-Auth = Callable[..., Any]
-JSON_HEADERS = [(b"content-type", b"application/json")]
-SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-SSE_DONE = b"data: [DONE]\n\n"
-OPENAI_FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 MAX_TOKENS = 2**31 - 1  # the largest max_tokens accepted; a backend refuses what its context cannot hold
 REASONING_EFFORT = {"low": 3, "medium": 6, "high": 9}  # OpenAI's words on stackd's 1-10 effort scale
 
 
-def dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def a_number(value: Any) -> Any:
+def a_number(value: object) -> object:
     """Refuse what lax int would turn into a number: the string ``"100"``, ``true``."""
     if isinstance(value, str | bool):
         raise ValueError("Input should be a valid integer")
@@ -93,172 +78,6 @@ TokenCount = Annotated[int, Strict(False), Field(ge=1, le=MAX_TOKENS), BeforeVal
 ChunkCount = Annotated[int, Strict(False), Field(ge=0, le=10_000), BeforeValidator(a_number)]
 
 
-class RequestRejected(StackdError):
-    """A request body that fails validation (422)."""
-
-    status = 422
-
-
-# ---------------------------------------------------------------- raw ASGI plumbing (also used by tools)
-async def read_body(receive: Receive) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
-async def send_bytes(
-    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = JSON_HEADERS
-) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [*headers, (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-async def send_sse(send: Send, events: AsyncIterator[bytes]) -> None:
-    """A 200 ``text/event-stream`` of already-framed events; the body ends when ``events`` does."""
-    await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-    async for event in events:
-        await send({"type": "http.response.body", "body": event, "more_body": True})
-    await send({"type": "http.response.body", "body": b""})
-
-
-def sse(value: Any) -> bytes:
-    return b"data: " + dumps(value) + b"\n\n"
-
-
-def waiting_comment(item: EngineWaiting) -> bytes:
-    """A wait for a restarting engine as an SSE comment: every SSE client skips a comment
-    (OpenAI's SDK among them), a person reading the stream sees what is happening, and the
-    connection does not look idle to a proxy."""
-    text = f"stackd: waiting up to {item.wait_s:.0f} s for {item.backend}: {item.reason}"
-    return b": " + " ".join(text.splitlines()).encode() + b"\n\n"
-
-
-class WakeStream:
-    """A call's stream behind a wake: an ``EngineWaiting`` at once and every ``WAITING_EVERY_S``
-    while its stack wakes (the loading indication an engine restart gives, so the writers turn it
-    into the same SSE comment), then the items of ``stream()``, which resolves the call's route
-    against the stack that woke. ``trailer["wake"]`` says how long it waited once it is up; a
-    wake past its bound, or failed, raises its ``StackdError`` from ``__anext__``, which the
-    writers send as the stream's error event."""
-
-    def __init__(
-        self, waking: Waking, name: str, stream: Callable[[], AsyncIterator[RouterStreamItem]]
-    ) -> None:
-        self.trailer: dict[str, Any] = {}
-        self._items = self._run(waking, name, stream)
-
-    def __aiter__(self) -> WakeStream:
-        return self
-
-    async def __anext__(self) -> RouterStreamItem:
-        return await anext(self._items)
-
-    async def _run(
-        self, waking: Waking, name: str, stream: Callable[[], AsyncIterator[RouterStreamItem]]
-    ) -> AsyncIterator[RouterStreamItem]:
-        while True:
-            yield EngineWaiting("wake", name, waking.doing(), waking.left_s())
-            woken = await waking.wait(WAITING_EVERY_S)
-            if woken is not None:
-                break
-        self.trailer["wake"] = woken.to_dict()
-        async for item in stream():
-            yield item
-
-
-def validate(model: type[BaseModel], body: bytes) -> Any:
-    try:
-        return model.model_validate_json(body or b"{}")
-    except ValidationError as exc:
-        problems = [problem(err) for err in exc.errors()]
-        raise RequestRejected(invalid_request_message(problems), problems=problems) from None
-
-
-async def authorize(auth: Auth, scope: Scope, receive: Receive) -> None:
-    """Run the app's auth dependency (a callable taking the Request; sync or async)."""
-    result = auth(Request(scope, receive))
-    if inspect.isawaitable(result):
-        await result
-
-
-async def first_item(items: AsyncIterator[RouterStreamItem]) -> RouterStreamItem:
-    """Pull the first item before any byte is sent: ``AllStrategiesFailed`` still becomes a 503."""
-    return await anext(items)
-
-
-async def until_disconnect(
-    handle: Callable[[Scope, Receive, Send], Awaitable[None]], scope: Scope, receive: Receive, send: Send
-) -> None:
-    """Run ``handle``; when the client goes away first, cancel it at once.
-
-    Cancelling closes the backend's connection, so an engine stops generating for a caller that
-    left (a disconnected SSE reader, a Ctrl-C in ``stackd reason``, a client's own timeout)
-    instead of spending its single slot on an answer nobody reads. Once the request body has
-    been read, the next ASGI message can only be ``http.disconnect``: one watcher task waits for
-    it from then on and cancels this task. ``handle`` runs in this task (no second task, no
-    ``wait``/``gather``: each costs event-loop turns on the hot path)."""
-    this = asyncio.current_task()
-    assert this is not None
-    watcher: asyncio.Future[None] | None = None
-    gone = False
-
-    async def client_gone() -> None:
-        nonlocal gone
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        gone = True
-        this.cancel()
-
-    async def receive_body() -> Message:
-        nonlocal watcher
-        message = await receive()
-        if watcher is None and (message["type"] != "http.request" or not message.get("more_body")):
-            watcher = asyncio.ensure_future(client_gone())
-        return message
-
-    try:
-        await handle(scope, receive_body, send)
-    except asyncio.CancelledError:
-        if not gone:
-            raise
-        this.uncancel()  # the cancellation was ours: the client left, nobody to answer
-    finally:
-        # Synchronously after ``handle``: a watcher scheduled to run now is cancelled before it
-        # can cancel this task.
-        if watcher is not None:
-            watcher.cancel()
-
-
-class RawEndpoint:
-    """An ASGI app for one POST route: ``handle(scope, receive, send)`` does the work; every
-    ``StackdError`` becomes the error table's answer in ``shape`` (``stackd.api.errors``)."""
-
-    def __init__(
-        self, auth: Auth, handle: Callable[[Scope, Receive, Send], Awaitable[None]], shape: Shape
-    ) -> None:
-        self._auth = auth
-        self._handle = handle
-        self._shape: Shape = shape
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await authorize(self._auth, scope, receive)
-            await until_disconnect(self._handle, scope, receive, send)
-        except StackdError as exc:
-            answer = error_answer(exc, self._shape)
-            await send_bytes(send, answer.status, answer.json(), answer.raw_headers())
-
-
-# ---------------------------------------------------------------- the gateway
 class ChatCompletionBody(BaseModel):
     """The OpenAI chat request fields the gateway uses; other OpenAI fields are accepted and ignored.
     Strict, as OpenAI is: ``"0.5"`` or ``false`` is not a temperature, ``0`` is not a ``stream``."""
@@ -266,9 +85,9 @@ class ChatCompletionBody(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
     model: str = Field(examples=["reason"], description="A role of the active stack, a preset or 'reason'.")
-    messages: list[dict[str, Any]] = Field(min_length=1, examples=[[{"role": "user", "content": "Hello"}]])
+    messages: list[dict[str, object]] = Field(min_length=1, examples=[[{"role": "user", "content": "Hello"}]])
     stream: bool = False
-    stream_options: dict[str, Any] | None = None
+    stream_options: dict[str, object] | None = None
     # As OpenAI validates them: a JSON integer (not "100", not 100.5, not true; 100.0 is one, as
     # JSON Schema says), at least 1, within a signed 32-bit int (10^30 is refused, not passed on).
     max_tokens: TokenCount | None = None
@@ -277,9 +96,9 @@ class ChatCompletionBody(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     stop: str | list[str] | None = None
     # The answer's contract: forwarded to the engine (docs/router.md), and read by slice routing.
-    response_format: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, object] | None = None
+    tools: list[dict[str, object]] | None = None
+    tool_choice: str | dict[str, object] | None = None
     user: str | None = Field(None, max_length=256, description="The caller; routing may pin it to a slice.")
     reasoning_effort: Literal["low", "medium", "high"] | None = None
     retrieved_chunks: ChunkCount | None = Field(None, description="Chunks retrieved into the prompt.")
@@ -310,118 +129,6 @@ class ChatCompletionBody(BaseModel):
         )
 
 
-def openai_finish_reason(reason: str) -> str:
-    """One of OpenAI's five finish reasons: a backend's own word (Ollama's ``unload``, a server
-    that invents one) would break a client that switches on them."""
-    return reason if reason in OPENAI_FINISH_REASONS else "stop"
-
-
-def indexed(calls: ToolCalls) -> list[dict[str, Any]]:
-    """``tool_calls`` as a stream's delta carries them: each with its ``index``."""
-    return [{"index": i, **call} for i, call in enumerate(calls)]
-
-
-def completion_body(answer: Answer, model: str, completion_id: str, created: int) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": answer.text, "refusal": None}
-    finish = openai_finish_reason(answer.finish_reason)
-    if answer.tool_calls:
-        message = {**message, "content": answer.text or None, "tool_calls": list(answer.tool_calls)}
-        finish = "tool_calls"
-    return {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "finish_reason": finish,
-                "logprobs": None,
-            }
-        ],
-        "usage": answer.usage.to_dict(),
-        "stackd": {
-            "strategy": answer.strategy,
-            "backend": answer.backend,
-            "backend_model": answer.model,
-            "cost_usd": answer.cost_usd,
-            "attempts": [a.to_dict() for a in answer.attempts],
-        },
-    }
-
-
-async def chat_chunks(
-    first: RouterStreamItem,
-    items: AsyncIterator[RouterStreamItem],
-    model: str,
-    include_usage: bool,
-    trailer: dict[str, Any] | None = None,
-) -> AsyncIterator[bytes]:
-    """OpenAI ``chat.completion.chunk`` events for the router's stream, ending with ``[DONE]``;
-    ``trailer`` goes in the finish chunk as its ``stackd`` object (clients ignore the field)."""
-    base = {
-        "id": f"chatcmpl-{secrets.token_hex(12)}",
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": model,
-    }
-
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
-
-    # A content chunk is the hot part of a stream: its bytes around the text are rendered once.
-    head, tail = chunk({"content": "\x00"}).split(dumps("\x00"))
-    role: bytes | None = chunk({"role": "assistant", "content": ""})  # after a wait's comments
-    item: RouterStreamItem | None = first
-    while item is not None:
-        if isinstance(item, EngineWaiting):
-            yield waiting_comment(item)
-        elif role is not None:
-            yield role
-            role = None
-        if isinstance(item, TextDelta):
-            yield head + dumps(item.text) + tail
-        elif isinstance(item, StreamDone):
-            finish = openai_finish_reason(item.answer.finish_reason)
-            if item.answer.tool_calls:
-                yield chunk({"tool_calls": indexed(item.answer.tool_calls)})
-                finish = "tool_calls"
-            if trailer is None:
-                yield chunk({}, finish)
-            else:
-                yield sse(
-                    {
-                        **base,
-                        "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
-                        "stackd": trailer,
-                    }
-                )
-            if include_usage:
-                yield sse({**base, "choices": [], "usage": item.answer.usage.to_dict()})
-            break
-        elif isinstance(item, StreamBroken):
-            yield sse(
-                {
-                    "error": {
-                        "message": f"backend '{item.backend}' failed mid-stream: {item.reason}",
-                        "type": "server_error",
-                        "param": None,
-                        "code": "stream_broken",
-                        "backend": item.backend,
-                        "strategy": item.strategy,
-                    }
-                }
-            )
-            break
-        try:
-            item = await anext(items, None)
-        except StackdError as exc:  # every strategy failed after a wait was announced: a 200 now
-            yield b"data: " + error_answer(exc, "openai").json() + b"\n\n"
-            break
-    yield SSE_DONE
-
-
 def routed_answer(sliced: SlicedAnswer) -> Answer:
     """The answer of a routed call as the caller gets it: a valid tool call (checked against its
     tool's parameters) is OpenAI's ``tool_calls``, its text no longer the content."""
@@ -435,7 +142,7 @@ def routed_answer(sliced: SlicedAnswer) -> Answer:
     return replace(sliced.answer, text="", finish_reason="tool_calls", tool_calls=(call,))
 
 
-def sliced_body(sliced: SlicedAnswer, model: str) -> dict[str, Any]:
+def sliced_body(sliced: SlicedAnswer, model: str) -> ChatCompletion:
     """The completion of a routed call; ``stackd.slices`` says which slice served, with which
     weights and policy, and why each slice tried was left."""
     answer = routed_answer(sliced)
@@ -474,7 +181,7 @@ class ChatCompletions:
             answer = routed_answer(sliced)
             first: RouterStreamItem = TextDelta(answer.text) if answer.text else StreamDone(answer)
             usage = bool(body.stream_options and body.stream_options.get("include_usage"))
-            record = {"slices": sliced.to_dict()}
+            record: dict[str, object] = {"slices": sliced.to_dict()}
             await send_sse(send, chat_chunks(first, sliced_items(answer), body.model, usage, record))
             return
         # Before the route is resolved: it is resolved against the stack the wake brought up.
@@ -501,7 +208,7 @@ class ChatCompletions:
             answer = await self._router.complete(route, request)
         payload = completion_body(answer, body.model, f"chatcmpl-{secrets.token_hex(12)}", int(time.time()))
         if woken is not None:  # the answer says it waited for a stack to wake, and how long
-            payload["stackd"] = {**payload.get("stackd", {}), "wake": woken.to_dict()}
+            payload["stackd"]["wake"] = woken.to_dict()
         await send_bytes(send, 200, dumps(payload))
 
     def _stream(self, body: ChatCompletionBody) -> AsyncIterator[RouterStreamItem]:

@@ -28,7 +28,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
@@ -38,20 +38,20 @@ from stackd import __version__
 from stackd.api.auth import CALLER_KEY
 from stackd.api.dispatch import Guard, refuse
 from stackd.api.gate import CONTROL, Gate, needs_scope, peer_of, target_of
-from stackd.api.gateway import dumps, validate
 from stackd.api.keyring import Caller
 from stackd.api.leases import LeaseRequest
+from stackd.api.raw_asgi import dumps, validate
 from stackd.api.scopes import MCP_TOOLS
 from stackd.api.scopes import Scope as KeyScope
 from stackd.api.stacks import SwitchRequest, switch_stack
 from stackd.api.status import daemon_status
-from stackd.api.tools import CallTimedOut, tool_calls, tool_schema, tool_schemas
+from stackd.api.tools import CallTimedOut, Tool, ToolSchema, tool_calls, tool_schema, tool_schemas
 from stackd.errors import StackdError
 from stackd.logs.request_id import REQUEST_ID, SCOPE_KEY
-from stackd.router.types import Answer
 from stackd.services import Services
 
 if TYPE_CHECKING:  # the SDK itself is imported on the first request (_load_sdk)
+    from mcp.server.context import ServerRequestContext
     from mcp.server.lowlevel.server import Server
     from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
     from mcp_types import CallToolRequestParams, CallToolResult, ListToolsResult, PaginatedRequestParams
@@ -89,7 +89,11 @@ class ReleaseLeaseArgs(BaseModel):
     lease_id: str = Field(min_length=1, description="The id acquire_lease answered.")
 
 
-ToolCall = Callable[[Any], Awaitable[tuple[str, Any]]]
+Lifespan = dict[str, object]  # the SDK's default lifespan's context: an empty dict
+Args = TypeVar("Args", bound=BaseModel)
+# A tool's JSON arguments -> its answer's text and structured content (``RequestRejected`` when
+# they fail its model).
+ToolCall = Callable[[bytes], Awaitable[tuple[str, dict[str, object]]]]
 
 
 class NotRunning(StackdError):
@@ -117,7 +121,7 @@ class McpServer:
         self._started: asyncio.Future[StreamableHTTPSessionManager] | None = None
         self._sessions: asyncio.Task[None] | None = None
 
-    def _build_server(self) -> Server[Any]:
+    def _build_server(self) -> Server[Lifespan]:
         from mcp.server.lowlevel.server import Server
 
         self._tools = self._build_tools(self._services)
@@ -134,7 +138,7 @@ class McpServer:
 
         tools: dict[str, tuple[McpTool, type[BaseModel], ToolCall]] = {}
 
-        def add(schema: dict[str, Any], model: type[BaseModel], call: ToolCall) -> None:
+        def add(schema: ToolSchema, model: type[BaseModel], call: ToolCall) -> None:
             function = schema["function"]
             tool = McpTool(
                 name=function["name"],
@@ -143,36 +147,41 @@ class McpServer:
             )
             tools[tool.name] = (tool, model, call)
 
+        def add_validated(
+            name: str, model: type[Args], call: Callable[[Args], Awaitable[tuple[str, dict[str, object]]]]
+        ) -> None:
+            async def run(body: bytes) -> tuple[str, dict[str, object]]:
+                return await call(validate(model, body))
+
+            add(tool_schema(name, model), model, run)
+
         router = services.router
         if router is not None:
             schemas = {s["function"]["name"]: s for s in tool_schemas(router)}
-            for name, (model, answer_call) in tool_calls(router, services.slices, waker=services.day).items():
-                add(schemas[name], model, _answering(answer_call))
+            for name, one in tool_calls(router, services.slices, waker=services.day).items():
+                add(schemas[name], one.model, _answering(one))
 
-        async def status(_: StatusArgs) -> tuple[str, Any]:
+        async def status(_: StatusArgs) -> tuple[str, dict[str, object]]:
             body = await daemon_status(services)
             return json.dumps(body), body
 
-        async def switch(args: SwitchStackArgs) -> tuple[str, Any]:
+        async def switch(args: SwitchStackArgs) -> tuple[str, dict[str, object]]:
             body = await switch_stack(services, args)
             return json.dumps(body), body
 
-        async def acquire(args: AcquireLeaseArgs) -> tuple[str, Any]:
+        async def acquire(args: AcquireLeaseArgs) -> tuple[str, dict[str, object]]:
             lease = await services.leases.acquire(args.model, args.ttl_s, args.wait_s)
             body = services.leases.to_json(lease)
             return json.dumps(body), body
 
-        async def release(args: ReleaseLeaseArgs) -> tuple[str, Any]:
+        async def release(args: ReleaseLeaseArgs) -> tuple[str, dict[str, object]]:
             body = {**services.leases.to_json(await services.leases.release(args.lease_id)), "released": True}
             return json.dumps(body), body
 
-        for name, model, call in (
-            ("status", StatusArgs, status),
-            ("switch_stack", SwitchStackArgs, switch),
-            ("acquire_lease", AcquireLeaseArgs, acquire),
-            ("release_lease", ReleaseLeaseArgs, release),
-        ):
-            add(tool_schema(name, model), model, call)
+        add_validated("status", StatusArgs, status)
+        add_validated("switch_stack", SwitchStackArgs, switch)
+        add_validated("acquire_lease", AcquireLeaseArgs, acquire)
+        add_validated("release_lease", ReleaseLeaseArgs, release)
         return tools
 
     def _may_call(self, caller: Caller | None) -> dict[str, tuple[McpTool, type[BaseModel], ToolCall]]:
@@ -182,13 +191,17 @@ class McpServer:
         scopes = caller.scopes if caller is not None else frozenset()
         return {name: entry for name, entry in self._tools.items() if MCP_TOOLS[name] in scopes}
 
-    async def _list_tools(self, ctx: Any, _params: PaginatedRequestParams | None) -> ListToolsResult:
+    async def _list_tools(
+        self, ctx: ServerRequestContext[Lifespan], _params: PaginatedRequestParams | None
+    ) -> ListToolsResult:
         from mcp_types import ListToolsResult
 
         allowed = self._may_call(_caller(ctx))
         return ListToolsResult(tools=[tool for tool, _, _ in allowed.values()])
 
-    async def _call_tool(self, ctx: Any, params: CallToolRequestParams) -> CallToolResult:
+    async def _call_tool(
+        self, ctx: ServerRequestContext[Lifespan], params: CallToolRequestParams
+    ) -> CallToolResult:
         # The SDK runs this in its own task group: the call's request id comes with its scope.
         scope = getattr(ctx.request, "scope", None) or {}
         token = REQUEST_ID.set(scope.get(SCOPE_KEY))
@@ -219,11 +232,11 @@ class McpServer:
                 )
             if params.name not in self._may_call(caller):
                 raise needs_scope(MCP_TOOLS[params.name])
-            _, model, call = entry
+            call = entry[2]
             args = dumps(params.arguments or {})
             if self._gate is not None and caller is not None and MCP_TOOLS[params.name] is KeyScope.GATEWAY:
                 self._gate.allowed_model(caller, MCP_MODEL_PATHS.get(params.name, ""), args)
-            text, value = await call(validate(model, args))
+            text, value = await call(args)
         except StackdError as exc:
             error = exc.to_dict()
             return CallToolResult(
@@ -317,22 +330,22 @@ MCP_MODEL_PATHS = {
 }
 
 
-def _caller(ctx: Any) -> Caller | None:
+def _caller(ctx: object) -> Caller | None:
     scope = getattr(getattr(ctx, "request", None), "scope", None) or {}
     caller = scope.get(CALLER_KEY)
     return caller if isinstance(caller, Caller) else None
 
 
-def _answering(call: Any) -> ToolCall:
+def _answering(tool: Tool) -> ToolCall:
     """A ``tools.tool_calls`` call as an MCP tool: the complete answer (MCP has no token stream),
     within the caller's ``timeout_s``; the text is the answer, the structured content its record."""
 
-    async def run(args: Any) -> tuple[str, Any]:
-        complete, _stream = call(args)
-        timeout_s = getattr(args, "timeout_s", None)
+    async def run(body: bytes) -> tuple[str, dict[str, object]]:
+        call = tool.invoke(body)
+        timeout_s = call.timeout_s
         try:
             async with asyncio.timeout(timeout_s):
-                answer: Answer = await complete()
+                answer = await call.complete()
         except TimeoutError:
             raise CallTimedOut(
                 f"no complete answer within timeout_s={timeout_s:g} s; the backend call was cancelled"

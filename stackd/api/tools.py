@@ -22,29 +22,26 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Literal, Protocol, TypedDict, TypeVar
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from stackd.api.gateway import (
+from stackd.api.chat_stream import WakeStream, first_item, waiting_comment
+from stackd.api.gateway import ChunkCount, TokenCount, a_number
+from stackd.api.raw_asgi import (
     SSE_DONE,
     Auth,
-    ChunkCount,
+    Handler,
     RawEndpoint,
-    TokenCount,
-    WakeStream,
-    a_number,
     dumps,
-    first_item,
     read_body,
     send_bytes,
     send_sse,
     sse,
     validate,
-    waiting_comment,
 )
 from stackd.errors import StackdError
 from stackd.gpu.calls import CallLeases
@@ -52,7 +49,6 @@ from stackd.router import ReasonRouter
 from stackd.router.routes import DEFAULT_EFFORT, MAX_EFFORT
 from stackd.router.slices import SlicedAnswer, SliceRequest, SliceRouter
 from stackd.router.types import (
-    Answer,
     ChatRequest,
     EngineWaiting,
     RouterStreamItem,
@@ -110,7 +106,7 @@ class InvokeOptions(BaseModel):
     caller: str | None = Field(None, max_length=256, description="Who calls; routing may pin it to a slice.")
     effort: Effort | None = Field(None, description="1-10: how hard the task is (a routing signal).")
     retrieved_chunks: ChunkCount | None = Field(None, description="Chunks retrieved into the prompt.")
-    response_format: dict[str, Any] | None = Field(
+    response_format: dict[str, object] | None = Field(
         None,
         description="OpenAI's response_format, forwarded to the engine; on a routed preset a "
         "json_schema answer is also validated, promoted if invalid.",
@@ -124,7 +120,7 @@ class InvokeModelArgs(BaseModel):
 
     preset: str = Field(min_length=1, description="Preset name, e.g. 'elastic', 'elastic:9b', 'reflex'.")
     prompt: str | None = Field(None, min_length=1, description="A single user prompt (or give messages).")
-    messages: list[dict[str, Any]] | None = Field(None, min_length=1, description="OpenAI chat messages.")
+    messages: list[dict[str, object]] | None = Field(None, min_length=1, description="OpenAI chat messages.")
     options: InvokeOptions = Field(default_factory=InvokeOptions)
     stream: bool = Field(False, description="Stream the answer as server-sent events.")
 
@@ -146,7 +142,20 @@ def problem_request(args: ReasonArgs | DeepReasoningArgs) -> ChatRequest:
     return ChatRequest([{"role": "user", "content": content}], args.max_tokens, args.temperature)
 
 
-def tool_schema(name: str, model: type[BaseModel], presets: list[str] | None = None) -> dict[str, Any]:
+class FunctionSpec(TypedDict):
+    name: str
+    description: str
+    parameters: dict[str, object]  # the arguments' JSON Schema
+
+
+class ToolSchema(TypedDict):
+    """An OpenAI function-calling tool, as ``GET /tools`` lists it."""
+
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+def tool_schema(name: str, model: type[BaseModel], presets: list[str] | None = None) -> ToolSchema:
     """An OpenAI function tool for ``model``; the ``stream`` transport flag is not the model's to set."""
     schema = model.model_json_schema()
     schema.pop("title", None)
@@ -164,7 +173,7 @@ def tool_schema(name: str, model: type[BaseModel], presets: list[str] | None = N
 
 
 async def answer_events(
-    first: RouterStreamItem, items: AsyncIterator[RouterStreamItem], trailer: dict[str, Any] | None = None
+    first: RouterStreamItem, items: AsyncIterator[RouterStreamItem], trailer: dict[str, object] | None = None
 ) -> AsyncIterator[bytes]:
     """The SSE events of a tool's stream; ``trailer`` (a wake's record) joins the ``done`` event."""
     item: RouterStreamItem | None = first
@@ -191,16 +200,54 @@ async def answer_events(
     yield SSE_DONE
 
 
-Call = Callable[[Any], tuple[Callable[[], Awaitable[Answer]], Callable[[], AsyncIterator[RouterStreamItem]]]]
+class ToolAnswer(Protocol):
+    """What a tool call answers: its text, and its record (``Answer.to_dict()`` and more)."""
+
+    @property
+    def text(self) -> str: ...
+
+    def to_dict(self) -> dict[str, object]: ...
 
 
-def tool_endpoint(model: type[BaseModel], call: Call) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    """A handler that validates the body as ``model`` and answers ``call``'s (complete, stream)."""
+Args = TypeVar("Args", bound=BaseModel)
+Calls = tuple[Callable[[], Awaitable[ToolAnswer]], Callable[[], AsyncIterator[RouterStreamItem]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """One validated tool call: whether it streams, its ``timeout_s``, and (complete, stream)."""
+
+    stream: bool
+    timeout_s: float | None
+    complete: Callable[[], Awaitable[ToolAnswer]]
+    items: Callable[[], AsyncIterator[RouterStreamItem]]
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """One tool: its arguments' model, and ``invoke``, which validates a JSON body as that model
+    (``RequestRejected`` when it fails) and turns it into an ``Invocation``."""
+
+    model: type[BaseModel]
+    invoke: Callable[[bytes], Invocation]
+
+
+def tool(model: type[Args], make: Callable[[Args], Calls]) -> Tool:
+    def invoke(body: bytes) -> Invocation:
+        args = validate(model, body)
+        complete, items = make(args)
+        stream: bool = getattr(args, "stream", False)
+        return Invocation(stream, getattr(args, "timeout_s", None), complete, items)
+
+    return Tool(model, invoke)
+
+
+def tool_endpoint(tool: Tool) -> Handler:
+    """A handler that validates the body as the tool's model and answers its (complete, stream)."""
 
     async def handle(scope: Scope, receive: Receive, send: Send) -> None:
-        args = validate(model, await read_body(receive))
-        complete, stream = call(args)
-        timeout_s = getattr(args, "timeout_s", None)
+        call = tool.invoke(await read_body(receive))
+        complete, stream, timeout_s = call.complete, call.items, call.timeout_s
         started = False
 
         async def send_tracked(message: Message) -> None:
@@ -210,7 +257,7 @@ def tool_endpoint(model: type[BaseModel], call: Call) -> Callable[[Scope, Receiv
 
         try:
             async with asyncio.timeout(timeout_s):
-                if not args.stream:
+                if not call.stream:
                     await send_bytes(send_tracked, 200, dumps((await complete()).to_dict()))
                     return
                 items = stream()
@@ -228,7 +275,7 @@ def tool_endpoint(model: type[BaseModel], call: Call) -> Callable[[Scope, Receiv
     return handle
 
 
-def tool_schemas(router: ReasonRouter) -> list[dict[str, Any]]:
+def tool_schemas(router: ReasonRouter) -> list[ToolSchema]:
     """The three tools as OpenAI function schemas; ``invoke_model``'s preset is an enum of the
     config's presets and their slices (``GET /tools`` and the MCP server list these)."""
     presets = sorted(router.config.presets)
@@ -245,22 +292,22 @@ def tool_calls(
     slices: SliceRouter | None = None,
     holds: CallLeases | None = None,
     waker: Waker | None = None,
-) -> dict[str, tuple[type[BaseModel], Call]]:
+) -> dict[str, Tool]:
     """Each tool's name → (its arguments' model, the call that gives (complete, stream)): the one
     place a tool call becomes a router call, for ``/tools/*`` and the MCP server alike. With a
     ``waker``, each call first wakes the stack it needs (``woken``)."""
 
-    def reason(args: ReasonArgs) -> Any:
+    def reason(args: ReasonArgs) -> Calls:
         route = router.reason_route(args.effort)
         request = problem_request(args)
         return (lambda: router.complete(route, request)), (lambda: router.stream(route, request))
 
-    def deep_reasoning(args: DeepReasoningArgs) -> Any:
+    def deep_reasoning(args: DeepReasoningArgs) -> Calls:
         route = router.deep_reasoning_route()
         request = problem_request(args)
         return (lambda: router.complete(route, request)), (lambda: router.stream(route, request))
 
-    def invoke_model(args: InvokeModelArgs) -> Any:
+    def invoke_model(args: InvokeModelArgs) -> Calls:
         opts = args.options
         route = router.preset_route(args.preset, opts.slice)
         messages = args.messages or [{"role": "user", "content": args.prompt}]
@@ -299,25 +346,26 @@ def tool_calls(
         )
 
     return {
-        "reason": (ReasonArgs, woken(waker, lambda a: f"reason:effort={a.effort}", reason)),
-        "invoke_model": (InvokeModelArgs, woken(waker, invoke_name, invoke_model)),
-        "deep_reasoning": (
-            DeepReasoningArgs,
-            woken(waker, lambda a: f"reason:effort={MAX_EFFORT}", deep_reasoning),
+        "reason": tool(ReasonArgs, woken(waker, lambda a: f"reason:effort={a.effort}", reason)),
+        "invoke_model": tool(InvokeModelArgs, woken(waker, invoke_name, invoke_model)),
+        "deep_reasoning": tool(
+            DeepReasoningArgs, woken(waker, lambda a: f"reason:effort={MAX_EFFORT}", deep_reasoning)
         ),
     }
 
 
-def woken(waker: Waker | None, name_of: Callable[[Any], str], make: Call) -> Call:
+def woken(
+    waker: Waker | None, name_of: Callable[[Args], str], make: Callable[[Args], Calls]
+) -> Callable[[Args], Calls]:
     """``make`` behind a wake: the call's route is resolved only once the stack its wake name
     (a gateway model name: ``reason:effort=N``, a preset) needs is up. Without a waker, ``make``."""
     if waker is None:
         return make
 
-    def call(args: Any) -> tuple[Callable[[], Awaitable[Any]], Callable[[], AsyncIterator[RouterStreamItem]]]:
+    def call(args: Args) -> Calls:
         name = name_of(args)
 
-        async def complete() -> Any:
+        async def complete() -> ToolAnswer:
             woke = await waker.wake(name)
             answer = await make(args)[0]()
             return answer if woke is None else WokenAnswer(answer, woke)
@@ -337,14 +385,14 @@ def woken(waker: Waker | None, name_of: Callable[[Any], str], make: Call) -> Cal
 class WokenAnswer:
     """An answer that waited for its stack to wake: the answer's record plus ``wake``."""
 
-    answer: Answer | RoutedAnswer
+    answer: ToolAnswer
     woken: Woken
 
     @property
     def text(self) -> str:
         return self.answer.text
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {**self.answer.to_dict(), "wake": self.woken.to_dict()}
 
 
@@ -358,7 +406,7 @@ class RoutedAnswer:
     def text(self) -> str:
         return self.sliced.answer.text
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {**self.sliced.answer.to_dict(), "slices": self.sliced.to_dict()}
 
 
@@ -377,14 +425,14 @@ def build_tools_router(
     holds: CallLeases | None = None,
     waker: Waker | None = None,
 ) -> APIRouter:
-    """``GET /tools`` (a FastAPI route) and the three POSTs (raw ASGI routes, see gateway.py)."""
+    """``GET /tools`` (a FastAPI route) and the three POSTs (raw ASGI routes, see raw_asgi.py)."""
     api = APIRouter()
 
-    @api.get("/tools", dependencies=[Depends(auth)])
-    async def list_tools() -> list[dict[str, Any]]:
+    @api.get("/tools", dependencies=[Depends(auth)], response_model=list[dict[str, object]])
+    async def list_tools() -> list[ToolSchema]:
         return tool_schemas(router)
 
-    for name, (model, call) in tool_calls(router, slices, holds, waker).items():
-        endpoint = RawEndpoint(auth, tool_endpoint(model, call), "stackd")
+    for name, one in tool_calls(router, slices, holds, waker).items():
+        endpoint = RawEndpoint(auth, tool_endpoint(one), "stackd")
         api.routes.append(Route(f"/tools/{name}", endpoint, methods=["POST"], name=name))
     return api
