@@ -13,17 +13,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from fastapi import APIRouter, Depends
 
 from stackd.api.answers import ReloadAnswer, documented
+from stackd.config.models import StacksConfig
 from stackd.services import Services
 
 log = logging.getLogger("stackd.config")
 
 
-async def reload_config(services: Services, load: Callable[[], Any]) -> dict[str, Any]:
+async def reload_config(services: Services, load: Callable[[], StacksConfig]) -> dict[str, object]:
     config = await asyncio.to_thread(load)  # raises ConfigError: nothing below runs, nothing changes
     # One swap of the daemon's live config, on the manager's worker: the router follows in the
     # same step, and the API reads it, so no call sees two configs at once.
@@ -32,7 +32,9 @@ async def reload_config(services: Services, load: Callable[[], Any]) -> dict[str
     return {"reloaded": str(services.settings.config), "stacks": list(config.stacks)}
 
 
-def build_config_router(services: Services, write: Callable[..., None], load: Callable[[], Any]) -> APIRouter:
+def build_config_router(
+    services: Services, write: Callable[..., None], load: Callable[[], StacksConfig]
+) -> APIRouter:
     router = APIRouter()
 
     @router.post(
@@ -41,7 +43,7 @@ def build_config_router(services: Services, write: Callable[..., None], load: Ca
         response_model=None,
         responses=documented(ReloadAnswer),
     )
-    async def reload() -> dict[str, Any]:
+    async def reload() -> dict[str, object]:
         return await reload_config(services, load)
 
     return router

@@ -9,7 +9,7 @@ of each change after it answers. A key's text is in the answer of ``POST /keys``
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,6 +34,17 @@ class KeyCreate(BaseModel):
     daily_cost_usd: float | None = Field(None, gt=0, description="Cloud cost a day (UTC), in USD.")
     expires_s: float | None = Field(None, gt=0, le=10 * 365 * 86400, description="Lifetime in seconds.")
 
+    def to_spec(self) -> KeySpec:
+        return KeySpec(
+            self.name,
+            tuple(self.scopes),
+            tuple(self.models),
+            self.rpm,
+            self.daily_tokens,
+            self.daily_cost_usd,
+            self.expires_s,
+        )
+
 
 def build_keys_router(
     keyring: Keyring,
@@ -45,48 +56,39 @@ def build_keys_router(
 ) -> APIRouter:
     router = APIRouter(route_class=JsonBodyRoute)
 
-    def view(name: str) -> dict[str, Any]:
+    def view(name: str) -> dict[str, object]:
         record = next(r for r in keyring.records() if r.name == name)
         tokens, cost = meter.today(name) if meter is not None else (0, 0.0)
         return {**record.to_public(), "today": {"tokens": tokens, "cost_usd": round(cost, 6)}}
 
     @router.get("/keys", dependencies=[Depends(guard)], response_model=None)
-    async def list_keys() -> dict[str, Any]:
+    async def list_keys() -> dict[str, object]:
         return {"keys": [view(r.name) for r in keyring.records()]}
 
     @router.post("/keys", dependencies=[Depends(guard)], response_model=None, status_code=201)
-    async def create_key(body: KeyCreate) -> dict[str, Any]:
-        spec = KeySpec(
-            body.name,
-            tuple(body.scopes),
-            tuple(body.models),
-            body.rpm,
-            body.daily_tokens,
-            body.daily_cost_usd,
-            body.expires_s,
-        )
-        record, text = keyring.create(spec)
+    async def create_key(body: KeyCreate) -> dict[str, object]:
+        record, text = keyring.create(body.to_spec())
         return {"key": text, **view(record.name)}
 
     @router.delete("/keys/{name}", dependencies=[Depends(guard)], response_model=None)
-    async def revoke_key(name: str) -> dict[str, Any]:
+    async def revoke_key(name: str) -> dict[str, object]:
         keyring.revoke(name)
         return {**view(name), "revoked_now": True}
 
     @router.post("/keys/{name}/rotate", dependencies=[Depends(guard)], response_model=None)
-    async def rotate_key(name: str) -> dict[str, Any]:
+    async def rotate_key(name: str) -> dict[str, object]:
         record, text = keyring.rotate(name)
         return {"key": text, **view(record.name)}
 
     @router.get("/audit", dependencies=[Depends(guard)], response_model=None)
     async def audit(
         limit: Annotated[int, Query(ge=1, le=10_000)] = 100, key: Annotated[str | None, Query()] = None
-    ) -> dict[str, Any]:
+    ) -> dict[str, object]:
         entries = audit_log.recent(limit, key) if audit_log is not None else []
         return {"entries": [e.to_dict() for e in entries]}
 
     @router.get("/usage/keys", dependencies=[Depends(read)], response_model=None)
-    async def usage_by_key(since: Annotated[float, Query(ge=0)] = 0.0) -> dict[str, Any]:
+    async def usage_by_key(since: Annotated[float, Query(ge=0)] = 0.0) -> dict[str, object]:
         spend = store.spend_since(since, since) if store is not None else {}
         return {"rows": spend_by_key(spend)}
 

@@ -6,7 +6,7 @@ keeps running until its idle TTL, unless a waiter needs its room)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends
 from pydantic import BaseModel, ConfigDict, Field
@@ -54,13 +54,13 @@ def build_leases_router(
     @router.post(
         "/leases", dependencies=[Depends(write)], response_model=None, responses=documented(LeaseAnswer)
     )
-    async def acquire(request: LeaseRequest) -> dict[str, Any]:
+    async def acquire(request: LeaseRequest) -> dict[str, object]:
         return leases.to_json(await leases.acquire(request.model, request.ttl_s, request.wait_s))
 
     @router.get(
         "/leases", dependencies=[Depends(read)], response_model=None, responses=documented(LeasesAnswer)
     )
-    async def list_leases() -> dict[str, Any]:
+    async def list_leases() -> dict[str, object]:
         return {"leases": [leases.to_json(lease) for lease in leases.live()], "queue": leases.queue()}
 
     @router.post(
@@ -69,7 +69,9 @@ def build_leases_router(
         response_model=None,
         responses=documented(LeaseAnswer),
     )
-    async def renew(lease_id: str, request: Annotated[RenewRequest | None, Body()] = None) -> dict[str, Any]:
+    async def renew(
+        lease_id: str, request: Annotated[RenewRequest | None, Body()] = None
+    ) -> dict[str, object]:
         return leases.to_json(await leases.renew(lease_id, request.ttl_s if request else None))
 
     @router.delete(
@@ -78,7 +80,7 @@ def build_leases_router(
         response_model=None,
         responses=documented(LeaseAnswer),
     )
-    async def release(lease_id: str) -> dict[str, Any]:
+    async def release(lease_id: str) -> dict[str, object]:
         return {**leases.to_json(await leases.release(lease_id)), "released": True}
 
     return router

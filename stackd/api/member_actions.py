@@ -13,7 +13,6 @@ The full log is ``GET /members/{name}/logs`` (``stackd.api.member_logs``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from fastapi import APIRouter, Depends
 
@@ -32,14 +31,14 @@ def build_member_actions_router(services: Services, write: Callable[..., None]) 
             raise NotFound(f"{name} is not a member of the active stack ({manager.active_stack or 'none'})")
 
     @router.post("/members/{name}/restart", dependencies=[Depends(write)], response_model=None)
-    async def restart(name: str) -> dict[str, Any]:
+    async def restart(name: str) -> dict[str, object]:
         """Stop and start the member's engine; answers once it serves again."""
         member_of_active(name)
         await services.manager.restart(name)
         return {"member": name, "restarted": True}
 
     @router.post("/members/{name}/stop", dependencies=[Depends(write)], response_model=None)
-    async def stop(name: str) -> dict[str, Any]:
+    async def stop(name: str) -> dict[str, object]:
         """Stop (unload) an idle on-demand member; a lease starts it again."""
         member_of_active(name)
         if services.config.models[name].lifecycle != Lifecycle.on_demand:

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
@@ -42,14 +41,14 @@ def build_slices_router(
         return services.slices
 
     @router.get("/slices", dependencies=[Depends(read)])
-    async def show() -> dict[str, Any]:
+    async def show() -> dict[str, object]:
         current = slices()
         body = current.status()
         body["recent"] = current.audit.recent(10) if current.audit is not None else []
         return body
 
     @router.post("/slices/kill-switch", dependencies=[Depends(write)])
-    async def kill_switch(request: KillSwitch) -> dict[str, Any]:
+    async def kill_switch(request: KillSwitch) -> dict[str, object]:
         current = slices()
         current.controls.set_kill_switch(request.on, request.reason)
         return current.controls.to_dict(current.routings())

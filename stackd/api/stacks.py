@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -56,7 +55,7 @@ def known_stack(services: Services, name: str) -> None:
     services.manager.known(name)
 
 
-async def switch_stack(services: Services, request: SwitchRequest) -> dict[str, Any]:
+async def switch_stack(services: Services, request: SwitchRequest) -> dict[str, object]:
     """Plan (``dry_run``) or submit a switch, and wait for it when ``wait``: ``POST
     /model-stacks/switch``'s body (and the MCP ``switch_stack`` tool's)."""
     known_stack(services, request.stack)
@@ -71,17 +70,39 @@ async def switch_stack(services: Services, request: SwitchRequest) -> dict[str, 
     return manager.get_switch(handle.id).to_json()
 
 
+async def stack_body(services: Services, name: str) -> dict[str, object]:
+    """``GET /model-stacks/{name}``: the stack, its members' models and the plan to switch to it."""
+    known_stack(services, name)
+    config = services.config
+    body = stack_json(config, name, services.manager.active_stack)
+    body["members"] = [model_json(m, config.models[m]) for m in config.stacks[name].member_names]
+    body["plan"] = plan_json(await services.manager.plan(name))
+    return body
+
+
+def switch_event_stream(services: Services, switch_id: str) -> StreamingResponse:
+    """A switch's events as SSE, one ``event: TYPE`` / ``data: {...}`` each."""
+    events = services.manager.events(switch_id)  # raises NotFound before the stream starts
+
+    async def sse() -> AsyncIterator[bytes]:
+        async for event in events:
+            yield f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+
+    return StreamingResponse(
+        sse(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
 def build_stacks_router(
     services: Services, write: Callable[..., None], read: Callable[..., None]
 ) -> APIRouter:
     router = APIRouter(dependencies=[Depends(read)], route_class=JsonBodyRoute)
     manager = services.manager
 
-    def known(name: str) -> None:
-        known_stack(services, name)
-
     @router.get("/model-stacks", response_model=None, responses=documented(StacksAnswer))
-    async def list_stacks() -> dict[str, Any]:
+    async def list_stacks() -> dict[str, object]:
         active = manager.active_stack
         return {
             "active": active,
@@ -90,14 +111,8 @@ def build_stacks_router(
         }
 
     @router.get("/model-stacks/{name}", response_model=None, responses=documented(StackAnswer))
-    async def get_stack(name: str) -> dict[str, Any]:
-        known(name)
-        body = stack_json(services.config, name, manager.active_stack)
-        body["members"] = [
-            model_json(m, services.config.models[m]) for m in services.config.stacks[name].member_names
-        ]
-        body["plan"] = plan_json(await manager.plan(name))
-        return body
+    async def get_stack(name: str) -> dict[str, object]:
+        return await stack_body(services, name)
 
     @router.post(
         "/model-stacks/switch",
@@ -108,7 +123,7 @@ def build_stacks_router(
             202: {"model": SwitchAnswer, "description": "The switch, queued (wait: false)."},
         },
     )
-    async def switch(request: SwitchRequest) -> Any:
+    async def switch(request: SwitchRequest) -> dict[str, object] | JSONResponse:
         body = await switch_stack(services, request)
         return body if request.dry_run or request.wait else JSONResponse(body, status_code=202)
 
@@ -132,16 +147,6 @@ def build_stacks_router(
         },
     )
     async def switch_events(switch_id: str) -> StreamingResponse:
-        events = manager.events(switch_id)  # raises NotFound before the stream starts
-
-        async def sse() -> AsyncIterator[bytes]:
-            async for event in events:
-                yield f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
-
-        return StreamingResponse(
-            sse(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        return switch_event_stream(services, switch_id)
 
     return router
