@@ -28,7 +28,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from stackd.config.models import DockerRuntime, HealthCheck, Model
 from stackd.drivers.base import HealthChecker
@@ -48,6 +48,7 @@ LOG_TAIL_LINES = 20
 STOPPABLE = frozenset({"running", "restarting", "paused"})
 
 T = TypeVar("T")
+P = ParamSpec("P")
 ClientFactory = Callable[[], "DockerClient"]
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -240,9 +241,9 @@ class DockerContainerDriver:
 
     # ---- error translation
 
-    async def _call(self, action: str, fn: Callable[..., T], *args: Any) -> T:
+    async def _call(self, action: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         try:
-            return await asyncio.to_thread(fn, *args)
+            return await asyncio.to_thread(fn, *args, **kwargs)
         except StackdError:
             raise
         except Exception as exc:

@@ -11,14 +11,25 @@ import asyncio
 import contextlib
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from stackd.drivers.docker_engine import from_env, refused, unreachable
 from stackd.errors import DriverUnavailable, StackdError
 
 if TYPE_CHECKING:
     from docker import DockerClient
+    from docker.models.containers import Container
+
+T = TypeVar("T")
+
+
+class LogStream(Protocol):
+    """What ``Container.logs(stream=True)`` gives: chunks of bytes, closed to stop following."""
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+    def close(self) -> None: ...
 
 
 class NoSuchContainer(StackdError):
@@ -39,12 +50,12 @@ class DockerLogs:
 
     async def follow_log(self, container: str, lines: int) -> AsyncIterator[str]:
         """Opens the stream (raising here, before an answer begins), then gives its lines."""
-        stream: Any = await asyncio.to_thread(
+        stream: LogStream = await asyncio.to_thread(
             self._read, container, lambda c: c.logs(stream=True, follow=True, tail=lines)
         )
         return self._lines_of(container, stream)
 
-    async def _lines_of(self, container: str, stream: Any) -> AsyncIterator[str]:
+    async def _lines_of(self, container: str, stream: LogStream) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | None] = asyncio.Queue()
 
@@ -69,7 +80,7 @@ class DockerLogs:
             with contextlib.suppress(Exception):
                 stream.close()
 
-    def _read(self, container: str, read: Callable[[Any], Any]) -> Any:
+    def _read(self, container: str, read: Callable[[Container], T]) -> T:
         try:
             if self._client is None:
                 self._client = self._client_factory()
@@ -93,7 +104,7 @@ class DockerLogs:
             ) from exc
 
 
-def _lines(chunks: Iterator[bytes]) -> Iterator[str]:
+def _lines(chunks: Iterable[bytes]) -> Iterator[str]:
     """Whole lines out of the stream's chunks (a chunk may end mid-line or hold many)."""
     partial = b""
     for chunk in chunks:

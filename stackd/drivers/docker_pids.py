@@ -9,20 +9,23 @@ became ready, never on a request's path. Docker's exceptions become ``DriverUnav
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from stackd.config.models import Model
 from stackd.drivers.docker_engine import from_env, refused, unreachable
 from stackd.errors import DriverFailed, DriverUnavailable
 
+if TYPE_CHECKING:
+    from docker import DockerClient
+
 
 class DockerPids:
     """``await pids(name, model)``: the host PIDs in the member's container, ``()`` when it does not run."""
 
-    def __init__(self, client_factory: Callable[[], Any] = from_env) -> None:
+    def __init__(self, client_factory: Callable[[], DockerClient] = from_env) -> None:
         self._client_factory = client_factory
-        self._client: Any | None = None
+        self._client: DockerClient | None = None
 
     async def __call__(self, name: str, model: Model) -> tuple[int, ...]:
         if model.docker is None:
@@ -52,9 +55,11 @@ class DockerPids:
         return host_pids(found.top())
 
 
-def host_pids(top: dict[str, Any]) -> tuple[int, ...]:
+def host_pids(top: Mapping[str, object]) -> tuple[int, ...]:
     """The PID column of a ``docker top`` answer (``{"Titles": [...], "Processes": [[...]]}``)."""
-    titles = list(top.get("Titles") or [])
+    titles = top.get("Titles")
+    titles = list(titles) if isinstance(titles, list) else []
     column = titles.index("PID") if "PID" in titles else 1
-    rows = top.get("Processes") or []
+    rows = top.get("Processes")
+    rows = rows if isinstance(rows, list) else []
     return tuple(int(row[column]) for row in rows if len(row) > column and str(row[column]).isdigit())

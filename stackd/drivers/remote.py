@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
 
 import aiohttp
 
@@ -69,14 +68,14 @@ def _shown(url: str) -> str:
     return f"{scheme}{sep}{authority.rpartition('@')[2]}{slash}{path}" if sep else base
 
 
-def _is_auth_failure(api: Api, status: int, body: Any) -> bool:
+def _is_auth_failure(api: Api, status: int, body: object) -> bool:
     if status in (401, 403):
         return True
     # Gemini answers a wrong key with 400 INVALID_ARGUMENT, reason API_KEY_INVALID.
     return api == Api.gemini and status == 400 and "API_KEY_INVALID" in json.dumps(body)
 
 
-def _remote_message(body: Any, key: str | None) -> str:
+def _remote_message(body: object, key: str | None) -> str:
     """The error message of an OpenAI, Anthropic, Gemini or Ollama error body, key scrubbed."""
     message = ""
     if isinstance(body, dict):
@@ -134,7 +133,7 @@ class HttpRemoteProber:
                 session.get(url, headers=headers, timeout=self._timeout, allow_redirects=False) as response,
             ):
                 status = response.status
-                body: Any = None
+                body: object = None
                 if status >= 400:
                     try:
                         body = json.loads(await response.read())

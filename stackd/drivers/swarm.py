@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import docker
 import requests
@@ -51,6 +51,7 @@ POLL_S = 0.1  # reads of the manager's local state: cheap, and Swarm's own steps
 STOP_MARGIN_S = 15.0  # on top of the stop grace: Swarm's own bookkeeping of a task that exited
 
 T = TypeVar("T")
+P = ParamSpec("P")
 ClientFactory = Callable[[], docker.DockerClient]
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -335,9 +336,9 @@ class SwarmServiceDriver:
 
     # ---- error translation
 
-    async def _call(self, action: str, fn: Callable[..., T], *args: Any) -> T:
+    async def _call(self, action: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         try:
-            return await asyncio.to_thread(fn, *args)
+            return await asyncio.to_thread(fn, *args, **kwargs)
         except StackdError:
             raise
         except APIError as exc:

@@ -24,7 +24,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from stackd.errors import Conflict, DriverUnavailable, NotFound, StackdError
 from stackd.gpu.decide import (
@@ -326,10 +326,10 @@ class LeaseCoordinator:
         """Whether a live lease keeps ``model`` resident (the idle job asks before stopping it)."""
         return any(lease.model == model for lease in self.live())
 
-    def queue(self) -> list[dict[str, Any]]:
+    def queue(self) -> list[dict[str, object]]:
         """The waiters, head first, each with why it waits."""
         now = self.clock()
-        out = []
+        out: list[dict[str, object]] = []
         head = self._queue[0] if self._queue else None
         for position, waiter in enumerate(w for w in self._queue if not w.future.done()):
             if waiter.refusal is not None:
@@ -350,7 +350,7 @@ class LeaseCoordinator:
             )
         return out
 
-    def to_json(self, lease: Lease) -> dict[str, Any]:
+    def to_json(self, lease: Lease) -> dict[str, object]:
         spec = self.manager.config.models.get(lease.model)
         return {
             "id": lease.id,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, assert_never
+from typing import assert_never
 
 from stackd.errors import NotFound, StackdError
 from stackd.gpu.decide import Lease, LeaseRefusal
@@ -41,5 +41,5 @@ def refusal_error(refusal: LeaseRefusal) -> StackdError:
             assert_never(refusal.code)
 
 
-def lease_brief(lease: Lease) -> dict[str, Any]:
+def lease_brief(lease: Lease) -> dict[str, object]:
     return {"lease_id": lease.id, "model": lease.model, "expires_at": lease.expires_at}

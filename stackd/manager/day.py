@@ -47,9 +47,9 @@ DEFAULT_WAKE_WAIT_S = 120.0  # a held or scheduled stack without an idle rule
 class PolicyMemory(Protocol):
     """Where the policy's state lives (``stackd.state.day_policy.DayPolicyStore``). Blocking, fast."""
 
-    def load(self) -> dict[str, Any]: ...
+    def load(self) -> dict[str, object]: ...
 
-    def save(self, state: dict[str, Any]) -> None: ...
+    def save(self, state: dict[str, object]) -> None: ...
 
 
 class LeaseLike(Protocol):
@@ -345,11 +345,15 @@ def _without_downshift(state: PolicyState) -> PolicyState:
     return replace(state, downshift=None, gave_up=None)
 
 
-def _state_json(state: PolicyState) -> dict[str, Any]:
+def _state_json(state: PolicyState) -> dict[str, object]:
     return asdict(state)
 
 
-def _state_from(data: dict[str, Any]) -> PolicyState:
+def _time_of(value: object) -> float | None:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _state_from(data: dict[str, object]) -> PolicyState:
     """The persisted state; a row this version cannot read is dropped (logged), not fatal."""
     try:
         hold = data.get("hold")
@@ -357,9 +361,9 @@ def _state_from(data: dict[str, Any]) -> PolicyState:
         return PolicyState(
             hold=Hold(**hold) if isinstance(hold, dict) else None,
             downshift=Downshift(**down) if isinstance(down, dict) else None,
-            seen_window=data.get("seen_window"),
-            waiting_since=data.get("waiting_since"),
-            gave_up=data.get("gave_up"),
+            seen_window=_time_of(data.get("seen_window")),
+            waiting_since=_time_of(data.get("waiting_since")),
+            gave_up=gave_up if isinstance(gave_up := data.get("gave_up"), str) else None,
         )
     except TypeError:
         log.warning("day policy: the persisted state could not be read; starting afresh")

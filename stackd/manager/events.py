@@ -25,9 +25,10 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import asdict
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Literal, NotRequired, TypedDict
 
 # re-exported: readers of events phrase their steps with it
+from stackd.planner.plan import Step
 from stackd.planner.plan import describe_step as describe_step
 
 log = logging.getLogger("stackd.switch")
@@ -50,7 +51,7 @@ class SwitchEvent(TypedDict):
     switch_id: str
     seq: int
     at: float
-    step: NotRequired[dict[str, Any]]
+    step: NotRequired[dict[str, object]]
     error: NotRequired[str | None]
     ok: NotRequired[bool]
     tag: NotRequired[str]
@@ -96,7 +97,7 @@ class EventLog:
     def closed(self) -> bool:
         return self._closed
 
-    def emit(self, type_: EventType, **fields: Any) -> SwitchEvent:
+    def emit(self, type_: EventType, **fields: object) -> SwitchEvent:
         if self._closed:
             raise RuntimeError(f"switch {self.switch_id}: event '{type_}' after the log was closed")
         event: SwitchEvent = {
@@ -186,7 +187,7 @@ class PullThrottle:
         return True
 
 
-def step_dict(step: Any) -> dict[str, Any]:
+def step_dict(step: Step) -> dict[str, object]:
     """A step (frozen dataclass of ``stackd.planner.plan``) as the JSON the journal and the API carry."""
     return asdict(step)
 

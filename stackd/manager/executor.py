@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, assert_never
+from typing import assert_never
 
 from stackd.config.models import DEFAULT_PROCESS_START_TIMEOUT_S, Model, OllamaRuntime, StacksConfig
 from stackd.drivers.base import HealthChecker
@@ -75,7 +75,7 @@ Done = Step | RolesSwapped
 
 @dataclass(frozen=True)
 class Undo:
-    step: dict[str, Any]
+    step: dict[str, object]
     ok: bool
     error: str | None = None
 
@@ -108,7 +108,7 @@ class Execution:
         """The failure's sentence: the driver's words, or a bug's type and text."""
         return None if self.error is None else _describe(self.error)
 
-    def steps_done_json(self) -> list[dict[str, Any]]:
+    def steps_done_json(self) -> list[dict[str, object]]:
         return [done_json(d) for d in self.done]
 
     def failure_sentence(self, previous: str | None) -> str:
@@ -132,7 +132,7 @@ class Execution:
 
     def result_json(
         self, switch_id: str, stack: str, from_stack: str | None, error: str | None = None
-    ) -> dict[str, Any]:
+    ) -> dict[str, object]:
         """The switch's result as the history keeps it."""
         return {
             "switch_id": switch_id,
@@ -145,13 +145,13 @@ class Execution:
         }
 
 
-def done_json(done: Done) -> dict[str, Any]:
+def done_json(done: Done) -> dict[str, object]:
     if isinstance(done, RolesSwapped):
         return {"kind": "roles_swapped", "version": done.version}
     return step_dict(done)
 
 
-Journal = Callable[[dict[str, Any]], Awaitable[None]]
+Journal = Callable[[dict[str, object]], Awaitable[None]]
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -204,7 +204,7 @@ class PlanExecutor:
         return await run.run(stack, steps, Execution())
 
 
-async def _no_journal(step: dict[str, Any]) -> None:
+async def _no_journal(step: dict[str, object]) -> None:
     """Steps outside a switch are journalled by their owner (a lease as a lease)."""
 
 

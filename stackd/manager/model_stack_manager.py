@@ -280,7 +280,7 @@ class ModelStackManager:
         switch.plan = plan
         switch.execution = Execution()
 
-        async def journal(step: Mapping[str, Any]) -> None:
+        async def journal(step: Mapping[str, object]) -> None:
             await asyncio.to_thread(self.store.record_step, journal_id, dict(step))
 
         return await self.executor.run(plan, self.config, switch.log, journal, switch.execution)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -225,7 +224,14 @@ def _interval(model: Model) -> float:
     return model.health.interval_s if model.health is not None else DEFAULT_PROBE_INTERVAL_S
 
 
-def start_periodic(manager: ModelStackManager, **options: Any) -> PeriodicJobs:
-    jobs = PeriodicJobs(manager, **options)
+def start_periodic(
+    manager: ModelStackManager,
+    *,
+    leased: Callable[[str], bool] | None = None,
+    on_healthy: Callable[[str], None] | None = None,
+    extra_jobs: dict[str, tuple[float, Callable[[], Awaitable[Outcome]]]] | None = None,
+) -> PeriodicJobs:
+    """The daemon's jobs, started (the other knobs of ``PeriodicJobs`` keep their defaults)."""
+    jobs = PeriodicJobs(manager, leased=leased, on_healthy=on_healthy, extra_jobs=extra_jobs)
     jobs.start()
     return jobs

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from stackd.errors import Conflict, NotFound
 from stackd.manager.events import EventLog, SwitchEvent
@@ -25,7 +25,7 @@ from stackd.state.store import StateStore
 
 log = logging.getLogger("stackd.manager")
 
-Job = Callable[[], Awaitable[Any]]
+Job = Callable[[], Awaitable[object]]
 T = TypeVar("T")
 
 SUMMARY_KEYS = (
@@ -53,7 +53,7 @@ class SwitchWorker:
         self.switches: dict[str, Switch] = {}
         self.current: Switch | None = None
         self.last: Switch | None = None
-        self._queue: asyncio.Queue[tuple[Job, asyncio.Future[Any] | None]] | None = None
+        self._queue: asyncio.Queue[Job] | None = None
         self._task: asyncio.Task[None] | None = None
 
     # ---------------------------------------------------------------- the switch slot
@@ -99,35 +99,41 @@ class SwitchWorker:
 
     # ---------------------------------------------------------------- the queue and its task
 
-    def enqueue(self, job: Job, done: asyncio.Future[Any] | None = None) -> None:
+    def enqueue(self, job: Job) -> None:
+        """Queue ``job``; what it raises is logged (``run_exclusive`` hands it to its caller)."""
         if self._task is None or self._task.done() or self._queue is None:
             self._queue = asyncio.Queue()
             self._task = asyncio.create_task(self._work(self._queue), name="stackd-switch-worker")
-        self._queue.put_nowait((job, done))
+        self._queue.put_nowait(job)
 
     async def run_exclusive(self, job: Callable[[], Awaitable[T]]) -> T:
         """Run ``job`` on the worker, after whatever is queued before it, and return its result."""
         done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self.enqueue(job, done)
-        return await done
 
-    async def _work(self, queue: asyncio.Queue[tuple[Job, asyncio.Future[Any] | None]]) -> None:
-        while True:
-            job, done = await queue.get()
+        async def settle() -> None:
             try:
                 result = await job()
             except Exception as exc:
-                if done is None:
-                    log.exception("switch worker job failed")
-                elif not done.done():
+                if not done.done():
                     done.set_exception(exc)
+                return
             except BaseException:
-                if done is not None and not done.done():
+                if not done.done():
                     done.cancel()
                 raise
-            else:
-                if done is not None and not done.done():
-                    done.set_result(result)
+            if not done.done():
+                done.set_result(result)
+
+        self.enqueue(settle)
+        return await done
+
+    async def _work(self, queue: asyncio.Queue[Job]) -> None:
+        while True:
+            job = await queue.get()
+            try:
+                await job()
+            except Exception:
+                log.exception("switch worker job failed")
 
     async def aclose(self) -> None:
         """Stop the task. A switch in flight is cut short; its journal entry stays open and the

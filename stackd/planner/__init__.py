@@ -11,7 +11,7 @@ every ledger, which ``plan_switch`` needs.
 from __future__ import annotations
 
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from stackd.planner.members import ORCHESTRATOR
@@ -28,7 +28,7 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name not in _HOMES:
         raise AttributeError(f"module 'stackd.planner' has no attribute {name!r}")
     return getattr(import_module(_HOMES[name]), name)

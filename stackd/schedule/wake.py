@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from stackd.config.models import StacksConfig
 
@@ -27,7 +27,7 @@ class Woken:
     waited_s: float
     switch_id: str | None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {"woke": self.stack, "waited_s": round(self.waited_s, 3), "switch_id": self.switch_id}
 
 

@@ -196,7 +196,8 @@ async def test_the_head_of_the_queue_is_never_overtaken(world: World, tmp_path: 
     held = await asyncio.wait_for(vision, 5)
     await settle()
     assert not second_flux.done()
-    assert r.leases.queue()[0]["reason"].startswith(f"waiting for lease {held.id} on {VISION}")
+    reason = r.leases.queue()[0]["reason"]
+    assert isinstance(reason, str) and reason.startswith(f"waiting for lease {held.id} on {VISION}")
     await r.leases.release(held.id)
     assert (await asyncio.wait_for(second_flux, 5)).model == FLUX
 
