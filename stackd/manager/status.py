@@ -131,27 +131,32 @@ def build_status(
         "periodic": {
             name: {"ok": r.ok, "at": r.at, "summary": r.summary} for name, r in snapshot.jobs.items()
         },
-        "gpu": {
-            "state": hardware.gpu_state,
-            "source": hardware.gpu_source,
-            "simulated": hardware.simulated,
-            "devices": [
-                {
-                    "index": g.index,
-                    "name": g.name,
-                    "total_mib": g.total_mib,
-                    "used_mib": g.used_mib,
-                    "free_mib": g.free_mib,
-                    "power_w": g.power_w,
-                    "power_limit_w": g.power_limit_w,
-                    "util_pct": g.util_pct,
-                }
-                for g in hardware.gpus
-            ],
-            "vram": ledger.get("vram"),
-            "kv": ledger.get("kv") or [],  # the KV-cache table of the active stack (planner.kv)
-        },
+        "gpu": gpu_json(hardware, ledger),
         "ram": ledger.get("ram"),
+    }
+
+
+def gpu_json(hardware: HardwareSnapshot, ledger: Mapping[str, object]) -> dict[str, object]:
+    """Status's ``gpu``: what NVML (or the simulator) reads, and the active stack's VRAM and KV ledgers."""
+    return {
+        "state": hardware.gpu_state,
+        "source": hardware.gpu_source,
+        "simulated": hardware.simulated,
+        "devices": [
+            {
+                "index": g.index,
+                "name": g.name,
+                "total_mib": g.total_mib,
+                "used_mib": g.used_mib,
+                "free_mib": g.free_mib,
+                "power_w": g.power_w,
+                "power_limit_w": g.power_limit_w,
+                "util_pct": g.util_pct,
+            }
+            for g in hardware.gpus
+        ],
+        "vram": ledger.get("vram"),
+        "kv": ledger.get("kv") or [],  # the KV-cache table of the active stack (planner.kv)
     }
 
 
