@@ -119,38 +119,50 @@ def _read_gguf(path: Path) -> Fields:
         "value_head_dim": value(f"{arch}.attention.value_length"),
         "context_tokens": value(f"{arch}.context_length"),
         "weights_gb": round(path.stat().st_size / 2**30, 4),
+        **_layer_fields(header, arch, per_layer),
     }
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _layer_fields(header: Fields, arch: str, per_layer: list[object]) -> Fields:
+    """Which layers hold what, when not all are alike: recurrent (Mamba) layers and their state,
+    layers without attention, sliding-window layers."""
+
+    def value(key: str) -> Any:
+        return header.get(f"{arch}.{key}")
+
+    out: Fields = {}
     attention = [i for i, n in enumerate(per_layer) if n]
-    inner, state = value(f"{arch}.ssm.inner_size"), value(f"{arch}.ssm.state_size")
+    inner, state = value("ssm.inner_size"), value("ssm.state_size")
     if inner and state and len(attention) < len(per_layer):
         # llama.cpp's recurrent layers: no KV heads and (when it is per layer) no feed-forward.
-        ff = value(f"{arch}.feed_forward_length")
+        ff = value("feed_forward_length")
         ff = list(ff) if isinstance(ff, list) else [0] * len(per_layer)
         out["hybrid_pattern"] = "".join(
             "*" if kv else "-" if f else "M" for kv, f in zip(per_layer, ff, strict=True)
         )
     elif len(attention) < len(per_layer):
         out["attention_layers"] = attention
-    window = value(f"{arch}.attention.sliding_window")
+    window = value("attention.sliding_window")
     if window:
         out["sliding_window"] = window
-        pattern = value(f"{arch}.attention.sliding_window_pattern")
+        pattern = value("attention.sliding_window_pattern")
         every = _SWA_PATTERNS.get(arch)
         if isinstance(pattern, list):
             out["sliding_window_layers"] = [i for i, sliding in enumerate(pattern) if sliding]
         elif every:
             out["sliding_window_layers"] = [i for i in attention if i % every != every - 1]
     if inner and state:
-        mamba_heads = value(f"{arch}.ssm.time_step_rank") or 1
+        mamba_heads = value("ssm.time_step_rank") or 1
         out["mamba"] = MambaState(
             heads=mamba_heads,
             head_dim=int(inner) // int(mamba_heads),
             state_size=state,
-            groups=value(f"{arch}.ssm.group_count") or 1,
-            conv_kernel=value(f"{arch}.ssm.conv_kernel") or 4,
+            groups=value("ssm.group_count") or 1,
+            conv_kernel=value("ssm.conv_kernel") or 4,
             dtype_bytes=_LLAMA_CPP_STATE_BYTES,
         )
-    return {k: v for k, v in out.items() if v is not None}
+    return out
 
 
 def _planner_key(key: str) -> bool:

@@ -53,7 +53,7 @@ class Expansion:
 def is_process_macro(path: FieldPath, name: str) -> bool:
     """``${PORT}`` & co. in a model's ``process:`` section or ``endpoint`` belong to the process
     runtime, which fills them in at each start; they are not environment variables."""
-    from stackd.config.models import PROCESS_MACROS
+    from stackd.config.fields import PROCESS_MACROS
 
     if name == "GPU_MEMORY_UTILIZATION":  # filled in from the plan's KV table (stackd.planner.kv)
         return len(path) >= 3 and path[0] == "models" and path[2] in ("process", "docker")

@@ -28,7 +28,7 @@ import yaml
 from pydantic import ValidationError
 
 from stackd.config.architecture_files import fill_architectures
-from stackd.config.envvars import expand_env
+from stackd.config.envvars import Expansion, expand_env
 from stackd.config.models import StacksConfig
 from stackd.config.problems import Problem, dotted, problems_from_errors, split_fix
 from stackd.config.references import check_references
@@ -67,27 +67,9 @@ def check_file(path: str | Path, env: Mapping[str, str] | None = None) -> list[P
 
 def _load(path: Path, env: Mapping[str, str]) -> tuple[StacksConfig | None, list[Problem]]:
     file = str(path)
-    text = _read(path)
-    if isinstance(text, Problem):
-        return None, [text]
-    doc = _parse(text, file)
+    doc = _mapping(path, file)
     if isinstance(doc, Problem):
         return None, [doc]
-    if doc.data is None:
-        return None, [
-            Problem(file, 1, "", "the file is empty", f"write {_TOP_LEVEL} (see config/model-stacks.yaml)")
-        ]
-    if not isinstance(doc.data, dict):
-        got = "a list" if isinstance(doc.data, list) else "a single value"
-        return None, [
-            Problem(
-                file,
-                doc.line_of(()),
-                "",
-                f"the file must be a mapping of keys, got {got}",
-                f"write top-level keys {_TOP_LEVEL}",
-            )
-        ]
     problems = [
         Problem(
             file,
@@ -99,20 +81,7 @@ def _load(path: Path, env: Mapping[str, str]) -> tuple[StacksConfig | None, list
         for dup in doc.duplicates
     ]
     expansion = expand_env(doc.data, env)
-    env_problems = [
-        Problem(
-            file,
-            doc.line_of(unset.path),
-            dotted(unset.path),
-            f"environment variable {unset.name} is not set",
-            f"set {unset.name} or write ${{{unset.name}:-default}}",
-        )
-        for unset in expansion.unset
-    ]
-    env_problems += [
-        Problem(file, doc.line_of(bad.path), dotted(bad.path), bad.message, bad.fix)
-        for bad in expansion.malformed
-    ]
+    env_problems = _environment_problems(expansion, doc, file)
     config: StacksConfig | None = None
     schema_problems: list[Problem] = []
     try:
@@ -135,6 +104,46 @@ def _load(path: Path, env: Mapping[str, str]) -> tuple[StacksConfig | None, list
         ]
     problems.sort(key=lambda p: p.line)  # stable: problems of one line keep their order
     return (None if problems else config), problems
+
+
+def _mapping(path: Path, file: str) -> YamlDocument | Problem:
+    """The parsed file when it is a mapping of keys; else the one problem that says why not."""
+    text = _read(path)
+    if isinstance(text, Problem):
+        return text
+    doc = _parse(text, file)
+    if isinstance(doc, Problem):
+        return doc
+    if doc.data is None:
+        return Problem(file, 1, "", "the file is empty", f"write {_TOP_LEVEL} (see config/model-stacks.yaml)")
+    if not isinstance(doc.data, dict):
+        got = "a list" if isinstance(doc.data, list) else "a single value"
+        return Problem(
+            file,
+            doc.line_of(()),
+            "",
+            f"the file must be a mapping of keys, got {got}",
+            f"write top-level keys {_TOP_LEVEL}",
+        )
+    return doc
+
+
+def _environment_problems(expansion: Expansion, doc: YamlDocument, file: str) -> list[Problem]:
+    """An unset variable or a malformed ``${...}``, each at its line."""
+    unset = [
+        Problem(
+            file,
+            doc.line_of(unset.path),
+            dotted(unset.path),
+            f"environment variable {unset.name} is not set",
+            f"set {unset.name} or write ${{{unset.name}:-default}}",
+        )
+        for unset in expansion.unset
+    ]
+    return unset + [
+        Problem(file, doc.line_of(bad.path), dotted(bad.path), bad.message, bad.fix)
+        for bad in expansion.malformed
+    ]
 
 
 def _first_at_each_path(earlier: list[Problem], later: list[Problem]) -> list[Problem]:

@@ -132,11 +132,7 @@ def _translate(
     is_key = "[key]" in error["loc"]
     shown = _show(error.get("input"), path, hidden)
     if kind == "extra_forbidden":
-        allowed = _allowed_keys(path[:-1])
-        close = difflib.get_close_matches(str(last), allowed, n=1)
-        hint = f"did you mean '{close[0]}'? otherwise " if close else ""
-        message = f"unknown key '{last}'"
-        fix = f"{hint}remove it or check the spelling (allowed: {', '.join(allowed)})"
+        message, fix = _unknown_key(path)
     elif kind == "missing":
         message, fix = "required field missing", f"add '{last}: ...'"
     elif kind in ("enum", "literal_error"):
@@ -146,14 +142,7 @@ def _translate(
         message = f"invalid value {shown}"
         fix = f"must be one of {expected}" + (f" (did you mean '{close[0]}'?)" if close else "")
     elif kind == "string_pattern_mismatch":
-        env_name = str(last).endswith("_env")
-        what = "name" if is_key else "value"
-        message = f"{shown} is not a valid {'environment variable name' if env_name else what}"
-        fix = (
-            _ENV_NAME_RULE
-            if env_name
-            else (_NAME_RULE if "a-z0-9" in ctx.get("pattern", "") else f"it must match {ctx.get('pattern')}")
-        )
+        message, fix = _pattern_mismatch(str(last), is_key, shown, str(ctx.get("pattern")))
     elif kind in _BOUNDS:
         key, must, write = _BOUNDS[kind]
         bound = f"{ctx[key]:g}" if isinstance(ctx.get(key), int | float) else str(ctx.get(key))
@@ -175,6 +164,22 @@ def _translate(
     else:
         message, fix = error["msg"][:1].lower() + error["msg"][1:], SCHEMA_HINT
     return Problem(file, doc.line_of(path), dotted(path), message, fix)
+
+
+def _unknown_key(path: FieldPath) -> tuple[str, str]:
+    last = path[-1]
+    allowed = _allowed_keys(path[:-1])
+    close = difflib.get_close_matches(str(last), allowed, n=1)
+    hint = f"did you mean '{close[0]}'? otherwise " if close else ""
+    return f"unknown key '{last}'", f"{hint}remove it or check the spelling (allowed: {', '.join(allowed)})"
+
+
+def _pattern_mismatch(last: str, is_key: bool, shown: str, pattern: str) -> tuple[str, str]:
+    env_name = last.endswith("_env")
+    what = "environment variable name" if env_name else "name" if is_key else "value"
+    if env_name:
+        return f"{shown} is not a valid {what}", _ENV_NAME_RULE
+    return f"{shown} is not a valid {what}", _NAME_RULE if "a-z0-9" in pattern else f"it must match {pattern}"
 
 
 def _show(value: Any, path: FieldPath, hidden: frozenset[FieldPath]) -> str:

@@ -19,17 +19,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel, NonNegativeFloat, TypeAdapter, ValidationError
 
 from stackd.config.cluster import cluster_problems
-from stackd.config.models import (
-    MIB_PER_GIB,
-    GpuBudget,
-    Lifecycle,
-    Model,
-    Placement,
-    ReasonConfig,
-    RoleSpec,
-    Stack,
-    StacksConfig,
-)
+from stackd.config.fields import MIB_PER_GIB
+from stackd.config.models import GpuBudget, Lifecycle, Model, Placement, RoleSpec, Stack, StacksConfig
+from stackd.config.reason import ReasonConfig
 
 if TYPE_CHECKING:
     from stackd.config.yaml_source import FieldPath

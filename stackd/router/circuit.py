@@ -75,6 +75,16 @@ class CircuitBreaker:
         if self.state is CircuitState.half_open:
             self.state = CircuitState.open  # open_until has passed: the next caller is the trial
 
+    def resettled(self, failure_threshold: int, cooldown_s: float) -> CircuitBreaker:
+        """A breaker with new settings and this one's state (a half-open one is open: its trial
+        still in flight reports here, so the new breaker's trial slot is free)."""
+        circuit = CircuitBreaker(failure_threshold, cooldown_s, self._clock)
+        circuit.consecutive_failures = self.consecutive_failures
+        circuit.last_failure = self.last_failure
+        circuit.open_until = self.open_until
+        circuit.state = CircuitState.open if self.state is CircuitState.half_open else self.state
+        return circuit
+
     def to_dict(self) -> dict[str, object]:
         return {
             "state": self.state.value,

@@ -168,7 +168,7 @@ async def test_a_reload_that_changes_none_of_them_keeps_the_breakers_queue_and_s
         config = sim_config(sim.url, connect_s=2)
         router = ReasonRouter(config, LiveRoles(RoleTable("s", {"orchestrator": "m2"}, frozenset({"m1"}))))
         await router.reason(ChatRequest([{"role": "user", "content": "hi"}]))
-        circuit, queue, session = router.circuit("m1"), router._queue, router._session
+        circuit, queue, session = router.circuit("m1"), router._queue, router._pool.current
         router.replace_config(sim_config(sim.url, connect_s=2))
-        assert (router.circuit("m1"), router._queue, router._session) == (circuit, queue, session)
+        assert (router.circuit("m1"), router._queue, router._pool.current) == (circuit, queue, session)
         await router.aclose()

@@ -22,7 +22,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
-from stackd.config.models import Preset, StacksConfig
+from stackd.config.models import StacksConfig
+from stackd.config.reason import Preset
 from stackd.config.slices import SliceRouting
 from stackd.errors import AllStrategiesFailed
 from stackd.router.backends.contract import tool_call_text
@@ -165,6 +166,25 @@ class SliceRouter:
         self._offer_regret(preset_name, routing, sliced, validator, request, start)
         return sliced
 
+    async def _call(
+        self,
+        preset: str,
+        routing: SliceRouting,
+        slice_name: str,
+        validator: AnswerValidator,
+        request: SliceRequest,
+        temperature: float | None,
+    ) -> tuple[Answer | AllStrategiesFailed, float]:
+        """One call of one slice (its answer, or why no strategy answered), and its milliseconds."""
+        chat = slice_request(routing, slice_name, request.chat, validator.schema, request.tools, temperature)
+        began = time.perf_counter()
+        self.controls.admit(preset, slice_name)
+        try:
+            answer = await self._router.complete(self._router.preset_route(preset, slice_name), chat)
+        except AllStrategiesFailed as exc:
+            return exc, (time.perf_counter() - began) * 1000
+        return answer, (time.perf_counter() - began) * 1000
+
     async def _run(
         self,
         preset: str,
@@ -179,21 +199,13 @@ class SliceRouter:
         retries_left = routing.tool_retries
         last: tuple[Answer, Verdict] | None = None
         while current is not None:
-            chat = slice_request(
-                routing, current, request.chat, validator.schema, request.tools, start.temperature
-            )
             template = template_of(routing, current)
-            began = time.perf_counter()
-            self.controls.admit(preset, current)
-            try:
-                answer = await self._router.complete(self._router.preset_route(preset, current), chat)
-            except AllStrategiesFailed as exc:
-                ms = (time.perf_counter() - began) * 1000
-                tries.append(SliceTry(current, None, "unavailable", exc.message[:300], ms, template))
+            answer, ms = await self._call(preset, routing, current, validator, request, start.temperature)
+            if isinstance(answer, AllStrategiesFailed):
+                tries.append(SliceTry(current, None, "unavailable", answer.message[:300], ms, template))
                 current, passed = self._next(routing, current, start, over_budget)
                 tries += passed
                 continue
-            ms = (time.perf_counter() - began) * 1000
             self.controls.spend(preset, current, answer.usage.counted_tokens)
             verdict = validator.check(checked_text(answer))
             last = (answer, verdict)
