@@ -21,7 +21,8 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from stackd.api.dispatch import BodyLimits, FrontDoor
+from stackd.api.dispatch import FrontDoor
+from stackd.api.request_body import BodyLimits
 from stackd.logs import records
 
 Scope = dict[str, Any]

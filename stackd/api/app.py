@@ -14,7 +14,7 @@ from starlette.routing import BaseRoute
 from stackd import __version__
 from stackd.api.auth import admitted_guard, open_guard
 from stackd.api.config_routes import build_config_router
-from stackd.api.dispatch import BodyLimits, FrontDoor, StackdApp, hot_routes
+from stackd.api.dispatch import FrontDoor, StackdApp, hot_routes
 from stackd.api.errors import install_error_handlers
 from stackd.api.gate import Gate
 from stackd.api.keyring import Keyring
@@ -26,6 +26,7 @@ from stackd.api.member_actions import build_member_actions_router
 from stackd.api.member_logs import ContainerLogs, build_member_logs_router
 from stackd.api.openapi_doc import install_openapi
 from stackd.api.page import build_page_router
+from stackd.api.request_body import BodyLimits
 from stackd.api.stacks import build_stacks_router
 from stackd.api.status import build_status_router
 from stackd.config.loader import load_config as load

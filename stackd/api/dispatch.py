@@ -33,117 +33,37 @@ cycle: the hot path's garbage is freed by reference counting, not by the cyclic 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
 
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from stackd.api.access_lines import RequestIdSend, access_line, answer_message
 from stackd.api.auth import CALLER_KEY
 from stackd.api.errors import ErrorAnswer, error_answer, shape_of
 from stackd.api.gate import Gate, peer_of, target_of
+from stackd.api.keyring import Caller
+from stackd.api.request_body import (
+    BODYLESS_METHODS,
+    BodyLimits,
+    LimitedReceive,
+    Replay,
+    declared_length,
+    header,
+    read_limited,
+    too_large,
+)
 from stackd.errors import StackdError
 from stackd.logs.request_id import HEADER_KEY as REQUEST_ID_KEY
 from stackd.logs.request_id import REQUEST_ID, SCOPE_KEY, accepted
 
 log = logging.getLogger("stackd.api")
-access = logging.getLogger("stackd.access")
 
-Guard = Callable[[Request], Any]  # raises ``Unauthorized``; the app's ``bearer_guard``
-BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # TRACE: 405, never a body read
-ERROR_BODY_BYTES = 4096  # of a failed answer's body, for its message in the log line
-
-
-class BodyTooLarge(StackdError):
-    """A request body past the route's limit (413)."""
-
-    status = 413
-
-
-@dataclass(frozen=True)
-class BodyLimits:
-    """Bytes a request body may have: ``control`` on the FastAPI routes, ``data`` on the hot paths."""
-
-    control: int
-    data: int
-
-
-def too_large(limit: int) -> BodyTooLarge:
-    return BodyTooLarge(f"request body over {limit:,} bytes; send a shorter one", limit_bytes=limit)
-
-
-def declared_length(scope: Scope) -> int | None:
-    """The request's ``Content-Length``; None when absent (chunked) or not a number."""
-    value = header(scope, b"content-length")
-    try:
-        return None if value is None else int(value)
-    except ValueError:
-        return None
-
-
-class LimitedReceive:
-    """``receive`` that raises ``BodyTooLarge`` instead of delivering more than ``limit`` bytes.
-
-    A ``Content-Length`` over the limit raises at the first call, before a byte is read; the
-    endpoint calls it only after its token check, so an unauthenticated caller gets 401."""
-
-    __slots__ = ("_declared", "_left", "_limit", "_receive")
-
-    def __init__(self, receive: Receive, limit: int, declared: int | None) -> None:
-        self._receive = receive
-        self._limit = limit
-        self._left = limit
-        self._declared = declared
-
-    async def __call__(self) -> Message:
-        if self._declared is not None and self._declared > self._limit:
-            raise too_large(self._limit)
-        message = await self._receive()
-        if message["type"] == "http.request":
-            self._left -= len(message.get("body", b""))
-            if self._left < 0:
-                raise too_large(self._limit)
-        return message
-
-
-class Replay:
-    """``receive`` that gives the body already read as one message, then the live ``receive``
-    (a streaming response waits on it for ``http.disconnect``)."""
-
-    __slots__ = ("_body", "_receive")
-
-    def __init__(self, body: bytes | None, receive: Receive) -> None:
-        self._body = body
-        self._receive = receive
-
-    async def __call__(self) -> Message:
-        body, self._body = self._body, None
-        if body is None:
-            return await self._receive()
-        return {"type": "http.request", "body": body, "more_body": False}
-
-
-async def read_limited(receive: Receive, limit: int) -> bytes | None:
-    """The whole body, or None when it passes ``limit`` (reading stops there) or the client left."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(chunks)
+Guard = Callable[[Request], object]  # raises ``Unauthorized``; the app's ``bearer_guard``
 
 
 async def refuse(send: Send, exc: StackdError) -> None:
@@ -178,71 +98,6 @@ async def internal_error(send: Send, exc: Exception, path: str) -> None:
     When the answer had begun, uvicorn closes the connection instead."""
     with contextlib.suppress(RuntimeError):  # uvicorn: the answer had already begun
         await send_error(send, error_answer(exc, shape_of(path)))
-
-
-def header(scope: Scope, name: bytes) -> bytes | None:
-    """The first value of header ``name`` (lower case), or None."""
-    for key, value in scope["headers"]:
-        if key == name:
-            return value  # type: ignore[no-any-return]
-    return None
-
-
-class RequestIdSend:
-    """``send`` that adds ``X-Request-ID`` to the response head and remembers its status (and,
-    of an answer of 500 or more, the start of its body: its message goes in the log line)."""
-
-    __slots__ = ("_header", "_send", "error_body", "status")
-
-    def __init__(self, send: Send, request_id: bytes) -> None:
-        self._send = send
-        self._header = (REQUEST_ID_KEY, request_id)
-        self.status = 0
-        self.error_body = b""
-
-    def __call__(self, message: Message) -> Awaitable[None]:
-        # Not a coroutine of its own: the inner send's awaitable is handed back (2 µs less a request).
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-            message = {**message, "headers": [*message.get("headers", ()), self._header]}
-        elif self.status >= 500 and not self.error_body:
-            self.error_body = bytes(message.get("body", b""))[:ERROR_BODY_BYTES]
-        return self._send(message)
-
-
-def answer_message(body: bytes) -> str | None:
-    """The message of a JSON error answer, stackd's (``{"message"}``) or OpenAI's
-    (``{"error": {"message"}}``); None for anything else."""
-    try:
-        value = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(value, dict):
-        return None
-    error = value.get("error")
-    message = error.get("message") if isinstance(error, dict) else value.get("message")
-    return message[:500] if isinstance(message, str) else None
-
-
-def access_line(scope: Scope, status: int, started: float, error: str | None = None) -> None:
-    """One line for a request: method, path, status, milliseconds, and ``error``, the failed
-    answer's message (WARNING from 500 on). The query string is left out: a caller may have put a
-    credential in it."""
-    ms = round((time.perf_counter() - started) * 1000, 2)
-    fields: dict[str, Any] = {"method": scope["method"], "path": scope["path"], "status": status}
-    fields["duration_ms"] = ms
-    if error is not None:
-        fields["error"] = error
-    access.log(
-        logging.WARNING if status >= 500 else logging.INFO,
-        "%s %s %d %.2f ms%s",
-        scope["method"],
-        scope["path"],
-        status,
-        ms,
-        f": {error}" if error else "",
-        extra=fields,
-    )
 
 
 class FrontDoor:
@@ -323,6 +178,23 @@ class FrontDoor:
             return
         await self._app(scope, Replay(body, receive), send)
 
+    async def _model_checked(
+        self, gate: Gate, caller: Caller, scope: Scope, receive: Receive, send: Send
+    ) -> Receive | None:
+        """A key limited to some models: its body's model is read here, before the endpoint. The
+        body to replay to the endpoint, or None once the request is answered (413, 403)."""
+        limit, declared = self._limits.data, declared_length(scope)
+        body = None if declared is not None and declared > limit else await read_limited(receive, limit)
+        if body is None:
+            await refuse(send, too_large(limit))
+            return None
+        try:
+            gate.allowed_model(caller, scope["path"], body)
+        except StackdError as exc:
+            await send_error(send, error_answer(exc, shape_of(scope["path"])))
+            return None
+        return Replay(body, receive)
+
     async def _serve_gated(self, gate: Gate, scope: Scope, receive: Receive, send: Send) -> None:
         """Every request through the gate first (a body is never read before it admits it)."""
         method, path = scope["method"], scope["path"]
@@ -338,20 +210,10 @@ class FrontDoor:
             declared = declared_length(scope)
             hot_receive: Receive = LimitedReceive(receive, self._limits.data, declared)
             if caller.models and method not in BODYLESS_METHODS:
-                # A key limited to some models: its body's model is read here, before the endpoint.
-                limit = self._limits.data
-                body = (
-                    None if declared is not None and declared > limit else await read_limited(receive, limit)
-                )
-                if body is None:
-                    await refuse(send, too_large(limit))
+                checked = await self._model_checked(gate, caller, scope, receive, send)
+                if checked is None:
                     return
-                try:
-                    gate.allowed_model(caller, path, body)
-                except StackdError as exc:
-                    await send_error(send, error_answer(exc, shape_of(path)))
-                    return
-                hot_receive = Replay(body, receive)
+                hot_receive = checked
             try:
                 await hot(scope, hot_receive, send)
             except Exception as exc:

@@ -19,7 +19,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from stackd.api.auth import bearer_guard
-from stackd.api.dispatch import BodyLimits, FrontDoor, hot_routes
+from stackd.api.dispatch import FrontDoor, hot_routes
+from stackd.api.request_body import BodyLimits
 from stackd.api.tools import build_tools_router
 from stackd.logs import content, records
 from stackd.roles import LiveRoles, RoleTable

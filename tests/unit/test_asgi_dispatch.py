@@ -18,7 +18,8 @@ import pytest
 from fastapi import FastAPI, Request, Response
 
 from stackd.api.app import create_app
-from stackd.api.dispatch import BodyLimits, FrontDoor
+from stackd.api.dispatch import FrontDoor
+from stackd.api.request_body import BodyLimits
 from stackd.config.models import StacksConfig
 from stackd.drivers.memory import MemoryContainers, MemoryHealth, MemoryOllama, MemoryProcesses, MemoryRemotes
 from stackd.gpu.leases import LeaseCoordinator
