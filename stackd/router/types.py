@@ -57,9 +57,9 @@ class Usage:
     def unknown(self) -> bool:
         return self.prompt_tokens is None or self.completion_tokens is None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """OpenAI's usage object; ``estimated`` added only when a figure is stackd's count."""
-        out: dict[str, Any] = {
+        out: dict[str, object] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
@@ -137,7 +137,7 @@ class Attempt:
     elapsed_ms: float = 0.0
     kind: FailureKind | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {
             "strategy": self.strategy,
             "backend": self.backend,
@@ -161,7 +161,7 @@ class Answer:
     cost_usd: float = 0.0
     tool_calls: ToolCalls = ()
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {
             "answer": self.text,
             "finish_reason": self.finish_reason,

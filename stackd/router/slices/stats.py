@@ -7,7 +7,6 @@ was valid. Cost per 1K tokens is at the slice model's configured price (0 for a 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from stackd.router.accounting import LatencyTally
 from stackd.router.slices.types import SlicedAnswer
@@ -39,7 +38,7 @@ class SliceTally:
         tokens = self.prompt_tokens + self.completion_tokens
         return self.cost_usd / tokens * 1000 if tokens else 0.0
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         acceptance = self.acceptance
         return {
             "tried": self.tried,
@@ -93,5 +92,5 @@ class SliceStats:
         tally.regret_replays += 1
         tally.regrets += would_have_validated
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {f"{p}:{s}": t.to_dict() for (p, s), t in sorted(self.tallies.items())}

@@ -35,7 +35,7 @@ class ToolCall:
     name: str
     arguments: dict[str, Any]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {"name": self.name, "arguments": self.arguments}
 
 
