@@ -54,6 +54,7 @@ catches ``StackdError`` once and prints ``Name: message``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 class StackdError(Exception):
@@ -61,12 +62,12 @@ class StackdError(Exception):
 
     status: int = 500
 
-    def __init__(self, message: str, **detail: object) -> None:
+    def __init__(self, message: str, **detail: Any) -> None:
         super().__init__(message)
         self.message = message
         self.detail = detail
 
-    def to_dict(self) -> dict[str, object]:
+    def to_dict(self) -> dict[str, Any]:
         return {"error": type(self).__name__, "message": self.message, **self.detail}
 
 
@@ -79,7 +80,7 @@ class ConfigError(StackdError):
         super().__init__(message)
         self.problems = list(problems or [])
 
-    def to_dict(self) -> dict[str, object]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "error": "ConfigError",
             "message": self.message,

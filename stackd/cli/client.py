@@ -212,14 +212,14 @@ class DaemonClient:
         data = self.request("POST", path, json=body)
         return data if answer is None else check_answer(data, answer, f"POST {path}")
 
-    def stream_events(self, path: str) -> Iterator[dict[str, Any]]:
-        """Yield the JSON payload of each SSE event of ``GET path``."""
+    def stream_events(self, path: str) -> Iterator[Any]:
+        """Yield the JSON payload of each SSE event of ``GET path`` (its shape is the route's)."""
         return self._stream("GET", path, None)
 
-    def stream_events_post(self, path: str, body: Mapping[str, object]) -> Iterator[dict[str, Any]]:
+    def stream_events_post(self, path: str, body: Mapping[str, object]) -> Iterator[Any]:
         return self._stream("POST", path, body)
 
-    def _stream(self, method: str, path: str, body: Mapping[str, object] | None) -> Iterator[dict[str, Any]]:
+    def _stream(self, method: str, path: str, body: Mapping[str, object] | None) -> Iterator[Any]:
         try:
             with self._http.stream(method, path, json=body, timeout=None) as resp:
                 if resp.status_code >= 400:

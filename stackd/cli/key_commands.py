@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from stackd.cli.options import JsonOpt, StateDirOpt, TokenOpt, UrlOpt, client, emit
 from stackd.errors import StackdError
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from stackd.cli.shapes import KeyRow, KeyUsage
 
 keys_app = typer.Typer(no_args_is_help=True, help="API keys with scopes and limits (admin).")
 UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -28,20 +33,20 @@ def duration_s(text: str) -> float:
     return float(found[1]) * UNITS_S[found[2] or "s"]
 
 
-def _keys_table(keys: list[dict[str, Any]]) -> Any:
+def _keys_table(keys: list[KeyRow]) -> Table:
     from rich.table import Table
 
     table = Table("name", "scopes", "models", "limits", "today", "expires", "state")
     now = time.time()
     for k in keys:
         limits = ", ".join(
-            f"{label} {k[field]:g}"
-            for field, label in (
-                ("rpm", "rpm"),
-                ("daily_tokens", "tokens/day"),
-                ("daily_cost_usd", "USD/day"),
+            f"{label} {value:g}"
+            for value, label in (
+                (k.get("rpm"), "rpm"),
+                (k.get("daily_tokens"), "tokens/day"),
+                (k.get("daily_cost_usd"), "USD/day"),
             )
-            if k.get(field) is not None
+            if value is not None
         )
         expires = "" if k["expires"] is None else f"in {(k['expires'] - now) / 86400:.1f} d"
         state = "revoked" if k["revoked"] else ("expired" if k["expires"] and k["expires"] <= now else "live")
@@ -144,7 +149,7 @@ def audit(
     """Control actions (switches, leases, reloads, key changes): who, what, from where, the outcome."""
     from rich.table import Table
 
-    params: dict[str, Any] = {"limit": limit} | ({"key": key} if key else {})
+    params: dict[str, str | int] = {"limit": limit} | ({"key": key} if key else {})
     with client(url, token, state_dir) as c:
         data = c.get("/audit", params=params)
     table = Table("time", "key", "action", "target", "peer", "outcome")
@@ -154,7 +159,7 @@ def audit(
     emit(data, as_json, table)
 
 
-def usage_by_key(data: dict[str, Any]) -> Any:
+def usage_by_key(data: KeyUsage) -> Table:
     from rich.table import Table
 
     table = Table("key", "calls", "tokens", "cost (USD)")

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from stackd.cli.options import JsonOpt, StateDirOpt, TokenOpt, UrlOpt, client, emit
 
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from stackd.cli.shapes import LeaseRow
+
 lease_app = typer.Typer(no_args_is_help=True, help="Lease on-demand GPU models (vision, diffusion).")
 
 
-def _lease_table(leases: list[dict[str, Any]]) -> Any:
+def _lease_table(leases: list[LeaseRow]) -> Table:
     from rich.table import Table
 
     table = Table("id", "model", "expires in", "endpoint")

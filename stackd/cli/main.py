@@ -9,7 +9,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,6 +18,7 @@ from stackd.cli import schedule_commands
 from stackd.cli.key_commands import audit as key_audit
 from stackd.cli.key_commands import keys_app
 from stackd.cli.lease_commands import lease_app
+from stackd.cli.log_commands import logs
 from stackd.cli.options import (
     ConfigOpt,
     JsonOpt,
@@ -30,6 +31,7 @@ from stackd.cli.options import (
     err,
     out,
 )
+from stackd.cli.serve_command import serve
 from stackd.cli.slice_commands import slices_app
 from stackd.errors import StackdError
 
@@ -61,97 +63,7 @@ def cli(
     """Run a hybrid GPU / CPU / cloud model stack."""
 
 
-@app.command()
-def serve(
-    host: Annotated[
-        str,
-        typer.Option(envvar="STACKD_HOST", help="Address to bind; off loopback every route needs the token."),
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="STACKD_PORT", help="Port to bind.")] = 8001,
-    config: ConfigOpt = Path("config/model-stacks.yaml"),
-    state_dir: Annotated[
-        Path | None,
-        typer.Option(
-            envvar="STACKD_STATE_DIR",
-            help="Where the token, the SQLite state and the journal live (default: ~/.local/state/stackd).",
-        ),
-    ] = None,
-    gpu_scenario: Annotated[
-        Path | None, typer.Option(envvar="STACKD_GPU_SCENARIO", help="YAML of scripted GPUs (no NVML).")
-    ] = None,
-    gpu_total_gb: Annotated[
-        float | None,
-        typer.Option(
-            envvar="STACKD_GPU_TOTAL_GB", help="Plan for a card of this many GB instead of the one seen."
-        ),
-    ] = None,
-    periodic: Annotated[
-        bool, typer.Option("--periodic/--no-periodic", help="Run health probes, drift checks and idle TTL.")
-    ] = True,
-    detach: Annotated[
-        bool,
-        typer.Option(
-            "--detach", help="Run in the background (log: STATE_DIR/stackd.log); return once it serves."
-        ),
-    ] = False,
-    log_content: Annotated[
-        bool,
-        typer.Option(
-            "--log-content",
-            envvar="STACKD_LOG_CONTENT",
-            help="Write prompts and answers to the log (off: they are never logged).",
-        ),
-    ] = False,
-    log_requests: Annotated[
-        bool,
-        typer.Option(
-            "--log-requests",
-            envvar="STACKD_LOG_REQUESTS",
-            help="One log line per request: method, path, status, milliseconds.",
-        ),
-    ] = False,
-) -> None:
-    """Run the daemon (FastAPI on uvicorn), in the foreground unless --detach."""
-    kwargs: dict[str, Any] = {
-        "host": host,
-        "port": port,
-        "config": config,
-        "gpu_scenario": gpu_scenario,
-        "gpu_total_gb": gpu_total_gb,
-        "periodic": periodic,
-        "log_content": log_content,
-        "log_requests": log_requests,
-    }
-    if state_dir is not None:
-        kwargs["state_dir"] = state_dir
-    if not detach and os.name == "posix":
-        from stackd.cli.serve_process import exec_daemon
-
-        exec_daemon(kwargs, sys.argv[1:])  # the daemon keeps none of the CLI's modules
-    from stackd.daemon import run
-    from stackd.settings import Settings
-
-    settings = Settings(**kwargs)
-    if detach:
-        from stackd.cli.lifecycle import serve_detached
-
-        url = f"http://{settings.host}:{settings.port}"
-        # A bare `stackd stop` looks at the default state dir and port: the hint names the ones given.
-        port_given = (settings.host, settings.port) != ("127.0.0.1", 8001)
-        argv = [arg for arg in sys.argv[1:] if arg != "--detach"]
-        pid, log_path = serve_detached(argv, settings.state_dir, url)
-        again = [
-            *([f"--state-dir {state_dir}"] if state_dir is not None else []),
-            *([f"--url {url}"] if port_given else []),
-        ]
-        out.print(
-            f"stackd is serving {url} (pid {pid}); log: {log_path}; stop it with: {' '.join(['stackd stop', *again])}",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
-        return
-    run(settings)
+app.command()(serve)
 
 
 @app.command()
@@ -264,7 +176,7 @@ def switch(
             data = c.post("/model-stacks/switch", {"stack": stack, "dry_run": True}, answers.DryRunAnswer)
             emit(data, as_json, render.plan_renderable(data["plan"]))
             return
-        body: dict[str, Any] = {"stack": stack, "wait": False, **({"hold": hold} if hold else {})}
+        body: dict[str, object] = {"stack": stack, "wait": False, **({"hold": hold} if hold else {})}
         started = c.post("/model-stacks/switch", body, answers.SwitchAnswer)
         if not as_json:  # which daemon (and so which engines) this switch changes
             out.print(render.daemon_line({**c.health(), "url": c.url}), style="dim")
@@ -417,65 +329,7 @@ def usage(
     )
 
 
-@app.command()
-def logs(
-    member: Annotated[
-        str | None,
-        typer.Argument(
-            help="A member of the config (a process or docker engine); none: the daemon's own log."
-        ),
-    ] = None,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
-    lines: Annotated[
-        int, typer.Option("--lines", "-n", min=1, max=10000, help="How many of the last lines.")
-    ] = 100,
-    probes: Annotated[
-        bool, typer.Option("--probes", help="Keep the health probes' requests (left out by default).")
-    ] = False,
-    url: UrlOpt = None,
-    token: TokenOpt = None,
-    state_dir: StateDirOpt = None,
-) -> None:
-    """An engine's own log (a process member's log file, a docker member's container log), or
-    with no MEMBER the daemon's log (STATE_DIR/stackd.log of a detached daemon)."""
-    if member is None:
-        _daemon_logs(follow, lines, url, state_dir)
-        return
-    path = f"/members/{member}/logs"
-    keep = "true" if probes else "false"
-    with client(url, token, state_dir) as c:
-        if not follow:
-            for line in c.get(path, params={"lines": lines, "probes": keep})["lines"]:
-                out.print(line, markup=False, highlight=False, soft_wrap=True)
-            return
-        for event in c.stream_events(f"{path}?follow=true&lines={lines}&probes={keep}"):
-            out.print(event["line"], markup=False, highlight=False, soft_wrap=True)
-
-
-def _daemon_logs(follow: bool, lines: int, url: str | None, state_dir: Path | None) -> None:
-    from stackd import default_state_dir
-    from stackd.cli import daemon_log
-    from stackd.cli.client import DaemonClient, default_url
-
-    state = state_dir or (
-        Path(os.environ["STACKD_STATE_DIR"]) if os.environ.get("STACKD_STATE_DIR") else None
-    )
-    if state is None:  # the state dir the daemon names, else the default one
-        try:
-            with DaemonClient(url or default_url(), None, timeout=5.0) as c:
-                named = c.health().get("state_dir")
-        except StackdError:
-            named = None
-        state = Path(named) if named else default_state_dir()
-    path = daemon_log.daemon_log(state)
-    last, offset = daemon_log.last_lines(path, lines)
-    for line in last:
-        sys.stdout.write(line + "\n")
-    if follow:
-        sys.stdout.flush()
-        for line in daemon_log.follow(path, offset):
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
+app.command()(logs)
 
 
 def main() -> None:

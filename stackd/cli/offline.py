@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, cast
 from stackd.config.loader import load_config
 from stackd.hardware.probe import make_gpu_reader, read_hardware
 from stackd.planner import plan_switch
-from stackd.planner.plan import ObservedState
+from stackd.planner.plan import ObservedState, Plan
 from stackd.planner.views import plan_json
 
 if TYPE_CHECKING:
@@ -25,5 +25,9 @@ def offline_plan(
     if gpu_total_gb is not None:
         # --gpu-total-gb answers "what if my card had N GB": it overrides the file's total too.
         config = config.model_copy(update={"gpu": config.gpu.model_copy(update={"total_gb": gpu_total_gb})})
-    # plan_json is the JSON the daemon answers a dry run with: the shape plan_renderable reads
-    return cast("PlanShape", plan_json(plan_switch(config, ObservedState(), stack, hardware)))
+    return plan_shape(plan_switch(config, ObservedState(), stack, hardware))
+
+
+def plan_shape(plan: Plan) -> PlanShape:
+    """The JSON the daemon answers a dry run with (``plan_json``): the shape ``plan_renderable`` reads."""
+    return cast("PlanShape", plan_json(plan))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 if TYPE_CHECKING:  # httpx and pydantic load when a command talks to a daemon, not at start-up
+    from rich.console import RenderableType
+
     from stackd.cli.client import DaemonClient
 
 out = Console()
@@ -47,7 +49,7 @@ def client(url: str | None, token: str | None, state_dir: Path | None, timeout: 
     return DaemonClient.connect(url, token, state_dir, timeout=timeout)
 
 
-def emit(data: Any, as_json: bool, renderable: Any = None) -> None:
+def emit(data: object, as_json: bool, renderable: RenderableType | None = None) -> None:
     if as_json:
         out.print_json(data=data)
     else:

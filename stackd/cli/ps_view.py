@@ -7,13 +7,15 @@ that is not an engine of stackd's (a cloud model, an Ollama tag) has ``-`` where
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich import box
 from rich.table import Table
 
 from stackd.planner.units import gib
+
+if TYPE_CHECKING:
+    from stackd.cli.shapes import Member, PsRow, Status
 
 
 def uptime(seconds: float | None) -> str:
@@ -27,7 +29,7 @@ def uptime(seconds: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-def memory(member: Mapping[str, Any]) -> str:
+def memory(member: Member | PsRow) -> str:
     """Measured / budget (``-`` measured: nothing to measure or not measured yet)."""
     budget, measured = member.get("memory_mib") or 0, member.get("measured_mib")
     where = {"gpu": "VRAM", "cpu": "RAM"}.get(str(member.get("placement")), "")
@@ -37,10 +39,10 @@ def memory(member: Mapping[str, Any]) -> str:
     return f"{used} / {gib(budget, places=1)} {where}".rstrip()
 
 
-def ps_rows(status: Mapping[str, Any], now: float) -> list[dict[str, Any]]:
+def ps_rows(status: Status, now: float) -> list[PsRow]:
     """The members of the active stack, and any other that runs an engine (an on-demand or a
     leftover one): the rows ``ps_table`` prints and ``stackd ps --json`` returns."""
-    rows = []
+    rows: list[PsRow] = []
     for member in status.get("members", []):
         process = member.get("process") or {}
         if not member.get("in_stack") and not process.get("pid"):
@@ -64,7 +66,7 @@ def ps_rows(status: Mapping[str, Any], now: float) -> list[dict[str, Any]]:
     return rows
 
 
-def ps_table(rows: list[dict[str, Any]], stack: str | None) -> Table:
+def ps_table(rows: list[PsRow], stack: str | None) -> Table:
     table = Table(title=f"stack {stack or '(none active)'}", box=box.SIMPLE_HEAD, show_edge=False)
     for column in ("name", "pid", "port", "uptime", "restarts", "memory (used / budget)", "state"):
         table.add_column(column, justify="right" if column in ("pid", "port", "restarts") else "left")

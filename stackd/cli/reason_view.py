@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from stackd.cli.client import DaemonClient, DaemonError
 from stackd.cli.render import attempts_table
+
+if TYPE_CHECKING:
+    from stackd.cli.shapes import ReasonAnswer, ReasonUsage
 
 
 @dataclass(frozen=True)
@@ -22,14 +25,16 @@ class ReasonOptions:
 def run_reason(
     client: DaemonClient, console: Console, problem: str, options: ReasonOptions, as_json: bool
 ) -> None:
-    body: dict[str, Any] = {"problem": problem, "effort": options.effort}
+    body: dict[str, object] = {"problem": problem, "effort": options.effort}
     if options.max_tokens is not None:
         body["max_tokens"] = options.max_tokens
     if options.timeout_s is not None:
         body["timeout_s"] = options.timeout_s
     stream = options.stream
     try:
-        final = _stream(client, console, body, as_json) if stream else client.post("/tools/reason", body)
+        final: ReasonAnswer = (
+            _stream(client, console, body, as_json) if stream else client.post("/tools/reason", body)
+        )
     except DaemonError as exc:
         answer = exc.detail.get("body")
         attempts = answer.get("attempts") if isinstance(answer, dict) else None
@@ -53,18 +58,19 @@ def run_reason(
         )
 
 
-def token_figures(usage: dict[str, Any]) -> str:
+def token_figures(usage: ReasonUsage) -> str:
     """``12 in / 5 out``; ``?`` for a count nobody could make, ``~`` before stackd's estimates."""
     mark = "~" if usage.get("estimated") else ""
 
-    def shown(value: Any) -> str:
+    def shown(value: int | None) -> str:
         return "?" if value is None else f"{mark}{value}"
 
     return f"{shown(usage.get('prompt_tokens'))} in / {shown(usage.get('completion_tokens'))} out"
 
 
-def _stream(client: DaemonClient, console: Console, body: dict[str, Any], as_json: bool) -> dict[str, Any]:
-    final: dict[str, Any] = {}
+def _stream(client: DaemonClient, console: Console, body: dict[str, object], as_json: bool) -> ReasonAnswer:
+    final: ReasonAnswer = {}
+    event: ReasonAnswer
     for event in client.stream_events_post("/tools/reason", {**body, "stream": True}):
         if "delta" in event:
             if not as_json:

@@ -15,12 +15,27 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import NoReturn, TypedDict
 
 OPTIONS_ENV = "STACKD_SERVE_OPTIONS"
 
 
-def exec_daemon(options: dict[str, Any], argv: Sequence[str]) -> NoReturn:
+class ServeOptions(TypedDict, total=False):
+    """The ``Settings`` fields ``stackd serve`` sets (the rest keep their defaults)."""
+
+    host: str
+    port: int
+    config: Path
+    state_dir: Path
+    gpu_scenario: Path | None
+    gpu_total_gb: float | None
+    periodic: bool
+    log_content: bool
+    log_requests: bool
+
+
+def exec_daemon(options: ServeOptions, argv: Sequence[str]) -> NoReturn:
     """Become the daemon with ``options`` (``Settings`` fields); ``argv`` (the ``serve`` command
     line) is carried so that ``ps`` shows how it was started."""
     env = {**os.environ, OPTIONS_ENV: json.dumps(options, default=str)}

@@ -8,6 +8,7 @@ reads an optional key with ``.get`` and a required one by index, as the route do
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TypedDict
 
 # ---------------------------------------------------------------- GET /healthz
@@ -56,8 +57,15 @@ class RamLedger(TypedDict, total=False):
 
 
 class KvRow(TypedDict, total=False):
+    """``stackd.planner.kv_row.KvRow`` as JSON."""
+
     model: str
+    source: str
     kv_rule: str
+    context_mib: float | None
+    weights_mib: int
+    overhead_mib: int
+    room_mib: int | None
     sessions: list[tuple[int, float]]
     gpu_memory_utilization: float | None
     refused: bool
@@ -94,7 +102,7 @@ class Refusal(TypedDict):
 class PlanShape(TypedDict, total=False):
     stack: str
     feasible: bool
-    steps: list[dict[str, object]]  # each step's own keys: describe_step reads them
+    steps: list[Mapping[str, object]]  # each step's own keys: describe_step reads them
     vram: VramLedger | None
     ram: RamLedger | None
     kv: list[KvRow]
@@ -155,6 +163,7 @@ class GpuStatus(TypedDict, total=False):
 
 class Probe(TypedDict, total=False):
     ok: bool
+    at: float
     error: str | None
 
 
@@ -233,7 +242,7 @@ class ClusterNode(TypedDict, total=False):
 
 
 class ClusterStatus(TypedDict, total=False):
-    error: str
+    error: str | None
     placed: dict[str, str]
     nodes: list[ClusterNode]
 
@@ -348,3 +357,110 @@ class SlicesAnswer(TypedDict, total=False):
     controls: SliceControls
     presets: dict[str, Preset]
     slices: dict[str, SliceTally]
+
+
+# ---------------------------------------------------------------- a switch (POST /model-stacks/switch, its events)
+
+
+class SwitchState(TypedDict, total=False):
+    switch_id: str
+    stack: str
+    state: str
+
+
+class SwitchEvent(TypedDict, total=False):
+    """One event of ``GET /model-stacks/switch/{id}/events`` (``stackd.manager.events``)."""
+
+    type: str
+    step: Mapping[str, object] | None  # the step's own keys: describe_step reads them
+    at: float | None
+    total: int | None
+    completed: int | None
+    tag: str | None
+    digest: str | None
+    error: str | None
+    timed_out: bool
+    in_flight: int
+    model: str
+    state: str
+    note: str | None
+
+
+# ---------------------------------------------------------------- POST /tools/reason
+
+
+class ReasonUsage(TypedDict, total=False):
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    estimated: bool
+
+
+class ReasonError(TypedDict, total=False):
+    message: str
+    attempts: list[Attempt]
+
+
+class ReasonAnswer(TypedDict, total=False):
+    """The answer, or the stream's last event (its deltas are ``{"delta": text}``)."""
+
+    delta: str
+    answer: str
+    error: ReasonError
+    attempts: list[Attempt]
+    backend: str | None
+    model: str
+    strategy: str
+    usage: ReasonUsage
+
+
+# ---------------------------------------------------------------- /keys, /usage/keys, /leases
+
+
+class KeyToday(TypedDict):
+    tokens: int
+    cost_usd: float
+
+
+class KeyRow(TypedDict, total=False):
+    name: str
+    scopes: list[str]
+    models: list[str]
+    rpm: float | None
+    daily_tokens: float | None
+    daily_cost_usd: float | None
+    expires: float | None
+    revoked: bool
+    today: KeyToday
+
+
+class KeyUsageRow(TypedDict):
+    key: str
+    calls: int
+    tokens: int
+    cost_usd: float
+
+
+class KeyUsage(TypedDict):
+    rows: list[KeyUsageRow]
+
+
+class LeaseRow(TypedDict, total=False):
+    id: str
+    model: str
+    expires_in_s: float
+    endpoint: str | None
+
+
+class PsRow(TypedDict):
+    """A line of ``stackd ps`` (and of its ``--json``)."""
+
+    name: str
+    runtime: str | None
+    state: str | None
+    pid: int | None
+    port: int | None
+    uptime_s: int | None
+    restarts: int | None
+    memory_mib: float | None
+    measured_mib: float | None
+    placement: str | None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -27,6 +27,9 @@ from stackd.api import answers
 from stackd.cli.client import DaemonClient
 from stackd.cli.render import step_text
 
+if TYPE_CHECKING:
+    from stackd.cli.shapes import SwitchEvent, SwitchState
+
 MISSING_KEY = re.compile(r"has no API key: set (\w+)")
 
 
@@ -43,7 +46,7 @@ class SwitchScreen:
     missing_keys: dict[str, list[str]] = field(default_factory=dict)  # variable -> members
 
 
-def follow_switch(client: DaemonClient, started: dict[str, Any], console: Console | None) -> dict[str, Any]:
+def follow_switch(client: DaemonClient, started: SwitchState, console: Console | None) -> SwitchState:
     """Stream the switch's events until it ends; return its final state from the daemon."""
     switch_id = started["switch_id"]
     if console:
@@ -63,11 +66,11 @@ def follow_switch(client: DaemonClient, started: dict[str, Any], console: Consol
                 show_event(event, screen)
     if console:
         show_missing_keys(screen)
-    switch: dict[str, Any] = client.get(f"/model-stacks/switch/{switch_id}", answers.SwitchAnswer)
+    switch: SwitchState = client.get(f"/model-stacks/switch/{switch_id}", answers.SwitchAnswer)
     return switch
 
 
-def show_event(event: dict[str, Any], screen: SwitchScreen) -> None:
+def show_event(event: SwitchEvent, screen: SwitchScreen) -> None:
     kind = event.get("type")
     step = event.get("step")
     console, progress = screen.console, screen.progress
@@ -127,7 +130,7 @@ def show_missing_keys(screen: SwitchScreen) -> None:
         screen.console.print(f"  [yellow]![/] no API key, cloud members left out: {said}")
 
 
-def _keyless(screen: SwitchScreen, model: Any) -> bool:
+def _keyless(screen: SwitchScreen, model: object) -> bool:
     return any(model in models for models in screen.missing_keys.values())
 
 
@@ -137,7 +140,7 @@ def _resolve(screen: SwitchScreen, text: str) -> None:
         screen.progress.remove_task(task)
 
 
-def _took(screen: SwitchScreen, text: str, event: dict[str, Any]) -> str:
+def _took(screen: SwitchScreen, text: str, event: SwitchEvent) -> str:
     began = screen.started_at.pop(text, None)
     at = event.get("at")
     if began is None or not isinstance(at, int | float) or not began:

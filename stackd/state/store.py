@@ -89,9 +89,9 @@ class JournalEntry:
     started_at: float
     finished_at: float | None
     error: str | None
-    plan: object
-    steps_done: list[object]
-    undone: list[object]
+    plan: dict[str, object]
+    steps_done: list[dict[str, object]]  # each step's JSON
+    undone: list[dict[str, object]]  # each undo's JSON
 
 
 @dataclass(frozen=True)

@@ -5,17 +5,22 @@ tests see it, with the longest names and messages the bundled config produces.""
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict, Unpack
 
 import pytest
 from rich.console import Console
 
 from stackd.cli.render import daemon_header, status_renderable, usage_renderable
 
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+    from stackd.cli.shapes import Health, Member, Status, UsageAnswer, UsageRow
+
 
 def member(
     name: str, runtime: str, placement: str, mib: int, state: str, detail: str | None = None
-) -> dict[str, Any]:
+) -> Member:
     lifecycle = "on_demand" if detail and "on demand" in detail else "always_on"
     return {
         "name": name,
@@ -30,7 +35,7 @@ def member(
     }
 
 
-STATUS: dict[str, Any] = {
+STATUS: Status = {
     "active_stack": "elastic-hybrid",
     "members": [
         member("orchestrator-8b", "docker", "gpu", 13312, "running"),
@@ -68,7 +73,7 @@ STATUS: dict[str, Any] = {
     "recovery": "first start: applied 'elastic-hybrid' (14 steps)",
 }
 
-DAEMON = {
+DAEMON: Health = {
     "url": "http://127.0.0.1:8001",
     "pid": 123456,
     "version": "0.1.0",
@@ -77,24 +82,37 @@ DAEMON = {
 }
 
 
-def usage_row(strategy: str, backend: str, requests: int, skipped: int = 0, **extra: Any) -> dict[str, Any]:
+class UsageExtra(TypedDict, total=False):
+    """What a row of the test sets beyond its name, calls and skips."""
+
+    failures: dict[str, int]
+    mean_first_token_ms: float | None
+    mean_total_ms: float | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+
+
+def usage_row(
+    strategy: str, backend: str, requests: int, skipped: int = 0, **extra: Unpack[UsageExtra]
+) -> UsageRow:
+    failures = extra.get("failures", {})
     return {
         "strategy": strategy,
         "backend": backend,
         "requests": requests,
-        "answered": requests - sum((extra.get("failures") or {}).values()),
+        "answered": requests - sum(failures.values()),
         "skipped": skipped,
-        "failures": {},
-        "mean_first_token_ms": None,
-        "mean_total_ms": None,
-        "prompt_tokens": 0,
-        "completion_tokens": 0,
-        "cost_usd": 0.0,
-        **extra,
+        "failures": failures,
+        "mean_first_token_ms": extra.get("mean_first_token_ms"),
+        "mean_total_ms": extra.get("mean_total_ms"),
+        "prompt_tokens": extra.get("prompt_tokens", 0),
+        "completion_tokens": extra.get("completion_tokens", 0),
+        "cost_usd": extra.get("cost_usd", 0.0),
     }
 
 
-USAGE = {
+USAGE: UsageAnswer = {
     "rows": [
         usage_row(
             "cloud_api",
@@ -115,13 +133,13 @@ USAGE = {
 }
 
 
-def text_at(width: int, renderable: Any) -> str:
+def text_at(width: int, renderable: RenderableType) -> str:
     console = Console(width=width, record=True, file=io.StringIO())
     console.print(renderable)
     return console.export_text()
 
 
-def text_at_80(renderable: Any) -> str:
+def text_at_80(renderable: RenderableType) -> str:
     return text_at(80, renderable)
 
 

@@ -5,24 +5,27 @@ left out for a missing key in one line naming the variables (the events are the 
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import Progress
 
 from stackd.cli.switch_view import SwitchScreen, show_event, show_missing_keys
 
+if TYPE_CHECKING:
+    from stackd.cli.shapes import SwitchEvent
 
-def events() -> list[dict[str, Any]]:
-    start = {"kind": "start_process", "model": "smollm2-135m"}
-    found: list[dict[str, Any]] = [
+
+def events() -> list[SwitchEvent]:
+    start: dict[str, object] = {"kind": "start_process", "model": "smollm2-135m"}
+    found: list[SwitchEvent] = [
         {"type": "step_started", "step": start, "at": 100.0},
         {"type": "step_done", "step": start, "at": 102.5},
     ]
     for n, (model, var) in enumerate(
         [("claude", "ANTHROPIC_API_KEY"), ("gemini", "GEMINI_API_KEY"), ("claude-2", "ANTHROPIC_API_KEY")]
     ):
-        probe = {"kind": "probe_remote", "model": model}
+        probe: dict[str, object] = {"kind": "probe_remote", "model": model}
         error = f"remote model {model!r} has no API key: set {var}"
         found += [
             {"type": "step_started", "step": probe, "at": 103.0 + n},

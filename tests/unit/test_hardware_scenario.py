@@ -68,7 +68,7 @@ def test_a_bad_scenario_names_file_line_and_field(tmp_path: Path, text: str, exp
     problems = caught.value.problems
     assert len(problems) == len(expected)
     for problem, fragment in zip(problems, expected, strict=True):
-        assert problem.startswith(f"{path}{fragment}")
+        assert str(problem).startswith(f"{path}{fragment}")
 
 
 def test_a_missing_scenario_file(tmp_path: Path) -> None:

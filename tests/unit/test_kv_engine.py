@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from stackd.cli.offline import offline_plan
+from stackd.cli.shapes import KvRow
 
 KIB = 1024
 GEMMA_3_270M = {
@@ -31,7 +32,7 @@ GEMMA_3_270M = {
 }
 
 
-def plan_row(tmp_path: Path, member: dict[str, Any], **arch: Any) -> dict[str, Any]:
+def plan_row(tmp_path: Path, member: dict[str, Any], **arch: Any) -> KvRow:
     """The KV row of a one-member stack (CPU: no card needed); JSON is YAML."""
     architecture = {k: v for k, v in (GEMMA_3_270M | arch).items() if v is not None}
     model = {"placement": "cpu", "api": "openai", "memory_gb": 1, "architecture": architecture} | member

@@ -12,7 +12,9 @@ import yaml
 from rich.console import Console
 
 from stackd.cli.cluster_view import cluster_status_table
+from stackd.cli.offline import plan_shape
 from stackd.cli.render import plan_renderable
+from stackd.cli.shapes import ClusterStatus
 from stackd.config.cluster import ClusterConfig
 from stackd.config.loader import load_config
 from stackd.config.models import StacksConfig
@@ -25,7 +27,6 @@ from stackd.planner import plan_switch
 from stackd.planner.cluster import satisfies
 from stackd.planner.cluster_state import ClusterNode, ClusterObservation
 from stackd.planner.plan import ObservedState, StartContainer, StopContainer
-from stackd.planner.views import plan_json
 from tests.unit.conftest_planner import snapshot
 
 GPU_NODE = ClusterNode("box2", "10.0.0.2", True, {"gpu": "rtx5090"}, ("GPU-0",), 24 * 1024)
@@ -234,14 +235,14 @@ def test_stackd_plan_prints_each_nodes_gpus_and_the_members_on_them(tmp_path: Pa
     now = observed(
         {"orch", "vis-a"}, {"orch": "box1", "vis-a": "box2"}, {"orchestrator": "orch", "vision": "vis-a"}
     )
-    text = rendered(plan_renderable(plan_json(plan_switch(cfg, now, "b", NO_GPU_HERE))))
+    text = rendered(plan_renderable(plan_shape(plan_switch(cfg, now, "b", NO_GPU_HERE))))
     assert "cluster nodes" in text
     row = next(line for line in text.splitlines() if "box2" in line)
     assert "up" in row and "24 GiB" in row and "vis-b (1) new" in row and row.rstrip(" │").endswith("0"), row
 
 
 def test_stackd_status_prints_where_each_member_runs() -> None:
-    cluster = {
+    cluster: ClusterStatus = {
         "nodes": [
             {"hostname": "box1", "address": "10.0.0.1", "up": True, "labels": {"role": "cpu"}, "gpus": []},
             {"hostname": "box2", "address": "10.0.0.2", "up": False, "labels": {}, "gpus": ["GPU-0"]},
