@@ -45,7 +45,8 @@ from stackd.api.scopes import MCP_TOOLS
 from stackd.api.scopes import Scope as KeyScope
 from stackd.api.stacks import SwitchRequest, switch_stack
 from stackd.api.status import daemon_status
-from stackd.api.tools import CallTimedOut, Tool, ToolSchema, tool_calls, tool_schema, tool_schemas
+from stackd.api.tool_args import ToolSchema, tool_schema
+from stackd.api.tools import CallTimedOut, Tool, tool_calls, tool_schemas
 from stackd.errors import StackdError
 from stackd.logs.request_id import REQUEST_ID, SCOPE_KEY
 from stackd.services import Services

@@ -42,7 +42,7 @@ from stackd.api.answer_models import (
     sse_content,
 )
 from stackd.api.gateway import ChatCompletionBody
-from stackd.api.tools import DeepReasoningArgs, InvokeModelArgs, ReasonArgs
+from stackd.api.tool_args import DeepReasoningArgs, InvokeModelArgs, ReasonArgs
 
 REF = "#/components/schemas/{model}"
 BEARER = {

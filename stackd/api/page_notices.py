@@ -20,8 +20,8 @@ observation taken just before the switch's end can still see the old stack's eng
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, TypedDict
 
 from stackd.api.page_members import missing_key
 
@@ -37,12 +37,39 @@ def drift_held(status: Mapping[str, Any], now: float) -> bool:
     return isinstance(finished, int | float) and now - finished < DRIFT_GRACE_S
 
 
-def notices(status: Mapping[str, Any], now: float) -> list[dict[str, Any]]:
+class Notice(TypedDict):
+    """One group of the page's notices: ``id`` stays the same while its cause does."""
+
+    id: str
+    kind: str
+    title: str
+    lines: list[str]
+
+
+def notices(status: Mapping[str, Any], now: float) -> list[Notice]:
     """The groups of the module's docstring, in that order, each only when it has a line."""
-    out: list[dict[str, Any]] = []
+    out = degraded_notices(status.get("degraded") or ())
+    drift = list(status.get("drift") or ())
+    if drift and not drift_held(status, now):
+        out.append(
+            {"id": "drift", "kind": "drift", "title": f"drift: {drift[0]}" + _more(drift), "lines": drift}
+        )
+    story = status.get("recovery")
+    if story:
+        out.append(recovery_notice(story, status.get("recovery_detail") or {}))
+    engines = [f"{name}: {why}" for name, why in (status.get("engines") or {}).items() if why != "ok"]
+    if engines:
+        names = " and ".join(line.split(":")[0].capitalize() for line in engines)
+        out.append({"id": "engines", "kind": "engines", "title": f"{names}: not reachable", "lines": engines})
+    return out
+
+
+def degraded_notices(degraded: Iterable[Mapping[str, Any]]) -> list[Notice]:
+    """Cloud members without their API key (one group, by variable), then the other degraded."""
+    out: list[Notice] = []
     keys: dict[str, list[str]] = {}
     others: list[str] = []
-    for entry in status.get("degraded") or ():
+    for entry in degraded:
         variable = missing_key(entry.get("error"))
         if variable is not None:
             keys.setdefault(variable, []).append(entry["model"])
@@ -68,30 +95,20 @@ def notices(status: Mapping[str, Any], now: float) -> list[dict[str, Any]]:
                 "lines": others,
             }
         )
-    drift = list(status.get("drift") or ())
-    if drift and not drift_held(status, now):
-        out.append(
-            {"id": "drift", "kind": "drift", "title": f"drift: {drift[0]}" + _more(drift), "lines": drift}
-        )
-    story = status.get("recovery")
-    if story:
-        detail = status.get("recovery_detail") or {}
-        parts = _STORY_BREAK.split(story)
-        head = story.split(":")[0]  # "first start", "restart" …
-        outcome = parts[-1].removeprefix("so ")
-        out.append(
-            {
-                "id": f"recovery:{detail.get('switch_id') or story[:40]}",
-                "kind": "recovery",
-                "title": outcome if outcome.startswith(head) else f"{head}: {outcome}",
-                "lines": parts if len(parts) > 1 else [],
-            }
-        )
-    engines = [f"{name}: {why}" for name, why in (status.get("engines") or {}).items() if why != "ok"]
-    if engines:
-        names = " and ".join(line.split(":")[0].capitalize() for line in engines)
-        out.append({"id": "engines", "kind": "engines", "title": f"{names}: not reachable", "lines": engines})
     return out
+
+
+def recovery_notice(story: str, detail: Mapping[str, object]) -> Notice:
+    """The start's recovery story: its outcome as the title, its steps as the lines."""
+    parts = _STORY_BREAK.split(story)
+    head = story.split(":")[0]  # "first start", "restart" …
+    outcome = parts[-1].removeprefix("so ")
+    return {
+        "id": f"recovery:{detail.get('switch_id') or story[:40]}",
+        "kind": "recovery",
+        "title": outcome if outcome.startswith(head) else f"{head}: {outcome}",
+        "lines": parts if len(parts) > 1 else [],
+    }
 
 
 def _more(lines: list[str]) -> str:

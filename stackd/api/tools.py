@@ -1,8 +1,8 @@
 """The orchestrator's tools: ``POST /tools/reason``, ``/tools/invoke_model``, ``/tools/deep_reasoning``.
 
 ``GET /tools`` returns the three as OpenAI function-calling tool schemas, generated from the
-same pydantic models that validate the calls, so what the orchestrator registers is exactly
-what the endpoints accept. Answers are ``Answer.to_dict()``: the text plus strategy, backend,
+same pydantic models that validate the calls (``stackd.api.tool_args``), so what the
+orchestrator registers is exactly what the endpoints accept. Answers are ``Answer.to_dict()``: the text plus strategy, backend,
 model, usage, cost and the attempts. With ``"stream": true`` the answer comes as SSE:
 ``data: {"delta": "..."}`` events, then ``data: {"done": true, ...}`` (the answer without its
 text) or ``data: {"error": {...}}`` naming the backend, then ``data: [DONE]``. While a call waits
@@ -22,15 +22,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Literal, Protocol, TypedDict, TypeVar
+from typing import Protocol, TypeVar
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
+from pydantic import BaseModel
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from stackd.api.chat_stream import WakeStream, first_item, waiting_comment
-from stackd.api.gateway import ChunkCount, TokenCount, a_number
 from stackd.api.raw_asgi import (
     SSE_DONE,
     Auth,
@@ -43,10 +42,17 @@ from stackd.api.raw_asgi import (
     sse,
     validate,
 )
+from stackd.api.tool_args import (
+    DeepReasoningArgs,
+    InvokeModelArgs,
+    ReasonArgs,
+    ToolSchema,
+    tool_schema,
+)
 from stackd.errors import StackdError
 from stackd.gpu.calls import CallLeases
 from stackd.router import ReasonRouter
-from stackd.router.routes import DEFAULT_EFFORT, MAX_EFFORT
+from stackd.router.routes import MAX_EFFORT
 from stackd.router.slices import SlicedAnswer, SliceRequest, SliceRouter
 from stackd.router.types import (
     ChatRequest,
@@ -58,78 +64,6 @@ from stackd.router.types import (
 )
 from stackd.schedule.wake import Waker, Woken
 
-Effort = Annotated[int, Strict(False), Field(ge=1, le=MAX_EFFORT), BeforeValidator(a_number)]
-
-
-class ToolArgs(BaseModel):
-    # strict: a JSON string is not a number, 0 is not false (as OpenAI validates its own APIs)
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    max_tokens: TokenCount | None = Field(None, description="Upper bound on the answer's tokens.")
-    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature.")
-    stream: bool = Field(False, description="Stream the answer as server-sent events.")
-    timeout_s: float | None = Field(
-        None,
-        ge=1,
-        le=3600,
-        description="Seconds the whole call may take; then the backend call is cancelled.",
-    )
-
-
-class ReasonArgs(ToolArgs):
-    """Think harder about a problem: stackd picks the backend from the effort and the active stack."""
-
-    problem: str = Field(min_length=1, description="The problem to reason about, self-contained.")
-    context: str | None = Field(None, description="Optional background the reasoner needs.")
-    effort: Effort = Field(
-        DEFAULT_EFFORT,
-        description="1-10. Low answers from the reflex model; 7-8 local elastic first; 9-10 cloud GPU first.",
-    )
-
-
-class DeepReasoningArgs(ToolArgs):
-    """Maximum-quality reasoning: the chain starts with the strongest strategy of the stack."""
-
-    problem: str = Field(min_length=1, description="The problem to reason about, self-contained.")
-    context: str | None = Field(None, description="Optional background the reasoner needs.")
-
-
-class InvokeOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    slice: str | None = Field(None, description="Elastic slice: 6b, 9b or 12b (default: the preset's).")
-    max_tokens: TokenCount | None = None
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    stop: list[str] | None = None
-    # Read when the preset has routing (docs/router.md, "Elastic slices"):
-    caller: str | None = Field(None, max_length=256, description="Who calls; routing may pin it to a slice.")
-    effort: Effort | None = Field(None, description="1-10: how hard the task is (a routing signal).")
-    retrieved_chunks: ChunkCount | None = Field(None, description="Chunks retrieved into the prompt.")
-    response_format: dict[str, object] | None = Field(
-        None,
-        description="OpenAI's response_format, forwarded to the engine; on a routed preset a "
-        "json_schema answer is also validated, promoted if invalid.",
-    )
-
-
-class InvokeModelArgs(BaseModel):
-    """Call a configured model preset directly (e.g. elastic with a slice, reflex, vision)."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    preset: str = Field(min_length=1, description="Preset name, e.g. 'elastic', 'elastic:9b', 'reflex'.")
-    prompt: str | None = Field(None, min_length=1, description="A single user prompt (or give messages).")
-    messages: list[dict[str, object]] | None = Field(None, min_length=1, description="OpenAI chat messages.")
-    options: InvokeOptions = Field(default_factory=InvokeOptions)
-    stream: bool = Field(False, description="Stream the answer as server-sent events.")
-
-    @model_validator(mode="after")
-    def _prompt_or_messages(self) -> InvokeModelArgs:
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError("give exactly one of 'prompt' or 'messages'")
-        return self
-
 
 class CallTimedOut(StackdError):
     """The caller's ``timeout_s`` ran out before the answer was complete."""
@@ -140,36 +74,6 @@ class CallTimedOut(StackdError):
 def problem_request(args: ReasonArgs | DeepReasoningArgs) -> ChatRequest:
     content = f"{args.problem}\n\nContext:\n{args.context}" if args.context else args.problem
     return ChatRequest([{"role": "user", "content": content}], args.max_tokens, args.temperature)
-
-
-class FunctionSpec(TypedDict):
-    name: str
-    description: str
-    parameters: dict[str, object]  # the arguments' JSON Schema
-
-
-class ToolSchema(TypedDict):
-    """An OpenAI function-calling tool, as ``GET /tools`` lists it."""
-
-    type: Literal["function"]
-    function: FunctionSpec
-
-
-def tool_schema(name: str, model: type[BaseModel], presets: list[str] | None = None) -> ToolSchema:
-    """An OpenAI function tool for ``model``; the ``stream`` transport flag is not the model's to set."""
-    schema = model.model_json_schema()
-    schema.pop("title", None)
-    description = schema.pop("description", "")
-    schema["properties"] = {k: v for k, v in schema["properties"].items() if k != "stream"}
-    for prop in schema["properties"].values():
-        prop.pop("title", None)
-    for definition in schema.get("$defs", {}).values():
-        definition.pop("title", None)
-        for prop in definition.get("properties", {}).values():
-            prop.pop("title", None)
-    if presets is not None:
-        schema["properties"]["preset"]["enum"] = presets
-    return {"type": "function", "function": {"name": name, "description": description, "parameters": schema}}
 
 
 async def answer_events(
@@ -293,7 +197,7 @@ def tool_calls(
     holds: CallLeases | None = None,
     waker: Waker | None = None,
 ) -> dict[str, Tool]:
-    """Each tool's name → (its arguments' model, the call that gives (complete, stream)): the one
+    """Each tool's name → its ``Tool`` (its arguments' model; a body → (complete, stream)): the one
     place a tool call becomes a router call, for ``/tools/*`` and the MCP server alike. With a
     ``waker``, each call first wakes the stack it needs (``woken``)."""
 
@@ -308,42 +212,7 @@ def tool_calls(
         return (lambda: router.complete(route, request)), (lambda: router.stream(route, request))
 
     def invoke_model(args: InvokeModelArgs) -> Calls:
-        opts = args.options
-        route = router.preset_route(args.preset, opts.slice)
-        messages = args.messages or [{"role": "user", "content": args.prompt}]
-        request = ChatRequest(
-            messages, opts.max_tokens, opts.temperature, opts.top_p, opts.stop, opts.response_format
-        )
-        name = args.preset if opts.slice is None else f"{args.preset.split(':', 1)[0]}:{opts.slice}"
-        routed = slices.routed(name) if slices is not None else None
-        if routed is not None and slices is not None:
-            sliced = SliceRequest(
-                request,
-                opts.response_format,
-                None,
-                None,
-                opts.retrieved_chunks or 0,
-                opts.effort,
-                opts.caller,
-            )
-
-            async def complete() -> RoutedAnswer:
-                return RoutedAnswer(await slices.complete(routed[0], routed[1], sliced))
-
-            return complete, (lambda: routed_items(complete()))
-        if holds is not None:  # a preset on an on-demand GPU member: a lease around the call
-            return (
-                lambda: holds.complete(route, lambda: router.complete(route, request)),
-                lambda: holds.stream(route, lambda: router.stream(route, request)),
-            )
-        return (lambda: router.complete(route, request)), (lambda: router.stream(route, request))
-
-    def invoke_name(args: InvokeModelArgs) -> str:
-        return (
-            args.preset
-            if args.options.slice is None
-            else f"{args.preset.split(':', 1)[0]}:{args.options.slice}"
-        )
+        return invoke_model_calls(router, slices, holds, args)
 
     return {
         "reason": tool(ReasonArgs, woken(waker, lambda a: f"reason:effort={a.effort}", reason)),
@@ -352,6 +221,48 @@ def tool_calls(
             DeepReasoningArgs, woken(waker, lambda a: f"reason:effort={MAX_EFFORT}", deep_reasoning)
         ),
     }
+
+
+def invoke_model_calls(
+    router: ReasonRouter, slices: SliceRouter | None, holds: CallLeases | None, args: InvokeModelArgs
+) -> Calls:
+    """``invoke_model``: a routed preset through its slices (validated, then sent whole), a preset
+    on an on-demand GPU member under a lease, any other straight through the router."""
+    opts = args.options
+    route = router.preset_route(args.preset, opts.slice)
+    messages = args.messages or [{"role": "user", "content": args.prompt}]
+    request = ChatRequest(
+        messages, opts.max_tokens, opts.temperature, opts.top_p, opts.stop, opts.response_format
+    )
+    routed = slices.routed(invoke_name(args)) if slices is not None else None
+    if routed is not None and slices is not None:
+        sliced = SliceRequest(
+            request,
+            opts.response_format,
+            None,
+            None,
+            opts.retrieved_chunks or 0,
+            opts.effort,
+            opts.caller,
+        )
+
+        async def complete() -> RoutedAnswer:
+            return RoutedAnswer(await slices.complete(routed[0], routed[1], sliced))
+
+        return complete, (lambda: routed_items(complete()))
+    if holds is not None:  # a preset on an on-demand GPU member: a lease around the call
+        return (
+            lambda: holds.complete(route, lambda: router.complete(route, request)),
+            lambda: holds.stream(route, lambda: router.stream(route, request)),
+        )
+    return (lambda: router.complete(route, request)), (lambda: router.stream(route, request))
+
+
+def invoke_name(args: InvokeModelArgs) -> str:
+    """The model name an ``invoke_model`` call asks for: its preset, with its slice when given."""
+    return (
+        args.preset if args.options.slice is None else f"{args.preset.split(':', 1)[0]}:{args.options.slice}"
+    )
 
 
 def woken(
