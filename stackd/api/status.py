@@ -24,11 +24,17 @@ from stackd.state.usage_series import UsageSeries, usage_series
 
 class Health(BaseModel):
     """``GET /healthz``: alive, and which daemon this is, so a CLI can tell whom it reached and
-    find its token. On a non-loopback bind (open to the network) it says only ``status`` and
-    ``version``: the paths and the PID are for the user on the same machine."""
+    find its token. On a non-loopback bind (open to the network) it says only ``status``,
+    ``version`` and ``stack_active``: the paths and the PID are for the user on the same machine."""
 
     status: str = "ok"
     version: str = Field(description="stackd's version.")
+    stack_active: bool = Field(
+        True,
+        description="Whether a stack is active. False while none is (the first start is still "
+        "applying one, or no stack of default_stack and fallback_stacks could run here): the "
+        "image's HEALTHCHECK then fails, and `stackd status` says why.",
+    )
     url: str | None = Field(None, description="The URL the daemon listens on.")
     pid: int | None = Field(None, description="The daemon's process id.")
     config: str | None = Field(None, description="Absolute path of the config file it runs.")
@@ -96,6 +102,9 @@ def build_status_router(
 
     @router.get("/healthz")
     async def healthz() -> Health:
+        manager = services.manager  # None in an app built for the API alone (tests, gen-docs)
+        if manager is not None and manager.active_stack is None:
+            return health.model_copy(update={"stack_active": False})
         return health
 
     @router.get(

@@ -49,6 +49,7 @@ from stackd.config.models import (
 )
 from stackd.drivers import process_group as pg
 from stackd.drivers.base import EngineStatus, ProcessInfo
+from stackd.drivers.container_env import in_container, missing_package_hint
 from stackd.drivers.model_packages import ModelPackageMissing, ensure_model_file
 from stackd.drivers.probe_lines import is_probe_line
 from stackd.errors import DriverFailed
@@ -592,7 +593,7 @@ class LocalProcessDriver:
         except ModelPackageMissing as exc:
             raise DriverFailed(
                 f"process member '{name}' needs the Python package {package}, which is not "
-                "installed; install stackd with its local engines: pip install -e '.[local]'",
+                f"installed; {missing_package_hint(package, in_container())}",
                 model=name,
             ) from exc
 

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from stackd.config.models import Lifecycle, Runtime, StacksConfig
 from stackd.drivers.base import ContainerDriver, ProcessDriver
+from stackd.drivers.container_env import in_container, no_stack_hint
 from stackd.errors import PlanRefused, StackdError
 from stackd.manager.executor import Execution
 from stackd.manager.observe import Observation, drift
@@ -60,8 +61,12 @@ class RecoveryHost(Protocol):
 
 
 class StartupRecovery:
-    def __init__(self, host: RecoveryHost) -> None:
+    """``in_container`` says whether stackd runs in a container: a first start where no stack
+    could run says what helps there (a config, the container's devices), not what to install."""
+
+    def __init__(self, host: RecoveryHost, in_container: Callable[[], bool] = in_container) -> None:
         self.host = host
+        self._in_container = in_container
 
     async def recover(self) -> RecoveryReport:
         """Reconcile the journal with what really runs; call once at start, before serving."""
@@ -178,7 +183,8 @@ class StartupRecovery:
                 passed.append(f"'{candidate}' could not run: {error}")
             else:
                 why = f"first start: {'; '.join(passed)}"
-                error = "no stack of default_stack and fallback_stacks could run here"
+                hint = no_stack_hint(self._in_container())
+                error = f"no stack of default_stack and fallback_stacks could run here; {hint}"
         left = tuple(await self._drift_of(stack)) if error is None else ()
         if error is None and not left:
             return RecoveryReport(action, stack, f"{why}: applied '{stack}' ({steps} steps)", switch_id)

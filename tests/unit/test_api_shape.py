@@ -188,4 +188,5 @@ async def test_on_a_public_bind_every_operation_but_healthz_needs_the_token(
     assert (await public.get("/healthz")).json() == {
         "status": "ok",
         "version": document["info"]["version"],
+        "stack_active": True,
     } | {k: None for k in ("url", "pid", "config", "state_dir", "token_source")}

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -211,7 +212,7 @@ def services(tmp_path: Path, host: str) -> Services:
             host=host, port=8123, config=tmp_path / "model-stacks.yaml", state_dir=tmp_path / "s"
         ),
         roles=LiveRoles(),
-        manager=None,  # type: ignore[arg-type]  # /healthz, all this test asks, never reaches it
+        manager=None,  # type: ignore[arg-type]  # /healthz reads only its active stack (None: no manager)
         read_hardware=rtx5090_32g_workstation,
         token="t",
         token_source=str(tmp_path / "s" / "token"),
@@ -233,6 +234,7 @@ async def test_healthz_names_the_daemon_on_a_loopback_bind(tmp_path: Path) -> No
     assert body == {
         "status": "ok",
         "version": __version__,
+        "stack_active": True,
         "url": "http://127.0.0.1:8123",
         "pid": os.getpid(),
         "config": str(tmp_path / "model-stacks.yaml"),
@@ -243,7 +245,22 @@ async def test_healthz_names_the_daemon_on_a_loopback_bind(tmp_path: Path) -> No
 
 async def test_healthz_off_loopback_says_only_that_it_is_alive(tmp_path: Path) -> None:
     body = await healthz(services(tmp_path, "0.0.0.0"))
-    assert {k: v for k, v in body.items() if v is not None} == {"status": "ok", "version": __version__}
+    assert {k: v for k, v in body.items() if v is not None} == {
+        "status": "ok",
+        "version": __version__,
+        "stack_active": True,
+    }
+
+
+async def test_healthz_says_when_no_stack_is_active_on_any_bind(tmp_path: Path) -> None:
+    """The image's HEALTHCHECK reads it: a daemon where no stack could run is not healthy."""
+    for host in ("127.0.0.1", "0.0.0.0"):
+        none_active = services(tmp_path, host)
+        none_active.manager = SimpleNamespace(active_stack=None)  # type: ignore[assignment]
+        assert (await healthz(none_active))["stack_active"] is False
+        some_active = services(tmp_path, host)
+        some_active.manager = SimpleNamespace(active_stack="embedded")  # type: ignore[assignment]
+        assert (await healthz(some_active))["stack_active"] is True
 
 
 def test_the_status_header_names_url_config_and_state_dir() -> None:
