@@ -8,7 +8,7 @@ and the gateway's against OpenAI's own published one (tests/fixtures/openai/).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -177,7 +177,7 @@ class ToolStreamError(BaseModel):
     error: ToolStreamErrorDetail
 
 
-def sse_content(description: str, events: tuple[type[BaseModel], ...]) -> dict[str, Any]:
+def sse_content(description: str, events: tuple[type[BaseModel], ...]) -> dict[str, object]:
     """A ``text/event-stream`` answer: each event's ``data`` is one of ``events`` as JSON, or the
     closing ``[DONE]`` (schemathesis checks every event against it)."""
     json_data = {

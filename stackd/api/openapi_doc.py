@@ -91,11 +91,11 @@ class RawOperation:
     errors: tuple[int, ...]
     stream: str = ""  # what its server-sent events say; "" when it answers JSON only
     events: tuple[type[BaseModel], ...] = ()
-    body_rule: dict[str, Any] | None = None  # what the model's own validator adds to its schema
+    body_rule: dict[str, object] | None = None  # what the model's own validator adds to its schema
 
 
 # invoke_model's validator wants exactly one of 'prompt' and 'messages', each not null.
-ONE_OF_PROMPT_OR_MESSAGES = {
+ONE_OF_PROMPT_OR_MESSAGES: dict[str, object] = {
     "oneOf": [
         {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
         {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
@@ -152,14 +152,14 @@ RAW_OPERATIONS = (
 )
 
 
-def component_schemas(models: Iterable[tuple[type[BaseModel], str]]) -> dict[str, Any]:
+def component_schemas(models: Iterable[tuple[type[BaseModel], str]]) -> dict[str, object]:
     """JSON Schemas of ``models`` (each with its mode, "validation" or "serialization") as
     OpenAPI components, keyed by model name."""
     _, top = models_json_schema(list(models), ref_template=REF)  # type: ignore[arg-type]
     return dict(top.get("$defs", {}))
 
 
-def error_response(code: int, model: type[BaseModel]) -> dict[str, Any]:
+def error_response(code: int, model: type[BaseModel]) -> dict[str, object]:
     return {
         "description": ERROR_TEXT[code],
         "content": {"application/json": {"schema": {"$ref": REF.format(model=model.__name__)}}},
@@ -188,7 +188,8 @@ def openapi_document(app: FastAPI, raw: Iterable[RawOperation]) -> dict[str, Any
         for method, operation in item.items():
             has_input = bool(operation.get("parameters") or operation.get("requestBody"))
             codes = (*ERRORS.get((method, path), ()), 413, *((422,) if has_input else ()))
-            _document(operation, "security" in operation, codes, ErrorAnswer)
+            responses = operation.setdefault("responses", {})
+            _document(operation, responses, "security" in operation, codes, ErrorAnswer)
             if (method, path) in ACCEPTED:
                 operation["responses"].setdefault(  # the route's own model, when it declares one
                     "202",
@@ -198,36 +199,39 @@ def openapi_document(app: FastAPI, raw: Iterable[RawOperation]) -> dict[str, Any
                     },
                 )
     for op in raw:
-        raw_operation: dict[str, Any] = {
-            "summary": op.summary,
-            "operationId": op.path.strip("/").replace("/", "_") + f"_{op.method}",
-            "responses": {
-                "200": {
-                    "description": "The answer.",
-                    "content": {
-                        "application/json": {"schema": {"$ref": REF.format(model=op.answer.__name__)}},
-                        **(sse_content(op.stream, op.events) if op.stream else {}),
-                    },
-                }
-            },
-        }
-        if op.body is not None:
-            body: dict[str, Any] = {"$ref": REF.format(model=op.body.__name__)}
-            if op.body_rule is not None:
-                body = {"allOf": [body], **op.body_rule}
-            raw_operation["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": body}},
-            }
-        _document(raw_operation, True, op.errors, op.error)
-        doc["paths"].setdefault(op.path, {})[op.method] = raw_operation
+        doc["paths"].setdefault(op.path, {})[op.method] = raw_operation(op)
     return doc
 
 
+def raw_operation(op: RawOperation) -> dict[str, object]:
+    """The operation of a raw ASGI route, which FastAPI does not see: always behind the token."""
+    content: dict[str, object] = {
+        "application/json": {"schema": {"$ref": REF.format(model=op.answer.__name__)}},
+        **(sse_content(op.stream, op.events) if op.stream else {}),
+    }
+    responses: dict[str, object] = {"200": {"description": "The answer.", "content": content}}
+    operation: dict[str, object] = {
+        "summary": op.summary,
+        "operationId": op.path.strip("/").replace("/", "_") + f"_{op.method}",
+        "responses": responses,
+    }
+    if op.body is not None:
+        body: dict[str, object] = {"$ref": REF.format(model=op.body.__name__)}
+        if op.body_rule is not None:
+            body = {"allOf": [body], **op.body_rule}
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    _document(operation, responses, True, op.errors, op.error)
+    return operation
+
+
 def _document(
-    operation: dict[str, Any], needs_token: bool, codes: Iterable[int], error: type[BaseModel]
+    operation: dict[str, object],
+    responses: dict[str, object],
+    needs_token: bool,
+    codes: Iterable[int],
+    error: type[BaseModel],
 ) -> None:
-    responses = operation.setdefault("responses", {})
+    """Add ``operation``'s error answers to its ``responses`` (and its 401 when it needs the token)."""
     if needs_token:
         operation["security"] = [{"bearer": []}]
         responses["401"] = error_response(401, error)
