@@ -14,7 +14,8 @@ GPUs, for the per-node VRAM ledger.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -74,7 +75,7 @@ class ClusterConfig(_Frozen):
     nodes: dict[str, ClusterNode] = Field(default_factory=dict, description="hostname -> declared facts.")
 
 
-def cluster_problems(data: dict[str, Any]) -> list[Problem]:
+def cluster_problems(data: Mapping[str, object]) -> list[Problem]:
     """A ``docker.swarm`` block without a ``cluster:`` section to run it on."""
     if isinstance(data.get("cluster"), dict):
         return []

@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from stackd.config.yaml_source import FieldPath
 
@@ -44,7 +43,7 @@ class MalformedReference:
 class Expansion:
     """Data with references replaced; unset and malformed references are left as written (and listed)."""
 
-    data: Any
+    data: object
     unset: list[UnsetVariable] = field(default_factory=list)
     from_environment: frozenset[FieldPath] = frozenset()
     malformed: list[MalformedReference] = field(default_factory=list)
@@ -61,7 +60,7 @@ def is_process_macro(path: FieldPath, name: str) -> bool:
     return in_model and name in PROCESS_MACROS
 
 
-def expand_env(data: Any, env: Mapping[str, str]) -> Expansion:
+def expand_env(data: object, env: Mapping[str, str]) -> Expansion:
     """Expand every reference in the string values of ``data`` (which is not modified)."""
     unset: list[UnsetVariable] = []
     malformed: list[MalformedReference] = []
@@ -89,7 +88,7 @@ def expand_env(data: Any, env: Mapping[str, str]) -> Expansion:
 
         return _REFERENCE.sub(replace, text)
 
-    def walk(value: Any, path: FieldPath) -> Any:
+    def walk(value: object, path: FieldPath) -> object:
         if isinstance(value, str):
             return expand_text(value, path)
         if isinstance(value, dict):

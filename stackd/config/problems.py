@@ -13,7 +13,7 @@ import difflib
 import types
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic_core import ErrorDetails
@@ -103,7 +103,7 @@ def _type_expectation(kind: str) -> tuple[str, str] | None:
     return _EXPECTED.get(kind.removesuffix("_type").removesuffix("_parsing").removesuffix("_from_float"))
 
 
-def _data_path(error: ErrorDetails, data: Any) -> FieldPath:
+def _data_path(error: ErrorDetails, data: object) -> FieldPath:
     """The part of pydantic's location that exists in the data, plus a missing field's name.
 
     What is left over are pydantic's own tags (``[key]``, union members such as ``int``).
@@ -112,9 +112,9 @@ def _data_path(error: ErrorDetails, data: Any) -> FieldPath:
     node = data
     loc = error["loc"]
     for index, part in enumerate(loc):
-        in_mapping = isinstance(node, dict) and part in node
-        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
-        if in_mapping or in_list:
+        if isinstance(node, dict) and part in node:
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]
         else:
             if error["type"] == "missing" and index == len(loc) - 1:
@@ -182,7 +182,7 @@ def _pattern_mismatch(last: str, is_key: bool, shown: str, pattern: str) -> tupl
     return f"{shown} is not a valid {what}", _NAME_RULE if "a-z0-9" in pattern else f"it must match {pattern}"
 
 
-def _show(value: Any, path: FieldPath, hidden: frozenset[FieldPath]) -> str:
+def _show(value: object, path: FieldPath, hidden: frozenset[FieldPath]) -> str:
     """A short description of the input; never the text of a hidden (possibly secret) value."""
     if isinstance(value, dict):
         return "a mapping"
@@ -205,7 +205,7 @@ def _allowed_keys(path: FieldPath) -> list[str]:
 
 def _model_at(path: FieldPath) -> type[BaseModel] | None:
     """The config model class that describes the mapping at ``path``."""
-    current: Any = StacksConfig
+    current: object = StacksConfig
     for part in path:
         current = _unwrap(current)
         if isinstance(current, type) and issubclass(current, BaseModel):
@@ -223,7 +223,7 @@ def _model_at(path: FieldPath) -> type[BaseModel] | None:
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
-def _unwrap(annotation: Any) -> Any:
+def _unwrap(annotation: object) -> object:
     """Strip ``Annotated`` and ``| None``; of a real union keep the member that is a model."""
     while True:
         origin = get_origin(annotation)

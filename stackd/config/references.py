@@ -14,7 +14,7 @@ Each problem is (field path, message with a fix); the loader maps the path to FI
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import BaseModel, NonNegativeFloat, TypeAdapter, ValidationError
 
@@ -38,13 +38,16 @@ _GIB = TypeAdapter(NonNegativeFloat)
 _DEFAULT_LIFECYCLE = Model.model_fields["lifecycle"].default
 M = TypeVar("M", bound=BaseModel)
 
+Section = dict[object, object]
+"""A mapping of the plain config data: its keys and values are checked where they are read."""
+
 
 def reference_problems(config: StacksConfig) -> list[Problem]:
     """Every dangling or inconsistent reference of a validated config."""
     return check_references(config.model_dump())
 
 
-def check_references(data: Any, hidden: Collection[FieldPath] = frozenset()) -> list[Problem]:
+def check_references(data: object, hidden: Collection[FieldPath] = frozenset()) -> list[Problem]:
     """Every dangling or inconsistent reference of config data, valid or not.
 
     A value at a ``hidden`` path came from the environment and is not quoted.
@@ -77,7 +80,7 @@ def check_references(data: Any, hidden: Collection[FieldPath] = frozenset()) -> 
     for pname, preset in _mappings(_section(data, "presets", StacksConfig)):
         check.known(preset.get("role"), ("presets", pname, "role"), "role", roles)
         check.known(preset.get("model"), ("presets", pname, "model"), "model", models)
-        for slice_name, model in _mappings(preset.get("slices"), values=object):
+        for slice_name, model in _entries(preset.get("slices")):
             check.known(model, ("presets", pname, "slices", slice_name), "model", models)
     for i, window in _items((_section(data, "schedules", StacksConfig) or {}).get("windows")):
         if isinstance(window, dict):
@@ -103,14 +106,14 @@ class _Check:
         return "(a value from the environment)" if path in self.hidden and not is_key else f"'{value}'"
 
     def known(
-        self, value: object, path: FieldPath, what: str, names: dict[Any, Any] | None, is_key: bool = False
+        self, value: object, path: FieldPath, what: str, names: Section | None, is_key: bool = False
     ) -> None:
         """A name that must be a key of ``names`` (None: the names are unknown, skip)."""
         if not isinstance(value, str) or names is None or value in names:
             return
         hint = "declare it under roles: or " if is_key else ""
         quoted = self.quote(value, path, is_key)
-        self.out.append((path, f"unknown {what} {quoted}; {hint}use one of {sorted(names)}"))
+        self.out.append((path, f"unknown {what} {quoted}; {hint}use one of {sorted(str(n) for n in names)}"))
 
 
 def _check_fallbacks(check: _Check, default: object, fallbacks: object) -> None:
@@ -145,15 +148,15 @@ def _check_fallbacks(check: _Check, default: object, fallbacks: object) -> None:
 def _check_stack(
     check: _Check,
     sname: str,
-    stack: dict[str, Any],
-    models: dict[str, Any] | None,
-    roles: dict[str, Any] | None,
-    strategies: dict[str, Any] | None,
-    stacks: dict[str, Any] | None = None,
+    stack: Section,
+    models: Section | None,
+    roles: Section | None,
+    strategies: Section | None,
+    stacks: Section | None = None,
 ) -> None:
     at = ("stacks", sname)
     bound = _section(stack, "roles", Stack)
-    for role, model in _mappings(bound, values=object):
+    for role, model in _entries(bound):
         check.known(role, (*at, "roles", role), "role", roles, is_key=True)
         check.known(model, (*at, "roles", role), "model", models)
     members = [(i, m) for i, m in _items(stack.get("members")) if isinstance(m, str)]
@@ -175,11 +178,11 @@ def _check_stack(
         check.known(idle.get("to"), (*at, "idle", "to"), "stack", stacks)
         if idle.get("to") == sname:
             check.out.append(((*at, "idle", "to"), "a stack cannot idle down to itself; name a lower stack"))
-        for role in _mappings(idle.get("wake_wait_role_s"), values=object):
-            check.known(role[0], (*at, "idle", "wake_wait_role_s", role[0]), "role", roles, is_key=True)
+        for role, _ in _entries(idle.get("wake_wait_role_s")):
+            check.known(role, (*at, "idle", "wake_wait_role_s", role), "role", roles, is_key=True)
 
 
-def _check_idle_chains(check: _Check, stacks: dict[str, Any] | None) -> None:
+def _check_idle_chains(check: _Check, stacks: Section | None) -> None:
     """``idle.to`` chains end: a stack idles down to a lower one, whose own ``idle:`` is followed
     in turn (stackd.schedule.policy), so a chain that comes back to a stack on it would switch
     round it for ever. Reported once per cycle, at the ``idle.to`` that closes it (a stack that
@@ -212,7 +215,7 @@ def _check_idle_chains(check: _Check, stacks: dict[str, Any] | None) -> None:
         )
 
 
-def _check_containers(check: _Check, models: dict[str, Any] | None) -> None:
+def _check_containers(check: _Check, models: Section | None) -> None:
     owners: dict[str, str] = {}
     for mname, model in _mappings(models):
         docker = model.get("docker")
@@ -231,7 +234,7 @@ def _check_containers(check: _Check, models: dict[str, Any] | None) -> None:
             )
 
 
-def _check_memory(check: _Check, models: dict[str, Any] | None, gpu: GpuBudget | None) -> None:
+def _check_memory(check: _Check, models: Section | None, gpu: GpuBudget | None) -> None:
     """A member larger than any machine: memory_gb was written in MiB, or with a slip."""
     gpu_bound = max(GPU_BOUND_GIB, gpu.total_gb or 0) if gpu else GPU_BOUND_GIB
     for mname, model in _mappings(models):
@@ -251,9 +254,7 @@ def _check_memory(check: _Check, models: dict[str, Any] | None, gpu: GpuBudget |
         check.out.append((path, f"{what}; did you mean MiB? memory_gb is in GiB{in_gib}"))
 
 
-def _vram_problems(
-    stacks: dict[str, Any] | None, models: dict[str, Any] | None, gpu: GpuBudget
-) -> list[Problem]:
+def _vram_problems(stacks: Section | None, models: Section | None, gpu: GpuBudget) -> list[Problem]:
     """Always-on GPU models of a stack above the card (only when the file sets gpu.total_gb)."""
     if gpu.total_gb is None:
         return []
@@ -280,7 +281,7 @@ def _vram_problems(
     return out
 
 
-def _member_names(stack: dict[str, Any]) -> list[str]:
+def _member_names(stack: Section) -> list[str]:
     """Like ``Stack.member_names``: role models first, each once."""
     roles = stack.get("roles")
     names = [
@@ -290,7 +291,7 @@ def _member_names(stack: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(n for n in names if isinstance(n, str)))
 
 
-def _footprint(model: Any) -> tuple[Placement, Lifecycle, float] | None:
+def _footprint(model: object) -> tuple[Placement, Lifecycle, float] | None:
     """(placement, lifecycle, GiB) of a model's data, when those three fields are valid.
 
     None for a model with an unknown key, which may be one of the three misspelt.
@@ -307,7 +308,7 @@ def _footprint(model: Any) -> tuple[Placement, Lifecycle, float] | None:
         return None
 
 
-def _section(parent: Any, key: str, model: type[BaseModel], required: bool = False) -> dict[Any, Any] | None:
+def _section(parent: object, key: str, model: type[BaseModel], required: bool = False) -> Section | None:
     """``parent[key]`` when it is a mapping; ``{}`` for an optional section left out; else None.
 
     A section left out of a mapping that has unknown keys may be hiding under a typo: None.
@@ -322,18 +323,26 @@ def _section(parent: Any, key: str, model: type[BaseModel], required: bool = Fal
     return None
 
 
-def _mappings(section: Any, values: type = dict) -> Iterator[tuple[Any, Any]]:
-    """The entries of a mapping section whose value has the given type."""
+def _mappings(section: object) -> Iterator[tuple[str, Section]]:
+    """The named entries of a mapping section whose value is a mapping (a key that is not a name
+    cannot be referred to by one; the schema reports it)."""
+    for key, value in _entries(section):
+        if isinstance(key, str) and isinstance(value, dict):
+            yield key, value
+
+
+def _entries(section: object) -> Iterator[tuple[str | int, object]]:
+    """Every entry of a mapping, its key as a field path step (a YAML key is a str or an int)."""
     if isinstance(section, dict):
-        yield from ((k, v) for k, v in section.items() if isinstance(v, values))
+        yield from ((k, v) for k, v in section.items() if isinstance(k, str | int))
 
 
-def _items(value: Any) -> Iterator[tuple[int, Any]]:
+def _items(value: object) -> Iterator[tuple[int, object]]:
     if isinstance(value, list):
         yield from enumerate(value)
 
 
-def _valid(model: type[M], data: Any) -> M | None:
+def _valid(model: type[M], data: object) -> M | None:
     try:
         return model.model_validate(data) if data is not None else None
     except ValidationError:

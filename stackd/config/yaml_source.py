@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
 import yaml
 
@@ -48,7 +48,7 @@ class YamlDocument:
     ``lines`` maps a field path to the 1-based line of its key (mappings) or item (lists).
     """
 
-    data: Any
+    data: object
     lines: dict[FieldPath, int] = field(default_factory=dict)
     duplicates: list[DuplicateKey] = field(default_factory=list)
 
@@ -127,7 +127,7 @@ class _BoundedLoader(yaml.SafeLoader):
         self._sizes: dict[int, int] = {}
         self._last_alias: yaml.Mark | None = None  # composition is in file order: it tipped the count
 
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node:
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
@@ -191,7 +191,7 @@ def _walk(
         )
     active.add(id(node))
     if isinstance(node, yaml.MappingNode):
-        first_seen: dict[Any, int] = {}
+        first_seen: dict[object, int] = {}
         for key_node, value_node in node.value:
             if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
                 continue
