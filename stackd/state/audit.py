@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from stackd.state.sqlite import open_reader, open_writer
 
@@ -37,7 +36,7 @@ class AuditEntry:
     peer: str  # the client's address
     outcome: str  # the HTTP status, or "error: Kind" for an MCP tool
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, str | float]:
         return asdict(self)
 
 
@@ -59,7 +58,7 @@ class AuditLog:
     def recent(self, limit: int = 100, key: str | None = None) -> list[AuditEntry]:
         """The last ``limit`` entries (of ``key`` when given), newest first."""
         query = "SELECT ts, key, action, target, peer, outcome FROM audit"
-        args: tuple[Any, ...] = ()
+        args: tuple[str, ...] = ()
         if key is not None:
             query, args = query + " WHERE key = ?", (key,)
         with self._lock:

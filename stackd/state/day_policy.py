@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import Any
 
 from stackd.state.sqlite import open_writer
 
@@ -30,7 +29,7 @@ class DayPolicyStore:
         self._lock = threading.Lock()
         self._db = open_writer(path, _SCHEMA)
 
-    def load(self) -> dict[str, Any]:
+    def load(self) -> dict[str, object]:
         with self._lock:
             row = self._db.execute("SELECT state FROM day_policy WHERE id = 1").fetchone()
         if row is None:
@@ -38,7 +37,7 @@ class DayPolicyStore:
         value = json.loads(row[0])
         return value if isinstance(value, dict) else {}
 
-    def save(self, state: dict[str, Any]) -> None:
+    def save(self, state: dict[str, object]) -> None:
         text = json.dumps(state, sort_keys=True)
         with self._lock:
             self._db.execute(

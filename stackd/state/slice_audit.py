@@ -12,7 +12,7 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from stackd.state.sqlite import add_missing_columns, open_writer
 
@@ -56,11 +56,72 @@ class AuditRecord:
     validated: bool
     check_kind: str
     promotions: int
-    tries: list[dict[str, Any]]
+    tries: list[dict[str, object]]  # each try's JSON
     prompt_tokens: int | None  # None: unknown (stored as 0 with tokens_source 'unknown')
     completion_tokens: int | None
     latency_ms: float
     tokens_source: str = "reported"  # the engine's report, stackd's 'estimated' count, or 'unknown'
+
+
+class ServedSlice(TypedDict):
+    """One (preset, slice)'s routed answers, as ``GET /usage`` answers them in ``slices.served``."""
+
+    preset: str
+    slice: str
+    served: int
+    validated: int
+    promoted_here: int
+    prompt_tokens: int
+    completion_tokens: int
+    mean_latency_ms: float
+
+
+class AuditRow(TypedDict):
+    """A row as ``GET /slices`` shows it in ``recent``: the record's fields, its id first."""
+
+    id: int
+    ts: float
+    preset: str
+    slice: str
+    backend: str
+    model_digest: str
+    policy_version: str
+    decided_by: str
+    validated: bool
+    check_kind: str
+    promotions: int
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+    tokens_source: str
+    tries: list[dict[str, object]]
+
+
+# A row of ``id, _FIELDS`` as SQLite gives it (tries_json is JSON text, validated 0 or 1).
+_Row = tuple[int, float, str, str, str, str, str, str, int, str, int, str, int, int, float, str]
+
+
+def _audit_row(row: _Row) -> AuditRow:
+    (id_, ts, preset, slice_, backend, digest, policy, decided_by, validated, check, promotions, tries_json,
+     prompt, completion, latency, source) = row  # fmt: skip
+    return {  # the columns' order, then the decoded tries (the order GET /slices has always had)
+        "id": id_,
+        "ts": ts,
+        "preset": preset,
+        "slice": slice_,
+        "backend": backend,
+        "model_digest": digest,
+        "policy_version": policy,
+        "decided_by": decided_by,
+        "validated": bool(validated),
+        "check_kind": check,
+        "promotions": promotions,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "latency_ms": latency,
+        "tokens_source": source,
+        "tries": json.loads(tries_json),
+    }
 
 
 class SliceAudit:
@@ -94,21 +155,14 @@ class SliceAudit:
             )
         return int(cursor.lastrowid or 0)
 
-    def recent(self, limit: int = 20) -> list[dict[str, Any]]:
+    def recent(self, limit: int = 20) -> list[AuditRow]:
         with self._lock:
             rows = self._db.execute(
                 f"SELECT id, {_FIELDS} FROM slice_audit ORDER BY id DESC LIMIT ?", (limit,)
             ).fetchall()
-        names = ["id", *(f.strip() for f in _FIELDS.split(","))]
-        out = []
-        for row in rows:
-            item = dict(zip(names, row, strict=True))
-            item["tries"] = json.loads(item.pop("tries_json"))
-            item["validated"] = bool(item["validated"])
-            out.append(item)
-        return out
+        return [_audit_row(row) for row in rows]
 
-    def summary(self, since: float | None = None) -> list[dict[str, Any]]:
+    def summary(self, since: float | None = None) -> list[ServedSlice]:
         """Per (preset, slice) served: answers, validated ones, promotions, tokens, mean latency."""
         query = (
             "SELECT preset, slice, COUNT(*), SUM(validated), SUM(promotions > 0), SUM(prompt_tokens), "

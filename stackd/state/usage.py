@@ -14,7 +14,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from stackd.state.sqlite import add_missing_columns, open_reader, open_writer
 
@@ -157,7 +157,7 @@ class UsageStore:
         with self._read_lock:
             return [tuple(row) for row in self._reader.execute(query, (since,)).fetchall()]
 
-    def summary(self, since: float | None = None) -> list[dict[str, Any]]:
+    def summary(self, since: float | None = None) -> list[UsageSummary]:
         """Totals per (strategy, backend) since ``since`` (epoch seconds; None = all time)."""
         failure_sums = ", ".join(f"SUM({c})" for c in FAILURE_COLUMNS)
         query = (
@@ -169,45 +169,7 @@ class UsageStore:
         )
         with self._read_lock:
             raw = self._reader.execute(query, (since or 0.0,)).fetchall()
-        out = []
-        for row in raw:
-            strategy, backend, requests, answered, skipped, *rest = row
-            n = len(FAILURE_KINDS)
-            failures = dict(zip(FAILURE_KINDS, rest[:n], strict=True))
-            (
-                ft_sum,
-                ft_count,
-                total_sum,
-                total_count,
-                prompt,
-                completion,
-                cost,
-                estimated,
-                unknown,
-                first,
-                last,
-            ) = rest[n:]
-            out.append(
-                {
-                    "strategy": strategy,
-                    "backend": backend,
-                    "requests": requests,
-                    "answered": answered,
-                    "skipped": skipped,
-                    "failures": {k: v for k, v in failures.items() if v},
-                    "mean_first_token_ms": round(ft_sum / ft_count, 3) if ft_count else None,
-                    "mean_total_ms": round(total_sum / total_count, 3) if total_count else None,
-                    "prompt_tokens": prompt,
-                    "completion_tokens": completion,
-                    # answers whose figures are partly stackd's count / partly unknown (not summed)
-                    "tokens_estimated": estimated,
-                    "tokens_unknown": unknown,
-                    "cost_usd": round(cost, 6),
-                    "first_ts": first,
-                    "last_ts": last,
-                }
-            )
-        return out
+        return [_summary_row(row) for row in raw]
 
     def close(self) -> None:
         with self._read_lock:
@@ -217,3 +179,51 @@ class UsageStore:
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
+
+
+class UsageSummary(TypedDict):
+    """One (strategy, backend)'s totals, as ``GET /usage`` answers them in ``rows``."""
+
+    strategy: str
+    backend: str
+    requests: int
+    answered: int
+    skipped: int
+    failures: dict[str, int]  # the kinds that happened only
+    mean_first_token_ms: float | None
+    mean_total_ms: float | None
+    prompt_tokens: int
+    completion_tokens: int
+    # answers whose figures are partly stackd's count / partly unknown (not summed)
+    tokens_estimated: int
+    tokens_unknown: int
+    cost_usd: float
+    first_ts: float
+    last_ts: float
+
+
+def _summary_row(row: Sequence[Any]) -> UsageSummary:  # a SQLite row: its types are the query's
+    """A row of ``summary``'s query: the sums, then the means of the sums and counts."""
+    strategy, backend, requests, answered, skipped, *rest = row
+    n = len(FAILURE_KINDS)
+    failures = dict(zip(FAILURE_KINDS, rest[:n], strict=True))
+    (ft_sum, ft_count, total_sum, total_count, prompt, completion, cost, estimated, unknown, first, last) = (
+        rest[n:]
+    )
+    return {
+        "strategy": strategy,
+        "backend": backend,
+        "requests": requests,
+        "answered": answered,
+        "skipped": skipped,
+        "failures": {k: v for k, v in failures.items() if v},
+        "mean_first_token_ms": round(ft_sum / ft_count, 3) if ft_count else None,
+        "mean_total_ms": round(total_sum / total_count, 3) if total_count else None,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "tokens_estimated": estimated,
+        "tokens_unknown": unknown,
+        "cost_usd": round(cost, 6),
+        "first_ts": first,
+        "last_ts": last,
+    }
