@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypedDict
 
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import PlainTextResponse
@@ -20,6 +20,9 @@ from stackd.errors import NotFound
 from stackd.planner.views import redact_url
 from stackd.services import Services
 from stackd.state.usage_series import UsageSeries, usage_series
+
+if TYPE_CHECKING:  # prometheus_client is loaded at the first scrape
+    from prometheus_client import CollectorRegistry
 
 
 class Health(BaseModel):
@@ -73,32 +76,67 @@ async def daemon_status(services: Services) -> dict[str, Any]:
     return body
 
 
+class RoleRow(TypedDict):
+    """A role of ``/roles``: its model, where it answers and how its health is probed."""
+
+    role: str
+    model: str
+    endpoint: str | None
+    health_url: str | None
+    api: str
+    placement: str
+    health: Literal["ok", "unprobed", "degraded", "unhealthy"]  # the verdict status shows too
+
+
+def role_row(services: Services, role: str, model: str) -> RoleRow:
+    config = services.config  # read per call: a config reload replaces it
+    m = config.models[model]
+    live = services.endpoints.get(model)  # a process member's port is picked at its start
+    endpoint = live or m.endpoint or (config.ollama.url if m.ollama else None)
+    if m.runtime == Runtime.remote and m.endpoint:
+        # what the remote prober requests: its model list in the API's own flavour (no token spent)
+        probe = probe_request(m, None)[0]
+    else:  # the URL the daemon's own health probes request
+        probe = health_url(m, config.ollama.url, live)
+    return {
+        "role": role,
+        "model": model,
+        "endpoint": redact_url(endpoint),
+        "health_url": redact_url(probe),
+        "api": m.api.value,
+        "placement": m.placement.value,
+        "health": services.manager.verdict(model).health,
+    }
+
+
+def role_body(services: Services, role: str) -> dict[str, object]:
+    """``GET /roles/{role}``: the row of a bound role, with the stack and the table's version."""
+    table = services.roles.current
+    model = table.bindings.get(role)
+    if model is None:
+        raise NotFound(
+            f"role '{role}' is not bound in stack '{table.stack}'; "
+            f"bound roles: {', '.join(sorted(table.bindings)) or 'none'}"
+        )
+    return {"stack": table.stack, "version": table.version, **role_row(services, role, model)}
+
+
+def usage_body(services: Services) -> dict[str, object]:
+    """``GET /usage``: the ledger's rows, the slices served and this run's tallies, the energy."""
+    rows = services.usage.summary() if services.usage is not None else []
+    slices = services.slices
+    audit = slices.audit.summary() if slices is not None and slices.audit is not None else []
+    tallies = slices.stats.to_dict() if slices is not None else {}
+    energy = services.power.store.by_stack() if services.power and services.power.store else []
+    return {"rows": rows, "slices": {"served": audit, "since_start": tallies}, "energy": energy}
+
+
 def build_status_router(
-    services: Services, read: Callable[..., None], registry: Callable[[], Any]
+    services: Services, read: Callable[..., None], registry: Callable[[], CollectorRegistry]
 ) -> APIRouter:
     """``registry()`` is what ``/metrics`` exposes; it is first called at the first scrape."""
     router = APIRouter()
     health = daemon_health(services)  # the settings are frozen: computed once
-
-    def role_row(role: str, model: str) -> dict[str, Any]:
-        config = services.config  # read per call: a config reload replaces it
-        m = config.models[model]
-        live = services.endpoints.get(model)  # a process member's port is picked at its start
-        endpoint = live or m.endpoint or (config.ollama.url if m.ollama else None)
-        if m.runtime == Runtime.remote and m.endpoint:
-            # what the remote prober requests: its model list in the API's own flavour (no token spent)
-            probe = probe_request(m, None)[0]
-        else:  # the URL the daemon's own health probes request
-            probe = health_url(m, config.ollama.url, live)
-        return {
-            "role": role,
-            "model": model,
-            "endpoint": redact_url(endpoint),
-            "health_url": redact_url(probe),
-            "api": m.api.value,
-            "placement": m.placement.value,
-            "health": services.manager.verdict(model).health,  # the verdict status shows too
-        }
 
     @router.get("/healthz")
     async def healthz() -> Health:
@@ -107,29 +145,7 @@ def build_status_router(
             return health.model_copy(update={"stack_active": False})
         return health
 
-    @router.get(
-        "/roles", dependencies=[Depends(read)], response_model=None, responses=documented(RolesAnswer)
-    )
-    async def roles() -> dict[str, Any]:
-        table = services.roles.current
-        return {
-            "stack": table.stack,
-            "version": table.version,
-            "roles": [role_row(r, m) for r, m in sorted(table.bindings.items())],
-        }
-
-    @router.get(
-        "/roles/{role}", dependencies=[Depends(read)], response_model=None, responses=documented(RoleAnswer)
-    )
-    async def role(role: str) -> dict[str, Any]:
-        table = services.roles.current
-        model = table.bindings.get(role)
-        if model is None:
-            raise NotFound(
-                f"role '{role}' is not bound in stack '{table.stack}'; "
-                f"bound roles: {', '.join(sorted(table.bindings)) or 'none'}"
-            )
-        return {"stack": table.stack, "version": table.version, **role_row(role, model)}
+    add_role_routes(router, services, read)
 
     @router.get(
         "/status", dependencies=[Depends(read)], response_model=None, responses=documented(StatusAnswer)
@@ -138,23 +154,53 @@ def build_status_router(
         return await daemon_status(services)
 
     @router.get("/schedule", dependencies=[Depends(read)], response_model=None)
-    async def schedule() -> dict[str, Any]:
+    async def schedule() -> dict[str, object]:
         """The day policy: the window current now, the next change, a hold, an idle downshift, and
         what it means to do and why (null parts when the config has no schedules: or idle:)."""
         if services.day is None:
             return {"configured": False}
         return {"configured": True, **services.day.view()}
 
+    add_usage_routes(router, services, read)
+
+    @router.get("/metrics", dependencies=[Depends(read)], response_class=PlainTextResponse)
+    async def metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest  # loaded when scraped
+
+        return Response(generate_latest(registry()), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def add_role_routes(router: APIRouter, services: Services, read: Callable[..., None]) -> None:
+    """``GET /roles`` and ``GET /roles/{role}``: the active stack's bindings, as ``role_row``."""
+
+    @router.get(
+        "/roles", dependencies=[Depends(read)], response_model=None, responses=documented(RolesAnswer)
+    )
+    async def roles() -> dict[str, object]:
+        table = services.roles.current
+        return {
+            "stack": table.stack,
+            "version": table.version,
+            "roles": [role_row(services, r, m) for r, m in sorted(table.bindings.items())],
+        }
+
+    @router.get(
+        "/roles/{role}", dependencies=[Depends(read)], response_model=None, responses=documented(RoleAnswer)
+    )
+    async def role(role: str) -> dict[str, object]:
+        return role_body(services, role)
+
+
+def add_usage_routes(router: APIRouter, services: Services, read: Callable[..., None]) -> None:
+    """``GET /usage`` and ``GET /usage/series``: the usage ledger, summed and over time."""
+
     @router.get(
         "/usage", dependencies=[Depends(read)], response_model=None, responses=documented(UsageAnswer)
     )
-    async def usage() -> dict[str, Any]:
-        rows = services.usage.summary() if services.usage is not None else []
-        slices = services.slices
-        audit = slices.audit.summary() if slices is not None and slices.audit is not None else []
-        tallies = slices.stats.to_dict() if slices is not None else {}
-        energy = services.power.store.by_stack() if services.power and services.power.store else []
-        return {"rows": rows, "slices": {"served": audit, "since_start": tallies}, "energy": energy}
+    async def usage() -> dict[str, object]:
+        return usage_body(services)
 
     @router.get("/usage/series", dependencies=[Depends(read)], response_model=None)
     async def usage_series_route(
@@ -166,11 +212,3 @@ def build_status_router(
         now = time.time()
         samples = services.usage.samples(now - window_s) if services.usage is not None else []
         return usage_series(samples, now, window_s, bucket_s)
-
-    @router.get("/metrics", dependencies=[Depends(read)], response_class=PlainTextResponse)
-    async def metrics() -> Response:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest  # loaded when scraped
-
-        return Response(generate_latest(registry()), media_type=CONTENT_TYPE_LATEST)
-
-    return router
