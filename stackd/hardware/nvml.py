@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Generic, Protocol, TypeVar, overload
 
 import psutil
 
@@ -28,6 +28,49 @@ NVML_ERROR_GPU_IS_LOST = 15
 NVML_LIBRARY = "nvml.dll" if sys.platform == "win32" else "libnvidia-ml.so.1"
 
 
+Handle = TypeVar("Handle")  # a device handle: opaque, only handed back to the library that made it
+
+
+class MemoryInfo(Protocol):
+    @property
+    def total(self) -> int: ...
+    @property
+    def used(self) -> int: ...
+    @property
+    def free(self) -> int: ...
+
+
+class ProcessInfo(Protocol):
+    @property
+    def pid(self) -> int: ...
+    @property
+    def usedGpuMemory(self) -> int | None: ...  # pynvml's name
+
+
+class Utilization(Protocol):
+    @property
+    def gpu(self) -> int: ...
+
+
+class NvmlLibrary(Protocol[Handle]):
+    """The part of ``pynvml`` the reader calls, by pynvml's names: the module, or a fake. Each call
+    blocks well under a millisecond and raises ``NVMLError`` (one subclass per NVML code)."""
+
+    @property
+    def NVMLError(self) -> type[Exception]: ...
+    def nvmlInit(self) -> None: ...
+    def nvmlShutdown(self) -> None: ...
+    def nvmlDeviceGetCount(self) -> int: ...
+    def nvmlDeviceGetHandleByIndex(self, index: int, /) -> Handle: ...
+    def nvmlDeviceGetName(self, handle: Handle, /) -> str | bytes: ...
+    def nvmlDeviceGetMemoryInfo(self, handle: Handle, /) -> MemoryInfo: ...
+    def nvmlDeviceGetPowerUsage(self, handle: Handle, /) -> int: ...
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle: Handle, /) -> int: ...
+    def nvmlDeviceGetUtilizationRates(self, handle: Handle, /) -> Utilization: ...
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: Handle, /) -> Sequence[ProcessInfo]: ...
+    def nvmlDeviceGetGraphicsRunningProcesses(self, handle: Handle, /) -> Sequence[ProcessInfo]: ...
+
+
 def process_name(pid: int) -> str:
     """The name of a local process, or ``pid N`` when it is gone, hidden or in another namespace."""
     try:
@@ -36,7 +79,7 @@ def process_name(pid: int) -> str:
         return f"pid {pid}"
 
 
-class NvmlReader:
+class NvmlReader(Generic[Handle]):
     """Reads every NVIDIA device: name, memory (MiB) and the processes holding memory.
 
     ``read`` blocks for a few NVML calls (well under a millisecond each) and never raises: a
@@ -45,8 +88,18 @@ class NvmlReader:
 
     source = "nvml"
 
-    def __init__(self, nvml_module: Any | None = None, name_of: Callable[[int], str] = process_name) -> None:
-        self._nvml: Any | None = nvml_module
+    @overload
+    def __init__(
+        self: NvmlReader[object], nvml_module: None = None, name_of: Callable[[int], str] = process_name
+    ) -> None: ...
+    @overload
+    def __init__(
+        self, nvml_module: NvmlLibrary[Handle], name_of: Callable[[int], str] = process_name
+    ) -> None: ...
+    def __init__(
+        self, nvml_module: NvmlLibrary[Handle] | None = None, name_of: Callable[[int], str] = process_name
+    ) -> None:
+        self._nvml = nvml_module
         self._name_of = name_of
         self._initialized = False
 
@@ -87,14 +140,14 @@ class NvmlReader:
                 self._nvml.nvmlShutdown()
             self._initialized = False
 
-    def _module(self) -> Any:
+    def _module(self) -> NvmlLibrary[Handle]:
         if self._nvml is None:
             import pynvml
 
             self._nvml = pynvml
         return self._nvml
 
-    def _device(self, nvml: Any, index: int) -> GpuDevice:
+    def _device(self, nvml: NvmlLibrary[Handle], index: int) -> GpuDevice:
         handle = nvml.nvmlDeviceGetHandleByIndex(index)
         name = nvml.nvmlDeviceGetName(handle)
         memory = nvml.nvmlDeviceGetMemoryInfo(handle)
@@ -105,12 +158,14 @@ class NvmlReader:
             used_mib=int(memory.used) // MIB,
             free_mib=int(memory.free) // MIB,
             processes=self._processes(nvml, handle),
-            power_w=_optional(nvml, lambda: nvml.nvmlDeviceGetPowerUsage(handle) / 1000),
-            power_limit_w=_optional(nvml, lambda: nvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000),
-            util_pct=_optional(nvml, lambda: nvml.nvmlDeviceGetUtilizationRates(handle).gpu),
+            power_w=_optional(nvml.NVMLError, lambda: nvml.nvmlDeviceGetPowerUsage(handle) / 1000),
+            power_limit_w=_optional(
+                nvml.NVMLError, lambda: nvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000
+            ),
+            util_pct=_optional(nvml.NVMLError, lambda: nvml.nvmlDeviceGetUtilizationRates(handle).gpu),
         )
 
-    def _processes(self, nvml: Any, handle: Any) -> tuple[GpuProcess, ...]:
+    def _processes(self, nvml: NvmlLibrary[Handle], handle: Handle) -> tuple[GpuProcess, ...]:
         # A process may appear as both a compute and a graphics client; NVML then reports the
         # same allocation twice, so keep the larger figure once. ``usedGpuMemory`` is None
         # where the driver cannot attribute memory (Windows WDDM, some containers).
@@ -129,12 +184,12 @@ class NvmlReader:
         )
 
 
-def _optional(nvml: Any, read: Callable[[], Any]) -> float | None:
+def _optional(error: type[Exception], read: Callable[[], float]) -> float | None:
     """A figure some devices do not report (NVML_ERROR_NOT_SUPPORTED on many consumer cards and
     in some containers): None then, never a failed reading of the whole device."""
     try:
         return float(read())
-    except nvml.NVMLError:
+    except error:
         return None
 
 
