@@ -15,7 +15,7 @@ from stackd.errors import StackdError
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from stackd.cli.shapes import KeyRow, KeyUsage
+    from stackd.cli.usage_shapes import KeyRow, KeyUsage
 
 keys_app = typer.Typer(no_args_is_help=True, help="API keys with scopes and limits (admin).")
 UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

@@ -11,7 +11,7 @@ from stackd.cli.options import JsonOpt, StateDirOpt, TokenOpt, UrlOpt, client, e
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from stackd.cli.shapes import LeaseRow
+    from stackd.cli.usage_shapes import LeaseRow
 
 lease_app = typer.Typer(no_args_is_help=True, help="Lease on-demand GPU models (vision, diffusion).")
 

@@ -310,7 +310,7 @@ def usage(
     from rich.console import Group
 
     from stackd.api import answers
-    from stackd.cli import render, slices_view
+    from stackd.cli import slices_view, usage_view
 
     if by is not None:
         from stackd.cli.key_commands import usage_by_key
@@ -325,7 +325,9 @@ def usage(
         data = c.get("/usage", answers.UsageAnswer)
     energy = schedule_commands.energy_renderable(data)
     emit(
-        data, as_json, Group(render.usage_renderable(data, wide=wide), slices_view.usage_slices(data), energy)
+        data,
+        as_json,
+        Group(usage_view.usage_renderable(data, wide=wide), slices_view.usage_slices(data), energy),
     )
 
 

@@ -11,7 +11,7 @@ from stackd.cli.client import DaemonClient, DaemonError
 from stackd.cli.render import attempts_table
 
 if TYPE_CHECKING:
-    from stackd.cli.shapes import ReasonAnswer, ReasonUsage
+    from stackd.cli.usage_shapes import ReasonAnswer, ReasonUsage
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from rich.text import Text
 from stackd.cli.options import JsonOpt, StateDirOpt, TokenOpt, UrlOpt, client, emit
 
 if TYPE_CHECKING:
-    from stackd.cli.shapes import Schedule, Status, UsageAnswer
+    from stackd.cli.shapes import Schedule, Status
+    from stackd.cli.usage_shapes import UsageAnswer
 
 
 def schedule_renderable(data: Schedule) -> Group:

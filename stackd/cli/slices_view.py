@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from stackd.cli.shapes import SlicesAnswer, SliceTally, UsageAnswer
+    from stackd.cli.usage_shapes import SlicesAnswer, SliceTally, UsageAnswer
 
 
 def _pct(value: float | None) -> str:

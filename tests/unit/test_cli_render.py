@@ -10,12 +10,14 @@ from typing import TYPE_CHECKING, TypedDict, Unpack
 import pytest
 from rich.console import Console
 
-from stackd.cli.render import daemon_header, status_renderable, usage_renderable
+from stackd.cli.render import daemon_header, status_renderable
+from stackd.cli.usage_view import usage_renderable
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from stackd.cli.shapes import Health, Member, Status, UsageAnswer, UsageRow
+    from stackd.cli.shapes import Health, Member, Status
+    from stackd.cli.usage_shapes import UsageAnswer, UsageRow
 
 
 def member(

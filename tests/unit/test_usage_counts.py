@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from stackd.api.metrics import register_router_metrics
 from stackd.cli.reason_view import token_figures
-from stackd.cli.render import usage_tokens
+from stackd.cli.usage_view import usage_tokens
 from stackd.router.accounting import Accounting
 from stackd.router.backends.base import token_count
 from stackd.router.backends.tokens import engine_root, prompt_text
