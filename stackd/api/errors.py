@@ -30,6 +30,7 @@ from typing import Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic_core import ErrorDetails
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from stackd.errors import StackdError
@@ -68,7 +69,7 @@ class ErrorAnswer:
     """One error answer: its status, its JSON body and its headers beyond ``content-type``."""
 
     status: int
-    body: dict[str, Any]
+    body: dict[str, object]
     headers: tuple[tuple[str, str], ...] = ()
 
     def json(self) -> bytes:
@@ -111,7 +112,7 @@ def error_answer(exc: BaseException, shape: Shape = "stackd") -> ErrorAnswer:
         headers.append(("Retry-After", retry))
     if shape == "stackd":
         return ErrorAnswer(exc.status, exc.to_dict(), tuple(headers))
-    error: dict[str, Any] = {
+    error: dict[str, object] = {
         "message": exc.message,
         "type": kind.openai_type,
         "param": None,
@@ -134,7 +135,7 @@ def raw_http_answer(exc: StackdError) -> bytes:
     return b"\r\n".join(head) + b"\r\n\r\n" + text
 
 
-def problem(err: Any) -> dict[str, str]:
+def problem(err: ErrorDetails) -> dict[str, str]:
     """One validation error (of FastAPI or of ``model_validate_json``) as ``{field, message}``: the
     field's dotted path, or ``body``. The control API, the gateway and the tools all answer so."""
     if err.get("type") == "json_invalid" and err["loc"]:  # FastAPI's loc: ("body", character offset)
@@ -147,7 +148,7 @@ def invalid_request_message(problems: list[dict[str, str]]) -> str:
     return "invalid request: " + "; ".join(f"{p['field']}: {p['message']}" for p in problems)
 
 
-def invalid_request_body(problems: list[dict[str, str]]) -> dict[str, Any]:
+def invalid_request_body(problems: list[dict[str, str]]) -> dict[str, object]:
     return {"error": "InvalidRequest", "message": invalid_request_message(problems), "problems": problems}
 
 
@@ -198,7 +199,7 @@ def install_error_handlers(app: FastAPI) -> None:
                 others = {k: v for k, v in (exc.headers or {}).items() if k.lower() != "allow"}
                 exc.headers = {**others, "Allow": ", ".join(allowed)}
         kind, message = http_error_text(exc, request.method, request.url.path)
-        body: dict[str, Any] = {"error": kind, "message": message}
+        body: dict[str, object] = {"error": kind, "message": message}
         if request.url.path.startswith("/v1/"):
             body = {
                 "error": {"message": message, "type": "invalid_request_error", "param": None, "code": kind}

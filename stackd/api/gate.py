@@ -17,7 +17,6 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from starlette.types import Scope as AsgiScope
 
@@ -165,7 +164,7 @@ def target_of(rule: Rule | None, path: str, body: bytes | None) -> str:
         if named:
             return "/".join(named)
     try:
-        value: Any = json.loads(body) if body else None
+        value: object = json.loads(body) if body else None
     except ValueError:
         return ""
     if isinstance(value, dict):

@@ -222,7 +222,7 @@ def services(tmp_path: Path, host: str) -> Services:
 
 async def healthz(services: Services) -> dict[str, object]:
     app = FastAPI()
-    app.include_router(build_status_router(services, open_guard, CollectorRegistry()))
+    app.include_router(build_status_router(services, open_guard, CollectorRegistry))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://stackd") as client:
         resp = await client.get("/healthz")
     assert resp.status_code == 200
