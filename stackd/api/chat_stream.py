@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Literal, TypedDict
+from typing import TYPE_CHECKING, Literal, TypedDict
 
 from stackd.api.errors import error_answer
 from stackd.api.raw_asgi import SSE_DONE, dumps, sse
@@ -26,6 +26,9 @@ from stackd.router.types import (
 )
 from stackd.schedule.wake import Waking
 
+if TYPE_CHECKING:  # the slices package imports jsonschema: only its record's type is needed
+    from stackd.router.slices.types import SlicedAnswerJson
+
 OPENAI_FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 
 
@@ -37,7 +40,7 @@ class StackdRecord(TypedDict, total=False):
     backend_model: str
     cost_usd: float
     attempts: list[dict[str, object]]
-    slices: dict[str, object]  # a routed call's record (``SlicedAnswer.to_dict``)
+    slices: SlicedAnswerJson  # a routed call's record
     wake: dict[str, object]  # how long the call waited for its stack to wake
 
 

@@ -10,10 +10,34 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypedDict
 
 from stackd.router.types import AttemptStatus, FailureKind, Usage
 from stackd.state.usage import UsageRow
+
+
+class TallyJson(TypedDict):
+    """A tally as ``/status`` shows it (latencies are ``Latency.to_dict``)."""
+
+    requests: int
+    answered: int
+    skipped: int
+    failures: dict[str, int]
+    latency_first_token: dict[str, float]
+    latency_total: dict[str, float]
+    prompt_tokens: int
+    completion_tokens: int
+    tokens_estimated: int
+    tokens_unknown: int
+    cost_usd: float
+
+
+class StrategyRow(TallyJson):
+    """One (strategy, backend) row of ``/status``'s ``router.strategies``."""
+
+    strategy: str
+    backend: str
+
 
 # Upper bounds in ms; the last bucket is +Inf. Shared with the Prometheus histograms.
 LATENCY_BUCKETS_MS: tuple[float, ...] = (
@@ -97,7 +121,7 @@ class Tally:
             self.tokens_unknown += usage.unknown
         self.cost_usd += cost_usd
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> TallyJson:
         return {
             "requests": self.requests,
             "answered": self.answered,
@@ -140,7 +164,7 @@ class Accounting:
                 tally = cells[key] = Tally()
             tally.add(status, kind, first_token_ms, total_ms, usage, cost_usd)
 
-    def stats(self) -> list[dict[str, Any]]:
+    def stats(self) -> list[StrategyRow]:
         return [
             {"strategy": strategy, "backend": backend, **tally.to_dict()}
             for (strategy, backend), tally in sorted(self.tallies.items())

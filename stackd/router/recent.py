@@ -12,12 +12,21 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal, TypedDict
 
 from stackd.router.types import Attempt
 
 CallOutcome = Literal["answered", "failed", "broken"]
 KEEP_CALLS = 20
+
+
+class CallJson(TypedDict):
+    """A call as the status page lists it; each attempt is ``Attempt.to_dict``."""
+
+    at: float
+    route: str
+    outcome: CallOutcome
+    attempts: list[dict[str, object]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +38,7 @@ class CallRecord:
     outcome: CallOutcome
     attempts: tuple[Attempt, ...]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> CallJson:
         return {
             "at": self.at,
             "route": self.route,
@@ -49,7 +58,7 @@ class RecentCalls:
     def record(self, route: str, outcome: CallOutcome, attempts: Iterable[Attempt]) -> None:
         self._calls.append(CallRecord(self._clock(), route, outcome, tuple(attempts)))
 
-    def newest(self, limit: int = KEEP_CALLS) -> list[dict[str, Any]]:
+    def newest(self, limit: int = KEEP_CALLS) -> list[CallJson]:
         """Up to ``limit`` calls as JSON, newest first."""
         calls = list(self._calls)[-limit:] if limit > 0 else []
         return [call.to_dict() for call in reversed(calls)]

@@ -20,7 +20,7 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
-from typing import Any
+from typing import TypedDict
 
 import aiohttp
 
@@ -30,7 +30,7 @@ from stackd.config.secrets import Secrets
 from stackd.drivers.base import EngineReadiness
 from stackd.roles import LiveEndpoints, LiveRoles, RoleTable
 from stackd.router import routes, skips
-from stackd.router.accounting import Accounting
+from stackd.router.accounting import Accounting, StrategyRow
 from stackd.router.attempt_log import AttemptLog
 from stackd.router.backends import Backend, build_backend
 from stackd.router.circuit import CircuitBreaker, CircuitState, Clock
@@ -54,6 +54,15 @@ from stackd.router.verdicts import Admitted, escaped, failed, finished
 from stackd.state.usage import UsageStore
 
 BackendFactory = Callable[[str, aiohttp.ClientSession], Backend | None]
+
+
+class RouterStats(TypedDict):
+    """The router's part of ``/status``."""
+
+    stack: str | None
+    strategies: list[StrategyRow]
+    circuits: dict[str, dict[str, object]]
+    local_queue: dict[str, int]
 
 
 class ReasonRouter:
@@ -361,7 +370,7 @@ class ReasonRouter:
     def circuit_states(self) -> dict[str, CircuitState]:
         return {name: c.state for name, c in self._circuits.items()}
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> RouterStats:
         """The router's part of ``/status``: accounting, circuits, local queue."""
         return {
             "stack": self.snapshot().stack,

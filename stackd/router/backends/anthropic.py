@@ -12,7 +12,6 @@ text for a constrained request).
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import Any
 
 import aiohttp
 
@@ -75,7 +74,7 @@ class AnthropicBackend:
             return "stackd does not translate tools to Anthropic's tool use"
         return None
 
-    def _payload(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
+    def _payload(self, request: ChatRequest, stream: bool) -> dict[str, object]:
         system = [text_of(m.get("content")) for m in request.messages if m.get("role") == "system"]
         messages = [
             {
@@ -85,7 +84,7 @@ class AnthropicBackend:
             for m in request.messages
             if m.get("role") != "system"
         ]
-        body: dict[str, Any] = {
+        body: dict[str, object] = {
             "model": self.request_model,
             "messages": messages,
             "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -100,7 +100,7 @@ class Wire:
         """Upstream text, fit to put in a message: redacted, then cut (the only way in)."""
         return self.redact.snippet(raw, limit)
 
-    def shown(self, value: Any, limit: int = SNIPPET_CHARS) -> str:
+    def shown(self, value: object, limit: int = SNIPPET_CHARS) -> str:
         """A parsed upstream value (an error object, an answer of the wrong shape) as text."""
         try:
             raw = json.dumps(value, ensure_ascii=False)
@@ -128,7 +128,7 @@ def authorization_conflict(model: Model, wire: Wire) -> str | None:
     )
 
 
-def text_of(content: Any) -> str:
+def text_of(content: object) -> str:
     """The text of an OpenAI message content: a string, or the text parts of a part list."""
     if content is None:
         return ""
@@ -139,13 +139,15 @@ def text_of(content: Any) -> str:
     return str(content)
 
 
-def token_count(value: Any) -> int | None:
+def token_count(value: object) -> int | None:
     """A token count as an upstream reported it; None when it reported none (unknown, not 0).
     A value that is not a number raises ``ValueError`` / ``TypeError``: inside ``post`` the
     answer is then ``malformed``."""
     if value is None:
         return None
-    return int(value)
+    if isinstance(value, int | float | str):
+        return int(value)
+    raise TypeError(f"a token count is a number, not {type(value).__name__}")
 
 
 def decode_json(raw: bytes, what: str, wire: Wire) -> Any:
@@ -159,14 +161,14 @@ def malformed(what: str) -> BackendError:
     return BackendError(FailureKind.malformed, what)
 
 
-def error_event(wire: Wire, error: Any) -> BackendError:
+def error_event(wire: Wire, error: object) -> BackendError:
     """An error the upstream reported inside a 200 answer or stream."""
     return BackendError(FailureKind.http_5xx, f"error event: {wire.shown(error, 200)}")
 
 
 @asynccontextmanager
 async def post(
-    session: aiohttp.ClientSession, wire: Wire, payload: dict[str, Any], headers: dict[str, str]
+    session: aiohttp.ClientSession, wire: Wire, payload: Mapping[str, object], headers: dict[str, str]
 ) -> AsyncIterator[aiohttp.ClientResponse]:
     """POST JSON and yield a 2xx response; every failure inside the block becomes a ``BackendError``.
 

@@ -14,7 +14,7 @@ function declarations: a request that offers tools skips this backend, saying so
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import aiohttp
@@ -48,7 +48,7 @@ from stackd.router.types import (
 FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "RECITATION": "content_filter"}
 
 
-def usage_of(data: dict[str, Any]) -> Usage | None:
+def usage_of(data: Mapping[str, object]) -> Usage | None:
     meta = data.get("usageMetadata")
     if not isinstance(meta, dict):
         return None
@@ -84,7 +84,7 @@ class GeminiBackend:
             return "stackd does not translate tools to Gemini's function declarations"
         return None
 
-    def _payload(self, request: ChatRequest) -> dict[str, Any]:
+    def _payload(self, request: ChatRequest) -> dict[str, object]:
         system = [text_of(m.get("content")) for m in request.messages if m.get("role") == "system"]
         contents = [
             {
@@ -94,7 +94,7 @@ class GeminiBackend:
             for m in request.messages
             if m.get("role") != "system"
         ]
-        config: dict[str, Any] = {}
+        config: dict[str, object] = {}
         if request.max_tokens is not None:
             config["maxOutputTokens"] = request.max_tokens
         if request.temperature is not None:
@@ -108,7 +108,7 @@ class GeminiBackend:
             schema = schema_of(request.response_format)
             if schema is not None:
                 config["responseJsonSchema"] = schema
-        body: dict[str, Any] = {"contents": contents}
+        body: dict[str, object] = {"contents": contents}
         if system:
             body["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
         if config:

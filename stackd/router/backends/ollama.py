@@ -17,7 +17,7 @@ skips this backend, saying why).
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import aiohttp
@@ -50,7 +50,7 @@ from stackd.router.types import (
 HEADERS = {"Content-Type": "application/json"}
 
 
-def usage_of(data: dict[str, Any]) -> Usage:
+def usage_of(data: Mapping[str, object]) -> Usage:
     # Ollama leaves prompt_eval_count out when the whole prompt came from its cache: unknown
     return Usage(token_count(data.get("prompt_eval_count")), token_count(data.get("eval_count")))
 
@@ -79,8 +79,8 @@ class OllamaBackend:
             return "Ollama's /api/chat has no tool_choice: it cannot be made to call a tool"
         return None
 
-    def _payload(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
-        options: dict[str, Any] = dict(self.model.ollama.options) if self.model.ollama else {}
+    def _payload(self, request: ChatRequest, stream: bool) -> dict[str, object]:
+        options: dict[str, object] = dict(self.model.ollama.options) if self.model.ollama else {}
         if request.max_tokens is not None:
             options["num_predict"] = request.max_tokens
         if request.temperature is not None:
@@ -89,7 +89,7 @@ class OllamaBackend:
             options["top_p"] = request.top_p
         if request.stop:
             options["stop"] = request.stop
-        body: dict[str, Any] = {
+        body: dict[str, object] = {
             "model": self.request_model,
             "messages": [
                 {"role": m.get("role", "user"), "content": text_of(m.get("content"))}

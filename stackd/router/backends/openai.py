@@ -16,9 +16,8 @@ come back whole (a stream's pieces are joined).
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
-from typing import Any
 
 import aiohttp
 
@@ -56,7 +55,7 @@ from stackd.router.types import (
 )
 
 
-def usage_of(data: dict[str, Any]) -> Usage | None:
+def usage_of(data: Mapping[str, object]) -> Usage | None:
     usage = data.get("usage")
     if not isinstance(usage, dict):
         return None
@@ -87,8 +86,8 @@ class OpenAIBackend:
     def unsupported(self, request: ChatRequest) -> str | None:
         return None  # every field of the contract is OpenAI's own
 
-    def _payload(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.request_model, "messages": request.messages}
+    def _payload(self, request: ChatRequest, stream: bool) -> dict[str, object]:
+        body: dict[str, object] = {"model": self.request_model, "messages": request.messages}
         if request.max_tokens is not None:
             body["max_tokens"] = request.max_tokens
         if request.temperature is not None:

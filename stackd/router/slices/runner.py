@@ -261,7 +261,7 @@ class SliceRouter:
             sliced.validated,
             sliced.check,
             sliced.promotions,
-            [t.to_dict() for t in sliced.tries],
+            [dict(t.to_dict()) for t in sliced.tries],
             usage.prompt_tokens,
             usage.completion_tokens,
             latency_ms,

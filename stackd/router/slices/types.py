@@ -3,12 +3,43 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from stackd.router.slices.validators import ToolCall
 from stackd.router.types import Answer, ChatRequest
 
 TryOutcome = Literal["accepted", "invalid", "promoted", "retried", "unavailable"]
+
+
+class SliceTryJson(TypedDict):
+    slice: str
+    backend: str | None
+    outcome: TryOutcome
+    reason: str
+    elapsed_ms: float
+    template: str | None
+
+
+# "from" is a keyword: the functional form spells the key as the routing record does.
+BudgetFall = TypedDict("BudgetFall", {"from": str, "to": str, "why": str})
+
+
+class SlicedAnswerJson(TypedDict):
+    """The routing record of a sliced answer (``x_stackd.routing`` and the audit row)."""
+
+    preset: str
+    slice: str
+    decided_by: str
+    decision: str
+    signals: dict[str, int | None]
+    policy_version: str
+    model_digest: str
+    validated: bool
+    check: str
+    tries: list[SliceTryJson]
+    tool_call: dict[str, object] | None
+    budget_falls: list[BudgetFall]
+    audit_id: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +66,7 @@ class SliceTry:
     elapsed_ms: float = 0.0
     template: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> SliceTryJson:
         return {
             "slice": self.slice,
             "backend": self.backend,
@@ -69,7 +100,7 @@ class SlicedAnswer:
     def promotions(self) -> int:
         return sum(t.outcome == "promoted" for t in self.tries)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> SlicedAnswerJson:
         return {
             "preset": self.preset,
             "slice": self.slice,
