@@ -24,7 +24,7 @@ HostOpt = Annotated[
     str,
     typer.Option(envvar="STACKD_HOST", help="Address to bind; off loopback every route needs the token."),
 ]
-PortOpt = Annotated[int, typer.Option(envvar="STACKD_PORT", help="Port to bind.")]
+PortOpt = Annotated[int, typer.Option(envvar="STACKD_PORT", min=1, max=65535, help="Port to bind (1-65535).")]
 ServeStateDirOpt = Annotated[
     Path | None,
     typer.Option(

@@ -57,6 +57,7 @@ def test_a_usage_error_prints_one_usage_line_and_exits_2(args: list[str]) -> Non
         (["reason", "x", "--effort", "11"], "--effort"),
         (["status", "--jsn"], "No such option: --jsn"),
         (["plan", "x", "--gpu-total-gb", "abc"], "--gpu-total-gb"),
+        (["serve", "--port", "0"], "--port"),  # was a pydantic traceback from the daemon
     ],
 )
 def test_a_usage_error_goes_to_stderr_naming_what_is_wrong(args: list[str], message: str) -> None:
