@@ -46,6 +46,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from stackd.api.auth import CALLER_KEY
 from stackd.api.chat_stream import (
     ChatCompletion,
     WakeStream,
@@ -53,6 +54,7 @@ from stackd.api.chat_stream import (
     completion_body,
     first_item,
 )
+from stackd.api.keyring import Caller
 from stackd.api.raw_asgi import Auth, RawEndpoint, dumps, read_body, send_bytes, send_sse, validate
 from stackd.gpu.calls import CallLeases
 from stackd.router import ReasonRouter
@@ -232,10 +234,14 @@ def build_gateway_router(
     api = APIRouter()
 
     async def list_models(scope: Scope, receive: Receive, send: Send) -> None:
+        # A key limited to some models lists only those (the same names its chat is checked
+        # against); the bootstrap token, an unrestricted key or an open loopback read lists all.
+        caller = scope.get(CALLER_KEY)
         created = int(time.time())
         data = [
             {"id": name, "object": "model", "created": created, "owned_by": "stackd"}
             for name in router.gateway_models()
+            if not isinstance(caller, Caller) or caller.may_use(name)
         ]
         await send_bytes(send, 200, dumps({"object": "list", "data": data}))
 

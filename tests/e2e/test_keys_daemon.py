@@ -3,7 +3,8 @@
 A gateway key chats and is refused a switch (403 naming the scope); a revoked key gets 401 on
 its next request, the daemon still running; no key is stored or logged in plain text; a key
 over its rpm or daily-token limit gets 429 with ``Retry-After``, and still after a restart;
-the audit trail and ``stackd usage --by key`` name the key.
+the audit trail and ``stackd usage --by key`` name the key; ``/v1/models`` lists only what a
+key limited to some models may call.
 """
 
 from __future__ import annotations
@@ -50,6 +51,13 @@ def chat(daemon: Daemon, key: str) -> httpx.Response:
     )
 
 
+def listed(daemon: Daemon, key: str) -> list[str]:
+    """The ids ``GET /v1/models`` lists for ``key``."""
+    answer = httpx.get(f"{daemon.url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    return [m["id"] for m in answer.json()["data"]]
+
+
 def start(tmp_path: Path, sim_url: str) -> Daemon:
     config = tmp_path / "stacks.yaml"
     config.write_text(CONFIG.format(url=sim_url))
@@ -74,6 +82,11 @@ def test_a_gateway_key_chats_may_not_switch_and_stops_working_once_revoked(tmp_p
             narrow = create_key(daemon, "narrow", "--scope", "gateway", "--models", "reason")
             refused = chat(daemon, narrow)
             assert refused.status_code == 403 and "orchestrator" in refused.json()["error"]["message"]
+            # /v1/models lists what a key may call: all for the bootstrap token and an
+            # unrestricted key, only its own for a key limited to some.
+            assert listed(daemon, daemon.token) == ["orchestrator", "reason"]
+            assert listed(daemon, key) == ["orchestrator", "reason"]
+            assert listed(daemon, narrow) == ["reason"]
 
             revoked = daemon.cli("keys", "revoke", "ide")
             assert revoked.returncode == 0, revoked.stderr
