@@ -10,8 +10,9 @@ import contextlib
 import gc
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
@@ -34,6 +35,14 @@ from stackd.state.permissions import private_database, private_state_dir
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+
+    from stackd.drivers.process import LocalProcessDriver
+    from stackd.gpu.grant import FootprintMeter
+    from stackd.manager import ModelStackManager
+    from stackd.manager.seams import Drivers
+    from stackd.router import ReasonRouter
+    from stackd.state.gpu import GpuJournal
+    from stackd.state.usage import UsageStore
 
 log = logging.getLogger("stackd")
 
@@ -91,29 +100,35 @@ def secret_env_names(config: StacksConfig) -> frozenset[str]:
     return frozenset(names)
 
 
+@dataclass(frozen=True)
+class _Base:
+    """What every part of the daemon is built on: its settings, the live role and endpoint tables,
+    the hardware reader and the token."""
+
+    settings: Settings
+    roles: LiveRoles
+    endpoints: LiveEndpoints
+    hardware: Callable[[], HardwareSnapshot]
+    token: str
+    token_source: str
+
+
+@dataclass(frozen=True)
+class _Engines:
+    """What runs the members, built before the manager: its drivers, and the parts of them that
+    the lease coordinator and the router share."""
+
+    drivers: Drivers
+    processes: LocalProcessDriver
+    meter: FootprintMeter
+    secrets: Secrets
+
+
 def build_services(settings: Settings) -> Services:
-    from stackd.drivers.docker import DockerContainerDriver
-    from stackd.drivers.docker_pids import DockerPids
-    from stackd.drivers.health import HttpHealthChecker
-    from stackd.drivers.ollama import OllamaHttpDriver
-    from stackd.drivers.process import LocalProcessDriver
-    from stackd.drivers.remote import HttpRemoteProber
-    from stackd.gpu.grant import FootprintMeter
-    from stackd.gpu.leases import LeaseCoordinator
     from stackd.manager import ModelStackManager
-    from stackd.manager.day import DayDriver, lease_views
-    from stackd.manager.energy import PowerSampler
-    from stackd.manager.seams import Drivers, ManagerOptions
+    from stackd.manager.seams import ManagerOptions
     from stackd.planner.footprints import remembered_footprints
-    from stackd.router import ReasonRouter
-    from stackd.router.slices import SliceRouter
-    from stackd.state.audit import AuditLog
-    from stackd.state.day_policy import DayPolicyStore
-    from stackd.state.energy import EnergyStore
     from stackd.state.gpu import GpuJournal
-    from stackd.state.keys import KeyedUsageStore, KeyStore
-    from stackd.state.processes import ProcessTable
-    from stackd.state.slice_audit import SliceAudit
     from stackd.state.store import StateStore
 
     config = load_daemon_config(settings)
@@ -128,11 +143,32 @@ def build_services(settings: Settings) -> Services:
     def hardware() -> HardwareSnapshot:
         return read_hardware(reader)
 
-    roles = LiveRoles()
-    endpoints = LiveEndpoints()
-    health = HttpHealthChecker(endpoints=endpoints)
+    base = _Base(settings, LiveRoles(), LiveEndpoints(), hardware, token, source)
     store = StateStore(settings.db_path)
     gpu_journal = GpuJournal(settings.db_path)  # leases and measured footprints
+    engines = _build_engines(base, config, gpu_journal)
+    options = ManagerOptions(
+        drain_s=settings.role_drain_s,
+        footprints=lambda config: remembered_footprints(config, gpu_journal.footprints()),
+        on_started=engines.meter.measure_later,
+    )
+    manager = ModelStackManager(config, store, engines.drivers, base.roles, hardware, options)
+    return _serving_services(base, manager, engines, gpu_journal)
+
+
+def _build_engines(base: _Base, config: StacksConfig, gpu_journal: GpuJournal) -> _Engines:
+    from stackd.drivers.docker import DockerContainerDriver
+    from stackd.drivers.docker_pids import DockerPids
+    from stackd.drivers.health import HttpHealthChecker
+    from stackd.drivers.ollama import OllamaHttpDriver
+    from stackd.drivers.process import LocalProcessDriver
+    from stackd.drivers.remote import HttpRemoteProber
+    from stackd.gpu.grant import FootprintMeter
+    from stackd.manager.seams import Drivers
+    from stackd.state.processes import ProcessTable
+
+    settings, endpoints = base.settings, base.endpoints
+    health = HttpHealthChecker(endpoints=endpoints)
     processes = LocalProcessDriver(
         settings.state_dir,
         ProcessTable(settings.db_path),
@@ -149,51 +185,53 @@ def build_services(settings: Settings) -> Services:
         swarm = SwarmServiceDriver(config.cluster, endpoints, health)
         containers, checker = ClusterContainers(containers, swarm), ClusterHealth(swarm, health)
     # a member a switch or a lease started gets its footprint measured
-    meter = FootprintMeter(gpu_journal, processes, hardware, container_pids=DockerPids())
+    meter = FootprintMeter(gpu_journal, processes, base.hardware, container_pids=DockerPids())
     secrets = Secrets.environment()  # the remote members' keys: the prober and the router read them here
     prober = HttpRemoteProber(secrets=secrets)
     drivers = Drivers(containers, processes, OllamaHttpDriver(config.ollama.url), prober, checker)
-    options = ManagerOptions(
-        drain_s=settings.role_drain_s,
-        footprints=lambda config: remembered_footprints(config, gpu_journal.footprints()),
-        on_started=meter.measure_later,
-    )
-    manager = ModelStackManager(config, store, drivers, roles, hardware, options)
+    return _Engines(drivers, processes, meter, secrets)
+
+
+def _serving_services(
+    base: _Base, manager: ModelStackManager, engines: _Engines, gpu_journal: GpuJournal
+) -> Services:
+    """What serves calls around the manager: keys and usage, leases, the day policy, power, the
+    router and its slices."""
+    from stackd.gpu.leases import LeaseCoordinator
+    from stackd.manager.day import DayDriver, lease_views
+    from stackd.manager.energy import PowerSampler
+    from stackd.router import ReasonRouter
+    from stackd.router.slices import SliceRouter
+    from stackd.state.audit import AuditLog
+    from stackd.state.day_policy import DayPolicyStore
+    from stackd.state.energy import EnergyStore
+    from stackd.state.keys import KeyedUsageStore, KeyStore
+    from stackd.state.slice_audit import SliceAudit
+
+    settings = base.settings
     keys = KeyStore(settings.db_path)
     usage = KeyedUsageStore(settings.db_path, keys)  # the ledger's store; also each key's calls
-    leases = LeaseCoordinator(manager, journal=gpu_journal, meter=meter)
+    leases = LeaseCoordinator(manager, journal=gpu_journal, meter=engines.meter)
     day = DayDriver(manager, DayPolicyStore(settings.db_path), leases=lambda: lease_views(leases))
     power = PowerSampler(manager, EnergyStore(settings.db_path))
     router = ReasonRouter(
         manager.live_config,  # the daemon's one: the manager swaps it, the router follows
-        roles,
+        base.roles,
         usage=usage,
         on_use=manager.touch,
-        endpoints=endpoints,
+        endpoints=base.endpoints,
         unavailable=manager.unavailable,
-        engines=processes,  # a call waits while a process member's engine restarts
-        secrets=secrets,
+        engines=engines.processes,  # a call waits while a process member's engine restarts
+        secrets=engines.secrets,
     )
     slices = SliceRouter(router)
     slices.attach(SliceAudit(settings.db_path), settings.state_dir, usage=usage)
     return Services(
-        settings=settings,
-        roles=roles,
-        manager=manager,
-        read_hardware=hardware,
-        token=token,
-        token_source=source,
-        leases=leases,
-        router=router,
-        slices=slices,
-        usage=usage,
-        endpoints=endpoints,
-        processes=processes,
-        day=day,
-        power=power,
-        keys=keys,
-        audit=AuditLog(settings.db_path),
-    )
+        settings=settings, roles=base.roles, manager=manager, read_hardware=base.hardware,
+        token=base.token, token_source=base.token_source, leases=leases, router=router,
+        slices=slices, usage=usage, endpoints=base.endpoints, processes=engines.processes,
+        day=day, power=power, keys=keys, audit=AuditLog(settings.db_path),
+    )  # fmt: skip
 
 
 def watch_sighup(services: Services, settings: Settings) -> None:
@@ -230,51 +268,61 @@ def settle_heap(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:
     gc.set_threshold(*thresholds)
 
 
+async def _start(services: Services, router: ReasonRouter) -> None:
+    """The lifespan's start: recover or restore the stack, start the timers and the router."""
+    settings = services.settings
+    if settings.recover_on_start:
+        await services.manager.recover()  # the manager logs what it did
+    if settings.periodic:
+        from stackd.manager.periodic import start_periodic
+
+        services.periodic = start_periodic(
+            services.manager,
+            leased=services.leases.holds,
+            on_healthy=router.probe_succeeded,
+            extra_jobs={
+                **(services.day.jobs() if services.day is not None else {}),
+                **(services.power.jobs() if services.power is not None else {}),
+            },
+        )
+    await router.start()
+    watch_sighup(services, settings)
+    settle_heap()
+
+
+async def _shut_down(services: Services, router: ReasonRouter, usage: UsageStore) -> None:
+    """Whatever failed, in start-up or since: the engines are stackd's children, and none may
+    outlive it (a SIGKILLed daemon's engines are adopted by the next start instead)."""
+    try:
+        if services.periodic is not None:
+            services.periodic.shutdown(wait=False)
+        if services.slices is not None:
+            await services.slices.aclose()
+        await router.aclose()
+        await services.leases.aclose()
+        await usage.aclose()
+        if services.keys is not None:
+            services.keys.close()
+        if services.audit is not None:
+            services.audit.close()
+        await services.manager.aclose()
+    finally:
+        if services.processes is not None:
+            await services.processes.aclose()
+
+
 def build_app(settings: Settings) -> FastAPI:
     services = build_services(settings)
-    router, usage, leases = services.router, services.usage, services.leases
+    router, usage = services.router, services.usage
     assert router is not None and usage is not None  # build_services sets them
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
-            if settings.recover_on_start:
-                await services.manager.recover()  # the manager logs what it did
-            if settings.periodic:
-                from stackd.manager.periodic import start_periodic
-
-                services.periodic = start_periodic(
-                    services.manager,
-                    leased=leases.holds,
-                    on_healthy=router.probe_succeeded,
-                    extra_jobs={
-                        **(services.day.jobs() if services.day is not None else {}),
-                        **(services.power.jobs() if services.power is not None else {}),
-                    },
-                )
-            await router.start()
-            watch_sighup(services, settings)
-            settle_heap()
+            await _start(services, router)
             yield
         finally:
-            # Whatever failed, in start-up or since: the engines are stackd's children, and none
-            # may outlive it (a SIGKILLed daemon's engines are adopted by the next start instead).
-            try:
-                if services.periodic is not None:
-                    services.periodic.shutdown(wait=False)
-                if services.slices is not None:
-                    await services.slices.aclose()
-                await router.aclose()
-                await leases.aclose()
-                await usage.aclose()
-                if services.keys is not None:
-                    services.keys.close()
-                if services.audit is not None:
-                    services.audit.close()
-                await services.manager.aclose()
-            finally:
-                if services.processes is not None:
-                    await services.processes.aclose()
+            await _shut_down(services, router, usage)
 
     def metrics_registry() -> CollectorRegistry:
         """Made at the first scrape of /metrics: a daemon nobody scrapes never loads prometheus_client."""
