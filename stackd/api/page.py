@@ -21,14 +21,13 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from importlib import resources
-from typing import Any
 
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import StreamingResponse
 
-from stackd.api.page_view import page_snapshot
+from stackd.api.page_view import PageSnapshot, page_snapshot
 from stackd.api.status import daemon_status
 from stackd.planner.views import stack_json
 from stackd.services import Services
@@ -52,7 +51,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-cache",
 }
 
-Snapshot = Callable[[], Awaitable[dict[str, Any]]]
+Snapshot = Callable[[], Awaitable[Mapping[str, object]]]  # a JSON object
 
 
 class StatusFeed:
@@ -140,11 +139,11 @@ def page_file(name: str) -> bytes:
     return (resources.files("stackd.api") / "page_assets" / name).read_bytes()
 
 
-def status_snapshot(services: Services) -> Snapshot:
+def status_snapshot(services: Services) -> Callable[[], Awaitable[PageSnapshot]]:
     """The page's snapshot: ``/status``'s body (``daemon_status``: the schedule and the leases
     too) with the stacks, switches, calls and log lines."""
 
-    async def snapshot() -> dict[str, Any]:
+    async def snapshot() -> PageSnapshot:
         manager = services.manager
         status = await daemon_status(services)  # what /status says, with what others add to it
         config, active = services.config, manager.active_stack

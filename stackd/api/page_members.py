@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 from stackd.drivers.probe_lines import without_probes
 
@@ -37,20 +37,70 @@ RAM_STEP_MIB = 256
 MISSING_KEY = re.compile(r"has no API key: set (\w+)")
 
 
+class BarModel(TypedDict):
+    """A model drawn in a memory bar: what its config declares, what was measured (None: not)."""
+
+    name: str
+    mib: int
+    measured_mib: int | None
+
+
+class ProbeHealth(TypedDict):
+    ok: bool
+    at: float | None
+    error: str | None  # None when the card's state already says it
+
+
+class MemberCard(TypedDict):
+    """One member's card (the values are ``/status``'s member, reworded where the module says)."""
+
+    name: str
+    runtime: str | None
+    placement: str | None
+    lifecycle: str | None
+    in_stack: bool | None
+    state: str | None
+    detail: str | None
+    health: ProbeHealth | None
+    memory_kind: str | None
+    memory_mib: int | None
+    measured_mib: int | None
+    pid: int | None
+    port: int | None
+    ready_at: float | None
+    restarts: int | None
+    exits: object
+    log_tail: list[str]
+    actions: list[str]
+
+
+class RamSegment(TypedDict):
+    kind: str
+    label: str
+    mib: int
+    models: list[BarModel]
+
+
+class RamBar(TypedDict):
+    total_mib: int
+    headroom_mib: int | None
+    segments: list[RamSegment]
+
+
 def missing_key(detail: str | None) -> str | None:
     """The variable a remote member's 'no API key' detail names, else None."""
     found = MISSING_KEY.search(detail or "")
     return found.group(1) if found else None
 
 
-def member_card(member: Mapping[str, Any], log_lines: Sequence[str]) -> dict[str, Any]:
+def member_card(member: Mapping[str, Any], log_lines: Sequence[str]) -> MemberCard:
     """One member's card (see the module's docstring)."""
     state, detail = member.get("state"), member.get("detail")
     key = missing_key(detail)
     if key is not None:  # said once, short: the notices name every missing variable together
         state, detail = "no key", f"set {key}"
     probe = member.get("last_probe") or None
-    health = None
+    health: ProbeHealth | None = None
     if probe:
         error = probe.get("error")
         health = {
@@ -99,7 +149,7 @@ def actions(member: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def counts(cards: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+def counts(cards: Sequence[Mapping[str, object]]) -> dict[str, int]:
     """The header's counts over the active stack's members: healthy, degraded (any other trouble),
     without a key (remote members whose API key variable is unset) and idle (on demand, stopped)."""
     shown = [c for c in cards if c.get("in_stack")]
@@ -115,12 +165,12 @@ def counts(cards: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     }
 
 
-def ram_bar(ram: Mapping[str, Any] | None, members: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+def ram_bar(ram: Mapping[str, Any] | None, members: Sequence[Mapping[str, object]]) -> RamBar | None:
     """The RAM ledger as the bar's segments (see the module's docstring); None without one."""
     if not ram or not ram.get("total_mib"):
         return None
     resident = {m["name"] for m in members if m.get("state") in RESIDENT_STATES}
-    rows = [
+    rows: list[BarModel] = [
         {"name": i["model"], "mib": int(i["mib"]), "measured_mib": i.get("measured_mib")}
         for i in ram.get("items", ())
         if i["model"] in resident

@@ -17,11 +17,11 @@ there, and the calls are the router's attempt records (no prompt, no answer).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypedDict
 
-from stackd.api.page_members import counts, member_card, ram_bar
-from stackd.api.page_notices import drift_held, notices
+from stackd.api.page_members import BarModel, MemberCard, RamBar, counts, member_card, ram_bar
+from stackd.api.page_notices import Notice, drift_held, notices
 from stackd.manager.events import describe_step
 
 SEGMENTS: tuple[tuple[str, str], ...] = (
@@ -35,19 +35,88 @@ SEGMENTS: tuple[tuple[str, str], ...] = (
 RESIDENT_STATES = frozenset({"running", "loaded", "unhealthy", "restarting"})
 
 
+class GpuSegment(TypedDict):
+    kind: str
+    label: str
+    mib: int
+    measured: bool  # every model in it was measured
+    declared_mib: int | None  # None for the reserve and the free space
+    models: list[BarModel]
+
+
+class GpuBar(TypedDict):
+    gpu_name: str | None
+    total_mib: int
+    headroom_mib: int | None
+    simulated: bool
+    segments: list[GpuSegment]
+
+
+class GpuView(TypedDict):
+    state: str | None
+    source: str | None
+    simulated: bool
+    devices: int
+    bar: GpuBar | None
+    power: list[dict[str, object]]
+
+
+class StepRow(TypedDict):
+    step: str  # the step as a phrase (``describe_step``)
+    state: str
+    error: object
+
+
+class SwitchRow(TypedDict):
+    switch_id: object
+    kind: object
+    stack: object
+    from_stack: object
+    state: object
+    error: object
+    started_at: object
+    finished_at: object
+    steps: list[StepRow]
+
+
+class StackRow(TypedDict):
+    name: object
+    description: object
+    active: bool
+
+
+class PageSnapshot(TypedDict):
+    """Everything the page shows (``page_snapshot``)."""
+
+    active_stack: str | None
+    switch_in_progress: object
+    counts: dict[str, int]
+    stacks: list[StackRow]
+    gpu: GpuView
+    schedule: str | None
+    ram: RamBar | None
+    members: list[MemberCard]
+    roles: list[dict[str, str]]
+    leases: list[dict[str, object]]
+    switches: list[SwitchRow]
+    calls: list[Mapping[str, object]]
+    notices: list[Notice]
+    drift_held: bool
+
+
 def gpu_bar(
-    vram: Mapping[str, Any] | None, members: Sequence[Mapping[str, Any]], leased: Iterable[str]
-) -> dict[str, Any] | None:
+    vram: Mapping[str, Any] | None, members: Sequence[Mapping[str, object]], leased: Iterable[str]
+) -> GpuBar | None:
     """The ledger as the bar's segments (see the module's docstring); None without a GPU ledger."""
     if not vram:
         return None
     held = set(leased)
     resident = {m["name"] for m in members if m.get("state") in RESIDENT_STATES}
-    parts: dict[str, list[dict[str, Any]]] = {kind: [] for kind, _ in SEGMENTS}
+    parts: dict[str, list[BarModel]] = {kind: [] for kind, _ in SEGMENTS}
     foreign = 0
     for item in vram.get("items", ()):
         kind, model = item["kind"], item["model"]
-        row = {"name": model, "mib": item["mib"], "measured_mib": item.get("measured_mib")}
+        row: BarModel = {"name": model, "mib": item["mib"], "measured_mib": item.get("measured_mib")}
         if kind == "always_on":
             parts["always_on"].append(row)
         elif kind == "on_demand" and model in held:
@@ -63,7 +132,7 @@ def gpu_bar(
     total = int(vram["total_mib"])
     sizes = {kind: sum(_size(row) for row in rows) for kind, rows in parts.items()}
     sizes["free"] = max(total - sum(sizes.values()), 0)
-    segments = [
+    segments: list[GpuSegment] = [
         {
             "kind": kind,
             "label": label,
@@ -85,17 +154,17 @@ def gpu_bar(
     }
 
 
-def _size(row: Mapping[str, Any]) -> int:
+def _size(row: BarModel) -> int:
     measured = row.get("measured_mib")
     return int(measured if measured is not None else row["mib"])
 
 
-def switch_steps(switch: Mapping[str, Any]) -> list[dict[str, Any]]:
+def switch_steps(switch: Mapping[str, object]) -> list[StepRow]:
     """A switch's steps as a list of ``{"step": phrase, "state": ..., "error": ...}``: from its
     events while this daemon runs it (started, done, failed, undone), else from the journal's
     steps done (a switch of an earlier run)."""
-    steps: dict[str, dict[str, Any]] = {}
-    for event in switch.get("events") or ():
+    steps: dict[str, StepRow] = {}
+    for event in _mappings(switch.get("events")):
         step = event.get("step")
         if not isinstance(step, Mapping):
             continue
@@ -111,26 +180,40 @@ def switch_steps(switch: Mapping[str, Any]) -> list[dict[str, Any]]:
                 state = "undone" if event.get("ok") else "undo failed"
                 steps[phrase] = {"step": phrase, "state": state, "error": event.get("error")}
     if not steps:
-        for step in switch.get("steps_done") or ():
-            if isinstance(step, Mapping):
-                phrase = describe_step(step)
-                steps[phrase] = {"step": phrase, "state": "done", "error": None}
+        for step in _mappings(switch.get("steps_done")):
+            phrase = describe_step(step)
+            steps[phrase] = {"step": phrase, "state": "done", "error": None}
     return list(steps.values())
 
 
-def switch_row(switch: Mapping[str, Any]) -> dict[str, Any]:
-    keys = ("switch_id", "kind", "stack", "from_stack", "state", "error", "started_at", "finished_at")
-    return {**{k: switch.get(k) for k in keys}, "steps": switch_steps(switch)}
+def _mappings(value: object) -> Iterator[Mapping[str, object]]:
+    """The JSON objects of a list (of a switch's record); nothing when it is not one."""
+    if isinstance(value, list | tuple):
+        yield from (item for item in value if isinstance(item, Mapping))
+
+
+def switch_row(switch: Mapping[str, object]) -> SwitchRow:
+    return {
+        "switch_id": switch.get("switch_id"),
+        "kind": switch.get("kind"),
+        "stack": switch.get("stack"),
+        "from_stack": switch.get("from_stack"),
+        "state": switch.get("state"),
+        "error": switch.get("error"),
+        "started_at": switch.get("started_at"),
+        "finished_at": switch.get("finished_at"),
+        "steps": switch_steps(switch),
+    }
 
 
 def page_snapshot(
     status: Mapping[str, Any],
-    stacks: Sequence[Mapping[str, Any]],
-    switches: Sequence[Mapping[str, Any]],
-    calls: Sequence[Mapping[str, Any]],
+    stacks: Sequence[Mapping[str, object]],
+    switches: Sequence[Mapping[str, object]],
+    calls: Sequence[Mapping[str, object]],
     log_tails: Mapping[str, list[str]],
     now: float,
-) -> dict[str, Any]:
+) -> PageSnapshot:
     """Everything the page shows, from ``/status``'s body, the stacks (``stack_json``), the
     recent switches (``recent_switches``), the recent calls and each member's last log lines
     (health probes are dropped from them here); ``now`` (epoch seconds) holds drift back around

@@ -309,11 +309,13 @@ async def test_the_page_shows_the_window_the_next_change_a_hold_and_why_a_switch
     assert (await day.tick()).action == "wait"
     services = world.services(manager, Settings(state_dir=tmp_path / "state"), TOKEN, day=day)
     line = (await status_snapshot(services)())["schedule"]
+    assert line is not None
     assert "waits (0 of 1800 s): lease lease-7 holds vision-qwen25vl until Mon 2026-03-30 18:30 CEST" in line
     assert "window 'ollama-only' since Mon 2026-03-30 18:00 CEST" in line, line
     assert "next 'cloud-offload' at Tue 2026-03-31 09:00 CEST" in line, line
     day.hold(DAY, 7200)
     await day.tick()
     held = (await status_snapshot(services)())["schedule"]
+    assert held is not None
     assert held.startswith("held by --hold 7200s until Mon 2026-03-30 20:00 CEST"), held
     assert "held on 'cloud-offload' until Mon 2026-03-30 20:00 CEST" in held

@@ -81,7 +81,7 @@ def test_a_card_holds_pid_port_restarts_memory_and_the_log_without_probes() -> N
 def test_a_cloud_member_without_a_key_says_so_once_and_short() -> None:
     card = member_card(remote("gemini-flash", NO_KEY), [])
     assert (card["state"], card["detail"]) == ("no key", "set GEMINI_API_KEY")
-    assert card["health"]["error"] is None  # the probe said what the state says
+    assert card["health"] is not None and card["health"]["error"] is None  # the state says it
     assert card["actions"] == [] and card["memory_kind"] is None
 
 
@@ -269,4 +269,4 @@ def test_the_day_policy_and_gpu_power_reach_the_page_as_one_line_and_a_row_per_c
     ]
     snapshot = page_snapshot({"gpu": {"devices": devices}, "schedule": schedule}, [], [], [], {}, now=0.0)
     assert snapshot["gpu"]["power"] == [devices[0]]
-    assert snapshot["schedule"].startswith("the evening window")
+    assert (snapshot["schedule"] or "").startswith("the evening window")

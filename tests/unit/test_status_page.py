@@ -16,7 +16,7 @@ import httpx
 
 from stackd.api.app import create_app
 from stackd.api.page import StatusFeed
-from stackd.api.page_view import SEGMENTS, gpu_bar, switch_steps
+from stackd.api.page_view import SEGMENTS, GpuBar, gpu_bar, switch_steps
 from stackd.router.recent import RecentCalls
 from stackd.router.types import Attempt
 from stackd.settings import Settings
@@ -33,7 +33,7 @@ def item(model: str, mib: int, kind: str, measured: int | None = None) -> dict[s
     return {"model": model, "mib": mib, "kind": kind, "measured_mib": measured}
 
 
-def sizes(bar: dict[str, Any] | None) -> dict[str, int]:
+def sizes(bar: GpuBar | None) -> dict[str, int]:
     assert bar is not None
     return {s["kind"]: s["mib"] for s in bar["segments"]}
 
