@@ -1,7 +1,7 @@
 // stackd's status page: draws GET /status/events (SSE, read with fetch() so that the token can
 // travel as a header), charts GET /usage/series, and sends the actions (switch, lease release,
-// restart or stop a member, read its log) with the token typed once and kept in this tab's
-// sessionStorage. Every string from the daemon goes through textContent:
+// restart or stop a member, read its log) and reads the audit trail (GET /audit) with the token
+// typed once and kept in this tab's sessionStorage. Every string from the daemon goes through textContent:
 // nothing is parsed as HTML.
 "use strict";
 
@@ -173,7 +173,10 @@ function render(s) {
   if (changed("members", s.members)) renderMembers(s.members || []);
   if (changed("roles", s.roles)) renderRows($("roles"), (s.roles || []).map((r) => [r.role, r.model]));
   if (changed("leases", s.leases)) renderLeases(s.leases || []);
-  if (changed("switches", s.switches)) renderSwitches(s.switches || []);
+  if (changed("switches", s.switches)) {
+    renderSwitches(s.switches || []);
+    loadAudit();
+  }
   if (changed("calls", s.calls)) renderCalls(s.calls || []);
   followSwitch(s);
   const newest = (s.calls || [])[0];
@@ -570,6 +573,56 @@ function renderCharts(series) {
   );
 }
 
+// ---- control actions: GET /audit (admin scope), newest first; without the token or the scope
+// the section says what it needs instead
+
+const AUDIT_LIMIT = 50;
+let auditLoading = false;
+
+function auditNote(text) {
+  $("audit-note").textContent = text;
+  $("audit").tBodies[0].replaceChildren();
+}
+
+async function loadAudit() {
+  if (!token()) {
+    auditNote("(type a token with the admin scope above to see who switched, leased or changed keys)");
+    return;
+  }
+  if (auditLoading) return;
+  auditLoading = true;
+  try {
+    const answer = await fetch("/audit?limit=" + AUDIT_LIMIT, { headers: authHeaders(), cache: "no-store" });
+    if (answer.status === 401) auditNote("(the daemon refused the token)");
+    else if (answer.status === 403) auditNote("(this token's key lacks the admin scope the audit trail needs)");
+    else if (!answer.ok) auditNote("(the audit trail was not read: HTTP " + answer.status + ")");
+    else renderAudit((await answer.json()).entries || []);
+  } catch (error) {
+    auditNote("(the audit trail was not read: " + error.message + ")");
+  } finally {
+    auditLoading = false;
+  }
+}
+
+function renderAudit(entries) {
+  $("audit-note").textContent = entries.length ? "(the last " + entries.length + ")" : "(none yet)";
+  $("audit").tBodies[0].replaceChildren(
+    ...entries.map((e) => {
+      const ok = /^2\d\d$/.test(e.outcome);
+      return el(
+        "tr",
+        { dataset: { key: e.key, action: e.action } },
+        el("td", { title: new Date(e.ts * 1000).toISOString() }, clock(e.ts)),
+        el("td", null, e.key),
+        el("td", null, e.action),
+        el("td", null, e.target || "–"),
+        el("td", null, e.peer),
+        el("td", { className: ok ? "outcome-ok" : "outcome-refused" }, e.outcome),
+      );
+    }),
+  );
+}
+
 // ---- the switch this tab sent, followed to its end
 
 function followSwitch(s) {
@@ -599,6 +652,7 @@ async function send(method, path, body) {
       showResult((answer.status === 401 ? "the daemon refused the token: " : "refused: ") + (value.message || (value.error && value.error.message) || "HTTP " + answer.status), true);
       return null;
     }
+    setTimeout(loadAudit, 500);
     return value;
   } catch (error) {
     showResult("the daemon did not answer: " + error.message, true);
@@ -648,11 +702,13 @@ function init() {
     showTokenState();
     restartStream();
     loadSeries();
+    loadAudit();
   });
   $("token-forget").addEventListener("click", () => {
     sessionStorage.removeItem(TOKEN_KEY);
     showTokenState();
     restartStream();
+    loadAudit();
   });
   $("switch-form").addEventListener("submit", switchStack);
   $("stack-select").addEventListener("change", () => (pickedStack = true));
@@ -665,8 +721,10 @@ function init() {
   showTokenState();
   follow();
   loadSeries();
+  loadAudit();
   setInterval(tickUptimes, 1000);
   setInterval(loadSeries, 30000);
+  setInterval(loadAudit, 30000);
 }
 
 document.addEventListener("DOMContentLoaded", init);
