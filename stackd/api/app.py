@@ -75,22 +75,7 @@ def create_app(
     app.include_router(
         build_config_router(services, write, load_config or (lambda: load(services.settings.config)))
     )
-    hot: list[BaseRoute] = []
-    if services.router is not None:
-        from stackd.api.gateway import build_gateway_router
-        from stackd.api.slices import build_slices_router
-        from stackd.api.tools import build_tools_router
-        from stackd.gpu.calls import CallLeases
-
-        app.include_router(build_slices_router(services, write, read))
-
-        holds = CallLeases(services.leases)
-        for data_path in (
-            build_tools_router(services.router, write, services.slices, holds, services.day),
-            build_gateway_router(services.router, write, services.slices, holds, services.day),
-        ):
-            app.include_router(data_path)
-            hot += data_path.routes
+    hot = _include_data_paths(app, services, write, read) if services.router is not None else []
     install_openapi(app, read, data_paths=services.router is not None)
     app.state.services = services
     app.state.mcp = mcp  # started by the first /mcp request
@@ -104,6 +89,29 @@ def create_app(
     )
     app.state.gate = gate
     return app
+
+
+def _include_data_paths(
+    app: FastAPI, services: Services, write: Callable[..., None], read: Callable[..., None]
+) -> list[BaseRoute]:
+    """``/slices``, the tools and the gateway, for a daemon with a router; the routes of the
+    last two are the front door's hot paths (their modules are loaded only here)."""
+    from stackd.api.gateway import build_gateway_router
+    from stackd.api.slices import build_slices_router
+    from stackd.api.tools import build_tools_router
+    from stackd.gpu.calls import CallLeases
+
+    assert services.router is not None
+    app.include_router(build_slices_router(services, write, read))
+    holds = CallLeases(services.leases)
+    hot: list[BaseRoute] = []
+    for data_path in (
+        build_tools_router(services.router, write, services.slices, holds, services.day),
+        build_gateway_router(services.router, write, services.slices, holds, services.day),
+    ):
+        app.include_router(data_path)
+        hot += data_path.routes
+    return hot
 
 
 def _scraped(

@@ -29,6 +29,17 @@ SWITCH_EVENT = {
     },
 }
 
+SWITCH_RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {"model": DryRunAnswer | SwitchAnswer, "description": "The plan (dry_run) or the switch."},
+    202: {"model": SwitchAnswer, "description": "The switch, queued (wait: false)."},
+}
+SWITCH_EVENTS_RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {
+        "content": {"text/event-stream": {"schema": SWITCH_EVENT}},
+        "description": "The switch's events, one `event: TYPE` / `data: {...}` each.",
+    }
+}
+
 
 class SwitchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -118,10 +129,7 @@ def build_stacks_router(
         "/model-stacks/switch",
         dependencies=[Depends(write)],
         response_model=None,
-        responses={
-            200: {"model": DryRunAnswer | SwitchAnswer, "description": "The plan (dry_run) or the switch."},
-            202: {"model": SwitchAnswer, "description": "The switch, queued (wait: false)."},
-        },
+        responses=SWITCH_RESPONSES,
     )
     async def switch(request: SwitchRequest) -> dict[str, object] | JSONResponse:
         body = await switch_stack(services, request)
@@ -139,12 +147,7 @@ def build_stacks_router(
     @router.get(
         "/model-stacks/switch/{switch_id}/events",
         response_class=StreamingResponse,
-        responses={
-            200: {
-                "content": {"text/event-stream": {"schema": SWITCH_EVENT}},
-                "description": "The switch's events, one `event: TYPE` / `data: {...}` each.",
-            }
-        },
+        responses=SWITCH_EVENTS_RESPONSES,
     )
     async def switch_events(switch_id: str) -> StreamingResponse:
         return switch_event_stream(services, switch_id)
