@@ -94,7 +94,7 @@ async def follow_file(
     path: Path,
     lines: int,
     poll_s: float = POLL_S,
-    sleep: Callable[[float], Any] = asyncio.sleep,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     drop: Drop | None = None,
 ) -> AsyncIterator[str]:
     """The file's last ``lines`` lines, then every line appended to it, polled; without those
@@ -164,6 +164,25 @@ Follow = Callable[[int], Awaitable[AsyncIterator[str]]]
 Drop = Callable[[str], bool]
 
 
+def container_log(logs: ContainerLogs, container: str, drop: Drop | None) -> tuple[Tail, Follow]:
+    """A docker member's log, read through the engine: (its tail, its follow), without ``drop``'s lines."""
+    if drop is None:
+        return (
+            lambda lines: logs.log_lines(container, lines),
+            lambda lines: logs.follow_log(container, lines),
+        )
+
+    async def container_tail(lines: int) -> list[str]:
+        read = await logs.log_lines(container, min(lines * PROBE_OVERREAD, MAX_LINES))
+        return [line for line in read if not drop(line)][-lines:]
+
+    async def container_follow(lines: int) -> AsyncIterator[str]:
+        # The tail and the new lines come as one stream: its tail may show fewer lines.
+        return _without(await logs.follow_log(container, lines), drop)
+
+    return container_tail, container_follow
+
+
 def member_log(
     services: Services, containers: ContainerLogs | None, name: str, drop: Drop | None = None
 ) -> tuple[Tail, Follow]:
@@ -190,23 +209,7 @@ def member_log(
     if model.runtime is Runtime.docker and model.docker is not None:
         if containers is None:
             raise NoEngineLog(f"'{name}' is a docker member, but this daemon reads no container logs")
-        logs = containers
-        container = model.docker.container
-        if drop is None:
-            return (
-                lambda lines: logs.log_lines(container, lines),
-                lambda lines: logs.follow_log(container, lines),
-            )
-
-        async def container_tail(lines: int) -> list[str]:
-            read = await logs.log_lines(container, min(lines * PROBE_OVERREAD, MAX_LINES))
-            return [line for line in read if not drop(line)][-lines:]
-
-        async def container_follow(lines: int) -> AsyncIterator[str]:
-            # The tail and the new lines come as one stream: its tail may show fewer lines.
-            return _without(await logs.follow_log(container, lines), drop)
-
-        return container_tail, container_follow
+        return container_log(containers, model.docker.container, drop)
     where = (
         "Ollama's own log (journalctl -u ollama, or the ollama container's)"
         if model.runtime is Runtime.ollama
