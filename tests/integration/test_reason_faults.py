@@ -280,6 +280,7 @@ async def test_ollama_calls_carry_the_configured_options_and_keep_alive(scenario
     await router.aclose()
     assert answer.backend == "elastic"
     body = scenario.sims["elastic"].requests[-1].body
+    assert isinstance(body, dict)
     assert body["options"] == {"num_gpu": 0, "num_ctx": 8192, "num_predict": 32, "temperature": 0}
     assert body["keep_alive"] == -1
     assert body["stream"] is False
