@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -144,6 +145,13 @@ def measure(url: str, token: str, callers: int, model: str) -> dict[str, Any]:
         "first_answer_after_ready_s": (
             round(min(c[1] for c in calls if c[2] == 200 and c[1] > ready_at) - ready_at, 2)
             if ready_at is not None and any(c[2] == 200 and c[1] > ready_at for c in calls)
+            else None
+        ),
+        # What one answer takes on the warm engine, for scale: a call waits its turn behind the
+        # others on a one-call-at-a-time engine.
+        "median_call_s_before_kill": (
+            round(statistics.median(c[1] - c[0] for c in calls if c[1] <= killed_at and c[2] == 200), 2)
+            if any(c[1] <= killed_at and c[2] == 200 for c in calls)
             else None
         ),
         "calls_begun_after_kill": len(after),
