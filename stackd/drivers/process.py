@@ -15,10 +15,11 @@ on a stale read (llama-swap's ``EnsureReady``, issue #946). The lifecycle:
   2xx. An engine that exits first fails the start at once, with its exit status and last lines.
 - A stop sends SIGTERM to the process group, SIGKILL after ``stop_grace_s`` (llama.cpp's server
   ignores SIGTERM while it streams), and returns once no process of the group is left.
-- At the first call after a daemon start, every recorded engine that still runs (same PID, same
-  start time) is adopted; records of dead ones are dropped, and an engine of this state dir that
-  has no record (spawned in the instant before the record was written) is stopped.
+- At the first call after a daemon start, the engines that still run are adopted (``process_adoption``).
 - Errors: a start that fails raises ``DriverFailed`` with the member's log tail; nothing else.
+
+The decisions are here, on the member; the launch, readiness (and the answers to callers), log
+and restart policy are in ``process_launch``, ``process_readiness``, ``process_logs``, ``process_restart``.
 """
 
 from __future__ import annotations
@@ -27,84 +28,51 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
-import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 import aiohttp
 
-from stackd.config.models import (
-    DEFAULT_PROCESS_HEALTH_PATH,
-    DEFAULT_PROCESS_START_TIMEOUT_S,
-    Api,
-    Model,
-    Placement,
-    ProcessRuntime,
-    RestartPolicy,
-)
+from stackd.config.models import Api, Model, ProcessRuntime
 from stackd.drivers import process_group as pg
 from stackd.drivers.base import EngineStatus, ProcessInfo
-from stackd.drivers.container_env import in_container, missing_package_hint
-from stackd.drivers.model_packages import ModelPackageMissing, ensure_model_file
-from stackd.drivers.probe_lines import is_probe_line
+from stackd.drivers.process_adoption import stop_strays, surviving_records
+from stackd.drivers.process_engine import Engine, ProcessJournal, describe_exit, runtime_digest
+from stackd.drivers.process_launch import LaunchContext, model_file, plan_launch, spawn_engine
+from stackd.drivers.process_logs import (
+    LOG_CAP_BYTES,
+    LOG_TAIL_LINES,
+    engine_log_tail,
+    failure_message,
+    member_log_path,
+    write_start_marker,
+)
+from stackd.drivers.process_readiness import (
+    member_status,
+    process_info,
+    wait_healthy,
+    wait_serving,
+    warm_up,
+)
+from stackd.drivers.process_restart import backoff_s, ran_stably, restart_runtime
 from stackd.errors import DriverFailed
 from stackd.roles import LiveEndpoints
-from stackd.state.processes import ProcessRecord
 
 log = logging.getLogger("stackd.process")
 
-LOG_CAP_BYTES = 4 * 2**20
-LOG_TAIL_LINES = 20
-MAX_BACKOFF_S = 60.0
-STABLE_AFTER_S = 60.0  # an engine up this long before it died starts a fresh restart count
-START_MARKER = "---- stackd: start "
 MemberState = Literal["stopped", "starting", "ready", "stopping", "exited", "restarting", "failed"]
 Sleep = Callable[[float], Awaitable[None]]
-
-
-class ProcessJournal(Protocol):
-    """Where engine PIDs are recorded (``stackd.state.processes``). Calls block briefly (fsync)."""
-
-    def record(self, rec: ProcessRecord) -> None: ...
-    def forget(self, model: str, pid: int) -> None: ...
-    def all(self) -> list[ProcessRecord]: ...
-
-
-@dataclass
-class _Engine:
-    record: ProcessRecord
-    proc: asyncio.subprocess.Process | None  # None for an engine adopted from an earlier run
-    stopping: bool = False
-
-    @property
-    def pid(self) -> int:
-        return self.record.pid
-
-    def exited(self) -> bool:
-        if self.proc is not None:
-            return self.proc.returncode is not None
-        return not pg.is_alive(self.record.pid, self.record.create_time)
-
-    async def wait(self) -> int | None:
-        """Wait for the leader's exit; its return code (None when adopted: not our child)."""
-        if self.proc is not None:
-            return await self.proc.wait()
-        while True:  # not our child: no exit notification, so poll /proc
-            if self.exited():
-                return None
-            await asyncio.sleep(0.5)
 
 
 @dataclass
 class _Member:
     name: str
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    engine: _Engine | None = None
+    engine: Engine | None = None
     _state: MemberState = "stopped"
     changed: asyncio.Event = field(default_factory=asyncio.Event)  # set (and replaced) at each change
     generation: int = 0  # engines spawned or adopted so far: a new number is a new engine
@@ -131,21 +99,6 @@ class _Member:
             self.changed = asyncio.Event()
 
 
-def runtime_digest(runtime: ProcessRuntime) -> str:
-    return hashlib.sha256(runtime.model_dump_json().encode()).hexdigest()[:16]
-
-
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return "exited"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exited with code {code}"
-
-
 class LocalProcessDriver:
     """``ProcessDriver`` over real OS processes, for the members whose runtime is ``process``.
 
@@ -169,17 +122,15 @@ class LocalProcessDriver:
         self._state_dir = state_dir.resolve()
         self._journal = journal
         self._endpoints = endpoints
-        self._gpu_device = gpu_device
-        self._python = python
         self._on_exit = on_exit
         self._sleep = sleep
         self._log_cap = log_cap_bytes
-        self._withheld_env = withheld_env
         self._members: dict[str, _Member] = {}
         self._adopted = False
         self._adoption_lock = asyncio.Lock()
         self._http: aiohttp.ClientSession | None = None
         self.owner = hashlib.sha256(str(self._state_dir).encode()).hexdigest()[:16]
+        self._launch = LaunchContext(self._state_dir, python, self.owner, gpu_device, withheld_env)
 
     # ---------------------------------------------------------------- the contract
 
@@ -217,59 +168,20 @@ class LocalProcessDriver:
         return self._endpoints.get(name)
 
     def processes(self) -> list[ProcessInfo]:
-        out = []
-        for name, m in sorted(self._members.items()):
-            engine = m.engine
-            pid = engine.pid if engine else None
-            out.append(
-                ProcessInfo(
-                    model=name,
-                    state=m.state,
-                    pid=pid,
-                    port=engine.record.port if engine else None,
-                    endpoint=engine.record.endpoint if engine else None,
-                    started_at=engine.record.started_at if engine else None,
-                    restarts=m.restarts,
-                    exits=m.exits,
-                    last_exit=m.last_exit,
-                    log_path=str(m.log_path) if m.log_path else None,
-                    log_tail=tuple(self.log_tail(name))
-                    if m.state in ("exited", "failed", "restarting")
-                    else (),
-                    pids=pg.tree_pids(pid) if pid else (),
-                    rss_mib=pg.tree_rss_mib(pid) if pid else None,
-                    ready_at=m.ready_at if m.state == "ready" else None,
-                )
-            )
-        return out
+        return [process_info(m, self.log_tail(n)) for n, m in sorted(self._members.items())]
 
     # ---------------------------------------------------------------- readiness, for the router
 
     def engine_status(self, model: str) -> EngineStatus | None:
         member = self._members.get(model)
-        return None if member is None else _status(member)
+        return None if member is None else member_status(member)
 
     async def wait_serving(self, model: str, timeout_s: float) -> EngineStatus | None:
         member = self._members.get(model)
-        if member is None:
-            return None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            status = _status(member)
-            dead = status.phase == "serving" and _died_unseen(member)
-            left = deadline - loop.time()
-            if status.phase == "down" or (status.phase == "serving" and not dead) or left <= 0:
-                return status
-            changed = member.changed
-            # A dead engine's exit is handled within milliseconds; look again soon all the same.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(left, 0.1) if dead else left):
-                    await changed.wait()
+        return None if member is None else await wait_serving(member, timeout_s)
 
     def log_tail(self, name: str, lines: int = LOG_TAIL_LINES) -> list[str]:
-        # Without the health probes' requests: they would be most of a quiet engine's tail.
-        return pg.log_tail(self.log_file(name), lines, START_MARKER, drop=is_probe_line)
+        return engine_log_tail(self.log_file(name), lines)
 
     def log_file(self, name: str) -> Path:
         """The engine's log: its stdout and stderr, run after run, each run after a
@@ -306,54 +218,21 @@ class LocalProcessDriver:
                 "listens there or unset process.port to let stackd pick one",
                 model=member.name,
             )
-        macros = {"PORT": str(port), "PYTHON": self._python, "STATE_DIR": str(self._state_dir)}
+        path = None
         if runtime.model_package:
-            macros["MODEL_PATH"] = str(await asyncio.to_thread(self._model_file, member.name, runtime))
-        argv = [_fill(arg, macros) for arg in runtime.command]
-        endpoint = _fill(model.endpoint or "http://127.0.0.1:${PORT}/v1", macros)
-        inherited = {k: v for k, v in os.environ.items() if k not in self._withheld_env}
-        env = {
-            **inherited,
-            **{k: _fill(v, macros) for k, v in runtime.env.items()},
-            pg.OWNER_ENV: self.owner,
-            pg.MEMBER_ENV: member.name,
-        }
-        if model.placement == Placement.gpu:
-            env.setdefault("CUDA_VISIBLE_DEVICES", str(self._gpu_device))
+            path = await asyncio.to_thread(model_file, self._state_dir, member.name, runtime)
+        launch = plan_launch(self._launch, member.name, model, runtime, port, path)
         log_path = member.log_path = self._log_path(member.name)
         await asyncio.to_thread(pg.cap_log, log_path, self._log_cap)
-        await asyncio.to_thread(
-            _append,
-            log_path,
-            f"{START_MARKER}{time.strftime('%Y-%m-%dT%H:%M:%S')} "
-            f"port {port}: {argv[0]} … ({len(argv)} args)\n",
-        )
-        cwd = Path(_fill(runtime.cwd, macros)) if runtime.cwd else self._state_dir
+        await asyncio.to_thread(write_start_marker, log_path, port, launch.argv)
         try:
-            proc = await pg.spawn(argv, env, cwd, log_path)
-        except OSError as exc:
+            engine = await spawn_engine(member.name, launch, port, runtime_digest(runtime), log_path)
+        except DriverFailed:
             member.state = "failed"
-            raise DriverFailed(
-                f"process member '{member.name}' could not start {argv[0]!r}: "
-                f"{exc.strerror or exc}; check process.command",
-                model=member.name,
-            ) from exc
-        started = pg.create_time(proc.pid) or time.time()
-        record = ProcessRecord(
-            member.name,
-            proc.pid,
-            started,
-            port,
-            endpoint,
-            tuple(argv),
-            runtime_digest(runtime),
-            str(log_path),
-            time.time(),
-        )
-        engine = _Engine(record, proc)
+            raise
         member.engine = engine
         member.generation += 1
-        await asyncio.to_thread(self._journal.record, record)
+        await asyncio.to_thread(self._journal.record, engine.record)
         member.watch_task = asyncio.create_task(
             self._watch(member, engine), name=f"stackd-watch-{member.name}"
         )
@@ -365,77 +244,23 @@ class LocalProcessDriver:
             raise
 
     async def _wait_ready(
-        self, member: _Member, model: Model, runtime: ProcessRuntime, engine: _Engine
+        self, member: _Member, model: Model, runtime: ProcessRuntime, engine: Engine
     ) -> None:
-        """Poll the health path until 2xx; fail at once when the engine exits, or at the deadline."""
-        health = model.health
-        path = health.path if health else DEFAULT_PROCESS_HEALTH_PATH
-        timeout_s = health.start_timeout_s if health else DEFAULT_PROCESS_START_TIMEOUT_S
-        url = engine.record.endpoint.split("://", 1)[0] + "://127.0.0.1:" + f"{engine.record.port}{path}"
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        last = "no answer yet"
-        while True:
-            if engine.exited():
-                code = engine.proc.returncode if engine.proc else None
-                raise DriverFailed(
-                    self._failure(member.name, f"{describe_exit(code)} before it was ready"),
-                    model=member.name,
-                )
-            try:
-                wait = aiohttp.ClientTimeout(total=min(2.0, max(0.1, deadline - loop.time())))
-                async with self._client().get(url, timeout=wait) as resp:
-                    status = resp.status
-                if 200 <= status < 300:
-                    break
-                last = f"HTTP {status} from {url}"
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                last = f"{type(exc).__name__} from {url}"
-            if loop.time() >= deadline:
-                raise DriverFailed(
-                    self._failure(
-                        member.name,
-                        f"was not ready within {timeout_s:g} s "
-                        f"({last}); raise health.start_timeout_s if it loads slowly",
-                    ),
-                    model=member.name,
-                )
-            # Often at first: the wait is added to every switch (the target is <= 100 ms of
-            # overhead); a refused connect costs microseconds, a slow engine is polled less.
-            waited = loop.time() - (deadline - timeout_s)
-            await self._sleep(0.01 if waited < 5 else 0.05 if waited < 30 else 0.25)
+        """Ready once the health path answers 2xx (and the warm-up chat, when asked for)."""
+
+        def failure(what: str) -> str:
+            return failure_message(
+                member.name, what, self.log_tail(member.name, 8), self._log_path(member.name)
+            )
+
+        left_s = await wait_healthy(self._client(), member.name, model, engine, self._sleep, failure)
         if runtime.warmup and model.api is Api.openai:
-            await self._warm(member, model, engine, deadline - loop.time())
+            await warm_up(self._client(), member.name, model, engine, left_s, failure)
         if member.state != "ready":
             member.ready_at = time.time()
             log.info("process member %s (pid %d) is ready", member.name, engine.pid)
         self._endpoints.set(member.name, engine.record.endpoint)
         member.state = "ready"  # after the endpoint: a caller woken by the change finds it
-
-    async def _warm(self, member: _Member, model: Model, engine: _Engine, left_s: float) -> None:
-        """One 1-token answer before the engine counts as ready: its first is slow (10.8 s, then
-        0.05 s, for SmolLM2 on llama-cpp-python at load 8), and no caller should be that one."""
-        url = f"{engine.record.endpoint.rstrip('/')}/chat/completions"
-        body = {
-            "model": model.request_model or member.name,
-            "messages": [{"role": "user", "content": "Hi"}],
-            "max_tokens": 1,
-        }
-        try:
-            wait = aiohttp.ClientTimeout(total=max(left_s, 0.1))
-            async with self._client().post(url, json=body, timeout=wait) as resp:
-                resp.raise_for_status()
-                await resp.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise DriverFailed(
-                self._failure(
-                    member.name,
-                    f"answered its health path but not a 1-token warm-up chat at {url} "
-                    f"({type(exc).__name__}: {exc}); raise health.start_timeout_s, or set "
-                    "process.warmup: false",
-                ),
-                model=member.name,
-            ) from exc
 
     async def _stop(self, member: _Member, grace_s: float) -> None:
         engine = member.engine
@@ -455,32 +280,21 @@ class LocalProcessDriver:
 
     # ---------------------------------------------------------------- supervision
 
-    async def _watch(self, member: _Member, engine: _Engine) -> None:
+    async def _watch(self, member: _Member, engine: Engine) -> None:
         """Notice the engine's exit at once (a spawned one's or an adopted one's); unless stackd
         stopped it, record it and apply the restart policy of the config it last ran with."""
-        while True:
-            try:
-                async with asyncio.timeout(5.0):
-                    code = await engine.wait()
-                break
-            except TimeoutError:
-                await asyncio.to_thread(pg.cap_log, Path(engine.record.log_path), self._log_cap)
+        code = await engine.wait_capping_log(self._log_cap)
         if engine.stopping or member.engine is not engine:
             return
         why = describe_exit(code) if engine.proc is not None else "exited (adopted: exit status unknown)"
         member.engine, member.exits, member.last_exit = None, member.exits + 1, why
-        if time.time() - engine.record.started_at > STABLE_AFTER_S:
+        if ran_stably(engine.record.started_at, time.time()):
             member.restarts = 0
-        model = member.model  # None: adopted and never observed since, so no policy known
-        restart = (
-            member.wanted
-            and model is not None
-            and model.process is not None
-            and model.process.restart != RestartPolicy.never
-        )
+        runtime = restart_runtime(member.wanted, member.model)
+        model = member.model
         # Said at once, before the clean-up below awaits: a call that comes now waits for the
         # restart (or is told the engine is down) instead of meeting an endpoint that is gone.
-        member.state = "restarting" if restart else "exited"
+        member.state = "restarting" if runtime is not None else "exited"
         self._endpoints.clear(member.name)
         # A dead leader may leave children in its group: they would hold the port and memory.
         await pg.stop_group(engine.pid, 1.0, self._sleep, engine.exited)
@@ -495,15 +309,15 @@ class LocalProcessDriver:
         )
         if self._on_exit is not None:
             self._on_exit(member.name, why)
-        if not restart or model is None or model.process is None or member.state != "restarting":
+        if runtime is None or model is None or member.state != "restarting":
             return  # no policy to apply, or stopped during the clean-up
         member.restart_task = asyncio.create_task(
-            self._restart(member, model, model.process), name=f"stackd-restart-{member.name}"
+            self._restart(member, model, runtime), name=f"stackd-restart-{member.name}"
         )
 
     async def _restart(self, member: _Member, model: Model, runtime: ProcessRuntime) -> None:
         while member.restarts < runtime.restart_limit:
-            await self._sleep(min(MAX_BACKOFF_S, runtime.restart_backoff_s * 2**member.restarts))
+            await self._sleep(backoff_s(runtime, member.restarts))
             async with member.lock:
                 if not member.wanted or member.engine is not None:
                     return
@@ -531,15 +345,11 @@ class LocalProcessDriver:
                 self._adopted = True
 
     async def _adopt(self) -> None:
-        records = await asyncio.to_thread(self._journal.all)
         known = set()
-        for rec in records:
-            if not pg.is_alive(rec.pid, rec.create_time):
-                await asyncio.to_thread(self._journal.forget, rec.model, rec.pid)
-                continue
+        for rec in await surviving_records(self._journal):
             known.add(rec.pid)
             member = self._member(rec.model)
-            engine = _Engine(rec, None)
+            engine = Engine(rec, None)
             member.engine, member.state, member.wanted = engine, "ready", True
             member.generation, member.ready_at = member.generation + 1, time.time()
             member.log_path = Path(rec.log_path)
@@ -552,15 +362,7 @@ class LocalProcessDriver:
             )
             # No config at hand here: ``running`` gives it the member's, for the restart policy.
             member.watch_task = asyncio.create_task(self._watch(member, engine))
-        for pid, name in await asyncio.to_thread(pg.owned_processes, self.owner):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                if pid not in known and os.getpgid(pid) == pid:
-                    log.warning(
-                        "stopping engine process %d of %s: it has no record (stackd died as it started it)",
-                        pid,
-                        name,
-                    )
-                    await pg.stop_group(pid, 5.0, self._sleep)
+        await stop_strays(self.owner, known, self._sleep)
 
     # ---------------------------------------------------------------- helpers
 
@@ -571,12 +373,7 @@ class LocalProcessDriver:
         return member
 
     def _log_path(self, name: str) -> Path:
-        return self._state_dir / "logs" / f"{name}.log"
-
-    def _failure(self, name: str, what: str) -> str:
-        tail = self.log_tail(name, 8)
-        lines = "; last log lines: " + " | ".join(tail) if tail else "; it wrote nothing to its log"
-        return f"process member '{name}' {what}{lines} (full log: {self._log_path(name)})"
+        return member_log_path(self._state_dir, name)
 
     def _client(self) -> aiohttp.ClientSession:
         # aiohttp, which the router and the health checks load anyway: httpx would add ~4 MiB
@@ -585,67 +382,11 @@ class LocalProcessDriver:
             self._http = aiohttp.ClientSession(trust_env=False)
         return self._http
 
-    def _model_file(self, name: str, runtime: ProcessRuntime) -> Path:
-        package = runtime.model_package
-        assert package is not None
-        try:
-            return ensure_model_file(self._state_dir, package)
-        except ModelPackageMissing as exc:
-            raise DriverFailed(
-                f"process member '{name}' needs the Python package {package}, which is not "
-                f"installed; {missing_package_hint(package, in_container())}",
-                model=name,
-            ) from exc
-
-
-def _status(member: _Member) -> EngineStatus:
-    """What a caller is told of the member's engine (``EngineReadiness.engine_status``)."""
-    name, state, why = f"engine {member.name}", member.state, member.last_exit
-    runtime = member.model.process if member.model is not None else None
-    limit = runtime.restart_limit if runtime is not None else 0
-    task = member.restart_task
-    # A restart goes through starting, and stopping and failed when a try fails: all of it is
-    # one restart in progress until the policy gives up.
-    restarting = state == "restarting" or (task is not None and not task.done() and member.wanted)
-    match state:
-        case "ready":
-            return EngineStatus("serving", f"{name} is ready", member.generation)
-        case _ if restarting:  # the counter moves as a try starts: before it, the next one is due
-            n = member.restarts + (state in ("restarting", "failed"))
-            reason = f"{name} {why}, restart {n}/{limit} in progress"
-            return EngineStatus("waiting", reason, member.generation)
-        case "starting":
-            return EngineStatus("waiting", f"{name} is starting", member.generation)
-        case "failed":
-            return EngineStatus("down", f"{name} {why or 'failed to start'}", member.generation)
-        case "exited":
-            return EngineStatus("down", f"{name} {why} and was not restarted", member.generation)
-        case _:
-            return EngineStatus("down", f"{name} is {state}", member.generation)
-
-
-def _died_unseen(member: _Member) -> bool:
-    """The engine looks ready but has died: its exit is not handled yet (a moment after a kill)."""
-    engine = member.engine
-    return engine is None or engine.exited() or pg.has_exited(engine.pid)
-
 
 def _runtime(name: str, model: Model) -> ProcessRuntime:
     if model.process is None:
         raise DriverFailed(f"model '{name}' has no process section", model=name)
     return model.process
-
-
-def _fill(text: str, macros: Mapping[str, str]) -> str:
-    for key, value in macros.items():
-        text = text.replace("${" + key + "}", value)
-    return text
-
-
-def _append(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write(text)
 
 
 def _cancel(task: asyncio.Task[None] | None) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from stackd.manager.executor import Execution
+from stackd.manager.execution import Execution
 from stackd.manager.standing import commit_words
 from stackd.manager.switch import Switch, undo_json
 from stackd.planner.plan import Plan

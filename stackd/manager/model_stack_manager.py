@@ -18,18 +18,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from stackd.config.live import LiveConfig, live
-from stackd.config.models import Lifecycle, Runtime, StacksConfig
+from stackd.config.models import StacksConfig
 from stackd.errors import Conflict, NotFound, PlanRefused
 from stackd.hardware.types import HardwareSnapshot
 from stackd.manager.events import EventLog, SwitchEvent
-from stackd.manager.executor import Execution, PlanExecutor
+from stackd.manager.execution import Execution
+from stackd.manager.executor import PlanExecutor
 from stackd.manager.journalled import run_journalled
+from stackd.manager.member_engines import refuse_release, refuse_restart, restart_engine, stop_engine
 from stackd.manager.observe import Observation, observe_engines, with_measurements
 from stackd.manager.probes import JobResult, MemberHealth, ProbeResult, Verdict
 from stackd.manager.recovery import RecoveryReport
 from stackd.manager.seams import Drivers, ManagerOptions, Planner
 from stackd.manager.startup import StartupRecovery
-from stackd.manager.status import StatusSnapshot, build_status, log_tail_wanted, snapshot_of
+from stackd.manager.status import StatusSnapshot, active_ledger, build_status, log_tail_wanted, snapshot_of
 from stackd.manager.switch import Switch, SwitchHandle
 from stackd.manager.worker import SwitchWorker
 from stackd.planner.plan import ObservedState, Plan, StartContainer, StartProcess, Step
@@ -346,24 +348,13 @@ class ModelStackManager:
 
         ``keep`` is asked on the worker, right before the stop (a lease granted by a job queued
         earlier is seen): when it says True nothing stops and the answer is False."""
-        current = self.worker.current
-        if current is not None:
-            raise Conflict(
-                f"switch {current.id} is in progress; {model} is released later",
-                switch_id=current.id,
-                stack=current.target,
-            )
+        refuse_release(model, self.worker.current)
         spec = self.config.models[model]
 
         async def stop() -> bool:
             if keep is not None and keep(model):
                 return False
-            if spec.runtime == Runtime.docker:
-                await self.containers.ensure_stopped(model, spec)
-            elif spec.runtime == Runtime.process:
-                await self.processes.ensure_stopped(model, spec)
-            elif spec.ollama is not None:
-                await self.ollama.unload(spec.ollama)
+            await stop_engine(self.drivers, model, spec)
             return True
 
         stopped = await self.run_exclusive(stop)
@@ -376,26 +367,11 @@ class ModelStackManager:
         worker: ``NotFound`` for a name the active stack lacks, ``Conflict`` during a switch or
         for a member with no engine of stackd's (Ollama, remote) or one on demand and stopped
         (a lease starts it)."""
-        stack = self.config.stacks.get(self._active or "")
-        if stack is None or model not in stack.member_names:
-            raise NotFound(f"{model} is not a member of the active stack ({self._active or 'none'})")
-        current = self.worker.current
-        if current is not None:
-            raise Conflict(f"switch {current.id} is in progress; restart {model} after it")
+        refuse_restart(self.config, self._active, model, self.worker.current)
         spec = self.config.models[model]
-        if spec.runtime not in (Runtime.docker, Runtime.process):
-            raise Conflict(
-                f"{model} runs on {spec.runtime.value}: stackd has no engine of its own to restart"
-            )
 
         async def again() -> None:
-            observed = await self.observe()
-            running = observed.running_containers | observed.running_processes
-            if model not in running and spec.lifecycle == Lifecycle.on_demand:
-                raise Conflict(f"{model} is on demand and stopped: a lease starts it")
-            engine = self.containers if spec.runtime == Runtime.docker else self.processes
-            await engine.ensure_stopped(model, spec)
-            await engine.ensure_running(model, spec)
+            await restart_engine(self.drivers, model, spec, await self.observe())
 
         log.info("restarting %s on request", model, extra={"member": model})
         await self.run_exclusive(again)
@@ -413,13 +389,7 @@ class ModelStackManager:
         observation, hardware = await asyncio.gather(self.observe_detailed(), self.read_hardware())
         observation = with_measurements(observation, self.config, hardware, self.footprints(self.config))
         snapshot = self.snapshot()
-        ledger_plan = None
-        if snapshot.active in snapshot.config.stacks:
-            assert snapshot.active is not None
-            try:
-                ledger_plan = self._planner(snapshot.config, observation.state, snapshot.active, hardware)
-            except Exception:  # a ledger is a nicety: status must answer even if the planner cannot
-                log.exception("planning the active stack's ledger failed")
+        ledger_plan = active_ledger(self._planner, snapshot, observation, hardware)
         tails = {name: self.processes.log_tail(name, 10) for name in log_tail_wanted(snapshot, observation)}
         return build_status(
             dataclasses.replace(snapshot, log_tails=tails), observation, hardware, ledger_plan

@@ -21,7 +21,7 @@ from stackd.planner.plan import ObservedState, Plan, Step
 
 if TYPE_CHECKING:
     from stackd.manager.events import EventLog
-    from stackd.manager.executor import Execution
+    from stackd.manager.execution import Execution
     from stackd.manager.observe import Observation
     from stackd.manager.switch import Switch
 

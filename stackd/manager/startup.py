@@ -17,7 +17,7 @@ from stackd.config.models import Lifecycle, Runtime, StacksConfig
 from stackd.drivers.base import ContainerDriver, ProcessDriver
 from stackd.drivers.container_env import in_container, no_stack_hint
 from stackd.errors import PlanRefused, StackdError
-from stackd.manager.executor import Execution
+from stackd.manager.execution import Execution
 from stackd.manager.observe import Observation, drift
 from stackd.manager.recovery import RecoveryAction, RecoveryDecision, RecoveryReport, decide_recovery
 from stackd.manager.switch import Switch, SwitchHandle
@@ -167,24 +167,10 @@ class StartupRecovery:
             why = f"the persisted stack '{active}' is no longer in the config"
         else:
             stack, action, why = active, "restored", "restart"
-        switch_id, error, steps = await self._apply_stack(stack)
+        applied = await self._apply_stack(stack)
+        switch_id, error, steps = applied
         if error is not None and action == "first_start":
-            # This machine may lack what the default needs (a GPU, Docker): take the first stack
-            # of fallback_stacks that runs, and say why each earlier one was passed over.
-            passed = [f"'{stack}' could not run: {error}"]
-            for candidate in self.host.config.fallback_stacks:
-                if candidate == stack:
-                    continue
-                switch_id, error, steps = await self._apply_stack(candidate)
-                if error is None:
-                    why = f"first start: {'; '.join(passed)}; so stackd picked '{candidate}' from fallback_stacks"
-                    stack = candidate
-                    break
-                passed.append(f"'{candidate}' could not run: {error}")
-            else:
-                why = f"first start: {'; '.join(passed)}"
-                hint = no_stack_hint(self._in_container())
-                error = f"no stack of default_stack and fallback_stacks could run here; {hint}"
+            stack, (switch_id, error, steps), why = await self._fall_back(stack, applied)
         left = tuple(await self._drift_of(stack)) if error is None else ()
         if error is None and not left:
             return RecoveryReport(action, stack, f"{why}: applied '{stack}' ({steps} steps)", switch_id)
@@ -199,6 +185,25 @@ class StartupRecovery:
         return RecoveryReport(
             "unresolved", fallback, f"{why}: {what}; drift: {'; '.join(left) or 'none'}", switch_id, left
         )
+
+    async def _fall_back(
+        self, stack: str, applied: tuple[str | None, str | None, int]
+    ) -> tuple[str, tuple[str | None, str | None, int], str]:
+        """The default failed at a first start: this machine may lack what it needs (a GPU,
+        Docker). Take the first stack of fallback_stacks that runs, and say why each earlier one
+        was passed over: (the stack, its ``_apply_stack`` answer, why)."""
+        passed = [f"'{stack}' could not run: {applied[1]}"]
+        for candidate in self.host.config.fallback_stacks:
+            if candidate == stack:
+                continue
+            applied = await self._apply_stack(candidate)
+            if applied[1] is None:
+                why = f"first start: {'; '.join(passed)}; so stackd picked '{candidate}' from fallback_stacks"
+                return candidate, applied, why
+            passed.append(f"'{candidate}' could not run: {applied[1]}")
+        hint = no_stack_hint(self._in_container())
+        error = f"no stack of default_stack and fallback_stacks could run here; {hint}"
+        return stack, (applied[0], error, applied[2]), f"first start: {'; '.join(passed)}"
 
     async def _apply_stack(self, stack: str) -> tuple[str | None, str | None, int]:
         """Switch to ``stack`` and wait: (switch id, error or None, steps done)."""

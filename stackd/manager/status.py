@@ -9,6 +9,7 @@ does not have) is listed under ``drift``: never a half state silently.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -18,11 +19,14 @@ from stackd.hardware.types import HardwareSnapshot
 from stackd.manager.observe import Observation, drift, extra_members
 from stackd.manager.probes import JobResult, MemberHealth, ProbeResult, Verdict
 from stackd.manager.recovery import RecoveryReport
+from stackd.manager.seams import Planner
 from stackd.manager.worker import SwitchWorker
 from stackd.planner.footprints import measured_of
 from stackd.planner.plan import Plan
 from stackd.planner.views import plan_json
 from stackd.roles import RoleTable
+
+log = logging.getLogger("stackd.manager")  # the manager's: a failed ledger is the manager's to tell
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,20 @@ def log_tail_wanted(snapshot: StatusSnapshot, observation: Observation) -> list[
         and observation.process(name) is not None
         and member_state(snapshot, name, models[name], observation)[0] in ("dead", "restarting", "unhealthy")
     ]
+
+
+def active_ledger(
+    planner: Planner, snapshot: StatusSnapshot, observation: Observation, hardware: HardwareSnapshot
+) -> Plan | None:
+    """The active stack planned as it stands, for its ledgers; None without an active stack, or
+    when the planner fails: a ledger is a nicety, status must answer even if the planner cannot."""
+    if snapshot.active is None or snapshot.active not in snapshot.config.stacks:
+        return None
+    try:
+        return planner(snapshot.config, observation.state, snapshot.active, hardware)
+    except Exception:
+        log.exception("planning the active stack's ledger failed")
+        return None
 
 
 def build_status(

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from stackd.manager.events import EventLog, SwitchEvent, step_dict
-from stackd.manager.executor import Execution, Undo
+from stackd.manager.execution import Execution, Undo
 from stackd.planner.plan import Plan
 from stackd.planner.views import JsonObject, SwitchAnswer, plan_json
 from stackd.state.store import JournalEntry

@@ -258,7 +258,11 @@ async def test_model_package_is_assembled_once_into_the_state_dir(
     await driver.ensure_stopped("eng", model)
 
 
-async def test_a_missing_model_package_names_the_install_command(driver: LocalProcessDriver) -> None:
+async def test_a_missing_model_package_names_the_install_command(
+    driver: LocalProcessDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The hint outside a container (this test may run inside one): STACKD_IN_CONTAINER=0 says so.
+    monkeypatch.setenv("STACKD_IN_CONTAINER", "0")
     with pytest.raises(DriverFailed, match=r"needs the Python package no_such_gguf_pkg.*\[local\]"):
         await driver.ensure_running("eng", engine_model(model_package="no_such_gguf_pkg"))
 

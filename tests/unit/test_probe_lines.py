@@ -9,7 +9,8 @@ from pathlib import Path
 
 from stackd.api.member_logs import follow_file, tail_lines
 from stackd.drivers.probe_lines import is_probe_line, without_probes
-from stackd.drivers.process import START_MARKER, LocalProcessDriver
+from stackd.drivers.process import LocalProcessDriver
+from stackd.drivers.process_logs import START_MARKER
 from stackd.roles import LiveEndpoints
 from stackd.state.processes import ProcessTable
 
