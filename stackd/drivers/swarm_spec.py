@@ -14,8 +14,9 @@ the node the task runs on, and the stackd labels (``stackd.managed``, ``stackd.m
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from stackd.config.cluster import ClusterConfig, SwarmPlacement
@@ -29,6 +30,9 @@ from stackd.drivers.docker_spec import (
     NS_PER_S,
     SPEC_LABEL,
 )
+
+if TYPE_CHECKING:
+    from docker.types import Healthcheck
 
 # Task states after which the task's container no longer exists (docker/swarmkit api/types.proto).
 GONE = frozenset({"complete", "shutdown", "failed", "rejected", "orphaned", "remove"})
@@ -80,7 +84,6 @@ def service_options(name: str, model: Model, cluster: ClusterConfig, replicas: i
     from docker.types import (
         ContainerSpec,
         EndpointSpec,
-        Healthcheck,
         Placement,
         Resources,
         RestartPolicy,
@@ -97,22 +100,12 @@ def service_options(name: str, model: Model, cluster: ClusterConfig, replicas: i
         MODEL_LABEL: name,
         SPEC_LABEL: spec_digest(name, model, cluster),
     }
-    healthcheck = None
-    if spec.healthcheck:
-        check = model.health or HealthCheck.model_validate({})
-        healthcheck = Healthcheck(
-            test=list(spec.healthcheck),
-            interval=int(HEALTHCHECK_INTERVAL_S * NS_PER_S),
-            timeout=int(check.timeout_s * NS_PER_S),
-            retries=HEALTHCHECK_RETRIES,
-            start_period=int(check.start_timeout_s * NS_PER_S),
-        )
     container = ContainerSpec(
         image=spec.image,
         args=spec.command,
         env=dict(spec.env),
         labels=labels,
-        healthcheck=healthcheck,
+        healthcheck=_healthcheck(model, spec.healthcheck),
         stop_grace_period=docker.stop_timeout_s * NS_PER_S,
     )
     gpus = gpus_of(model, placement)
@@ -130,6 +123,22 @@ def service_options(name: str, model: Model, cluster: ClusterConfig, replicas: i
         "mode": ServiceMode("replicated", replicas=replicas),
         "endpoint_spec": EndpointSpec(ports=ports) if ports else None,
     }
+
+
+def _healthcheck(model: Model, test: Sequence[str] | None) -> Healthcheck | None:
+    """The service's health check (docker.spec.healthcheck), timed by the member's health section."""
+    from docker.types import Healthcheck
+
+    if not test:
+        return None
+    check = model.health or HealthCheck.model_validate({})
+    return Healthcheck(
+        test=list(test),
+        interval=int(HEALTHCHECK_INTERVAL_S * NS_PER_S),
+        timeout=int(check.timeout_s * NS_PER_S),
+        retries=HEALTHCHECK_RETRIES,
+        start_period=int(check.start_timeout_s * NS_PER_S),
+    )
 
 
 def _protocol(port: str) -> str:
