@@ -136,7 +136,7 @@ def routed_answer(sliced: SlicedAnswer) -> Answer:
     tool's parameters) is OpenAI's ``tool_calls``, its text no longer the content."""
     if sliced.tool_call is None:
         return sliced.answer
-    call = {
+    call: dict[str, object] = {
         "id": f"call_{secrets.token_hex(8)}",
         "type": "function",
         "function": {"name": sliced.tool_call.name, "arguments": json.dumps(sliced.tool_call.arguments)},

@@ -89,7 +89,7 @@ class ChatRequest:
     tool_choice: str | dict[str, Any] | None = None
 
 
-ToolCalls = tuple[dict[str, Any], ...]
+ToolCalls = tuple[dict[str, object], ...]
 """OpenAI ``tool_calls``: ``{"id", "type": "function", "function": {"name", "arguments"}}``, with
 ``arguments`` a JSON string as OpenAI sends it."""
 

@@ -10,13 +10,14 @@ without being told. Pure: no I/O.
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from stackd.config.models import Model
 from stackd.router.types import ChatRequest, ToolCalls
 
 
-def schema_of(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+def schema_of(response_format: Mapping[str, object] | None) -> dict[str, object] | None:
     """The JSON Schema of a ``json_schema`` response_format, else None."""
     if not response_format or response_format.get("type") != "json_schema":
         return None
@@ -43,7 +44,9 @@ def runs_llama_cpp_python(model: Model) -> bool:
     return any("llama_cpp.server" in part for part in command)
 
 
-def openai_response_format(response_format: dict[str, Any], llama_cpp_python: bool) -> dict[str, Any]:
+def openai_response_format(
+    response_format: Mapping[str, object], llama_cpp_python: bool
+) -> Mapping[str, object]:
     """``response_format`` for an OpenAI-compatible server: as given, or llama-cpp-python's form."""
     if not llama_cpp_python or response_format.get("type") != "json_schema":
         return response_format
@@ -51,7 +54,7 @@ def openai_response_format(response_format: dict[str, Any], llama_cpp_python: bo
     return {"type": "json_object", "schema": schema} if schema is not None else {"type": "json_object"}
 
 
-def ollama_format(response_format: dict[str, Any] | None) -> str | dict[str, Any] | None:
+def ollama_format(response_format: Mapping[str, object] | None) -> str | dict[str, object] | None:
     """Ollama's ``format``: ``"json"`` for json_object, the schema itself for json_schema."""
     kind = (response_format or {}).get("type", "text")
     if kind == "json_object":
@@ -66,32 +69,40 @@ class ToolCallPieces:
     and the name, the rest appending to ``arguments``. ``calls()`` gives them whole."""
 
     def __init__(self) -> None:
-        self._calls: dict[int, dict[str, Any]] = {}
+        self._calls: dict[int, _Call] = {}
 
-    def add(self, pieces: Any) -> None:
+    def add(self, pieces: object) -> None:
         for piece in pieces if isinstance(pieces, list) else ():
             if not isinstance(piece, dict):
                 continue
-            call = self._calls.setdefault(
-                int(piece.get("index") or 0),
-                {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
-            )
+            call = self._calls.setdefault(int(piece.get("index") or 0), _Call())
             if piece.get("id"):
-                call["id"] = str(piece["id"])
+                call.id = str(piece["id"])
             function = piece.get("function") or {}
             if function.get("name"):
-                call["function"]["name"] = str(function["name"])
+                call.name = str(function["name"])
             arguments = function.get("arguments")
             if arguments:
-                call["function"]["arguments"] += (
-                    arguments if isinstance(arguments, str) else json.dumps(arguments)
-                )
+                call.arguments += arguments if isinstance(arguments, str) else json.dumps(arguments)
 
     def calls(self) -> ToolCalls:
-        return tuple(self._calls[i] for i in sorted(self._calls))
+        return tuple(self._calls[i].to_dict() for i in sorted(self._calls))
 
 
-def openai_tool_calls(message: Any) -> ToolCalls:
+@dataclass(slots=True)
+class _Call:
+    """One call being assembled from its streamed pieces."""
+
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        function = {"name": self.name, "arguments": self.arguments}
+        return {"id": self.id, "type": "function", "function": function}
+
+
+def openai_tool_calls(message: object) -> ToolCalls:
     """The whole ``tool_calls`` of an OpenAI answer's message (arguments kept as JSON text)."""
     pieces = ToolCallPieces()
     calls = message.get("tool_calls") if isinstance(message, dict) else None
@@ -100,10 +111,10 @@ def openai_tool_calls(message: Any) -> ToolCalls:
     return pieces.calls()
 
 
-def ollama_tool_calls(message: Any) -> ToolCalls:
+def ollama_tool_calls(message: object) -> ToolCalls:
     """Ollama's ``message.tool_calls`` (arguments as an object) in OpenAI's shape."""
     calls = message.get("tool_calls") if isinstance(message, dict) else None
-    out: list[dict[str, Any]] = []
+    out: list[dict[str, object]] = []
     for i, call in enumerate(calls if isinstance(calls, list) else ()):
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict):
@@ -124,5 +135,7 @@ def ollama_tool_calls(message: Any) -> ToolCalls:
 
 def tool_call_text(calls: ToolCalls) -> str:
     """The first call as the text the slice validators read: ``{"name", "arguments"}``."""
-    function = calls[0].get("function") or {}
+    function = calls[0].get("function")
+    if not isinstance(function, dict):
+        function = {}
     return json.dumps({"name": function.get("name"), "arguments": function.get("arguments")})

@@ -8,8 +8,9 @@ that decided it, so every routing decision explains itself.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from stackd.config.slices import SliceRouting
 
@@ -49,7 +50,7 @@ class Estimate:
         return f"{self.signal} {self.value} >= {self.threshold}"
 
 
-def text_of(content: Any) -> str:
+def text_of(content: object) -> str:
     """The text of an OpenAI message content: a string or a list of parts."""
     if isinstance(content, str):
         return content
@@ -58,12 +59,12 @@ def text_of(content: Any) -> str:
     return ""
 
 
-def prompt_tokens(messages: list[dict[str, Any]]) -> int:
+def prompt_tokens(messages: Sequence[Mapping[str, object]]) -> int:
     chars = sum(len(text_of(m.get("content"))) for m in messages)
     return -(-chars // CHARS_PER_TOKEN)
 
 
-def tool_depth(messages: list[dict[str, Any]], tools: list[Any] | None) -> int:
+def tool_depth(messages: Sequence[Mapping[str, object]], tools: Sequence[object] | None) -> int:
     """1 when tools are offered, plus each earlier tool call and each tool result in the messages."""
     depth = 1 if tools else 0
     for message in messages:
@@ -76,8 +77,8 @@ def tool_depth(messages: list[dict[str, Any]], tools: list[Any] | None) -> int:
 
 
 def signals_of(
-    messages: list[dict[str, Any]],
-    tools: list[Any] | None = None,
+    messages: Sequence[Mapping[str, object]],
+    tools: Sequence[object] | None = None,
     retrieved_chunks: int = 0,
     effort: int | None = None,
 ) -> Signals:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from stackd.errors import StackdError
 
@@ -33,7 +34,7 @@ class InvalidSliceRequest(StackdError):
 @dataclass(frozen=True, slots=True)
 class ToolCall:
     name: str
-    arguments: dict[str, Any]
+    arguments: dict[str, object]
 
     def to_dict(self) -> dict[str, object]:
         return {"name": self.name, "arguments": self.arguments}
@@ -61,7 +62,7 @@ def unfenced(text: str) -> str:
     return body.strip()
 
 
-def _schema_validator(schema: Any, where: str) -> Draft202012Validator:
+def _schema_validator(schema: object, where: str) -> Draft202012Validator:
     if not isinstance(schema, dict):
         raise InvalidSliceRequest(f"{where} must be a JSON Schema object")
     from jsonschema import Draft202012Validator
@@ -74,7 +75,7 @@ def _schema_validator(schema: Any, where: str) -> Draft202012Validator:
     return Draft202012Validator(schema)
 
 
-def _problem(validator: Draft202012Validator, value: Any) -> str | None:
+def _problem(validator: Draft202012Validator, value: object) -> str | None:
     from jsonschema.exceptions import best_match
 
     error = best_match(validator.iter_errors(value))
@@ -89,11 +90,11 @@ class AnswerValidator:
 
     def __init__(
         self,
-        response_format: dict[str, Any] | None = None,
-        tools: list[Any] | None = None,
-        tool_choice: Any = None,
+        response_format: Mapping[str, object] | None = None,
+        tools: Sequence[object] | None = None,
+        tool_choice: object = None,
     ) -> None:
-        self.schema: dict[str, Any] | None = None
+        self.schema: dict[str, object] | None = None
         self._answer: Draft202012Validator | None = None
         self._object_only = False
         kind = (response_format or {}).get("type", "text")
@@ -101,7 +102,7 @@ class AnswerValidator:
             spec = response_format.get("json_schema") if response_format else None
             schema = spec.get("schema") if isinstance(spec, dict) else None
             self._answer = _schema_validator(schema, "response_format.json_schema.schema")
-            self.schema = schema
+            self.schema = schema if isinstance(schema, dict) else None  # a dict: checked just above
         elif kind == "json_object":
             self._object_only = True
         elif kind != "text":
@@ -112,9 +113,9 @@ class AnswerValidator:
         for index, tool in enumerate(tools or []):
             function = tool.get("function") if isinstance(tool, dict) else None
             name = function.get("name") if isinstance(function, dict) else None
-            if not isinstance(name, str) or not name:
+            if not isinstance(function, dict) or not isinstance(name, str) or not name:
                 raise InvalidSliceRequest(f"tools[{index}].function.name is missing")
-            parameters = function.get("parameters") or {"type": "object"}  # type: ignore[union-attr]
+            parameters = function.get("parameters") or {"type": "object"}
             self._tools[name] = _schema_validator(parameters, f"tools[{index}].function.parameters")
         self._tool_required = tool_choice == "required" or isinstance(tool_choice, dict)
 
@@ -124,7 +125,7 @@ class AnswerValidator:
 
     def check(self, text: str) -> Verdict:
         body = unfenced(text)
-        value: Any = None
+        value: object = None
         parsed = False
         with contextlib.suppress(ValueError):
             value, parsed = json.loads(body), True
@@ -147,7 +148,7 @@ class AnswerValidator:
             return Verdict(True, "json_object", "a JSON object")
         return Verdict(True, "none", "no validator")
 
-    def _check_tool_call(self, name: str, arguments: Any) -> Verdict:
+    def _check_tool_call(self, name: str, arguments: object) -> Verdict:
         validator = self._tools.get(name)
         if validator is None:
             return Verdict(
@@ -168,7 +169,7 @@ class AnswerValidator:
         return Verdict(True, "tool_call", f"a valid call of '{name}'", ToolCall(name, arguments))
 
 
-def _as_tool_call(value: Any) -> tuple[str, Any] | None:
+def _as_tool_call(value: object) -> tuple[str, object] | None:
     """(name, arguments) when ``value`` has a tool call's shape."""
     if not isinstance(value, dict):
         return None
