@@ -15,10 +15,10 @@ from __future__ import annotations
 import mmap
 import struct
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from itertools import repeat
 from pathlib import Path
-from typing import Any
+from typing import TypeAlias
 
 MAGIC = b"GGUF"
 # gguf.md's value types: the struct format of each fixed-size one.
@@ -28,6 +28,10 @@ _STRING, _ARRAY = 8, 9
 # longer one is skipped even when ``wanted`` accepts its key.
 MAX_KEPT_ARRAY = 65_536
 
+# A header value: a number (bools unpack as ``bool``, an int), a string, or an array of values
+# (None for an inner array too long to keep).
+GGUFValue: TypeAlias = "int | float | str | list[GGUFValue | None]"
+
 
 class _Cursor:
     """A read position in the header, in the file's byte order."""
@@ -36,28 +40,33 @@ class _Cursor:
         self.buf, self.order, self.off = buf, order, 0
         self._u64 = struct.Struct(order + "Q").unpack_from
 
-    def scalar(self, fmt: str) -> Any:
+    def scalar(self, fmt: str) -> int | float:
         s = struct.Struct(self.order + fmt)
         (value,) = s.unpack_from(self.buf, self.off)
         self.off += s.size
-        return value
+        number: int | float = value
+        return number
+
+    def count(self, fmt: str) -> int:
+        """An unsigned integer field (a length, a type, a count)."""
+        return int(self.scalar(fmt))
 
     def string(self) -> str:
-        n = self.scalar("Q")
+        n = self.count("Q")
         raw = self.buf[self.off : self.off + n]
         if len(raw) != n:
             raise ValueError("a string runs past the end of the file")
         self.off += n
         return raw.decode("utf-8", errors="replace")
 
-    def value(self, vtype: int, keep: bool) -> Any:
+    def value(self, vtype: int, keep: bool) -> GGUFValue | None:
         if vtype in _SCALARS:
             return self.scalar(_SCALARS[vtype])
         if vtype == _STRING:
             return self.string()
         if vtype != _ARRAY:
             raise ValueError(f"unknown value type {vtype}")
-        item_type, count = self.scalar("I"), self.scalar("Q")
+        item_type, count = self.count("I"), self.count("Q")
         if keep and count <= MAX_KEPT_ARRAY:
             return [self.value(item_type, True) for _ in range(count)]
         self.skip_array(item_type, count)
@@ -82,7 +91,7 @@ def _skip_strings(buf: mmap.mmap, off: int, count: int, u64: Callable[[mmap.mmap
     return off
 
 
-def read_header(path: Path, wanted: Callable[[str], bool]) -> dict[str, Any]:
+def read_header(path: Path, wanted: Callable[[str], bool]) -> dict[str, GGUFValue]:
     """The header's values of the keys ``wanted`` accepts (arrays as lists); raises ValueError when
     the file is not a GGUF or its header is cut short, OSError when it cannot be opened."""
     with path.open("rb") as f:
@@ -95,17 +104,17 @@ def read_header(path: Path, wanted: Callable[[str], bool]) -> dict[str, Any]:
             order = "<" if struct.unpack_from("<I", buf, 4)[0] < 0x10000 else ">"
             cursor = _Cursor(buf, order)
             cursor.off = 4
-            version = cursor.scalar("I")
+            version = cursor.count("I")
             if version < 2:
                 raise ValueError(f"GGUF version {version} is not supported (2 and later are)")
             cursor.scalar("Q")  # tensor count: the tensors are not read
-            kv_count = cursor.scalar("Q")
-            out: dict[str, Any] = {}
+            kv_count = cursor.count("Q")
+            out: dict[str, GGUFValue] = {}
             try:
                 for _ in range(kv_count):
                     key = cursor.string()
                     keep = wanted(key)
-                    value = cursor.value(cursor.scalar("I"), keep)
+                    value = cursor.value(cursor.count("I"), keep)
                     if keep and value is not None:
                         out[key] = value
             except struct.error:
@@ -113,7 +122,7 @@ def read_header(path: Path, wanted: Callable[[str], bool]) -> dict[str, Any]:
             return out
 
 
-Fields = dict[str, Any]
+Fields = dict[str, object]  # what a caller derives from a header: read_header's, or its own
 
 
 class HeaderCache:
@@ -127,7 +136,7 @@ class HeaderCache:
         self.misses = 0
         self._entries: OrderedDict[tuple[str, int, int], Fields] = OrderedDict()
 
-    def get(self, path: Path, read: Callable[[Path], Fields]) -> Fields:
+    def get(self, path: Path, read: Callable[[Path], Mapping[str, object]]) -> Fields:
         """``read(path)``, or what it returned for this same file before (a copy either way)."""
         stat = path.stat()
         key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
@@ -140,7 +149,7 @@ class HeaderCache:
         self._entries[key] = dict(fields)
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
-        return fields
+        return dict(fields)
 
 
 # The process's one cache: the loader runs at start, at every reload and at each `config check`,
