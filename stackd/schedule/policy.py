@@ -137,130 +137,149 @@ def _take_up_window(
 
 def decide(config: StacksConfig, state: PolicyState, world: World) -> Decision:
     """The stack meant to run now, why, and what to do about it (see the module's docstring)."""
-    now, active = world.now, world.active
     schedules = config.schedules
-    window = current_window(schedules, now) if schedules is not None else None
-    nxt = next_window(schedules, now) if schedules is not None else None
-    state, notes = _take_up_window(config, state, window, now)
+    window = current_window(schedules, world.now) if schedules is not None else None
+    nxt = next_window(schedules, world.now) if schedules is not None else None
+    state, window_notes = _take_up_window(config, state, window, world.now)
+    upper = _upper_stack(config, state, window, world)
+    intended = _idle_downshift(config, upper, world)
+    plan = Decision(
+        upper.stack,
+        upper.why,
+        intended.stack,
+        intended.why,
+        "none",
+        window,
+        nxt,
+        intended.state,
+        (*window_notes, *upper.notes, *intended.notes),
+    )
+    return _never_interrupt(config, world, plan)
 
+
+@dataclass(frozen=True, slots=True)
+class _Pick:
+    """One layer's answer: the stack it picks, why, the state it leaves and its log notes."""
+
+    state: PolicyState
+    stack: str | None
+    why: str
+    notes: tuple[str, ...] = ()
+
+
+def _upper_stack(config: StacksConfig, state: PolicyState, window: WindowStart | None, world: World) -> _Pick:
+    """Layer 1: a live hold (an ended one is dropped), else the window current now, else the
+    stack an idle downshift replaced, else the stack that runs."""
+    notes: list[str] = []
     hold = state.hold
     if hold is not None and (
-        hold.stack not in config.stacks or (hold.until is not None and now >= hold.until)
+        hold.stack not in config.stacks or (hold.until is not None and world.now >= hold.until)
     ):
         notes.append(f"the hold on '{hold.stack}' ended")
         state = replace(state, hold=None, gave_up=None)
         hold = None
 
     if hold is not None:
-        upper: str | None = hold.stack
         until = "for good" if hold.until is None else _until(config, hold.until)
-        upper_why = f"held by {hold.source} {until}"
-    elif window is not None and window.stack in config.stacks:
-        upper = window.stack
-        assert schedules is not None
-        upper_why = f"window {window.index} since {local_time(schedules, window.at)}"
-    elif state.downshift is not None:
-        upper, upper_why = state.downshift.upper, "the stack that ran before it went idle"
-    else:
-        upper, upper_why = active, "no schedule and no hold: the stack that runs"
+        return _Pick(state, hold.stack, f"held by {hold.source} {until}", tuple(notes))
+    if window is not None and window.stack in config.stacks:
+        assert config.schedules is not None
+        why = f"window {window.index} since {local_time(config.schedules, window.at)}"
+        return _Pick(state, window.stack, why, tuple(notes))
+    if state.downshift is not None:
+        return _Pick(state, state.downshift.upper, "the stack that ran before it went idle", tuple(notes))
+    return _Pick(state, world.active, "no schedule and no hold: the stack that runs", tuple(notes))
 
-    downshift = state.downshift
-    if downshift is not None and downshift.upper != upper:
+
+def _idle_downshift(config: StacksConfig, upper: _Pick, world: World) -> _Pick:
+    """Layer 2: the upper stack, quiet for its ``idle.after_s``, gives way to its ``idle.to``; a
+    downshift already under way follows the lower stack's own ``idle:`` one step further, or stays.
+    The answer's notes are this layer's only."""
+    now = world.now
+    downshift = upper.state.downshift
+    if downshift is not None and downshift.upper != upper.stack:
         downshift = None
-    intended, why = upper, upper_why
-    rule = config.stacks[upper].idle if upper is not None and upper in config.stacks else None
+    intended, why = upper.stack, upper.why
+    notes: list[str] = []
+    rule = (
+        config.stacks[upper.stack].idle if upper.stack is not None and upper.stack in config.stacks else None
+    )
     if downshift is not None:
-        deeper = _idle_further(config, downshift, world)
-        if deeper is not None:
-            quiet_s, rule = deeper
-            notes.append(f"idle: '{downshift.lower}' -> '{rule.to}' (idle chain of '{downshift.upper}')")
-            why = (
-                f"'{downshift.lower}' had no call for {quiet_s:.0f} s (its idle.after_s {rule.after_s:g}); "
-                f"a call for the roles of '{downshift.upper}' wakes it"
-            )
-            downshift = Downshift(downshift.upper, rule.to, now, downshift.depth + 1)
-        elif downshift.depth > 1:
-            why = (
-                f"'{downshift.upper}' went idle, and its idle chain reached '{downshift.lower}' at "
-                f"{_at(config, downshift.at)}; a call for its roles wakes it"
-            )
-        else:
-            why = (
-                f"'{downshift.upper}' went idle at {_at(config, downshift.at)}; a call for its roles wakes it"
-            )
+        downshift, why, notes = _follow_downshift(config, downshift, world)
         intended = downshift.lower
     elif (
         rule is not None
-        and upper is not None
-        and upper == active
+        and upper.stack is not None
+        and upper.stack == world.active
         and world.switching is None
         and world.active_since is not None
     ):
         quiet_since = max(world.active_since, world.last_use or world.active_since)
         if now - quiet_since >= rule.after_s and rule.to in config.stacks:
-            downshift = Downshift(upper, rule.to, now)
+            downshift = Downshift(upper.stack, rule.to, now)
             intended = rule.to
-            why = f"'{upper}' had no call for {now - quiet_since:.0f} s (idle.after_s {rule.after_s:g})"
-            notes.append(f"idle: '{upper}' -> '{rule.to}'")
-    state = replace(state, downshift=downshift)
+            why = f"'{upper.stack}' had no call for {now - quiet_since:.0f} s (idle.after_s {rule.after_s:g})"
+            notes.append(f"idle: '{upper.stack}' -> '{rule.to}'")
+    return _Pick(replace(upper.state, downshift=downshift), intended, why, tuple(notes))
 
-    if intended is None or intended == active:
-        return Decision(
-            upper,
-            upper_why,
-            intended,
-            why,
-            "none",
-            window,
-            nxt,
-            replace(state, waiting_since=None),
-            tuple(notes),
+
+def _follow_downshift(
+    config: StacksConfig, downshift: Downshift, world: World
+) -> tuple[Downshift, str, list[str]]:
+    """A downshift under way: one step further down the idle chain when its lower stack has been
+    quiet long enough (``_idle_further``), else as it is; with why and the log notes."""
+    deeper = _idle_further(config, downshift, world)
+    if deeper is not None:
+        quiet_s, rule = deeper
+        note = f"idle: '{downshift.lower}' -> '{rule.to}' (idle chain of '{downshift.upper}')"
+        why = (
+            f"'{downshift.lower}' had no call for {quiet_s:.0f} s (its idle.after_s {rule.after_s:g}); "
+            f"a call for the roles of '{downshift.upper}' wakes it"
         )
-    key = f"{intended}@{(hold.set_at if hold else None) or (window.at if window else None) or (downshift.at if downshift else 0):.0f}"
+        return Downshift(downshift.upper, rule.to, world.now, downshift.depth + 1), why, [note]
+    if downshift.depth > 1:
+        why = (
+            f"'{downshift.upper}' went idle, and its idle chain reached '{downshift.lower}' at "
+            f"{_at(config, downshift.at)}; a call for its roles wakes it"
+        )
+    else:
+        why = f"'{downshift.upper}' went idle at {_at(config, downshift.at)}; a call for its roles wakes it"
+    return downshift, why, []
+
+
+def _change_key(intended: str, state: PolicyState, window: WindowStart | None) -> str:
+    """Names a pending change by its target and what asked for it (the hold, the window or the
+    downshift), so a change given up on stays given up until the upper stack changes."""
+    hold, downshift = state.hold, state.downshift
+    return f"{intended}@{(hold.set_at if hold else None) or (window.at if window else None) or (downshift.at if downshift else 0):.0f}"
+
+
+def _never_interrupt(config: StacksConfig, world: World, plan: Decision) -> Decision:
+    """Layer 3: ``plan`` (action "none") as it goes ahead: switch now, or wait while a switch runs
+    or a live lease holds a member the new stack lacks, giving up after ``defer_max_s``."""
+    intended, active, state, now = plan.intended, world.active, plan.state, world.now
+    if intended is None or intended == active:
+        return replace(plan, state=replace(state, waiting_since=None))
+    key = _change_key(intended, state, plan.window)
     if state.gave_up == key:
-        why = f"{why}; gave up waiting: '{active}' stays until the next window or hold"
-        return Decision(upper, upper_why, intended, why, "none", window, nxt, state, tuple(notes))
+        return replace(
+            plan, why=f"{plan.why}; gave up waiting: '{active}' stays until the next window or hold"
+        )
     blocker = world.switching or _blocking_lease(config, intended, world)
     if blocker is None:
-        return Decision(
-            upper,
-            upper_why,
-            intended,
-            why,
-            "switch",
-            window,
-            nxt,
-            replace(state, waiting_since=None),
-            tuple(notes),
-        )
+        return replace(plan, action="switch", state=replace(state, waiting_since=None))
     since = state.waiting_since if state.waiting_since is not None else now
-    bound = schedules.defer_max_s if schedules is not None else DEFAULT_DEFER_MAX_S
+    bound = config.schedules.defer_max_s if config.schedules is not None else DEFAULT_DEFER_MAX_S
     if now - since >= bound:
-        notes.append(f"gave up switching to '{intended}' after {now - since:.0f} s: {blocker}")
-        state = replace(state, waiting_since=None, gave_up=key)
-        return Decision(
-            upper,
-            upper_why,
-            intended,
-            f"{why}; gave up: {blocker}",
-            "give_up",
-            window,
-            nxt,
-            state,
-            tuple(notes),
+        return replace(
+            plan,
+            why=f"{plan.why}; gave up: {blocker}",
+            action="give_up",
+            state=replace(state, waiting_since=None, gave_up=key),
+            notes=(*plan.notes, f"gave up switching to '{intended}' after {now - since:.0f} s: {blocker}"),
         )
-    waiting = f"{why}; waits ({now - since:.0f} of {bound:g} s): {blocker}"
-    return Decision(
-        upper,
-        upper_why,
-        intended,
-        waiting,
-        "wait",
-        window,
-        nxt,
-        replace(state, waiting_since=since),
-        tuple(notes),
-    )
+    waiting = f"{plan.why}; waits ({now - since:.0f} of {bound:g} s): {blocker}"
+    return replace(plan, why=waiting, action="wait", state=replace(state, waiting_since=since))
 
 
 DEFAULT_DEFER_MAX_S = 1800.0
