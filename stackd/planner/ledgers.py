@@ -48,33 +48,11 @@ def vram_ledger(
     foreign = max((device.used_mib if device else 0) - stackd_up, 0)
     configured_reserve = round(config.gpu.reserve_gb * MIB_PER_GIB)
     reserve = max(configured_reserve, foreign)
-
-    # A member measured larger than declared is budgeted at its measurement (planner/footprints.py).
-    always = [
-        (n, budget_mib(n, config.models[n], observed)) for n in members if not is_on_demand(config.models[n])
-    ]
-    groups: dict[str, list[tuple[str, int]]] = {}
-    for name in members:
-        model = config.models[name]
-        if is_on_demand(model):
-            # An on-demand model without a swap group only replaces itself: its own group.
-            groups.setdefault(model.swap_group or name, []).append((name, budget_mib(name, model, observed)))
+    always, groups = _vram_members(config, members, observed)
     largest = {group: max(items, key=lambda item: item[1]) for group, items in groups.items()}
     always_mib = sum(mib for _, mib in always)
     swap_mib = sum(mib for _, mib in largest.values())
     headroom = total - reserve - always_mib - swap_mib
-
-    declared = {n: config.models[n].memory_mib for n in members}
-    items = [LedgerItem(n, declared[n], "always_on", measured_of(n, observed)) for n, _ in always]
-    items += [
-        LedgerItem(n, declared[n], "on_demand", measured_of(n, observed))
-        for group in groups.values()
-        for n, _ in group
-    ]
-    items.append(LedgerItem("gpu.reserve_gb", configured_reserve, "reserve"))
-    if foreign:
-        holders = "foreign processes" + _process_list(hardware, config, stackd_up)
-        items.append(LedgerItem(holders, foreign, "foreign"))
     ledger = VramLedger(
         device=config.gpu.device,
         gpu_name=device.name if device else f"GPU {config.gpu.device}",
@@ -84,16 +62,76 @@ def vram_ledger(
         swap_budget_mib=swap_mib,
         largest_swap_group=max(largest, key=lambda g: largest[g][1]) if largest else None,
         headroom_mib=headroom,
-        items=tuple(items),
+        items=_vram_items(config, observed, hardware, always, groups, foreign, stackd_up),
         simulated=hardware.simulated or config.gpu.total_gb is not None,
     )
     if headroom >= 0:
         return ledger, []
+    return ledger, [_vram_refusal(config, stack, hardware, ledger, always, largest, stackd_up)]
+
+
+_Budgets = list[tuple[str, int]]  # (member, its budget in MiB)
+
+
+def _vram_members(
+    config: StacksConfig, members: list[str], observed: ObservedState
+) -> tuple[_Budgets, dict[str, _Budgets]]:
+    """The always-on GPU members with their budgets, and the on-demand ones by swap group."""
+    # A member measured larger than declared is budgeted at its measurement (planner/footprints.py).
+    always = [
+        (n, budget_mib(n, config.models[n], observed)) for n in members if not is_on_demand(config.models[n])
+    ]
+    groups: dict[str, _Budgets] = {}
+    for name in members:
+        model = config.models[name]
+        if is_on_demand(model):
+            # An on-demand model without a swap group only replaces itself: its own group.
+            groups.setdefault(model.swap_group or name, []).append((name, budget_mib(name, model, observed)))
+    return always, groups
+
+
+def _vram_items(
+    config: StacksConfig,
+    observed: ObservedState,
+    hardware: HardwareSnapshot,
+    always: _Budgets,
+    groups: dict[str, _Budgets],
+    foreign: int,
+    stackd_up: int,
+) -> tuple[LedgerItem, ...]:
+    """The ledger's lines: each member at its declared size, the configured reserve, foreign holders."""
+    items = [
+        LedgerItem(n, config.models[n].memory_mib, "always_on", measured_of(n, observed)) for n, _ in always
+    ]
+    items += [
+        LedgerItem(n, config.models[n].memory_mib, "on_demand", measured_of(n, observed))
+        for group in groups.values()
+        for n, _ in group
+    ]
+    items.append(LedgerItem("gpu.reserve_gb", round(config.gpu.reserve_gb * MIB_PER_GIB), "reserve"))
+    if foreign:
+        holders = "foreign processes" + _process_list(hardware, config, stackd_up)
+        items.append(LedgerItem(holders, foreign, "foreign"))
+    return tuple(items)
+
+
+def _vram_refusal(
+    config: StacksConfig,
+    stack: str,
+    hardware: HardwareSnapshot,
+    ledger: VramLedger,
+    always: _Budgets,
+    largest: dict[str, tuple[str, int]],
+    stackd_up: int,
+) -> Refusal:
+    """Why ``stack`` does not fit ``ledger``: each part of what it needs, and the largest member to move."""
+    total, headroom, reserve = ledger.total_mib, ledger.headroom_mib, ledger.reserve_mib
     parts = [f"{n} {gib(mib)} always-on" for n, mib in always]
     for group, (name, mib) in largest.items():
         grouped = group != name
         parts.append(f"{group} swap group {gib(mib)} ({name})" if grouped else f"{name} {gib(mib)} on-demand")
-    if foreign > configured_reserve:
+    # The reserve exceeds the configured one only when foreign processes hold more.
+    if reserve > round(config.gpu.reserve_gb * MIB_PER_GIB):
         reserve_text = f"{gib(reserve)} held by other processes{_process_list(hardware, config, stackd_up)}"
     else:
         reserve_text = f"{gib(reserve)} reserve"
@@ -103,7 +141,7 @@ def vram_ledger(
         f"{stack} needs {gib(total - headroom)} of VRAM ({', '.join(parts)}) but GPU {ledger.device} "
         f"({ledger.gpu_name}) has {gib(total)}: {gib(-headroom)} short; {_FIX_VRAM}"
     )
-    return ledger, [Refusal("vram", message, biggest)]
+    return Refusal("vram", message, biggest)
 
 
 def ram_ledger(
