@@ -8,8 +8,8 @@ the request's, the request's over the slice's default.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
 
 from stackd.config.slices import SliceRouting, Template
 from stackd.router.types import ChatRequest
@@ -23,7 +23,10 @@ def template_of(routing: SliceRouting, slice_name: str) -> Template | None:
 
 
 def system_text(
-    routing: SliceRouting, slice_name: str, schema: dict[str, Any] | None, tools: list[Any] | None
+    routing: SliceRouting,
+    slice_name: str,
+    schema: Mapping[str, object] | None,
+    tools: Sequence[object] | None,
 ) -> str | None:
     parts: list[str] = []
     template = template_of(routing, slice_name)
@@ -44,8 +47,8 @@ def slice_request(
     routing: SliceRouting,
     slice_name: str,
     chat: ChatRequest,
-    schema: dict[str, Any] | None = None,
-    tools: list[Any] | None = None,
+    schema: Mapping[str, object] | None = None,
+    tools: Sequence[object] | None = None,
     pinned_temperature: float | None = None,
 ) -> ChatRequest:
     messages = list(chat.messages)
