@@ -45,6 +45,49 @@ def _message_text(body: dict[str, object]) -> str:
     return " ".join(p for p in (system if isinstance(system, str) else "", prompt_text(body)) if p)
 
 
+def _invalid_request(body: object) -> str | None:
+    """Why a Messages body is refused with 400, as the real API words it; None when it is valid."""
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        return "model: Field required"
+    if not isinstance(body.get("messages"), list):
+        return "messages: Field required"
+    if not isinstance(body.get("max_tokens"), int):
+        return "max_tokens: Field required"
+    return None
+
+
+def _stream_events(message_id: str, model: str, answer: str, tokens: int, input_tokens: int) -> list[bytes]:
+    """The SSE events of one streamed answer, in the order the real API sends them."""
+    start: dict[str, object] = {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+    }
+    block = {"type": "text", "text": ""}
+    events = [
+        _event("message_start", {"type": "message_start", "message": start}),
+        _event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block}),
+        _event("ping", {"type": "ping"}),
+    ]
+    for piece in split_answer(answer, tokens):
+        delta = {"type": "text_delta", "text": piece}
+        events.append(
+            _event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+        )
+    end = {"stop_reason": "end_turn", "stop_sequence": None}
+    events += [
+        _event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        _event("message_delta", {"type": "message_delta", "delta": end, "usage": {"output_tokens": tokens}}),
+        _event("message_stop", {"type": "message_stop"}),
+    ]
+    return events
+
+
 class AnthropicSim(SimServer):
     """Anthropic Messages API. ``models`` are listed by ``/v1/models``; any model name is served."""
 
@@ -86,12 +129,10 @@ class AnthropicSim(SimServer):
         if "anthropic-version" not in request.headers:
             return anthropic_error(400, "anthropic-version: header is required")
         body = self.body_of(request)
-        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-            return anthropic_error(400, "model: Field required")
-        if not isinstance(body.get("messages"), list):
-            return anthropic_error(400, "messages: Field required")
-        if not isinstance(body.get("max_tokens"), int):
-            return anthropic_error(400, "max_tokens: Field required")
+        refusal = _invalid_request(body)
+        if refusal is not None:
+            return anthropic_error(400, refusal)
+        assert isinstance(body, dict)
         message_id = f"msg_sim{self.next_serial():08d}"
         model = body["model"]
         control = self.control
@@ -110,45 +151,6 @@ class AnthropicSim(SimServer):
             }
             return await self.send_body(request, json.dumps(message).encode())
         stream = await self.open_stream(request, "text/event-stream")
-        start = {
-            "id": message_id,
-            "type": "message",
-            "role": "assistant",
-            "model": model,
-            "content": [],
-            "stop_reason": None,
-            "stop_sequence": None,
-            "usage": {"input_tokens": input_tokens, "output_tokens": 1},
-        }
-        await stream.send(_event("message_start", {"type": "message_start", "message": start}))
-        await stream.send(
-            _event(
-                "content_block_start",
-                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-            )
-        )
-        await stream.send(_event("ping", {"type": "ping"}))
-        for piece in split_answer(control.answer, tokens):
-            await stream.send(
-                _event(
-                    "content_block_delta",
-                    {
-                        "type": "content_block_delta",
-                        "index": 0,
-                        "delta": {"type": "text_delta", "text": piece},
-                    },
-                )
-            )
-        await stream.send(_event("content_block_stop", {"type": "content_block_stop", "index": 0}))
-        await stream.send(
-            _event(
-                "message_delta",
-                {
-                    "type": "message_delta",
-                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                    "usage": {"output_tokens": tokens},
-                },
-            )
-        )
-        await stream.send(_event("message_stop", {"type": "message_stop"}))
+        for event in _stream_events(message_id, model, control.answer, tokens, input_tokens):
+            await stream.send(event)
         return stream.response
