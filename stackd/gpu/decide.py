@@ -188,15 +188,9 @@ def decide_lease(
     up = {n for n, m in config.models.items() if is_gpu(m) and is_up(n, m, observed)}
     # Every resident model of the group counts, member of the active stack or not: it holds VRAM.
     rivals = sorted(n for n in up if n != model and swap_group(n, config.models[n]) == group)
-    held = sorted((le for le in leases if le.model in rivals), key=lambda le: le.expires_at)
-    if held:
-        last = held[-1]
-        message = (
-            f"{model} cannot start: {last.model} holds the {group} swap group under lease {last.id} "
-            f"until {wall_time(last.expires_at)}; release it (stackd lease "
-            f"release {last.id}) or wait for it to end"
-        )
-        return _refused(model, "held", message, tuple(held), _retry_after(held, now))
+    held = _held_by_rival(model, group, rivals, leases, now)
+    if held is not None:
+        return held
     start = _start_step(model, spec)
     if model in up or room is None:
         return LeaseDecision(model, (*(_stop_step(n, config.models[n]) for n in rivals), start))
@@ -204,28 +198,60 @@ def decide_lease(
     def budget(name: str) -> int:
         return budget_mib(name, config.models[name], observed)
 
-    always = [
-        n
-        for n in config.stacks[active_stack].member_names
-        if is_gpu(config.models[n]) and config.models[n].lifecycle == Lifecycle.always_on
-    ]
+    always = _always_on_gpu(config, active_stack)
     # A leased member holds its room even while it restarts: the lease promised it residency.
     others = (set(always) | up | (leased & set(config.models))) - {model, *rivals}
     held_back = max(room.reserve_mib, room.foreign_mib)
     free = room.total_mib - held_back - sum(budget(n) for n in others)
     need = budget(model)
-    candidates = [
-        Candidate(n, budget(n), (last_used or {}).get(n))
-        for n in sorted(others & up)
-        if n not in leased
-        and config.models[n].lifecycle == Lifecycle.on_demand
-        and _stoppable(config.models[n])
-    ]
+    candidates = _eviction_candidates(config, others & up, leased, budget, last_used)
     chosen = cheapest_eviction(candidates, need - free)
     if chosen is not None:
         stops = [_stop_step(n, config.models[n]) for n in [*rivals, *(c.model for c in chosen)]]
         return LeaseDecision(model, (*stops, start))
     return _no_fit(config, model, need, free, room, candidates, leases, others, budget, always, now)
+
+
+def _held_by_rival(
+    model: str, group: str, rivals: list[str], leases: list[Lease], now: float | None
+) -> LeaseDecision | None:
+    """The wait when a live lease holds a rival of ``model``'s swap group (the latest to end is named)."""
+    held = sorted((le for le in leases if le.model in rivals), key=lambda le: le.expires_at)
+    if not held:
+        return None
+    last = held[-1]
+    message = (
+        f"{model} cannot start: {last.model} holds the {group} swap group under lease {last.id} "
+        f"until {wall_time(last.expires_at)}; release it (stackd lease "
+        f"release {last.id}) or wait for it to end"
+    )
+    return _refused(model, "held", message, tuple(held), _retry_after(held, now))
+
+
+def _always_on_gpu(config: StacksConfig, stack: str) -> list[str]:
+    """The always-on GPU members of ``stack``: they keep their room whatever is leased."""
+    return [
+        n
+        for n in config.stacks[stack].member_names
+        if is_gpu(config.models[n]) and config.models[n].lifecycle == Lifecycle.always_on
+    ]
+
+
+def _eviction_candidates(
+    config: StacksConfig,
+    resident: set[str],
+    leased: set[str],
+    budget: Callable[[str], int],
+    last_used: Mapping[str, float] | None,
+) -> list[Candidate]:
+    """The resident members a lease may stop to make room: on demand, stoppable, not leased."""
+    return [
+        Candidate(n, budget(n), (last_used or {}).get(n))
+        for n in sorted(resident)
+        if n not in leased
+        and config.models[n].lifecycle == Lifecycle.on_demand
+        and _stoppable(config.models[n])
+    ]
 
 
 def _no_fit(
