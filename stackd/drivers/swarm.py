@@ -57,6 +57,29 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 
+def _new_failure(
+    view: MemberView, old_failures: frozenset[str], name: str, service: str
+) -> DriverFailed | None:
+    """The start's failure when a task of this start (not one from before it) was rejected by its
+    node or failed and none runs: Swarm's verb, the node and the task's error."""
+    task = view.task
+    failed = [t for t in view.failed if t.id not in old_failures]
+    if not failed or (task is not None and task.state == "running"):
+        return None
+    node = view.nodes.get(failed[-1].node_id or "")
+    where = f" on node {node.hostname}" if node is not None else ""
+    return DriverFailed(
+        f"Swarm {failed[-1].state} the task of service '{service}' (model '{name}'){where}: {failed[-1].error}",
+        model=name,
+        container=service,
+    )
+
+
+def _task_reason(task: TaskView) -> str:
+    """Why a task that does not run yet is not ready, in Swarm's words."""
+    return f"task is {task.state}" + (f" ({task.error or task.message})" if task.message else "")
+
+
 class SwarmServiceDriver:
     """``ContainerDriver`` over a Swarm manager. Only services named by ``docker.container`` are touched."""
 
@@ -151,32 +174,13 @@ class SwarmServiceDriver:
             view = (await self._call(f"read service '{service}'", self._views, {name: model}))[0]
             task = view.task
             now = self._clock()
-            failed = [t for t in view.failed if t.id not in old_failures]
-            if failed and (task is None or task.state != "running"):
-                node = view.nodes.get(failed[-1].node_id or "")
-                where = f" on node {node.hostname}" if node is not None else ""
-                raise DriverFailed(
-                    f"Swarm {failed[-1].state} the task of service '{service}' (model '{name}')"
-                    f"{where}: {failed[-1].error}",
-                    model=name,
-                    container=service,
-                )
+            failure = _new_failure(view, old_failures, name, service)
+            if failure is not None:
+                raise failure
             if task is not None and task.state == "pending" and task.error:
                 pending_since = now if pending_since is None else pending_since
                 if now - pending_since >= placement.pending_s:
-                    holders = await self._call("list tasks", self._gpu_holders)
-                    held = (
-                        f"; {'; '.join(holders)}"
-                        if holders and "insufficient resources" in task.error
-                        else ""
-                    )
-                    raise DriverFailed(
-                        f"Swarm cannot place service '{service}' (model '{name}'): {task.error}"
-                        f"{_wants(model, self._cluster)}{held}; free what holds it or change docker.swarm",
-                        model=name,
-                        container=service,
-                        swarm_error=task.error,
-                    )
+                    raise await self._unplaceable(name, model, service, task.error)
             else:
                 pending_since = None
             if task is not None and task.state == "running" and view.endpoint is not None:
@@ -187,9 +191,7 @@ class SwarmServiceDriver:
                 except DriverUnavailable as exc:
                     reason = exc.message
             elif task is not None:
-                reason = f"task is {task.state}" + (
-                    f" ({task.error or task.message})" if task.message else ""
-                )
+                reason = _task_reason(task)
             if now - start >= timeout_s:
                 raise DriverFailed(
                     f"service '{service}' of model '{name}' was not ready within {timeout_s:g} s: {reason}",
@@ -197,6 +199,19 @@ class SwarmServiceDriver:
                     container=service,
                 )
             await self._sleep(POLL_S)
+
+    async def _unplaceable(self, name: str, model: Model, service: str, error: str) -> DriverFailed:
+        """The start's failure when Swarm has not placed its task for ``swarm.pending_s``: Swarm's
+        reason, what the member wants and, when resources are short, the tasks holding GPUs."""
+        holders = await self._call("list tasks", self._gpu_holders)
+        held = f"; {'; '.join(holders)}" if holders and "insufficient resources" in error else ""
+        return DriverFailed(
+            f"Swarm cannot place service '{service}' (model '{name}'): {error}"
+            f"{_wants(model, self._cluster)}{held}; free what holds it or change docker.swarm",
+            model=name,
+            container=service,
+            swarm_error=error,
+        )
 
     # ---- synchronous engine calls (worker thread only)
 
