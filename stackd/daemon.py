@@ -168,7 +168,7 @@ def _build_engines(base: _Base, config: StacksConfig, gpu_journal: GpuJournal) -
     from stackd.state.processes import ProcessTable
 
     settings, endpoints = base.settings, base.endpoints
-    health = HttpHealthChecker(endpoints=endpoints)
+    health = HttpHealthChecker(ollama_url=config.ollama.url, endpoints=endpoints)  # as the Ollama driver
     processes = LocalProcessDriver(
         settings.state_dir,
         ProcessTable(settings.db_path),
