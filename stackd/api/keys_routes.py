@@ -15,8 +15,9 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from stackd.api.json_route import JsonBodyRoute
-from stackd.api.keyring import Keyring, KeySpec
+from stackd.api.keyring import NAME, Keyring, KeySpec
 from stackd.api.limits import KeyMeter
+from stackd.api.scopes import Scope
 from stackd.state.audit import AuditLog
 from stackd.state.keys import KeyStore, spend_by_key
 
@@ -26,8 +27,8 @@ class KeyCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(min_length=1, max_length=40, description="The key's name (a-z 0-9 . _ -).")
-    scopes: list[str] = Field(min_length=1, description="Some of gateway, read, operator, admin.")
+    name: str = Field(pattern=NAME.pattern, description="The key's name (1-40 of a-z 0-9 . _ -).")
+    scopes: list[Scope] = Field(min_length=1, description="Some of gateway, read, operator, admin.")
     models: list[str] = Field(default_factory=list, description="Models/roles it may call; empty: all.")
     rpm: int | None = Field(None, ge=1, description="Requests a minute.")
     daily_tokens: int | None = Field(None, ge=1, description="Tokens a day (UTC).")
@@ -37,7 +38,7 @@ class KeyCreate(BaseModel):
     def to_spec(self) -> KeySpec:
         return KeySpec(
             self.name,
-            tuple(self.scopes),
+            tuple(scope.value for scope in self.scopes),
             tuple(self.models),
             self.rpm,
             self.daily_tokens,

@@ -74,6 +74,11 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("delete", "/leases/{lease_id}"): (404,),
     ("post", "/config/reload"): (409, 422),
     ("get", "/members/{name}/logs"): (404, 503),
+    ("post", "/members/{name}/restart"): (404, 409),
+    ("post", "/members/{name}/stop"): (404, 409),
+    ("post", "/keys"): (409,),
+    ("delete", "/keys/{name}"): (404,),
+    ("post", "/keys/{name}/rotate"): (404,),
 }
 ACCEPTED = {("post", "/model-stacks/switch"): "With `wait: false`: the switch runs; follow it by its id."}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import APIRouter, Depends
@@ -11,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from stackd.api.answers import DryRunAnswer, StackAnswer, StacksAnswer, SwitchAnswer, documented
 from stackd.api.json_route import JsonBodyRoute
-from stackd.config.schedules import hold_seconds
+from stackd.config.schedules import HOLD_PATTERN, hold_seconds
 from stackd.planner.views import model_json, plan_json, stack_json
 from stackd.services import Services
 
@@ -49,8 +50,9 @@ class SwitchRequest(BaseModel):
     wait: bool = Field(True, description="Answer when the switch has finished (false: answer 202 at once).")
     hold: str | None = Field(
         None,
-        description="How long the day policy keeps this stack: a duration (2h, 90m, 3600) or "
-        "'until-next' (the default for a manual switch: until the next schedule window begins).",
+        json_schema_extra={"pattern": HOLD_PATTERN},  # checked below, with the words of the fix
+        description="How long the day policy keeps this stack: a duration within 7 days (2h, 90m, "
+        "3600) or 'until-next' (the default for a manual switch: until the next schedule window begins).",
     )
 
     @field_validator("hold")
@@ -58,6 +60,11 @@ class SwitchRequest(BaseModel):
     def _hold(cls, value: str | None) -> str | None:
         if value is not None:
             hold_seconds(value)  # raises with the fix
+            if not re.match(HOLD_PATTERN, value):
+                raise ValueError(
+                    "write a hold in the largest unit that fits: at most 5 digits of seconds, 4 of "
+                    "minutes, 2 of hours, or 1-7 days (3600, 90m, 36h, 5d), or 'until-next'"
+                )
         return value
 
 

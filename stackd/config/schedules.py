@@ -191,6 +191,11 @@ class IdleRule(_Frozen):
 _HOLD = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)?$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 UNTIL_NEXT = "until-next"
+# The holds an API caller may write, in JSON Schema's words: a positive number whose size keeps it
+# within the 7 days a hold may last, in seconds (up to 5 digits), minutes (4), hours (2) or days
+# (1-7), or until-next. ``hold_seconds`` reads the same forms.
+_POSITIVE = r"(?:[1-9]\d{0,%d}(?:\.\d+)?|0\.\d*[1-9]\d*)"
+HOLD_PATTERN = rf"^(?:{UNTIL_NEXT}|{_POSITIVE % 4}s?|{_POSITIVE % 3}m|{_POSITIVE % 1}h|[1-7]d)$"
 
 
 def hold_seconds(text: str) -> float | None:

@@ -78,9 +78,10 @@ def percentile(values: list[float], share: float) -> float:
 def usage_series(samples: Iterable[Sample], now: float, window_s: float, bucket_s: float) -> UsageSeries:
     if bucket_s <= 0 or window_s <= 0:
         raise SeriesRefused(f"window_s and bucket_s must be positive (got {window_s} and {bucket_s})")
-    count = math.ceil(window_s / bucket_s)
-    if count > MAX_BUCKETS:
-        raise SeriesRefused(f"{count} buckets asked ({window_s} s in {bucket_s} s); at most {MAX_BUCKETS}")
+    # At most MAX_BUCKETS: a finer bucket than the window allows is widened (the answer's
+    # bucket_s says which was used), as a chart asks for its width, not for a refusal.
+    bucket_s = max(bucket_s, window_s / MAX_BUCKETS)
+    count = min(math.ceil(window_s / bucket_s), MAX_BUCKETS)
     start = now - count * bucket_s
     cells: dict[str, list[_Bucket]] = {}
     for ts, backend, requests, failures, ms_sum, ms_count, tokens in samples:

@@ -33,6 +33,7 @@ from stackd.api.app import create_app
 from stackd.router import ReasonRouter
 from stackd.settings import Settings
 from stackd.sim.openai import OpenAISim
+from stackd.state.keys import KeyStore
 from tests.integration.test_reason_tools import tools_config
 from tests.unit.test_manager_world import close_all, make_world
 
@@ -67,7 +68,9 @@ class ThreadedDaemon:
             await manager.recover()
             router = ReasonRouter(config, manager.live_roles)
             settings = Settings(host=self.host, state_dir=self.state_dir / "state")
-            services = world.services(manager, settings, TOKEN, router=router)
+            # as the daemon has it: a key table (POST /keys is part of the document)
+            keys = KeyStore(self.state_dir / "keys.db")
+            services = world.services(manager, settings, TOKEN, router=router, keys=keys)
             app = create_app(services, load_config=lambda: config)
             sock = socket.socket()
             sock.bind(("127.0.0.1", 0))

@@ -230,11 +230,13 @@ def test_series_bucket_calls_failures_rates_and_percentiles_per_backend() -> Non
     assert s["calls"][:-2] == [0] * 58 and s["p50_ms"][0] is None  # a gap, not a zero
 
 
-def test_percentile_is_nearest_rank_and_a_series_of_too_many_buckets_is_refused() -> None:
+def test_percentile_is_nearest_rank_and_a_series_of_too_many_buckets_is_widened() -> None:
     values = [float(v) for v in range(1, 101)]
     assert (percentile(values, 0.5), percentile(values, 0.95), percentile([7.0], 0.95)) == (50.0, 95.0, 7.0)
-    with pytest.raises(SeriesRefused, match="at most 1440"):
-        usage_series([], 0.0, window_s=86400, bucket_s=1)
+    wide = usage_series([], 86400.0, window_s=86400, bucket_s=1)
+    assert (wide["buckets"], wide["bucket_s"]) == (1440, 60.0)  # a day in 1 s buckets: 60 s ones
+    with pytest.raises(SeriesRefused, match="must be positive"):
+        usage_series([], 0.0, window_s=0, bucket_s=1)
 
 
 def test_the_store_hands_the_series_one_sample_per_row_since_a_time(tmp_path: Path) -> None:
