@@ -19,15 +19,13 @@ class ErrorAnswer(BaseModel):
     """stackd's error: the kind, a sentence a person can act on, and what the kind adds (a 422
     lists ``problems``, a 503 its ``attempts``, a 404 the ``valid`` names)."""
 
-    model_config = ConfigDict(extra="allow", title="Error")
+    model_config = ConfigDict(title="Error")
 
     error: str = Field(description="The kind: NotFound, Conflict, Unauthorized, InvalidRequest, ...")
     message: str
 
 
 class OpenAIErrorDetail(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
     message: str
     type: str = Field(description="invalid_request_error, authentication_error or server_error.")
     param: str | None
@@ -51,8 +49,6 @@ class TokenUsage(BaseModel):
 
 class Attempt(BaseModel):
     """One strategy of the chain: what it did and why."""
-
-    model_config = ConfigDict(extra="allow")
 
     strategy: str
     backend: str | None
@@ -166,8 +162,6 @@ class ToolDone(BaseModel):
 
 
 class ToolStreamErrorDetail(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
     message: str
 
 
