@@ -13,6 +13,7 @@ fixture's, or one a developer runs by hand) is its daemon's business.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import time
@@ -71,3 +72,18 @@ def no_engine_left_behind() -> Iterator[None]:
             os.killpg(os.getpgid(pid), signal.SIGKILL)
     if left:
         pytest.fail(f"engine processes left behind: {', '.join(f'{m} (pid {p})' for p, m in left)}")
+
+
+# uvicorn's own logging set-up (a test or a module fixture that runs uvicorn without
+# ``log_config=None``) leaves its loggers with handlers of their own and ``propagate = False``: a
+# later test in the same worker that reads the log through the root logger, as the daemon's
+# handlers do, would see no uvicorn line at all. Each test starts with them as the daemon has them.
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+
+
+@pytest.fixture(autouse=True)
+def uvicorn_loggers_as_the_daemon_has_them() -> None:
+    for name in UVICORN_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.NOTSET)
+        logger.propagate, logger.disabled, logger.handlers = True, False, []

@@ -16,6 +16,27 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 STACKD = [sys.executable, "-m", "stackd.cli"]
+# One stack of one remote member (a simulator's URL in {url}): a daemon that starts in a second,
+# for the tests of what surrounds a call (keys, durability), not of the engines.
+SOLO_REMOTE_CONFIG = """
+default_stack: solo
+roles:
+  orchestrator: {{required: true}}
+models:
+  local:
+    runtime: remote
+    placement: cloud
+    api: openai
+    endpoint: {url}/v1
+    remote: {{}}
+stacks:
+  solo:
+    roles: {{orchestrator: local}}
+reason:
+  strategies:
+    local: {{role: orchestrator}}
+  default_chain: [local]
+"""
 
 
 def free_port() -> int:

@@ -16,27 +16,8 @@ from pathlib import Path
 import httpx
 
 from stackd.sim import OpenAISim
-from tests.e2e.conftest import Daemon, start_daemon, stop_daemon
+from tests.e2e.conftest import SOLO_REMOTE_CONFIG, Daemon, start_daemon, stop_daemon
 
-CONFIG = """
-default_stack: solo
-roles:
-  orchestrator: {{required: true}}
-models:
-  local:
-    runtime: remote
-    placement: cloud
-    api: openai
-    endpoint: {url}/v1
-    remote: {{}}
-stacks:
-  solo:
-    roles: {{orchestrator: local}}
-reason:
-  strategies:
-    local: {{role: orchestrator}}
-  default_chain: [local]
-"""
 CHAT = {"model": "orchestrator", "messages": [{"role": "user", "content": "say hi"}]}
 
 
@@ -60,7 +41,7 @@ def listed(daemon: Daemon, key: str) -> list[str]:
 
 def start(tmp_path: Path, sim_url: str) -> Daemon:
     config = tmp_path / "stacks.yaml"
-    config.write_text(CONFIG.format(url=sim_url))
+    config.write_text(SOLO_REMOTE_CONFIG.format(url=sim_url))
     return start_daemon(tmp_path, "--no-periodic", config=str(config))
 
 

@@ -19,30 +19,11 @@ from pathlib import Path
 import httpx
 
 from stackd.sim import OpenAISim
-from tests.e2e.conftest import Daemon, start_daemon
+from tests.e2e.conftest import SOLO_REMOTE_CONFIG, Daemon, start_daemon
 from tests.e2e.daemon_process import kill
 
 KILLS = 5
 CLIENTS = 4
-CONFIG = """
-default_stack: solo
-roles:
-  orchestrator: {{required: true}}
-models:
-  local:
-    runtime: remote
-    placement: cloud
-    api: openai
-    endpoint: {url}/v1
-    remote: {{}}
-stacks:
-  solo:
-    roles: {{orchestrator: local}}
-reason:
-  strategies:
-    local: {{role: orchestrator}}
-  default_chain: [local]
-"""
 
 
 class Clients:
@@ -101,7 +82,7 @@ def test_sigkills_under_load_lose_no_answered_call_from_the_usage_ledger(tmp_pat
     clients = Clients()
     with OpenAISim.start_in_thread() as sim:
         config = tmp_path / "stacks.yaml"
-        config.write_text(CONFIG.format(url=sim.url))
+        config.write_text(SOLO_REMOTE_CONFIG.format(url=sim.url))
         clients.daemon = start_daemon(tmp_path, "--no-periodic", config=str(config))
         clients.start()
         try:
