@@ -31,24 +31,26 @@ MODELS = ["m1", "m2", "m3"]
 REQUEST = ChatRequest([{"role": "user", "content": "why?"}])
 
 
+def priced_model(name: str) -> dict[str, Any]:
+    """A GPU member of the chain's tests, reached at http://NAME/v1, priced per million tokens."""
+    return {
+        "runtime": "docker",
+        "placement": "gpu",
+        "api": "openai",
+        "endpoint": f"http://{name}/v1",
+        "docker": {"container": name},
+        "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0},
+    }
+
+
 def make_config(
     first_token_s: float = 0.2, threshold: int = 3, queue: dict[str, int] | None = None
 ) -> StacksConfig:
-    def model(name: str) -> dict[str, Any]:
-        return {
-            "runtime": "docker",
-            "placement": "gpu",
-            "api": "openai",
-            "endpoint": f"http://{name}/v1",
-            "docker": {"container": name},
-            "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0},
-        }
-
     return StacksConfig.model_validate(
         {
             "default_stack": "s",
             "roles": {"orchestrator": {"required": True}},
-            "models": {name: model(name) for name in MODELS},
+            "models": {name: priced_model(name) for name in MODELS},
             "stacks": {"s": {"roles": {"orchestrator": "m3"}, "members": ["m1", "m2"]}},
             "reason": {
                 "strategies": {

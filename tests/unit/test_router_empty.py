@@ -7,7 +7,6 @@ order m1, m2, m3, as in tests/unit/test_router_chain.py.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import Any
 
 import aiohttp
 import pytest
@@ -29,6 +28,7 @@ from stackd.router.types import (
     Usage,
 )
 from tests.fake_clock import FakeClock
+from tests.unit.test_router_chain import priced_model
 
 MODELS = ["m1", "m2", "m3"]
 REQUEST = ChatRequest([{"role": "user", "content": "2+3?"}], max_tokens=1)
@@ -61,21 +61,11 @@ class PiecesBackend:
 
 
 def make_config(allow_empty: bool = False) -> StacksConfig:
-    def model(name: str) -> dict[str, Any]:
-        return {
-            "runtime": "docker",
-            "placement": "gpu",
-            "api": "openai",
-            "endpoint": f"http://{name}/v1",
-            "docker": {"container": name},
-            "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0},
-        }
-
     return StacksConfig.model_validate(
         {
             "default_stack": "s",
             "roles": {"orchestrator": {"required": True}},
-            "models": {name: model(name) for name in MODELS},
+            "models": {name: priced_model(name) for name in MODELS},
             "stacks": {"s": {"roles": {"orchestrator": "m1"}, "members": MODELS}},
             "reason": {
                 "strategies": {
