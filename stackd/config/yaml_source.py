@@ -13,15 +13,25 @@ taking the process to a ``MemoryError``: a "billion laughs" file of 342 bytes, w
 ``MAX_VALUES``, and nesting deeper than ``MAX_DEPTH`` at the line where it goes too deep.
 Every later step (the line walk, ``${VAR}`` expansion, pydantic) visits the expanded data, so
 the bound on composition bounds them all. A real config has a few thousand values at most.
+
+A document is read with libyaml's parser (C) under this module's Python composer, which keeps
+the bounds and the marks: 20 ms for the bundled config against 125 ms for the pure-Python
+parser, paid by every ``config check``, ``plan`` and daemon start (docs/benchmarks.md,
+"Start-up"). A document libyaml refuses, or that breaks a bound, is read again by the
+pure-Python parser, whose problem and line are the ones reported: the words of an error do
+not depend on whether PyYAML was built with libyaml.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TYPE_CHECKING, Any, cast
 
 import yaml
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
+from yaml.resolver import Resolver
 
 FieldPath = tuple[str | int, ...]
 
@@ -73,7 +83,15 @@ def parse_yaml(text: str) -> YamlDocument:
     may raise ``ValueError`` for a scalar the constructor rejects (an impossible date); the
     caller turns them all into problems.
     """
-    loader = _BoundedLoader(text)
+    if _FAST_LOADER is not None:
+        try:
+            return _parse_with(_FAST_LOADER(text))
+        except (yaml.YAMLError, ValueError, TypeError, RecursionError):
+            pass  # read again below: the pure-Python parser's words and marks are the ones reported
+    return _parse_with(_BoundedLoader(text))
+
+
+def _parse_with(loader: _Bounded) -> YamlDocument:
     starts: dict[int, FieldPath] = {}
     try:
         root = loader.get_single_node()
@@ -112,17 +130,22 @@ class UnreadableValue(yaml.MarkedYAMLError):
         self.path = path
 
 
-class _BoundedLoader(yaml.SafeLoader):
-    """A SafeLoader whose composer refuses, at the offending line, a document whose aliases
+class _Bounded(Composer, SafeConstructor, Resolver):
+    """A composer that refuses, at the offending line, a document whose aliases
     expand past ``MAX_VALUES`` values or whose nesting goes past ``MAX_DEPTH``.
 
     An alias is the anchored node itself, composed once, so each node's expanded size is known
     when it is composed: 1 plus its children's (aliases included, each counted in full). The
     first node over the bound is the innermost one, and composing stops there, naming the line
-    of the alias that took it over."""
+    of the alias that took it over. A subclass brings the parser (its events and marks)."""
 
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
+    if TYPE_CHECKING:  # the parser's, found after this class in a subclass's MRO
+
+        def check_event(self, *choices: Any) -> bool: ...
+        def peek_event(self) -> Any: ...
+        def dispose(self) -> None: ...
+
+    def _bound(self) -> None:
         self._depth = 0
         self._sizes: dict[int, int] = {}
         self._last_alias: yaml.Mark | None = None  # composition is in file order: it tipped the count
@@ -155,10 +178,37 @@ class _BoundedLoader(yaml.SafeLoader):
         return node
 
     def _next_mark(self) -> yaml.Mark | None:
-        """Where the next event starts. The stubs leave ``peek_event`` untyped and allow the C
-        parser's mark too; SafeLoader is the pure-Python parser, whose marks are ``yaml.Mark``."""
-        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
+        """Where the next event starts. Both parsers' marks carry ``line`` and ``index`` (libyaml's
+        is its own class, untyped in the stubs; the pure-Python parser's is ``yaml.Mark``)."""
+        event: yaml.Event = self.peek_event()
         return cast("yaml.Mark | None", event.start_mark)
+
+
+class _BoundedLoader(_Bounded, yaml.SafeLoader):
+    """The pure-Python parser under the bounded composer: yaml.SafeLoader's words and marks."""
+
+    def __init__(self, text: str) -> None:
+        yaml.SafeLoader.__init__(self, text)
+        self._bound()
+
+
+if yaml.__with_libyaml__:
+    from yaml._yaml import CParser
+
+    class _CBoundedLoader(_Bounded, CParser):
+        """libyaml's parser (its events, in C) under the bounded composer (Python, before
+        CParser's own composer in the MRO, which knows no bounds)."""
+
+        def __init__(self, text: str) -> None:
+            CParser.__init__(self, text)
+            SafeConstructor.__init__(self)
+            Resolver.__init__(self)
+            Composer.__init__(self)
+            self._bound()
+
+    _FAST_LOADER: Callable[[str], _Bounded] | None = _CBoundedLoader
+else:  # PyYAML built without libyaml: every document takes the pure-Python parser
+    _FAST_LOADER = None
 
 
 def _children(node: yaml.Node) -> Iterator[yaml.Node]:
@@ -171,7 +221,7 @@ def _children(node: yaml.Node) -> Iterator[yaml.Node]:
 
 
 def _walk(
-    loader: yaml.SafeLoader,
+    loader: _Bounded,
     node: yaml.Node,
     path: FieldPath,
     lines: dict[FieldPath, int],
