@@ -166,10 +166,11 @@ class DockerContainerDriver:
         return self._client
 
     def _find(self, container: str) -> Container | None:
+        client = self._docker()  # first: no engine raises NoEngine before the SDK is imported
         from docker.errors import NotFound  # loaded with the client
 
         try:
-            found = self._docker().containers.get(container)
+            found = client.containers.get(container)
         except NotFound:
             return None
         return found if found.name == container else None

@@ -87,7 +87,36 @@ print(json.dumps({{"at_start": at_start, "after_use": loaded(), "problems": prob
 """
 
 
-def start_path() -> dict[str, object]:
+# The daemon's whole start up to its first /healthz: the app built, then its lifespan run (the
+# first start's switch, the router, the timers) on the bundled config without fallback stacks,
+# so that the default stack's first member, a container, fails at Docker and nothing is started.
+LIFESPAN_SCRIPT = """
+import asyncio, json, re, sys, tempfile
+from pathlib import Path
+
+from stackd.daemon import build_app
+from stackd.settings import Settings
+
+LAZY = {lazy!r}
+
+state = Path(tempfile.mkdtemp())
+config = state / "no-fallbacks.yaml"
+text = Path("config/model-stacks.yaml").read_text()
+config.write_text(re.sub(r"(?m)^fallback_stacks:.*$", "fallback_stacks: []", text))
+
+
+async def start(app):
+    async with app.router.lifespan_context(app):
+        return str(app.state.services.manager.recovery)
+
+
+app = build_app(Settings(config=config, state_dir=state, gpu_scenario=Path("config/examples/gpu-rtx5090.yaml")))
+recovery = asyncio.run(start(app))
+print(json.dumps({{"loaded": sorted(m for m in LAZY if m in sys.modules), "recovery": recovery}}))
+"""
+
+
+def start_path(script: str = SCRIPT) -> dict[str, object]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STACKD_")}
     env.update(
         {
@@ -96,7 +125,7 @@ def start_path() -> dict[str, object]:
         }
     )
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT.format(lazy=LAZY)],
+        [sys.executable, "-c", script.format(lazy=LAZY)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -134,6 +163,17 @@ def test_the_daemons_start_path_imports_no_lazy_module() -> None:
         "prometheus_client",
     ):
         assert module in after
+
+
+def test_the_first_start_up_to_healthz_imports_no_lazy_module() -> None:
+    # The docker SDK was imported by the first start_container before the engine was asked for
+    # (~0.1 s of CPU on every bare machine's start, in the window before /healthz answers).
+    result = start_path(LIFESPAN_SCRIPT)
+    assert result["loaded"] == []
+    recovery = str(result["recovery"])
+    assert "first start: 'cloud-offload' could not run: start_container orchestrator-8b" in recovery
+    assert "Docker engine not reachable at unix:///nonexistent/docker.sock" in recovery
+    assert "No such file or directory" in recovery
 
 
 def test_an_absent_socket_is_no_engine_with_the_os_reason(tmp_path: Path) -> None:
