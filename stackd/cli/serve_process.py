@@ -11,6 +11,7 @@ message``, exit 1, no traceback.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -48,6 +49,7 @@ def main() -> None:
     raw = os.environ.pop(OPTIONS_ENV, None)
     if raw is None:
         sys.exit("stackd.cli.serve_process is started by `stackd serve`; run that instead")
+    gc.disable()  # the imports only allocate: stackd.daemon.run turns it on once the app is built
     from stackd.daemon import run
     from stackd.errors import StackdError
     from stackd.settings import Settings

@@ -88,13 +88,14 @@ print(json.dumps({{"at_start": at_start, "after_use": loaded(), "problems": prob
 
 
 # The daemon's whole start up to its first /healthz: the app built, then its lifespan run (the
-# first start's switch, the router, the timers) on the bundled config without fallback stacks,
-# so that the default stack's first member, a container, fails at Docker and nothing is started.
+# first start's switch, the router) on the bundled config without fallback stacks, so that the
+# default stack's first member, a container, fails at Docker and nothing is started. What can
+# wait (the periodic jobs' scheduler, the settled heap) runs once the daemon serves.
 LIFESPAN_SCRIPT = """
-import asyncio, json, re, sys, tempfile
+import asyncio, gc, json, re, sys, tempfile
 from pathlib import Path
 
-from stackd.daemon import build_app
+from stackd.daemon import ONCE_SERVING_AFTER_S, build_app
 from stackd.settings import Settings
 
 LAZY = {lazy!r}
@@ -105,14 +106,26 @@ text = Path("config/model-stacks.yaml").read_text()
 config.write_text(re.sub(r"(?m)^fallback_stacks:.*$", "fallback_stacks: []", text))
 
 
+def now():
+    services = app.state.services
+    return {{
+        "loaded": sorted(m for m in LAZY if m in sys.modules),
+        "scheduler": "apscheduler.schedulers" in sys.modules,
+        "periodic": services.periodic is not None,
+        "frozen": gc.get_freeze_count(),
+    }}
+
+
 async def start(app):
     async with app.router.lifespan_context(app):
-        return str(app.state.services.manager.recovery)
+        started = now()  # when /healthz answers
+        await asyncio.sleep(ONCE_SERVING_AFTER_S + 0.5)
+        return started, now(), str(app.state.services.manager.recovery)
 
 
 app = build_app(Settings(config=config, state_dir=state, gpu_scenario=Path("config/examples/gpu-rtx5090.yaml")))
-recovery = asyncio.run(start(app))
-print(json.dumps({{"loaded": sorted(m for m in LAZY if m in sys.modules), "recovery": recovery}}))
+started, serving, recovery = asyncio.run(start(app))
+print(json.dumps({{"started": started, "serving": serving, "recovery": recovery}}))
 """
 
 
@@ -169,7 +182,11 @@ def test_the_first_start_up_to_healthz_imports_no_lazy_module() -> None:
     # The docker SDK was imported by the first start_container before the engine was asked for
     # (~0.1 s of CPU on every bare machine's start, in the window before /healthz answers).
     result = start_path(LIFESPAN_SCRIPT)
-    assert result["loaded"] == []
+    started, serving = result["started"], result["serving"]
+    assert started == {"loaded": [], "scheduler": False, "periodic": False, "frozen": 0}
+    # Once it serves: the periodic jobs' scheduler started, the heap settled.
+    assert isinstance(serving, dict)
+    assert serving["scheduler"] and serving["periodic"] and serving["frozen"] > 10_000
     recovery = str(result["recovery"])
     assert "first start: 'cloud-offload' could not run: start_container orchestrator-8b" in recovery
     assert "Docker engine not reachable at unix:///nonexistent/docker.sock" in recovery
