@@ -50,18 +50,25 @@ class InFlight:
 
     @contextmanager
     def using(self, model: str) -> Iterator[None]:
-        self._counts[model] = self._counts.get(model, 0) + 1
+        self.begin(model)
         try:
             yield
         finally:
-            left = self._counts[model] - 1
-            if left:
-                self._counts[model] = left
-            else:
-                del self._counts[model]
-                idle = self._idle.pop(model, None)
-                if idle is not None:
-                    idle.set()
+            self.end(model)
+
+    def begin(self, model: str) -> None:
+        """A request starts on ``model`` (``end`` it in a ``finally``; ``using`` does both)."""
+        self._counts[model] = self._counts.get(model, 0) + 1
+
+    def end(self, model: str) -> None:
+        left = self._counts[model] - 1
+        if left:
+            self._counts[model] = left
+        else:
+            del self._counts[model]
+            idle = self._idle.pop(model, None)
+            if idle is not None:
+                idle.set()
 
     async def wait_idle(self, model: str, timeout_s: float) -> bool:
         """True once no request runs on ``model``; False if some still run after ``timeout_s``."""

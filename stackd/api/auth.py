@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -79,5 +79,19 @@ def admitted_guard(request: Request, _scheme: Annotated[Any, Depends(BEARER_SCHE
     """The routes' own check behind the front door's gate (``stackd.api.gate``), which decides
     every request by the scope table: a request that did not pass the gate (an app served
     without its front door) is refused. As a dependency it marks the route with the bearer scheme."""
-    if CALLER_KEY not in request.scope:
+    admitted(request.scope)
+
+
+def admitted(scope: MutableMapping[str, Any]) -> None:
+    """``admitted_guard`` on the ASGI scope alone (the raw routes build no ``Request`` for it)."""
+    if CALLER_KEY not in scope:
         raise Unauthorized("missing or wrong bearer token; send 'Authorization: Bearer TOKEN'")
+
+
+def scope_guard(guard: Callable[..., object]) -> Callable[[MutableMapping[str, Any]], None] | None:
+    """The scope-only form of one of the guards above, None for a guard that needs the request."""
+    if guard is admitted_guard:
+        return admitted
+    if guard is open_guard:
+        return lambda scope: None
+    return None

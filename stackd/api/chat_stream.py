@@ -6,9 +6,9 @@ checked by mypy where they are made. ``stackd.api.answer_models`` documents them
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from random import getrandbits
 from typing import TYPE_CHECKING, Literal, TypedDict
 
 from stackd.api.errors import error_answer
@@ -197,6 +197,12 @@ def broken_event(item: StreamBroken) -> bytes:
     return sse({"error": error})
 
 
+def completion_id() -> str:
+    """An answer's ``chatcmpl-`` id: unique, not a secret (``random``, not ``secrets``: a
+    system call on every answer bought nothing an id needs)."""
+    return f"chatcmpl-{getrandbits(96):024x}"
+
+
 async def chat_chunks(
     first: RouterStreamItem,
     items: AsyncIterator[RouterStreamItem],
@@ -207,7 +213,7 @@ async def chat_chunks(
     """OpenAI ``chat.completion.chunk`` events for the router's stream, ending with ``[DONE]``;
     ``trailer`` goes in the finish chunk as its ``stackd`` object (clients ignore the field)."""
     head: ChunkHead = {
-        "id": f"chatcmpl-{secrets.token_hex(12)}",
+        "id": completion_id(),
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": model,

@@ -52,6 +52,7 @@ from stackd.api.chat_stream import (
     WakeStream,
     chat_chunks,
     completion_body,
+    completion_id,
     first_item,
 )
 from stackd.api.keyring import Caller
@@ -148,7 +149,7 @@ def sliced_body(sliced: SlicedAnswer, model: str) -> ChatCompletion:
     """The completion of a routed call; ``stackd.slices`` says which slice served, with which
     weights and policy, and why each slice tried was left."""
     answer = routed_answer(sliced)
-    payload = completion_body(answer, model, f"chatcmpl-{secrets.token_hex(12)}", int(time.time()))
+    payload = completion_body(answer, model, completion_id(), int(time.time()))
     payload["stackd"]["slices"] = sliced.to_dict()
     return payload
 
@@ -208,7 +209,7 @@ class ChatCompletions:
             answer = await self._holds.complete(route, lambda: self._router.complete(route, request))
         else:
             answer = await self._router.complete(route, request)
-        payload = completion_body(answer, body.model, f"chatcmpl-{secrets.token_hex(12)}", int(time.time()))
+        payload = completion_body(answer, body.model, completion_id(), int(time.time()))
         if woken is not None:  # the answer says it waited for a stack to wake, and how long
             payload["stackd"]["wake"] = woken.to_dict()
         await send_bytes(send, 200, dumps(payload))

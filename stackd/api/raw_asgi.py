@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -18,8 +17,10 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 
+from stackd.api.auth import scope_guard
 from stackd.api.errors import Shape, error_answer, invalid_request_message, problem
 from stackd.errors import StackdError
+from stackd.router.json_bytes import dumps as dumps  # re-exported: the raw routes write with it
 
 Auth = Callable[[Request], object]  # the app's auth dependency: raises, or returns (an awaitable)
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -27,10 +28,7 @@ Body = TypeVar("Body", bound=BaseModel)
 JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 SSE_DONE = b"data: [DONE]\n\n"
-
-
-def dumps(value: object) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+WATCH_AFTER_S = 0.05  # a caller that leaves sooner is noticed then; later, at once
 
 
 class RequestRejected(StackdError):
@@ -89,17 +87,21 @@ async def authorize(auth: Auth, scope: Scope, receive: Receive) -> None:
 
 
 async def until_disconnect(handle: Handler, scope: Scope, receive: Receive, send: Send) -> None:
-    """Run ``handle``; when the client goes away first, cancel it at once.
+    """Run ``handle``; when the client goes away first, cancel it.
 
     Cancelling closes the backend's connection, so an engine stops generating for a caller that
     left (a disconnected SSE reader, a Ctrl-C in ``stackd reason``, a client's own timeout)
     instead of spending its single slot on an answer nobody reads. Once the request body has
-    been read, the next ASGI message can only be ``http.disconnect``: one watcher task waits for
-    it from then on and cancels this task. ``handle`` runs in this task (no second task, no
-    ``wait``/``gather``: each costs event-loop turns on the hot path)."""
+    been read, the next ASGI message can only be ``http.disconnect``: a watcher task waits for
+    it and cancels this task. The watcher starts ``WATCH_AFTER_S`` after the body was read, by
+    a timer: most gateway calls end sooner and never pay for a task (a disconnect in between
+    waits in uvicorn's queue, and the watcher reads it at once). ``handle`` runs in this task
+    (no second task, no ``wait``/``gather``: each costs event-loop turns on the hot path)."""
     this = asyncio.current_task()
     assert this is not None
-    watcher: asyncio.Future[None] | None = None
+    loop = asyncio.get_running_loop()
+    watcher: asyncio.Task[None] | None = None
+    timer: asyncio.TimerHandle | None = None
     gone = False
 
     async def client_gone() -> None:
@@ -109,11 +111,15 @@ async def until_disconnect(handle: Handler, scope: Scope, receive: Receive, send
         gone = True
         this.cancel()
 
-    async def receive_body() -> Message:
+    def watch() -> None:
         nonlocal watcher
+        watcher = loop.create_task(client_gone())
+
+    async def receive_body() -> Message:
+        nonlocal timer
         message = await receive()
-        if watcher is None and (message["type"] != "http.request" or not message.get("more_body")):
-            watcher = asyncio.ensure_future(client_gone())
+        if timer is None and (message["type"] != "http.request" or not message.get("more_body")):
+            timer = loop.call_later(WATCH_AFTER_S, watch)
         return message
 
     try:
@@ -125,6 +131,8 @@ async def until_disconnect(handle: Handler, scope: Scope, receive: Receive, send
     finally:
         # Synchronously after ``handle``: a watcher scheduled to run now is cancelled before it
         # can cancel this task.
+        if timer is not None:
+            timer.cancel()
         if watcher is not None:
             watcher.cancel()
 
@@ -135,12 +143,16 @@ class RawEndpoint:
 
     def __init__(self, auth: Auth, handle: Handler, shape: Shape) -> None:
         self._auth = auth
+        self._scope_guard = scope_guard(auth)  # the daemon's guards need no Request: none is built
         self._handle = handle
         self._shape: Shape = shape
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await authorize(self._auth, scope, receive)
+            if self._scope_guard is not None:
+                self._scope_guard(scope)
+            else:
+                await authorize(self._auth, scope, receive)
             await until_disconnect(self._handle, scope, receive, send)
         except StackdError as exc:
             answer = error_answer(exc, self._shape)

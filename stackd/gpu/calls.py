@@ -29,6 +29,10 @@ class CallLeases:
     def __init__(self, leases: LeaseCoordinator, wait_s: float = DEFAULT_WAIT_S) -> None:
         self.leases = leases
         self.wait_s = wait_s
+        # model -> whether a lease can hold it, for the (config, active stack) it was decided on:
+        # asked on every gateway call, and the config alone decides it.
+        self._leasable: dict[str, bool] = {}
+        self._leasable_of: tuple[object, str | None] = (None, None)
 
     def model_of(self, route: Route) -> str | None:
         """The on-demand GPU member the route tries first, when a lease can hold it; else None."""
@@ -36,7 +40,13 @@ class CallLeases:
         if first is None:
             return None
         manager = self.leases.manager
-        return first if config_refusal(manager.config, manager.active_stack, first) is None else None
+        config, stack = manager.config, manager.active_stack
+        if self._leasable_of[0] is not config or self._leasable_of[1] != stack:
+            self._leasable, self._leasable_of = {}, (config, stack)
+        leasable = self._leasable.get(first)
+        if leasable is None:
+            leasable = self._leasable[first] = config_refusal(config, stack, first) is None
+        return first if leasable else None
 
     async def _acquire(self, model: str) -> Lease:
         # The lease outlives the longest call the router allows; a release ends it sooner.

@@ -58,6 +58,7 @@ LATENCY_BUCKETS_MS: tuple[float, ...] = (
     60000,
 )
 NO_BACKEND = "-"
+NO_FAILURES: dict[str, int] = dict.fromkeys(FailureKind, 0)  # copied: iterating the enum is slow
 
 
 @dataclass(slots=True)
@@ -85,7 +86,7 @@ class Tally:
     requests: int = 0  # attempts sent to the backend (skips excluded)
     answered: int = 0
     skipped: int = 0
-    failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FailureKind, 0))
+    failures: dict[str, int] = field(default_factory=lambda: NO_FAILURES.copy())
     first_token: LatencyTally = field(default_factory=LatencyTally)
     total: LatencyTally = field(default_factory=LatencyTally)
     prompt_tokens: int = 0  # the known figures (reported or estimated)

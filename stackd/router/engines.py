@@ -75,6 +75,17 @@ class EngineGate:
         """A failure its engine's death would cause, on a model that has an engine."""
         return model is not None and kind in ENGINE_DIED and self.status(model) is not None
 
+    def must_wait(self, target: Target, after: int | None = None) -> bool:
+        """Whether ``settled`` has anything to wait for (no I/O): a call whose engine serves, or
+        that has none, does not create the async generator (nor pay its event-loop hooks)."""
+        engines, model = self._engines, target.model
+        if engines is None or model is None or target.skip is not None:
+            return False
+        status = engines.engine_status(model)
+        if status is None or status.phase == "down":
+            return False
+        return not (status.phase == "serving" and (after is None or status.generation != after))
+
     async def settled(
         self, config: StacksConfig, target: Target, after: int | None = None
     ) -> AsyncIterator[EngineWaiting]:
@@ -82,12 +93,10 @@ class EngineGate:
         yielding an ``EngineWaiting`` every ``WAITING_EVERY_S``. ``after``: the generation a call
         just failed on; the wait then also covers an exit the driver has not handled yet."""
         engines, model = self._engines, target.model
-        if engines is None or model is None or target.skip is not None:
+        if engines is None or model is None or not self.must_wait(target, after):
             return
         status = engines.engine_status(model)
-        if status is None or status.phase == "down":
-            return
-        if status.phase == "serving" and (after is None or status.generation != after):
+        if status is None:  # gone between the two looks: nothing to wait for
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + restart_wait_s(config, model)

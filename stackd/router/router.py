@@ -53,6 +53,7 @@ from stackd.router.types import (
 from stackd.router.verdicts import Admitted, escaped, failed, finished
 from stackd.state.usage import UsageStore
 
+MAX_CACHED_ROUTES = 1024  # names are the callers' (reason:effort=N, preset:slice): bounded
 BackendFactory = Callable[[str, aiohttp.ClientSession], Backend | None]
 
 
@@ -113,6 +114,10 @@ class ReasonRouter:
         self.accounting = Accounting()
         self.recent = RecentCalls()  # the last calls and their attempts (the status page)
         self._ledger = UsageLedger(usage, clock) if usage else None
+        # gateway model name -> its route, for the (config, role table) they were resolved on:
+        # a route is a pure function of the two, and both are swapped whole, never mutated.
+        self._gateway_routes: dict[str, routes.Route] = {}
+        self._routes_of: tuple[StacksConfig, RoleTable] | None = None
 
     @property
     def config(self) -> StacksConfig:
@@ -177,7 +182,18 @@ class ReasonRouter:
         return routes.preset_route(self.config, self.snapshot(), preset, slice_name)
 
     def gateway_route(self, model: str) -> routes.Route:
-        return routes.gateway_route(self.config, self.snapshot(), model)
+        """The route of a gateway ``model`` name, resolved once per (config, role table)."""
+        config, table = self.config, self.snapshot()
+        known = self._routes_of
+        if known is None or known[0] is not config or known[1] is not table:
+            self._gateway_routes = {}
+            self._routes_of = (config, table)
+        route = self._gateway_routes.get(model)
+        if route is None:
+            route = routes.gateway_route(config, table, model)  # an unknown name raises: not kept
+            if len(self._gateway_routes) < MAX_CACHED_ROUTES:
+                self._gateway_routes[model] = route
+        return route
 
     def gateway_models(self) -> list[str]:
         return routes.gateway_model_names(self.config, self.snapshot())
@@ -190,8 +206,9 @@ class ReasonRouter:
         limit_s = min(timeouts.first_token_s, timeouts.total_s)
         tries = Tries(route.targets)
         for target in tries:
-            async for _ in self._gate.settled(self.config, target):
-                pass
+            if self._gate.must_wait(target):
+                async for _ in self._gate.settled(self.config, target):
+                    pass
             generation = self._gate.generation(target.model) if target.model else None
             attempt = self._admit(target, log, request)
             if attempt is None:
@@ -209,9 +226,10 @@ class ReasonRouter:
         self, attempt: Admitted, request: ChatRequest, limit_s: float
     ) -> Answer | None:
         """One admitted target's whole answer and its verdict; None when it failed or was skipped."""
+        in_flight = self._roles.in_flight
+        in_flight.begin(attempt.model)  # begin/end, not ``using``: this runs on every call
         try:
-            with self._roles.in_flight.using(attempt.model):
-                completion = await self._complete_one(attempt.target, attempt.backend, request, limit_s)
+            completion = await self._complete_one(attempt.target, attempt.backend, request, limit_s)
         except LocalQueueFull as exc:
             attempt.circuit.abandon()
             attempt.log.skipped(attempt.target, str(exc))
@@ -230,6 +248,8 @@ class ReasonRouter:
             if self._ledger is not None:  # a caller that left: what was tried is still counted
                 self._ledger.submit(attempt.log.rows())
             raise
+        finally:
+            in_flight.end(attempt.model)
         return finished(attempt, completion, None, request)
 
     async def _complete_one(
@@ -255,8 +275,9 @@ class ReasonRouter:
         try:
             tries = Tries(route.targets)
             for target in tries:
-                async for waiting in self._gate.settled(self.config, target):
-                    yield waiting
+                if self._gate.must_wait(target):
+                    async for waiting in self._gate.settled(self.config, target):
+                        yield waiting
                 generation = self._gate.generation(target.model) if target.model else None
                 attempt = self._admit(target, log, request)
                 if attempt is None:

@@ -32,6 +32,7 @@ import aiohttp
 from aiohttp import http_exceptions
 
 from stackd.config.models import Model
+from stackd.router.json_bytes import dumps, loads
 from stackd.logs.request_id import HEADER as REQUEST_ID_HEADER
 from stackd.logs.request_id import upstream_id
 from stackd.router.redaction import Redactor, split_userinfo
@@ -152,7 +153,7 @@ def token_count(value: object) -> int | None:
 
 def decode_json(raw: bytes, what: str, wire: Wire) -> Any:
     try:
-        return json.loads(raw)
+        return loads(raw)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; [[[[… recurses
         raise BackendError(FailureKind.malformed, f"{what} is not JSON: {wire.text(raw)!r}") from None
 
@@ -188,7 +189,7 @@ async def post(
     head = False
     try:
         async with session.post(
-            wire.url, data=json.dumps(payload), headers=headers, allow_redirects=False
+            wire.url, data=dumps(payload), headers=headers, allow_redirects=False
         ) as resp:
             head = True
             if resp.status >= 300:
