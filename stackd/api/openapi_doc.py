@@ -29,21 +29,6 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from stackd.api.answer_models import (
-    CHAT_EVENTS,
-    CHAT_STREAM,
-    TOOL_EVENTS,
-    TOOL_STREAM,
-    ChatCompletion,
-    ErrorAnswer,
-    ModelList,
-    OpenAIError,
-    ToolAnswer,
-    sse_content,
-)
-from stackd.api.gateway import ChatCompletionBody
-from stackd.api.tool_args import DeepReasoningArgs, InvokeModelArgs, ReasonArgs
-
 REF = "#/components/schemas/{model}"
 BEARER = {
     "type": "http",
@@ -107,54 +92,73 @@ ONE_OF_PROMPT_OR_MESSAGES: dict[str, object] = {
     ]
 }
 TOOL_ERRORS = (404, 413, 422, 502, 503, 504)
-RAW_OPERATIONS = (
-    RawOperation("get", "/v1/models", "List the gateway's models", None, ModelList, OpenAIError, ()),
-    RawOperation(
-        "post",
-        "/v1/chat/completions",
-        "OpenAI chat completion through the active stack",
-        ChatCompletionBody,
-        ChatCompletion,
-        OpenAIError,
-        (404, 413, 422, 502, 503),
-        CHAT_STREAM,
+
+
+def raw_operations() -> tuple[RawOperation, ...]:
+    """The raw ASGI routes as the document shows them. Their answers' models only describe, and
+    the document is made at its first request: they are imported here, not at the daemon's start."""
+    from stackd.api.answer_models import (
         CHAT_EVENTS,
-    ),
-    RawOperation(
-        "post",
-        "/tools/reason",
-        "Reason about a problem with the effort's chain",
-        ReasonArgs,
-        ToolAnswer,
-        ErrorAnswer,
-        TOOL_ERRORS,
-        TOOL_STREAM,
+        CHAT_STREAM,
         TOOL_EVENTS,
-    ),
-    RawOperation(
-        "post",
-        "/tools/invoke_model",
-        "Call a model preset directly",
-        InvokeModelArgs,
-        ToolAnswer,
-        ErrorAnswer,
-        TOOL_ERRORS,
         TOOL_STREAM,
-        TOOL_EVENTS,
-        ONE_OF_PROMPT_OR_MESSAGES,
-    ),
-    RawOperation(
-        "post",
-        "/tools/deep_reasoning",
-        "Reason with the strongest strategy first",
-        DeepReasoningArgs,
-        ToolAnswer,
+        ChatCompletion,
         ErrorAnswer,
-        TOOL_ERRORS,
-        TOOL_STREAM,
-        TOOL_EVENTS,
-    ),
-)
+        ModelList,
+        OpenAIError,
+        ToolAnswer,
+    )
+    from stackd.api.gateway import ChatCompletionBody
+    from stackd.api.tool_args import DeepReasoningArgs, InvokeModelArgs, ReasonArgs
+
+    return (
+        RawOperation("get", "/v1/models", "List the gateway's models", None, ModelList, OpenAIError, ()),
+        RawOperation(
+            "post",
+            "/v1/chat/completions",
+            "OpenAI chat completion through the active stack",
+            ChatCompletionBody,
+            ChatCompletion,
+            OpenAIError,
+            (404, 413, 422, 502, 503),
+            CHAT_STREAM,
+            CHAT_EVENTS,
+        ),
+        RawOperation(
+            "post",
+            "/tools/reason",
+            "Reason about a problem with the effort's chain",
+            ReasonArgs,
+            ToolAnswer,
+            ErrorAnswer,
+            TOOL_ERRORS,
+            TOOL_STREAM,
+            TOOL_EVENTS,
+        ),
+        RawOperation(
+            "post",
+            "/tools/invoke_model",
+            "Call a model preset directly",
+            InvokeModelArgs,
+            ToolAnswer,
+            ErrorAnswer,
+            TOOL_ERRORS,
+            TOOL_STREAM,
+            TOOL_EVENTS,
+            ONE_OF_PROMPT_OR_MESSAGES,
+        ),
+        RawOperation(
+            "post",
+            "/tools/deep_reasoning",
+            "Reason with the strongest strategy first",
+            DeepReasoningArgs,
+            ToolAnswer,
+            ErrorAnswer,
+            TOOL_ERRORS,
+            TOOL_STREAM,
+            TOOL_EVENTS,
+        ),
+    )
 
 
 def component_schemas(models: Iterable[tuple[type[BaseModel], str]]) -> dict[str, object]:
@@ -176,6 +180,8 @@ def openapi_document(app: FastAPI, raw: Iterable[RawOperation]) -> dict[str, Any
 
     An operation FastAPI marks with the ``bearer`` scheme (its guard is ``bearer_guard``) gets
     its 401; on a loopback bind the reads have no guard, hence no 401."""
+    from stackd.api.answer_models import ErrorAnswer, OpenAIError
+
     raw = tuple(raw)
     doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
@@ -210,6 +216,8 @@ def openapi_document(app: FastAPI, raw: Iterable[RawOperation]) -> dict[str, Any
 
 def raw_operation(op: RawOperation) -> dict[str, object]:
     """The operation of a raw ASGI route, which FastAPI does not see: always behind the token."""
+    from stackd.api.answer_models import sse_content
+
     content: dict[str, object] = {
         "application/json": {"schema": {"$ref": REF.format(model=op.answer.__name__)}},
         **(sse_content(op.stream, op.events) if op.stream else {}),
@@ -253,7 +261,7 @@ def install_openapi(app: FastAPI, read: Callable[..., None], data_paths: bool) -
 
     def document() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = openapi_document(app, RAW_OPERATIONS if data_paths else ())
+            app.openapi_schema = openapi_document(app, raw_operations() if data_paths else ())
         return app.openapi_schema
 
     app.openapi = document  # type: ignore[method-assign]

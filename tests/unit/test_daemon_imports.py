@@ -43,6 +43,7 @@ LAZY = (
     "rich",
     "gguf",
     "prometheus_client",
+    "stackd.api.answer_models",  # the OpenAPI document's, made at its first request
 )
 
 SCRIPT = """
