@@ -3,7 +3,8 @@
     python bench/startup_parts.py [--runs 5]
 
 Each part is timed with ``time.process_time`` after its own setup (what the daemon has imported
-by then), so that a part's figure is its own. The parts are the ones issue 25's start-up work
+by then), so that a part's figure is its own; bytecode is written to a private
+``PYTHONPYCACHEPREFIX`` (as ``bench/startup.py`` does) and one warm-up run precedes the runs. The parts are the ones issue 25's start-up work
 moved out of the window before ``/healthz`` (docs/benchmarks.md, "Start-up"), and the ones left
 in it that stackd does not own:
 
@@ -25,6 +26,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,9 +78,16 @@ print(spent[0] * 1000, (time.process_time() - began[0]) * 1000)
 """
 
 
-def run(code: str) -> list[float]:
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+def run(code: str, env: dict[str, str]) -> list[float]:
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
     return [float(v) for v in done.stdout.split()]
+
+
+def timed(code: str, env: dict[str, str], runs: int) -> list[list[float]]:
+    run(code, env)  # warm-up: bytecode written, page cache warm
+    return [run(code, env) for _ in range(runs)]
 
 
 def main() -> None:
@@ -87,12 +96,15 @@ def main() -> None:
     )
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
+    pycache = tempfile.TemporaryDirectory()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = pycache.name
     load_before = os.getloadavg()
     rows: dict[str, float] = {}
     for label, (setup, part) in PARTS.items():
         code = f"import time\n{setup}\nbegan = time.process_time()\n{part}\nprint((time.process_time() - began) * 1000)"
-        rows[label] = statistics.median(run(code)[0] for _ in range(args.runs))
-    collector = [run(COLLECTOR) for _ in range(args.runs)]
+        rows[label] = statistics.median(r[0] for r in timed(code, env, args.runs))
+    collector = timed(COLLECTOR, env, args.runs)
     rows["the cyclic collector while stackd.daemon is imported (default thresholds)"] = statistics.median(
         c[0] for c in collector
     )
