@@ -118,12 +118,11 @@ def stop_daemon(daemon: Daemon) -> None:
         daemon.proc.wait(5)
 
 
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Daemon]:
+def readme_daemon(tmp: Path) -> Iterator[Daemon]:
     """The README's daemon: bundled config, the scripted RTX 5090, no periodic jobs. It starts on
     the default stack: with no engine for it, that first switch fails and is reported, never fatal."""
     d = start_daemon(
-        tmp_path,
+        tmp,
         "--gpu-scenario",
         "config/examples/gpu-rtx5090.yaml",
         "--no-periodic",
@@ -132,5 +131,19 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
             "OLLAMA_HOST": f"http://127.0.0.1:{free_port()}",
         },
     )
-    yield d
-    stop_daemon(d)
+    try:
+        yield d
+    finally:
+        stop_daemon(d)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    yield from readme_daemon(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One README daemon for a module whose tests only read it, dry-run or make a switch that
+    fails and rolls back (issue 25: a daemon start costs seconds on a loaded machine)."""
+    yield from readme_daemon(tmp_path_factory.mktemp("daemon"))

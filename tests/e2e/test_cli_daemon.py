@@ -7,7 +7,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.conftest import ROOT, Daemon, run_cli
+
+
+@pytest.fixture(scope="module")
+def daemon(module_daemon: Daemon) -> Daemon:
+    """One daemon for the module (issue 25): every test here reads it or dry-runs a switch; the
+    last one's real switch fails (no Docker engine) and rolls back."""
+    return module_daemon
 
 
 def newcomer_env(daemon: Daemon, tmp_path: Path) -> dict[str, str]:

@@ -130,7 +130,10 @@ def test_reason_answers_with_the_real_model_and_names_the_process_member(bare_da
     assert all(status == "skipped" for _, backend, status in tried if backend != "smollm2-135m")
 
 
-def test_ten_switches_between_process_stacks_change_the_pid_and_no_probe_fails(bare_daemon: Daemon) -> None:
+def test_four_switches_between_process_stacks_change_the_pid_and_no_probe_fails(bare_daemon: Daemon) -> None:
+    """Each way twice (there and back, then again: a stack switched to a second time starts a new
+    engine too) under a caller that never stops; four, not ten (issue 25): each switch loads
+    the model anew, and the six more only repeated the same two checks."""
     headers = {"Authorization": f"Bearer {(bare_daemon.state_dir / 'token').read_text().strip()}"}
     failures: list[str] = []
     answered = [0]
@@ -160,7 +163,7 @@ def test_ten_switches_between_process_stacks_change_the_pid_and_no_probe_fails(b
     thread = threading.Thread(target=probe)
     thread.start()
     try:
-        for i in range(10):
+        for i in range(4):
             target = "embedded-long" if i % 2 == 0 else "embedded"
             r = httpx.post(
                 f"{bare_daemon.url}/model-stacks/switch", headers=headers, json={"stack": target}, timeout=180

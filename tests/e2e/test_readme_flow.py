@@ -5,8 +5,15 @@ from __future__ import annotations
 import json
 
 import httpx
+import pytest
 
 from tests.e2e.conftest import ROOT, Daemon, run_cli
+
+
+@pytest.fixture(scope="module")
+def daemon(module_daemon: Daemon) -> Daemon:
+    """One daemon for the module (issue 25): every test here reads it or dry-runs a switch."""
+    return module_daemon
 
 
 def test_lists_the_seed_stacks_and_the_embedded_ones(daemon: Daemon) -> None:
