@@ -7,7 +7,8 @@ builds it (``create_app``: the front door, the control API, the tools and the ga
 settled after start-up) under uvicorn (one worker, subprocesses), the floor (the thinnest Python
 proxy: raw ASGI + one aiohttp session) and a reference FastAPI + httpx pass-through; loads each
 with wrk (1 thread, a Lua script for the POST body) at 1 and 16 connections, and prints p50 /
-p99 / req/s, then stackd against the floor at 16 connections (p99 and req/s ratios). Failover rows: strategy 1 refuses connections
+p99 / req/s and each proxy's CPU time per request, then stackd against the floor in alternating
+pairs (req/s, p99 and CPU ratios at 16 connections, the p50 difference at 1). Failover rows: strategy 1 refuses connections
 or answers 500 on every call (circuit threshold raised so that every call pays the failover),
 and hangs (the circuit as configured: the first calls pay the first-token timeout, then the
 open circuit skips it). docs/benchmarks.md has the method and the numbers.
@@ -35,7 +36,7 @@ from fastapi import FastAPI, Request, Response
 
 PYTHON = sys.executable
 ROOT = Path(__file__).resolve().parents[1]
-ROW = "{label:48} {conns:5} p50 {p50_ms:8.3f} ms  p99 {p99_ms:8.3f} ms  {rps:9.0f} req/s"
+ROW = "{label:48} {conns:5} p50 {p50_ms:8.3f} ms  p99 {p99_ms:8.3f} ms  {rps:9.0f} req/s  CPU {cpu_us:5.0f} us/req"
 BODY = {
     "model": "reason",
     "messages": [{"role": "user", "content": "Why is the sky blue?"}],
@@ -214,6 +215,9 @@ def wait_listening(port: int, timeout_s: float = 20.0) -> None:
     raise RuntimeError(f"nothing listens on {port} after {timeout_s} s")
 
 
+SERVER_PIDS: dict[str, int] = {}  # base URL -> the server's pid: its CPU time per request is read
+
+
 def start(stack: ExitStack, args: list[str], port: int) -> str:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
@@ -221,7 +225,14 @@ def start(stack: ExitStack, args: list[str], port: int) -> str:
     )
     stack.callback(stop_process, proc)
     wait_listening(port)
+    SERVER_PIDS[f"http://127.0.0.1:{port}"] = proc.pid
     return f"http://127.0.0.1:{port}"
+
+
+def cpu_ticks(pid: int) -> int:
+    """User + system CPU of ``pid`` (all its threads), in clock ticks (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
@@ -249,6 +260,21 @@ UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
 def wrk(url: str, body: dict[str, Any], connections: int, duration_s: int) -> dict[str, float]:
+    """p50, p99, req/s, and ``cpu_us``: the proxy's CPU time per answered request (user + system,
+    all threads; nan for a server this harness did not start): unlike req/s, it hardly moves
+    with what else runs on the machine."""
+    pid = SERVER_PIDS.get(url.split("/v1/")[0].split("/tools/")[0])
+    before = cpu_ticks(pid) if pid else 0
+    result = run_wrk(url, body, connections, duration_s)
+    requests = result.pop("requests")
+    if pid and requests:
+        result["cpu_us"] = (cpu_ticks(pid) - before) / os.sysconf("SC_CLK_TCK") / requests * 1e6
+    else:
+        result["cpu_us"] = float("nan")
+    return result
+
+
+def run_wrk(url: str, body: dict[str, Any], connections: int, duration_s: int) -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
         script.write(f'wrk.headers["Authorization"] = "Bearer {TOKEN}"\n')
@@ -266,10 +292,16 @@ def wrk(url: str, body: dict[str, Any], connections: int, duration_s: int) -> di
         return float(match.group(1)) * UNITS[match.group(2)] if match else float("nan")
 
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    done = re.search(r"(\d+) requests in", out)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         raise RuntimeError(f"{url}: {errors.group(1)} error answers\n{out}")
-    return {"p50_ms": latency("50"), "p99_ms": latency("99"), "rps": float(rps.group(1)) if rps else 0.0}
+    return {
+        "p50_ms": latency("50"),
+        "p99_ms": latency("99"),
+        "rps": float(rps.group(1)) if rps else 0.0,
+        "requests": float(done.group(1)) if done else 0.0,
+    }
 
 
 async def hang_costs(url: str, calls: int) -> dict[str, float]:
@@ -344,24 +376,30 @@ async def ollama_data_path(url: str, duration_s: float) -> dict[str, dict[str, f
 
 
 def against_the_floor(floor: str, stackd: str, pairs: int, duration_s: int) -> dict[str, Any]:
-    """stackd's p99 and req/s over the floor's at 16 connections: ``pairs`` runs of each, alternated
-    (floor, stackd, floor, …) so both see the same neighbours; the median of the per-pair ratios."""
+    """stackd against the floor: ``pairs`` runs of each at 16 connections and at 1, alternated
+    (floor, stackd, floor, …) so both see the same neighbours; the median of the per-pair ratios
+    (req/s, p99 and CPU per request at c=16) and differences (p50 at c=1)."""
     runs = []
     for _ in range(pairs):
-        pair = {}
-        for name, url in (("floor", floor), ("stackd", stackd)):
-            wrk(url, BODY, 16, 1)
-            pair[name] = wrk(url, BODY, 16, duration_s)
+        pair: dict[str, dict[str, float]] = {}
+        for connections in (16, 1):
+            for name, url in (("floor", floor), ("stackd", stackd)):
+                wrk(url, BODY, connections, 1)
+                pair[f"{name}@{connections}"] = wrk(url, BODY, connections, duration_s)
         runs.append(pair)
+        f16, s16, f1, s1 = pair["floor@16"], pair["stackd@16"], pair["floor@1"], pair["stackd@1"]
         print(
-            f"{'pair: floor / stackd':48} c=16  p99 {pair['floor']['p99_ms']:.3f} / {pair['stackd']['p99_ms']:.3f} ms"
-            f"  {pair['floor']['rps']:.0f} / {pair['stackd']['rps']:.0f} req/s",
+            f"{'pair: floor / stackd':48} c=16  p99 {f16['p99_ms']:.3f} / {s16['p99_ms']:.3f} ms"
+            f"  {f16['rps']:.0f} / {s16['rps']:.0f} req/s  CPU {f16['cpu_us']:.0f} / {s16['cpu_us']:.0f} us/req"
+            f";  c=1 p50 {f1['p50_ms']:.3f} / {s1['p50_ms']:.3f} ms",
             flush=True,
         )
     return {
         "runs": runs,
-        "p99_ratio": statistics.median(r["stackd"]["p99_ms"] / r["floor"]["p99_ms"] for r in runs),
-        "rps_ratio": statistics.median(r["stackd"]["rps"] / r["floor"]["rps"] for r in runs),
+        "p99_ratio": statistics.median(r["stackd@16"]["p99_ms"] / r["floor@16"]["p99_ms"] for r in runs),
+        "rps_ratio": statistics.median(r["stackd@16"]["rps"] / r["floor@16"]["rps"] for r in runs),
+        "cpu_ratio": statistics.median(r["floor@16"]["cpu_us"] / r["stackd@16"]["cpu_us"] for r in runs),
+        "p50_c1_over_ms": statistics.median(r["stackd@1"]["p50_ms"] - r["floor@1"]["p50_ms"] for r in runs),
     }
 
 
@@ -370,7 +408,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--out", type=Path, help="also write the results as JSON")
     parser.add_argument(
-        "--pairs", type=int, default=3, help="alternating floor/stackd runs at c=16 for the ratios"
+        "--pairs", type=int, default=3, help="alternating floor/stackd runs (c=16 and c=1) for the ratios"
     )
     args = parser.parse_args(argv)
     streaming = {**BODY, "stream": True}
@@ -413,15 +451,24 @@ def main(argv: list[str]) -> None:
         ollama_port = free_port()
         ollama_url = start(stack, ["-c", OLLAMA_SIM.format(port=ollama_port)], ollama_port)
         for label, result in asyncio.run(ollama_data_path(ollama_url, args.duration)).items():
-            print(ROW.format(label=f"/api/chat via {label}", conns="c=16", p99_ms=float("nan"), **result))
+            print(
+                ROW.format(
+                    label=f"/api/chat via {label}",
+                    conns="c=16",
+                    p99_ms=float("nan"),
+                    cpu_us=float("nan"),
+                    **result,
+                )
+            )
         print(
             f"{'failover: strategy 1 hangs (first_token_s 1)':48} {hang['slow_calls']} calls paid "
             f"{hang['slow_ms_each']:.0f} ms each, then p50 {hang['then_p50_ms']:.3f} ms (circuit open)"
         )
     print(
-        f"stackd against the floor at c=16, {args.pairs} alternating pairs (median; targets p99 <= 3x, "
-        f"req/s >= 0.6x): p99 {against['p99_ratio']:.2f}x, req/s {against['rps_ratio']:.2f}x; "
-        f"load average {os.getloadavg()[0]:.1f}"
+        f"stackd against the floor, {args.pairs} alternating pairs (medians; targets: req/s >= 0.7x, "
+        f"p99 <= 3x, c=1 p50 <= floor + 0.15 ms): req/s {against['rps_ratio']:.2f}x, p99 "
+        f"{against['p99_ratio']:.2f}x, c=1 p50 floor + {against['p50_c1_over_ms']:.3f} ms; CPU per request: "
+        f"floor's / stackd's {against['cpu_ratio']:.2f}x; load average {os.getloadavg()[0]:.1f}"
     )
     if args.out:
         args.out.write_text(json.dumps({"rows": rows, "hang": hang, "against_floor": against}, indent=2))

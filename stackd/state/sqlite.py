@@ -12,6 +12,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+BUSY_TIMEOUT_MS = 5000  # how long a writer waits for another connection's write lock
+
 
 def open_writer(path: Path | str, schema: str, *, durable: bool = True) -> sqlite3.Connection:
     """A connection that writes (autocommit: each statement or ``BEGIN`` block is a transaction),
@@ -23,7 +25,7 @@ def open_writer(path: Path | str, schema: str, *, durable: bool = True) -> sqlit
     # checkpoints: a committed row survives the process's death (SIGKILL), not a power cut.
     # SQLite's compiled default is FULL, so NORMAL is asked for, not assumed.
     db.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
-    db.execute("PRAGMA busy_timeout=5000")
+    db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     db.executescript(schema)
     return db
 

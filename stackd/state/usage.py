@@ -10,13 +10,14 @@ by an older stackd (one per second and pair) have no request id. ``summary(since
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
-from stackd.state.sqlite import add_missing_columns, open_reader, open_writer
+from stackd.state.sqlite import BUSY_TIMEOUT_MS, add_missing_columns, open_reader, open_writer
 
 # The router's failure kinds (stackd.router.types.FailureKind; a unit test keeps them equal).
 FAILURE_KINDS = ("refused", "timeout", "http_5xx", "http_4xx", "malformed", "stream_cut", "empty")
@@ -94,45 +95,61 @@ class UsageStore:
     def __init__(self, db_path: Path) -> None:
         self._lock = threading.Lock()
         self._db = open_writer(db_path, _SCHEMA, durable=False)
+        self._db.execute("PRAGMA wal_autocheckpoint=0")  # never in a commit: ``checkpoint`` does it
         add_missing_columns(self._db, "usage", _ADDED_COLUMNS)
         self._read_lock = threading.Lock()
         self._reader = open_reader(db_path)
 
     def write(self, ts: float, usage: Sequence[UsageRow]) -> None:
         """One transaction with one row per ``UsageRow``, stamped ``ts`` (epoch seconds)."""
-        rows = [
-            (
-                ts,
-                r.strategy,
-                r.backend,
-                r.requests,
-                r.answered,
-                r.skipped,
-                *(r.failures.get(k, 0) for k in FAILURE_KINDS),
-                r.first_token_ms_sum,
-                r.first_token_count,
-                r.total_ms_sum,
-                r.total_count,
-                r.prompt_tokens,
-                r.completion_tokens,
-                r.cost_usd,
-                r.tokens_estimated,
-                r.tokens_unknown,
-                r.request_id,
-            )
-            for r in usage
-        ]
+        rows = _values(ts, usage)
         if not rows:
             return
-        marks = ", ".join("?" * len(rows[0]))
         with self._lock:
-            self._db.execute("BEGIN")
+            self._db.execute("BEGIN IMMEDIATE")
+            self._insert(rows)
+
+    def write_now(self, ts: float, usage: Sequence[UsageRow]) -> bool:
+        """``write``, on the condition that nothing makes it wait: the store's lock is free and
+        SQLite's write lock is taken at once (no busy wait). False, with nothing written, when it
+        would have waited: the caller then writes through ``write`` in a thread. The WAL is
+        never checkpointed here (``checkpoint`` does it): what remains is a small append to the
+        WAL file, which the event loop may afford (docs/benchmarks.md)."""
+        rows = _values(ts, usage)
+        if not rows:
+            return True
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            self._db.execute("PRAGMA busy_timeout=0")
             try:
-                self._db.executemany(f"INSERT INTO usage ({_COLUMNS}) VALUES ({marks})", rows)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:  # another connection writes: "database is locked"
+                return False
+            finally:
+                self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            self._insert(rows)
+            return True
+        finally:
+            self._lock.release()
+
+    def checkpoint(self) -> tuple[int, int]:
+        """Move the WAL's pages into the database (PASSIVE: it waits for no reader), in the
+        caller's thread: the writer's own commits never do it (``wal_autocheckpoint=0``).
+        The WAL's frames, and how many of them are now in the database."""
+        with self._lock:
+            _busy, frames, moved = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return int(frames), int(moved)
+
+    def _insert(self, rows: list[tuple[object, ...]]) -> None:
+        """Inside the transaction the caller began (holding ``_lock``): insert and commit."""
+        marks = ", ".join("?" * len(rows[0]))
+        try:
+            self._db.executemany(f"INSERT INTO usage ({_COLUMNS}) VALUES ({marks})", rows)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def strategy_tokens(self, prefix: str, since: float) -> dict[str, int]:
         """Tokens counted per strategy whose name starts with ``prefix`` since ``since``: the
@@ -200,6 +217,32 @@ class UsageSummary(TypedDict):
     cost_usd: float
     first_ts: float
     last_ts: float
+
+
+def _values(ts: float, usage: Sequence[UsageRow]) -> list[tuple[object, ...]]:
+    """The table's row of each ``UsageRow``, stamped ``ts``."""
+    return [
+        (
+            ts,
+            r.strategy,
+            r.backend,
+            r.requests,
+            r.answered,
+            r.skipped,
+            *(r.failures.get(k, 0) for k in FAILURE_KINDS),
+            r.first_token_ms_sum,
+            r.first_token_count,
+            r.total_ms_sum,
+            r.total_count,
+            r.prompt_tokens,
+            r.completion_tokens,
+            r.cost_usd,
+            r.tokens_estimated,
+            r.tokens_unknown,
+            r.request_id,
+        )
+        for r in usage
+    ]
 
 
 def _summary_row(row: Sequence[Any]) -> UsageSummary:  # a SQLite row: its types are the query's

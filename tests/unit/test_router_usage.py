@@ -4,6 +4,7 @@ exposed to Prometheus."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -13,7 +14,7 @@ from stackd.router.accounting import Accounting, Tally, usage_rows
 from stackd.router.circuit import CircuitState
 from stackd.router.ledger import UsageLedger
 from stackd.router.types import FailureKind, Usage
-from stackd.state.usage import FAILURE_KINDS, UsageStore
+from stackd.state.usage import FAILURE_KINDS, UsageRow, UsageStore
 from tests.fake_clock import FakeClock
 
 
@@ -60,7 +61,36 @@ def read_ids(tmp_path: Path) -> list[tuple[str, str]]:
         return db.execute("SELECT request_id, strategy FROM usage").fetchall()
 
 
-async def test_concurrent_calls_share_commits_and_each_returns_only_once_written(tmp_path: Path) -> None:
+def one_call(accounting: Accounting, n: int) -> list[UsageRow]:
+    tallies: dict[tuple[str, str], Tally] = {}
+    accounting.record("local", "m", "answered", None, 1.0, 2.0, Usage(1, 1), call=tallies)
+    return usage_rows(tallies, f"call-{n}")
+
+
+async def test_a_call_with_nothing_to_wait_for_is_committed_on_the_loop_before_it_returns(
+    tmp_path: Path,
+) -> None:
+    store = UsageStore(tmp_path / "stackd.db")
+    ledger = UsageLedger(store, lambda: 1_700_000_000.0)
+    accounting = Accounting()
+
+    async def call(n: int) -> None:
+        await ledger.commit(one_call(accounting, n))
+        assert (f"call-{n}", "local") in read_ids(tmp_path)
+
+    await asyncio.gather(*(call(n) for n in range(50)))
+    assert ledger._task is None  # no writer task, no thread: each commit was made there and then
+    await ledger.commit([])  # nothing to write: returns at once
+    await ledger.aclose()
+    assert store.summary()[0]["answered"] == 50
+    await store.aclose()
+
+
+async def test_calls_behind_another_writer_share_commits_and_each_returns_only_once_written(
+    tmp_path: Path,
+) -> None:
+    """Another connection holds SQLite's write lock: no call writes on the event loop (it would
+    wait), each waits for the writer thread, whose transactions take every call waiting."""
     store = UsageStore(tmp_path / "stackd.db")
     transactions = 0
 
@@ -71,19 +101,42 @@ async def test_concurrent_calls_share_commits_and_each_returns_only_once_written
 
     ledger = UsageLedger(store, clock)
     accounting = Accounting()
+    blocker = sqlite3.connect(tmp_path / "stackd.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        released = True
+        blocker.execute("COMMIT")
+
+    asyncio.get_running_loop().call_later(0.3, release)  # runs: the loop never waits on SQLite
 
     async def call(n: int) -> None:
-        tallies: dict[tuple[str, str], Tally] = {}
-        accounting.record("local", "m", "answered", None, 1.0, 2.0, Usage(1, 1), call=tallies)
-        await ledger.commit(usage_rows(tallies, f"call-{n}"))
+        await ledger.commit(one_call(accounting, n))
+        assert released
         assert (f"call-{n}", "local") in read_ids(tmp_path)
 
     await asyncio.gather(*(call(n) for n in range(50)))
-    await ledger.commit([])  # nothing to write: returns at once
     await ledger.aclose()
+    blocker.close()
     assert 1 <= transactions < 50  # grouped: fewer transactions than calls
     assert store.summary()[0]["answered"] == 50
     await store.aclose()
+
+
+def test_commits_never_checkpoint_the_checkpoint_does(tmp_path: Path) -> None:
+    """Past SQLite's automatic checkpoint (1,000 WAL pages) no commit has checkpointed (one on
+    the event loop would stall every call); ``checkpoint``, run in the ledger's thread, does."""
+    store = UsageStore(tmp_path / "stackd.db")
+    accounting = Accounting()
+    for n in range(1_100):
+        assert store.write_now(1_700_000_000.0, one_call(accounting, n))
+    frames, moved = store.checkpoint()
+    assert frames > 1_000  # all still in the WAL: nothing checkpointed them on the way
+    assert moved == frames
+    assert len(read_ids(tmp_path)) == 1_100
+    store.close()
 
 
 class FakeRouter:
