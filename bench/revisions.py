@@ -36,6 +36,7 @@ def base_server(stack: ExitStack, worktree: Path, sim: str, backup: str) -> str:
     )
     stack.callback(g.stop_process, proc)
     g.wait_listening(port)
+    g.SERVER_PIDS[f"http://127.0.0.1:{port}"] = proc.pid  # its CPU time per request is read
     return f"http://127.0.0.1:{port}"
 
 
@@ -81,7 +82,7 @@ def main(argv: list[str]) -> None:
         med: dict[str, dict[str, Any]] = {
             name: {
                 k: statistics.median(r[k] for r in results[(name, connections)])
-                for k in ("p50_ms", "p99_ms", "rps")
+                for k in ("p50_ms", "p99_ms", "rps", "cpu_us")
             }
             for name in ("base", "this")
         }
@@ -89,7 +90,7 @@ def main(argv: list[str]) -> None:
         print(
             f"c={connections} medians, base / this: p50 {b['p50_ms']:.2f} / {t['p50_ms']:.2f} ms, "
             f"p99 {b['p99_ms']:.2f} / {t['p99_ms']:.2f} ms, {b['rps']:.0f} / {t['rps']:.0f} req/s "
-            f"({t['rps'] / b['rps']:.2f}x)"
+            f"({t['rps'] / b['rps']:.2f}x), CPU {b['cpu_us']:.0f} / {t['cpu_us']:.0f} us/req"
         )
 
 

@@ -99,6 +99,11 @@ class UsageStore:
         add_missing_columns(self._db, "usage", _ADDED_COLUMNS)
         self._read_lock = threading.Lock()
         self._reader = open_reader(db_path)
+        # Checkpoints on a connection of their own: a PASSIVE one runs beside the writer's
+        # commits instead of holding the writer's lock for its copy and fsync.
+        self._checkpoint_lock = threading.Lock()
+        self._checkpointer = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
+        self._checkpointer.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     def write(self, ts: float, usage: Sequence[UsageRow]) -> None:
         """One transaction with one row per ``UsageRow``, stamped ``ts`` (epoch seconds)."""
@@ -137,8 +142,8 @@ class UsageStore:
         """Move the WAL's pages into the database (PASSIVE: it waits for no reader), in the
         caller's thread: the writer's own commits never do it (``wal_autocheckpoint=0``).
         The WAL's frames, and how many of them are now in the database."""
-        with self._lock:
-            _busy, frames, moved = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        with self._checkpoint_lock:
+            _busy, frames, moved = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         return int(frames), int(moved)
 
     def _insert(self, rows: list[tuple[object, ...]]) -> None:
@@ -191,6 +196,8 @@ class UsageStore:
     def close(self) -> None:
         with self._read_lock:
             self._reader.close()
+        with self._checkpoint_lock:
+            self._checkpointer.close()
         with self._lock:
             self._db.close()
 
