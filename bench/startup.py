@@ -1,6 +1,6 @@
 """Start-up: daemon start to ``/healthz``, ``stackd config check`` and ``stackd plan``, wall and CPU time.
 
-    python bench/startup.py [--runs 10] [--out results.json]
+    python bench/startup.py [--runs 10] [--out results.json] [--base REV]
 
 1. **daemon → /healthz**: ``stackd serve`` (the venv's console script, as a person runs it) on the
    bundled config with the scripted RTX 5090 (``--gpu-scenario``), no Docker and no Ollama reachable,
@@ -25,6 +25,10 @@ CPU for ~150 modules, measured with cProfile under load).
 The CPU time of the short commands comes from ``wait4``'s rusage. On a shared machine the wall
 times move with the load (printed before and after); the CPU time moves much less, and the fastest
 wall time is the nearest to an idle machine's.
+
+``--base REV`` times revision REV too (checked out in a temporary git worktree, run from it with
+``PYTHONPATH`` on it): each case runs base, this, this, base, … so that both meet the same
+neighbours, and each row is printed for both (read the difference, not the absolute numbers).
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,12 +78,16 @@ def healthz_answers(port: int) -> bool:
         return False
 
 
-def environment(tmp: Path) -> dict[str, str]:
+def environment(tmp: Path, root: Path = ROOT) -> dict[str, str]:
+    """``root``: the checkout whose stackd runs (another one's is found first through
+    ``PYTHONPATH``; ``python -m`` also puts the working directory, ``root``, first)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STACKD_")}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    if root != ROOT:
+        env["PYTHONPATH"] = str(root)
     env.update(
         {
-            "PYTHONPYCACHEPREFIX": str(tmp / "pycache"),
+            "PYTHONPYCACHEPREFIX": str(tmp / "pycache" / root.name),
             "HOME": str(tmp),
             "DOCKER_HOST": "unix:///nonexistent/docker.sock",
             "OLLAMA_HOST": f"http://127.0.0.1:{free_port()}",
@@ -91,15 +101,15 @@ def engine_steps_s(log: str) -> float:
     return sum(float(m.group(1)) for line in log.splitlines() if (m := ENGINE_STEP.search(line)))
 
 
-def without_fallbacks(tmp: Path) -> str:
+def without_fallbacks(tmp: Path, root: Path = ROOT) -> str:
     """A copy of the bundled config whose first start tries only its default stack."""
-    text = (ROOT / CONFIG).read_text()
-    copy = tmp / "no-fallbacks.yaml"
+    text = (root / CONFIG).read_text()
+    copy = tmp / f"no-fallbacks-{root.name}.yaml"
     copy.write_text(re.sub(r"(?m)^fallback_stacks:.*$", "fallback_stacks: []", text))
     return str(copy)
 
 
-def daemon_run(tmp: Path, config: str = CONFIG) -> tuple[float, float, float]:
+def daemon_run(tmp: Path, config: str = CONFIG, root: Path = ROOT) -> tuple[float, float, float]:
     """(wall s, wall s engines excluded, CPU s) from the spawn of ``stackd serve`` to its first
     ``/healthz`` 200."""
     port = free_port()
@@ -108,7 +118,7 @@ def daemon_run(tmp: Path, config: str = CONFIG) -> tuple[float, float, float]:
     with (state / "daemon.log").open("wb") as log:
         began = time.perf_counter()
         proc = subprocess.Popen(
-            [*argv, "--gpu-scenario", SCENARIO], cwd=ROOT, env=environment(tmp), stdout=log, stderr=log
+            [*argv, "--gpu-scenario", SCENARIO], cwd=root, env=environment(tmp, root), stdout=log, stderr=log
         )
         try:
             while not healthz_answers(port):
@@ -123,10 +133,10 @@ def daemon_run(tmp: Path, config: str = CONFIG) -> tuple[float, float, float]:
     return wall, wall - engine_steps_s((state / "daemon.log").read_text()), cpu
 
 
-def command_run(argv: list[str], tmp: Path) -> tuple[float, float, float]:
+def command_run(argv: list[str], tmp: Path, root: Path = ROOT) -> tuple[float, float, float]:
     """(wall s, wall s, CPU s) of one run of a short command, which must succeed."""
     began = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=ROOT, env=environment(tmp), stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, cwd=root, env=environment(tmp, root), stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - began
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -149,46 +159,100 @@ def summary(samples: list[tuple[float, float, float]]) -> dict[str, float]:
     }
 
 
+Run = Callable[[Path, Path], tuple[float, float, float]]  # (temporary dir, checkout) -> a sample
+
+CASES: dict[str, Run] = {
+    "daemon start → /healthz, bare machine's first start (lands on embedded)": lambda tmp, root: daemon_run(
+        tmp, CONFIG, root
+    ),
+    "daemon start → /healthz, nothing to start (no fallback_stacks)": lambda tmp, root: daemon_run(
+        tmp, without_fallbacks(tmp, root), root
+    ),
+    f"stackd config check {CONFIG}": lambda tmp, root: command_run(
+        [STACKD, "config", "check", CONFIG], tmp, root
+    ),
+    f"stackd plan elastic-hybrid --gpu-scenario {SCENARIO}": lambda tmp, root: command_run(
+        [STACKD, "plan", "elastic-hybrid", "--gpu-scenario", SCENARIO], tmp, root
+    ),
+}
+
+
+@contextmanager
+def checkout(rev: str) -> Iterator[Path]:
+    """``rev`` in a temporary git worktree of this checkout, removed afterwards."""
+    with tempfile.TemporaryDirectory() as name:
+        path = Path(name) / f"base-{rev}"
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(path), rev], cwd=ROOT, check=True, capture_output=True
+        )
+        try:
+            yield path
+        finally:
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", str(path)],
+                cwd=ROOT,
+                check=False,
+                capture_output=True,
+            )
+
+
+def interleaved(roots: list[Path], runs: int) -> Iterator[Path]:
+    """Each root ``runs`` times, in the order a, b, b, a, a, b, … (one root: a, a, …)."""
+    for i in range(runs):
+        yield from roots if i % 2 == 0 else reversed(roots)
+
+
+def measure(roots: list[Path], runs: int) -> dict[str, dict[Path, dict[str, float]]]:
+    results: dict[str, dict[Path, dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        for label, case in CASES.items():
+            samples: dict[Path, list[tuple[float, float, float]]] = {root: [] for root in roots}
+            for root in roots:
+                case(tmp, root)  # warm-up: the page cache holds the modules, as for a person's second call
+            for root in interleaved(roots, runs):
+                samples[root].append(case(tmp, root))
+            results[label] = {root: summary(got) for root, got in samples.items()}
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--base", help="a revision to time too, interleaved with this checkout")
     args = parser.parse_args()
-    cases: dict[str, Any] = {
-        "daemon start → /healthz, bare machine's first start (lands on embedded)": daemon_run,
-        "daemon start → /healthz, nothing to start (no fallback_stacks)": lambda tmp: daemon_run(
-            tmp, without_fallbacks(tmp)
-        ),
-        f"stackd config check {CONFIG}": [STACKD, "config", "check", CONFIG],
-        f"stackd plan elastic-hybrid --gpu-scenario {SCENARIO}": [
-            STACKD,
-            "plan",
-            "elastic-hybrid",
-            "--gpu-scenario",
-            SCENARIO,
-        ],
-    }
     load_before = os.getloadavg()
-    results: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory() as name:
-        tmp = Path(name)
-        for label, case in cases.items():
-            once = (lambda c=case: c(tmp)) if callable(case) else (lambda c=case: command_run(c, tmp))
-            once()  # warm-up: the page cache holds the modules, as for a person's second call
-            results[label] = summary([once() for _ in range(args.runs)])
+    if args.base:
+        with checkout(args.base) as base:
+            results = measure([base, ROOT], args.runs)
+    else:
+        results = measure([ROOT], args.runs)
     load_after = os.getloadavg()
     print(f"load average before {load_before[0]:.1f}, after {load_after[0]:.1f}; {os.cpu_count()} CPUs")
     print("wall clock: median, fastest, slowest; engines excluded: median, fastest; CPU: median, least")
-    for label, row in results.items():
-        print(
-            f"{label}\n    wall {row['wall_median_s']:.3f} {row['wall_min_s']:.3f} {row['wall_max_s']:.3f} s"
-            f"   engines excluded {row['net_median_s']:.3f} {row['net_min_s']:.3f} s"
-            f"   CPU {row['cpu_median_s']:.3f} {row['cpu_min_s']:.3f} s"
-        )
+    for label, rows in results.items():
+        print(label)
+        for root, row in rows.items():
+            name = "this" if root == ROOT else f"base {args.base}"
+            print(
+                f"    {name:>12}: wall {row['wall_median_s']:.3f} {row['wall_min_s']:.3f} {row['wall_max_s']:.3f} s"
+                f"   engines excluded {row['net_median_s']:.3f} {row['net_min_s']:.3f} s"
+                f"   CPU {row['cpu_median_s']:.3f} {row['cpu_min_s']:.3f} s"
+            )
     if args.out:
-        body = {"results": results, "load_before": load_before, "load_after": load_after}
+        body: dict[str, Any] = {
+            "results": {label: rows[ROOT] for label, rows in results.items()},
+            "load_before": load_before,
+            "load_after": load_after,
+        }
+        if args.base:
+            body["base"] = args.base
+            body["base_results"] = {
+                label: row for label, rows in results.items() for root, row in rows.items() if root != ROOT
+            }
         args.out.write_text(json.dumps(body, indent=2) + "\n")
 
 
