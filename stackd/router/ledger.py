@@ -1,8 +1,9 @@
 """Group commit of the calls' usage rows: a call is answered only once its rows are in SQLite.
 
 Each call hands its rows (one per strategy and backend it tried, stamped with its request id)
-to ``commit``. When no batch is waiting and SQLite can take the write at once, the rows are
-committed there and then, on the event loop: an append of a few hundred bytes to the WAL file
+to ``commit``. When no batch is waiting in the writer thread, the rows of the calls that
+commit in one turn of the event loop are committed together in its next turn, on the loop,
+if SQLite can take the write at once: an append of a few hundred bytes to the WAL file
 (no fsync, no checkpoint, no lock wait: ``UsageStore.write_now``), far cheaper than a thread's
 round trip, which cost a lone call ~0.2 ms (docs/benchmarks.md). Otherwise the call waits: one
 writer task takes every row waiting, writes them in one transaction in a worker thread, then
@@ -38,6 +39,7 @@ class UsageLedger:
         self._store = store
         self._clock = clock
         self._waiting: list[tuple[Sequence[UsageRow], asyncio.Future[None] | None]] = []
+        self._turn: list[tuple[Sequence[UsageRow], asyncio.Future[None] | None]] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -48,12 +50,30 @@ class UsageLedger:
         """Return once ``rows`` are committed (with whatever other calls handed in meanwhile)."""
         if not rows:
             return
-        if not self._waiting and not self._closed and self._write_now(rows):
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._hand_in(rows, future)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        if self._closed or self._waiting:  # a batch is forming in the writer thread: join it
+            self._hand_in(rows, future)
+        else:
+            # The calls that reach here in this turn of the loop commit together, in its next
+            # turn: one transaction for a burst, and at rest one for a lone call.
+            if not self._turn:
+                loop.call_soon(self._commit_turn)
+            self._turn.append((rows, future))
         # a caller that goes away (cancelled) leaves its rows in the batch: they are written
         await future
+
+    def _commit_turn(self) -> None:
+        """This turn's rows: on the event loop when SQLite takes them without waiting, else to
+        the writer thread."""
+        batch, self._turn = self._turn, []
+        if not self._waiting and self._write_now([row for rows, _ in batch for row in rows]):
+            for _, future in batch:
+                if future is not None and not future.done():  # done: its caller was cancelled
+                    future.set_result(None)
+            return
+        for rows, future in batch:
+            self._hand_in(rows, future)
 
     def submit(self, rows: Sequence[UsageRow]) -> None:
         """Hand rows in without waiting (a stream its caller closed: nothing more is answered)."""
@@ -121,6 +141,8 @@ class UsageLedger:
 
     async def aclose(self) -> None:
         """Write what is waiting and stop the writer. Idempotent."""
+        turn, self._turn = self._turn, []  # their turn has not come: the writer takes them
+        self._waiting.extend(turn)
         if self._checkpoints:
             await asyncio.gather(*self._checkpoints, return_exceptions=True)
         if self._task is not None:

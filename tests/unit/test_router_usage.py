@@ -67,22 +67,33 @@ def one_call(accounting: Accounting, n: int) -> list[UsageRow]:
     return usage_rows(tallies, f"call-{n}")
 
 
-async def test_a_call_with_nothing_to_wait_for_is_committed_on_the_loop_before_it_returns(
+async def test_calls_with_nothing_to_wait_for_commit_on_the_loop_one_transaction_per_turn(
     tmp_path: Path,
 ) -> None:
     store = UsageStore(tmp_path / "stackd.db")
-    ledger = UsageLedger(store, lambda: 1_700_000_000.0)
+    transactions = 0
+
+    def clock() -> float:  # read once per transaction, to stamp its rows
+        nonlocal transactions
+        transactions += 1
+        return 1_700_000_000.0
+
+    ledger = UsageLedger(store, clock)
     accounting = Accounting()
 
     async def call(n: int) -> None:
         await ledger.commit(one_call(accounting, n))
-        assert (f"call-{n}", "local") in read_ids(tmp_path)
+        assert (f"call-{n}", "local") in read_ids(tmp_path)  # committed when commit returns
 
-    await asyncio.gather(*(call(n) for n in range(50)))
-    assert ledger._task is None  # no writer task, no thread: each commit was made there and then
+    await asyncio.gather(*(call(n) for n in range(50)))  # all reach commit in the same turn
+    assert transactions == 1
+    for n in range(50, 53):  # one at a time: each its own
+        await call(n)
+    assert transactions == 4
+    assert ledger._task is None  # no writer task, no thread: every commit was made on the loop
     await ledger.commit([])  # nothing to write: returns at once
     await ledger.aclose()
-    assert store.summary()[0]["answered"] == 50
+    assert store.summary()[0]["answered"] == 53
     await store.aclose()
 
 

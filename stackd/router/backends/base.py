@@ -32,9 +32,9 @@ import aiohttp
 from aiohttp import http_exceptions
 
 from stackd.config.models import Model
-from stackd.router.json_bytes import dumps, loads
 from stackd.logs.request_id import HEADER as REQUEST_ID_HEADER
 from stackd.logs.request_id import upstream_id
+from stackd.router.json_bytes import dumps, loads
 from stackd.router.redaction import Redactor, split_userinfo
 from stackd.router.types import BackendError, ChatRequest, Completion, FailureKind, StreamEvent
 
