@@ -104,6 +104,11 @@ class UsageStore:
         self._checkpoint_lock = threading.Lock()
         self._checkpointer = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
         self._checkpointer.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        # The event loop's writes (``write_now``): a writer that never waits for a lock.
+        self._now_lock = threading.Lock()
+        self._now = open_writer(db_path, _SCHEMA, durable=False)
+        self._now.execute("PRAGMA busy_timeout=0")
+        self._now.execute("PRAGMA wal_autocheckpoint=0")
 
     def write(self, ts: float, usage: Sequence[UsageRow]) -> None:
         """One transaction with one row per ``UsageRow``, stamped ``ts`` (epoch seconds)."""
@@ -112,31 +117,28 @@ class UsageStore:
             return
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            self._insert(rows)
+            _insert(self._db, rows)
 
     def write_now(self, ts: float, usage: Sequence[UsageRow]) -> bool:
-        """``write``, on the condition that nothing makes it wait: the store's lock is free and
-        SQLite's write lock is taken at once (no busy wait). False, with nothing written, when it
-        would have waited: the caller then writes through ``write`` in a thread. The WAL is
-        never checkpointed here (``checkpoint`` does it): what remains is a small append to the
-        WAL file, which the event loop may afford (docs/benchmarks.md)."""
+        """``write``, on the condition that nothing makes it wait: SQLite's write lock is taken
+        at once, on a connection of its own whose busy timeout is 0. False, with nothing written,
+        when it would have waited: the caller then writes through ``write`` in a thread. The WAL
+        is never checkpointed here (``checkpoint`` does it): what remains is a small append to
+        the WAL file, which the event loop may afford (docs/benchmarks.md)."""
         rows = _values(ts, usage)
         if not rows:
             return True
-        if not self._lock.acquire(blocking=False):
+        if not self._now_lock.acquire(blocking=False):
             return False
         try:
-            self._db.execute("PRAGMA busy_timeout=0")
             try:
-                self._db.execute("BEGIN IMMEDIATE")
+                self._now.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError:  # another connection writes: "database is locked"
                 return False
-            finally:
-                self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            self._insert(rows)
+            _insert(self._now, rows)
             return True
         finally:
-            self._lock.release()
+            self._now_lock.release()
 
     def checkpoint(self) -> tuple[int, int]:
         """Move the WAL's pages into the database (PASSIVE: it waits for no reader), in the
@@ -145,16 +147,6 @@ class UsageStore:
         with self._checkpoint_lock:
             _busy, frames, moved = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         return int(frames), int(moved)
-
-    def _insert(self, rows: list[tuple[object, ...]]) -> None:
-        """Inside the transaction the caller began (holding ``_lock``): insert and commit."""
-        marks = ", ".join("?" * len(rows[0]))
-        try:
-            self._db.executemany(f"INSERT INTO usage ({_COLUMNS}) VALUES ({marks})", rows)
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     def strategy_tokens(self, prefix: str, since: float) -> dict[str, int]:
         """Tokens counted per strategy whose name starts with ``prefix`` since ``since``: the
@@ -198,6 +190,8 @@ class UsageStore:
             self._reader.close()
         with self._checkpoint_lock:
             self._checkpointer.close()
+        with self._now_lock:
+            self._now.close()
         with self._lock:
             self._db.close()
 
@@ -224,6 +218,17 @@ class UsageSummary(TypedDict):
     cost_usd: float
     first_ts: float
     last_ts: float
+
+
+def _insert(db: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
+    """Inside the transaction the caller began on ``db``: insert and commit."""
+    marks = ", ".join("?" * len(rows[0]))
+    try:
+        db.executemany(f"INSERT INTO usage ({_COLUMNS}) VALUES ({marks})", rows)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def _values(ts: float, usage: Sequence[UsageRow]) -> list[tuple[object, ...]]:
