@@ -104,10 +104,11 @@ class _Call:
 
 def openai_tool_calls(message: object) -> ToolCalls:
     """The whole ``tool_calls`` of an OpenAI answer's message (arguments kept as JSON text)."""
-    pieces = ToolCallPieces()
     calls = message.get("tool_calls") if isinstance(message, dict) else None
-    if isinstance(calls, list):
-        pieces.add([{**c, "index": i} for i, c in enumerate(calls) if isinstance(c, dict)])
+    if not calls or not isinstance(calls, list):
+        return ()  # most answers: no assembly to pay for
+    pieces = ToolCallPieces()
+    pieces.add([{**c, "index": i} for i, c in enumerate(calls) if isinstance(c, dict)])
     return pieces.calls()
 
 
