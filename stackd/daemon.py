@@ -284,8 +284,11 @@ async def _start(services: Services, router: ReasonRouter) -> None:
 
 
 def _once_serving(services: Services, router: ReasonRouter) -> None:
-    """``ONCE_SERVING_AFTER_S`` after the lifespan's start: the timers (their first runs are an
-    interval away anyway), then the settled heap, with the scheduler's objects in it."""
+    """``ONCE_SERVING_AFTER_S`` after the lifespan's start: the data path's HTTP client (aiohttp,
+    ~0.1 s: imported now, the first call does not pay it), the timers (their first runs are an
+    interval away anyway), then the settled heap, with their objects in it."""
+    import aiohttp  # noqa: F401
+
     if services.settings.periodic:
         from stackd.manager.periodic import start_periodic
 

@@ -17,18 +17,20 @@ Every probe is bounded by ``health.timeout_s`` (2 s without a section) and raise
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
-
-import aiohttp
 
 from stackd.config.models import DEFAULT_PROCESS_HEALTH_PATH, HealthCheck, Model
 from stackd.errors import DriverUnavailable, ProbeTimedOut
 from stackd.roles import LiveEndpoints
 
+if TYPE_CHECKING:  # aiohttp (~0.1 s) is imported by the first probe, not at the daemon's start
+    import aiohttp
+
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
 DEFAULT_TIMEOUT_S = HealthCheck.model_validate({}).timeout_s
 
-SessionFactory = Callable[[], aiohttp.ClientSession]
+SessionFactory = Callable[[], "aiohttp.ClientSession"]
 
 
 def health_url(model: Model, ollama_url: str = DEFAULT_OLLAMA_URL, live_endpoint: str | None = None) -> str:
@@ -58,7 +60,7 @@ class HttpHealthChecker:
 
     def __init__(
         self,
-        session_factory: SessionFactory = aiohttp.ClientSession,
+        session_factory: SessionFactory | None = None,
         ollama_url: str = DEFAULT_OLLAMA_URL,
         endpoints: LiveEndpoints | None = None,
     ) -> None:
@@ -67,12 +69,14 @@ class HttpHealthChecker:
         self._endpoints = endpoints or LiveEndpoints()
 
     async def check(self, name: str, model: Model) -> None:
+        import aiohttp
+
         url = health_url(model, self._ollama_url, self._endpoints.get(name))
         timeout_s = model.health.timeout_s if model.health else DEFAULT_TIMEOUT_S
         timeout = aiohttp.ClientTimeout(total=timeout_s)
         try:
             async with (
-                self._session_factory() as session,
+                (self._session_factory or aiohttp.ClientSession)() as session,
                 session.get(url, timeout=timeout, allow_redirects=False) as resp,
             ):
                 status = resp.status
@@ -98,6 +102,8 @@ class HttpHealthChecker:
 
 def _reason(exc: aiohttp.ClientError) -> str:
     """A short cause: the OS error of a refused connection rather than aiohttp's long repr."""
+    import aiohttp
+
     if isinstance(exc, aiohttp.ClientConnectorError):
         return exc.os_error.strerror or str(exc.os_error)
     return str(exc) or type(exc).__name__

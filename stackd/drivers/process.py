@@ -33,9 +33,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
-
-import aiohttp
+from typing import TYPE_CHECKING, Literal
 
 from stackd.config.models import Api, Model, ProcessRuntime
 from stackd.drivers import process_group as pg
@@ -61,6 +59,9 @@ from stackd.drivers.process_readiness import (
 from stackd.drivers.process_restart import backoff_s, ran_stably, restart_runtime
 from stackd.errors import DriverFailed
 from stackd.roles import LiveEndpoints
+
+if TYPE_CHECKING:  # aiohttp (~0.1 s) is imported by the first probe, not at the daemon's start
+    import aiohttp
 
 log = logging.getLogger("stackd.process")
 
@@ -379,6 +380,8 @@ class LocalProcessDriver:
         # aiohttp, which the router and the health checks load anyway: httpx would add ~4 MiB
         # to the daemon (docs/benchmarks.md, "Idle memory"). No proxy: engines are on loopback.
         if self._http is None or self._http.closed:
+            import aiohttp
+
             self._http = aiohttp.ClientSession(trust_env=False)
         return self._http
 

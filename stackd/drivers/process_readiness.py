@@ -13,15 +13,16 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Protocol
-
-import aiohttp
+from typing import TYPE_CHECKING, Protocol
 
 from stackd.config.models import DEFAULT_PROCESS_HEALTH_PATH, DEFAULT_PROCESS_START_TIMEOUT_S, Model
 from stackd.drivers import process_group as pg
 from stackd.drivers.base import EngineStatus, ProcessInfo
 from stackd.drivers.process_engine import Engine, describe_exit
 from stackd.errors import DriverFailed
+
+if TYPE_CHECKING:  # aiohttp (~0.1 s) is imported by the first probe, not at the daemon's start
+    import aiohttp
 
 Sleep = Callable[[float], Awaitable[None]]
 Failure = Callable[[str], str]  # what went wrong -> the message, with the engine's last log lines
@@ -62,6 +63,8 @@ async def wait_healthy(
     client: aiohttp.ClientSession, name: str, model: Model, engine: Engine, sleep: Sleep, failure: Failure
 ) -> float:
     """Poll the health path until 2xx; the seconds left of the start deadline (for the warm-up)."""
+    import aiohttp  # loaded with ``client``
+
     health = model.health
     path = health.path if health else DEFAULT_PROCESS_HEALTH_PATH
     timeout_s = health.start_timeout_s if health else DEFAULT_PROCESS_START_TIMEOUT_S
@@ -99,6 +102,8 @@ async def warm_up(
 ) -> None:
     """One 1-token answer before the engine counts as ready: its first is slow (10.8 s, then
     0.05 s, for SmolLM2 on llama-cpp-python at load 8), and no caller should be that one."""
+    import aiohttp  # loaded with ``client``
+
     url = f"{engine.record.endpoint.rstrip('/')}/chat/completions"
     body = {
         "model": model.request_model or name,

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from stackd.config.models import Api, Model
 from stackd.config.secrets import Secrets
 from stackd.errors import DriverUnavailable, ProbeTimedOut
+
+if TYPE_CHECKING:  # aiohttp (~0.1 s) is imported by the first probe, not at the daemon's start
+    import aiohttp
 
 ANTHROPIC_VERSION = "2023-06-01"  # the API version both the prober and the router's backend send
 _MAX_MESSAGE = 200
@@ -100,7 +102,7 @@ class HttpRemoteProber:
 
     def __init__(
         self,
-        session_factory: Callable[[], aiohttp.ClientSession] = aiohttp.ClientSession,
+        session_factory: Callable[[], aiohttp.ClientSession] | None = None,
         *,
         secrets: Secrets | None = None,
         connect_timeout_s: float = 2.0,
@@ -108,7 +110,7 @@ class HttpRemoteProber:
     ) -> None:
         self._session_factory = session_factory
         self._secrets = secrets or Secrets.environment()
-        self._timeout = aiohttp.ClientTimeout(total=total_timeout_s, connect=connect_timeout_s)
+        self._total_s, self._connect_s = total_timeout_s, connect_timeout_s
 
     def _key(self, name: str, model: Model) -> str | None:
         key = self._secrets.api_key(model)
@@ -127,10 +129,13 @@ class HttpRemoteProber:
                 f"remote model {name!r}: the endpoint has credentials in its URL and a key in "
                 "the Authorization header; keep one (drop the URL's user:password@, or api_key_env)"
             )
+        import aiohttp
+
+        timeout = aiohttp.ClientTimeout(total=self._total_s, connect=self._connect_s)
         try:
             async with (
-                self._session_factory() as session,
-                session.get(url, headers=headers, timeout=self._timeout, allow_redirects=False) as response,
+                (self._session_factory or aiohttp.ClientSession)() as session,
+                session.get(url, headers=headers, timeout=timeout, allow_redirects=False) as response,
             ):
                 status = response.status
                 body: object = None
@@ -141,7 +146,7 @@ class HttpRemoteProber:
                         body = None
         except TimeoutError as exc:
             raise ProbeTimedOut(
-                f"remote model {name!r}: {shown} did not answer within {self._timeout.total:g} s"
+                f"remote model {name!r}: {shown} did not answer within {self._total_s:g} s"
             ) from exc
         except aiohttp.ClientConnectorError as exc:
             raise DriverUnavailable(

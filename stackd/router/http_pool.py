@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from stackd.roles import InFlight
+
+if TYPE_CHECKING:  # aiohttp (~0.1 s) is imported when a session is first made
+    import aiohttp
 
 
 class HttpPool:
@@ -25,6 +27,8 @@ class HttpPool:
     def session(self, connect_s: float) -> aiohttp.ClientSession:
         """The one pooled session (created inside the running loop)."""
         if self.current is None:
+            import aiohttp
+
             self.current = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=60),
                 cookie_jar=aiohttp.DummyCookieJar(),  # callers share the pool: no cookie may cross calls

@@ -20,9 +20,7 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
-from typing import TypedDict
-
-import aiohttp
+from typing import TYPE_CHECKING, TypedDict
 
 from stackd.config.live import LiveConfig, live
 from stackd.config.models import StacksConfig
@@ -53,8 +51,11 @@ from stackd.router.types import (
 from stackd.router.verdicts import Admitted, escaped, failed, finished
 from stackd.state.usage import UsageStore
 
+if TYPE_CHECKING:  # aiohttp (~0.1 s) is imported when a session is first made
+    import aiohttp
+
 MAX_CACHED_ROUTES = 1024  # names are the callers' (reason:effort=N, preset:slice): bounded
-BackendFactory = Callable[[str, aiohttp.ClientSession], Backend | None]
+BackendFactory = Callable[[str, "aiohttp.ClientSession"], Backend | None]
 
 
 class RouterStats(TypedDict):

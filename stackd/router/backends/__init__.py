@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import aiohttp
+from typing import TYPE_CHECKING
 
 from stackd.config.models import Api, StacksConfig
 from stackd.config.secrets import Secrets
@@ -13,6 +13,9 @@ from stackd.router.backends.ollama import OllamaBackend
 from stackd.router.backends.openai import OpenAIBackend
 from stackd.router.backends.sampling import SampledBackend
 from stackd.router.redaction import Redactor
+
+if TYPE_CHECKING:  # aiohttp (~0.1 s) is imported when a session is first made
+    import aiohttp
 
 __all__ = ["Backend", "build_backend"]
 

@@ -12,8 +12,7 @@ text for a constrained request).
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from stackd.config.models import Model
 from stackd.drivers.remote import ANTHROPIC_VERSION
@@ -41,6 +40,9 @@ from stackd.router.types import (
     TextDelta,
     Usage,
 )
+
+if TYPE_CHECKING:  # aiohttp (~0.1 s) is imported when a session is first made
+    import aiohttp
 
 DEFAULT_MAX_TOKENS = 1024
 FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}

@@ -25,11 +25,8 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
-
-import aiohttp
-from aiohttp import http_exceptions
 
 from stackd.config.models import Model
 from stackd.logs.request_id import HEADER as REQUEST_ID_HEADER
@@ -37,6 +34,9 @@ from stackd.logs.request_id import upstream_id
 from stackd.router.json_bytes import dumps, loads
 from stackd.router.redaction import Redactor, split_userinfo
 from stackd.router.types import BackendError, ChatRequest, Completion, FailureKind, StreamEvent
+
+if TYPE_CHECKING:  # aiohttp (~0.1 s) is imported when the router first makes its session
+    import aiohttp
 
 ERROR_SNIPPET_CHARS = 300  # of an error body, after redaction
 ERROR_BODY_READ_BYTES = 16 * 1024  # read this much of an error body: a key past the cut is whole
@@ -90,7 +90,9 @@ class Wire:
             user, _, password = userinfo.partition(":")
             login = unquote(user)
             # Basic auth cannot carry a ':' in the user: such a user (written %3A) is sent as written
-            basic = aiohttp.encode_basic_auth(user if ":" in login else login, unquote(password))
+            from aiohttp import encode_basic_auth
+
+            basic = encode_basic_auth(user if ":" in login else login, unquote(password))
         return cls(bare, basic, redact)
 
     def api_key(self, model: Model) -> str | None:
@@ -205,6 +207,8 @@ async def post(
 
 async def status_error(resp: aiohttp.ClientResponse, wire: Wire) -> BackendError:
     """The failure of a non-2xx answer, with the start of its body (redacted before the cut)."""
+    import aiohttp
+
     body = b""
     # the status is the news; a body cut short is only its detail
     with contextlib.suppress(aiohttp.ClientError, OSError, asyncio.IncompleteReadError):
@@ -223,6 +227,9 @@ async def status_error(resp: aiohttp.ClientResponse, wire: Wire) -> BackendError
 def wire_error(exc: Exception, wire: Wire, head: bool) -> BackendError:
     """The ``BackendError`` of anything raised inside ``post``: ``head`` says whether a response
     head had arrived (a failure then is the answer's, not the connection's)."""
+    import aiohttp  # imported already: the exception came from a session
+    from aiohttp import http_exceptions
+
     url = wire.url
     detail = wire.text(str(exc) or type(exc).__name__, 200)
     match exc:

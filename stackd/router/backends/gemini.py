@@ -15,9 +15,7 @@ function declarations: a request that offers tools skips this backend, saying so
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from stackd.config.models import Model
 from stackd.router.backends.base import (
@@ -44,6 +42,9 @@ from stackd.router.types import (
     TextDelta,
     Usage,
 )
+
+if TYPE_CHECKING:  # aiohttp (~0.1 s) is imported when a session is first made
+    import aiohttp
 
 FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "RECITATION": "content_filter"}
 

@@ -18,9 +18,7 @@ skips this backend, saying why).
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from stackd.config.models import Model
 from stackd.router.backends.base import (
@@ -46,6 +44,9 @@ from stackd.router.types import (
     TextDelta,
     Usage,
 )
+
+if TYPE_CHECKING:  # aiohttp (~0.1 s) is imported when a session is first made
+    import aiohttp
 
 HEADERS = {"Content-Type": "application/json"}
 

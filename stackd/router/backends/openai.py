@@ -18,8 +18,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from stackd.config.models import Model
 from stackd.router.backends.base import (
@@ -53,6 +52,9 @@ from stackd.router.types import (
     TextDelta,
     Usage,
 )
+
+if TYPE_CHECKING:  # aiohttp (~0.1 s) is imported when a session is first made
+    import aiohttp
 
 
 def usage_of(data: Mapping[str, object]) -> Usage | None:

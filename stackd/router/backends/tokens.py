@@ -21,9 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from stackd.config.gguf_header import HeaderCache, read_header
 from stackd.config.models import Model
@@ -31,6 +29,9 @@ from stackd.drivers.model_packages import ModelPackageMissing, shipped_file
 from stackd.router.backends.base import Wire, post, read_json, text_of, token_count
 from stackd.router.redaction import Redactor
 from stackd.router.types import BackendError
+
+if TYPE_CHECKING:  # aiohttp (~0.1 s) is imported when a session is first made
+    import aiohttp
 
 COUNT_PATH = "/extras/tokenize/count"
 COUNT_TIMEOUT_S = 5.0  # a count waits behind the engine's other calls; the answer is already whole
