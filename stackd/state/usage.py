@@ -225,10 +225,11 @@ def _insert(db: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
     marks = ", ".join("?" * len(rows[0]))
     try:
         db.executemany(f"INSERT INTO usage ({_COLUMNS}) VALUES ({marks})", rows)
+        db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:  # a failed COMMIT (a full disk) too: the next BEGIN must not fail
+            db.execute("ROLLBACK")
         raise
-    db.execute("COMMIT")
 
 
 def _values(ts: float, usage: Sequence[UsageRow]) -> list[tuple[object, ...]]:
