@@ -7,13 +7,14 @@ key by its digest in an in-memory dict on every request (``stackd.api.keyring``)
 trying a slow hash against each row. A leaked database therefore gives no usable key.
 
 ``key_usage`` has one row per answered call of a key (its tokens and cloud cost), written in the
-same batches as the usage ledger's rows (``KeyedUsageStore``): the per-key limits are counted
-from it again after a restart.
+same transactions as the usage ledger's rows (``KeyedUsageStore``), with their durability: the
+per-key limits are counted from it again after a restart.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -128,16 +129,6 @@ class KeyStore:
                 ),
             )
 
-    def record_calls(self, ts: float, calls: Sequence[tuple[str, str | None, int, float]]) -> None:
-        """One ``key_usage`` row per (key, request id, tokens, cost)."""
-        if not calls:
-            return
-        with self._lock:
-            self._db.executemany(
-                "INSERT INTO key_usage (ts, key, request_id, tokens, cost_usd) VALUES (?, ?, ?, ?, ?)",
-                [(ts, *call) for call in calls],
-            )
-
     def spend_since(self, since: float, recent_since: float) -> dict[str, KeySpend]:
         """Per key: calls, tokens and cost since ``since``, and its call times after ``recent_since``."""
         with self._lock:
@@ -165,13 +156,14 @@ class KeyStore:
 class KeyedUsageStore(UsageStore):
     """The usage ledger's store, which also writes each call's tokens and cost against the key
     that made it: the front door ``claim``s each keyed call's request id for its key (bounded,
-    the oldest claims dropped), and ``write`` finds the key of each call's rows.
-
-    A subclass and not a listener parameter of ``UsageStore``: the ledger's owner is changing
-    that module while keys land; the ledger stays the one writer of both, in one batch."""
+    the oldest claims dropped), and each transaction of rows (``write`` in the ledger's thread,
+    ``write_now`` on the event loop) finds the key of each call's rows and writes them beside."""
 
     def __init__(self, db_path: Path, keys: KeyStore) -> None:
+        """``keys``: the key table of the same database (``key_usage`` is written beside ``usage``)."""
         super().__init__(db_path)
+        for connection in self.writers():
+            connection.executescript(_SCHEMA)  # key_usage, whichever store made the file first
         self.keys = keys
         self._claims: OrderedDict[str, str] = OrderedDict()
         self._claims_lock = threading.Lock()
@@ -193,8 +185,10 @@ class KeyedUsageStore(UsageStore):
         """Call ``listener(key, tokens, cost_usd)`` for each keyed call written (from a worker thread)."""
         self._listeners.append(listener)
 
-    def write(self, ts: float, usage: Sequence[UsageRow]) -> None:
-        super().write(ts, usage)
+    def _also_write(self, db: sqlite3.Connection, ts: float, usage: Sequence[UsageRow]) -> Callable[[], None]:
+        """One ``key_usage`` row per keyed call of ``usage``, in the rows' own transaction (on the
+        event loop or in the ledger's thread, whichever commits them); the listeners hear of
+        each call once it is committed."""
         per_call: dict[str, list[UsageRow]] = {}
         for row in usage:
             # getattr: rows of a usage ledger older than its request ids carry none (nothing keyed)
@@ -209,10 +203,18 @@ class KeyedUsageStore(UsageStore):
             tokens = sum(r.prompt_tokens + r.completion_tokens for r in rows)
             cost = sum(r.cost_usd for r in rows)
             calls.append((key, request_id, tokens, cost))
-        self.keys.record_calls(ts, calls)
-        for key, _, tokens, cost in calls:
-            for listener in self._listeners:
-                listener(key, tokens, cost)
+        if calls:
+            db.executemany(
+                "INSERT INTO key_usage (ts, key, request_id, tokens, cost_usd) VALUES (?, ?, ?, ?, ?)",
+                [(ts, *call) for call in calls],
+            )
+
+        def tell() -> None:
+            for key, _, tokens, cost in calls:
+                for listener in self._listeners:
+                    listener(key, tokens, cost)
+
+        return tell
 
 
 def spend_by_key(spend: Mapping[str, KeySpend]) -> list[dict[str, object]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
@@ -117,7 +117,8 @@ class UsageStore:
             return
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            _insert(self._db, rows)
+            after = self._insert(self._db, ts, usage, rows)
+        after()
 
     def write_now(self, ts: float, usage: Sequence[UsageRow]) -> bool:
         """``write``, on the condition that nothing makes it wait: SQLite's write lock is taken
@@ -135,10 +136,36 @@ class UsageStore:
                 self._now.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError:  # another connection writes: "database is locked"
                 return False
-            _insert(self._now, rows)
-            return True
+            after = self._insert(self._now, ts, usage, rows)
         finally:
             self._now_lock.release()
+        after()
+        return True
+
+    def _insert(
+        self, db: sqlite3.Connection, ts: float, usage: Sequence[UsageRow], rows: list[tuple[object, ...]]
+    ) -> Callable[[], None]:
+        """Inside the transaction the caller began on ``db``: insert, what ``_also_write`` adds,
+        commit. What to do once committed (``_also_write``'s)."""
+        marks = ", ".join("?" * len(rows[0]))
+        try:
+            db.executemany(f"INSERT INTO usage ({_COLUMNS}) VALUES ({marks})", rows)
+            after = self._also_write(db, ts, usage)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:  # a failed COMMIT (a full disk) too: the next BEGIN must not fail
+                db.execute("ROLLBACK")
+            raise
+        return after
+
+    def _also_write(self, db: sqlite3.Connection, ts: float, usage: Sequence[UsageRow]) -> Callable[[], None]:
+        """What a subclass writes in the same transaction as the rows (nothing here); the
+        callable it returns runs once they are committed."""
+        return _nothing
+
+    def writers(self) -> tuple[sqlite3.Connection, ...]:
+        """The connections that write (a subclass applies its schema through them)."""
+        return (self._db, self._now)
 
     def checkpoint(self) -> tuple[int, int]:
         """Move the WAL's pages into the database (PASSIVE: it waits for no reader), in the
@@ -220,16 +247,8 @@ class UsageSummary(TypedDict):
     last_ts: float
 
 
-def _insert(db: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
-    """Inside the transaction the caller began on ``db``: insert and commit."""
-    marks = ", ".join("?" * len(rows[0]))
-    try:
-        db.executemany(f"INSERT INTO usage ({_COLUMNS}) VALUES ({marks})", rows)
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:  # a failed COMMIT (a full disk) too: the next BEGIN must not fail
-            db.execute("ROLLBACK")
-        raise
+def _nothing() -> None:
+    pass
 
 
 def _values(ts: float, usage: Sequence[UsageRow]) -> list[tuple[object, ...]]:

@@ -14,6 +14,7 @@ from stackd.router.accounting import Accounting, Tally, usage_rows
 from stackd.router.circuit import CircuitState
 from stackd.router.ledger import UsageLedger
 from stackd.router.types import FailureKind, Usage
+from stackd.state.keys import KeyedUsageStore, KeyStore
 from stackd.state.usage import FAILURE_KINDS, UsageRow, UsageStore
 from tests.fake_clock import FakeClock
 
@@ -207,3 +208,32 @@ async def test_a_slice_budget_spent_before_a_restart_stays_spent(tmp_path: Path)
     assert restarted.spent("elastic", "small") == 2 + 127
     assert restarted.spent("elastic", "large") == 10
     await store.aclose()
+
+
+async def test_a_keyed_call_is_its_keys_in_the_same_commit_on_the_loop_or_in_the_thread(
+    tmp_path: Path,
+) -> None:
+    """``key_usage`` is written in the rows' own transaction, whichever path commits them: on the
+    event loop (nothing waits) or in the writer thread (another writer holds the lock)."""
+    keys = KeyStore(tmp_path / "stackd.db")
+    store = KeyedUsageStore(tmp_path / "stackd.db", keys)
+    heard: list[tuple[str, int, float]] = []
+    store.on_call(lambda key, tokens, cost: heard.append((key, tokens, cost)))
+    ledger = UsageLedger(store, lambda: 1_700_000_000.0)
+    accounting = Accounting()
+    store.claim("call-1", "ide")
+    await ledger.commit(one_call(accounting, 1))  # on the loop
+    assert ledger._task is None
+    blocker = sqlite3.connect(tmp_path / "stackd.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    asyncio.get_running_loop().call_later(0.2, blocker.execute, "COMMIT")
+    store.claim("call-2", "ide")
+    await ledger.commit(one_call(accounting, 2))  # through the thread
+    assert ledger._task is not None
+    await ledger.aclose()
+    blocker.close()
+    assert heard == [("ide", 2, 0.0), ("ide", 2, 0.0)]
+    spend = keys.spend_since(0.0, 0.0)["ide"]
+    assert (spend.calls, spend.tokens) == (2, 4)
+    await store.aclose()
+    keys.close()
