@@ -72,8 +72,8 @@ def stackd_app(primary: str, backup: str, threshold: int, first_token_s: float) 
     from stackd.router import ReasonRouter
     from stackd.services import Services
     from stackd.settings import Settings
+    from stackd.state.keys import KeyedUsageStore, KeyStore
     from stackd.state.store import StateStore
-    from stackd.state.usage import UsageStore
 
     def model(url: str, name: str) -> dict[str, Any]:
         return {
@@ -102,8 +102,11 @@ def stackd_app(primary: str, backup: str, threshold: int, first_token_s: float) 
     stack = config.stacks["bench"]
     roles = LiveRoles(RoleTable("bench", dict(stack.roles), frozenset(stack.member_names)))
     state_dir = Path(tempfile.mkdtemp(prefix="stackd-bench-"))
-    # the usage ledger as the daemon has it: its SQLite writes are part of a call's cost
-    router = ReasonRouter(config, roles, usage=UsageStore(state_dir / "stackd.db"))
+    # the usage ledger as the daemon has it (each call's rows and its key's, committed before the
+    # answer): its SQLite writes are part of a call's cost
+    keys = KeyStore(state_dir / "stackd.db")
+    usage = KeyedUsageStore(state_dir / "stackd.db", keys)
+    router = ReasonRouter(config, roles, usage=usage)
     hardware = HardwareSnapshot(
         gpus=(), ram_total_mib=8192, ram_available_mib=4096, cpu_count=2, gpu_source="none"
     )
@@ -118,6 +121,8 @@ def stackd_app(primary: str, backup: str, threshold: int, first_token_s: float) 
         token_source="bench",
         leases=LeaseCoordinator(manager),
         router=router,
+        usage=usage,
+        keys=keys,
     )
 
     @asynccontextmanager
