@@ -9,7 +9,7 @@ round trip, which cost a lone call ~0.2 ms (docs/benchmarks.md). Otherwise the c
 writer task takes every row waiting, writes them in one transaction in a worker thread, then
 releases all their calls at once; the calls that arrive meanwhile form the next batch. The
 event loop never waits on SQLite: a write that would wait goes to the thread, and the WAL is
-checkpointed there, every ``CHECKPOINT_EVERY`` commits made on the loop.
+checkpointed there, every ``CHECKPOINT_EVERY`` commits (neither path checkpoints by itself).
 
 Durability: the usage table is written with ``synchronous=NORMAL`` in WAL mode, so a committed
 row is in the WAL file (the OS holds it) before the call is answered: it survives the daemon's
@@ -43,7 +43,7 @@ class UsageLedger:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self._since_checkpoint = 0  # commits made on the event loop since the last checkpoint
+        self._since_checkpoint = 0  # commits since the last checkpoint
         self._checkpoints: set[asyncio.Task[None]] = set()  # held: a task nobody holds may be collected
 
     async def commit(self, rows: Sequence[UsageRow]) -> None:
@@ -110,6 +110,7 @@ class UsageLedger:
             for _, future in batch:
                 if future is not None and not future.done():  # done: its caller was cancelled
                     future.set_result(None)
+        self._committed()
 
     def _write_now(self, rows: Sequence[UsageRow]) -> bool:
         """Commit ``rows`` on the event loop if SQLite takes them without waiting; else False."""
@@ -119,13 +120,18 @@ class UsageLedger:
         except Exception as exc:
             log.error("usage ledger: %d rows not written: %s", len(rows), exc)
             return True  # as ``_write``: the call is released anyway
+        self._committed()
+        return True
+
+    def _committed(self) -> None:
+        """One more commit, on the loop or in the thread: neither checkpoints by itself
+        (``wal_autocheckpoint=0``), so every ``CHECKPOINT_EVERY`` commits one runs in a thread."""
         self._since_checkpoint += 1
         if self._since_checkpoint >= CHECKPOINT_EVERY:
             self._since_checkpoint = 0
             task = asyncio.get_running_loop().create_task(self._checkpoint())
             self._checkpoints.add(task)
             task.add_done_callback(self._checkpoints.discard)
-        return True
 
     async def _checkpoint(self) -> None:
         try:

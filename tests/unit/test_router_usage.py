@@ -7,9 +7,11 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from stackd.api.metrics import register_router_metrics
+from stackd.router import ledger as ledger_module
 from stackd.router.accounting import Accounting, Tally, usage_rows
 from stackd.router.circuit import CircuitState
 from stackd.router.ledger import UsageLedger
@@ -237,3 +239,33 @@ async def test_a_keyed_call_is_its_keys_in_the_same_commit_on_the_loop_or_in_the
     assert (spend.calls, spend.tokens) == (2, 4)
     await store.aclose()
     keys.close()
+
+
+async def test_the_ledger_checkpoints_every_so_many_commits_on_either_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Neither path checkpoints by itself (``wal_autocheckpoint=0``): the ledger runs one in a
+    thread every ``CHECKPOINT_EVERY`` commits, counting the loop's and the writer thread's."""
+    monkeypatch.setattr(ledger_module, "CHECKPOINT_EVERY", 3)
+    store = UsageStore(tmp_path / "stackd.db")
+    checkpoints: list[tuple[int, int]] = []
+    checkpoint = store.checkpoint
+
+    def counted() -> tuple[int, int]:
+        checkpoints.append(checkpoint())
+        return checkpoints[-1]
+
+    monkeypatch.setattr(store, "checkpoint", counted)
+    ledger = UsageLedger(store, lambda: 1_700_000_000.0)
+    accounting = Accounting()
+    for n in range(3):  # on the loop, one turn each
+        await ledger.commit(one_call(accounting, n))
+    await asyncio.sleep(0.2)
+    assert len(checkpoints) == 1 and checkpoints[0][1] == checkpoints[0][0] > 0
+    for n in range(3, 6):  # through the writer thread, one batch each
+        ledger.submit(one_call(accounting, n))
+        await asyncio.sleep(0.05)
+    await ledger.aclose()
+    assert len(checkpoints) == 2
+    assert len(read_ids(tmp_path)) == 6
+    await store.aclose()
