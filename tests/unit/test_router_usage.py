@@ -70,17 +70,22 @@ def one_call(accounting: Accounting, n: int) -> list[UsageRow]:
     return usage_rows(tallies, f"call-{n}")
 
 
+class TransactionClock:
+    """The ledger's clock, read once per transaction (to stamp its rows): it counts them."""
+
+    def __init__(self) -> None:
+        self.transactions = 0
+
+    def __call__(self) -> float:
+        self.transactions += 1
+        return 1_700_000_000.0
+
+
 async def test_calls_with_nothing_to_wait_for_commit_on_the_loop_one_transaction_per_turn(
     tmp_path: Path,
 ) -> None:
     store = UsageStore(tmp_path / "stackd.db")
-    transactions = 0
-
-    def clock() -> float:  # read once per transaction, to stamp its rows
-        nonlocal transactions
-        transactions += 1
-        return 1_700_000_000.0
-
+    clock = TransactionClock()
     ledger = UsageLedger(store, clock)
     accounting = Accounting()
 
@@ -89,10 +94,10 @@ async def test_calls_with_nothing_to_wait_for_commit_on_the_loop_one_transaction
         assert (f"call-{n}", "local") in read_ids(tmp_path)  # committed when commit returns
 
     await asyncio.gather(*(call(n) for n in range(50)))  # all reach commit in the same turn
-    assert transactions == 1
+    assert clock.transactions == 1
     for n in range(50, 53):  # one at a time: each its own
         await call(n)
-    assert transactions == 4
+    assert clock.transactions == 4
     assert ledger._task is None  # no writer task, no thread: every commit was made on the loop
     await ledger.commit([])  # nothing to write: returns at once
     await ledger.aclose()
@@ -106,13 +111,7 @@ async def test_calls_behind_another_writer_share_commits_and_each_returns_only_o
     """Another connection holds SQLite's write lock: no call writes on the event loop (it would
     wait), each waits for the writer thread, whose transactions take every call waiting."""
     store = UsageStore(tmp_path / "stackd.db")
-    transactions = 0
-
-    def clock() -> float:  # read once per transaction, to stamp its rows
-        nonlocal transactions
-        transactions += 1
-        return 1_700_000_000.0
-
+    clock = TransactionClock()
     ledger = UsageLedger(store, clock)
     accounting = Accounting()
     blocker = sqlite3.connect(tmp_path / "stackd.db", isolation_level=None)
@@ -134,7 +133,7 @@ async def test_calls_behind_another_writer_share_commits_and_each_returns_only_o
     await asyncio.gather(*(call(n) for n in range(50)))
     await ledger.aclose()
     blocker.close()
-    assert 1 <= transactions < 50  # grouped: fewer transactions than calls
+    assert 1 <= clock.transactions < 50  # grouped: fewer transactions than calls
     assert store.summary()[0]["answered"] == 50
     await store.aclose()
 
