@@ -339,11 +339,12 @@ asyncio.run(main())
 
 
 async def ollama_data_path(url: str, duration_s: float) -> dict[str, dict[str, float]]:
-    """The ``ollama`` package (httpx) vs stackd's aiohttp backend on /api/chat, 16 concurrent callers."""
+    """The ``ollama`` package (httpx) vs stackd's Ollama backend on /api/chat, 16 concurrent callers."""
     import ollama
 
     from stackd.config.models import Model
     from stackd.router.backends.ollama import OllamaBackend
+    from stackd.router.http_client import HttpClient
     from stackd.router.types import ChatRequest
 
     messages = [{"role": "user", "content": "hi"}]
@@ -374,10 +375,11 @@ async def ollama_data_path(url: str, duration_s: float) -> dict[str, dict[str, f
             "ollama": {"tag": "m:1b", "options": options},
         }
     )
-    async with aiohttp.ClientSession() as session:
-        backend = OllamaBackend("m", model, session, url)
-        with_aiohttp = await measure(lambda: backend.complete(ChatRequest(messages)))
-    return {"ollama package (httpx)": with_client, "stackd OllamaBackend (aiohttp)": with_aiohttp}
+    client = HttpClient(connect_s=5)
+    backend = OllamaBackend("m", model, client, url)
+    with_stackd = await measure(lambda: backend.complete(ChatRequest(messages)))
+    await client.close()
+    return {"ollama package (httpx)": with_client, "stackd OllamaBackend (its HttpClient)": with_stackd}
 
 
 def against_the_floor(floor: str, stackd: str, pairs: int, duration_s: int) -> dict[str, Any]:

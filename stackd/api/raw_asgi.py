@@ -20,7 +20,7 @@ from starlette.types import Message, Receive, Scope, Send
 from stackd.api.auth import scope_guard
 from stackd.api.errors import Shape, error_answer, invalid_request_message, problem
 from stackd.errors import StackdError
-from stackd.router.json_bytes import dumps as dumps  # re-exported: the raw routes write with it
+from stackd.state.json_bytes import dumps as dumps  # re-exported: the raw routes write with it
 
 Auth = Callable[[Request], object]  # the app's auth dependency: raises, or returns (an awaitable)
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]

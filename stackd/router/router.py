@@ -20,7 +20,7 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
-from typing import TYPE_CHECKING, TypedDict
+from typing import TypedDict
 
 from stackd.config.live import LiveConfig, live
 from stackd.config.models import StacksConfig
@@ -33,6 +33,7 @@ from stackd.router.attempt_log import AttemptLog
 from stackd.router.backends import Backend, build_backend
 from stackd.router.circuit import CircuitBreaker, CircuitState, Clock
 from stackd.router.engines import EngineGate, Tries
+from stackd.router.http_client import HttpClient
 from stackd.router.http_pool import HttpPool
 from stackd.router.ledger import UsageLedger
 from stackd.router.local_queue import LocalQueue, LocalQueueFull
@@ -51,11 +52,8 @@ from stackd.router.types import (
 from stackd.router.verdicts import Admitted, escaped, failed, finished
 from stackd.state.usage import UsageStore
 
-if TYPE_CHECKING:  # aiohttp (~0.1 s) is imported when a session is first made
-    import aiohttp
-
 MAX_CACHED_ROUTES = 1024  # names are the callers' (reason:effort=N, preset:slice): bounded
-BackendFactory = Callable[[str, "aiohttp.ClientSession"], Backend | None]
+BackendFactory = Callable[[str, HttpClient], Backend | None]
 
 
 class RouterStats(TypedDict):
@@ -103,8 +101,8 @@ class ReasonRouter:
         self._on_use = on_use
         self._clock = clock
         self._factory = backend_factory or (
-            lambda name, session: build_backend(
-                self.config, name, session, self._endpoints.get(name), self._secrets
+            lambda name, client: build_backend(
+                self.config, name, client, self._endpoints.get(name), self._secrets
             )
         )
         self._pool = HttpPool(live_roles.in_flight)
@@ -140,7 +138,7 @@ class ReasonRouter:
           flight reports to the breaker it came from, so the new one is open, its trial slot free.
         - ``reason.local_queue``: a new queue. Calls that hold or wait for a slot of the old one
           keep it: until they end, up to the old and the new concurrency may run at once.
-        - ``reason.timeouts.connect_s``: a new pooled session. The old one is closed once no call
+        - ``reason.timeouts.connect_s``: a new pooled client. The old one is closed once no call
           runs on a model that had a backend on it; at the latest after the longest a call on one
           backend may last (the old first-token and total limits), whatever runs then.
         """
@@ -216,11 +214,11 @@ class ReasonRouter:
                 continue
             answer = await self._complete_attempt(attempt, request, limit_s)
             if answer is not None:
-                await self._commit(log)
+                self._commit(log)
                 return answer
             async for _ in self._again_on_a_new_engine(tries, target, generation, log):
                 pass
-        await self._commit(log)
+        self._commit(log)
         raise log.all_failed()
 
     async def _complete_attempt(
@@ -247,7 +245,7 @@ class ReasonRouter:
         except BaseException:
             attempt.circuit.abandon()
             if self._ledger is not None:  # a caller that left: what was tried is still counted
-                self._ledger.submit(attempt.log.rows())
+                self._ledger.record(attempt.log.rows())
             raise
         finally:
             in_flight.end(attempt.model)
@@ -291,18 +289,18 @@ class ReasonRouter:
                 ) as items:
                     async for item in items:
                         if not isinstance(item, TextDelta):  # the end: in the ledger before it is sent
-                            await self._commit(log)
+                            self._commit(log)
                         yield item
                         if not isinstance(item, TextDelta):
                             return
                 # nothing reached the caller
                 async for waiting in self._again_on_a_new_engine(tries, target, generation, log):
                     yield waiting
-            await self._commit(log)
+            self._commit(log)
             raise log.all_failed()
         finally:
             if self._ledger is not None:  # a caller that left: what was tried is still counted
-                self._ledger.submit(log.rows())
+                self._ledger.record(log.rows())
 
     def _admit(self, target: routes.Target, log: AttemptLog, request: ChatRequest) -> Admitted | None:
         """The backend and its circuit when the target may be tried now; else records the skip."""
@@ -370,18 +368,18 @@ class ReasonRouter:
         if cached is None or cached[0] != endpoint:
             cached = self._backends[model] = (
                 endpoint,
-                self._factory(model, self._pool.session(self.config.reason.timeouts.connect_s)),
+                self._factory(model, self._pool.client(self.config.reason.timeouts.connect_s)),
             )
         return cached[1]
 
     async def start(self) -> None:
         """Nothing to start: the ledger's writer starts with the first call."""
 
-    async def _commit(self, log: AttemptLog) -> None:
-        """The call's rows into the usage ledger, committed (grouped with other calls') before
-        the caller is answered: an answer the caller got is in ``usage`` after any crash."""
+    def _commit(self, log: AttemptLog) -> None:
+        """The call's rows into the usage ledger's journal before the caller is answered: an
+        answer the caller got is in ``usage`` after any crash (``UsageLedger``)."""
         if self._ledger is not None:
-            await self._ledger.commit(log.rows())
+            self._ledger.record(log.rows())
 
     def probe_succeeded(self, model: str) -> None:
         """A periodic health probe of ``model`` passed (see ``CircuitBreaker.probe_succeeded``)."""

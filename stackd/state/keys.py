@@ -6,15 +6,14 @@ is no dictionary for a salt or a work factor to defeat, and a fast digest lets t
 key by its digest in an in-memory dict on every request (``stackd.api.keyring``) instead of
 trying a slow hash against each row. A leaked database therefore gives no usable key.
 
-``key_usage`` has one row per answered call of a key (its tokens and cloud cost), written in the
-same transactions as the usage ledger's rows (``KeyedUsageStore``), with their durability: the
-per-key limits are counted from it again after a restart.
+``key_usage`` has one row per answered call of a key (its tokens and cloud cost), recorded with
+the usage ledger's rows (``KeyedUsageStore``: the same journal append, the same transaction into
+SQLite), with their durability: the per-key limits are counted from it again after a restart.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from stackd.state.sqlite import open_reader, open_writer
 from stackd.state.usage import UsageRow, UsageStore
+from stackd.state.usage_journal import Record
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS key_usage (
 );
 CREATE INDEX IF NOT EXISTS key_usage_ts ON key_usage (ts);
 """
+KEY_USAGE_COLUMNS = "ts, key, request_id, tokens, cost_usd"
 # Keyed calls whose key is remembered until the ledger writes them; far more than are ever in flight.
 MAX_CLAIMS = 10_000
 
@@ -98,6 +99,11 @@ class KeyStore:
         # A key revoked and then back after a power cut would be a lie: FULL for this table.
         self._db = open_writer(db_path, _SCHEMA, durable=True)
         self._reader = open_reader(db_path)
+        self._catch_up: Callable[[], None] = _nothing  # ``key_usage``'s recorded rows into SQLite
+
+    def reads_after(self, catch_up: Callable[[], None]) -> None:
+        """Run ``catch_up`` before each read of ``key_usage`` (the usage store's journal)."""
+        self._catch_up = catch_up
 
     def all(self) -> list[KeyRecord]:
         with self._lock:
@@ -131,6 +137,7 @@ class KeyStore:
 
     def spend_since(self, since: float, recent_since: float) -> dict[str, KeySpend]:
         """Per key: calls, tokens and cost since ``since``, and its call times after ``recent_since``."""
+        self._catch_up()
         with self._lock:
             totals = self._reader.execute(
                 "SELECT key, COUNT(*), SUM(tokens), SUM(cost_usd) FROM key_usage WHERE ts >= ? GROUP BY key",
@@ -154,17 +161,16 @@ class KeyStore:
 
 
 class KeyedUsageStore(UsageStore):
-    """The usage ledger's store, which also writes each call's tokens and cost against the key
+    """The usage ledger's store, which also records each call's tokens and cost against the key
     that made it: the front door ``claim``s each keyed call's request id for its key (bounded,
-    the oldest claims dropped), and each transaction of rows (``write`` in the ledger's thread,
-    ``write_now`` on the event loop) finds the key of each call's rows and writes them beside."""
+    the oldest claims dropped), and each ``record`` of rows finds the key of each call's rows and
+    records its ``key_usage`` row beside them, in the same journal append."""
 
     def __init__(self, db_path: Path, keys: KeyStore) -> None:
         """``keys``: the key table of the same database (``key_usage`` is written beside ``usage``)."""
-        super().__init__(db_path)
-        for connection in self.writers():
-            connection.executescript(_SCHEMA)  # key_usage, whichever store made the file first
+        super().__init__(db_path, {"key_usage": KEY_USAGE_COLUMNS}, _SCHEMA)
         self.keys = keys
+        keys.reads_after(self.catch_up)
         self._claims: OrderedDict[str, str] = OrderedDict()
         self._claims_lock = threading.Lock()
         self._listeners: list[Callable[[str, int, float], None]] = []
@@ -182,13 +188,15 @@ class KeyedUsageStore(UsageStore):
             return self._claims.get(request_id)
 
     def on_call(self, listener: Callable[[str, int, float], None]) -> None:
-        """Call ``listener(key, tokens, cost_usd)`` for each keyed call written (from a worker thread)."""
+        """Call ``listener(key, tokens, cost_usd)`` for each keyed call recorded (on the thread
+        that records it: the event loop's)."""
         self._listeners.append(listener)
 
-    def _also_write(self, db: sqlite3.Connection, ts: float, usage: Sequence[UsageRow]) -> Callable[[], None]:
-        """One ``key_usage`` row per keyed call of ``usage``, in the rows' own transaction (on the
-        event loop or in the ledger's thread, whichever commits them); the listeners hear of
-        each call once it is committed."""
+    def _also_record(self, ts: float, usage: Sequence[UsageRow]) -> tuple[list[Record], Callable[[], None]]:
+        """One ``key_usage`` record per keyed call of ``usage``, appended with its rows; the
+        listeners hear of each call once it is recorded."""
+        if not self._claims:
+            return [], _nothing
         per_call: dict[str, list[UsageRow]] = {}
         for row in usage:
             # getattr: rows of a usage ledger older than its request ids carry none (nothing keyed)
@@ -203,18 +211,19 @@ class KeyedUsageStore(UsageStore):
             tokens = sum(r.prompt_tokens + r.completion_tokens for r in rows)
             cost = sum(r.cost_usd for r in rows)
             calls.append((key, request_id, tokens, cost))
-        if calls:
-            db.executemany(
-                "INSERT INTO key_usage (ts, key, request_id, tokens, cost_usd) VALUES (?, ?, ?, ?, ?)",
-                [(ts, *call) for call in calls],
-            )
+        if not calls:
+            return [], _nothing
 
         def tell() -> None:
             for key, _, tokens, cost in calls:
                 for listener in self._listeners:
                     listener(key, tokens, cost)
 
-        return tell
+        return [("key_usage", (ts, *call)) for call in calls], tell
+
+
+def _nothing() -> None:
+    pass
 
 
 def spend_by_key(spend: Mapping[str, KeySpend]) -> list[dict[str, object]]:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
-from stackd.state.sqlite import BUSY_TIMEOUT_MS, add_missing_columns, open_reader, open_writer
+from stackd.state.sqlite import add_missing_columns, open_reader, open_writer
+from stackd.state.usage_journal import DRAINED_TABLE, Record, UsageJournal, encode
 
 # The router's failure kinds (stackd.router.types.FailureKind; a unit test keeps them equal).
 FAILURE_KINDS = ("refused", "timeout", "http_5xx", "http_4xx", "malformed", "stream_cut", "empty")
@@ -88,92 +89,119 @@ _COLUMNS = ", ".join(
 
 
 class UsageStore:
-    """Synchronous and thread-safe; the router calls ``write`` through ``asyncio.to_thread``.
-    ``summary`` reads on a connection of its own (WAL: it never waits for a write's fsync), so
-    ``GET /usage`` may call it on the event loop."""
+    """Thread-safe. ``record`` is the event loop's (a journal append, no SQLite); ``drain``
+    moves what was recorded into SQLite in one transaction, in a thread (the ledger schedules
+    it) or before a read. Reads use a connection of their own (WAL: they never wait for a
+    write), so ``GET /usage`` may call them on the event loop."""
 
-    def __init__(self, db_path: Path) -> None:
-        self._lock = threading.Lock()
-        self._db = open_writer(db_path, _SCHEMA, durable=False)
-        self._db.execute("PRAGMA wal_autocheckpoint=0")  # never in a commit: ``checkpoint`` does it
+    def __init__(self, db_path: Path, also: Mapping[str, str] | None = None, also_schema: str = "") -> None:
+        """``also``: the tables a subclass records beside ``usage`` (name -> its columns, in its
+        records' order), created by ``also_schema``. The journal a crash left is replayed here."""
+        self._lock = threading.Lock()  # the writer connection: held for a whole transaction
+        self._db = open_writer(db_path, _SCHEMA + DRAINED_TABLE + also_schema, durable=False)
         add_missing_columns(self._db, "usage", _ADDED_COLUMNS)
         self._read_lock = threading.Lock()
         self._reader = open_reader(db_path)
-        # Checkpoints on a connection of their own: a PASSIVE one runs beside the writer's
-        # commits instead of holding the writer's lock for its copy and fsync.
-        self._checkpoint_lock = threading.Lock()
-        self._checkpointer = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
-        self._checkpointer.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        # The event loop's writes (``write_now``): a writer that never waits for a lock.
-        self._now_lock = threading.Lock()
-        self._now = open_writer(db_path, _SCHEMA, durable=False)
-        self._now.execute("PRAGMA busy_timeout=0")
-        self._now.execute("PRAGMA wal_autocheckpoint=0")
+        self._columns: dict[str, str] = {"usage": _COLUMNS, **(also or {})}
+        self._journal = UsageJournal(db_path)
+        self._pending: list[Record] = []  # recorded, not yet taken by a drain
+        self._journaled = threading.Lock()  # ``_pending`` and the journal's generation, in step
+        self._undrained: list[int] = []  # generations taken by a drain that failed: retried next
+        self.replayed = self._replay()
+
+    def _replay(self) -> int:
+        """Put the records a crash left in the journal into the tables; how many there were."""
+        with self._lock:
+            drained = self._drained()
+            records: list[Record] = []
+            last = drained
+            for generation, path in self._journal.files():
+                if drained < generation < self._journal.generation:
+                    records.extend(self._journal.read(path))
+                    last = generation
+            if last > drained:
+                self._transaction(records, last)
+        self._journal.remove_through(self._journal.generation - 1)
+        return len(records)
+
+    def record(self, ts: float, usage: Sequence[UsageRow]) -> Callable[[], None]:
+        """Append ``usage`` (stamped ``ts``, with what ``_also_record`` adds) to the journal: when
+        this returns the rows survive the process's death, and ``drain`` puts them in SQLite.
+        What to do now that they are recorded (``_also_record``'s). Raises ``OSError``."""
+        records: list[Record] = [("usage", values) for values in _values(ts, usage)]
+        extra, after = self._also_record(ts, usage)
+        records.extend(extra)
+        if not records:
+            return after
+        data = encode(records)
+        with self._journaled:
+            self._journal.append(data)
+            self._pending.extend(records)
+        return after
 
     def write(self, ts: float, usage: Sequence[UsageRow]) -> None:
-        """One transaction with one row per ``UsageRow``, stamped ``ts`` (epoch seconds)."""
-        rows = _values(ts, usage)
-        if not rows:
-            return
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            after = self._insert(self._db, ts, usage, rows)
-        after()
+        """``record`` then ``drain``: the rows are in SQLite when this returns."""
+        self.record(ts, usage)()
+        self.drain()
 
-    def write_now(self, ts: float, usage: Sequence[UsageRow]) -> bool:
-        """``write``, on the condition that nothing makes it wait: SQLite's write lock is taken
-        at once, on a connection of its own whose busy timeout is 0. False, with nothing written,
-        when it would have waited: the caller then writes through ``write`` in a thread. The WAL
-        is never checkpointed here (``checkpoint`` does it): what remains is a small append to
-        the WAL file, which the event loop may afford (docs/benchmarks.md)."""
-        rows = _values(ts, usage)
-        if not rows:
-            return True
-        if not self._now_lock.acquire(blocking=False):
+    def drain(self, wait: bool = True) -> bool:
+        """What was recorded into SQLite, in one transaction that also marks its journal
+        generations drained, then their files deleted. ``wait=False``: only if no other
+        transaction holds the writer (a read's catch-up on the event loop); False if one did."""
+        if not self._lock.acquire(blocking=wait):
             return False
         try:
+            with self._journaled:
+                if not self._pending and not self._undrained:
+                    return True
+                records, self._pending = self._pending, []
+                self._undrained.append(self._journal.rotate())
             try:
-                self._now.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError:  # another connection writes: "database is locked"
-                return False
-            after = self._insert(self._now, ts, usage, rows)
+                self._transaction(records, self._undrained[-1])
+            except BaseException:
+                with self._journaled:  # kept, in order: the next drain writes them with its own
+                    self._pending[:0] = records
+                raise
+            last, self._undrained = self._undrained[-1], []
         finally:
-            self._now_lock.release()
-        after()
+            self._lock.release()
+        self._journal.remove_through(last)
         return True
 
-    def _insert(
-        self, db: sqlite3.Connection, ts: float, usage: Sequence[UsageRow], rows: list[tuple[object, ...]]
-    ) -> Callable[[], None]:
-        """Inside the transaction the caller began on ``db``: insert, what ``_also_write`` adds,
-        commit. What to do once committed (``_also_write``'s)."""
-        marks = ", ".join("?" * len(rows[0]))
+    def _transaction(self, records: list[Record], generation: int) -> None:
+        """``records`` and the drained mark, in one transaction on the writer (lock held)."""
+        by_table: dict[str, list[tuple[object, ...]]] = {}
+        for table, values in records:
+            by_table.setdefault(table, []).append(values)
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(f"INSERT INTO usage ({_COLUMNS}) VALUES ({marks})", rows)
-            after = self._also_write(db, ts, usage)
+            for table, rows in by_table.items():
+                columns = self._columns.get(table)
+                if columns is None:  # a journal of a newer stackd: its rows are not this one's
+                    continue
+                insert_rows(db, table, columns, rows)
+            db.execute("INSERT OR REPLACE INTO usage_journal (id, drained) VALUES (1, ?)", (generation,))
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:  # a failed COMMIT (a full disk) too: the next BEGIN must not fail
                 db.execute("ROLLBACK")
             raise
-        return after
 
-    def _also_write(self, db: sqlite3.Connection, ts: float, usage: Sequence[UsageRow]) -> Callable[[], None]:
-        """What a subclass writes in the same transaction as the rows (nothing here); the
-        callable it returns runs once they are committed."""
-        return _nothing
+    def _drained(self) -> int:
+        row = self._db.execute("SELECT drained FROM usage_journal WHERE id = 1").fetchone()
+        return int(row[0]) if row else 0
 
-    def writers(self) -> tuple[sqlite3.Connection, ...]:
-        """The connections that write (a subclass applies its schema through them)."""
-        return (self._db, self._now)
+    def _also_record(self, ts: float, usage: Sequence[UsageRow]) -> tuple[list[Record], Callable[[], None]]:
+        """Records a subclass writes beside the rows (none here), and what to run once they are
+        recorded."""
+        return [], _nothing
 
-    def checkpoint(self) -> tuple[int, int]:
-        """Move the WAL's pages into the database (PASSIVE: it waits for no reader), in the
-        caller's thread: the writer's own commits never do it (``wal_autocheckpoint=0``).
-        The WAL's frames, and how many of them are now in the database."""
-        with self._checkpoint_lock:
-            _busy, frames, moved = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        return int(frames), int(moved)
+    def catch_up(self) -> None:
+        """Before a read: what was recorded into SQLite, unless a transaction holds the writer
+        (then the read sees what was drained; the event loop never waits for a write)."""
+        if self._pending:
+            self.drain(wait=False)
 
     def strategy_tokens(self, prefix: str, since: float) -> dict[str, int]:
         """Tokens counted per strategy whose name starts with ``prefix`` since ``since``: the
@@ -182,6 +210,7 @@ class UsageStore:
             "SELECT strategy, SUM(prompt_tokens + completion_tokens) FROM usage "
             "WHERE ts >= ? AND substr(strategy, 1, ?) = ? GROUP BY strategy"
         )
+        self.catch_up()
         with self._read_lock:
             rows = self._reader.execute(query, (since, len(prefix), prefix)).fetchall()
         return {strategy: int(tokens or 0) for strategy, tokens in rows}
@@ -195,6 +224,7 @@ class UsageStore:
             f"SELECT ts, backend, requests, {failures}, total_ms_sum, total_count, completion_tokens "
             "FROM usage WHERE ts >= ? ORDER BY ts"
         )
+        self.catch_up()
         with self._read_lock:
             return [tuple(row) for row in self._reader.execute(query, (since,)).fetchall()]
 
@@ -208,19 +238,21 @@ class UsageStore:
             "SUM(tokens_estimated), SUM(tokens_unknown), MIN(ts), MAX(ts) "
             "FROM usage WHERE ts >= ? GROUP BY strategy, backend ORDER BY strategy, backend"
         )
+        self.catch_up()
         with self._read_lock:
             raw = self._reader.execute(query, (since or 0.0,)).fetchall()
         return [_summary_row(row) for row in raw]
 
     def close(self) -> None:
-        with self._read_lock:
-            self._reader.close()
-        with self._checkpoint_lock:
-            self._checkpointer.close()
-        with self._now_lock:
-            self._now.close()
-        with self._lock:
-            self._db.close()
+        """Drain what was recorded, then close (a drain that fails leaves it in the journal)."""
+        try:
+            self.drain()
+        finally:
+            self._journal.close()
+            with self._read_lock:
+                self._reader.close()
+            with self._lock:
+                self._db.close()
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
@@ -249,6 +281,19 @@ class UsageSummary(TypedDict):
 
 def _nothing() -> None:
     pass
+
+
+def insert_rows(db: sqlite3.Connection, table: str, columns: str, rows: list[tuple[object, ...]]) -> None:
+    """``rows`` into ``table`` as few multi-row INSERTs as SQLite's variable limit allows, not
+    ``executemany``: that steps each row apart and hands the GIL back and forth with the event
+    loop's thread at each (about 50 µs of CPU per row at 3,000 calls a second, docs/benchmarks.md)."""
+    width = columns.count(",") + 1
+    per_statement = max(1, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)
+    one = "(" + ", ".join("?" * width) + ")"
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start : start + per_statement]
+        values = [value for row in chunk for value in row]
+        db.execute(f"INSERT INTO {table} ({columns}) VALUES {', '.join([one] * len(chunk))}", values)
 
 
 def _values(ts: float, usage: Sequence[UsageRow]) -> list[tuple[object, ...]]:

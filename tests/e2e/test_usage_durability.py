@@ -2,7 +2,8 @@
 four clients calling ``/tools/reason`` without pause, the daemon SIGKILLed ``KILLS`` times and
 restarted on the same state dir. Each client sends its own ``X-Request-ID`` and keeps the ids it
 got an answer for; afterwards every one of them is in the ``usage`` table: an answered call is
-committed to the ledger before its answer leaves the daemon.
+in the ledger's journal before its answer leaves the daemon, and each start replays the journal
+a kill left into SQLite.
 
 Measured before the ledger's group commit (a flush once a second): 10 kills lost about half of
 the answered calls."""
@@ -19,6 +20,7 @@ from pathlib import Path
 import httpx
 
 from stackd.sim import OpenAISim
+from stackd.state.keys import KeyedUsageStore, KeyStore
 from tests.e2e.conftest import SOLO_REMOTE_CONFIG, Daemon, start_daemon
 from tests.e2e.daemon_process import kill
 
@@ -72,6 +74,11 @@ class Clients:
 
 
 def ledger_ids(db: Path) -> set[str]:
+    """The answered calls in the ledger as the next daemon finds it: the journal the last SIGKILL
+    left is replayed into SQLite when the store opens."""
+    keys = KeyStore(db)
+    KeyedUsageStore(db, keys).close()
+    keys.close()
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT request_id, answered FROM usage WHERE request_id IS NOT NULL").fetchall()
     return {request_id for request_id, answered in rows if answered}

@@ -3,10 +3,10 @@ chain moves on to a healthy OpenAI simulator.
 
 The broken upstream is a raw TCP server that reads one request and answers with exactly the
 bytes of a case (a bad status line, an 8 KiB header, a broken chunked body, invalid UTF-8, an
-endless stream line, a redirect …); endpoints aiohttp cannot even use (not a URL, port 99999, a
+endless stream line, a redirect …); endpoints the client cannot even use (not a URL, port 99999, a
 key with a newline) fail before any byte is sent; the config refuses such endpoints at load, so
 they arrive here as live endpoints (where a process member's port is published). tests/unit/test_router_errors.py covers each
-exception family with a stand-in session; this file shows that the real client raises them.
+exception family with a stand-in client; this file shows that the real client raises them.
 """
 
 from __future__ import annotations
@@ -152,10 +152,10 @@ REPLIES: dict[str, tuple[bytes, FailureKind, bool | None]] = {
         FailureKind.stream_cut,
         None,
     ),
-    "a gzip body that is not gzip": (
+    "a Content-Encoding never asked for": (
         b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\nabcd",
-        FailureKind.stream_cut,
-        False,
+        FailureKind.malformed,
+        None,
     ),
     "invalid UTF-8 in the JSON": (
         b'HTTP/1.1 200 OK\r\nContent-Length: 16\r\n\r\n{"choices": "\xff"}',
@@ -208,7 +208,7 @@ async def test_a_broken_answer_on_the_wire_is_classified_and_the_backup_answers(
         ("ftp://127.0.0.1/v1", "anthropic"),
     ],
 )
-async def test_an_endpoint_aiohttp_cannot_use_is_refused_and_the_backup_answers(
+async def test_an_endpoint_that_is_not_an_http_url_is_refused_and_the_backup_answers(
     world: World, endpoint: str, api: str, streaming: bool
 ) -> None:
     attempt = await first_attempt(world.router(endpoint, api, live=True), streaming)

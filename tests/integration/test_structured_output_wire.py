@@ -9,7 +9,6 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 
 from stackd.config.models import StacksConfig
@@ -17,6 +16,7 @@ from stackd.errors import AllStrategiesFailed, OutputUnsupported
 from stackd.roles import LiveRoles, RoleTable
 from stackd.router import ReasonRouter
 from stackd.router.backends import build_backend
+from stackd.router.http_client import HttpClient
 from stackd.router.routes import Route, Target
 from stackd.router.types import ChatRequest, StreamFinish
 from stackd.sim import AnthropicSim, GeminiSim, OllamaSim, OpenAISim
@@ -86,13 +86,13 @@ def config(sims: dict[str, str]) -> StacksConfig:
 
 
 class World:
-    def __init__(self, cfg: StacksConfig, session: aiohttp.ClientSession, sims: dict[str, Any]) -> None:
+    def __init__(self, cfg: StacksConfig, client: HttpClient, sims: dict[str, Any]) -> None:
         self.config = cfg
-        self.session = session
+        self.client = client
         self.sims = sims
 
     def backend(self, name: str, endpoint: str | None = None) -> Any:
-        return build_backend(self.config, name, self.session, endpoint)
+        return build_backend(self.config, name, self.client, endpoint)
 
     def sent(self, sim: str, path_end: str) -> dict[str, Any]:
         body: dict[str, Any] = [r for r in self.sims[sim].requests if r.path.endswith(path_end)][-1].body
@@ -104,8 +104,9 @@ async def world(
     openai_sim: OpenAISim, ollama_sim: OllamaSim, gemini_sim: GeminiSim, anthropic_sim: AnthropicSim
 ) -> AsyncIterator[World]:
     sims = {"openai": openai_sim, "ollama": ollama_sim, "gemini": gemini_sim, "anthropic": anthropic_sim}
-    async with aiohttp.ClientSession() as session:
-        yield World(config({k: s.url for k, s in sims.items()}), session, sims)
+    client = HttpClient(connect_s=5)
+    yield World(config({k: s.url for k, s in sims.items()}), client, sims)
+    await client.close()
 
 
 async def test_openai_gets_response_format_tools_and_tool_choice_as_given(world: World) -> None:

@@ -6,13 +6,13 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 
 from stackd.config.models import StacksConfig
 from stackd.errors import AllStrategiesFailed
 from stackd.roles import LiveRoles, RoleTable
 from stackd.router import ReasonRouter
+from stackd.router.http_client import HttpClient
 from stackd.router.types import (
     BackendError,
     ChatRequest,
@@ -138,7 +138,7 @@ def make_router(
 ) -> ReasonRouter:
     roles = LiveRoles(RoleTable("s", {"orchestrator": "m3"}, frozenset(members)))
 
-    def factory(name: str, session: aiohttp.ClientSession) -> ScriptedBackend:
+    def factory(name: str, session: HttpClient) -> ScriptedBackend:
         return backends[name]
 
     return ReasonRouter(config, roles, clock=clock, backend_factory=factory)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 
-import aiohttp
 import pytest
 
 from stackd.config.models import StacksConfig
 from stackd.errors import AllStrategiesFailed
 from stackd.roles import LiveRoles, RoleTable
 from stackd.router import ReasonRouter
+from stackd.router.http_client import HttpClient
 from stackd.router.types import (
     ChatRequest,
     Completion,
@@ -88,7 +88,7 @@ def make_config(allow_empty: bool = False) -> StacksConfig:
 def make_router(config: StacksConfig, backends: dict[str, PiecesBackend]) -> ReasonRouter:
     roles = LiveRoles(RoleTable("s", {"orchestrator": "m1"}, frozenset(MODELS)))
 
-    def factory(name: str, session: aiohttp.ClientSession) -> PiecesBackend:
+    def factory(name: str, session: HttpClient) -> PiecesBackend:
         return backends[name]
 
     return ReasonRouter(config, roles, clock=FakeClock(), backend_factory=factory)

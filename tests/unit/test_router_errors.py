@@ -1,6 +1,6 @@
 """Every exception family a backend's wire or parser can raise is a classified, recorded failure.
 
-The failing backend is a real protocol backend (OpenAI unless said otherwise) whose HTTP session
+The failing backend is a real protocol backend (OpenAI unless said otherwise) whose HTTP client
 is a stand-in that raises one exception, before the response head (the request could not be
 made) or while the body is read; the next strategy is a scripted backend that answers. For each
 family: the call is answered by the next strategy, the failed attempt carries its
@@ -11,14 +11,13 @@ than ``BackendError`` is recorded as ``malformed`` too, without its message.
 
 from __future__ import annotations
 
-import asyncio
+import base64
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
-import aiohttp
 import pytest
-from aiohttp import http_exceptions
 
 from stackd.config.models import StacksConfig
 from stackd.config.secrets import Secrets
@@ -29,6 +28,15 @@ from stackd.router.backends.base import Backend
 from stackd.router.backends.gemini import GeminiBackend
 from stackd.router.backends.ollama import OllamaBackend
 from stackd.router.backends.openai import OpenAIBackend
+from stackd.router.http_client import (
+    BadAnswer,
+    BadHeader,
+    ConnectFailed,
+    ConnectTimedOut,
+    Disconnected,
+    HttpClient,
+    InvalidUrl,
+)
 from stackd.router.redaction import Redactor
 from stackd.router.types import (
     ChatRequest,
@@ -87,53 +95,37 @@ def make_config(api: str = "openai", endpoint: str = "http://m1.invalid/v1") -> 
     )
 
 
-# ---------------------------------------------------------------- a session that fails as told
-class FakeContent:
-    def __init__(self, body: bytes | BaseException) -> None:
+# ---------------------------------------------------------------- a client that fails as told
+class FakeAnswer:
+    """Stands in for ``HttpAnswer``: its body is bytes, or an exception raised when it is read."""
+
+    def __init__(self, status: int, body: bytes | BaseException) -> None:
+        self.status = status
+        self.headers: dict[str, str] = {}
+        self.content_length = None
         self._body = body
 
     def _bytes(self) -> bytes:
         if isinstance(self._body, BaseException):
             raise self._body
-        return self._body
-
-    async def read(self, n: int = -1) -> bytes:
-        body, self._body = self._bytes(), b""
+        body, self._body = self._body, b""
         return body
 
-    async def iter_any(self) -> AsyncIterator[bytes]:
+    async def read(self) -> bytes:
+        return self._bytes()
+
+    async def read_some(self, limit: int) -> bytes:
+        return self._bytes()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
         body = self._bytes()
         if body:
             yield body
 
 
-class FakeResponse:
-    def __init__(self, status: int, body: bytes | BaseException) -> None:
-        self.status = status
-        self.headers: dict[str, str] = {}
-        self.content_length = None
-        self.content = FakeContent(body)
-
-    async def read(self) -> bytes:
-        return await self.content.read()
-
-
-class FakeRequest:
-    def __init__(self, session: FakeSession) -> None:
-        self._session = session
-
-    async def __aenter__(self) -> FakeResponse:
-        if self._session.before_head is not None:
-            raise self._session.before_head
-        return FakeResponse(self._session.status, self._session.body)
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
-class FakeSession:
-    """Stands in for ``aiohttp.ClientSession``: ``post`` raises ``before_head`` on entering, or
-    answers ``status`` with ``body`` (bytes, or an exception raised when the body is read)."""
+class FakeClient:
+    """Stands in for ``HttpClient``: ``post`` raises ``before_head`` on entering, or answers
+    ``status`` with ``body`` (bytes, or an exception raised when the body is read)."""
 
     def __init__(
         self, before_head: BaseException | None = None, status: int = 200, body: bytes | BaseException = b""
@@ -141,11 +133,14 @@ class FakeSession:
         self.before_head = before_head
         self.status = status
         self.body = body
-        self.posts: list[tuple[str, dict[str, Any]]] = []
+        self.posts: list[tuple[str, bytes, dict[str, str]]] = []
 
-    def post(self, url: str, **kwargs: Any) -> FakeRequest:
-        self.posts.append((url, kwargs))
-        return FakeRequest(self)
+    @asynccontextmanager
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> AsyncIterator[FakeAnswer]:
+        self.posts.append((url, body, dict(headers)))
+        if self.before_head is not None:
+            raise self.before_head
+        yield FakeAnswer(self.status, self.body)
 
 
 class Answering:
@@ -178,16 +173,16 @@ def router_over(config: StacksConfig, failing: Backend) -> ReasonRouter:
     stack = config.stacks["s"]
     table = RoleTable("s", dict(stack.roles), frozenset(stack.member_names))
 
-    def factory(name: str, session: aiohttp.ClientSession) -> Backend | None:
+    def factory(name: str, client: HttpClient) -> Backend | None:
         return failing if name == FAILING else Answering()
 
     return ReasonRouter(config, LiveRoles(table), backend_factory=factory)
 
 
-def protocol_router(session: FakeSession, api: str = "openai", endpoint: str | None = None) -> ReasonRouter:
+def protocol_router(client: FakeClient, api: str = "openai", endpoint: str | None = None) -> ReasonRouter:
     config = make_config(api, endpoint or "http://m1.invalid/v1")
     secrets = Secrets({KEY_ENV: KEY})  # the daemon's Secrets, as a dict: no process-wide variable
-    backend = PROTOCOLS[api](config.models[FAILING], session, Redactor.for_config(config, secrets))
+    backend = PROTOCOLS[api](config.models[FAILING], client, Redactor.for_config(config, secrets))
     return router_over(config, backend)
 
 
@@ -217,83 +212,38 @@ def assert_recorded(router: ReasonRouter, backend: str, attempts: list[Any], kin
     assert attempts[1].status == "answered"
 
 
-def conn_key() -> Any:
-    from aiohttp.client_reqrep import ConnectionKey
-
-    return ConnectionKey("m1.invalid", 443, True, True, None, None, None)
-
-
-def request_info() -> aiohttp.RequestInfo:
-    from multidict import CIMultiDict, CIMultiDictProxy
-    from yarl import URL
-
-    url = URL("http://m1.invalid/v1/chat/completions")
-    return aiohttp.RequestInfo(url, "POST", CIMultiDictProxy(CIMultiDict()), url)
-
-
-# What aiohttp raises before there is a response head: the request never became an answer.
+# What the client raises before there is a response head: the request never became an answer.
 BEFORE_HEAD: dict[str, tuple[BaseException, FailureKind]] = {
-    "InvalidUrlClientError": (
-        aiohttp.InvalidUrlClientError("not a url at all/chat/completions"),
-        FailureKind.refused,
-    ),
-    "NonHttpUrlClientError": (aiohttp.NonHttpUrlClientError("ftp://m1.invalid/v1"), FailureKind.refused),
-    "ValueError (Authorization with URL credentials)": (
-        ValueError("Cannot combine AUTHORIZATION header with AUTH argument or credentials encoded in URL"),
-        FailureKind.refused,
-    ),
-    "UnicodeEncodeError (a header aiohttp cannot encode)": (
+    "InvalidUrl": (InvalidUrl("not an http(s) URL: ftp://m1.invalid/v1"), FailureKind.refused),
+    "BadHeader": (BadHeader("header 'X' holds a line break"), FailureKind.refused),
+    "ValueError": (ValueError("a value the request cannot carry"), FailureKind.refused),
+    "UnicodeEncodeError (a header that cannot be encoded)": (
         UnicodeEncodeError("latin-1", "ключ", 0, 4, "ordinal not in range(256)"),
         FailureKind.refused,
     ),
-    "ClientConnectorError": (
-        aiohttp.ClientConnectorError(conn_key(), ConnectionRefusedError(111, "Connection refused")),
-        FailureKind.refused,
-    ),
-    "ClientConnectorDNSError": (
-        aiohttp.ClientConnectorDNSError(conn_key(), OSError(-2, "Name or service not known")),
-        FailureKind.refused,
-    ),
-    "ClientConnectorCertificateError": (
-        aiohttp.ClientConnectorCertificateError(conn_key(), OSError(1, "certificate verify failed")),
-        FailureKind.refused,
-    ),
-    "ClientProxyConnectionError": (
-        aiohttp.ClientProxyConnectionError(conn_key(), OSError(111, "proxy refused")),
-        FailureKind.refused,
-    ),
-    "ServerFingerprintMismatch": (
-        aiohttp.ServerFingerprintMismatch(b"a", b"b", "m1.invalid", 443),
-        FailureKind.refused,
-    ),
-    "ServerDisconnectedError": (aiohttp.ServerDisconnectedError(), FailureKind.refused),
-    "ClientOSError": (aiohttp.ClientOSError(104, "Connection reset by peer"), FailureKind.refused),
-    "ClientConnectionResetError": (aiohttp.ClientConnectionResetError("reset"), FailureKind.refused),
-    "ConnectionTimeoutError": (aiohttp.ConnectionTimeoutError("connect timed out"), FailureKind.timeout),
-    "TooManyRedirects": (aiohttp.TooManyRedirects(request_info(), ()), FailureKind.malformed),
-    "ClientResponseError (bad status line)": (
-        aiohttp.ClientResponseError(request_info(), (), status=400, message="Bad status line 'garbage'"),
+    "ConnectFailed (refused)": (ConnectFailed("Connection refused"), FailureKind.refused),
+    "ConnectFailed (DNS)": (ConnectFailed("Name or service not known"), FailureKind.refused),
+    "ConnectFailed (TLS)": (ConnectFailed("certificate verify failed"), FailureKind.refused),
+    "Disconnected (closed before the head)": (Disconnected("closed"), FailureKind.refused),
+    "ConnectionResetError": (ConnectionResetError(104, "Connection reset by peer"), FailureKind.refused),
+    "ConnectTimedOut": (ConnectTimedOut("connect timed out after 1 s"), FailureKind.timeout),
+    "BadAnswer (bad status line)": (
+        BadAnswer("not an HTTP/1.1 answer (invalid status)"),
         FailureKind.malformed,
     ),
-    "LineTooLong (a header over 8 KiB)": (
-        http_exceptions.LineTooLong(b"x" * 100, "8190"),
-        FailureKind.malformed,
-    ),
-    "BadStatusLine": (http_exceptions.BadStatusLine("garbage"), FailureKind.malformed),
+    "BadAnswer (a head over its limit)": (BadAnswer("an answer's head over 64 KiB"), FailureKind.malformed),
     "RuntimeError (anything else)": (RuntimeError("something unexpected"), FailureKind.refused),
 }
 
 # What the body's reading or parsing raises once the head has arrived.
 AFTER_HEAD: dict[str, tuple[bytes | BaseException, FailureKind]] = {
-    "ClientPayloadError": (
-        aiohttp.ClientPayloadError("Response payload is not completed"),
-        FailureKind.stream_cut,
-    ),
-    "ServerDisconnectedError": (aiohttp.ServerDisconnectedError(), FailureKind.stream_cut),
-    "IncompleteReadError": (asyncio.IncompleteReadError(b"partial", 100), FailureKind.stream_cut),
+    "Disconnected": (Disconnected("the connection closed before the answer ended"), FailureKind.stream_cut),
     "ConnectionResetError": (ConnectionResetError(104, "Connection reset by peer"), FailureKind.stream_cut),
-    "SocketTimeoutError": (aiohttp.SocketTimeoutError("read timed out"), FailureKind.timeout),
-    "TransferEncodingError": (http_exceptions.TransferEncodingError("bad chunk size"), FailureKind.malformed),
+    "TimeoutError": (TimeoutError("read timed out"), FailureKind.timeout),
+    "BadAnswer (bad chunk size)": (
+        BadAnswer("not an HTTP/1.1 answer (invalid chunk size)"),
+        FailureKind.malformed,
+    ),
     "ValueError (Chunk too big)": (ValueError("Chunk too big"), FailureKind.malformed),
     "UnicodeDecodeError (raised by a reader)": (
         UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"),
@@ -334,7 +284,7 @@ async def test_a_failure_before_the_head_is_recorded_and_the_next_strategy_answe
     family: str, streaming: bool
 ) -> None:
     exc, kind = BEFORE_HEAD[family]
-    router = protocol_router(FakeSession(before_head=exc))
+    router = protocol_router(FakeClient(before_head=exc))
     backend, attempts = await call(router, streaming)
     assert_recorded(router, backend, attempts, kind)
 
@@ -345,21 +295,21 @@ async def test_a_failure_while_the_body_is_read_is_recorded_and_the_next_strateg
     family: str, streaming: bool
 ) -> None:
     body, kind = AFTER_HEAD[family]
-    router = protocol_router(FakeSession(body=body))
+    router = protocol_router(FakeClient(body=body))
     backend, attempts = await call(router, streaming)
     assert_recorded(router, backend, attempts, kind)
 
 
 @pytest.mark.parametrize("body", list(BAD_BODIES))
 async def test_an_answer_of_the_wrong_shape_is_malformed(body: str) -> None:
-    router = protocol_router(FakeSession(body=BAD_BODIES[body]))
+    router = protocol_router(FakeClient(body=BAD_BODIES[body]))
     backend, attempts = await call(router, streaming=False)
     assert_recorded(router, backend, attempts, FailureKind.malformed)
 
 
 @pytest.mark.parametrize("stream", list(BAD_STREAMS))
 async def test_a_stream_of_the_wrong_shape_fails_before_its_first_token(stream: str) -> None:
-    router = protocol_router(FakeSession(body=BAD_STREAMS[stream]))
+    router = protocol_router(FakeClient(body=BAD_STREAMS[stream]))
     backend, attempts = await call(router, streaming=True)
     assert_recorded(router, backend, attempts, STREAM_KIND.get(stream, FailureKind.malformed))
 
@@ -369,7 +319,7 @@ async def test_a_stream_of_the_wrong_shape_fails_before_its_first_token(stream: 
 @pytest.mark.parametrize(
     ("family", "body", "kind"),
     [
-        ("payload cut", aiohttp.ClientPayloadError("not completed"), FailureKind.stream_cut),
+        ("payload cut", Disconnected("closed mid-answer"), FailureKind.stream_cut),
         ("not JSON", b"{ not json", FailureKind.malformed),
         ("wrong shape", WRONG_EVERYWHERE, FailureKind.malformed),
         ("a line over 1 MiB", b"{" + b"a" * (1024 * 1024 + 10), FailureKind.malformed),
@@ -388,7 +338,7 @@ async def test_every_protocol_reads_its_answer_inside_the_translation(
         body = b'{"a": "' + b"x" * 100 + b'"'  # a plain answer has no lines: cut JSON instead
     elif streaming and api != "ollama" and isinstance(body, bytes) and family != "a line over 1 MiB":
         body = b"data: " + body + b"\n\n"  # Ollama streams NDJSON, the others SSE
-    router = protocol_router(FakeSession(body=body), api)
+    router = protocol_router(FakeClient(body=body), api)
     backend, attempts = await call(router, streaming)
     assert_recorded(router, backend, attempts, kind)
 
@@ -401,24 +351,23 @@ async def test_every_protocol_reads_its_answer_inside_the_translation(
 async def test_a_status_is_classified_and_a_redirect_is_not_followed(
     status: int, kind: FailureKind, streaming: bool
 ) -> None:
-    session = FakeSession(status=status, body=b'{"error": {"message": "no"}}')
-    router = protocol_router(session)
+    client = FakeClient(status=status, body=b'{"error": {"message": "no"}}')
+    router = protocol_router(client)
     backend, attempts = await call(router, streaming)
     assert_recorded(router, backend, attempts, kind)
     assert attempts[0].reason.startswith(
         f"{kind.value}: HTTP {status} from http://m1.invalid/v1/chat/completions"
     )
-    assert session.posts[0][1]["allow_redirects"] is False
 
 
 # ---------------------------------------------------------------- credentials in the endpoint URL
 async def test_url_credentials_beside_a_bearer_key_are_refused_with_the_fix() -> None:
-    """aiohttp cannot send Basic credentials and ``Authorization: Bearer`` together: OpenAI's
+    """One request cannot carry Basic credentials and ``Authorization: Bearer`` together: OpenAI's
     backend says so before any I/O, as it says that a key variable is unset."""
-    session = FakeSession(body=b"{}")
-    router = protocol_router(session, endpoint="https://proxy-user:proxy-pass-c4n4ry@m1.invalid/v1")
+    client = FakeClient(body=b"{}")
+    router = protocol_router(client, endpoint="https://proxy-user:proxy-pass-c4n4ry@m1.invalid/v1")
     backend, attempts = await call(router, streaming=False)
-    assert backend == ANSWERING and session.posts == []
+    assert backend == ANSWERING and client.posts == []
     assert attempts[0].status == "skipped"
     assert attempts[0].reason.startswith(f"the endpoint has credentials in its URL and {KEY_ENV} is set")
     assert "proxy-pass-c4n4ry" not in attempts[0].reason
@@ -426,14 +375,13 @@ async def test_url_credentials_beside_a_bearer_key_are_refused_with_the_fix() ->
 
 @pytest.mark.parametrize("api", ["anthropic", "gemini", "ollama"])
 async def test_url_credentials_travel_as_basic_auth_and_never_in_the_url(api: str) -> None:
-    session = FakeSession(status=500, body=b'{"error": "down"}')
-    router = protocol_router(session, api, "http://proxy-user:p%40ss-c4n4ry@m1.invalid/v1")
+    client = FakeClient(status=500, body=b'{"error": "down"}')
+    router = protocol_router(client, api, "http://proxy-user:p%40ss-c4n4ry@m1.invalid/v1")
     backend, attempts = await call(router, streaming=False)
     assert backend == ANSWERING
-    url, kwargs = session.posts[0]
+    url, _, headers = client.posts[0]
     assert url.startswith("http://m1.invalid/v1") and "c4n4ry" not in url
-    assert kwargs["headers"]["Authorization"] == aiohttp.encode_basic_auth("proxy-user", "p@ss-c4n4ry")
-    assert "auth" not in kwargs
+    assert headers["Authorization"] == "Basic " + base64.b64encode(b"proxy-user:p@ss-c4n4ry").decode()
     assert attempts[0].kind is FailureKind.http_5xx
     assert "c4n4ry" not in attempts[0].reason and "proxy-user" not in attempts[0].reason
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import aiohttp
-
 from stackd.config.models import StacksConfig
 from stackd.roles import LiveRoles, RoleTable
 from stackd.router import ReasonRouter
 from stackd.router.backends import Backend, build_backend
 from stackd.router.circuit import CircuitState
+from stackd.router.http_client import HttpClient
 from stackd.router.types import ChatRequest, StreamDone, TextDelta
 from stackd.sim.control import SimControl
 from stackd.sim.openai import OpenAISim
@@ -126,11 +125,11 @@ def sim_config(url: str, connect_s: float) -> StacksConfig:
 async def test_a_new_connect_timeout_gets_a_new_session_and_the_old_closes_after_its_calls() -> None:
     async with OpenAISim(control=SimControl(latency_ms=300, tokens=4, chunk_interval_ms=50)) as sim:
         config = sim_config(sim.url, connect_s=2)
-        sessions: list[aiohttp.ClientSession] = []
+        sessions: list[HttpClient] = []
 
-        def factory(name: str, session: aiohttp.ClientSession) -> Backend | None:
-            sessions.append(session)
-            return build_backend(router.config, name, session)
+        def factory(name: str, client: HttpClient) -> Backend | None:
+            sessions.append(client)
+            return build_backend(router.config, name, client)
 
         roles = LiveRoles(RoleTable("s", {"orchestrator": "m2"}, frozenset({"m1"})))
         router = ReasonRouter(config, roles, backend_factory=factory)
@@ -150,7 +149,7 @@ async def test_a_new_connect_timeout_gets_a_new_session_and_the_old_closes_after
         assert not sessions[0].closed  # two calls still run on it
         assert (await router.reason(request)).text  # a new call: a new session, with the new limit
         assert sessions[-1] is not sessions[0]
-        assert sessions[-1].timeout.sock_connect == 5
+        assert sessions[-1].connect_s == 5
         assert (await plain).text  # the calls in flight were not cut
         await stream
         assert isinstance(streamed[-1], StreamDone) and sum(isinstance(i, TextDelta) for i in streamed) == 4

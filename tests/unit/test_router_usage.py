@@ -4,7 +4,10 @@ exposed to Prometheus."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,10 +42,10 @@ async def test_calls_land_in_sqlite_with_their_request_ids_and_summary_adds_them
     for request_id in ("call-1", "call-2"):
         call: dict[tuple[str, str], Tally] = {}
         record_some(accounting, call)
-        await ledger.commit(usage_rows(call, request_id))
-        assert {r[0] for r in read_ids(tmp_path)} >= {request_id}  # committed when commit returns
+        ledger.record(usage_rows(call, request_id))
         clock.now += 10
     await ledger.aclose()
+    assert {r[0] for r in read_ids(tmp_path)} == {"call-1", "call-2"}
     rows = {(r["strategy"], r["backend"]): r for r in store.summary()}
     assert rows[("cloud_gpu", "r1")]["requests"] == 2
     assert rows[("cloud_gpu", "r1")]["skipped"] == 2
@@ -70,86 +73,147 @@ def one_call(accounting: Accounting, n: int) -> list[UsageRow]:
     return usage_rows(tallies, f"call-{n}")
 
 
-class TransactionClock:
-    """The ledger's clock, read once per transaction (to stamp its rows): it counts them."""
-
-    def __init__(self) -> None:
-        self.transactions = 0
-
-    def __call__(self) -> float:
-        self.transactions += 1
-        return 1_700_000_000.0
+def journal_files(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in tmp_path.glob("stackd.db-usage.*"))
 
 
-async def test_calls_with_nothing_to_wait_for_commit_on_the_loop_one_transaction_per_turn(
-    tmp_path: Path,
-) -> None:
+RECORD_AND_DIE = """
+import os, signal, sys
+from pathlib import Path
+from stackd.router.accounting import Accounting
+from tests.unit.test_router_usage import one_call
+from stackd.state.keys import KeyedUsageStore, KeyStore
+db = Path(sys.argv[1])
+store = KeyedUsageStore(db, KeyStore(db))
+accounting = Accounting()
+store.claim("call-0", "ide")
+for n in range(int(sys.argv[2])):
+    store.record(1_700_000_000.0 + n, one_call(accounting, n))()
+if len(sys.argv) > 3:
+    store.drain()
+    store.record(1_700_000_000.0, one_call(accounting, 999))()
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def record_and_die(tmp_path: Path, calls: int, drain_first: bool = False) -> None:
+    """A process records ``calls`` calls (the first keyed), then is SIGKILLed: nothing drains."""
+    args = [sys.executable, "-c", RECORD_AND_DIE, str(tmp_path / "stackd.db"), str(calls)]
+    done = subprocess.run([*args, "drain"] if drain_first else args, cwd=Path(__file__).parents[2])
+    assert done.returncode == -signal.SIGKILL
+
+
+def test_recorded_rows_survive_a_sigkill_and_are_replayed_once_at_the_next_open(tmp_path: Path) -> None:
+    record_and_die(tmp_path, 40)
+    assert read_ids(tmp_path) == [] and journal_files(tmp_path) == ["stackd.db-usage.1"]
+    keys = KeyStore(tmp_path / "stackd.db")
+    store = KeyedUsageStore(tmp_path / "stackd.db", keys)
+    assert store.replayed == 41  # 40 usage rows and the keyed call's key_usage row
+    assert sorted(r[0] for r in read_ids(tmp_path)) == sorted(f"call-{n}" for n in range(40))
+    assert keys.spend_since(0.0, 0.0)["ide"].calls == 1
+    assert journal_files(tmp_path) == ["stackd.db-usage.2"]  # the replayed file is gone
+    store.close()
+    again = UsageStore(tmp_path / "stackd.db")
+    assert again.replayed == 0 and len(read_ids(tmp_path)) == 40
+    again.close()
+    keys.close()
+
+
+def test_a_journal_drained_before_the_crash_is_not_replayed_again(tmp_path: Path) -> None:
+    """Drained rows are marked in the drain's own transaction: a crash after it (before the
+    file is deleted, or with rows recorded since) replays only what was not drained."""
+    record_and_die(tmp_path, 5, drain_first=True)
+    assert len(read_ids(tmp_path)) == 5
+    (tmp_path / "stackd.db-usage.1").write_bytes(b"")  # as if the crash came before the unlink
     store = UsageStore(tmp_path / "stackd.db")
-    clock = TransactionClock()
-    ledger = UsageLedger(store, clock)
+    assert store.replayed == 1
+    assert sorted(r[0] for r in read_ids(tmp_path)) == sorted([*(f"call-{n}" for n in range(5)), "call-999"])
+    store.close()
+
+
+def test_a_line_cut_short_is_skipped_and_the_rest_replayed(tmp_path: Path) -> None:
+    record_and_die(tmp_path, 3)
+    journal = tmp_path / "stackd.db-usage.1"
+    journal.write_bytes(journal.read_bytes() + b'[["usage",[1700000000.0,"lo')  # a full disk's last write
+    store = UsageStore(tmp_path / "stackd.db")
+    assert store.replayed == 4 and len(read_ids(tmp_path)) == 3  # and call-0's key_usage record
+    store.close()
+
+
+async def test_recording_touches_no_sqlite_and_one_drain_takes_every_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ledger_module, "DRAIN_AFTER_S", 0.05)
+    store = UsageStore(tmp_path / "stackd.db")
+    ledger = UsageLedger(store, lambda: 1_700_000_000.0)
     accounting = Accounting()
-
-    async def call(n: int) -> None:
-        await ledger.commit(one_call(accounting, n))
-        assert (f"call-{n}", "local") in read_ids(tmp_path)  # committed when commit returns
-
-    await asyncio.gather(*(call(n) for n in range(50)))  # all reach commit in the same turn
-    assert clock.transactions == 1
-    for n in range(50, 53):  # one at a time: each its own
-        await call(n)
-    assert clock.transactions == 4
-    assert ledger._task is None  # no writer task, no thread: every commit was made on the loop
-    await ledger.commit([])  # nothing to write: returns at once
+    for n in range(50):
+        ledger.record(one_call(accounting, n))
+    assert read_ids(tmp_path) == []  # in the journal only: nothing waited on SQLite
+    assert journal_files(tmp_path) == ["stackd.db-usage.1"]
+    await asyncio.sleep(0.3)
+    assert len(read_ids(tmp_path)) == 50
+    assert journal_files(tmp_path) == ["stackd.db-usage.2"]  # one drain: one generation closed
+    ledger.record([])  # nothing to record: no drain
+    await asyncio.sleep(0.1)
+    assert journal_files(tmp_path) == ["stackd.db-usage.2"]
     await ledger.aclose()
-    assert store.summary()[0]["answered"] == 53
-    await store.aclose()
+    store.close()
 
 
-async def test_calls_behind_another_writer_share_commits_and_each_returns_only_once_written(
-    tmp_path: Path,
-) -> None:
-    """Another connection holds SQLite's write lock: no call writes on the event loop (it would
-    wait), each waits for the writer thread, whose transactions take every call waiting."""
+async def test_a_read_sees_every_recorded_call_without_waiting_for_the_drain(tmp_path: Path) -> None:
     store = UsageStore(tmp_path / "stackd.db")
-    clock = TransactionClock()
-    ledger = UsageLedger(store, clock)
+    ledger = UsageLedger(store, lambda: 1_700_000_000.0)
+    accounting = Accounting()
+    for n in range(3):
+        ledger.record(one_call(accounting, n))
+    assert store.summary()[0]["answered"] == 3  # caught up before the read
+    await ledger.aclose()
+    store.close()
+
+
+async def test_a_drain_behind_another_writer_waits_in_its_thread_while_calls_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another connection holds SQLite's write lock: recording goes on (the loop never waits on
+    SQLite), a read answers with what was drained, and the drain lands once the lock is free."""
+    monkeypatch.setattr(ledger_module, "DRAIN_AFTER_S", 0.01)
+    store = UsageStore(tmp_path / "stackd.db")
+    ledger = UsageLedger(store, lambda: 1_700_000_000.0)
     accounting = Accounting()
     blocker = sqlite3.connect(tmp_path / "stackd.db", isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
-    released = False
-
-    def release() -> None:
-        nonlocal released
-        released = True
-        blocker.execute("COMMIT")
-
-    asyncio.get_running_loop().call_later(0.3, release)  # runs: the loop never waits on SQLite
-
-    async def call(n: int) -> None:
-        await ledger.commit(one_call(accounting, n))
-        assert released
-        assert (f"call-{n}", "local") in read_ids(tmp_path)
-
-    await asyncio.gather(*(call(n) for n in range(50)))
+    asyncio.get_running_loop().call_later(0.3, blocker.execute, "COMMIT")
+    started = asyncio.get_running_loop().time()
+    for n in range(20):
+        ledger.record(one_call(accounting, n))
+        await asyncio.sleep(0.005)
+    assert asyncio.get_running_loop().time() - started < 0.29  # nothing waited for the lock
+    assert store.summary() == []  # the read did not wait either
+    await asyncio.sleep(0.5)
+    assert len(read_ids(tmp_path)) == 20
     await ledger.aclose()
     blocker.close()
-    assert 1 <= clock.transactions < 50  # grouped: fewer transactions than calls
-    assert store.summary()[0]["answered"] == 50
-    await store.aclose()
+    store.close()
 
 
-def test_commits_never_checkpoint_the_checkpoint_does(tmp_path: Path) -> None:
-    """Past SQLite's automatic checkpoint (1,000 WAL pages) no commit has checkpointed (one on
-    the event loop would stall every call); ``checkpoint``, run in the ledger's thread, does."""
+async def test_a_failed_drain_keeps_its_rows_and_the_next_writes_them_once(tmp_path: Path) -> None:
     store = UsageStore(tmp_path / "stackd.db")
     accounting = Accounting()
-    for n in range(1_100):
-        assert store.write_now(1_700_000_000.0, one_call(accounting, n))
-    frames, moved = store.checkpoint()
-    assert frames > 1_000  # all still in the WAL: nothing checkpointed them on the way
-    assert moved == frames
-    assert len(read_ids(tmp_path)) == 1_100
+    store.record(1_700_000_000.0, one_call(accounting, 1))
+    blocker = sqlite3.connect(tmp_path / "stackd.db", isolation_level=None, timeout=0)
+    blocker.execute("BEGIN IMMEDIATE")
+    store._db.execute("PRAGMA busy_timeout=0")  # the drain fails at once: "database is locked"
+    with pytest.raises(sqlite3.OperationalError):
+        store.drain()
+    blocker.execute("COMMIT")
+    store.record(1_700_000_000.0, one_call(accounting, 2))
+    assert store.drain()
+    assert sorted(r[0] for r in read_ids(tmp_path)) == ["call-1", "call-2"]
+    assert journal_files(tmp_path) == ["stackd.db-usage.3"]  # both closed generations deleted
     store.close()
+    assert UsageStore(tmp_path / "stackd.db").replayed == 0
+    blocker.close()
 
 
 class FakeRouter:
@@ -195,7 +259,7 @@ async def test_a_slice_budget_spent_before_a_restart_stays_spent(tmp_path: Path)
     ):
         call: dict[tuple[str, str], Tally] = {}
         accounting.record(strategy, "m", "answered", None, 1.0, 1.0, usage, call=call)
-        await ledger.commit(usage_rows(call, None))
+        ledger.record(usage_rows(call, None))
     await ledger.aclose()
     clock.now += 86400  # the next day: yesterday's rows are not today's spending
     call = {}
@@ -211,11 +275,9 @@ async def test_a_slice_budget_spent_before_a_restart_stays_spent(tmp_path: Path)
     await store.aclose()
 
 
-async def test_a_keyed_call_is_its_keys_in_the_same_commit_on_the_loop_or_in_the_thread(
-    tmp_path: Path,
-) -> None:
-    """``key_usage`` is written in the rows' own transaction, whichever path commits them: on the
-    event loop (nothing waits) or in the writer thread (another writer holds the lock)."""
+async def test_a_keyed_call_is_its_keys_from_the_moment_it_is_recorded(tmp_path: Path) -> None:
+    """``key_usage`` is recorded with the rows (the listeners hear of it at once, the limits count
+    it) and lands in SQLite in the rows' own transaction."""
     keys = KeyStore(tmp_path / "stackd.db")
     store = KeyedUsageStore(tmp_path / "stackd.db", keys)
     heard: list[tuple[str, int, float]] = []
@@ -223,48 +285,13 @@ async def test_a_keyed_call_is_its_keys_in_the_same_commit_on_the_loop_or_in_the
     ledger = UsageLedger(store, lambda: 1_700_000_000.0)
     accounting = Accounting()
     store.claim("call-1", "ide")
-    await ledger.commit(one_call(accounting, 1))  # on the loop
-    assert ledger._task is None
-    blocker = sqlite3.connect(tmp_path / "stackd.db", isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")
-    asyncio.get_running_loop().call_later(0.2, blocker.execute, "COMMIT")
     store.claim("call-2", "ide")
-    await ledger.commit(one_call(accounting, 2))  # through the thread
-    assert ledger._task is not None
-    await ledger.aclose()
-    blocker.close()
+    ledger.record(one_call(accounting, 1))
+    ledger.record(one_call(accounting, 2))
+    ledger.record(one_call(accounting, 3))  # nobody's key
     assert heard == [("ide", 2, 0.0), ("ide", 2, 0.0)]
-    spend = keys.spend_since(0.0, 0.0)["ide"]
+    spend = keys.spend_since(0.0, 0.0)["ide"]  # the read catches up first
     assert (spend.calls, spend.tokens) == (2, 4)
+    await ledger.aclose()
     await store.aclose()
     keys.close()
-
-
-async def test_the_ledger_checkpoints_every_so_many_commits_on_either_path(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Neither path checkpoints by itself (``wal_autocheckpoint=0``): the ledger runs one in a
-    thread every ``CHECKPOINT_EVERY`` commits, counting the loop's and the writer thread's."""
-    monkeypatch.setattr(ledger_module, "CHECKPOINT_EVERY", 3)
-    store = UsageStore(tmp_path / "stackd.db")
-    checkpoints: list[tuple[int, int]] = []
-    checkpoint = store.checkpoint
-
-    def counted() -> tuple[int, int]:
-        checkpoints.append(checkpoint())
-        return checkpoints[-1]
-
-    monkeypatch.setattr(store, "checkpoint", counted)
-    ledger = UsageLedger(store, lambda: 1_700_000_000.0)
-    accounting = Accounting()
-    for n in range(3):  # on the loop, one turn each
-        await ledger.commit(one_call(accounting, n))
-    await asyncio.sleep(0.2)
-    assert len(checkpoints) == 1 and checkpoints[0][1] == checkpoints[0][0] > 0
-    for n in range(3, 6):  # through the writer thread, one batch each
-        ledger.submit(one_call(accounting, n))
-        await asyncio.sleep(0.05)
-    await ledger.aclose()
-    assert len(checkpoints) == 2
-    assert len(read_ids(tmp_path)) == 6
-    await store.aclose()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from stackd.config.models import Api, StacksConfig
 from stackd.config.secrets import Secrets
 from stackd.router.backends.anthropic import AnthropicBackend
@@ -12,10 +10,8 @@ from stackd.router.backends.gemini import GeminiBackend
 from stackd.router.backends.ollama import OllamaBackend
 from stackd.router.backends.openai import OpenAIBackend
 from stackd.router.backends.sampling import SampledBackend
+from stackd.router.http_client import HttpClient
 from stackd.router.redaction import Redactor
-
-if TYPE_CHECKING:  # aiohttp (~0.1 s) is imported when a session is first made
-    import aiohttp
 
 __all__ = ["Backend", "build_backend"]
 
@@ -23,7 +19,7 @@ __all__ = ["Backend", "build_backend"]
 def build_backend(
     config: StacksConfig,
     name: str,
-    session: aiohttp.ClientSession,
+    client: HttpClient,
     endpoint: str | None = None,
     secrets: Secrets | None = None,
 ) -> Backend | None:
@@ -38,13 +34,13 @@ def build_backend(
     backend: Backend
     match model.api:
         case Api.openai:
-            backend = OpenAIBackend(name, model, session, redact)
+            backend = OpenAIBackend(name, model, client, redact)
         case Api.anthropic:
-            backend = AnthropicBackend(name, model, session, redact)
+            backend = AnthropicBackend(name, model, client, redact)
         case Api.gemini:
-            backend = GeminiBackend(name, model, session, redact)
+            backend = GeminiBackend(name, model, client, redact)
         case Api.ollama:
-            backend = OllamaBackend(name, model, session, config.ollama.url, redact)
+            backend = OllamaBackend(name, model, client, config.ollama.url, redact)
         case Api.http:
             return None
     return backend if model.sampling is None else SampledBackend(backend, model.sampling)

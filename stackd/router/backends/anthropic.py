@@ -12,7 +12,6 @@ text for a constrained request).
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING
 
 from stackd.config.models import Model
 from stackd.drivers.remote import ANTHROPIC_VERSION
@@ -29,6 +28,7 @@ from stackd.router.backends.base import (
     token_count,
 )
 from stackd.router.backends.contract import format_kind, tools_wanted
+from stackd.router.http_client import HttpClient
 from stackd.router.redaction import Redactor
 from stackd.router.types import (
     BackendError,
@@ -41,9 +41,6 @@ from stackd.router.types import (
     Usage,
 )
 
-if TYPE_CHECKING:  # aiohttp (~0.1 s) is imported when a session is first made
-    import aiohttp
-
 DEFAULT_MAX_TOKENS = 1024
 FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
 
@@ -54,14 +51,12 @@ def messages_url(endpoint: str) -> str:
 
 
 class AnthropicBackend:
-    def __init__(
-        self, name: str, model: Model, session: aiohttp.ClientSession, redact: Redactor | None = None
-    ) -> None:
+    def __init__(self, name: str, model: Model, client: HttpClient, redact: Redactor | None = None) -> None:
         self.name = name
         self.model = model
         self.request_model = model.request_model or name
         self._wire = Wire.to(messages_url(model.endpoint or ""), redact or Redactor())
-        self._session = session
+        self._client = client
 
     def not_ready(self) -> str | None:
         return missing_key_reason(self.model, self._wire)
@@ -111,7 +106,7 @@ class AnthropicBackend:
 
     async def complete(self, request: ChatRequest) -> Completion:
         headers = self._headers(self._wire.api_key(self.model))
-        async with post(self._session, self._wire, self._payload(request, False), headers) as resp:
+        async with post(self._client, self._wire, self._payload(request, False), headers) as resp:
             data = await read_json(resp, self._wire, "message")
             try:
                 text = "".join(str(b.get("text", "")) for b in data["content"] if b.get("type") == "text")
@@ -130,7 +125,7 @@ class AnthropicBackend:
         finish = "stop"
         wire = self._wire
         headers = self._headers(self._wire.api_key(self.model))
-        async with post(self._session, wire, self._payload(request, True), headers) as resp:
+        async with post(self._client, wire, self._payload(request, True), headers) as resp:
             async for data in sse_data(resp, wire):
                 event = decode_json(data, "stream event", wire)
                 kind = event.get("type") if isinstance(event, dict) else None

@@ -1,42 +1,50 @@
 """What every backend is, and the HTTP plumbing they share.
 
 A backend is one model reached over its own protocol. It is stateless apart from the shared
-``aiohttp.ClientSession`` it is given: the router owns that session (one connection pool for
-the whole data path) and the timeouts. Backends translate every failure of the wire into a
+``HttpClient`` it is given (``stackd.router.http_client``): the router owns that client (one
+connection pool for the whole data path) and the timeouts. Backends translate every failure of the wire into a
 ``BackendError`` of one ``FailureKind``; the router turns those into attempts and circuit
 decisions. A backend never retries and never logs.
 
-``post`` is the one place where the wire's exceptions are translated: whatever aiohttp, the
+``post`` is the one place where the wire's exceptions are translated: whatever the client, the
 parser or a backend's own reading of the answer raises inside ``async with post(...)`` leaves
 it as a ``BackendError`` (``wire_error`` says which kind), so a backend's parsing belongs inside
 that block. Upstream text enters stackd only through ``Wire.text``: decoded, redacted, then cut
 (``stackd.router.redaction``).
 
-Time limits: the session's ``sock_connect`` bounds the connect; the router wraps each call in
+Time limits: the client's ``connect_s`` bounds the connect; the router wraps each call in
 ``asyncio.timeout`` for the first-token and total limits, so a backend must let
 ``CancelledError`` pass untouched (it is not an ``Exception``).
 """
 
 from __future__ import annotations
 
-import asyncio
+import base64
 import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 from urllib.parse import unquote
 
 from stackd.config.models import Model
 from stackd.logs.request_id import HEADER as REQUEST_ID_HEADER
 from stackd.logs.request_id import upstream_id
-from stackd.router.json_bytes import dumps, loads
+from stackd.router.http_client import (
+    BadAnswer,
+    BadHeader,
+    ConnectFailed,
+    ConnectTimedOut,
+    Disconnected,
+    HttpAnswer,
+    HttpClient,
+    HttpFailure,
+    InvalidUrl,
+)
 from stackd.router.redaction import Redactor, split_userinfo
 from stackd.router.types import BackendError, ChatRequest, Completion, FailureKind, StreamEvent
-
-if TYPE_CHECKING:  # aiohttp (~0.1 s) is imported when the router first makes its session
-    import aiohttp
+from stackd.state.json_bytes import dumps, loads
 
 ERROR_SNIPPET_CHARS = 300  # of an error body, after redaction
 ERROR_BODY_READ_BYTES = 16 * 1024  # read this much of an error body: a key past the cut is whole
@@ -90,9 +98,7 @@ class Wire:
             user, _, password = userinfo.partition(":")
             login = unquote(user)
             # Basic auth cannot carry a ':' in the user: such a user (written %3A) is sent as written
-            from aiohttp import encode_basic_auth
-
-            basic = encode_basic_auth(user if ":" in login else login, unquote(password))
+            basic = basic_auth(user if ":" in login else login, unquote(password))
         return cls(bare, basic, redact)
 
     def api_key(self, model: Model) -> str | None:
@@ -110,6 +116,11 @@ class Wire:
         except (TypeError, ValueError):
             raw = repr(value)
         return self.text(raw, limit)
+
+
+def basic_auth(user: str, password: str) -> str:
+    """The ``Authorization`` value of HTTP Basic credentials (RFC 7617, UTF-8 as browsers send)."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
 def missing_key_reason(model: Model, wire: Wire) -> str | None:
@@ -171,8 +182,8 @@ def error_event(wire: Wire, error: object) -> BackendError:
 
 @asynccontextmanager
 async def post(
-    session: aiohttp.ClientSession, wire: Wire, payload: Mapping[str, object], headers: dict[str, str]
-) -> AsyncIterator[aiohttp.ClientResponse]:
+    client: HttpClient, wire: Wire, payload: Mapping[str, object], headers: dict[str, str]
+) -> AsyncIterator[HttpAnswer]:
     """POST JSON and yield a 2xx response; every failure inside the block becomes a ``BackendError``.
 
     A failure before the response head is ``refused`` (or ``timeout`` for the connect limit);
@@ -190,9 +201,7 @@ async def post(
         headers = {**headers, REQUEST_ID_HEADER: request_id}
     head = False
     try:
-        async with session.post(
-            wire.url, data=dumps(payload), headers=headers, allow_redirects=False
-        ) as resp:
+        async with client.post(wire.url, dumps(payload), headers) as resp:
             head = True
             if resp.status >= 300:
                 raise await status_error(resp, wire)
@@ -205,17 +214,15 @@ async def post(
         raise wire_error(exc, wire, head) from None
 
 
-async def status_error(resp: aiohttp.ClientResponse, wire: Wire) -> BackendError:
+async def status_error(resp: HttpAnswer, wire: Wire) -> BackendError:
     """The failure of a non-2xx answer, with the start of its body (redacted before the cut)."""
-    import aiohttp
-
     body = b""
     # the status is the news; a body cut short is only its detail
-    with contextlib.suppress(aiohttp.ClientError, OSError, asyncio.IncompleteReadError):
+    with contextlib.suppress(HttpFailure, OSError):
         body = await read_upto(resp, ERROR_BODY_READ_BYTES)
     where = f"HTTP {resp.status} from {wire.url}"
     if resp.status < 400:
-        location = wire.text(resp.headers.get("Location", "?"), 200)
+        location = wire.text(resp.headers.get("location", "?"), 200)
         return malformed(
             f"{where}: a redirect to {location}; stackd follows no redirect (a key is sent only to "
             "its endpoint): set the endpoint to the final URL"
@@ -227,38 +234,27 @@ async def status_error(resp: aiohttp.ClientResponse, wire: Wire) -> BackendError
 def wire_error(exc: Exception, wire: Wire, head: bool) -> BackendError:
     """The ``BackendError`` of anything raised inside ``post``: ``head`` says whether a response
     head had arrived (a failure then is the answer's, not the connection's)."""
-    import aiohttp  # imported already: the exception came from a session
-    from aiohttp import http_exceptions
-
     url = wire.url
     detail = wire.text(str(exc) or type(exc).__name__, 200)
     match exc:
-        case aiohttp.ConnectionTimeoutError():
+        case ConnectTimedOut():
             return BackendError(FailureKind.timeout, f"connect to {url} timed out")
-        case aiohttp.ServerTimeoutError() | TimeoutError():
+        case TimeoutError():
             return BackendError(FailureKind.timeout, f"{url} stopped sending: {detail}")
-        case aiohttp.RedirectClientError():
-            return malformed(f"bad redirect from {url}: {detail}")
-        case aiohttp.InvalidURL() | aiohttp.NonHttpUrlClientError():
+        case InvalidUrl():
             return BackendError(
                 FailureKind.refused, f"endpoint {url} is not a valid http(s) URL: fix the model's endpoint"
             )
-        case aiohttp.ClientConnectorError():
-            reason = exc.os_error.strerror or detail
-            return BackendError(FailureKind.refused, f"cannot connect to {url}: {wire.text(reason, 200)}")
-        case aiohttp.ClientResponseError() | http_exceptions.HttpProcessingError():
-            # a bad status line, a header over 8 KiB, a broken chunked encoding, too many redirects
+        case ConnectFailed():
+            return BackendError(FailureKind.refused, f"cannot connect to {url}: {detail}")
+        case BadHeader():
+            return BackendError(FailureKind.refused, f"cannot send a request to {url}: {detail}")
+        case BadAnswer():
+            # a bad status line, a head over its limit, a broken chunked encoding
             return malformed(f"bad HTTP answer from {url}: {detail}")
-        case (
-            aiohttp.ClientPayloadError()
-            | aiohttp.ClientConnectionError()
-            | asyncio.IncompleteReadError()
-            | OSError()
-        ):
-            if head:
-                return BackendError(
-                    FailureKind.stream_cut, f"connection to {url} dropped mid-answer: {detail}"
-                )
+        case Disconnected() | OSError() if head:
+            return BackendError(FailureKind.stream_cut, f"connection to {url} dropped mid-answer: {detail}")
+        case Disconnected() | OSError():
             return BackendError(
                 FailureKind.refused, f"{url} closed the connection before answering: {detail}"
             )
@@ -267,7 +263,6 @@ def wire_error(exc: Exception, wire: Wire, head: bool) -> BackendError:
                 f"answer from {url} is not the protocol's shape ({type(exc).__name__}: {detail})"
             )
         case UnicodeError() | ValueError() | LookupError() | TypeError() | AttributeError():
-            # a header aiohttp refuses (a newline or a non-Latin-1 character in a key), a bad payload
             return BackendError(FailureKind.refused, f"cannot send a request to {url}: {detail}")
         case _ if head:
             return malformed(f"reading the answer from {url} failed: {type(exc).__name__}: {detail}")
@@ -277,18 +272,18 @@ def wire_error(exc: Exception, wire: Wire, head: bool) -> BackendError:
             )
 
 
-async def read_upto(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+async def read_upto(resp: HttpAnswer, limit: int) -> bytes:
     """At most ``limit`` bytes of the body (all of it when shorter)."""
     data = bytearray()
     while len(data) < limit:
-        chunk = await resp.content.read(limit - len(data))
+        chunk = await resp.read_some(limit - len(data))
         if not chunk:
             break
         data += chunk
     return bytes(data)
 
 
-async def read_json(resp: aiohttp.ClientResponse, wire: Wire, what: str) -> Any:
+async def read_json(resp: HttpAnswer, wire: Wire, what: str) -> Any:
     """The whole answer as JSON, refused past ``MAX_ANSWER_BYTES``."""
     length = resp.content_length
     if length is not None and length <= MAX_ANSWER_BYTES:
@@ -300,11 +295,11 @@ async def read_json(resp: aiohttp.ClientResponse, wire: Wire, what: str) -> Any:
     return decode_json(raw, what, wire)
 
 
-async def lines(resp: aiohttp.ClientResponse, wire: Wire) -> AsyncIterator[bytes]:
+async def lines(resp: HttpAnswer, wire: Wire) -> AsyncIterator[bytes]:
     """The body's lines without their ``\\n``, each at most ``MAX_STREAM_LINE_BYTES`` (a longer one
     is ``malformed``: a peer that never ends its line must not fill the memory)."""
     buffer = bytearray()
-    async for chunk in resp.content.iter_any():
+    async for chunk in resp.chunks():
         scan = len(buffer)  # only the new bytes can hold the next newline
         buffer += chunk
         start = 0
@@ -321,7 +316,7 @@ async def lines(resp: aiohttp.ClientResponse, wire: Wire) -> AsyncIterator[bytes
         yield bytes(buffer)
 
 
-async def sse_data(resp: aiohttp.ClientResponse, wire: Wire) -> AsyncIterator[bytes]:
+async def sse_data(resp: HttpAnswer, wire: Wire) -> AsyncIterator[bytes]:
     """The payload of each ``data:`` line of a server-sent-event stream (comments, event names
     and blank lines are skipped; each protocol here puts one JSON object per data line)."""
     async for line in lines(resp, wire):

@@ -15,7 +15,7 @@ function declarations: a request that offers tools skips this backend, saying so
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from stackd.config.models import Model
 from stackd.router.backends.base import (
@@ -31,6 +31,7 @@ from stackd.router.backends.base import (
     token_count,
 )
 from stackd.router.backends.contract import schema_of, tools_wanted
+from stackd.router.http_client import HttpClient
 from stackd.router.redaction import Redactor
 from stackd.router.types import (
     BackendError,
@@ -42,9 +43,6 @@ from stackd.router.types import (
     TextDelta,
     Usage,
 )
-
-if TYPE_CHECKING:  # aiohttp (~0.1 s) is imported when a session is first made
-    import aiohttp
 
 FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "RECITATION": "content_filter"}
 
@@ -66,16 +64,14 @@ def candidate_text(data: dict[str, Any]) -> tuple[str, str | None]:
 
 
 class GeminiBackend:
-    def __init__(
-        self, name: str, model: Model, session: aiohttp.ClientSession, redact: Redactor | None = None
-    ) -> None:
+    def __init__(self, name: str, model: Model, client: HttpClient, redact: Redactor | None = None) -> None:
         self.name = name
         self.model = model
         self.request_model = model.request_model or name
         base = f"{(model.endpoint or '').rstrip('/')}/models/{self.request_model}"
         self._wire = Wire.to(f"{base}:generateContent", redact or Redactor())
         self._stream_wire = Wire.to(f"{base}:streamGenerateContent?alt=sse", redact or Redactor())
-        self._session = session
+        self._client = client
 
     def not_ready(self) -> str | None:
         return missing_key_reason(self.model, self._wire)
@@ -124,7 +120,7 @@ class GeminiBackend:
 
     async def complete(self, request: ChatRequest) -> Completion:
         headers = self._headers(self._wire.api_key(self.model))
-        async with post(self._session, self._wire, self._payload(request), headers) as resp:
+        async with post(self._client, self._wire, self._payload(request), headers) as resp:
             data = await read_json(resp, self._wire, "generateContent answer")
             try:
                 text, finish = candidate_text(data)
@@ -137,7 +133,7 @@ class GeminiBackend:
         usage: Usage | None = None
         wire = self._stream_wire
         headers = self._headers(self._wire.api_key(self.model))
-        async with post(self._session, wire, self._payload(request), headers) as resp:
+        async with post(self._client, wire, self._payload(request), headers) as resp:
             async for data in sse_data(resp, wire):
                 chunk = decode_json(data, "stream chunk", wire)
                 if not isinstance(chunk, dict):

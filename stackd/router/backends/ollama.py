@@ -3,7 +3,7 @@
 Every call carries the model's configured ``options`` (``num_gpu: 0``, ``num_ctx``) and
 ``keep_alive``: Ollama reloads a model whose options change between calls
 (research/ollama-gpustack.md). Usage is ``prompt_eval_count`` / ``eval_count`` of the final
-``done`` object. The data path uses the shared aiohttp session rather than the ``ollama``
+``done`` object. The data path uses the shared HTTP client rather than the ``ollama``
 package's httpx client, which collapses under concurrency here (docs/benchmarks.md); the
 ``ollama`` package stays on the control path (pull, load, unload).
 
@@ -18,7 +18,7 @@ skips this backend, saying why).
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from stackd.config.models import Model
 from stackd.router.backends.base import (
@@ -33,6 +33,7 @@ from stackd.router.backends.base import (
     token_count,
 )
 from stackd.router.backends.contract import ollama_format, ollama_tool_calls, tools_wanted
+from stackd.router.http_client import HttpClient
 from stackd.router.redaction import Redactor
 from stackd.router.types import (
     BackendError,
@@ -44,9 +45,6 @@ from stackd.router.types import (
     TextDelta,
     Usage,
 )
-
-if TYPE_CHECKING:  # aiohttp (~0.1 s) is imported when a session is first made
-    import aiohttp
 
 HEADERS = {"Content-Type": "application/json"}
 
@@ -61,7 +59,7 @@ class OllamaBackend:
         self,
         name: str,
         model: Model,
-        session: aiohttp.ClientSession,
+        client: HttpClient,
         server_url: str,
         redact: Redactor | None = None,
     ) -> None:
@@ -69,7 +67,7 @@ class OllamaBackend:
         self.model = model
         self.request_model = model.request_model or name
         self._wire = Wire.to(f"{(model.endpoint or server_url).rstrip('/')}/api/chat", redact or Redactor())
-        self._session = session
+        self._client = client
 
     def not_ready(self) -> str | None:
         return None
@@ -110,7 +108,7 @@ class OllamaBackend:
 
     async def complete(self, request: ChatRequest) -> Completion:
         wire = self._wire
-        async with post(self._session, wire, self._payload(request, False), HEADERS) as resp:
+        async with post(self._client, wire, self._payload(request, False), HEADERS) as resp:
             data = await read_json(resp, wire, "chat answer")
             if isinstance(data, dict) and "error" in data:
                 raise error_event(wire, data["error"])
@@ -125,7 +123,7 @@ class OllamaBackend:
     async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         wire = self._wire
         calls: list[dict[str, Any]] = []
-        async with post(self._session, wire, self._payload(request, True), HEADERS) as resp:
+        async with post(self._client, wire, self._payload(request, True), HEADERS) as resp:
             async for raw in lines(resp, wire):
                 line = raw.strip()
                 if not line:

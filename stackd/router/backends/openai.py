@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
-from typing import TYPE_CHECKING
 
 from stackd.config.models import Model
 from stackd.router.backends.base import (
@@ -41,6 +40,7 @@ from stackd.router.backends.contract import (
     runs_llama_cpp_python,
 )
 from stackd.router.backends.tokens import PromptCounter, chat_template
+from stackd.router.http_client import HttpClient
 from stackd.router.redaction import Redactor
 from stackd.router.types import (
     BackendError,
@@ -53,9 +53,6 @@ from stackd.router.types import (
     Usage,
 )
 
-if TYPE_CHECKING:  # aiohttp (~0.1 s) is imported when a session is first made
-    import aiohttp
-
 
 def usage_of(data: Mapping[str, object]) -> Usage | None:
     usage = data.get("usage")
@@ -65,18 +62,16 @@ def usage_of(data: Mapping[str, object]) -> Usage | None:
 
 
 class OpenAIBackend:
-    def __init__(
-        self, name: str, model: Model, session: aiohttp.ClientSession, redact: Redactor | None = None
-    ) -> None:
+    def __init__(self, name: str, model: Model, client: HttpClient, redact: Redactor | None = None) -> None:
         self.name = name
         self.model = model
         self.request_model = model.request_model or name
         self._wire = Wire.to(f"{(model.endpoint or '').rstrip('/')}/chat/completions", redact or Redactor())
-        self._session = session
+        self._client = client
         self._counter = PromptCounter(
             model.endpoint or "",
             self.request_model,
-            session,
+            client,
             redact or Redactor(),
             lambda: chat_template(model),
         )
@@ -119,7 +114,7 @@ class OpenAIBackend:
         if self.model.always_stream:
             return await self._complete_streamed(request)
         headers = self._headers(self._wire.api_key(self.model))
-        async with post(self._session, self._wire, self._payload(request, False), headers) as resp:
+        async with post(self._client, self._wire, self._payload(request, False), headers) as resp:
             data = await read_json(resp, self._wire, "chat completion")
             try:
                 choice = data["choices"][0]
@@ -151,7 +146,7 @@ class OpenAIBackend:
         calls = ToolCallPieces()
         wire = self._wire
         headers = self._headers(self._wire.api_key(self.model))
-        async with post(self._session, wire, self._payload(request, True), headers) as resp:
+        async with post(self._client, wire, self._payload(request, True), headers) as resp:
             async for data in sse_data(resp, wire):
                 if data == b"[DONE]":
                     usage = await self._completed(request, usage, chunks)

@@ -21,17 +21,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from stackd.config.gguf_header import HeaderCache, read_header
 from stackd.config.models import Model
 from stackd.drivers.model_packages import ModelPackageMissing, shipped_file
 from stackd.router.backends.base import Wire, post, read_json, text_of, token_count
+from stackd.router.http_client import HttpClient
 from stackd.router.redaction import Redactor
 from stackd.router.types import BackendError
-
-if TYPE_CHECKING:  # aiohttp (~0.1 s) is imported when a session is first made
-    import aiohttp
 
 COUNT_PATH = "/extras/tokenize/count"
 COUNT_TIMEOUT_S = 5.0  # a count waits behind the engine's other calls; the answer is already whole
@@ -106,13 +104,13 @@ class PromptCounter:
         self,
         endpoint: str,
         model: str,
-        session: aiohttp.ClientSession,
+        client: HttpClient,
         redact: Redactor,
         template: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._wire = Wire.to(f"{engine_root(endpoint)}{COUNT_PATH}", redact)
         self._model = model
-        self._session = session
+        self._client = client
         self._absent = not endpoint  # no endpoint, nothing to ask
         self._template_of = template
         self._template: str | None = None
@@ -130,7 +128,7 @@ class PromptCounter:
         payload = {"model": self._model, "input": rendered if rendered is not None else prompt_text(messages)}
         try:
             async with asyncio.timeout(COUNT_TIMEOUT_S):
-                async with post(self._session, self._wire, payload, headers) as resp:
+                async with post(self._client, self._wire, payload, headers) as resp:
                     data = await read_json(resp, self._wire, "token count")
         except BackendError as error:
             if any(f"HTTP {status} " in str(error) for status in ABSENT):
