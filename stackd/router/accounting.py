@@ -3,7 +3,7 @@
 Recording is a few integer additions on the hot path. ``stats()`` serves ``/status`` and the
 Prometheus collector reads the same cells at scrape time. Each call also keeps its own tallies
 (``AttemptLog``); ``usage_rows`` makes them the call's rows of the usage ledger, which the router
-commits before it answers (``stackd.router.ledger``).
+records before it answers (``stackd.router.ledger``).
 """
 
 from __future__ import annotations

@@ -24,7 +24,6 @@ import asyncio
 import collections
 import ssl
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import cast
@@ -321,6 +320,44 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+class Exchange:
+    """One request and its answer (an async context manager, not a generator: this runs on every
+    call). The connection goes back to the pool only when the answer was read to its end, the
+    server keeps it alive and nothing failed; otherwise it is closed."""
+
+    __slots__ = ("_answer", "_client", "_connection", "_request", "_target")
+
+    def __init__(self, client: HttpClient, target: Target, request: bytes) -> None:
+        self._client = client
+        self._target = target
+        self._request = request
+        self._connection: _Connection | None = None
+        self._answer: HttpAnswer | None = None
+
+    async def __aenter__(self) -> HttpAnswer:
+        client = self._client
+        connection = self._connection = client._take(self._target) or await client._connect(self._target)
+        answer = self._answer = connection.send(self._request)
+        try:
+            await answer.head()
+        except BaseException:
+            connection.answer = None
+            connection.close()
+            raise
+        return answer
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        connection, answer = self._connection, self._answer
+        assert connection is not None and answer is not None
+        connection.answer = None
+        if kind is None and answer.complete and answer.keep_alive and not connection.closed:
+            self._client._put(self._target, connection)
+        else:
+            connection.close()
+
+
 class HttpClient:
     """A pool of kept-alive connections per (scheme, host, port). Made and used in one event loop."""
 
@@ -331,25 +368,11 @@ class HttpClient:
         self._tls = tls
         self.closed = False
 
-    @asynccontextmanager
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> AsyncIterator[HttpAnswer]:
-        """POST ``body``; yields the answer once its head arrived. The connection goes back to
-        the pool only when the answer was read to its end and the server keeps it alive."""
+    def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Exchange:
+        """POST ``body``: ``async with client.post(...) as answer`` has the answer once its head
+        arrived. An URL or a header that cannot be sent raises here, before any I/O."""
         target = target_of(url)
-        request = request_bytes(target, body, headers)
-        connection = self._take(target) or await self._connect(target)
-        answer = connection.send(request)
-        reusable = False
-        try:
-            await answer.head()
-            yield answer
-            reusable = answer.complete and answer.keep_alive
-        finally:
-            connection.answer = None
-            if reusable and not connection.closed and not self.closed:
-                self._put(target, connection)
-            else:
-                connection.close()
+        return Exchange(self, target, request_bytes(target, body, headers))
 
     def _take(self, target: Target) -> _Connection | None:
         idle = self._idle.get(target.key)
@@ -364,6 +387,9 @@ class HttpClient:
         return None
 
     def _put(self, target: Target, connection: _Connection) -> None:
+        if self.closed:
+            connection.close()
+            return
         connection.idle_since = asyncio.get_running_loop().time()
         idle = self._idle.setdefault(target.key, [])
         if len(idle) < MAX_IDLE_PER_HOST:

@@ -1,8 +1,10 @@
 """The router's usage ledger in SQLite (table ``usage`` of the state dir's ``stackd.db``).
 
 One row per call and (strategy, backend) it tried, stamped with the call's request id: the
-router commits a call's rows before it answers it (group commit, ``stackd.router.ledger``), so
-an answered call is in the ledger even if the daemon is SIGKILLed the next moment. Rows written
+router records a call's rows before it answers it (``record``: an append to the journal,
+``stackd.state.usage_journal``), so an answered call is in the ledger even if the daemon is
+SIGKILLed the next moment; ``drain`` moves what was recorded into SQLite in one transaction, and
+the store replays what a kill left in the journal when it opens. Rows written
 by an older stackd (one per second and pair) have no request id. ``summary(since)`` feeds
 ``stackd usage`` and ``/usage``; ``slice_tokens(since)`` the slices' daily budgets.
 """

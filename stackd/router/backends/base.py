@@ -23,7 +23,6 @@ import base64
 import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import unquote
@@ -37,6 +36,7 @@ from stackd.router.http_client import (
     ConnectFailed,
     ConnectTimedOut,
     Disconnected,
+    Exchange,
     HttpAnswer,
     HttpClient,
     HttpFailure,
@@ -180,11 +180,9 @@ def error_event(wire: Wire, error: object) -> BackendError:
     return BackendError(FailureKind.http_5xx, f"error event: {wire.shown(error, 200)}")
 
 
-@asynccontextmanager
-async def post(
-    client: HttpClient, wire: Wire, payload: Mapping[str, object], headers: dict[str, str]
-) -> AsyncIterator[HttpAnswer]:
-    """POST JSON and yield a 2xx response; every failure inside the block becomes a ``BackendError``.
+def post(client: HttpClient, wire: Wire, payload: Mapping[str, object], headers: dict[str, str]) -> Posting:
+    """POST JSON: ``async with post(...) as resp`` has a 2xx answer; every failure inside the
+    block becomes a ``BackendError``.
 
     A failure before the response head is ``refused`` (or ``timeout`` for the connect limit);
     a dropped connection while the body is read is ``stream_cut``; 3xx (never followed: a key
@@ -199,19 +197,48 @@ async def post(
     request_id = upstream_id()
     if request_id is not None:  # the caller's call, traced upstream
         headers = {**headers, REQUEST_ID_HEADER: request_id}
-    head = False
-    try:
-        async with client.post(wire.url, dumps(payload), headers) as resp:
-            head = True
-            if resp.status >= 300:
-                raise await status_error(resp, wire)
-            yield resp
-    except BackendError:
-        raise
-    except Exception as exc:
-        # from None: the original's message may hold upstream text that was never redacted, and
-        # a chained traceback would print it into a log
-        raise wire_error(exc, wire, head) from None
+    return Posting(client, wire, dumps(payload), headers)
+
+
+class Posting:
+    """``post``'s block (a class, not a generator: this runs on every call). Whatever the client
+    or the block raises leaves as a ``BackendError``, without the original's message chained: it
+    may hold upstream text that was never redacted, and a traceback would print it into a log."""
+
+    __slots__ = ("_body", "_client", "_exchange", "_headers", "_wire")
+
+    def __init__(self, client: HttpClient, wire: Wire, body: bytes, headers: dict[str, str]) -> None:
+        self._client = client
+        self._wire = wire
+        self._body = body
+        self._headers = headers
+        self._exchange: Exchange | None = None
+
+    async def __aenter__(self) -> HttpAnswer:
+        try:
+            exchange = self._exchange = self._client.post(self._wire.url, self._body, self._headers)
+            resp = await exchange.__aenter__()
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise wire_error(exc, self._wire, False) from None
+        if resp.status >= 300:
+            try:
+                error = await status_error(resp, self._wire)
+            except BaseException as exc:  # cancelled while the error body was read
+                await exchange.__aexit__(type(exc), exc, None)
+                raise
+            await exchange.__aexit__(BackendError, error, None)  # the connection is not reused
+            raise error
+        return resp
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        assert self._exchange is not None
+        await self._exchange.__aexit__(kind, exc, tb)
+        if isinstance(exc, Exception) and not isinstance(exc, BackendError):
+            raise wire_error(exc, self._wire, True) from None
 
 
 async def status_error(resp: HttpAnswer, wire: Wire) -> BackendError:
