@@ -203,14 +203,21 @@ class KeyedUsageStore(UsageStore):
             request_id: str | None = getattr(row, "request_id", None)
             if request_id is not None:
                 per_call.setdefault(request_id, []).append(row)
-        calls = []
-        for request_id, rows in per_call.items():
-            key = self._key_of(request_id)
-            if key is None:
-                continue
-            tokens = sum(r.prompt_tokens + r.completion_tokens for r in rows)
-            cost = sum(r.cost_usd for r in rows)
-            calls.append((key, request_id, tokens, cost))
+        calls = [call for rows in per_call.values() for call in self._keyed(rows)]
+        return self._records_and_tell(ts, calls)
+
+    def _keyed(self, rows: Sequence[UsageRow]) -> list[tuple[str, str, int, float]]:
+        """``(key, request_id, tokens, cost)`` of one call's ``rows`` when its caller had a key."""
+        request_id: str | None = getattr(rows[0], "request_id", None)
+        key = self._key_of(request_id) if request_id is not None else None
+        if key is None or request_id is None:
+            return []
+        tokens = sum(r.prompt_tokens + r.completion_tokens for r in rows)
+        return [(key, request_id, tokens, sum(r.cost_usd for r in rows))]
+
+    def _records_and_tell(
+        self, ts: float, calls: list[tuple[str, str, int, float]]
+    ) -> tuple[list[Record], Callable[[], None]]:
         if not calls:
             return [], _nothing
 

@@ -298,6 +298,13 @@ def insert_rows(db: sqlite3.Connection, table: str, columns: str, rows: list[tup
         db.execute(f"INSERT INTO {table} ({columns}) VALUES {', '.join([one] * len(chunk))}", values)
 
 
+NO_FAILURES = (0,) * len(FAILURE_KINDS)  # most rows: built once, not per row
+
+
+def _failure_counts(failures: Mapping[str, int]) -> tuple[int, ...]:
+    return tuple(failures.get(k, 0) for k in FAILURE_KINDS)
+
+
 def _values(ts: float, usage: Sequence[UsageRow]) -> list[tuple[object, ...]]:
     """The table's row of each ``UsageRow``, stamped ``ts``."""
     return [
@@ -308,7 +315,7 @@ def _values(ts: float, usage: Sequence[UsageRow]) -> list[tuple[object, ...]]:
             r.requests,
             r.answered,
             r.skipped,
-            *(r.failures.get(k, 0) for k in FAILURE_KINDS),
+            *(_failure_counts(r.failures) if r.failures else NO_FAILURES),
             r.first_token_ms_sum,
             r.first_token_count,
             r.total_ms_sum,

@@ -2,8 +2,8 @@
 
 In memory, one instance per daemon (the router holds it): the kill switch is reset by a restart.
 The day's spending is not: at start it is read back from the usage ledger (``restore``), where
-every answered call's tokens were recorded (journal, then SQLite) before the call was answered, so a crash or restart
-never hands a slice its day's budget again. Time comes from the injected clock, so budgets and
+every answered call's tokens were recorded (journal, then SQLite) before the call was answered,
+so a crash or restart never hands a slice its day's budget again. Time comes from the injected clock, so budgets and
 windows are tested without sleeping.
 """
 
