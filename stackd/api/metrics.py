@@ -46,6 +46,7 @@ def _histogram(name: str, doc: str, tallies: list[tuple[list[str], LatencyTally]
 
 def _buckets(tally: LatencyTally) -> list[tuple[str, float]]:
     cumulative, buckets = 0, []
+    assert tally.buckets is not None  # the daemon's tallies keep their histograms
     for bound, count in zip([*LATENCY_BUCKETS_MS, float("inf")], tally.buckets, strict=True):
         cumulative += count
         buckets.append(("+Inf" if bound == float("inf") else str(bound / 1000), float(cumulative)))

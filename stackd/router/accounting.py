@@ -66,13 +66,16 @@ class LatencyTally:
     count: int = 0
     sum_ms: float = 0.0
     max_ms: float = 0.0
-    buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
+    # the histogram's counts (Prometheus); None for a call's own tally, which needs only the sums
+    buckets: list[int] | None = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
 
     def add(self, ms: float) -> None:
         self.count += 1
         self.sum_ms += ms
-        self.max_ms = max(self.max_ms, ms)
-        self.buckets[bisect_left(LATENCY_BUCKETS_MS, ms)] += 1
+        if ms > self.max_ms:
+            self.max_ms = ms
+        if self.buckets is not None:
+            self.buckets[bisect_left(LATENCY_BUCKETS_MS, ms)] += 1
 
     def to_dict(self) -> dict[str, float]:
         mean = self.sum_ms / self.count if self.count else 0.0
@@ -95,6 +98,12 @@ class Tally:
     tokens_unknown: int = 0  # answers with a figure nobody could count (not in the sums)
     cost_usd: float = 0.0
 
+    @classmethod
+    def of_one_call(cls) -> Tally:
+        """A call's own tally (its rows in the ledger): sums only, no histogram, failures as they
+        happen (built on every call: a fraction of the daemon's tally's cost)."""
+        return cls(failures={}, first_token=LatencyTally(buckets=None), total=LatencyTally(buckets=None))
+
     def add(
         self,
         status: AttemptStatus,
@@ -111,7 +120,7 @@ class Tally:
         if status == "answered":
             self.answered += 1
         elif kind is not None:
-            self.failures[kind] += 1
+            self.failures[kind] = self.failures.get(kind, 0) + 1
         if first_token_ms is not None:
             self.first_token.add(first_token_ms)
         self.total.add(total_ms)
@@ -159,11 +168,15 @@ class Accounting:
     ) -> None:
         """Count one attempt; ``call`` is the call's own tallies (its rows in the ledger)."""
         key = (strategy, backend or NO_BACKEND)
-        for cells in (self.tallies, call) if call is not None else (self.tallies,):
-            tally = cells.get(key)
-            if tally is None:
-                tally = cells[key] = Tally()
-            tally.add(status, kind, first_token_ms, total_ms, usage, cost_usd)
+        tally = self.tallies.get(key)
+        if tally is None:
+            tally = self.tallies[key] = Tally()
+        tally.add(status, kind, first_token_ms, total_ms, usage, cost_usd)
+        if call is not None:
+            own = call.get(key)
+            if own is None:
+                own = call[key] = Tally.of_one_call()
+            own.add(status, kind, first_token_ms, total_ms, usage, cost_usd)
 
     def stats(self) -> list[StrategyRow]:
         return [

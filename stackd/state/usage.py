@@ -15,9 +15,8 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 from stackd.state.sqlite import add_missing_columns, open_reader, open_writer
 from stackd.state.usage_journal import DRAINED_TABLE, Record, UsageJournal, encode
@@ -27,9 +26,10 @@ FAILURE_KINDS = ("refused", "timeout", "http_5xx", "http_4xx", "malformed", "str
 FAILURE_COLUMNS = tuple(f"fail_{k}" for k in FAILURE_KINDS)
 
 
-@dataclass(frozen=True, slots=True)
-class UsageRow:
-    """What one (strategy, backend) pair did during one flush interval."""
+class UsageRow(NamedTuple):
+    """What one (strategy, backend) pair did in one call (rows of an older stackd: in one second).
+    A named tuple, not a frozen dataclass: one is built for every call, and a frozen dataclass
+    sets each of its 16 fields through ``object.__setattr__``."""
 
     strategy: str
     backend: str
@@ -306,28 +306,10 @@ def _failure_counts(failures: Mapping[str, int]) -> tuple[int, ...]:
 
 
 def _values(ts: float, usage: Sequence[UsageRow]) -> list[tuple[object, ...]]:
-    """The table's row of each ``UsageRow``, stamped ``ts``."""
+    """The table's row of each ``UsageRow``, stamped ``ts``: the row's fields in order, with its
+    failures as one count per kind (``_COLUMNS`` and ``UsageRow`` list them in the same order)."""
     return [
-        (
-            ts,
-            r.strategy,
-            r.backend,
-            r.requests,
-            r.answered,
-            r.skipped,
-            *(_failure_counts(r.failures) if r.failures else NO_FAILURES),
-            r.first_token_ms_sum,
-            r.first_token_count,
-            r.total_ms_sum,
-            r.total_count,
-            r.prompt_tokens,
-            r.completion_tokens,
-            r.cost_usd,
-            r.tokens_estimated,
-            r.tokens_unknown,
-            r.request_id,
-        )
-        for r in usage
+        (ts, *r[:5], *(_failure_counts(r.failures) if r.failures else NO_FAILURES), *r[6:]) for r in usage
     ]
 
 

@@ -19,6 +19,7 @@ from stackd.router.accounting import Accounting, Tally, usage_rows
 from stackd.router.circuit import CircuitState
 from stackd.router.ledger import UsageLedger
 from stackd.router.types import FailureKind, Usage
+from stackd.state import usage_journal
 from stackd.state.keys import KeyedUsageStore, KeyStore
 from stackd.state.usage import FAILURE_KINDS, UsageRow, UsageStore
 from tests.fake_clock import FakeClock
@@ -134,10 +135,30 @@ def test_a_journal_drained_before_the_crash_is_not_replayed_again(tmp_path: Path
 def test_a_line_cut_short_is_skipped_and_the_rest_replayed(tmp_path: Path) -> None:
     record_and_die(tmp_path, 3)
     journal = tmp_path / "stackd.db-usage.1"
-    journal.write_bytes(journal.read_bytes() + b'[["usage",[1700000000.0,"lo')  # a full disk's last write
+    raw, cut = journal.read_bytes(), b'[["usage",[1700000000.0,"lo'  # a copy the kill cut short
+    end = raw.index(b"\x00")  # the mapped file keeps its allocated size: NULs after the last line
+    journal.write_bytes(raw[:end] + cut + raw[end + len(cut) :])
     store = UsageStore(tmp_path / "stackd.db")
     assert store.replayed == 4 and len(read_ids(tmp_path)) == 3  # and call-0's key_usage record
     store.close()
+
+
+def test_a_full_journal_file_goes_on_in_the_next_and_a_crash_replays_them_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(usage_journal, "GENERATION_BYTES", 512)  # a few calls' rows each
+    store = UsageStore(tmp_path / "stackd.db")
+    accounting = Accounting()
+    for n in range(20):
+        store.record(1_700_000_000.0, one_call(accounting, n))()
+    assert len(journal_files(tmp_path)) > 3
+    store.record(1_700_000_000.0, one_call(accounting, 20) * 20)()  # rows bigger than a file
+    store._journal.close()  # as a SIGKILL leaves it: nothing drained
+    store._db.close()
+    store._reader.close()
+    again = UsageStore(tmp_path / "stackd.db")
+    assert again.replayed == 40 and len(read_ids(tmp_path)) == 40
+    again.close()
 
 
 async def test_recording_touches_no_sqlite_and_one_drain_takes_every_row(
