@@ -285,12 +285,16 @@ def _nothing() -> None:
     pass
 
 
+ROWS_PER_INSERT = 200  # the GIL is held while a statement's values are bound: ~0.3 ms for this many
+
+
 def insert_rows(db: sqlite3.Connection, table: str, columns: str, rows: list[tuple[object, ...]]) -> None:
-    """``rows`` into ``table`` as few multi-row INSERTs as SQLite's variable limit allows, not
+    """``rows`` into ``table`` as multi-row INSERTs of ``ROWS_PER_INSERT`` rows, not
     ``executemany``: that steps each row apart and hands the GIL back and forth with the event
-    loop's thread at each (about 50 µs of CPU per row at 3,000 calls a second, docs/benchmarks.md)."""
+    loop's thread at each (about 50 µs of CPU per row at 3,000 calls a second, docs/benchmarks.md).
+    Not larger either: binding one statement's values holds the GIL, and the event loop waits."""
     width = columns.count(",") + 1
-    per_statement = max(1, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)
+    per_statement = max(1, min(ROWS_PER_INSERT, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width))
     one = "(" + ", ".join("?" * width) + ")"
     for start in range(0, len(rows), per_statement):
         chunk = rows[start : start + per_statement]
