@@ -86,7 +86,10 @@ class _Generation:
     def close(self) -> None:
         self.map.close()
         with contextlib.suppress(OSError):  # the unused tail back to the disk (replay stops at a NUL anyway)
-            os.truncate(self.path, self.used)
+            if self.used:
+                os.truncate(self.path, self.used)
+            else:  # nothing in it: a clean stop leaves no file behind
+                self.path.unlink()
 
 
 class UsageJournal:
