@@ -353,6 +353,7 @@ class Exchange:
         assert connection is not None and answer is not None
         connection.answer = None
         if kind is None and answer.complete and answer.keep_alive and not connection.closed:
+            connection.resume()  # a body that arrived whole while unread may have paused it
             self._client._put(self._target, connection)
         else:
             connection.close()
@@ -381,7 +382,9 @@ class HttpClient:
         now = asyncio.get_running_loop().time()
         while idle:
             connection = idle.pop()
-            if not connection.closed and now - connection.idle_since < IDLE_S:
+            transport = connection.transport
+            fresh = now - connection.idle_since < IDLE_S
+            if fresh and not connection.closed and transport is not None and not transport.is_closing():
                 return connection
             connection.close()
         return None

@@ -238,3 +238,22 @@ def test_the_client_runs_on_uvloop_as_the_daemon_does() -> None:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         connections, answers = runner.run(calls())
     assert answers == [(200, b'{"loop": "uv"}')] * 3 and connections == 1
+
+
+async def test_a_connection_paused_under_a_whole_unread_answer_is_reused_reading(
+    client: HttpClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer over the pause mark that arrived whole and was left unread: the connection goes
+    back to the pool readable, and the next call on it is answered (not left on a paused socket)."""
+    monkeypatch.setattr(http_client, "PAUSE_ABOVE", 1000)  # one read of the answer crosses it
+    monkeypatch.setattr(http_client, "RESUME_BELOW", 500)
+    async with Upstream(lambda request: ok(b"z" * 20_000)) as upstream:
+        async with client.post(upstream.url, b"{}", {}) as answer:
+            for _ in range(500):
+                if answer.complete:
+                    break
+                await asyncio.sleep(0.01)
+            assert answer.complete and answer._connection._paused  # whole, paused, unread
+        async with asyncio.timeout(5):
+            assert (await post(client, upstream.url))[:2] == (200, b"z" * 20_000)
+    assert upstream.connections == 1
