@@ -375,10 +375,10 @@ async def ollama_data_path(url: str, duration_s: float) -> dict[str, dict[str, f
             "ollama": {"tag": "m:1b", "options": options},
         }
     )
-    client = HttpClient(connect_s=5)
-    backend = OllamaBackend("m", model, client, url)
+    http = HttpClient(connect_s=5)
+    backend = OllamaBackend("m", model, http, url)
     with_stackd = await measure(lambda: backend.complete(ChatRequest(messages)))
-    await client.close()
+    await http.close()
     return {"ollama package (httpx)": with_client, "stackd OllamaBackend (its HttpClient)": with_stackd}
 
 

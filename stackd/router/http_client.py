@@ -1,8 +1,7 @@
 """The data path's HTTP/1.1 client: pooled keep-alive connections read by httptools' parser.
 
-aiohttp's client cost 74 µs of CPU per call at 16 concurrent calls and 121 µs at one, a third of
-what stackd's gateway adds over the thinnest proxy; this client, 17-19 µs, measured side by side
-on the same simulator (docs/benchmarks.md). It does what the data path needs and nothing more: a
+aiohttp's client cost 94 µs of CPU per call at 16 concurrent calls and 189 µs at one; this client
+35 and 62 µs, side by side on one simulator (``bench/http_client.py``, docs/benchmarks.md). It does what the data path needs and nothing more: a
 POST with a body; an answer read whole or as it comes, with back-pressure; connections kept alive
 per (scheme, host, port) and dropped after ``IDLE_S`` unused; TLS with the system's certificates;
 a connect time limit. Like the aiohttp session it replaces (``trust_env`` off, redirects off, a
