@@ -1,12 +1,13 @@
 """The data path's HTTP/1.1 client: pooled keep-alive connections read by httptools' parser.
 
 aiohttp's client cost 94 µs of CPU per call at 16 concurrent calls and 189 µs at one; this client
-35 and 62 µs, side by side on one simulator (``bench/http_client.py``, docs/benchmarks.md). It does what the data path needs and nothing more: a
-POST with a body; an answer read whole or as it comes, with back-pressure; connections kept alive
-per (scheme, host, port) and dropped after ``IDLE_S`` unused; TLS with the system's certificates;
-a connect time limit. Like the aiohttp session it replaces (``trust_env`` off, redirects off, a
-dummy cookie jar), it follows no redirect (a key goes only to its endpoint), keeps no cookie and
-uses no proxy; it asks for no compression, so an answer comes as the engine wrote it.
+35 and 62 µs, side by side on one simulator (``bench/http_client.py``, docs/benchmarks.md). It
+does what the data path needs and nothing more: a POST with a body; an answer read whole or as it
+comes, with back-pressure; connections kept alive per (scheme, host, port) and dropped after
+``IDLE_S`` unused; TLS with the system's certificates; a connect time limit. Like the aiohttp
+session it replaces (``trust_env`` off, redirects off, a dummy cookie jar), it follows no
+redirect (a key goes only to its endpoint), keeps no cookie and uses no proxy; it asks for no
+compression, so an answer comes as the engine wrote it.
 
 Every failure is an ``HttpFailure`` whose class says what happened (``stackd.router.backends.base``
 turns each into its ``FailureKind``): ``ConnectFailed`` (refused, DNS, TLS), ``ConnectTimedOut``,
