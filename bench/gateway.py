@@ -131,6 +131,7 @@ def stackd_app(primary: str, backup: str, threshold: int, first_token_s: float) 
         settle_heap()  # as the daemon's lifespan does
         yield
         await router.aclose()
+        await usage.aclose()  # its journal's files (on the tmpfs) go with it
 
     return create_app(services, lifespan=lifespan)
 

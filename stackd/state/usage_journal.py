@@ -8,7 +8,15 @@ file's shared memory mapping gives the same promise for well under a microsecond
 made, the bytes are in the kernel's page cache, and they survive the daemon's SIGKILL, OOM kill
 or crash (not a power cut: neither did the ``synchronous=NORMAL`` commit it replaces).
 
-The journal is a series of generation files beside the database (``stackd.db-usage.7``, ...).
+The journal is a series of generation files (``stackd.db-usage.7``, ...) on the tmpfs
+``/dev/shm``, in a 0700 directory of the daemon's user named after the database
+(``stackd-UID-HASH``), or beside the database when there is no such tmpfs, what is there under
+that name is not the user's own, or it has no room. A tmpfs page is memory: its first write after
+each writeback does not fault into a disk filesystem's journal, which cost 20-40 µs of a gateway
+call at one connection on ext4 (docs/benchmarks.md). What the tmpfs holds survives the daemon's
+death, not the machine's stop; nor did the rows of the last seconds in the disk's page cache,
+which is what the ``synchronous=NORMAL`` commit this replaced promised (a daemon stopped as
+systemd stops it drains first).
 ``append`` writes to the current one; ``rotate`` closes it and opens the next, so that a drain
 can put exactly one closed file's records into SQLite, mark that generation drained in the same
 transaction (``DRAINED_TABLE``) and delete the file. At start, ``undrained`` lists the files a
@@ -21,9 +29,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import mmap
 import os
 import re
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +41,13 @@ from pathlib import Path
 from stackd.state.json_bytes import dumps, loads
 
 Record = tuple[str, tuple[object, ...]]  # (table, the row's values in its columns' order)
-GENERATION_BYTES = 8 * 1024 * 1024  # one file: ~10,000 calls' rows, more than a second's drain takes
+# One file: ~1,400 calls' rows (a busier second fills more than one: a drain takes them all). Small,
+# because a tmpfs file's blocks are memory, and a daemon killed for good leaves its last file there.
+GENERATION_BYTES = 1024 * 1024
+# Memory the kernel keeps until the machine stops: a page written in a file of a disk filesystem
+# (ext4) faults into the filesystem's journal on its first write after each writeback, ~20-40 µs
+# of a gateway call at one connection (docs/benchmarks.md).
+MEMORY_DIR: Path | None = Path("/dev/shm")
 DRAINED_TABLE = """
 CREATE TABLE IF NOT EXISTS usage_journal (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -68,6 +84,24 @@ def allocate(fd: int, size: int) -> None:
             os.pwrite(fd, zeros[: size - offset], offset)
 
 
+def memory_home(db_path: Path, memory_dir: Path | None) -> Path | None:
+    """A directory of this user's for ``db_path``'s journal on the tmpfs ``memory_dir``, made 0700;
+    None when there is no such tmpfs or what is there is not ours alone (another user may write
+    in ``/dev/shm``: a directory or link planted under the name is never used)."""
+    if memory_dir is None or not memory_dir.is_dir():
+        return None
+    digest = hashlib.sha256(str(db_path.resolve()).encode()).hexdigest()[:16]
+    home = memory_dir / f"stackd-{os.geteuid()}-{digest}"
+    try:
+        home.mkdir(mode=0o700, exist_ok=True)
+        info = os.lstat(home)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        return None
+    return home
+
+
 class _Generation:
     """One generation's file, mapped: its blocks are allocated when it opens (``fallocate``), so a
     full disk is an ``OSError`` here, never a SIGBUS at a write into the mapping."""
@@ -102,25 +136,33 @@ class UsageJournal:
     A file that fills up is closed and the next generation opened; a drain takes them all."""
 
     def __init__(self, db_path: Path, size: int | None = None) -> None:
-        self._dir = db_path.parent
+        """The files go to ``MEMORY_DIR`` (a tmpfs) when a private directory can be made there
+        (``memory_home``); to the state dir otherwise, and for any file the tmpfs has no room for."""
+        homes = (memory_home(db_path, MEMORY_DIR), db_path.parent)
+        self._homes = [home for home in homes if home is not None]
         self._prefix = f"{db_path.name}-usage."
         self._pattern = re.compile(re.escape(self._prefix) + r"(\d+)$")
         self._lock = threading.Lock()
         self._size = size or GENERATION_BYTES
         self.generation = max((n for n, _ in self.files()), default=0) + 1
-        self._file: _Generation | None = _Generation(self._path(self.generation), self._size)
+        self._file: _Generation | None = self._open(self.generation, self._size)
 
     def files(self) -> list[tuple[int, Path]]:
-        """Every generation file there is, oldest first."""
+        """Every generation file there is, in either home, oldest first."""
         found = []
-        for path in self._dir.glob(f"{self._prefix}*"):
-            match = self._pattern.match(path.name)
-            if match:
-                found.append((int(match.group(1)), path))
+        for home in self._homes:
+            for path in home.glob(f"{self._prefix}*"):
+                match = self._pattern.match(path.name)
+                if match:
+                    found.append((int(match.group(1)), path))
         return sorted(found)
 
-    def _path(self, generation: int) -> Path:
-        return self._dir / f"{self._prefix}{generation}"
+    def _open(self, generation: int, size: int) -> _Generation:
+        """The generation's file in the first home with room for it."""
+        for home in self._homes[:-1]:
+            with contextlib.suppress(OSError):  # a full tmpfs (a container's 64 MiB /dev/shm)
+                return _Generation(home / f"{self._prefix}{generation}", size)
+        return _Generation(self._homes[-1] / f"{self._prefix}{generation}", size)
 
     def append(self, data: bytes) -> None:
         """``data`` is in the current generation's file when this returns (the kernel holds it).
@@ -140,7 +182,7 @@ class UsageJournal:
         self._file.close()
         self._file = None
         self.generation += 1
-        self._file = _Generation(self._path(self.generation), size)
+        self._file = self._open(self.generation, size)
         return self._file
 
     def rotate(self) -> int:
@@ -168,3 +210,6 @@ class UsageJournal:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+        for home in self._homes[:-1]:  # an empty tmpfs home goes too: nothing of it is left behind
+            with contextlib.suppress(OSError):
+                home.rmdir()

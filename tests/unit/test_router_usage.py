@@ -4,6 +4,9 @@ exposed to Prometheus."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import hashlib
+import os
 import signal
 import sqlite3
 import subprocess
@@ -22,6 +25,7 @@ from stackd.router.types import FailureKind, Usage
 from stackd.state import usage_journal
 from stackd.state.keys import KeyedUsageStore, KeyStore
 from stackd.state.usage import FAILURE_KINDS, UsageRow, UsageStore
+from stackd.state.usage_journal import memory_home
 from tests.fake_clock import FakeClock
 
 
@@ -74,13 +78,30 @@ def one_call(accounting: Accounting, n: int) -> list[UsageRow]:
     return usage_rows(tallies, f"call-{n}")
 
 
+@pytest.fixture(autouse=True)
+def memory_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The journal's tmpfs, a directory of the test's own (``/dev/shm`` is the machine's)."""
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    monkeypatch.setattr(usage_journal, "MEMORY_DIR", shm)
+    return shm
+
+
 def journal_files(tmp_path: Path) -> list[str]:
-    return sorted(p.name for p in tmp_path.glob("stackd.db-usage.*"))
+    """The journal's files, in the state dir or in the tmpfs home of its database."""
+    return sorted(p.name for p in tmp_path.rglob("stackd.db-usage.*"))
+
+
+def journal_file(tmp_path: Path, name: str) -> Path:
+    return next(tmp_path.rglob(name))
 
 
 RECORD_AND_DIE = """
 import os, signal, sys
 from pathlib import Path
+from stackd.state import usage_journal
+from stackd.state.usage_journal import memory_home
+usage_journal.MEMORY_DIR = Path(sys.argv[1]).parent / "shm"  # the test's tmpfs, as the parent's
 from stackd.router.accounting import Accounting
 from tests.unit.test_router_usage import one_call
 from stackd.state.keys import KeyedUsageStore, KeyStore
@@ -125,7 +146,9 @@ def test_a_journal_drained_before_the_crash_is_not_replayed_again(tmp_path: Path
     file is deleted, or with rows recorded since) replays only what was not drained."""
     record_and_die(tmp_path, 5, drain_first=True)
     assert len(read_ids(tmp_path)) == 5
-    (tmp_path / "stackd.db-usage.1").write_bytes(b"")  # as if the crash came before the unlink
+    home = memory_home(tmp_path / "stackd.db", usage_journal.MEMORY_DIR)
+    assert home is not None
+    (home / "stackd.db-usage.1").write_bytes(b"")  # as if the crash came before the unlink
     store = UsageStore(tmp_path / "stackd.db")
     assert store.replayed == 1
     assert sorted(r[0] for r in read_ids(tmp_path)) == sorted([*(f"call-{n}" for n in range(5)), "call-999"])
@@ -134,7 +157,7 @@ def test_a_journal_drained_before_the_crash_is_not_replayed_again(tmp_path: Path
 
 def test_a_line_cut_short_is_skipped_and_the_rest_replayed(tmp_path: Path) -> None:
     record_and_die(tmp_path, 3)
-    journal = tmp_path / "stackd.db-usage.1"
+    journal = journal_file(tmp_path, "stackd.db-usage.1")
     raw, cut = journal.read_bytes(), b'[["usage",[1700000000.0,"lo'  # a copy the kill cut short
     end = raw.index(b"\x00")  # the mapped file keeps its allocated size: NULs after the last line
     journal.write_bytes(raw[:end] + cut + raw[end + len(cut) :])
@@ -158,6 +181,66 @@ def test_a_full_journal_file_goes_on_in_the_next_and_a_crash_replays_them_all(
     store._reader.close()
     again = UsageStore(tmp_path / "stackd.db")
     assert again.replayed == 40 and len(read_ids(tmp_path)) == 40
+    again.close()
+
+
+def test_the_journal_lives_on_the_tmpfs_in_a_directory_of_its_own(tmp_path: Path, memory_dir: Path) -> None:
+    store = UsageStore(tmp_path / "stackd.db")
+    store.record(1_700_000_000.0, one_call(Accounting(), 1))()
+    home = memory_home(tmp_path / "stackd.db", memory_dir)
+    assert home is not None and home.parent == memory_dir
+    assert oct(home.stat().st_mode & 0o777) == "0o700"
+    assert [p.name for p in home.iterdir()] == ["stackd.db-usage.1"]
+    assert not list(tmp_path.glob("stackd.db-usage.*"))  # nothing in the state dir
+    store.close()
+
+
+@pytest.mark.parametrize("planted", ["a link to another directory", "a directory others may write"])
+def test_a_name_planted_on_the_tmpfs_is_never_used(tmp_path: Path, memory_dir: Path, planted: str) -> None:
+    """``/dev/shm`` is every user's: what is already there under the journal's name and is not
+    this user's private directory sends the journal to the state dir instead."""
+    name = (
+        f"stackd-{os.geteuid()}-"
+        + hashlib.sha256(str((tmp_path / "stackd.db").resolve()).encode()).hexdigest()[:16]
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    if planted.startswith("a link"):
+        (memory_dir / name).symlink_to(elsewhere)
+    else:
+        (memory_dir / name).mkdir()
+        (memory_dir / name).chmod(0o777)
+    store = UsageStore(tmp_path / "stackd.db")
+    store.record(1_700_000_000.0, one_call(Accounting(), 1))()
+    assert [p.name for p in tmp_path.glob("stackd.db-usage.*")] == ["stackd.db-usage.1"]
+    assert not list(elsewhere.iterdir())
+    store.close()
+
+
+def test_a_full_tmpfs_sends_a_file_to_the_state_dir_and_both_are_replayed(
+    tmp_path: Path, memory_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(usage_journal, "GENERATION_BYTES", 512)
+    store = UsageStore(tmp_path / "stackd.db")
+    accounting = Accounting()
+    for n in range(3):
+        store.record(1_700_000_000.0, one_call(accounting, n))()
+    allocate = usage_journal.allocate
+
+    def tmpfs_full(fd: int, size: int) -> None:
+        if str(os.readlink(f"/proc/self/fd/{fd}")).startswith(str(memory_dir)):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        allocate(fd, size)
+
+    monkeypatch.setattr(usage_journal, "allocate", tmpfs_full)
+    for n in range(3, 12):
+        store.record(1_700_000_000.0, one_call(accounting, n))()
+    assert list(tmp_path.glob("stackd.db-usage.*")) and list(memory_dir.rglob("stackd.db-usage.*"))
+    store._journal.close()  # as a SIGKILL leaves it: nothing drained
+    store._db.close()
+    store._reader.close()
+    again = UsageStore(tmp_path / "stackd.db")
+    assert again.replayed == 12 and len(read_ids(tmp_path)) == 12
     again.close()
 
 
