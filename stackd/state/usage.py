@@ -12,6 +12,7 @@ by an older stackd (one per second and pair) have no request id. ``summary(since
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -203,7 +204,9 @@ class UsageStore:
         """Before a read: what was recorded into SQLite, unless a transaction holds the writer
         (then the read sees what was drained; the event loop never waits for a write)."""
         if self._pending:
-            self.drain(wait=False)
+            # a drain that fails (a full disk) keeps its rows for the next: the read goes on
+            with contextlib.suppress(sqlite3.Error, OSError):
+                self.drain(wait=False)
 
     def strategy_tokens(self, prefix: str, since: float) -> dict[str, int]:
         """Tokens counted per strategy whose name starts with ``prefix`` since ``since``: the

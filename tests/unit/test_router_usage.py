@@ -399,3 +399,18 @@ async def test_a_keyed_call_is_its_keys_from_the_moment_it_is_recorded(tmp_path:
     await ledger.aclose()
     await store.aclose()
     keys.close()
+
+
+def test_a_read_whose_catch_up_fails_answers_with_what_was_drained(tmp_path: Path) -> None:
+    store = UsageStore(tmp_path / "stackd.db")
+    accounting = Accounting()
+    store.write(1_700_000_000.0, one_call(accounting, 1))  # drained
+    store.record(1_700_000_000.0, one_call(accounting, 2))()  # waiting
+    blocker = sqlite3.connect(tmp_path / "stackd.db", isolation_level=None, timeout=0)
+    blocker.execute("BEGIN IMMEDIATE")
+    store._db.execute("PRAGMA busy_timeout=0")  # the catch-up's drain fails at once
+    assert store.summary()[0]["answered"] == 1
+    blocker.execute("COMMIT")
+    assert store.summary()[0]["answered"] == 2  # the next read's catch-up writes it
+    blocker.close()
+    store.close()
