@@ -1,9 +1,9 @@
 """The usage ledger: a call is answered only once its rows are recorded, and they reach SQLite in batches.
 
 Each call hands its rows (one per strategy and backend it tried, stamped with its request id) to
-``record`` before it is answered: ``UsageStore.record`` appends them to the store's journal, one
-``os.write`` on the event loop (a few microseconds; a SQLite transaction per call cost ~60-90 µs
-of the loop's CPU, docs/benchmarks.md). A drain then moves everything recorded into SQLite in
+``record`` before it is answered: ``UsageStore.record`` appends them to the store's journal, a
+copy into a shared memory mapping on the event loop (a few microseconds; a SQLite transaction
+per call cost ~60-90 µs of the loop's CPU, docs/benchmarks.md). A drain then moves everything recorded into SQLite in
 one transaction, in a worker thread, ``DRAIN_AFTER_S`` after the first row that waits (at once
 past ``DRAIN_ROWS`` rows), and a read of the ledger catches up first (``UsageStore.catch_up``).
 The event loop never waits on SQLite.
