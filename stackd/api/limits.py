@@ -43,7 +43,7 @@ def day_of(ts: float) -> int:
 class KeyMeter:
     def __init__(self, clock: Callable[[], float], seed: Mapping[str, KeySpend] | None = None) -> None:
         self._clock = clock
-        self._lock = threading.Lock()  # ``add`` runs in the ledger's worker thread
+        self._lock = threading.Lock()  # ``add`` runs where usage is recorded: the loop or a thread
         self._minute: dict[str, deque[float]] = {}
         self._today: dict[str, _Tally] = {}
         self.refused: dict[tuple[str, str], int] = {}  # (key, limit) -> 429s, for /metrics

@@ -109,7 +109,6 @@ class UsageStore:
         self._journal = UsageJournal(db_path)
         self._pending: list[Record] = []  # recorded, not yet taken by a drain
         self._journaled = threading.Lock()  # ``_pending`` and the journal's generation, in step
-        self._undrained: list[int] = []  # generations taken by a drain that failed: retried next
         self.replayed = self._replay()
 
     def _replay(self) -> int:
@@ -155,17 +154,18 @@ class UsageStore:
             return False
         try:
             with self._journaled:
-                if not self._pending and not self._undrained:
+                if not self._pending:
                     return True
                 records, self._pending = self._pending, []
-                self._undrained.append(self._journal.rotate())
+                # every record appended so far is in a file up to this one; a failed drain's
+                # records are back in ``_pending``, so marking this one drained covers theirs too
+                last = self._journal.rotate()
             try:
-                self._transaction(records, self._undrained[-1])
+                self._transaction(records, last)
             except BaseException:
                 with self._journaled:  # kept, in order: the next drain writes them with its own
                     self._pending[:0] = records
                 raise
-            last, self._undrained = self._undrained[-1], []
         finally:
             self._lock.release()
         self._journal.remove_through(last)

@@ -125,6 +125,13 @@ def record_and_die(tmp_path: Path, calls: int, drain_first: bool = False) -> Non
     assert done.returncode == -signal.SIGKILL
 
 
+def killed(store: UsageStore) -> None:
+    """``store`` as a SIGKILL leaves it: its files closed, nothing drained."""
+    store._journal.close()
+    store._db.close()
+    store._reader.close()
+
+
 def test_recorded_rows_survive_a_sigkill_and_are_replayed_once_at_the_next_open(tmp_path: Path) -> None:
     record_and_die(tmp_path, 40)
     assert read_ids(tmp_path) == [] and journal_files(tmp_path) == ["stackd.db-usage.1"]
@@ -176,9 +183,7 @@ def test_a_full_journal_file_goes_on_in_the_next_and_a_crash_replays_them_all(
         store.record(1_700_000_000.0, one_call(accounting, n))()
     assert len(journal_files(tmp_path)) > 3
     store.record(1_700_000_000.0, one_call(accounting, 20) * 20)()  # rows bigger than a file
-    store._journal.close()  # as a SIGKILL leaves it: nothing drained
-    store._db.close()
-    store._reader.close()
+    killed(store)
     again = UsageStore(tmp_path / "stackd.db")
     assert again.replayed == 40 and len(read_ids(tmp_path)) == 40
     again.close()
@@ -236,9 +241,7 @@ def test_a_full_tmpfs_sends_a_file_to_the_state_dir_and_both_are_replayed(
     for n in range(3, 12):
         store.record(1_700_000_000.0, one_call(accounting, n))()
     assert list(tmp_path.glob("stackd.db-usage.*")) and list(memory_dir.rglob("stackd.db-usage.*"))
-    store._journal.close()  # as a SIGKILL leaves it: nothing drained
-    store._db.close()
-    store._reader.close()
+    killed(store)
     again = UsageStore(tmp_path / "stackd.db")
     assert again.replayed == 12 and len(read_ids(tmp_path)) == 12
     again.close()
