@@ -44,7 +44,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Scope, Send
 
 from stackd.api.auth import CALLER_KEY
 from stackd.api.chat_stream import (
@@ -56,7 +56,7 @@ from stackd.api.chat_stream import (
     first_item,
 )
 from stackd.api.keyring import Caller
-from stackd.api.raw_asgi import Auth, RawEndpoint, dumps, read_body, send_bytes, send_sse, validate
+from stackd.api.raw_asgi import Auth, RawEndpoint, dumps, send_bytes, send_sse, validate
 from stackd.gpu.calls import CallLeases
 from stackd.router import ReasonRouter
 from stackd.router.routes import Route as ChainRoute
@@ -171,8 +171,8 @@ class ChatCompletions:
         self._holds = holds  # a model on an on-demand GPU member is called under a lease
         self._waker = waker  # a model only the held or scheduled stack has wakes that stack first
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body: ChatCompletionBody = validate(ChatCompletionBody, await read_body(receive))
+    async def __call__(self, scope: Scope, raw: bytes, send: Send) -> None:
+        body: ChatCompletionBody = validate(ChatCompletionBody, raw)
         routed = self._slices.routed(body.model) if self._slices is not None else None
         if routed is not None and self._slices is not None:
             # Buffer-then-stream: validated before a byte is sent, then the whole answer in one
@@ -234,7 +234,7 @@ def build_gateway_router(
     auth errors included); ``auth`` is the app's dependency, called with the ``Request``."""
     api = APIRouter()
 
-    async def list_models(scope: Scope, receive: Receive, send: Send) -> None:
+    async def list_models(scope: Scope, body: bytes, send: Send) -> None:
         # A key limited to some models lists only those (the same names its chat is checked
         # against); the bootstrap token, an unrestricted key or an open loopback read lists all.
         caller = scope.get(CALLER_KEY)

@@ -27,7 +27,7 @@ from typing import Protocol, TypeVar
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 from starlette.routing import Route
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Message, Scope, Send
 
 from stackd.api.chat_stream import WakeStream, first_item, waiting_comment
 from stackd.api.raw_asgi import (
@@ -36,7 +36,6 @@ from stackd.api.raw_asgi import (
     Handler,
     RawEndpoint,
     dumps,
-    read_body,
     send_bytes,
     send_sse,
     sse,
@@ -149,8 +148,8 @@ def tool(model: type[Args], make: Callable[[Args], Calls]) -> Tool:
 def tool_endpoint(tool: Tool) -> Handler:
     """A handler that validates the body as the tool's model and answers its (complete, stream)."""
 
-    async def handle(scope: Scope, receive: Receive, send: Send) -> None:
-        call = tool.invoke(await read_body(receive))
+    async def handle(scope: Scope, body: bytes, send: Send) -> None:
+        call = tool.invoke(body)
         complete, stream, timeout_s = call.complete, call.items, call.timeout_s
         started = False
 
