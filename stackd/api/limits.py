@@ -2,8 +2,8 @@
 
 Counted in memory, so ``admit`` costs a request no database read: the minute's requests as a
 window of times, the day's tokens and cost as sums. The sums grow when the usage ledger writes a
-keyed call (``KeyedUsageStore.on_call``), and at start the meter is seeded from ``key_usage``
-(``KeyStore.spend_since``): a limit reached before a restart is still reached after it. A call's
+keyed call (``KeyedUsageStore.on_call``), and at start the meter is seeded from the ledger's
+keyed rows (``KeyStore.spend_since``): a limit reached before a restart is still reached after it. A call's
 tokens are known only once it is answered, so a key may pass its daily limit by one call; the
 next one is refused.
 """

@@ -6,9 +6,10 @@ is no dictionary for a salt or a work factor to defeat, and a fast digest lets t
 key by its digest in an in-memory dict on every request (``stackd.api.keyring``) instead of
 trying a slow hash against each row. A leaked database therefore gives no usable key.
 
-``key_usage`` has one row per answered call of a key (its tokens and cloud cost), recorded with
-the usage ledger's rows (``KeyedUsageStore``: the same journal append, the same transaction into
-SQLite), with their durability: the per-key limits are counted from it again after a restart.
+What a key spent is in the usage ledger: each ``usage`` row carries the key of its call
+(``KeyedUsageStore``), with the rows' durability, and the per-key limits are counted from it
+again after a restart. ``key_usage`` held one row per keyed call before that: its rows are still
+read (``spend_since``), nothing writes it any more.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from stackd.state.sqlite import open_reader, open_writer
-from stackd.state.usage import UsageRow, UsageStore
-from stackd.state.usage_journal import Record
+from stackd.state.usage import UsageRow, UsageStore, usage_table
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -46,7 +47,25 @@ CREATE TABLE IF NOT EXISTS key_usage (
 );
 CREATE INDEX IF NOT EXISTS key_usage_ts ON key_usage (ts);
 """
-KEY_USAGE_COLUMNS = "ts, key, request_id, tokens, cost_usd"
+KEY_USAGE_COLUMNS = "ts, key, request_id, tokens, cost_usd"  # an older stackd's journal may hold some
+# Per key since ?1: its calls, tokens and cost; the ledger's rows (one per call and backend it
+# tried) and the rows of the table an older stackd wrote.
+_SPEND = """
+SELECT key, SUM(calls), SUM(tokens), SUM(cost) FROM (
+    SELECT key, COUNT(DISTINCT request_id) AS calls, SUM(prompt_tokens + completion_tokens) AS tokens,
+           SUM(cost_usd) AS cost
+    FROM usage WHERE ts >= ?1 AND key IS NOT NULL GROUP BY key
+    UNION ALL
+    SELECT key, COUNT(*), SUM(tokens), SUM(cost_usd) FROM key_usage WHERE ts >= ?1 GROUP BY key
+) GROUP BY key
+"""
+# Each keyed call's first time since ?1 (its rows share its request id), oldest first.
+_CALL_TIMES = """
+SELECT key, MIN(ts) AS at FROM usage WHERE ts >= ?1 AND key IS NOT NULL GROUP BY key, request_id
+UNION ALL
+SELECT key, ts FROM key_usage WHERE ts >= ?1
+ORDER BY at
+"""
 # Keyed calls whose key is remembered until the ledger writes them; far more than are ever in flight.
 MAX_CLAIMS = 10_000
 
@@ -98,8 +117,9 @@ class KeyStore:
         self._lock = threading.Lock()
         # A key revoked and then back after a power cut would be a lie: FULL for this table.
         self._db = open_writer(db_path, _SCHEMA, durable=True)
+        usage_table(self._db)  # what keys spent is read from it
         self._reader = open_reader(db_path)
-        self._catch_up: Callable[[], None] = _nothing  # ``key_usage``'s recorded rows into SQLite
+        self._catch_up: Callable[[], None] = _nothing  # the ledger's recorded rows into SQLite
 
     def reads_after(self, catch_up: Callable[[], None]) -> None:
         """Run ``catch_up`` before each read of ``key_usage`` (the usage store's journal)."""
@@ -139,13 +159,8 @@ class KeyStore:
         """Per key: calls, tokens and cost since ``since``, and its call times after ``recent_since``."""
         self._catch_up()
         with self._lock:
-            totals = self._reader.execute(
-                "SELECT key, COUNT(*), SUM(tokens), SUM(cost_usd) FROM key_usage WHERE ts >= ? GROUP BY key",
-                (since,),
-            ).fetchall()
-            recent = self._reader.execute(
-                "SELECT key, ts FROM key_usage WHERE ts >= ? ORDER BY ts", (recent_since,)
-            ).fetchall()
+            totals = self._reader.execute(_SPEND, (since,)).fetchall()
+            recent = self._reader.execute(_CALL_TIMES, (recent_since,)).fetchall()
         times: dict[str, list[float]] = {}
         for key, ts in recent:
             times.setdefault(key, []).append(ts)
@@ -161,13 +176,13 @@ class KeyStore:
 
 
 class KeyedUsageStore(UsageStore):
-    """The usage ledger's store, which also records each call's tokens and cost against the key
-    that made it: the front door ``claim``s each keyed call's request id for its key (bounded,
-    the oldest claims dropped), and each ``record`` of rows finds the key of each call's rows and
-    records its ``key_usage`` row beside them, in the same journal append."""
+    """The usage ledger's store, whose rows carry the key of their call: the front door
+    ``claim``s each keyed call's request id for its key (bounded, the oldest claims dropped), and
+    ``record`` stamps each row with the key its request id was claimed for."""
 
     def __init__(self, db_path: Path, keys: KeyStore) -> None:
-        """``keys``: the key table of the same database (``key_usage`` is written beside ``usage``)."""
+        """``keys``: the key table of the same database. ``key_usage``'s records an older stackd's
+        journal holds are replayed into it."""
         super().__init__(db_path, {"key_usage": KEY_USAGE_COLUMNS}, _SCHEMA)
         self.keys = keys
         keys.reads_after(self.catch_up)
@@ -182,51 +197,29 @@ class KeyedUsageStore(UsageStore):
             if len(self._claims) > MAX_CLAIMS:
                 self._claims.popitem(last=False)
 
-    def _key_of(self, request_id: str) -> str | None:
-        with self._claims_lock:
-            # kept, not popped: one call may reach the ledger in more than one batch (slices)
-            return self._claims.get(request_id)
-
     def on_call(self, listener: Callable[[str, int, float], None]) -> None:
-        """Call ``listener(key, tokens, cost_usd)`` for each keyed call recorded (on the thread
-        that records it: the event loop's)."""
+        """Call ``listener(key, tokens, cost_usd)`` for each keyed row recorded (on the thread that
+        records it: the event loop's)."""
         self._listeners.append(listener)
 
-    def _also_record(self, ts: float, usage: Sequence[UsageRow]) -> tuple[list[Record], Callable[[], None]]:
-        """One ``key_usage`` record per keyed call of ``usage``, appended with its rows; the
-        listeners hear of each call once it is recorded."""
+    def _keys_of(self, usage: Sequence[UsageRow]) -> Sequence[str | None]:
         if not self._claims:
-            return [], _nothing
-        per_call: dict[str, list[UsageRow]] = {}
-        for row in usage:
-            # getattr: rows of a usage ledger older than its request ids carry none (nothing keyed)
-            request_id: str | None = getattr(row, "request_id", None)
-            if request_id is not None:
-                per_call.setdefault(request_id, []).append(row)
-        calls = [call for rows in per_call.values() for call in self._keyed(rows)]
-        return self._records_and_tell(ts, calls)
+            return super()._keys_of(usage)
+        with self._claims_lock:
+            # kept, not popped: one call may reach the ledger in more than one batch (slices)
+            claimed = self._claims.get
+            return [claimed(row.request_id) if row.request_id is not None else None for row in usage]
 
-    def _keyed(self, rows: Sequence[UsageRow]) -> list[tuple[str, str, int, float]]:
-        """``(key, request_id, tokens, cost)`` of one call's ``rows`` when its caller had a key."""
-        request_id: str | None = getattr(rows[0], "request_id", None)
-        key = self._key_of(request_id) if request_id is not None else None
-        if key is None or request_id is None:
-            return []
-        tokens = sum(r.prompt_tokens + r.completion_tokens for r in rows)
-        return [(key, request_id, tokens, sum(r.cost_usd for r in rows))]
+    def _told(self, usage: Sequence[UsageRow], keys: Sequence[str | None]) -> Callable[[], None]:
+        if not self._listeners or not any(keys):
+            return _nothing
+        return partial(self._tell, usage, keys)
 
-    def _records_and_tell(
-        self, ts: float, calls: list[tuple[str, str, int, float]]
-    ) -> tuple[list[Record], Callable[[], None]]:
-        if not calls:
-            return [], _nothing
-
-        def tell() -> None:
-            for key, _, tokens, cost in calls:
+    def _tell(self, usage: Sequence[UsageRow], keys: Sequence[str | None]) -> None:
+        for row, key in zip(usage, keys, strict=True):
+            if key is not None:
                 for listener in self._listeners:
-                    listener(key, tokens, cost)
-
-        return [("key_usage", (ts, *call)) for call in calls], tell
+                    listener(key, row.prompt_tokens + row.completion_tokens, row.cost_usd)
 
 
 def _nothing() -> None:

@@ -68,7 +68,8 @@ CREATE TABLE IF NOT EXISTS usage (
     cost_usd REAL NOT NULL,
     tokens_estimated INTEGER NOT NULL DEFAULT 0,
     tokens_unknown INTEGER NOT NULL DEFAULT 0,
-    request_id TEXT
+    request_id TEXT,
+    key TEXT
 );
 CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
 """
@@ -79,6 +80,7 @@ _ADDED_COLUMNS = {
     "tokens_estimated": "INTEGER NOT NULL DEFAULT 0",
     "tokens_unknown": "INTEGER NOT NULL DEFAULT 0",
     "request_id": "TEXT",
+    "key": "TEXT",
 }
 
 _COLUMNS = ", ".join(
@@ -86,9 +88,16 @@ _COLUMNS = ", ".join(
         "ts, strategy, backend, requests, answered, skipped",
         *FAILURE_COLUMNS,
         "first_token_ms_sum, first_token_count, total_ms_sum, total_count",
-        "prompt_tokens, completion_tokens, cost_usd, tokens_estimated, tokens_unknown, request_id",
+        "prompt_tokens, completion_tokens, cost_usd, tokens_estimated, tokens_unknown, request_id, key",
     )
 )
+_WIDTH = _COLUMNS.count(",") + 1
+
+
+def usage_table(db: sqlite3.Connection) -> None:
+    """Create ``usage``, or add the columns an older stackd's lacks (the key store reads it too)."""
+    db.executescript(_SCHEMA)
+    add_missing_columns(db, "usage", _ADDED_COLUMNS)
 
 
 class UsageStore:
@@ -101,8 +110,8 @@ class UsageStore:
         """``also``: the tables a subclass records beside ``usage`` (name -> its columns, in its
         records' order), created by ``also_schema``. The journal a crash left is replayed here."""
         self._lock = threading.Lock()  # the writer connection: held for a whole transaction
-        self._db = open_writer(db_path, _SCHEMA + DRAINED_TABLE + also_schema, durable=False)
-        add_missing_columns(self._db, "usage", _ADDED_COLUMNS)
+        self._db = open_writer(db_path, DRAINED_TABLE + also_schema, durable=False)
+        usage_table(self._db)
         self._read_lock = threading.Lock()
         self._reader = open_reader(db_path)
         self._columns: dict[str, str] = {"usage": _COLUMNS, **(also or {})}
@@ -127,19 +136,18 @@ class UsageStore:
         return len(records)
 
     def record(self, ts: float, usage: Sequence[UsageRow]) -> Callable[[], None]:
-        """Append ``usage`` (stamped ``ts``, with what ``_also_record`` adds) to the journal: when
-        this returns the rows survive the process's death, and ``drain`` puts them in SQLite.
-        What to do now that they are recorded (``_also_record``'s). Raises ``OSError``."""
-        records: list[Record] = [("usage", values) for values in _values(ts, usage)]
-        extra, after = self._also_record(ts, usage)
-        records.extend(extra)
-        if not records:
-            return after
+        """Append ``usage`` (stamped ``ts``, each row with the key of its call, ``_keys_of``) to the
+        journal: when this returns the rows survive the process's death, and ``drain`` puts them
+        in SQLite. What to do now that they are recorded (``_told``). Raises ``OSError``."""
+        if not usage:
+            return _nothing
+        keys = self._keys_of(usage)
+        records: list[Record] = [("usage", values) for values in _values(ts, usage, keys)]
         data = encode(records)
         with self._journaled:
             self._journal.append(data)
             self._pending.extend(records)
-        return after
+        return self._told(usage, keys)
 
     def write(self, ts: float, usage: Sequence[UsageRow]) -> None:
         """``record`` then ``drain``: the rows are in SQLite when this returns."""
@@ -176,6 +184,9 @@ class UsageStore:
         by_table: dict[str, list[tuple[object, ...]]] = {}
         for table, values in records:
             by_table.setdefault(table, []).append(values)
+        if any(len(values) < _WIDTH for values in by_table.get("usage", ())):
+            # an older stackd's journal: its rows lack the columns added since (``key``: NULL)
+            by_table["usage"] = [(*v, *(None,) * (_WIDTH - len(v))) for v in by_table["usage"]]
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -195,10 +206,13 @@ class UsageStore:
         row = self._db.execute("SELECT drained FROM usage_journal WHERE id = 1").fetchone()
         return int(row[0]) if row else 0
 
-    def _also_record(self, ts: float, usage: Sequence[UsageRow]) -> tuple[list[Record], Callable[[], None]]:
-        """Records a subclass writes beside the rows (none here), and what to run once they are
-        recorded."""
-        return [], _nothing
+    def _keys_of(self, usage: Sequence[UsageRow]) -> Sequence[str | None]:
+        """The API key of each row's call (a subclass knows them; none here)."""
+        return (None,) * len(usage)
+
+    def _told(self, usage: Sequence[UsageRow], keys: Sequence[str | None]) -> Callable[[], None]:
+        """What to run once ``usage`` is recorded (a subclass tells its listeners; nothing here)."""
+        return _nothing
 
     def catch_up(self) -> None:
         """Before a read: what was recorded into SQLite, unless a transaction holds the writer
@@ -312,11 +326,13 @@ def _failure_counts(failures: Mapping[str, int]) -> tuple[int, ...]:
     return tuple(failures.get(k, 0) for k in FAILURE_KINDS)
 
 
-def _values(ts: float, usage: Sequence[UsageRow]) -> list[tuple[object, ...]]:
-    """The table's row of each ``UsageRow``, stamped ``ts``: the row's fields in order, with its
-    failures as one count per kind (``_COLUMNS`` and ``UsageRow`` list them in the same order)."""
+def _values(ts: float, usage: Sequence[UsageRow], keys: Sequence[str | None]) -> list[tuple[object, ...]]:
+    """The table's row of each ``UsageRow``, stamped ``ts``, with its call's key: the row's fields
+    in order, its failures as one count per kind (``_COLUMNS`` and ``UsageRow`` list them in the
+    same order)."""
     return [
-        (ts, *r[:5], *(_failure_counts(r.failures) if r.failures else NO_FAILURES), *r[6:]) for r in usage
+        (ts, *r[:5], *(_failure_counts(r.failures) if r.failures else NO_FAILURES), *r[6:], key)
+        for r, key in zip(usage, keys, strict=True)
     ]
 
 

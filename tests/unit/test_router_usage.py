@@ -137,7 +137,7 @@ def test_recorded_rows_survive_a_sigkill_and_are_replayed_once_at_the_next_open(
     assert read_ids(tmp_path) == [] and journal_files(tmp_path) == ["stackd.db-usage.1"]
     keys = KeyStore(tmp_path / "stackd.db")
     store = KeyedUsageStore(tmp_path / "stackd.db", keys)
-    assert store.replayed == 41  # 40 usage rows and the keyed call's key_usage row
+    assert store.replayed == 40  # call-0's row carries its key
     assert sorted(r[0] for r in read_ids(tmp_path)) == sorted(f"call-{n}" for n in range(40))
     assert keys.spend_since(0.0, 0.0)["ide"].calls == 1
     assert journal_files(tmp_path) == ["stackd.db-usage.2"]  # the replayed file is gone
@@ -169,7 +169,7 @@ def test_a_line_cut_short_is_skipped_and_the_rest_replayed(tmp_path: Path) -> No
     end = raw.index(b"\x00")  # the mapped file keeps its allocated size: NULs after the last line
     journal.write_bytes(raw[:end] + cut + raw[end + len(cut) :])
     store = UsageStore(tmp_path / "stackd.db")
-    assert store.replayed == 4 and len(read_ids(tmp_path)) == 3  # and call-0's key_usage record
+    assert store.replayed == 3 and len(read_ids(tmp_path)) == 3
     store.close()
 
 
@@ -383,8 +383,8 @@ async def test_a_slice_budget_spent_before_a_restart_stays_spent(tmp_path: Path)
 
 
 async def test_a_keyed_call_is_its_keys_from_the_moment_it_is_recorded(tmp_path: Path) -> None:
-    """``key_usage`` is recorded with the rows (the listeners hear of it at once, the limits count
-    it) and lands in SQLite in the rows' own transaction."""
+    """Each row carries its call's key (the listeners hear of it at once, the limits count it),
+    in the rows' own journal append and transaction."""
     keys = KeyStore(tmp_path / "stackd.db")
     store = KeyedUsageStore(tmp_path / "stackd.db", keys)
     heard: list[tuple[str, int, float]] = []
@@ -399,8 +399,64 @@ async def test_a_keyed_call_is_its_keys_from_the_moment_it_is_recorded(tmp_path:
     assert heard == [("ide", 2, 0.0), ("ide", 2, 0.0)]
     spend = keys.spend_since(0.0, 0.0)["ide"]  # the read catches up first
     assert (spend.calls, spend.tokens) == (2, 4)
+    with sqlite3.connect(tmp_path / "stackd.db") as db:
+        keyed = db.execute("SELECT request_id, key FROM usage ORDER BY request_id").fetchall()
+    assert keyed == [("call-1", "ide"), ("call-2", "ide"), ("call-3", None)]
     await ledger.aclose()
     await store.aclose()
+    keys.close()
+
+
+def test_a_call_is_counted_once_for_its_key_whatever_it_tried_and_however_often_it_was_recorded(
+    tmp_path: Path,
+) -> None:
+    """A call that tried two backends has two rows; a sliced call reaches the ledger in more than
+    one batch: each is one call of its key, at the time of its first row."""
+    keys = KeyStore(tmp_path / "stackd.db")
+    store = KeyedUsageStore(tmp_path / "stackd.db", keys)
+    accounting, tallies = Accounting(), dict[tuple[str, str], Tally]()
+    record_some(accounting, tallies)  # two backends, 150 tokens, $0.25
+    store.claim("call-1", "ide")
+    store.write(1_700_000_000.0, usage_rows(tallies, "call-1"))
+    store.write(1_700_000_005.0, one_call(accounting, 1))  # call-1's second batch: 2 tokens
+    spend = keys.spend_since(0.0, 0.0)["ide"]
+    assert (spend.calls, spend.tokens, spend.cost_usd, spend.recent) == (1, 152, 0.25, (1_700_000_000.0,))
+    assert keys.spend_since(1_700_000_001.0, 1_700_000_001.0)["ide"].recent == (1_700_000_005.0,)
+    store.close()
+    keys.close()
+
+
+OLDER_JOURNAL_LINE = (
+    b'[["usage",[1700000000.0,"local","m",1,1,0,0,0,0,0,0,0,0,1.0,1,2.0,1,3,4,0.5,0,0,"old-1"]],'
+    b'["key_usage",[1700000000.0,"ide","old-1",7,0.5]]]\n'
+)
+
+
+def test_an_older_stackds_journal_and_key_usage_rows_are_replayed_and_counted(tmp_path: Path) -> None:
+    """A journal an older stackd left (rows without their key, a ``key_usage`` record beside
+    them) replays into both tables; a key's spend adds ``key_usage``'s rows to the ledger's."""
+    home = memory_home(tmp_path / "stackd.db", usage_journal.MEMORY_DIR)
+    assert home is not None
+    (home / "stackd.db-usage.1").write_bytes(OLDER_JOURNAL_LINE)
+    keys = KeyStore(tmp_path / "stackd.db")
+    store = KeyedUsageStore(tmp_path / "stackd.db", keys)
+    assert store.replayed == 2
+    with sqlite3.connect(tmp_path / "stackd.db") as db:
+        assert db.execute("SELECT request_id, key, prompt_tokens FROM usage").fetchall() == [
+            ("old-1", None, 3)
+        ]
+    store.claim("new-1", "ide")
+    store.write(1_700_000_010.0, [one_call(Accounting(), 1)[0]._replace(request_id="new-1")])
+    spend = keys.spend_since(0.0, 0.0)["ide"]
+    assert (spend.calls, spend.tokens, spend.cost_usd) == (2, 9, 0.5)
+    assert spend.recent == (1_700_000_000.0, 1_700_000_010.0)
+    store.close()
+    keys.close()
+
+
+def test_the_key_store_alone_reads_no_spend_from_a_new_database(tmp_path: Path) -> None:
+    keys = KeyStore(tmp_path / "keys.db")  # no usage store beside it: the table is made empty
+    assert keys.spend_since(0.0, 0.0) == {}
     keys.close()
 
 
