@@ -137,6 +137,38 @@ def test_a_request_that_takes_longer_than_the_deadline_is_answered_and_the_conne
         assert client.get("/healthz").text == "ok"
 
 
+def test_a_kept_connection_that_trickles_its_next_request_is_closed_a_deadline_after_its_answer(
+    server: tuple[str, int],
+) -> None:
+    """The deadline runs again from each answer: the timer of the first request (due while it was
+    served) neither closes the connection then nor leaves it without a deadline after."""
+    with socket.create_connection(("127.0.0.1", port_of(server[0]))) as s:
+        s.settimeout(3)
+        s.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while not answer.endswith(b"0\r\n\r\n"):  # the chunked body's end
+            chunk = s.recv(1024)
+            assert chunk, f"closed while it was served: {answer!r}"
+            answer += chunk
+        answered = time.monotonic()
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        s.settimeout(0.1)
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        closed_after = None
+        while time.monotonic() - answered < 5:
+            try:
+                s.sendall(b"X-Slow: 1\r\n")
+                if s.recv(1024) == b"":
+                    closed_after = time.monotonic() - answered
+                    break
+            except TimeoutError:
+                continue
+            except OSError:  # reset by the server
+                closed_after = time.monotonic() - answered
+                break
+        assert closed_after is not None and DEADLINE_S - 0.1 <= closed_after < DEADLINE_S + 0.5, closed_after
+
+
 def test_the_connection_cap_keeps_descriptors_for_the_daemon() -> None:
     assert connection_cap(FD_LIMIT) == (FD_LIMIT - RESERVED_FDS) // 2 == 384
     assert connection_cap(65536) == 32640
