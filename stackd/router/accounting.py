@@ -1,9 +1,10 @@
 """Per (strategy, backend) accounting of the router: counts, failures by kind, latency, tokens, cost.
 
 Recording is a few integer additions on the hot path. ``stats()`` serves ``/status`` and the
-Prometheus collector reads the same cells at scrape time. Each call also keeps its own tallies
-(``AttemptLog``); ``usage_rows`` makes them the call's rows of the usage ledger, which the router
-records before it answers (``stackd.router.ledger``).
+Prometheus collector reads the same cells at scrape time. Each call also keeps its attempts as
+rows of the usage ledger (``attempt_row``, ``AttemptLog``); ``call_rows`` adds up a call's
+attempts at the same backend, and the router records them before it answers
+(``stackd.router.ledger``).
 """
 
 from __future__ import annotations
@@ -66,16 +67,14 @@ class LatencyTally:
     count: int = 0
     sum_ms: float = 0.0
     max_ms: float = 0.0
-    # the histogram's counts (Prometheus); None for a call's own tally, which needs only the sums
-    buckets: list[int] | None = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))  # Prometheus's
 
     def add(self, ms: float) -> None:
         self.count += 1
         self.sum_ms += ms
         if ms > self.max_ms:
             self.max_ms = ms
-        if self.buckets is not None:
-            self.buckets[bisect_left(LATENCY_BUCKETS_MS, ms)] += 1
+        self.buckets[bisect_left(LATENCY_BUCKETS_MS, ms)] += 1
 
     def to_dict(self) -> dict[str, float]:
         mean = self.sum_ms / self.count if self.count else 0.0
@@ -97,12 +96,6 @@ class Tally:
     tokens_estimated: int = 0  # answers whose usage holds stackd's own count
     tokens_unknown: int = 0  # answers with a figure nobody could count (not in the sums)
     cost_usd: float = 0.0
-
-    @classmethod
-    def of_one_call(cls) -> Tally:
-        """A call's own tally (its rows in the ledger): sums only, no histogram, failures as they
-        happen (built on every call: a fraction of the daemon's tally's cost)."""
-        return cls(failures={}, first_token=LatencyTally(buckets=None), total=LatencyTally(buckets=None))
 
     def add(
         self,
@@ -164,19 +157,13 @@ class Accounting:
         total_ms: float = 0.0,
         usage: Usage | None = None,
         cost_usd: float = 0.0,
-        call: dict[tuple[str, str], Tally] | None = None,
     ) -> None:
-        """Count one attempt; ``call`` is the call's own tallies (its rows in the ledger)."""
+        """Count one attempt."""
         key = (strategy, backend or NO_BACKEND)
         tally = self.tallies.get(key)
         if tally is None:
             tally = self.tallies[key] = Tally()
         tally.add(status, kind, first_token_ms, total_ms, usage, cost_usd)
-        if call is not None:
-            own = call.get(key)
-            if own is None:
-                own = call[key] = Tally.of_one_call()
-            own.add(status, kind, first_token_ms, total_ms, usage, cost_usd)
 
     def stats(self) -> list[StrategyRow]:
         return [
@@ -185,26 +172,73 @@ class Accounting:
         ]
 
 
-def usage_rows(tallies: dict[tuple[str, str], Tally], request_id: str | None) -> list[UsageRow]:
-    """The ledger's rows of one call: one per (strategy, backend) it tried."""
-    return [
-        UsageRow(
-            strategy=strategy,
-            backend=backend,
-            requests=t.requests,
-            answered=t.answered,
-            skipped=t.skipped,
-            failures={str(k): v for k, v in t.failures.items() if v},
-            first_token_ms_sum=t.first_token.sum_ms,
-            first_token_count=t.first_token.count,
-            total_ms_sum=t.total.sum_ms,
-            total_count=t.total.count,
-            prompt_tokens=t.prompt_tokens,
-            completion_tokens=t.completion_tokens,
-            tokens_estimated=t.tokens_estimated,
-            tokens_unknown=t.tokens_unknown,
-            cost_usd=t.cost_usd,
-            request_id=request_id,
-        )
-        for (strategy, backend), t in tallies.items()
-    ]
+def attempt_row(
+    strategy: str,
+    backend: str | None,
+    status: AttemptStatus,
+    kind: FailureKind | None = None,
+    first_token_ms: float | None = None,
+    total_ms: float = 0.0,
+    usage: Usage | None = None,
+    cost_usd: float = 0.0,
+    request_id: str | None = None,
+) -> UsageRow:
+    """One attempt of a call as its row of the usage ledger (what ``Tally.add`` counts, for one)."""
+    backend = backend or NO_BACKEND
+    if status == "skipped":
+        return UsageRow(strategy, backend, 0, 0, 1, {}, 0.0, 0, 0.0, 0, 0, 0, 0.0, 0, 0, request_id)
+    timed = first_token_ms is not None
+    return UsageRow(
+        strategy,
+        backend,
+        1,
+        1 if status == "answered" else 0,
+        0,
+        {str(kind): 1} if kind is not None and status != "answered" else {},
+        first_token_ms if first_token_ms is not None else 0.0,
+        1 if timed else 0,
+        total_ms,
+        1,
+        (usage.prompt_tokens or 0) if usage is not None else 0,
+        (usage.completion_tokens or 0) if usage is not None else 0,
+        cost_usd,
+        usage.estimated if usage is not None else 0,
+        usage.unknown if usage is not None else 0,
+        request_id,
+    )
+
+
+def call_rows(attempts: list[UsageRow]) -> list[UsageRow]:
+    """A call's ledger rows: one per (strategy, backend) it tried, its attempts there added up."""
+    if len(attempts) < 2 or len({(a.strategy, a.backend) for a in attempts}) == len(attempts):
+        return attempts  # each pair tried once: most calls
+    rows: dict[tuple[str, str], UsageRow] = {}
+    for attempt in attempts:
+        key = (attempt.strategy, attempt.backend)
+        row = rows.get(key)
+        rows[key] = attempt if row is None else _added(row, attempt)
+    return list(rows.values())
+
+
+def _added(row: UsageRow, more: UsageRow) -> UsageRow:
+    failures = dict(row.failures)
+    for kind, count in more.failures.items():
+        failures[kind] = failures.get(kind, 0) + count
+    return UsageRow(
+        row.strategy,
+        row.backend,
+        row.requests + more.requests,
+        row.answered + more.answered,
+        row.skipped + more.skipped,
+        failures,
+        row.first_token_ms_sum + more.first_token_ms_sum,
+        row.first_token_count + more.first_token_count,
+        row.total_ms_sum + more.total_ms_sum,
+        row.total_count + more.total_count,
+        row.prompt_tokens + more.prompt_tokens,
+        row.completion_tokens + more.completion_tokens,
+        row.cost_usd + more.cost_usd,
+        row.tokens_estimated + more.tokens_estimated,
+        row.tokens_unknown + more.tokens_unknown,
+        row.request_id,
+    )

@@ -11,15 +11,15 @@ import time
 from stackd.config.models import StacksConfig
 from stackd.errors import AllStrategiesFailed, OutputUnsupported
 from stackd.logs.request_id import REQUEST_ID
-from stackd.router.accounting import Accounting, Tally, usage_rows
+from stackd.router.accounting import Accounting, attempt_row, call_rows
 from stackd.router.recent import RecentCalls
 from stackd.router.routes import Route, Target
-from stackd.router.types import Answer, Attempt, BackendError, Usage
+from stackd.router.types import Answer, Attempt, AttemptStatus, BackendError, FailureKind, Usage
 from stackd.state.usage import UsageRow
 
 
 class AttemptLog:
-    __slots__ = ("_accounting", "_call", "_config", "_recent", "attempts", "route", "unsupported")
+    __slots__ = ("_accounting", "_config", "_recent", "_rows", "attempts", "route", "unsupported")
 
     def __init__(
         self, route: Route, config: StacksConfig, accounting: Accounting, recent: RecentCalls | None = None
@@ -31,18 +31,37 @@ class AttemptLog:
         self._recent = recent
         self.attempts: list[Attempt] = []
         self.unsupported = 0  # the skips for a contract the backend cannot honour
-        self._call: dict[tuple[str, str], Tally] = {}  # this call's tallies: its ledger rows
+        self._rows: list[UsageRow] = []  # this call's attempts not yet handed to the ledger
 
     def rows(self) -> list[UsageRow]:
         """The call's ledger rows, stamped with its request id; each attempt is handed out once."""
-        call, self._call = self._call, {}
-        return usage_rows(call, REQUEST_ID.get())
+        attempts, self._rows = self._rows, []
+        return call_rows(attempts)
+
+    def _count(
+        self,
+        strategy: str,
+        backend: str | None,
+        status: AttemptStatus,
+        kind: FailureKind | None = None,
+        first_token_ms: float | None = None,
+        total_ms: float = 0.0,
+        usage: Usage | None = None,
+        cost_usd: float = 0.0,
+    ) -> None:
+        """One attempt into the daemon's accounting and this call's ledger rows."""
+        self._accounting.record(strategy, backend, status, kind, first_token_ms, total_ms, usage, cost_usd)
+        self._rows.append(
+            attempt_row(
+                strategy, backend, status, kind, first_token_ms, total_ms, usage, cost_usd, REQUEST_ID.get()
+            )
+        )
 
     def skipped(self, target: Target, reason: str, unsupported: bool = False) -> None:
         """``unsupported``: the backend cannot honour the request's response_format or tools."""
         self.unsupported += unsupported
         self.attempts.append(Attempt(target.strategy, target.model, "skipped", reason))
-        self._accounting.record(target.strategy, target.model, "skipped", call=self._call)
+        self._count(target.strategy, target.model, "skipped")
 
     def failed(
         self,
@@ -61,16 +80,8 @@ class AttemptLog:
             Attempt(target.strategy, target.model, "failed", str(error), elapsed_ms, error.kind)
         )
         cost = self.cost(target.model, usage) if usage is not None and target.model else 0.0
-        self._accounting.record(
-            target.strategy,
-            target.model,
-            "failed",
-            error.kind,
-            first_token_ms,
-            elapsed_ms,
-            usage,
-            cost,
-            self._call,
+        self._count(
+            target.strategy, target.model, "failed", error.kind, first_token_ms, elapsed_ms, usage, cost
         )
         if broken is None:
             broken = first_token_ms is not None
@@ -90,9 +101,7 @@ class AttemptLog:
         backend = target.model or "-"
         cost = self.cost(backend, usage)
         self.attempts.append(Attempt(target.strategy, backend, "answered", "answered", total_ms))
-        self._accounting.record(
-            target.strategy, backend, "answered", None, first_token_ms, total_ms, usage, cost, self._call
-        )
+        self._count(target.strategy, backend, "answered", None, first_token_ms, total_ms, usage, cost)
         if self._recent is not None:
             self._recent.record(self.route.label, "answered", self.attempts)
         return Answer(

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from stackd.api.metrics import register_router_metrics
 from stackd.router import ledger as ledger_module
-from stackd.router.accounting import Accounting, Tally, usage_rows
+from stackd.router.accounting import Accounting, attempt_row, call_rows
 from stackd.router.circuit import CircuitState
 from stackd.router.ledger import UsageLedger
 from stackd.router.types import FailureKind, Usage
@@ -29,10 +29,53 @@ from stackd.state.usage_journal import memory_home
 from tests.fake_clock import FakeClock
 
 
-def record_some(accounting: Accounting, call: dict[tuple[str, str], Tally] | None = None) -> None:
-    accounting.record("cloud_gpu", "r1", "failed", FailureKind.refused, None, 1.5, call=call)
-    accounting.record("cloud_gpu", "r1", "skipped", call=call)
-    accounting.record("local_elastic", "e12", "answered", None, 40.0, 120.0, Usage(100, 50), 0.25, call)
+def record_some(accounting: Accounting) -> None:
+    """Three attempts of one call: a refusal, a skip, an answer."""
+    accounting.record("cloud_gpu", "r1", "failed", FailureKind.refused, None, 1.5)
+    accounting.record("cloud_gpu", "r1", "skipped")
+    accounting.record("local_elastic", "e12", "answered", None, 40.0, 120.0, Usage(100, 50), 0.25)
+
+
+def some_rows(request_id: str | None) -> list[UsageRow]:
+    """``record_some``'s attempts as their call's ledger rows."""
+    return call_rows(
+        [
+            attempt_row("cloud_gpu", "r1", "failed", FailureKind.refused, None, 1.5, request_id=request_id),
+            attempt_row("cloud_gpu", "r1", "skipped", request_id=request_id),
+            attempt_row(
+                "local_elastic",
+                "e12",
+                "answered",
+                None,
+                40.0,
+                120.0,
+                Usage(100, 50),
+                0.25,
+                request_id=request_id,
+            ),
+        ]
+    )
+
+
+def test_a_calls_rows_add_up_its_attempts_per_backend_as_the_daemons_tallies_count_them() -> None:
+    accounting = Accounting()
+    record_some(accounting)
+    rows = {(r.strategy, r.backend): r for r in some_rows("call-1")}
+    assert len(rows) == 2 and {r.request_id for r in rows.values()} == {"call-1"}
+    for (strategy, backend), tally in accounting.tallies.items():
+        row = rows[(strategy, backend)]
+        assert (row.requests, row.answered, row.skipped) == (tally.requests, tally.answered, tally.skipped)
+        assert row.failures == {str(k): v for k, v in tally.failures.items() if v}
+        assert (row.first_token_ms_sum, row.first_token_count) == (
+            tally.first_token.sum_ms,
+            tally.first_token.count,
+        )
+        assert (row.total_ms_sum, row.total_count) == (tally.total.sum_ms, tally.total.count)
+        assert (row.prompt_tokens, row.completion_tokens, row.cost_usd) == (
+            tally.prompt_tokens,
+            tally.completion_tokens,
+            tally.cost_usd,
+        )
 
 
 def test_the_store_knows_every_failure_kind() -> None:
@@ -42,12 +85,9 @@ def test_the_store_knows_every_failure_kind() -> None:
 async def test_calls_land_in_sqlite_with_their_request_ids_and_summary_adds_them_up(tmp_path: Path) -> None:
     clock = FakeClock(1_700_000_000.0)
     store = UsageStore(tmp_path / "stackd.db")
-    accounting = Accounting()
     ledger = UsageLedger(store, clock)
     for request_id in ("call-1", "call-2"):
-        call: dict[tuple[str, str], Tally] = {}
-        record_some(accounting, call)
-        ledger.record(usage_rows(call, request_id))
+        ledger.record(some_rows(request_id))
         clock.now += 10
     await ledger.aclose()
     assert {r[0] for r in read_ids(tmp_path)} == {"call-1", "call-2"}
@@ -72,10 +112,10 @@ def read_ids(tmp_path: Path) -> list[tuple[str, str]]:
         return db.execute("SELECT request_id, strategy FROM usage").fetchall()
 
 
-def one_call(accounting: Accounting, n: int) -> list[UsageRow]:
-    tallies: dict[tuple[str, str], Tally] = {}
-    accounting.record("local", "m", "answered", None, 1.0, 2.0, Usage(1, 1), call=tallies)
-    return usage_rows(tallies, f"call-{n}")
+def one_call(n: int) -> list[UsageRow]:
+    return call_rows(
+        [attempt_row("local", "m", "answered", None, 1.0, 2.0, Usage(1, 1), request_id=f"call-{n}")]
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -102,18 +142,16 @@ from pathlib import Path
 from stackd.state import usage_journal
 from stackd.state.usage_journal import memory_home
 usage_journal.MEMORY_DIR = Path(sys.argv[1]).parent / "shm"  # the test's tmpfs, as the parent's
-from stackd.router.accounting import Accounting
 from tests.unit.test_router_usage import one_call
 from stackd.state.keys import KeyedUsageStore, KeyStore
 db = Path(sys.argv[1])
 store = KeyedUsageStore(db, KeyStore(db))
-accounting = Accounting()
 store.claim("call-0", "ide")
 for n in range(int(sys.argv[2])):
-    store.record(1_700_000_000.0 + n, one_call(accounting, n))()
+    store.record(1_700_000_000.0 + n, one_call(n))()
 if len(sys.argv) > 3:
     store.drain()
-    store.record(1_700_000_000.0, one_call(accounting, 999))()
+    store.record(1_700_000_000.0, one_call(999))()
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
@@ -178,11 +216,10 @@ def test_a_full_journal_file_goes_on_in_the_next_and_a_crash_replays_them_all(
 ) -> None:
     monkeypatch.setattr(usage_journal, "GENERATION_BYTES", 512)  # a few calls' rows each
     store = UsageStore(tmp_path / "stackd.db")
-    accounting = Accounting()
     for n in range(20):
-        store.record(1_700_000_000.0, one_call(accounting, n))()
+        store.record(1_700_000_000.0, one_call(n))()
     assert len(journal_files(tmp_path)) > 3
-    store.record(1_700_000_000.0, one_call(accounting, 20) * 20)()  # rows bigger than a file
+    store.record(1_700_000_000.0, one_call(20) * 20)()  # rows bigger than a file
     killed(store)
     again = UsageStore(tmp_path / "stackd.db")
     assert again.replayed == 40 and len(read_ids(tmp_path)) == 40
@@ -191,7 +228,7 @@ def test_a_full_journal_file_goes_on_in_the_next_and_a_crash_replays_them_all(
 
 def test_the_journal_lives_on_the_tmpfs_in_a_directory_of_its_own(tmp_path: Path, memory_dir: Path) -> None:
     store = UsageStore(tmp_path / "stackd.db")
-    store.record(1_700_000_000.0, one_call(Accounting(), 1))()
+    store.record(1_700_000_000.0, one_call(1))()
     home = memory_home(tmp_path / "stackd.db", memory_dir)
     assert home is not None and home.parent == memory_dir
     assert oct(home.stat().st_mode & 0o777) == "0o700"
@@ -216,7 +253,7 @@ def test_a_name_planted_on_the_tmpfs_is_never_used(tmp_path: Path, memory_dir: P
         (memory_dir / name).mkdir()
         (memory_dir / name).chmod(0o777)
     store = UsageStore(tmp_path / "stackd.db")
-    store.record(1_700_000_000.0, one_call(Accounting(), 1))()
+    store.record(1_700_000_000.0, one_call(1))()
     assert [p.name for p in tmp_path.glob("stackd.db-usage.*")] == ["stackd.db-usage.1"]
     assert not list(elsewhere.iterdir())
     store.close()
@@ -227,9 +264,8 @@ def test_a_full_tmpfs_sends_a_file_to_the_state_dir_and_both_are_replayed(
 ) -> None:
     monkeypatch.setattr(usage_journal, "GENERATION_BYTES", 512)
     store = UsageStore(tmp_path / "stackd.db")
-    accounting = Accounting()
     for n in range(3):
-        store.record(1_700_000_000.0, one_call(accounting, n))()
+        store.record(1_700_000_000.0, one_call(n))()
     allocate = usage_journal.allocate
 
     def tmpfs_full(fd: int, size: int) -> None:
@@ -239,7 +275,7 @@ def test_a_full_tmpfs_sends_a_file_to_the_state_dir_and_both_are_replayed(
 
     monkeypatch.setattr(usage_journal, "allocate", tmpfs_full)
     for n in range(3, 12):
-        store.record(1_700_000_000.0, one_call(accounting, n))()
+        store.record(1_700_000_000.0, one_call(n))()
     assert list(tmp_path.glob("stackd.db-usage.*")) and list(memory_dir.rglob("stackd.db-usage.*"))
     killed(store)
     again = UsageStore(tmp_path / "stackd.db")
@@ -253,9 +289,8 @@ async def test_recording_touches_no_sqlite_and_one_drain_takes_every_row(
     monkeypatch.setattr(ledger_module, "DRAIN_AFTER_S", 0.05)
     store = UsageStore(tmp_path / "stackd.db")
     ledger = UsageLedger(store, lambda: 1_700_000_000.0)
-    accounting = Accounting()
     for n in range(50):
-        ledger.record(one_call(accounting, n))
+        ledger.record(one_call(n))
     assert read_ids(tmp_path) == []  # in the journal only: nothing waited on SQLite
     assert journal_files(tmp_path) == ["stackd.db-usage.1"]
     await asyncio.sleep(0.3)
@@ -271,9 +306,8 @@ async def test_recording_touches_no_sqlite_and_one_drain_takes_every_row(
 async def test_a_read_sees_every_recorded_call_without_waiting_for_the_drain(tmp_path: Path) -> None:
     store = UsageStore(tmp_path / "stackd.db")
     ledger = UsageLedger(store, lambda: 1_700_000_000.0)
-    accounting = Accounting()
     for n in range(3):
-        ledger.record(one_call(accounting, n))
+        ledger.record(one_call(n))
     assert store.summary()[0]["answered"] == 3  # caught up before the read
     await ledger.aclose()
     store.close()
@@ -287,13 +321,12 @@ async def test_a_drain_behind_another_writer_waits_in_its_thread_while_calls_go_
     monkeypatch.setattr(ledger_module, "DRAIN_AFTER_S", 0.01)
     store = UsageStore(tmp_path / "stackd.db")
     ledger = UsageLedger(store, lambda: 1_700_000_000.0)
-    accounting = Accounting()
     blocker = sqlite3.connect(tmp_path / "stackd.db", isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
     asyncio.get_running_loop().call_later(0.3, blocker.execute, "COMMIT")
     started = asyncio.get_running_loop().time()
     for n in range(20):
-        ledger.record(one_call(accounting, n))
+        ledger.record(one_call(n))
         await asyncio.sleep(0.005)
     assert asyncio.get_running_loop().time() - started < 0.29  # nothing waited for the lock
     assert store.summary() == []  # the read did not wait either
@@ -306,15 +339,14 @@ async def test_a_drain_behind_another_writer_waits_in_its_thread_while_calls_go_
 
 async def test_a_failed_drain_keeps_its_rows_and_the_next_writes_them_once(tmp_path: Path) -> None:
     store = UsageStore(tmp_path / "stackd.db")
-    accounting = Accounting()
-    store.record(1_700_000_000.0, one_call(accounting, 1))
+    store.record(1_700_000_000.0, one_call(1))
     blocker = sqlite3.connect(tmp_path / "stackd.db", isolation_level=None, timeout=0)
     blocker.execute("BEGIN IMMEDIATE")
     store._db.execute("PRAGMA busy_timeout=0")  # the drain fails at once: "database is locked"
     with pytest.raises(sqlite3.OperationalError):
         store.drain()
     blocker.execute("COMMIT")
-    store.record(1_700_000_000.0, one_call(accounting, 2))
+    store.record(1_700_000_000.0, one_call(2))
     assert store.drain()
     assert sorted(r[0] for r in read_ids(tmp_path)) == ["call-1", "call-2"]
     assert journal_files(tmp_path) == ["stackd.db-usage.3"]  # both closed generations deleted
@@ -356,7 +388,6 @@ async def test_a_slice_budget_spent_before_a_restart_stays_spent(tmp_path: Path)
     clock = FakeClock(1_700_000_000.0)
     store = UsageStore(tmp_path / "stackd.db")
     ledger = UsageLedger(store, clock)
-    accounting = Accounting()
     for strategy, usage in (
         ("preset:elastic:small", Usage(100, 20)),
         ("preset:elastic:small", Usage(None, 5, estimated=True)),
@@ -364,14 +395,12 @@ async def test_a_slice_budget_spent_before_a_restart_stays_spent(tmp_path: Path)
         ("preset:plain", Usage(50, 50)),  # a preset without slices
         ("local", Usage(900, 100)),
     ):
-        call: dict[tuple[str, str], Tally] = {}
-        accounting.record(strategy, "m", "answered", None, 1.0, 1.0, usage, call=call)
-        ledger.record(usage_rows(call, None))
+        ledger.record([attempt_row(strategy, "m", "answered", None, 1.0, 1.0, usage)])
     await ledger.aclose()
     clock.now += 86400  # the next day: yesterday's rows are not today's spending
-    call = {}
-    accounting.record("preset:elastic:small", "m", "answered", None, 1.0, 1.0, Usage(1, 1), call=call)
-    store.write(clock.now, usage_rows(call, None))
+    store.write(
+        clock.now, [attempt_row("preset:elastic:small", "m", "answered", None, 1.0, 1.0, Usage(1, 1))]
+    )
 
     restarted = SliceControls(clock)
     restarted.restore(slice_spending(store.strategy_tokens("preset:", day_start(clock.now))))
@@ -390,12 +419,11 @@ async def test_a_keyed_call_is_its_keys_from_the_moment_it_is_recorded(tmp_path:
     heard: list[tuple[str, int, float]] = []
     store.on_call(lambda key, tokens, cost: heard.append((key, tokens, cost)))
     ledger = UsageLedger(store, lambda: 1_700_000_000.0)
-    accounting = Accounting()
     store.claim("call-1", "ide")
     store.claim("call-2", "ide")
-    ledger.record(one_call(accounting, 1))
-    ledger.record(one_call(accounting, 2))
-    ledger.record(one_call(accounting, 3))  # nobody's key
+    ledger.record(one_call(1))
+    ledger.record(one_call(2))
+    ledger.record(one_call(3))  # nobody's key
     assert heard == [("ide", 2, 0.0), ("ide", 2, 0.0)]
     spend = keys.spend_since(0.0, 0.0)["ide"]  # the read catches up first
     assert (spend.calls, spend.tokens) == (2, 4)
@@ -414,11 +442,9 @@ def test_a_call_is_counted_once_for_its_key_whatever_it_tried_and_however_often_
     one batch: each is one call of its key, at the time of its first row."""
     keys = KeyStore(tmp_path / "stackd.db")
     store = KeyedUsageStore(tmp_path / "stackd.db", keys)
-    accounting, tallies = Accounting(), dict[tuple[str, str], Tally]()
-    record_some(accounting, tallies)  # two backends, 150 tokens, $0.25
     store.claim("call-1", "ide")
-    store.write(1_700_000_000.0, usage_rows(tallies, "call-1"))
-    store.write(1_700_000_005.0, one_call(accounting, 1))  # call-1's second batch: 2 tokens
+    store.write(1_700_000_000.0, some_rows("call-1"))  # two backends, 150 tokens, $0.25
+    store.write(1_700_000_005.0, one_call(1))  # call-1's second batch: 2 tokens
     spend = keys.spend_since(0.0, 0.0)["ide"]
     assert (spend.calls, spend.tokens, spend.cost_usd, spend.recent) == (1, 152, 0.25, (1_700_000_000.0,))
     assert keys.spend_since(1_700_000_001.0, 1_700_000_001.0)["ide"].recent == (1_700_000_005.0,)
@@ -446,7 +472,7 @@ def test_an_older_stackds_journal_and_key_usage_rows_are_replayed_and_counted(tm
             ("old-1", None, 3)
         ]
     store.claim("new-1", "ide")
-    store.write(1_700_000_010.0, [one_call(Accounting(), 1)[0]._replace(request_id="new-1")])
+    store.write(1_700_000_010.0, [one_call(1)[0]._replace(request_id="new-1")])
     spend = keys.spend_since(0.0, 0.0)["ide"]
     assert (spend.calls, spend.tokens, spend.cost_usd) == (2, 9, 0.5)
     assert spend.recent == (1_700_000_000.0, 1_700_000_010.0)
@@ -462,9 +488,8 @@ def test_the_key_store_alone_reads_no_spend_from_a_new_database(tmp_path: Path) 
 
 def test_a_read_whose_catch_up_fails_answers_with_what_was_drained(tmp_path: Path) -> None:
     store = UsageStore(tmp_path / "stackd.db")
-    accounting = Accounting()
-    store.write(1_700_000_000.0, one_call(accounting, 1))  # drained
-    store.record(1_700_000_000.0, one_call(accounting, 2))()  # waiting
+    store.write(1_700_000_000.0, one_call(1))  # drained
+    store.record(1_700_000_000.0, one_call(2))()  # waiting
     blocker = sqlite3.connect(tmp_path / "stackd.db", isolation_level=None, timeout=0)
     blocker.execute("BEGIN IMMEDIATE")
     store._db.execute("PRAGMA busy_timeout=0")  # the catch-up's drain fails at once
