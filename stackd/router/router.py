@@ -32,6 +32,7 @@ from stackd.router.accounting import Accounting, StrategyRow
 from stackd.router.attempt_log import AttemptLog
 from stackd.router.backends import Backend, build_backend
 from stackd.router.circuit import CircuitBreaker, CircuitState, Clock
+from stackd.router.deadline import Deadline
 from stackd.router.engines import EngineGate, Tries
 from stackd.router.http_client import HttpClient
 from stackd.router.http_pool import HttpPool
@@ -256,7 +257,7 @@ class ReasonRouter:
     ) -> Completion:
         if target.queued:
             return await self._queued_complete(backend, request, limit_s)
-        async with asyncio.timeout(limit_s):
+        with Deadline(limit_s):
             return await backend.complete(request)
 
     async def _queued_complete(self, backend: Backend, request: ChatRequest, limit_s: float) -> Completion:
