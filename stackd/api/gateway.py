@@ -205,9 +205,9 @@ class ChatCompletions:
             return
         route: ChainRoute = self._router.gateway_route(body.model)
         request = body.to_request()
-        if self._holds is not None:
+        if self._holds is not None and self._holds.model_of(route) is not None:
             answer = await self._holds.complete(route, lambda: self._router.complete(route, request))
-        else:
+        else:  # most calls: no lease to take, no wrapper to pass through
             answer = await self._router.complete(route, request)
         payload = completion_body(answer, body.model, completion_id(), int(time.time()))
         if woken is not None:  # the answer says it waited for a stack to wake, and how long

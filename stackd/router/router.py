@@ -229,7 +229,11 @@ class ReasonRouter:
         in_flight = self._roles.in_flight
         in_flight.begin(attempt.model)  # begin/end, not ``using``: this runs on every call
         try:
-            completion = await self._complete_one(attempt.target, attempt.backend, request, limit_s)
+            if attempt.target.queued:
+                completion = await self._queued_complete(attempt.backend, request, limit_s)
+            else:
+                with Deadline(limit_s):
+                    completion = await attempt.backend.complete(request)
         except LocalQueueFull as exc:
             attempt.circuit.abandon()
             attempt.log.skipped(attempt.target, str(exc))
@@ -251,14 +255,6 @@ class ReasonRouter:
         finally:
             in_flight.end(attempt.model)
         return finished(attempt, completion, None, request)
-
-    async def _complete_one(
-        self, target: routes.Target, backend: Backend, request: ChatRequest, limit_s: float
-    ) -> Completion:
-        if target.queued:
-            return await self._queued_complete(backend, request, limit_s)
-        with Deadline(limit_s):
-            return await backend.complete(request)
 
     async def _queued_complete(self, backend: Backend, request: ChatRequest, limit_s: float) -> Completion:
         deadline = asyncio.get_running_loop().time() + limit_s
