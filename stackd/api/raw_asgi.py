@@ -115,6 +115,7 @@ class DisconnectWatch:
         self._after_s = after_s
         self._unwatched: dict[asyncio.Task[Any], _Call] = {}  # in the order they began
         self._sweep: asyncio.TimerHandle | None = None
+        self._sweep_loop: asyncio.AbstractEventLoop | None = None
 
     async def run(self, handle: Handler, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
         """``handle(scope, body, send)`` in this task; when the client leaves first, cancel it."""
@@ -123,8 +124,8 @@ class DisconnectWatch:
         loop = task.get_loop()
         call = _Call(receive, loop.time())
         self._unwatched[task] = call
-        if self._sweep is None:
-            self._sweep = loop.call_later(self._after_s, self._start_watchers, loop)
+        if self._sweep is None or self._sweep_loop is not loop:  # none, or a closed loop's
+            self._sweep, self._sweep_loop = loop.call_later(self._after_s, self._start_watchers, loop), loop
         try:
             await handle(scope, body, send)
         except asyncio.CancelledError:

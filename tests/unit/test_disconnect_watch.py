@@ -119,3 +119,31 @@ async def test_calls_that_begin_at_different_times_are_each_watched_once_they_ar
     for call in (calls[0], calls[2]):
         call.cancel()
     await asyncio.gather(calls[0], calls[2], return_exceptions=True)
+
+
+def test_a_watch_whose_loop_closed_with_its_sweep_pending_watches_on_the_next_loop() -> None:
+    watch = DisconnectWatch(AFTER_S)
+
+    async def quick(scope: Scope, body: bytes, send: Send) -> None:
+        pass
+
+    async def first_loop() -> None:
+        await watch.run(quick, {}, b"", Client().receive, nothing_sent)  # its sweep is pending
+
+    async def next_loop() -> int:
+        client = Client()
+        started = asyncio.Event()
+
+        async def slow(scope: Scope, body: bytes, send: Send) -> None:
+            started.set()
+            await asyncio.sleep(30)
+
+        call = asyncio.create_task(watch.run(slow, {}, b"", client.receive, nothing_sent))
+        await started.wait()
+        await asyncio.sleep(AFTER_S * 3)
+        client.leave.set()
+        await asyncio.wait_for(call, 2)
+        return client.reads
+
+    asyncio.run(first_loop())
+    assert asyncio.run(next_loop()) == 1
