@@ -12,8 +12,9 @@ it as a ``BackendError`` (``wire_error`` says which kind), so a backend's parsin
 that block. Upstream text enters stackd only through ``Wire.text``: decoded, redacted, then cut
 (``stackd.router.redaction``).
 
-Time limits: the client's ``connect_s`` bounds the connect; the router wraps each call in
-``asyncio.timeout`` for the first-token and total limits, so a backend must let
+Time limits: the client's ``connect_s`` bounds the connect; the router wraps each call in a
+time limit that cancels it (``stackd.router.deadline``, ``asyncio.timeout`` for streams) for the
+first-token and total limits, so a backend must let
 ``CancelledError`` pass untouched (it is not an ``Exception``).
 """
 
