@@ -5,7 +5,8 @@
 1. The engine alone: llama.cpp's server with SmolLM2-135M-Instruct (the bundled `smollm2-135m` command),
    spawned by this script right before each switch (so that both see the same machine); time
    from spawn to its first 2xx on ``/v1/models`` (polled every 5 ms, so the figure is the
-   engine's, not the poll's), then SIGTERM and time to exit.
+   engine's, not the poll's) and one 1-token answer (the bundled members' ``process.warmup``,
+   which stackd's start step waits for too), then SIGTERM and time to exit.
 2. Through stackd: a real ``stackd serve`` on the bundled config on this machine (no GPU, no
    Docker: it lands on ``embedded``), then ``--runs`` switches embedded <-> embedded-long
    (``POST /model-stacks/switch``, waits for the end). From the switch's own events: the
@@ -86,6 +87,11 @@ def engine_alone(gguf: str, runs: int) -> tuple[list[float], list[float]]:
                 if proc.poll() is not None:
                     raise SystemExit(f"the engine exited with {proc.returncode}")
                 time.sleep(0.005)
+            # The bundled members warm up (``process.warmup``): ready after one 1-token answer.
+            warm = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+            http.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions", json=warm, timeout=60
+            ).raise_for_status()
         ready.append(time.perf_counter() - began)
         began = time.perf_counter()
         os.killpg(proc.pid, signal.SIGTERM)
