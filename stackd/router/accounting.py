@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from typing import TypedDict
+from typing import NamedTuple, TypedDict
 
 from stackd.router.types import AttemptStatus, FailureKind, Usage
 from stackd.state.usage import UsageRow
@@ -140,6 +140,20 @@ class Tally:
         }
 
 
+class Outcome(NamedTuple):
+    """What one attempt did: counted in the daemon's tallies (``Accounting.record``) and as its
+    call's ledger row (``attempt_row``)."""
+
+    strategy: str
+    backend: str  # NO_BACKEND for a target without one
+    status: AttemptStatus
+    kind: FailureKind | None = None
+    first_token_ms: float | None = None
+    total_ms: float = 0.0
+    usage: Usage | None = None
+    cost_usd: float = 0.0
+
+
 class Accounting:
     """The tallies since the daemon started, per (strategy, backend): ``/status`` and ``/metrics``.
     The durable figures are the usage ledger's (``stackd.router.ledger``), one row set per call."""
@@ -147,23 +161,20 @@ class Accounting:
     def __init__(self) -> None:
         self.tallies: dict[tuple[str, str], Tally] = {}
 
-    def record(
-        self,
-        strategy: str,
-        backend: str | None,
-        status: AttemptStatus,
-        kind: FailureKind | None = None,
-        first_token_ms: float | None = None,
-        total_ms: float = 0.0,
-        usage: Usage | None = None,
-        cost_usd: float = 0.0,
-    ) -> None:
+    def record(self, outcome: Outcome) -> None:
         """Count one attempt."""
-        key = (strategy, backend or NO_BACKEND)
+        key = (outcome.strategy, outcome.backend)
         tally = self.tallies.get(key)
         if tally is None:
             tally = self.tallies[key] = Tally()
-        tally.add(status, kind, first_token_ms, total_ms, usage, cost_usd)
+        tally.add(
+            outcome.status,
+            outcome.kind,
+            outcome.first_token_ms,
+            outcome.total_ms,
+            outcome.usage,
+            outcome.cost_usd,
+        )
 
     def stats(self) -> list[StrategyRow]:
         return [
@@ -172,22 +183,11 @@ class Accounting:
         ]
 
 
-def attempt_row(
-    strategy: str,
-    backend: str | None,
-    status: AttemptStatus,
-    kind: FailureKind | None = None,
-    first_token_ms: float | None = None,
-    total_ms: float = 0.0,
-    usage: Usage | None = None,
-    cost_usd: float = 0.0,
-    request_id: str | None = None,
-) -> UsageRow:
+def attempt_row(outcome: Outcome, request_id: str | None = None) -> UsageRow:
     """One attempt of a call as its row of the usage ledger (what ``Tally.add`` counts, for one)."""
-    backend = backend or NO_BACKEND
+    strategy, backend, status, kind, first_token_ms, total_ms, usage, cost_usd = outcome
     if status == "skipped":
         return UsageRow(strategy, backend, 0, 0, 1, {}, 0.0, 0, 0.0, 0, 0, 0, 0.0, 0, 0, request_id)
-    timed = first_token_ms is not None
     return UsageRow(
         strategy,
         backend,
@@ -196,7 +196,7 @@ def attempt_row(
         0,
         {str(kind): 1} if kind is not None and status != "answered" else {},
         first_token_ms if first_token_ms is not None else 0.0,
-        1 if timed else 0,
+        0 if first_token_ms is None else 1,
         total_ms,
         1,
         (usage.prompt_tokens or 0) if usage is not None else 0,

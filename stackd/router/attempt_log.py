@@ -11,10 +11,10 @@ import time
 from stackd.config.models import StacksConfig
 from stackd.errors import AllStrategiesFailed, OutputUnsupported
 from stackd.logs.request_id import REQUEST_ID
-from stackd.router.accounting import Accounting, attempt_row, call_rows
+from stackd.router.accounting import NO_BACKEND, Accounting, Outcome, attempt_row, call_rows
 from stackd.router.recent import RecentCalls
 from stackd.router.routes import Route, Target
-from stackd.router.types import Answer, Attempt, AttemptStatus, BackendError, FailureKind, Usage
+from stackd.router.types import Answer, Attempt, BackendError, Usage
 from stackd.state.usage import UsageRow
 
 
@@ -38,30 +38,16 @@ class AttemptLog:
         attempts, self._rows = self._rows, []
         return call_rows(attempts)
 
-    def _count(
-        self,
-        strategy: str,
-        backend: str | None,
-        status: AttemptStatus,
-        kind: FailureKind | None = None,
-        first_token_ms: float | None = None,
-        total_ms: float = 0.0,
-        usage: Usage | None = None,
-        cost_usd: float = 0.0,
-    ) -> None:
+    def _count(self, outcome: Outcome) -> None:
         """One attempt into the daemon's accounting and this call's ledger rows."""
-        self._accounting.record(strategy, backend, status, kind, first_token_ms, total_ms, usage, cost_usd)
-        self._rows.append(
-            attempt_row(
-                strategy, backend, status, kind, first_token_ms, total_ms, usage, cost_usd, REQUEST_ID.get()
-            )
-        )
+        self._accounting.record(outcome)
+        self._rows.append(attempt_row(outcome, REQUEST_ID.get()))
 
     def skipped(self, target: Target, reason: str, unsupported: bool = False) -> None:
         """``unsupported``: the backend cannot honour the request's response_format or tools."""
         self.unsupported += unsupported
         self.attempts.append(Attempt(target.strategy, target.model, "skipped", reason))
-        self._count(target.strategy, target.model, "skipped")
+        self._count(Outcome(target.strategy, target.model or NO_BACKEND, "skipped"))
 
     def failed(
         self,
@@ -80,8 +66,9 @@ class AttemptLog:
             Attempt(target.strategy, target.model, "failed", str(error), elapsed_ms, error.kind)
         )
         cost = self.cost(target.model, usage) if usage is not None and target.model else 0.0
+        backend = target.model or NO_BACKEND
         self._count(
-            target.strategy, target.model, "failed", error.kind, first_token_ms, elapsed_ms, usage, cost
+            Outcome(target.strategy, backend, "failed", error.kind, first_token_ms, elapsed_ms, usage, cost)
         )
         if broken is None:
             broken = first_token_ms is not None
@@ -101,7 +88,9 @@ class AttemptLog:
         backend = target.model or "-"
         cost = self.cost(backend, usage)
         self.attempts.append(Attempt(target.strategy, backend, "answered", "answered", total_ms))
-        self._count(target.strategy, backend, "answered", None, first_token_ms, total_ms, usage, cost)
+        self._count(
+            Outcome(target.strategy, backend, "answered", None, first_token_ms, total_ms, usage, cost)
+        )
         if self._recent is not None:
             self._recent.record(self.route.label, "answered", self.attempts)
         return Answer(

@@ -107,23 +107,27 @@ def test_healthz_answers_while_1100_idle_connections_are_held(server: tuple[str,
             s.close()
 
 
+def trickled_until_closed(s: socket.socket, since: float) -> float | None:
+    """Send a header line at each of ``s``'s read timeouts until the server closes the connection:
+    the seconds from ``since`` until it did, or None if it had not within 5 s."""
+    while time.monotonic() - since < 5:
+        try:
+            s.sendall(b"X-Slow: 1\r\n")
+            if s.recv(1024) == b"":
+                return time.monotonic() - since
+        except TimeoutError:
+            continue
+        except OSError:  # reset by the server
+            return time.monotonic() - since
+    return None
+
+
 def test_a_client_that_trickles_its_headers_is_closed_at_the_deadline(server: tuple[str, int]) -> None:
     with socket.create_connection(("127.0.0.1", port_of(server[0]))) as s:
         s.settimeout(0.2)
         started = time.monotonic()
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-        closed_after = None
-        while time.monotonic() - started < 5:
-            try:
-                s.sendall(b"X-Slow: 1\r\n")
-                if s.recv(1024) == b"":
-                    closed_after = time.monotonic() - started
-                    break
-            except TimeoutError:
-                continue
-            except OSError:  # reset by the server
-                closed_after = time.monotonic() - started
-                break
+        closed_after = trickled_until_closed(s, started)
         assert closed_after is not None and DEADLINE_S - 0.1 <= closed_after < DEADLINE_S + 1, closed_after
 
 
@@ -154,18 +158,7 @@ def test_a_kept_connection_that_trickles_its_next_request_is_closed_a_deadline_a
         assert answer.startswith(b"HTTP/1.1 200"), answer
         s.settimeout(0.1)
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-        closed_after = None
-        while time.monotonic() - answered < 5:
-            try:
-                s.sendall(b"X-Slow: 1\r\n")
-                if s.recv(1024) == b"":
-                    closed_after = time.monotonic() - answered
-                    break
-            except TimeoutError:
-                continue
-            except OSError:  # reset by the server
-                closed_after = time.monotonic() - answered
-                break
+        closed_after = trickled_until_closed(s, answered)
         assert closed_after is not None and DEADLINE_S - 0.1 <= closed_after < DEADLINE_S + 0.5, closed_after
 
 

@@ -77,15 +77,20 @@ async def test_a_watcher_ends_with_its_call_and_a_later_disconnect_cancels_nothi
     assert not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
 
 
-async def test_a_cancellation_from_elsewhere_is_not_swallowed() -> None:
-    watch, client = DisconnectWatch(AFTER_S), Client()
-    started = asyncio.Event()
+def slow(started: asyncio.Event) -> Handler:
+    """A handler that sets ``started``, then works for 30 s."""
 
-    async def slow(scope: Scope, body: bytes, send: Send) -> None:
+    async def handle(scope: Scope, body: bytes, send: Send) -> None:
         started.set()
         await asyncio.sleep(30)
 
-    call = asyncio.create_task(watch.run(slow, {}, b"{}", client.receive, nothing_sent))
+    return handle
+
+
+async def test_a_cancellation_from_elsewhere_is_not_swallowed() -> None:
+    watch, client = DisconnectWatch(AFTER_S), Client()
+    started = asyncio.Event()
+    call = asyncio.create_task(watch.run(slow(started), {}, b"{}", client.receive, nothing_sent))
     await started.wait()
     call.cancel()  # the server shutting down, not the client leaving
     with contextlib.suppress(asyncio.CancelledError):
@@ -98,7 +103,7 @@ async def test_calls_that_begin_at_different_times_are_each_watched_once_they_ar
     clients = [Client() for _ in range(3)]
     ended: list[int] = []
 
-    def slow(n: int) -> Handler:
+    def ending(n: int) -> Handler:
         async def handle(scope: Scope, body: bytes, send: Send) -> None:
             try:
                 await asyncio.sleep(30)
@@ -109,7 +114,7 @@ async def test_calls_that_begin_at_different_times_are_each_watched_once_they_ar
 
     calls = []
     for n, client in enumerate(clients):
-        calls.append(asyncio.create_task(watch.run(slow(n), {}, b"", client.receive, nothing_sent)))
+        calls.append(asyncio.create_task(watch.run(ending(n), {}, b"", client.receive, nothing_sent)))
         await asyncio.sleep(AFTER_S * 1.5)
     await asyncio.sleep(AFTER_S * 3)
     assert [c.reads for c in clients] == [1, 1, 1]
@@ -133,12 +138,7 @@ def test_a_watch_whose_loop_closed_with_its_sweep_pending_watches_on_the_next_lo
     async def next_loop() -> int:
         client = Client()
         started = asyncio.Event()
-
-        async def slow(scope: Scope, body: bytes, send: Send) -> None:
-            started.set()
-            await asyncio.sleep(30)
-
-        call = asyncio.create_task(watch.run(slow, {}, b"", client.receive, nothing_sent))
+        call = asyncio.create_task(watch.run(slow(started), {}, b"", client.receive, nothing_sent))
         await started.wait()
         await asyncio.sleep(AFTER_S * 3)
         client.leave.set()

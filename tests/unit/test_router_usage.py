@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from stackd.api.metrics import register_router_metrics
 from stackd.router import ledger as ledger_module
-from stackd.router.accounting import Accounting, attempt_row, call_rows
+from stackd.router.accounting import Accounting, Outcome, attempt_row, call_rows
 from stackd.router.circuit import CircuitState
 from stackd.router.ledger import UsageLedger
 from stackd.router.types import FailureKind, Usage
@@ -28,33 +28,21 @@ from stackd.state.usage import FAILURE_KINDS, UsageRow, UsageStore
 from stackd.state.usage_journal import memory_home
 from tests.fake_clock import FakeClock
 
+SOME = (  # three attempts of one call: a refusal, a skip, an answer
+    Outcome("cloud_gpu", "r1", "failed", FailureKind.refused, None, 1.5),
+    Outcome("cloud_gpu", "r1", "skipped"),
+    Outcome("local_elastic", "e12", "answered", None, 40.0, 120.0, Usage(100, 50), 0.25),
+)
+
 
 def record_some(accounting: Accounting) -> None:
-    """Three attempts of one call: a refusal, a skip, an answer."""
-    accounting.record("cloud_gpu", "r1", "failed", FailureKind.refused, None, 1.5)
-    accounting.record("cloud_gpu", "r1", "skipped")
-    accounting.record("local_elastic", "e12", "answered", None, 40.0, 120.0, Usage(100, 50), 0.25)
+    for outcome in SOME:
+        accounting.record(outcome)
 
 
 def some_rows(request_id: str | None) -> list[UsageRow]:
-    """``record_some``'s attempts as their call's ledger rows."""
-    return call_rows(
-        [
-            attempt_row("cloud_gpu", "r1", "failed", FailureKind.refused, None, 1.5, request_id=request_id),
-            attempt_row("cloud_gpu", "r1", "skipped", request_id=request_id),
-            attempt_row(
-                "local_elastic",
-                "e12",
-                "answered",
-                None,
-                40.0,
-                120.0,
-                Usage(100, 50),
-                0.25,
-                request_id=request_id,
-            ),
-        ]
-    )
+    """``SOME``'s attempts as their call's ledger rows."""
+    return call_rows([attempt_row(outcome, request_id) for outcome in SOME])
 
 
 def test_a_calls_rows_add_up_its_attempts_per_backend_as_the_daemons_tallies_count_them() -> None:
@@ -114,7 +102,7 @@ def read_ids(tmp_path: Path) -> list[tuple[str, str]]:
 
 def one_call(n: int) -> list[UsageRow]:
     return call_rows(
-        [attempt_row("local", "m", "answered", None, 1.0, 2.0, Usage(1, 1), request_id=f"call-{n}")]
+        [attempt_row(Outcome("local", "m", "answered", None, 1.0, 2.0, Usage(1, 1)), f"call-{n}")]
     )
 
 
@@ -395,11 +383,12 @@ async def test_a_slice_budget_spent_before_a_restart_stays_spent(tmp_path: Path)
         ("preset:plain", Usage(50, 50)),  # a preset without slices
         ("local", Usage(900, 100)),
     ):
-        ledger.record([attempt_row(strategy, "m", "answered", None, 1.0, 1.0, usage)])
+        ledger.record([attempt_row(Outcome(strategy, "m", "answered", None, 1.0, 1.0, usage))])
     await ledger.aclose()
     clock.now += 86400  # the next day: yesterday's rows are not today's spending
     store.write(
-        clock.now, [attempt_row("preset:elastic:small", "m", "answered", None, 1.0, 1.0, Usage(1, 1))]
+        clock.now,
+        [attempt_row(Outcome("preset:elastic:small", "m", "answered", None, 1.0, 1.0, Usage(1, 1)))],
     )
 
     restarted = SliceControls(clock)

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from stackd.api.metrics import register_router_metrics
 from stackd.cli.reason_view import token_figures
 from stackd.cli.usage_view import usage_tokens
-from stackd.router.accounting import Accounting
+from stackd.router.accounting import Accounting, Outcome
 from stackd.router.backends.base import token_count
 from stackd.router.backends.tokens import engine_root, prompt_text
 from stackd.router.circuit import CircuitState
@@ -54,7 +54,7 @@ def test_the_tokenizer_sits_beside_v1_and_counts_roles_and_text() -> None:
 
 
 def answered(accounting: Accounting, usage: Usage) -> None:
-    accounting.record("local", "smol", "answered", None, 5.0, 9.0, usage)
+    accounting.record(Outcome("local", "smol", "answered", None, 5.0, 9.0, usage))
 
 
 def test_tallies_sum_the_known_figures_and_count_the_estimated_and_unknown_answers() -> None:
