@@ -208,9 +208,29 @@ def cpu_s(pid: int) -> float:
     return float(times.user + times.system)
 
 
-def test_a_client_that_leaves_stops_the_engine_within_a_few_tokens(bare_daemon: Daemon) -> None:
-    """The engine's CPU time after the client left, in tokens (CPU seconds per token measured on a
-    full answer of the same engine in the same run): a generation that goes on shows up at once."""
+IDLE_WITHIN_S = 3.0  # a generation that goes on runs for its 1,500 tokens: ~40 s of the engine's CPU
+
+
+def seconds_until_idle(pid: int, per_token_s: float) -> float:
+    """Seconds from now until the engine spends less than one token's CPU time in a quarter of a
+    second; ``inf`` if it does not within 10 s. Idleness, not a count of tokens: on a loaded
+    machine llama.cpp's threads spin while they wait for each other, and the one token in hand
+    when the caller left took up to 1.5 s of CPU (seen in CI, and on the revision before)."""
+    started = time.monotonic()
+    before = cpu_s(pid)
+    while time.monotonic() - started < 10:
+        time.sleep(0.25)
+        now = cpu_s(pid)
+        if now - before < per_token_s:
+            return time.monotonic() - started
+        before = now
+    return float("inf")
+
+
+def test_a_client_that_leaves_stops_the_engine(bare_daemon: Daemon) -> None:
+    """The engine is idle within ``IDLE_WITHIN_S`` of the client leaving (idle: less than one
+    token's CPU time, measured on a full answer of the same engine in the same run, in a quarter
+    of a second): a generation that goes on keeps it busy for tens of seconds."""
     headers = {"Authorization": f"Bearer {(bare_daemon.state_dir / 'token').read_text().strip()}"}
     pid = engine_pid(bare_daemon)
     # SmolLM2 greedy writes this to the 1500-token cap (it ends "count to 1000" after 11 tokens)
@@ -224,7 +244,7 @@ def test_a_client_that_leaves_stops_the_engine_within_a_few_tokens(bare_daemon: 
         json={**body, "max_tokens": 128},
     ).json()
     per_token = (cpu_s(pid) - before) / max(1, full["usage"]["completion_tokens"])
-    results: dict[str, float] = {}
+    results: dict[str, float] = {}  # seconds until the engine was idle
     for path, kind in (("/v1/chat/completions", "gateway SSE"), ("/tools/reason", "tools/reason")):
         payload: dict[str, Any] = (
             {**body, "max_tokens": 1500, "stream": True}
@@ -250,9 +270,7 @@ def test_a_client_that_leaves_stops_the_engine_within_a_few_tokens(bare_daemon: 
                     assert r.status_code == 200, r.text
                 else:
                     raise AssertionError(f"the model answered within 1 s three times: {r.text[:500]}")
-        left_at = cpu_s(pid)
-        time.sleep(2.0)
-        results[kind] = (cpu_s(pid) - left_at) / per_token
+        results[kind] = seconds_until_idle(pid, per_token)
     # stackd's own timeout: timeout_s cancels the backend call the same way.
     with httpx.Client(timeout=60) as http:
         r = http.post(
@@ -261,11 +279,11 @@ def test_a_client_that_leaves_stops_the_engine_within_a_few_tokens(bare_daemon: 
             json={"problem": long_task, "max_tokens": 1500, "timeout_s": 1, "temperature": 0},
         )
     assert r.status_code == 504 and "cancelled" in r.json()["message"]
-    left_at = cpu_s(pid)
-    time.sleep(2.0)
-    results["timeout_s"] = (cpu_s(pid) - left_at) / per_token
-    print(f"tokens generated after the caller left: {results} (cpu {per_token * 1000:.1f} ms/token)")
-    assert all(tokens < 15 for tokens in results.values()), results
+    results["timeout_s"] = seconds_until_idle(pid, per_token)
+    print(
+        f"seconds until the engine was idle after the caller left: {results} (cpu {per_token * 1000:.1f} ms/token)"
+    )
+    assert all(seconds < IDLE_WITHIN_S for seconds in results.values()), results
 
 
 def test_the_daemon_stops_its_engines_when_it_stops(tmp_path: Path) -> None:
