@@ -163,18 +163,11 @@ class Accounting:
 
     def record(self, outcome: Outcome) -> None:
         """Count one attempt."""
-        key = (outcome.strategy, outcome.backend)
-        tally = self.tallies.get(key)
+        strategy, backend, status, kind, first_token_ms, total_ms, usage, cost_usd = outcome
+        tally = self.tallies.get((strategy, backend))
         if tally is None:
-            tally = self.tallies[key] = Tally()
-        tally.add(
-            outcome.status,
-            outcome.kind,
-            outcome.first_token_ms,
-            outcome.total_ms,
-            outcome.usage,
-            outcome.cost_usd,
-        )
+            tally = self.tallies[(strategy, backend)] = Tally()
+        tally.add(status, kind, first_token_ms, total_ms, usage, cost_usd)
 
     def stats(self) -> list[StrategyRow]:
         return [
