@@ -206,8 +206,9 @@ class ReasonRouter:
         limit_s = min(timeouts.first_token_s, timeouts.total_s)
         tries = Tries(route.targets)
         for target in tries:
-            if self._gate.must_wait(target):
-                async for _ in self._gate.settled(self.config, target):
+            died = self._maybe_died(target)
+            if died is not None or self._gate.must_wait(target):
+                async for _ in self._gate.settled(self.config, target, died):
                     pass
             generation = self._gate.generation(target.model) if target.model else None
             attempt = self._admit(target, log, request)
@@ -271,8 +272,9 @@ class ReasonRouter:
         try:
             tries = Tries(route.targets)
             for target in tries:
-                if self._gate.must_wait(target):
-                    async for waiting in self._gate.settled(self.config, target):
+                died = self._maybe_died(target)
+                if died is not None or self._gate.must_wait(target):
+                    async for waiting in self._gate.settled(self.config, target, died):
                         yield waiting
                 generation = self._gate.generation(target.model) if target.model else None
                 attempt = self._admit(target, log, request)
@@ -298,6 +300,18 @@ class ReasonRouter:
         finally:
             if self._ledger is not None:  # a caller that left: what was tried is still counted
                 self._ledger.record(log.rows())
+
+    def _maybe_died(self, target: routes.Target) -> int | None:
+        """The generation of the target's engine when its circuit is not closed: the failures that
+        opened it may be the engine's death that its driver has not handled yet (a moment after a
+        kill, longer on a loaded machine). ``settled`` then waits for the driver and the restart
+        (at once past an engine that lives) instead of the call skipping the target for its open
+        circuit. None for most calls (a closed circuit: one dict lookup) and for models without an
+        engine."""
+        circuit = self._circuits.get(target.model) if target.model is not None else None
+        if circuit is None or circuit.state is CircuitState.closed or target.model is None:
+            return None
+        return self._gate.generation(target.model)
 
     def _admit(self, target: routes.Target, log: AttemptLog, request: ChatRequest) -> Admitted | None:
         """The backend and its circuit when the target may be tried now; else records the skip."""

@@ -122,7 +122,7 @@ class KeyStore:
         self._catch_up: Callable[[], None] = _nothing  # the ledger's recorded rows into SQLite
 
     def reads_after(self, catch_up: Callable[[], None]) -> None:
-        """Run ``catch_up`` before each read of ``key_usage`` (the usage store's journal)."""
+        """Run ``catch_up`` before each read of what keys spent (the usage store's journal drained)."""
         self._catch_up = catch_up
 
     def all(self) -> list[KeyRecord]:

@@ -94,7 +94,9 @@ def test_a_sigkilled_engine_restarts_unseen_by_the_callers_that_arrive_meanwhile
                     f"{bare_daemon.url}/v1/chat/completions",
                     json={"model": "reason", "messages": PROMPT, "temperature": 0, "max_tokens": 2},
                 )
-                calls.append((began, time.time(), r.status_code, r.text[:300]))
+                calls.append(
+                    (began, time.time(), r.status_code, r.text[:1000])
+                )  # the reason of the last strategy too
 
     old = engine_pid(bare_daemon)
     threads = [threading.Thread(target=caller) for _ in range(CALLERS)]

@@ -22,6 +22,7 @@ import pytest
 
 from stackd.config.models import StacksConfig
 from stackd.drivers.process import LocalProcessDriver
+from stackd.drivers.process_group import has_exited
 from stackd.errors import AllStrategiesFailed
 from stackd.roles import LiveEndpoints, LiveRoles, RoleTable
 from stackd.router import ReasonRouter
@@ -203,6 +204,44 @@ async def test_a_restarted_engine_starts_with_a_closed_circuit(tmp_path: Path) -
         answer = await world.router.complete(world.route, REQUEST)
         assert answer.text == f"engine {new}"
         assert world.router.circuit("eng").to_dict()["state"] == "closed"
+    finally:
+        await world.aclose()
+
+
+async def test_a_call_between_a_kill_and_its_notice_waits_for_the_restart_past_an_open_circuit(
+    tmp_path: Path,
+) -> None:
+    """The dead engine's failures opened its circuit and the driver has not handled the exit yet
+    (a moment after a kill; longer on a loaded machine: CI once answered two such calls 503):
+    the call waits for the restart and is answered by the new engine, not skipped for the open
+    circuit."""
+    world = World(tmp_path, make_config(30.0, threshold=1))
+    try:
+        old = await world.start()
+        await world.router.complete(world.route, REQUEST)
+        world.router.circuit("eng").record_failure("cut by the engine's death", trip=True)
+        os.kill(old, signal.SIGKILL)
+        for _ in range(500):  # blocking: the driver (on this event loop) cannot handle the exit yet
+            if has_exited(old):
+                break
+            time.sleep(0.01)  # noqa: ASYNC251
+        assert world.driver.engine_status("eng").phase == "serving"  # type: ignore[union-attr]
+        answer = await world.router.complete(world.route, REQUEST)
+        new, _ = await world.new_engine(old)
+        assert answer.text == f"engine {new}"
+    finally:
+        await world.aclose()
+
+
+async def test_an_open_circuit_on_a_live_engine_still_skips_it_at_once(tmp_path: Path) -> None:
+    world = World(tmp_path, make_config(30.0, threshold=1))
+    try:
+        await world.start()
+        world.router.circuit("eng").record_failure("the engine hung", trip=True)
+        started = time.monotonic()
+        with pytest.raises(AllStrategiesFailed, match="circuit open"):
+            await world.router.complete(world.route, REQUEST)
+        assert time.monotonic() - started < 0.5
     finally:
         await world.aclose()
 
