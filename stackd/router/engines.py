@@ -11,7 +11,8 @@ that a restart stays invisible to callers within ``process.restart_wait_s``:
   its caller asks whether its engine died under it: it then waits for the restart and tries the
   same target once more, on the new engine (``Tries.again``);
 - a new engine (a new ``generation``) starts with a closed circuit: the failures that opened it
-  were the dead engine's (``renewed``).
+  were the dead engine's (``renewed``); a call that finds that circuit open before the driver has
+  handled the exit waits with ``settled(after=generation)`` as well (``ReasonRouter._maybe_died``).
 
 Models that are not process members (docker, ollama, remote) are never waited for: the driver
 knows no engine of theirs.
