@@ -85,7 +85,7 @@ class AttemptLog:
         first_token_ms: float,
         total_ms: float,
     ) -> Answer:
-        backend = target.model or "-"
+        backend = target.model or NO_BACKEND
         cost = self.cost(backend, usage)
         self.attempts.append(Attempt(target.strategy, backend, "answered", "answered", total_ms))
         self._count(

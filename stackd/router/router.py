@@ -308,8 +308,10 @@ class ReasonRouter:
         (at once past an engine that lives) instead of the call skipping the target for its open
         circuit. None for most calls (a closed circuit: one dict lookup) and for models without an
         engine."""
-        circuit = self._circuits.get(target.model) if target.model is not None else None
-        if circuit is None or circuit.state is CircuitState.closed or target.model is None:
+        if target.model is None:
+            return None
+        circuit = self._circuits.get(target.model)
+        if circuit is None or circuit.state is CircuitState.closed:
             return None
         return self._gate.generation(target.model)
 

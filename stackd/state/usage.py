@@ -128,7 +128,7 @@ class UsageStore:
             last = drained
             for generation, path in self._journal.files():
                 if drained < generation < self._journal.generation:
-                    records.extend(self._journal.read(path))
+                    records.extend(_widened(record) for record in self._journal.read(path))
                     last = generation
             if last > drained:
                 self._transaction(records, last)
@@ -184,9 +184,6 @@ class UsageStore:
         by_table: dict[str, list[tuple[object, ...]]] = {}
         for table, values in records:
             by_table.setdefault(table, []).append(values)
-        if any(len(values) < _WIDTH for values in by_table.get("usage", ())):
-            # an older stackd's journal: its rows lack the columns added since (``key``: NULL)
-            by_table["usage"] = [(*v, *(None,) * (_WIDTH - len(v))) for v in by_table["usage"]]
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -320,6 +317,15 @@ def insert_rows(db: sqlite3.Connection, table: str, columns: str, rows: list[tup
 
 
 NO_FAILURES = (0,) * len(FAILURE_KINDS)  # most rows: built once, not per row
+
+
+def _widened(record: Record) -> Record:
+    """A replayed record; a ``usage`` row of an older stackd's journal lacks the columns added
+    since (``key``): they are NULL. Only a replay meets one: this stackd writes them whole."""
+    table, values = record
+    if table != "usage" or len(values) >= _WIDTH:
+        return record
+    return table, (*values, *(None,) * (_WIDTH - len(values)))
 
 
 def _failure_counts(failures: Mapping[str, int]) -> tuple[int, ...]:
